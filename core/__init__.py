@@ -1,0 +1,1 @@
+"""engineroom: an ONNX inference engine with the onnxruntime Python API."""

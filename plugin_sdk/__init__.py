@@ -1,0 +1,43 @@
+"""engineroom.plugin_sdk — the stable contract between the engineroom core and execution providers.
+
+A provider is a class derived from :class:`ExecutionProvider` (or :class:`KernelProvider` /
+:class:`CompilingProvider`) registered in the entry-point group ``engineroom.providers``::
+
+    [project.entry-points."engineroom.providers"]
+    MyExecutionProvider = "my_pkg.provider:MyExecutionProvider"
+
+The core checks ``provider.sdk_version`` against :data:`SDK_VERSION` (same major) before using it.
+"""
+from __future__ import annotations
+
+from engineroom.plugin_sdk.device import CPU, Device
+from engineroom.plugin_sdk.dtypes import np_dtype, onnx_elem_type, ort_type_name
+from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
+from engineroom.plugin_sdk.provider import (
+    Capability,
+    CompilingProvider,
+    ExecutionProvider,
+    GraphView,
+    GroupView,
+    KernelProvider,
+    ProviderOptionError,
+)
+
+SDK_VERSION = "1.0"
+ENTRY_POINT_GROUP = "engineroom.providers"
+
+
+def sdk_compatible(version: str) -> bool:
+    """True when a provider built for SDK ``version`` can run on this SDK (same major version)."""
+    try:
+        return str(version).split(".")[0] == SDK_VERSION.split(".")[0]
+    except Exception:  # noqa: BLE001 - a malformed version is simply incompatible
+        return False
+
+
+__all__ = [
+    "CPU", "Capability", "CompilingProvider", "Device", "ENTRY_POINT_GROUP", "ExecutionProvider",
+    "GraphView", "GroupView", "KernelDef", "KernelInfo", "KernelProvider", "KernelRegistry",
+    "NodeView", "ProviderOptionError", "SDK_VERSION", "np_dtype", "onnx_elem_type", "ort_type_name",
+    "sdk_compatible",
+]

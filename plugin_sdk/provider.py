@@ -1,0 +1,152 @@
+"""Provider base classes: the contract between the engineroom core and an execution provider."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from engineroom.plugin_sdk.device import CPU, Device
+from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
+
+
+class ProviderOptionError(ValueError):
+    """A provider option that the provider does not know or cannot accept."""
+
+
+@dataclass
+class Capability:
+    """What a provider claims: one node (served by a kernel) or a group of nodes (to compile)."""
+
+    nodes: list[NodeView]
+    kind: str = "kernel"          # "kernel" | "group"
+    note: str = ""                # shown in the placement line when useful
+
+
+@dataclass
+class GraphView:
+    """The nodes still unassigned, in topological order, with helpers for compiling providers."""
+
+    nodes: list[NodeView]
+    opsets: dict[str, int]
+    ir_version: int = 10
+    all_nodes: list[NodeView] = field(default_factory=list)   # the whole graph, assigned or not
+    graph_inputs: tuple[str, ...] = ()
+    graph_outputs: tuple[str, ...] = ()
+    value_types: dict[str, Any] = field(default_factory=dict)  # name -> onnx.TypeProto
+    initializers: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class GroupView:
+    """A claimed group handed to ``CompilingProvider.compile``: its nodes and its boundary."""
+
+    nodes: list[NodeView]
+    inputs: list[str]             # values read from outside the group, in call order
+    outputs: list[str]            # values the group produces for outside use, in return order
+    opsets: dict[str, int]
+    ir_version: int
+    value_types: dict[str, Any]   # name -> onnx.TypeProto (inputs/outputs where known)
+    initializers: dict[str, np.ndarray]   # constants the group reads (not among ``inputs``)
+
+    def to_model(self):
+        """The group as a standalone ``onnx.ModelProto`` (initializers included)."""
+        from onnx import helper, numpy_helper
+
+        def vi(name):
+            t = self.value_types.get(name)
+            v = helper.make_value_info(name, t) if t is not None else helper.make_empty_tensor_value_info(name)
+            return v
+
+        inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in self.initializers.items()]
+        graph = helper.make_graph([n.proto for n in self.nodes], "group",
+                                  [vi(n) for n in self.inputs], [vi(n) for n in self.outputs], inits)
+        return helper.make_model(graph, ir_version=self.ir_version,
+                                 opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()])
+
+
+class ExecutionProvider:
+    """Base of every provider. Subclasses set ``name``, ``options`` (accepted options and defaults)
+    and ``device``, and override what they do better than the host defaults below."""
+
+    name: ClassVar[str] = "ExecutionProvider"
+    vendor: ClassVar[str] = ""
+    device_kind: ClassVar[str] = "CPU"      # OrtHardwareDeviceType: "CPU" | "GPU" | "NPU"
+    sdk_version: ClassVar[str] = "1.0"      # the plugin SDK version this provider was built for
+    options: ClassVar[dict[str, Any]] = {}  # option name -> default (as strings, like ORT)
+    xp: Any = np
+
+    def __init__(self, **provider_options: Any) -> None:
+        unknown = sorted(set(provider_options) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise ProviderOptionError(
+                f"{self.name}: unknown provider option(s) {', '.join(map(repr, unknown))}; known options: {known}")
+        self.provider_options = {k: str(v) for k, v in {**self.options, **provider_options}.items()}
+        self.device: Device = CPU
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Cheap check that the provider can start here; never raises."""
+        return True
+
+    @classmethod
+    def available_devices(cls) -> list[Device]:
+        """Devices this provider can run on (for ``get_ep_devices``)."""
+        return [CPU] if cls.is_available() else []
+
+    def get_capability(self, view: GraphView) -> list[Capability]:
+        raise NotImplementedError
+
+    # data transfer; the host defaults suit providers whose memory is the host's
+    def to_device(self, array: np.ndarray) -> Any:
+        return array
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return value
+
+    def copy(self, value: Any, target: "ExecutionProvider") -> Any:
+        """Move ``value`` from this provider's device to ``target``'s; through the host by default."""
+        return target.to_device(self.to_host(value))
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (called before results are handed to the user)."""
+
+    def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
+        """Inputs of ``view`` this provider reads on the host (not copied to its device)."""
+        return ()
+
+
+class KernelProvider(ExecutionProvider):
+    """A provider serving single nodes from a :class:`KernelRegistry`."""
+
+    registry: ClassVar[KernelRegistry] = KernelRegistry()
+
+    def kernel_for(self, view: NodeView) -> KernelDef | None:
+        kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
+        if kdef is None or kdef.why_not(view) is not None:
+            return None
+        return kdef
+
+    def get_capability(self, view: GraphView) -> list[Capability]:
+        return [Capability([n]) for n in view.nodes if self.kernel_for(n) is not None]
+
+    def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
+        kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
+        return kdef.host_inputs if kdef is not None else ()
+
+    def create_kernel(self, info: KernelInfo) -> Callable:
+        """The callable that runs ``info``'s node: ``fn(*inputs) -> tuple``."""
+        kdef = self.registry.lookup(info.domain, info.op_type, info.opset)
+        if kdef is None:
+            have = self.registry.versions(info.domain, info.op_type)
+            raise NotImplementedError(f"{self.name} has no kernel for {info.describe()}; versions: {have}")
+        return kdef.factory(info.with_(xp=self.xp, provider=self))
+
+
+class CompilingProvider(ExecutionProvider):
+    """A provider that claims groups of nodes and compiles each into one callable."""
+
+    def compile(self, group: GroupView) -> Callable:
+        """Return ``fn(*inputs) -> tuple`` for the group (inputs/outputs in ``group`` order)."""
+        raise NotImplementedError

@@ -1,0 +1,30 @@
+"""CPUExecutionProvider: NumPy kernels, one module per op family, all written against ``xp``.
+
+Every module of this package other than this one and ``registry`` is a kernel module; importing
+the package imports them all, and each registers its kernels with ``@kernel``.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import ClassVar
+
+import numpy as np
+
+from engineroom.plugin_sdk import KernelProvider, KernelRegistry
+from engineroom.providers.cpu.registry import registry as _registry
+
+_NOT_KERNELS = {"registry"}
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in _NOT_KERNELS and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+
+class CPUExecutionProvider(KernelProvider):
+    """The default provider: NumPy on the host."""
+
+    name: ClassVar[str] = "CPUExecutionProvider"
+    vendor: ClassVar[str] = "engineroom"
+    device_kind: ClassVar[str] = "CPU"
+    registry: ClassVar[KernelRegistry] = _registry
+    xp = np
