@@ -1,0 +1,163 @@
+"""Reductions: ReduceSum/Mean/Max/Min/Prod/L1/L2/LogSum/LogSumExp/SumSquare, ArgMax/ArgMin.
+
+Every Reduce* op exists in two forms: ``axes`` as an attribute (old opsets) and ``axes`` as an
+optional second input with ``noop_with_empty_axes`` (ReduceSum since 13, the others since 18).
+Both forms share one implementation; the factory only decides where the axes come from.
+
+Reducing over a zero-length axis yields the reduction's identity (0 for sums, 1 for products,
+-inf / the dtype's minimum for max, ...), as the ONNX spec says. Reducing over no axes at all
+(``noop_with_empty_axes``) reduces each element on its own, so ReduceSumSquare still squares.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from engineroom.providers.cpu.registry import kernel
+
+_LOW_FLOATS = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
+
+
+def _acc_dtype(dtype: np.dtype, needs_float: bool) -> np.dtype:
+    """Accumulation dtype: float32 for half types (accuracy), float64 for ints where a float op is
+    involved (mean, sqrt, log), else the input's own dtype (NumPy would widen int32 sums to int64)."""
+    if dtype in _LOW_FLOATS:
+        return np.dtype(np.float32)
+    if needs_float and dtype.kind in "iub":
+        return np.dtype(np.float64)
+    return dtype
+
+
+def _empty_identity(kind: str, dtype: np.dtype):
+    """The value a reduction over an empty set yields."""
+    if kind in ("sum", "l1", "l2", "sumsquare"):
+        return 0
+    if kind == "prod":
+        return 1
+    if kind == "mean":
+        return np.nan if dtype.kind == "f" or dtype in _LOW_FLOATS else 0
+    if dtype == np.bool_:
+        return kind == "min"
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return info.max if kind == "min" else info.min
+    return np.inf if kind == "min" else -np.inf
+
+
+def _normalize_axes(axes, ndim: int) -> tuple[int, ...]:
+    return tuple(sorted({int(a) + ndim if int(a) < 0 else int(a) for a in axes}))
+
+
+def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
+    """Reduce ``x`` over ``axes`` (None: all axes; (): none) and return an array of x's dtype."""
+    dtype = x.dtype
+    if axes is None:
+        axes = tuple(range(x.ndim))
+    if x.size == 0 and any(x.shape[a] == 0 for a in axes):
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
+            tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return xp.full(shape, _empty_identity(kind, dtype), dtype=dtype)
+    if kind in ("max", "min"):
+        r = (xp.max if kind == "max" else xp.min)(x, axis=axes, keepdims=keepdims)
+        return xp.asarray(r, dtype=dtype)
+    acc = _acc_dtype(dtype, kind in ("mean", "l2", "logsum", "logsumexp"))
+    if kind == "sum":
+        r = xp.sum(x, axis=axes, keepdims=keepdims, dtype=acc)
+    elif kind == "mean":
+        r = xp.mean(x, axis=axes, keepdims=keepdims, dtype=acc)
+    elif kind == "prod":
+        r = xp.prod(x, axis=axes, keepdims=keepdims, dtype=acc)
+    elif kind == "l1":
+        r = xp.sum(xp.abs(x), axis=axes, keepdims=keepdims, dtype=acc)
+    elif kind == "l2":
+        xa = x.astype(acc, copy=False)
+        r = xp.sqrt(xp.sum(xa * xa, axis=axes, keepdims=keepdims))
+    elif kind == "sumsquare":
+        xa = x.astype(acc, copy=False)
+        r = xp.sum(xa * xa, axis=axes, keepdims=keepdims)
+    elif kind == "logsum":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = xp.log(xp.sum(x, axis=axes, keepdims=keepdims, dtype=acc))
+    elif kind == "logsumexp":
+        xa = x.astype(acc, copy=False)
+        m = xp.max(xa, axis=axes, keepdims=True)
+        # Shift by the max for stability; an all -inf (or inf) slice keeps a zero shift.
+        m = xp.where(xp.isfinite(m), m, 0)
+        with np.errstate(divide="ignore", over="ignore"):
+            r = xp.log(xp.sum(xp.exp(xa - m), axis=axes, keepdims=True)) + m
+        if not keepdims:
+            r = xp.squeeze(r, axis=axes)
+    else:  # pragma: no cover - the table below lists every kind
+        raise ValueError(kind)
+    return xp.asarray(r).astype(dtype, copy=False)
+
+
+_KINDS = {
+    "ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min",
+    "ReduceProd": "prod", "ReduceL1": "l1", "ReduceL2": "l2", "ReduceLogSum": "logsum",
+    "ReduceLogSumExp": "logsumexp", "ReduceSumSquare": "sumsquare",
+}
+
+
+def _reduce_attr_axes(info):
+    """Old form: ``axes`` attribute (absent: all axes)."""
+    kind = _KINDS[info.op_type]
+    xp = info.xp
+    keepdims = bool(info.attrs.get("keepdims", 1))
+    axes_attr = info.attrs.get("axes")
+
+    def run(x):
+        axes = None if axes_attr is None else _normalize_axes(axes_attr, x.ndim)
+        return (_reduce(kind, xp, x, axes, keepdims),)
+
+    return run
+
+
+def _reduce_input_axes(info):
+    """New form: optional ``axes`` input; empty/absent axes reduce all, or nothing with noop_with_empty_axes."""
+    kind = _KINDS[info.op_type]
+    xp = info.xp
+    keepdims = bool(info.attrs.get("keepdims", 1))
+    noop = bool(info.attrs.get("noop_with_empty_axes", 0))
+    const = info.const_inputs[1] if len(info.const_inputs) > 1 else None
+    fixed = None if const is None else [int(a) for a in np.asarray(const).ravel()]
+
+    def run(x, axes=None):
+        raw = fixed if fixed is not None else (None if axes is None else [int(a) for a in np.asarray(axes).ravel()])
+        if not raw:
+            ax = () if noop else None
+        else:
+            ax = _normalize_axes(raw, x.ndim)
+        return (_reduce(kind, xp, x, ax, keepdims),)
+
+    return run
+
+
+for _op in _KINDS:
+    kernel(_op, since=1)(_reduce_attr_axes)
+    kernel(_op, since=13 if _op == "ReduceSum" else 18, host_inputs=(1,))(_reduce_input_axes)
+
+
+def _arg_factory(info):
+    """ArgMax/ArgMin: int64 indices along ``axis``; ``select_last_index`` picks the last of ties."""
+    xp = info.xp
+    is_max = info.op_type == "ArgMax"
+    axis = int(info.attrs.get("axis", 0))
+    keepdims = bool(info.attrs.get("keepdims", 1))
+    last = bool(info.attrs.get("select_last_index", 0))
+    fn = xp.argmax if is_max else xp.argmin
+
+    def run(x):
+        ax = axis + x.ndim if axis < 0 else axis
+        if last:
+            # Search the reversed axis for the first hit; map back to the original index.
+            n = x.shape[ax]
+            r = (n - 1) - fn(xp.flip(x, axis=ax), axis=ax, keepdims=keepdims)
+        else:
+            r = fn(x, axis=ax, keepdims=keepdims)
+        return (xp.asarray(r).astype(np.int64, copy=False),)
+
+    return run
+
+
+kernel(["ArgMax", "ArgMin"], since=1)(_arg_factory)
