@@ -14,7 +14,6 @@ A instead of at the trailing dimensions); their since=1 kernels honour them.
 from __future__ import annotations
 
 import numpy as np
-
 from engineroom.providers.cpu.registry import kernel
 
 
