@@ -1,0 +1,155 @@
+"""Gather / scatter kernels: Gather, GatherElements, GatherND, Scatter, ScatterElements, ScatterND.
+
+Indices may be negative (counted from the end of the axis); NumPy fancy indexing accepts them as they are
+and raises IndexError for anything out of range. Scatter kernels copy the data input and update the copy.
+"""
+from __future__ import annotations
+
+import numpy as np
+from engineroom.providers.cpu.registry import kernel
+
+
+def _axis(a: int, rank: int) -> int:
+    a = int(a)
+    if not -rank <= a < max(rank, 1):
+        raise ValueError(f"axis {a} is out of range for rank {rank}")
+    return a + rank if a < 0 else a
+
+
+def _check_range(xp, idx, dim, op):
+    if idx.size and (int(idx.max()) >= dim or int(idx.min()) < -dim):
+        raise IndexError(f"{op}: index out of range [{-dim}, {dim - 1}]")
+
+
+# --- Gather
+
+@kernel("Gather", since=1)
+def gather(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", 0))
+    c = info.const_inputs[1] if len(info.const_inputs) > 1 else None
+    if c is not None and c.ndim == 0:
+        # Scalar constant index (Shape -> Gather, token picking): a plain basic index, no fancy gather.
+        k = int(c)
+
+        def run_scalar(x, _i=None):
+            a = _axis(axis, x.ndim)
+            idx = [slice(None)] * x.ndim
+            d = x.shape[a]
+            if not -d <= k < d:
+                raise IndexError(f"Gather: index {k} is out of range for dimension {d}")
+            idx[a] = k
+            return (xp.ascontiguousarray(x[tuple(idx)]),)
+        return run_scalar
+
+    def run(x, indices):
+        a = _axis(axis, x.ndim)
+        indices = indices.astype(np.int64, copy=False)
+        return (xp.asarray(xp.take(x, indices, axis=a)),)
+    return run
+
+
+# --- GatherElements
+
+def _elements_index(xp, indices, axis):
+    """Full fancy index addressing ``data[..., indices, ...]`` element-wise along ``axis``."""
+    nd = indices.ndim
+    idx = []
+    for d in range(nd):
+        if d == axis:
+            idx.append(indices)
+        else:
+            shp = [1] * nd
+            shp[d] = indices.shape[d]
+            idx.append(xp.arange(indices.shape[d]).reshape(shp))
+    return tuple(idx)
+
+
+@kernel("GatherElements", since=11)
+def gather_elements(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", 0))
+
+    def run(x, indices):
+        a = _axis(axis, x.ndim)
+        indices = indices.astype(np.int64, copy=False)
+        _check_range(xp, indices, x.shape[a], "GatherElements")
+        return (x[_elements_index(xp, indices, a)],)
+    return run
+
+
+# --- GatherND
+
+@kernel("GatherND", since=11)
+def gather_nd(info):
+    xp = info.xp
+    batch_dims = int(info.attrs.get("batch_dims", 0))
+
+    def run(x, indices):
+        b = batch_dims
+        k = indices.shape[-1]
+        bshape = x.shape[:b]
+        nb = int(np.prod(bshape, dtype=np.int64))
+        data = x.reshape((nb,) + x.shape[b:])
+        ind = indices.astype(np.int64, copy=False).reshape(nb, -1, k)
+        fancy = (xp.arange(nb).reshape(nb, 1),) + tuple(ind[..., j] for j in range(k))
+        out = data[fancy]  # (nb, m) + data.shape[1 + k:]
+        return (out.reshape(indices.shape[:-1] + x.shape[b + k:]),)
+    return run
+
+
+# --- scatter
+
+def _reduce_at(xp, out, idx, updates, reduction):
+    if reduction == "none":
+        # Duplicates: the last update wins, as with sequential assignment.
+        out[idx] = updates
+    elif reduction == "add":
+        xp.add.at(out, idx, updates)
+    elif reduction == "mul":
+        xp.multiply.at(out, idx, updates)
+    elif reduction == "max":
+        xp.maximum.at(out, idx, updates)
+    elif reduction == "min":
+        xp.minimum.at(out, idx, updates)
+    else:
+        raise ValueError(f"unknown reduction '{reduction}'")
+
+
+def _scatter_elements(info, reduction):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", 0))
+
+    def run(x, indices, updates):
+        a = _axis(axis, x.ndim)
+        indices = indices.astype(np.int64, copy=False)
+        _check_range(xp, indices, x.shape[a], info.op_type)
+        out = x.copy()
+        _reduce_at(xp, out, _elements_index(xp, indices, a), updates.astype(x.dtype, copy=False), reduction)
+        return (out,)
+    return run
+
+
+@kernel("Scatter", since=9)
+def scatter(info):
+    return _scatter_elements(info, "none")
+
+
+@kernel("ScatterElements", since=11)
+def scatter_elements(info):
+    return _scatter_elements(info, str(info.attrs.get("reduction", "none")))
+
+
+@kernel("ScatterND", since=11)
+def scatter_nd(info):
+    xp = info.xp
+    reduction = str(info.attrs.get("reduction", "none"))
+
+    def run(x, indices, updates):
+        out = x.copy()
+        indices = indices.astype(np.int64, copy=False)
+        k = indices.shape[-1]
+        idx = tuple(indices[..., j] for j in range(k))
+        _reduce_at(xp, out, idx, updates.astype(x.dtype, copy=False), reduction)
+        return (out,)
+    return run

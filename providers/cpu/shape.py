@@ -1,0 +1,518 @@
+"""Shape and layout kernels: Reshape, Transpose, Concat, Split, Slice, Expand, Squeeze/Unsqueeze, Flatten,
+Shape, Size, Constant, ConstantOfShape, Range, Tile, Identity, EyeLike, Trilu, DepthToSpace/SpaceToDepth,
+CenterCropPad, Pad, Compress, ReverseSequence, CumSum, OneHot, NonZero, TopK, Unique.
+
+Shape-like inputs (shape, axes, pads, starts, repeats, k, ...) are declared host inputs: they are read as
+Python ints here, and a GPU provider reusing these kernels must not copy them to the device.
+Reshape, Squeeze, Unsqueeze and Flatten return views of their input (no copy); so do Slice and Split.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from engineroom.providers.cpu.registry import kernel
+
+# --- helpers
+
+def _host(a) -> np.ndarray:
+    """A host NumPy array from a host input (CuPy arrays are brought back; they should not arrive here)."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get"):
+        return a.get()
+    return np.asarray(a)
+
+
+def _ints(a) -> list[int]:
+    """A shape-like tensor (any rank) as a list of Python ints (no int64 overflow in later arithmetic)."""
+    return [int(v) for v in _host(a).reshape(-1).tolist()]
+
+
+def _axis(a: int, rank: int) -> int:
+    a = int(a)
+    if not -rank <= a < max(rank, 1):
+        raise ValueError(f"axis {a} is out of range for rank {rank}")
+    return a + rank if a < 0 else a
+
+
+def _const(info, i):
+    """The constant value of input ``i`` when known at session creation, else None."""
+    c = info.const_inputs
+    return c[i] if i < len(c) else None
+
+
+def _has(info, i) -> bool:
+    return i < len(info.input_names) and info.input_names[i] != ""
+
+
+def _arr(xp, v, dtype=None):
+    """Always an ndarray (0-d for scalars), never a NumPy scalar."""
+    return xp.asarray(v, dtype=dtype)
+
+
+# --- Reshape
+
+def _reshape_target(in_shape, shape, allowzero):
+    if allowzero:
+        return tuple(shape)
+    out = []
+    for i, s in enumerate(shape):
+        if s == 0:
+            if i >= len(in_shape):
+                raise ValueError(f"Reshape: 0 at position {i}, but the input has rank {len(in_shape)}")
+            s = in_shape[i]
+        out.append(s)
+    return tuple(out)
+
+
+@kernel("Reshape", since=1)
+def reshape_v1(info):
+    shape = list(info.attrs.get("shape", []))
+
+    def run(x):
+        return (x.reshape(_reshape_target(x.shape, shape, False)),)
+    return run
+
+
+@kernel("Reshape", since=5, host_inputs=(1,))
+def reshape(info):
+    allowzero = int(info.attrs.get("allowzero", 0))
+    c = _const(info, 1)
+    if c is not None:
+        shape = _ints(c)
+        if allowzero or 0 not in shape:
+            fixed = tuple(shape)
+
+            def run_fixed(x, _s=None):
+                return (x.reshape(fixed),)
+            return run_fixed
+
+        def run_const(x, _s=None):
+            return (x.reshape(_reshape_target(x.shape, shape, False)),)
+        return run_const
+
+    def run(x, s):
+        return (x.reshape(_reshape_target(x.shape, _ints(s), allowzero)),)
+    return run
+
+
+# --- Transpose
+
+@kernel("Transpose", since=1)
+def transpose(info):
+    xp = info.xp
+    perm = info.attrs.get("perm")
+    perm = None if perm is None else tuple(int(p) for p in perm)
+
+    def run(x):
+        p = perm if perm is not None else tuple(range(x.ndim - 1, -1, -1))
+        # A contiguous result, as onnxruntime produces: consumers (MatMul, Conv, elementwise) run faster on it.
+        return (xp.ascontiguousarray(xp.transpose(x, p)),)
+    return run
+
+
+# --- Concat
+
+@kernel("Concat", since=1)
+def concat(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", 1))  # opset 1 defaults to 1; opset 4+ requires it
+
+    def run(*xs):
+        xs = [x for x in xs if x is not None]
+        if len(xs) == 1:
+            return (xs[0].copy(),)
+        a = _axis(axis, xs[0].ndim)
+        return (xp.concatenate(xs, axis=a),)
+    return run
+
+
+# --- Split
+
+def _split_sizes(dim, n, split, num_outputs):
+    if split is not None:
+        if sum(split) != dim:
+            raise ValueError(f"Split: sizes {split} do not add up to the dimension {dim}")
+        return split
+    if num_outputs is not None:
+        n = num_outputs
+    # Equal parts; with num_outputs the last chunk may be smaller (ceil-sized chunks).
+    chunk = -(-dim // n) if n else 0
+    sizes = [min(chunk, max(dim - i * chunk, 0)) for i in range(n)]
+    return sizes
+
+
+def _make_split(info, split_const, axis, num_outputs=None, split_input=None):
+    n = len(info.output_names)
+
+    def run(x, s=None):
+        a = _axis(axis, x.ndim)
+        split = split_const
+        if split is None and s is not None and s.size:
+            split = _ints(s)
+        sizes = _split_sizes(x.shape[a], n, split, num_outputs)
+        outs = []
+        start = 0
+        idx = [slice(None)] * x.ndim
+        for sz in sizes:
+            idx[a] = slice(start, start + sz)
+            outs.append(x[tuple(idx)])
+            start += sz
+        return tuple(outs)
+    return run
+
+
+@kernel("Split", since=1, host_inputs=(1,))
+def split_v1(info):
+    split = info.attrs.get("split")
+    c = _const(info, 1)
+    if split is None and c is not None and c.size:
+        split = _ints(c)
+    return _make_split(info, None if split is None else list(split), int(info.attrs.get("axis", 0)))
+
+
+@kernel("Split", since=2)
+def split_v2(info):
+    split = info.attrs.get("split")
+    return _make_split(info, None if split is None else list(split), int(info.attrs.get("axis", 0)))
+
+
+@kernel("Split", since=13, host_inputs=(1,))
+def split_v13(info):
+    c = _const(info, 1)
+    split = _ints(c) if c is not None and c.size else None
+    num_outputs = info.attrs.get("num_outputs")
+    return _make_split(info, split, int(info.attrs.get("axis", 0)),
+                       None if num_outputs is None else int(num_outputs))
+
+
+# --- Slice
+
+def _slice_index(shape, starts, ends, axes, steps):
+    rank = len(shape)
+    idx = [slice(None)] * rank
+    if axes is None:
+        axes = list(range(len(starts)))
+    if steps is None:
+        steps = [1] * len(starts)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = _axis(a, rank)
+        d = shape[a]
+        if st == 0:
+            raise ValueError("Slice: step cannot be 0")
+        if s < 0:
+            s += d
+        if e < 0:
+            e += d
+        if st > 0:
+            s = min(max(s, 0), d)
+            e = min(max(e, 0), d)
+            idx[a] = slice(s, e, st)
+        else:
+            s = min(max(s, 0), d - 1)
+            e = min(max(e, -1), d - 1)
+            # -1 means "before the first element"; Python spells that None for a negative step.
+            idx[a] = slice(s, None if e < 0 else e, st)
+    return tuple(idx)
+
+
+@kernel("Slice", since=1)
+def slice_v1(info):
+    starts = list(info.attrs.get("starts", []))
+    ends = list(info.attrs.get("ends", []))
+    axes = info.attrs.get("axes")
+    cache: dict = {}
+
+    def run(x):
+        key = x.shape
+        idx = cache.get(key)
+        if idx is None:
+            idx = cache[key] = _slice_index(x.shape, starts, ends, axes, None)
+        return (x[idx],)
+    return run
+
+
+@kernel("Slice", since=10, host_inputs=(1, 2, 3, 4))
+def slice_(info):
+    consts = [_const(info, i) if _has(info, i) else None for i in range(1, 5)]
+    all_const = all(consts[i] is not None for i in range(2)) and all(
+        consts[i] is not None or not _has(info, i + 1) for i in range(2, 4))
+    if all_const:
+        starts, ends = _ints(consts[0]), _ints(consts[1])
+        axes = _ints(consts[2]) if consts[2] is not None else None
+        steps = _ints(consts[3]) if consts[3] is not None else None
+        cache: dict = {}
+
+        def run_const(x, *_):
+            key = x.shape
+            idx = cache.get(key)
+            if idx is None:
+                if len(cache) > 64:  # dynamic shapes: keep the cache bounded
+                    cache.clear()
+                idx = cache[key] = _slice_index(x.shape, starts, ends, axes, steps)
+            return (x[idx],)
+        return run_const
+
+    def run(x, starts, ends, axes=None, steps=None):
+        idx = _slice_index(x.shape, _ints(starts), _ints(ends), None if axes is None else _ints(axes),
+                           None if steps is None else _ints(steps))
+        return (x[idx],)
+    return run
+
+
+# --- Expand
+
+@kernel("Expand", since=8, host_inputs=(1,))
+def expand(info):
+    xp = info.xp
+
+    def run(x, shape):
+        out_shape = np.broadcast_shapes(x.shape, tuple(_ints(shape)))
+        if out_shape == x.shape:
+            return (x.copy(),)
+        # A real (writable, contiguous) tensor, not a read-only broadcast view.
+        out = xp.empty(out_shape, dtype=x.dtype)
+        out[...] = x
+        return (out,)
+    return run
+
+
+# --- Squeeze / Unsqueeze / Flatten
+
+def _squeeze(x, axes):
+    if axes is None:
+        shape = tuple(d for d in x.shape if d != 1)
+    else:
+        ax = {_axis(a, x.ndim) for a in axes}
+        for a in ax:
+            if x.shape[a] != 1:
+                raise ValueError(f"Squeeze: dimension {a} of shape {x.shape} is not 1")
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in ax)
+    return x.reshape(shape)
+
+
+@kernel("Squeeze", since=1)
+def squeeze_v1(info):
+    axes = info.attrs.get("axes")
+
+    def run(x):
+        return (_squeeze(x, axes),)
+    return run
+
+
+@kernel("Squeeze", since=13, host_inputs=(1,))
+def squeeze(info):
+    c = _const(info, 1)
+    if c is not None:
+        axes = _ints(c)
+
+        def run_const(x, _a=None):
+            return (_squeeze(x, axes),)
+        return run_const
+
+    def run(x, axes=None):
+        return (_squeeze(x, None if axes is None else _ints(axes)),)
+    return run
+
+
+def _unsqueeze(x, axes):
+    rank = x.ndim + len(axes)
+    ax = sorted(_axis(a, rank) for a in axes)
+    if len(set(ax)) != len(ax):
+        raise ValueError(f"Unsqueeze: repeated axes {axes}")
+    shape = list(x.shape)
+    for a in ax:
+        shape.insert(a, 1)
+    return x.reshape(shape)
+
+
+@kernel("Unsqueeze", since=1)
+def unsqueeze_v1(info):
+    axes = list(info.attrs.get("axes", []))
+
+    def run(x):
+        return (_unsqueeze(x, axes),)
+    return run
+
+
+@kernel("Unsqueeze", since=13, host_inputs=(1,))
+def unsqueeze(info):
+    c = _const(info, 1)
+    if c is not None:
+        axes = _ints(c)
+
+        def run_const(x, _a=None):
+            return (_unsqueeze(x, axes),)
+        return run_const
+
+    def run(x, axes):
+        return (_unsqueeze(x, _ints(axes)),)
+    return run
+
+
+@kernel("Flatten", since=1)
+def flatten(info):
+    axis = int(info.attrs.get("axis", 1))
+
+    def run(x):
+        a = axis + x.ndim if axis < 0 else axis
+        outer = math.prod(x.shape[:a])
+        inner = math.prod(x.shape[a:])
+        return (x.reshape(outer, inner),)
+    return run
+
+
+# --- Shape / Size
+
+@kernel("Shape", since=1)
+def shape(info):
+    xp = info.xp
+    start = int(info.attrs.get("start", 0))
+    end = info.attrs.get("end")
+    end = None if end is None else int(end)
+
+    def run(x):
+        # Python slicing clamps out-of-range start/end exactly as the spec asks.
+        return (xp.asarray(np.array(x.shape[start:end], dtype=np.int64)),)
+    return run
+
+
+@kernel("Size", since=1)
+def size(x, *, xp):
+    return xp.asarray(np.array(x.size, dtype=np.int64))
+
+
+# --- Constant / ConstantOfShape
+
+def _sparse_to_dense(sp) -> np.ndarray:
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(sp.values)
+    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    dims = tuple(int(d) for d in sp.dims)
+    out = np.zeros(dims, dtype=values.dtype)
+    if idx.ndim == 1:  # linearized indices
+        out.reshape(-1)[idx] = values
+    else:
+        out[tuple(idx.T)] = values
+    return out
+
+
+def _constant_value(attrs) -> np.ndarray:
+    if "value" in attrs:
+        v = attrs["value"]
+        return v if isinstance(v, np.ndarray) else np.asarray(v)
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32).reshape(-1)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(attrs["value_ints"], dtype=np.int64).reshape(-1)
+    if "value_string" in attrs:
+        s = attrs["value_string"]
+        return np.array(s.decode() if isinstance(s, bytes) else s, dtype=object)
+    if "value_strings" in attrs:
+        ss = [s.decode() if isinstance(s, bytes) else s for s in attrs["value_strings"]]
+        out = np.empty(len(ss), dtype=object)
+        out[:] = ss
+        return out
+    if "sparse_value" in attrs:
+        sp = attrs["sparse_value"]
+        return sp if isinstance(sp, np.ndarray) else _sparse_to_dense(sp)
+    raise ValueError("Constant: no value attribute")
+
+
+@kernel("Constant", since=1)
+def constant(info):
+    value = _constant_value(info.attrs)
+    if value.dtype.kind in "US":
+        value = value.astype(object)
+    if value.dtype != object:
+        value = info.xp.asarray(value)
+    # The same buffer is returned every run; read-only so that no consumer can change it by accident.
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+
+    def run():
+        return (value,)
+    return run
+
+
+@kernel("ConstantOfShape", since=9, host_inputs=(0,))
+def constant_of_shape(info):
+    xp = info.xp
+    v = info.attrs.get("value")
+    if v is None:
+        v = np.zeros(1, dtype=np.float32)
+    v = np.asarray(v)
+    dtype, fill = v.dtype, v.reshape(-1)[0]
+    c = _const(info, 0)
+
+    def run(shape):
+        return (xp.full(tuple(_ints(shape)), fill, dtype=dtype),)
+    if c is not None:
+        fixed = tuple(_ints(c))
+
+        def run_const(_shape=None):
+            return (xp.full(fixed, fill, dtype=dtype),)
+        return run_const
+    return run
+
+
+# --- Range
+
+@kernel("Range", since=11, host_inputs=(0, 1, 2))
+def range_(info):
+    xp = info.xp
+
+    def run(start, limit, delta):
+        dtype = start.dtype
+        s, lim, d = (_host(v).reshape(-1)[0] for v in (start, limit, delta))
+        if dtype.kind in "iu":
+            s, lim, d = int(s), int(lim), int(d)
+            n = max(-(-(lim - s) // d), 0) if d else 0
+            return (xp.asarray(s + np.arange(n, dtype=np.int64) * d).astype(dtype, copy=False),)
+        s, lim, d = float(s), float(lim), float(d)
+        n = max(math.ceil((lim - s) / d), 0)
+        # Accumulate in float64 (start + i*delta) and round once to the output type.
+        return (xp.asarray((s + np.arange(n, dtype=np.float64) * d).astype(dtype)),)
+    return run
+
+
+# --- Identity
+
+@kernel("Identity", since=1)
+def identity(info):
+    # Tensors, sequences and optionals pass through unchanged (values are never mutated in place).
+    def run(x):
+        return (x,)
+    return run
+
+
+# --- CumSum
+
+@kernel("CumSum", since=11, host_inputs=(1,))
+def cumsum(info):
+    xp = info.xp
+    exclusive = int(info.attrs.get("exclusive", 0))
+    reverse = int(info.attrs.get("reverse", 0))
+
+    def run(x, axis):
+        a = _axis(_ints(axis)[0], x.ndim)
+        src = xp.flip(x, axis=a) if reverse else x
+        cs = xp.cumsum(src, axis=a, dtype=x.dtype)
+        if exclusive:
+            out = xp.zeros_like(cs)
+            dst = [slice(None)] * x.ndim
+            srcs = [slice(None)] * x.ndim
+            dst[a] = slice(1, None)
+            srcs[a] = slice(None, -1)
+            out[tuple(dst)] = cs[tuple(srcs)]
+            cs = out
+        if reverse:
+            cs = xp.ascontiguousarray(xp.flip(cs, axis=a))
+        return (cs,)
+    return run
