@@ -1,0 +1,472 @@
+"""Convolution kernels: Conv, ConvTranspose, ConvInteger, QLinearConv, DeformConv (N-D, NC... layout).
+
+Conv is im2col over a strided window view of the padded input followed by one batched matmul over
+(batch, group); the weight is reshaped to ``(group, M/group, C/group * K)`` once in the factory when it
+is a constant. Depthwise convolutions (one input channel per group) skip the im2col copy and accumulate
+``tap view * per-channel weight`` over the K kernel taps instead, and 1x1 stride-1 unpadded convolutions
+are a plain matmul over the input as it is. ConvTranspose is the adjoint: one matmul to columns, then
+a scatter-add of each kernel tap into the strided output positions (col2im).
+
+The window helpers (geometry, padding, tap slices) are shared with ``pool.py``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from engineroom.providers.cpu.registry import kernel
+
+# ---------------------------------------------------------------------------------------------
+# shared window helpers (also used by pool.py)
+
+
+def compute_dtype(dt) -> np.dtype:
+    """The float type arithmetic runs in: float32/float64 as they are, anything narrower in float32."""
+    dt = np.dtype(dt)
+    return dt if dt in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float32)
+
+
+def same_pads(in_sz, out_sz, k, s, d, upper: bool):
+    """(begin, end) padding for auto_pad SAME_UPPER/SAME_LOWER on one axis."""
+    total = max(0, (out_sz - 1) * s + (k - 1) * d + 1 - in_sz)
+    small = total // 2
+    return (small, total - small) if upper else (total - small, small)
+
+
+def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
+    """Per-axis (pads_begin, pads_end, out) for a convolution over ``spatial``."""
+    n = len(spatial)
+    pb, pe, out = [], [], []
+    for i in range(n):
+        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
+        dk = (k - 1) * d + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-in_sz // s)
+            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
+        elif auto_pad == "VALID":
+            b = e = 0
+            o = (in_sz - dk) // s + 1
+        else:
+            b, e = pads[i], pads[i + n]
+            o = (in_sz + b + e - dk) // s + 1
+        pb.append(b)
+        pe.append(e)
+        out.append(max(o, 0))
+    return tuple(pb), tuple(pe), tuple(out)
+
+
+def pad_spatial(xp, x, pb, pe, value=0):
+    """x padded on its trailing len(pb) axes (a new array), or x itself when there is nothing to pad."""
+    if not any(pb) and not any(pe):
+        return x
+    lead = x.ndim - len(pb)
+    shape = x.shape[:lead] + tuple(sz + b + e for sz, b, e in zip(x.shape[lead:], pb, pe))
+    if value == 0:
+        buf = xp.zeros(shape, dtype=x.dtype)
+    else:
+        buf = xp.full(shape, value, dtype=x.dtype)
+    buf[(Ellipsis,) + tuple(slice(b, b + sz) for b, sz in zip(pb, x.shape[lead:]))] = x
+    return buf
+
+
+def tap_offsets(kshape, dilations):
+    """Start offsets (one tuple per kernel tap, row-major over the kernel) of each tap's window."""
+    return [tuple(j * d for j, d in zip(js, dilations)) for js in itertools.product(*(range(k) for k in kshape))]
+
+
+def tap_slice(offs, strides, out):
+    """Index selecting, in a padded input, the input element each output position sees at one tap."""
+    return (Ellipsis,) + tuple(slice(o, o + (n - 1) * s + 1, s) for o, s, n in zip(offs, strides, out))
+
+
+def window_view(xp, xpad, kshape, strides, dilations, out):
+    """Strided view (lead..., k1..kn, o1..on) of a padded input: the im2col matrix without copying."""
+    n = len(kshape)
+    lead = xpad.ndim - n
+    st = xpad.strides
+    shape = xpad.shape[:lead] + tuple(kshape) + tuple(out)
+    strides_ = st[:lead] + tuple(st[lead + i] * dilations[i] for i in range(n)) + \
+        tuple(st[lead + i] * strides[i] for i in range(n))
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides_)
+
+
+def _ints(v, n, default):
+    return [int(t) for t in v] if v else [default] * n
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv
+
+
+class _ConvPlan:
+    """Attribute parsing, weight prepacking and the im2col/depthwise/1x1 paths for one Conv node."""
+
+    def __init__(self, info, attrs, weight=None):
+        self.xp = info.xp
+        self.attrs = attrs
+        self.group = int(attrs.get("group", 1))
+        self.auto_pad = attrs.get("auto_pad", "NOTSET")
+        self._geo = {}
+        self._w_src = None
+        if weight is not None:
+            self._prepack(weight)
+
+    def _prepack(self, w):
+        xp = self.xp
+        g = self.group
+        self.w_shape = tuple(w.shape)
+        n = w.ndim - 2
+        a = self.attrs
+        self.kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(w.shape[2:])
+        self.strides = tuple(_ints(a.get("strides"), n, 1))
+        self.dilations = tuple(_ints(a.get("dilations"), n, 1))
+        self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
+        M, Cg = w.shape[0], w.shape[1]
+        K = int(np.prod(self.kshape))
+        self.M, self.Cg, self.K = M, Cg, K
+        self.depthwise = Cg == 1 and g > 1
+        cdt = compute_dtype(w.dtype)
+        wc = xp.asarray(w).astype(cdt, copy=False)
+        if self.depthwise:
+            # (C, multiplier, K): per input channel, the weights of its output channels by tap
+            self.wd = xp.ascontiguousarray(wc.reshape(g, M // g, K))
+            self.wd_taps = [xp.ascontiguousarray(self.wd[:, :, t]) for t in range(K)]
+        else:
+            self.wm = xp.ascontiguousarray(wc.reshape(g, M // g, Cg * K))
+        self.taps = tap_offsets(self.kshape, self.dilations)
+        self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
+
+    def geometry(self, spatial):
+        geo = self._geo.get(spatial)
+        if geo is None:
+            geo = conv_geometry(spatial, self.kshape, self.strides, self.dilations, self.pads, self.auto_pad)
+            self._geo[spatial] = geo
+        return geo
+
+    def __call__(self, x, w=None, b=None):
+        xp = self.xp
+        if w is not None and w is not self._w_src:
+            self._prepack(w)
+            self._w_src = w
+        cdt = compute_dtype(x.dtype)
+        xc = x.astype(cdt, copy=False)
+        N = x.shape[0]
+        spatial = tuple(x.shape[2:])
+        pb, pe, out = self.geometry(spatial)
+        g, M, Cg, K = self.group, self.M, self.Cg, self.K
+        P = int(np.prod(out)) if out else 1
+        if self.depthwise:
+            y = self._depthwise(xc, pb, pe, out)
+        elif self.pointwise and not any(pb) and not any(pe):
+            y = xp.matmul(self.wm, xc.reshape(N, g, Cg, P))
+        else:
+            xpad = pad_spatial(xp, xc, pb, pe)
+            view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
+                               self.dilations, out)
+            cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
+            y = xp.matmul(self.wm, cols)
+        y = y.reshape((N, M) + out)
+        if b is not None:
+            y += b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out))
+        return y.astype(x.dtype, copy=False)
+
+    def _depthwise(self, xc, pb, pe, out):
+        """Group == C with one input channel per group: accumulate tap view * weight, no loop over channels.
+
+        With unit strides every tap is one contiguous range of the flattened padded image (its output
+        grid laid out at the padded row pitch, cropped at the end), which keeps NumPy's inner loops long.
+        """
+        xp = self.xp
+        N = xc.shape[0]
+        g, M = self.group, self.M
+        m = M // g
+        nd = len(out)
+        xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
+        if all(s == 1 for s in self.strides):
+            P = xpad.shape[2:]
+            R = [int(np.prod(P[i + 1:])) for i in range(nd)]
+            L = sum((o - 1) * r for o, r in zip(out, R)) + 1
+            xf = xpad.reshape(N, g, 1, -1)
+            acc = xp.empty((N, g, m, L), dtype=xc.dtype)
+            tmp = xp.empty_like(acc)
+            for t, offs in enumerate(self.taps):
+                o = sum(j * r for j, r in zip(offs, R))
+                wt = self.wd_taps[t].reshape(g, m, 1)
+                if t == 0:
+                    xp.multiply(xf[..., o:o + L], wt, out=acc)
+                else:
+                    xp.multiply(xf[..., o:o + L], wt, out=tmp)
+                    acc += tmp
+            isz = acc.itemsize
+            return xp.lib.stride_tricks.as_strided(
+                acc, (N, M) + tuple(out), (acc.strides[0], L * isz) + tuple(r * isz for r in R))
+        acc = xp.empty((N, g, m) + out, dtype=xc.dtype)
+        tmp = xp.empty_like(acc)
+        for t, offs in enumerate(self.taps):
+            sl = xpad[tap_slice(offs, self.strides, out)]       # (N, C, o...)
+            wt = self.wd_taps[t].reshape((g, m) + (1,) * nd)
+            if t == 0:
+                xp.multiply(sl[:, :, None], wt, out=acc)
+            else:
+                xp.multiply(sl[:, :, None], wt, out=tmp)
+                acc += tmp
+        return acc
+
+
+@kernel("Conv", since=1)
+def conv(info):
+    w = info.const_inputs[1] if len(info.const_inputs) > 1 else None
+    plan = _ConvPlan(info, info.attrs, weight=w)
+    if w is not None:
+        def run_const(x, _w=None, b=None):
+            return (plan(x, None, b),)
+        return run_const
+
+    def run(x, w, b=None):
+        return (plan(x, w, b),)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvTranspose
+
+
+def _convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad, output_shape, auto_pad):
+    n = len(spatial)
+    pb, pe, out = [], [], []
+    if output_shape:
+        output_shape = list(output_shape)[-n:]
+    for i in range(n):
+        in_sz, k, s, d, op = spatial[i], kshape[i], strides[i], dilations[i], out_pad[i]
+        full = s * (in_sz - 1) + op + (k - 1) * d + 1
+        if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = int(output_shape[i]) if output_shape else in_sz * s
+            total = full - o
+            if auto_pad == "SAME_UPPER":
+                b, e = total // 2, total - total // 2
+            else:
+                b, e = total - total // 2, total // 2
+        elif auto_pad == "VALID":
+            b = e = 0
+            o = full
+        else:
+            b, e = pads[i], pads[i + n]
+            o = full - b - e
+        pb.append(b)
+        pe.append(e)
+        out.append(o)
+    return tuple(pb), tuple(pe), tuple(out)
+
+
+@kernel("ConvTranspose", since=1)
+def conv_transpose(info):
+    xp = info.xp
+    a = info.attrs
+    g = int(a.get("group", 1))
+    auto_pad = a.get("auto_pad", "NOTSET")
+    state = {}
+
+    def prepack(w):
+        n = w.ndim - 2
+        C, Mg = w.shape[0], w.shape[1]
+        kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(w.shape[2:])
+        K = int(np.prod(kshape))
+        cdt = compute_dtype(w.dtype)
+        # (g, Mg*K, Cg): columns = W_g^T @ X_g
+        wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * K).transpose(0, 2, 1)
+        state.update(w=w, wt=xp.ascontiguousarray(wt), kshape=kshape, K=K, Mg=Mg, n=n,
+                     strides=tuple(_ints(a.get("strides"), n, 1)),
+                     dilations=tuple(_ints(a.get("dilations"), n, 1)),
+                     pads=tuple(_ints(a.get("pads"), 2 * n, 0)),
+                     out_pad=tuple(_ints(a.get("output_padding"), n, 0)),
+                     taps=list(itertools.product(*(range(k) for k in kshape))), geo={})
+
+    wconst = info.const_inputs[1] if len(info.const_inputs) > 1 else None
+    if wconst is not None:
+        prepack(wconst)
+
+    def run(x, w, b=None):
+        if wconst is None and state.get("w") is not w:
+            prepack(w)
+        st = state
+        cdt = compute_dtype(x.dtype)
+        xc = x.astype(cdt, copy=False)
+        N, C = x.shape[0], x.shape[1]
+        spatial = tuple(x.shape[2:])
+        geo = st["geo"].get(spatial)
+        if geo is None:
+            geo = _convtranspose_geometry(spatial, st["kshape"], st["strides"], st["dilations"], st["pads"],
+                                          st["out_pad"], a.get("output_shape"), auto_pad)
+            geo = geo + (_scatter_plan(spatial, st["taps"], st["strides"], st["dilations"], geo[0], geo[2]),)
+            st["geo"][spatial] = geo
+        pb, pe, out, scatter = geo
+        Mg, K = st["Mg"], st["K"]
+        I = int(np.prod(spatial)) if spatial else 1
+        cols = xp.matmul(st["wt"], xc.reshape(N, g, C // g, I))          # (N, g, Mg*K, I)
+        cols = cols.reshape((N, g * Mg, K) + spatial)
+        y = xp.zeros((N, g * Mg) + out, dtype=cdt)
+        for t, dst, src in scatter:
+            y[dst] += cols[(slice(None), slice(None), t) + src]
+        if b is not None:
+            y += b.astype(cdt, copy=False).reshape((g * Mg,) + (1,) * len(out))
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+def _scatter_plan(spatial, taps, strides, dilations, pb, out):
+    """Per kernel tap: (tap index, output slices, input slices) of the in-range positions it writes."""
+    plan = []
+    for t, js in enumerate(taps):
+        dst, src = [slice(None), slice(None)], []
+        empty = False
+        for i, j in enumerate(js):
+            s, d, I, O = strides[i], dilations[i], spatial[i], out[i]
+            start = j * d - pb[i]                      # output position of input index 0
+            i0 = max(0, (-start + s - 1) // s)
+            i1 = min(I, max(0, (O - start + s - 1) // s))
+            if i1 <= i0:
+                empty = True
+                break
+            dst.append(slice(start + i0 * s, start + (i1 - 1) * s + 1, s))
+            src.append(slice(i0, i1))
+        if not empty:
+            plan.append((t, tuple(dst), tuple(src)))
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvInteger / QLinearConv
+
+
+def _int_conv(info, x, w, x_zp, w_zp, plan_cache):
+    """Integer convolution (x - x_zp) * (w - w_zp) accumulated exactly in float64, as int32-valued floats."""
+    xp = info.xp
+    xf = x.astype(np.float64)
+    if x_zp is not None:
+        xf -= xp.asarray(x_zp).astype(np.float64).reshape(-1)[0] if np.size(x_zp) == 1 else \
+            xp.asarray(x_zp).astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+    wf = w.astype(np.float64)
+    if w_zp is not None:
+        wz = xp.asarray(w_zp).astype(np.float64)
+        wf -= wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(-1)[0]
+    plan = plan_cache.get("plan")
+    if plan is None or plan.w_shape != tuple(w.shape):
+        plan = _ConvPlan(info, info.attrs)
+        plan_cache["plan"] = plan
+    plan._prepack(wf)
+    plan._w_src = None
+    return plan(xf)
+
+
+@kernel("ConvInteger", since=10)
+def conv_integer(info):
+    cache = {}
+
+    def run(x, w, x_zp=None, w_zp=None):
+        y = _int_conv(info, x, w, x_zp, w_zp, cache)
+        return (y.astype(np.int32),)
+
+    return run
+
+
+def _qparams(xp, v, cdt=np.float64):
+    return xp.asarray(v).astype(cdt)
+
+
+@kernel("QLinearConv", since=10)
+def qlinear_conv(info):
+    xp = info.xp
+    cache = {}
+
+    def run(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+        acc = _int_conv(info, x, w, x_zp, w_zp, cache)          # (N, M, o...) float64, integer-valued
+        M = acc.shape[1]
+        nd = acc.ndim - 2
+        if b is not None:
+            acc += b.astype(np.float64).reshape((M,) + (1,) * nd)
+        ws = _qparams(xp, w_scale)
+        ws = ws.reshape((M,) + (1,) * nd) if ws.size > 1 else ws.reshape(())
+        scale = _qparams(xp, x_scale).reshape(()) * ws / _qparams(xp, y_scale).reshape(())
+        y = xp.rint(acc * scale)
+        out_dt = np.dtype(y_zp.dtype) if y_zp is not None else np.dtype(np.uint8)
+        if y_zp is not None:
+            y += _qparams(xp, y_zp).reshape(())
+        info_ = np.iinfo(out_dt)
+        return (xp.clip(y, info_.min, info_.max).astype(out_dt),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# DeformConv
+
+
+@kernel("DeformConv", since=19)
+def deform_conv(info):
+    """Deformable convolution: bilinear samples at offset tap positions (all taps at once), then matmul."""
+    xp = info.xp
+    a = info.attrs
+    g = int(a.get("group", 1))
+    og = int(a.get("offset_group", 1))
+
+    def run(x, w, offset, b=None, mask=None):
+        cdt = compute_dtype(x.dtype)
+        N, C = x.shape[:2]
+        spatial = tuple(x.shape[2:])
+        n = len(spatial)
+        M, Cg = w.shape[:2]
+        kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(w.shape[2:])
+        strides = _ints(a.get("strides"), n, 1)
+        dil = _ints(a.get("dilations"), n, 1)
+        pads = _ints(a.get("pads"), 2 * n, 0)
+        K = int(np.prod(kshape))
+        out = tuple(offset.shape[2:])
+        P = int(np.prod(out))
+        xc = x.astype(cdt, copy=False)
+        off = offset.astype(cdt, copy=False).reshape((N, og, K, n) + out)
+        # base sampling position per (tap, output position) and axis
+        grids = np.meshgrid(*[np.arange(o) for o in out], indexing="ij")
+        kgrids = np.meshgrid(*[np.arange(k) for k in kshape], indexing="ij")
+        pos = []
+        for i in range(n):
+            base = (kgrids[i].reshape((K,) + (1,) * n) * dil[i] + grids[i][None] * strides[i] - pads[i])
+            pos.append(xp.asarray(base.astype(cdt))[None, None] + off[:, :, :, i])   # (N, og, K, o...)
+        # multilinear interpolation with zeros outside the input
+        floors = [xp.floor(p) for p in pos]
+        fracs = [p - f for p, f in zip(pos, floors)]
+        floors = [f.astype(np.int64) for f in floors]
+        cpg = C // og
+        xg = xc.reshape(N, og, cpg, -1)
+        samples = xp.zeros((N, og, cpg, K) + out, dtype=cdt)
+        nidx = xp.arange(N).reshape((N, 1, 1) + (1,) * n)
+        gidx = xp.arange(og).reshape((1, og, 1) + (1,) * n)
+        for corner in itertools.product((0, 1), repeat=n):
+            wgt = xp.ones_like(pos[0])
+            flat = xp.zeros(pos[0].shape, dtype=np.int64)
+            valid = xp.ones(pos[0].shape, dtype=bool)
+            for i, c in enumerate(corner):
+                idx = floors[i] + c
+                wgt = wgt * (fracs[i] if c else (1 - fracs[i]))
+                valid &= (idx >= 0) & (idx < spatial[i])
+                flat = flat * spatial[i] + xp.clip(idx, 0, spatial[i] - 1)
+            wgt = xp.where(valid, wgt, 0)
+            # gather (N, og, cpg, K, o...) from xg[n, og, :, flat]
+            vals = xg[nidx, gidx, :, flat]                        # (N, og, K, o..., cpg)
+            vals = xp.moveaxis(vals, -1, 2)
+            samples += vals * wgt[:, :, None]
+        if mask is not None:
+            msk = mask.astype(cdt, copy=False).reshape((N, og, 1, K) + out)
+            samples *= msk
+        cols = samples.reshape(N, g, Cg * K, P)
+        wm = w.astype(cdt, copy=False).reshape(g, M // g, Cg * K)
+        y = xp.matmul(wm, cols).reshape((N, M) + out)
+        if b is not None:
+            y += b.astype(cdt, copy=False).reshape((M,) + (1,) * n)
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+__all__ = ["compute_dtype", "conv_geometry", "pad_spatial", "tap_offsets", "tap_slice", "window_view",
+           "same_pads"]
