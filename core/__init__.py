@@ -1,1 +1,54 @@
-"""engineroom: an ONNX inference engine with the onnxruntime Python API."""
+"""engineroom: an ONNX inference engine with the onnxruntime Python API (``import engineroom as ort``),
+whose work is done by execution providers that a partitioner assigns graph nodes to."""
+from __future__ import annotations
+
+from engineroom.errors import (
+    EngineroomError,
+    EPFail,
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    NoModel,
+    NoSuchFile,
+    NotImplemented,
+    RuntimeException,
+)
+from engineroom.options import GraphOptimizationLevel, RunOptions, SessionOptions
+from engineroom.session import InferenceSession, ModelMetadata, NodeArg
+from engineroom.values import OrtValue
+
+__version__ = "0.1.0"
+
+
+def get_all_providers() -> list[str]:
+    """Every provider registered through the ``engineroom.providers`` entry point."""
+    from engineroom import discovery
+
+    return discovery.provider_names()
+
+
+def get_available_providers() -> list[str]:
+    """Registered providers that can start on this machine, in onnxruntime's order (CPU last)."""
+    from engineroom import discovery
+
+    return discovery.available_provider_names()
+
+
+def get_device() -> str:
+    """"GPU" when a GPU provider is available, else "CPU" (as onnxruntime reports its build)."""
+    from engineroom import discovery
+
+    for name in discovery.available_provider_names():
+        cls = discovery.provider_class(name)
+        if cls is not None and cls.device_kind == "GPU":
+            return "GPU"
+    return "CPU"
+
+
+__all__ = [
+    "EPFail", "EngineroomError", "Fail", "GraphOptimizationLevel", "InferenceSession", "InvalidArgument",
+    "InvalidGraph", "InvalidProtobuf", "ModelMetadata", "NoModel", "NoSuchFile", "NodeArg", "NotImplemented",
+    "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "get_all_providers",
+    "get_available_providers", "get_device",
+]

@@ -1,0 +1,51 @@
+"""engineroom's error kinds, mirroring onnxruntime's status codes (and its Python exception names).
+
+Each also derives from the closest built-in exception, so ``except ValueError`` or
+``except FileNotFoundError`` work as a Python user expects.
+"""
+from __future__ import annotations
+
+
+class EngineroomError(Exception):
+    """Base of every error engineroom raises; ``code`` is onnxruntime's status code name."""
+
+    code = "FAIL"
+
+    def __str__(self) -> str:
+        return f"[engineroom] {self.code} : {super().__str__()}"
+
+
+class Fail(EngineroomError, RuntimeError):
+    code = "FAIL"
+
+
+class InvalidArgument(EngineroomError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class NoSuchFile(EngineroomError, FileNotFoundError):
+    code = "NO_SUCHFILE"
+
+
+class NoModel(EngineroomError, ValueError):
+    code = "NO_MODEL"
+
+
+class InvalidProtobuf(EngineroomError, ValueError):
+    code = "INVALID_PROTOBUF"
+
+
+class InvalidGraph(EngineroomError, ValueError):
+    code = "INVALID_GRAPH"
+
+
+class NotImplemented(EngineroomError, NotImplementedError):  # noqa: A001 - onnxruntime's name
+    code = "NOT_IMPLEMENTED"
+
+
+class RuntimeException(EngineroomError, RuntimeError):
+    code = "RUNTIME_EXCEPTION"
+
+
+class EPFail(EngineroomError, RuntimeError):
+    code = "EP_FAIL"

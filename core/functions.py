@@ -1,0 +1,80 @@
+"""Function ops no provider claims are expanded into their ONNX function body (schema functions,
+context-dependent ones included), and partitioning runs again over the expanded graph."""
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+from engineroom.views import normalize_domain, schema
+from onnx import inliner
+
+_DOMAIN = "engineroom.expand"
+
+
+def _function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
+    s = schema(node.op_type, normalize_domain(node.domain), opset)
+    if s is None:
+        return None
+    if s.has_function:
+        fn = s.get_function_with_opset_version(opset) if hasattr(s, "get_function_with_opset_version") else None
+        return fn or s.function_body
+    if s.has_context_dependent_function:
+        node_proto = ir.serde.serialize_node(node)
+        types = [ir.serde.serialize_type(v.type).SerializeToString() if v is not None and v.type is not None
+                 else onnx.TypeProto().SerializeToString() for v in node.inputs]
+        try:
+            raw = s.get_context_dependent_function_with_opset_version(
+                opset, node_proto.SerializeToString(), types)
+        except Exception:  # noqa: BLE001 - missing type info: no body
+            try:
+                raw = s.get_context_dependent_function(node_proto.SerializeToString(), types)
+            except Exception:  # noqa: BLE001
+                return None
+        fn = onnx.FunctionProto()
+        fn.ParseFromString(raw)
+        return fn
+    return None
+
+
+def expand_functions(model: ir.Model, nodes: list[ir.Node], opsets: dict[str, int]) -> bool:
+    """Replace each of ``nodes`` that has a function body by that body. True if any was expanded."""
+    bodies = []
+    for k, node in enumerate(nodes):
+        dom = normalize_domain(node.domain)
+        fn = _function_body(node, opsets.get(dom, 1))
+        if fn is None or not fn.node:
+            continue
+        fn.name = f"{node.op_type}__{k}"
+        fn.domain = _DOMAIN
+        node.op_type = fn.name
+        node.domain = _DOMAIN
+        bodies.append(fn)
+    if not bodies:
+        return False
+    proto = ir.serde.serialize_model(model)
+    proto.functions.extend(bodies)
+    proto.opset_import.append(onnx.helper.make_opsetid(_DOMAIN, 1))
+    for fn in bodies:  # the body may use a domain the model does not import yet
+        have = {o.domain for o in proto.opset_import}
+        for o in fn.opset_import:
+            if o.domain not in have:
+                proto.opset_import.append(o)
+                have.add(o.domain)
+    proto = inliner.inline_local_functions(proto)
+    del proto.opset_import[:]
+    for d, v in model.opset_imports.items():
+        if d != _DOMAIN:
+            proto.opset_import.append(onnx.helper.make_opsetid(d, v))
+    for fn in bodies:
+        have = {o.domain for o in proto.opset_import}
+        for o in fn.opset_import:
+            if o.domain not in have and o.domain != _DOMAIN:
+                proto.opset_import.append(o)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - shapes are a help, not a requirement
+        pass
+    new = ir.serde.deserialize_model(proto)
+    model.graph = new.graph
+    model.opset_imports.clear()
+    model.opset_imports.update(new.opset_imports)
+    return True

@@ -1,0 +1,51 @@
+"""Level-1 eliminations: nodes that only pass a value through (Identity, inference-mode Dropout)."""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+
+def _bypass(graph: ir.Graph, node: ir.Node) -> bool:
+    """Make the consumers of node's first output read its first input instead, and drop the node."""
+    src, dst = node.inputs[0], node.outputs[0]
+    if src is None or dst in graph.outputs and (src in graph.outputs or src in graph.inputs or src.is_initializer()):
+        return False
+    if dst in graph.outputs:
+        # keep the graph output's name: rename through the producer instead when we can
+        if src.producer() is None or len(src.uses()) != 1:
+            return False
+        idx = graph.outputs.index(dst)
+        graph.remove(node, safe=False)
+        name = dst.name
+        dst.name = None
+        src.name = name
+        graph.outputs[idx] = src
+        return True
+    ir.convenience.replace_all_uses_with(dst, src)
+    graph.remove(node, safe=False)
+    return True
+
+
+def eliminate_identity(graph: ir.Graph) -> int:
+    n = 0
+    for node in list(graph):
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and _is_tensor(node.inputs[0]):
+            n += _bypass(graph, node)
+    return n
+
+
+def eliminate_dropout(graph: ir.Graph) -> int:
+    """Dropout with no mask consumer, no training_mode input and no subgraph use is an Identity."""
+    n = 0
+    for node in list(graph):
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            continue  # training_mode may be set at run time
+        if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1] in graph.outputs):
+            continue
+        n += _bypass(graph, node)
+    return n
+
+
+def _is_tensor(v) -> bool:
+    return v is not None and (v.type is None or isinstance(v.type, ir.TensorType))

@@ -1,0 +1,111 @@
+"""Stage 4 and the grouping half of stage 6: assign nodes to providers, then group them.
+
+Providers are asked in the user's priority order, each over the nodes still unassigned; a claim never
+steals. Same-provider nodes are then grouped into maximal cycle-free partitions by Kahn waves: nodes
+are taken in a topological order that keeps taking ready nodes of the current partition's provider
+for as long as there are any, so every partition is a contiguous run of one topological order and
+no path can leave a partition and re-enter it.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from engineroom.plugin_sdk import CompilingProvider, ExecutionProvider, GraphView, NodeView
+
+
+@dataclass(frozen=True)
+class AssignedNode:
+    """One node of a partition, as onnxruntime's ``OrtEpAssignedNode`` names it."""
+
+    name: str
+    domain: str
+    op_type: str
+
+
+@dataclass
+class Partition:
+    """A maximal cycle-free run of nodes on one provider (onnxruntime's ``OrtEpAssignedSubgraph``)."""
+
+    ep_name: str
+    provider_index: int
+    nodes: list[NodeView]
+    compiled: bool = False
+    note: str = ""
+    _assigned: list[AssignedNode] = field(default_factory=list, repr=False)
+
+    def get_nodes(self) -> list[AssignedNode]:
+        if not self._assigned:
+            self._assigned = [AssignedNode(n.name, n.domain, n.op_type) for n in self.nodes]
+        return list(self._assigned)
+
+
+def assign(views: list[NodeView], providers: list[ExecutionProvider], graph: GraphView) -> tuple[list, dict, list]:
+    """Ask each provider in turn. Returns (owner provider index per node or None,
+    compiled-group id per node index, notes from the providers)."""
+    owner: list[int | None] = [None] * len(views)
+    group_of: dict[int, int] = {}
+    notes: list[str] = []
+    next_group = 0
+    for pi, p in enumerate(providers):
+        free = [v for v in views if owner[v.index] is None]
+        if not free:
+            break
+        graph.nodes = free
+        graph.all_nodes = views
+        for cap in p.get_capability(graph) or ():
+            idxs = [v.index for v in cap.nodes if owner[v.index] is None]
+            for i in idxs:
+                owner[i] = pi
+            if cap.kind == "group" and isinstance(p, CompilingProvider):
+                for i in idxs:
+                    group_of[i] = next_group
+                next_group += 1
+            if cap.note:
+                notes.append(f"{p.name}: {cap.note}")
+    return owner, group_of, notes
+
+
+def group(views: list[NodeView], owner: list[int], group_of: dict[int, int],
+          providers: list[ExecutionProvider], outer: dict[int, list[str]]) -> list[Partition]:
+    """Maximal cycle-free partitions in a topological order (Kahn waves). ``outer`` lists, per node
+    with subgraphs, the enclosing-scope values those subgraphs read (edges like its inputs)."""
+    n = len(views)
+    producer = {}
+    for v in views:
+        for o in v.output_names:
+            if o:
+                producer[o] = v.index
+    succ: list[set[int]] = [set() for _ in range(n)]
+    indeg = [0] * n
+    for v in views:
+        preds = {producer[x] for x in (*v.input_names, *outer.get(v.index, ())) if x in producer}
+        preds.discard(v.index)
+        indeg[v.index] = len(preds)
+        for p in preds:
+            succ[p].add(v.index)
+
+    def color(i):
+        return (owner[i], group_of.get(i, -1))
+
+    ready: dict[tuple, list[int]] = {}
+    for i in range(n):
+        if indeg[i] == 0:
+            heapq.heappush(ready.setdefault(color(i), []), i)
+    parts: list[Partition] = []
+    cur = None
+    while any(ready.values()):
+        if cur is None or not ready.get(cur):
+            cur = min((h[0], c) for c, h in ready.items() if h)[1]
+            pi = cur[0]
+            parts.append(Partition(providers[pi].name, pi, [], compiled=cur[1] >= 0))
+        i = heapq.heappop(ready[cur])
+        parts[-1].nodes.append(views[i])
+        for s in succ[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready.setdefault(color(s), []), s)
+    if sum(len(p.nodes) for p in parts) != n:
+        raise ValueError("the graph has a cycle")
+    return parts
+

@@ -1,0 +1,322 @@
+"""Stages 6–7: copies across devices, kernels created once, and the flat plan the executor walks.
+
+A plan is a list of steps ``(callable, input slots, output slots, slots to release)`` over one list
+of value slots. Slot 0 always holds None (absent optional inputs); constants are prefilled in the
+template; every other slot is released right after its last use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx_ir as ir
+from engineroom.errors import Fail, InvalidGraph, NotImplemented, RuntimeException
+from engineroom.partition import Partition, assign, group
+from engineroom.plugin_sdk import (
+    CPU,
+    Device,
+    ExecutionProvider,
+    GraphView,
+    GroupView,
+    KernelInfo,
+    KernelProvider,
+    NodeView,
+    ort_type_name,
+)
+from engineroom.views import node_view, tensor_to_numpy
+
+NONE_SLOT = 0
+
+
+class Unclaimed(Exception):
+    """Nodes no provider claimed (the session may expand function ops and try again)."""
+
+    def __init__(self, nodes: list[ir.Node], views: list[NodeView]):
+        super().__init__(f"{len(nodes)} unclaimed nodes")
+        self.nodes = nodes
+        self.views = views
+
+
+@dataclass
+class Plan:
+    """The flat program of one graph (the main graph or a subgraph)."""
+
+    template: list
+    input_names: list[str]
+    input_slots: list[int]
+    output_names: list[str]
+    output_slots: list[int]
+    steps: list[tuple]                  # (fn, in_slots, out_slots, release_slots)
+    labels: list[str]                   # per step, for error messages
+    partitions: list[Partition]
+    n_copies: int
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, feeds: list) -> list:
+        vals = self.template.copy()
+        for s, v in zip(self.input_slots, feeds):
+            vals[s] = v
+        i = -1
+        try:
+            for i, (fn, ins, outs, rel) in enumerate(self.steps):  # noqa: B007 - i names the failing step
+                res = fn(*[vals[j] for j in ins])
+                for s, r in zip(outs, res):
+                    vals[s] = r
+                for s in rel:
+                    vals[s] = None
+        except Exception as e:
+            if isinstance(e, (RuntimeException, Fail, NotImplemented)) and getattr(e, "_located", False):
+                raise
+            err = RuntimeException(f"Non-zero status code returned while running {self.labels[i]}: "
+                                   f"{type(e).__name__}: {e}")
+            err._located = True
+            raise err from e
+        return [vals[s] for s in self.output_slots]
+
+
+class Subgraph:
+    """A planned graph attribute of a control-flow node: ``sub(inputs, outer) -> outputs``."""
+
+    def __init__(self, plan: Plan, outer_names: list[str]):
+        self.plan = plan
+        self.input_names = plan.input_names[: len(plan.input_names) - len(outer_names)]
+        self.output_names = plan.output_names
+        self.outer_names = outer_names
+
+    def __call__(self, inputs: list, outer: list = ()) -> list:
+        return self.plan.run([*inputs, *outer])
+
+
+def free_names(graph: ir.Graph) -> list[str]:
+    """Names a graph reads from enclosing scopes (its subgraphs' included), in first-use order."""
+    defined = {v.name for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        defined.update(v.name for v in node.outputs)
+    seen: dict[str, None] = {}
+    for node in graph:
+        for v in node.inputs:
+            if v is not None and v.name and v.name not in defined:
+                seen.setdefault(v.name)
+        for a in node.attributes.values():
+            for g in _graphs_of(a):
+                for nm in free_names(g):
+                    if nm not in defined:
+                        seen.setdefault(nm)
+    return list(seen)
+
+
+def _graphs_of(a) -> list[ir.Graph]:
+    if a.type == ir.AttributeType.GRAPH:
+        return [a.value]
+    if a.type == ir.AttributeType.GRAPHS:
+        return list(a.value)
+    return []
+
+
+class PlanBuilder:
+    """Builds the plan of one graph for an ordered list of provider instances."""
+
+    def __init__(self, providers: list[ExecutionProvider], opsets: dict[str, int], ir_version: int,
+                 host: ExecutionProvider):
+        self.providers = providers
+        self.opsets = opsets
+        self.ir_version = ir_version
+        self.host = host  # the provider that owns host memory (CPU provider, or a plain one)
+        self.by_device: dict[Device, ExecutionProvider] = {CPU: host}
+        for p in providers:
+            self.by_device.setdefault(p.device, p)
+
+    def build(self, graph: ir.Graph, outer_names: list[str] = ()) -> Plan:
+        consts = {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items()
+                  if v.const_value is not None}
+        input_names = [v.name for v in graph.inputs]
+        for nm in input_names:  # overridable initializers are inputs, not constants
+            consts.pop(nm, None)
+        nodes = list(graph)
+        views = [node_view(n, i, self.opsets, consts) for i, n in enumerate(nodes)]
+        outer: dict[int, list[str]] = {}
+        for i, n in enumerate(nodes):
+            names: dict[str, None] = {}
+            for a in n.attributes.values():
+                for g in _graphs_of(a):
+                    names.update(dict.fromkeys(free_names(g)))
+            if names:
+                outer[i] = list(names)
+        gview = GraphView(nodes=[], opsets=dict(self.opsets), ir_version=self.ir_version,
+                          graph_inputs=tuple(input_names) + tuple(outer_names),
+                          graph_outputs=tuple(v.name for v in graph.outputs),
+                          initializers=consts)
+        owner, group_of, notes = assign(views, self.providers, gview)
+        missing = [i for i, o in enumerate(owner) if o is None]
+        if missing:
+            raise Unclaimed([nodes[i] for i in missing], [views[i] for i in missing])
+        parts = group(views, owner, group_of, self.providers, outer)
+        return self._emit(graph, nodes, views, parts, consts, input_names, list(outer_names), outer, notes)
+
+    # -- stage 6/7: slots, copies, kernels -----------------------------------------------------
+    def _emit(self, graph, nodes, views, parts, consts, input_names, outer_names, outer, notes) -> Plan:
+        template: list[Any] = [None]
+        loc: dict[str, dict[Device, int]] = {}
+        home: dict[str, Device] = {}
+
+        def new_slot(value=None) -> int:
+            template.append(value)
+            return len(template) - 1
+
+        for name, arr in consts.items():
+            loc[name] = {CPU: new_slot(arr)}
+            home[name] = CPU
+        in_slots = []
+        for name in [*input_names, *outer_names]:
+            s = new_slot()
+            in_slots.append(s)
+            loc[name] = {CPU: s}
+            home[name] = CPU
+
+        steps: list[tuple] = []
+        labels: list[str] = []
+        n_copies = 0
+        graph_outs = {v.name for v in graph.outputs}
+        readers: dict[str, set[int]] = {}
+        for k, part in enumerate(parts):
+            for v in part.nodes:
+                for nm in (*v.input_names, *outer.get(v.index, ())):
+                    readers.setdefault(nm, set()).add(k)
+
+        def slot_on(name: str, dev: Device) -> int:
+            nonlocal n_copies
+            if not name:
+                return NONE_SLOT
+            if name not in loc:
+                raise InvalidGraph(f"value '{name}' is read before any node produces it (or is not defined)")
+            places = loc[name]
+            if dev in places:
+                return places[dev]
+            src_dev = home[name]
+            src = self.by_device[src_dev]
+            dst = self.by_device[dev]
+            if name in consts:  # constants move once, at session creation
+                s = new_slot(dst.to_device(consts[name]))
+            else:
+                s = new_slot()
+                steps.append((_copy_fn(src, dst), (places[src_dev],), (s,), ()))
+                labels.append(f"copy of '{name}' from {src_dev} to {dev}")
+                n_copies += 1
+            places[dev] = s
+            return s
+
+        def define(name: str, dev: Device) -> int:
+            if not name:
+                return new_slot()
+            s = new_slot()
+            loc[name] = {dev: s}
+            home[name] = dev
+            return s
+
+        for k, part in enumerate(parts):
+            prov = self.providers[part.provider_index]
+            dev = prov.device
+            if part.compiled:
+                needed = {nm for v in part.nodes for nm in v.output_names
+                          if nm in graph_outs or readers.get(nm, set()) - {k}}
+                self._emit_compiled(part, prov, consts, needed, slot_on, define, steps, labels)
+                continue
+            for v in part.nodes:
+                host_in = set(prov.host_input_indices(v))
+                ins = tuple(slot_on(nm, CPU if j in host_in else dev) for j, nm in enumerate(v.input_names))
+                outer_nm = outer.get(v.index, [])
+                ins += tuple(slot_on(nm, CPU) for nm in outer_nm)
+                fn = self._kernel(prov, v, nodes[v.index], outer_nm)
+                outs = tuple(define(nm, dev) for nm in v.output_names)
+                steps.append((fn, ins, outs, ()))
+                labels.append(f"{v.describe()} on {prov.name}")
+
+        out_names = [v.name for v in graph.outputs]
+        out_slots = [slot_on(nm, CPU) for nm in out_names]
+        steps = _with_releases(steps, set(out_slots))
+        return Plan(template, [*input_names, *outer_names], in_slots, out_names, out_slots, steps, labels,
+                    parts, n_copies, notes)
+
+    def _emit_compiled(self, part, prov, consts, needed, slot_on, define, steps, labels) -> None:
+        inside = {o for v in part.nodes for o in v.output_names if o}
+        ins: dict[str, None] = {}
+        inits: dict[str, np.ndarray] = {}
+        types: dict[str, Any] = {}
+        for v in part.nodes:
+            for nm, tp in zip(v.input_names, v.input_types):
+                if not nm or nm in inside:
+                    continue
+                if nm in consts:
+                    inits[nm] = consts[nm]
+                else:
+                    ins.setdefault(nm)
+                if tp is not None:
+                    types[nm] = tp
+            for nm, tp in zip(v.output_names, v.output_types):
+                if tp is not None:
+                    types[nm] = tp
+        outs = [o for v in part.nodes for o in v.output_names if o and o in needed]
+        gv = GroupView(part.nodes, list(ins), outs, dict(self.opsets), self.ir_version, types, inits)
+        try:
+            fn = prov.compile(gv)
+        except Exception as e:  # noqa: BLE001 - a provider failure names the provider
+            raise Fail(f"{prov.name} failed to compile a group of {len(part.nodes)} nodes "
+                       f"({', '.join(sorted({v.op_type for v in part.nodes}))}): {type(e).__name__}: {e}") from e
+        in_slots = tuple(slot_on(nm, prov.device) for nm in ins)
+        out_slots = tuple(define(nm, prov.device) for nm in outs)
+        steps.append((fn, in_slots, out_slots, ()))
+        labels.append(f"compiled group of {len(part.nodes)} nodes on {prov.name}")
+
+    def _kernel(self, prov: ExecutionProvider, v: NodeView, node: ir.Node, outer_nm: list[str]) -> Callable:
+        extra = {}
+        for name, a in node.attributes.items():
+            graphs = _graphs_of(a)
+            if graphs:
+                subs = [Subgraph(self._sub_plan(g, outer_nm), outer_nm) for g in graphs]
+                extra[name] = subs[0] if a.type == ir.AttributeType.GRAPH else subs
+        info = KernelInfo.from_view(v, num_outer=len(outer_nm), outer_names=tuple(outer_nm))
+        if extra:
+            info.attrs = {**info.attrs, **extra}
+        if not isinstance(prov, KernelProvider):
+            raise Fail(f"{prov.name} claimed {v.describe()} as a single node but serves no kernels")
+        try:
+            return prov.create_kernel(info)
+        except (NotImplemented, Fail, InvalidGraph):
+            raise
+        except Exception as e:  # noqa: BLE001 - kernel factories validate attributes and constants
+            raise Fail(f"{prov.name} could not create a kernel for {v.describe()}: {type(e).__name__}: {e}") from e
+
+    def _sub_plan(self, g: ir.Graph, outer_nm: list[str]) -> Plan:
+        return PlanBuilder(self.providers, self.opsets, self.ir_version, self.host).build(g, outer_nm)
+
+
+def _copy_fn(src: ExecutionProvider, dst: ExecutionProvider) -> Callable:
+    def copy(value):
+        return (src.copy(value, dst),)
+
+    return copy
+
+
+def _with_releases(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """Attach to each step the slots whose last reader it is (and outputs nobody reads)."""
+    last: dict[int, int] = {}
+    for i, (_, ins, outs, _) in enumerate(steps):
+        for s in outs:
+            last[s] = i
+        for s in ins:
+            last[s] = i
+    rel: list[list[int]] = [[] for _ in steps]
+    for s, i in last.items():
+        if s != NONE_SLOT and s not in keep:
+            rel[i].append(s)
+    return [(fn, ins, outs, tuple(r)) for (fn, ins, outs, _), r in zip(steps, rel)]
+
+
+def type_string(dtype) -> str:
+    from engineroom.plugin_sdk import onnx_elem_type
+
+    try:
+        return f"tensor({ort_type_name(onnx_elem_type(dtype))})"
+    except Exception:  # noqa: BLE001
+        return "unknown"

@@ -1,0 +1,331 @@
+"""InferenceSession: the onnxruntime-compatible front door that drives a session's life, in order:
+load → check & infer → optimize → partition → group & copy → plan → run."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from engineroom import discovery
+from engineroom.errors import EPFail, Fail, InvalidArgument, NotImplemented
+from engineroom.functions import expand_functions
+from engineroom.load import load_model
+from engineroom.optimizer import optimize
+from engineroom.options import RunOptions, SessionOptions
+from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
+from engineroom.plugin_sdk import ExecutionProvider, ProviderOptionError
+from engineroom.values import OrtValue
+from engineroom.views import value_dtype, value_shape
+
+log = logging.getLogger("engineroom")
+_SEVERITY = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.CRITICAL}
+
+
+@dataclass
+class NodeArg:
+    """An input or output of the model as onnxruntime describes it."""
+
+    name: str
+    type: str
+    shape: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name='{self.name}', type='{self.type}', shape={self.shape})"
+
+
+@dataclass
+class ModelMetadata:
+    producer_name: str = ""
+    graph_name: str = ""
+    domain: str = ""
+    description: str = ""
+    graph_description: str = ""
+    version: int = 0
+    custom_metadata_map: dict = field(default_factory=dict)
+
+
+def _type_string(v: ir.Value) -> str:
+    t = v.type
+    if t is None:
+        return "unknown"
+    if isinstance(t, ir.TensorType):
+        return type_string(value_dtype(v)) if value_dtype(v) is not None else f"tensor({t.dtype.name.lower()})"
+    if isinstance(t, ir.SequenceType):
+        return f"seq({_elem_type_string(t.elem_type)})"
+    if isinstance(t, ir.OptionalType):
+        return f"optional({_elem_type_string(t.elem_type)})"
+    return str(t)
+
+
+def _elem_type_string(t) -> str:
+    if isinstance(t, ir.TensorType):
+        try:
+            return type_string(np.dtype(t.dtype.numpy()))
+        except Exception:  # noqa: BLE001
+            return f"tensor({t.dtype.name.lower()})"
+    if isinstance(t, ir.SequenceType):
+        return f"seq({_elem_type_string(t.elem_type)})"
+    if isinstance(t, ir.OptionalType):
+        return f"optional({_elem_type_string(t.elem_type)})"
+    return str(t)
+
+
+def _node_arg(v: ir.Value) -> NodeArg:
+    shape = value_shape(v)
+    return NodeArg(v.name, _type_string(v), [] if shape is None else [d for d in shape])
+
+
+class _InputCheck:
+    """What a feed must be for one graph input, decided once at session creation."""
+
+    def __init__(self, v: ir.Value):
+        self.name = v.name
+        self.is_tensor = isinstance(v.type, ir.TensorType)
+        self.dtype = value_dtype(v)
+        shape = value_shape(v)
+        self.rank = None if shape is None else len(shape)
+        self.fixed = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
+
+    def check(self, x: Any) -> Any:
+        if isinstance(x, OrtValue):
+            x = x._value if x._provider is None else x._provider.to_host(x._value)
+        if not self.is_tensor:
+            return x
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if self.dtype is not None and x.dtype != self.dtype and not (self.dtype.kind == "O" and x.dtype.kind in "OUS"):
+            raise InvalidArgument(f"Unexpected input data type for input '{self.name}'. "
+                                  f"Actual: ({type_string(x.dtype)}) , expected: ({type_string(self.dtype)})")
+        if self.dtype is not None and self.dtype.kind == "O" and x.dtype.kind in "US":
+            x = x.astype(object)
+        if self.rank is not None:
+            if x.ndim != self.rank:
+                raise InvalidArgument(f"Invalid rank for input: {self.name} Got: {x.ndim} Expected: {self.rank} "
+                                      "Please fix either the inputs/outputs or the model.")
+            bad = [(i, x.shape[i], d) for i, d in self.fixed if x.shape[i] != d]
+            if bad:
+                lines = "".join(f" index: {i} Got: {g} Expected: {d}\n" for i, g, d in bad)
+                raise InvalidArgument(f"Got invalid dimensions for input: {self.name} for the following indices\n"
+                                      f"{lines} Please fix either the inputs/outputs or the model.")
+        return x
+
+
+class InferenceSession:
+    """``onnxruntime.InferenceSession`` over engineroom's providers."""
+
+    def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
+                 providers: Sequence | None = None, provider_options: Sequence[dict] | None = None, **kwargs):
+        self._sess_options = sess_options or SessionOptions()
+        self._lock = threading.Lock()
+        so = self._sess_options
+        self._log_level = _SEVERITY.get(int(so.log_severity_level), logging.WARNING)
+        self._providers = self._create_providers(providers, provider_options)
+        self._model = load_model(path_or_bytes, so._free_dims_by_name)
+        graph = self._model.graph
+        init_names = set(graph.initializers)
+        self._inputs_all = list(graph.inputs)
+        self._inputs = [v for v in self._inputs_all if v.name not in init_names]
+        self._overridable = [v for v in self._inputs_all if v.name in init_names]
+        self._outputs = list(graph.outputs)
+        self._checks = {v.name: _InputCheck(v) for v in self._inputs_all}
+        self._defaults = {v.name: v.const_value for v in self._overridable}
+        self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
+        if int(so.graph_optimization_level) > 0:
+            optimize(self._model, int(so.graph_optimization_level), self._cpu_for_folding())
+        self._plan = self._build_plan()
+        if so.optimized_model_filepath:
+            ir.save(self._model, so.optimized_model_filepath)
+        self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
+        self._in_order = [v.name for v in self._inputs_all]
+        self._log_placement()
+
+    # -- providers ------------------------------------------------------------------------------
+    def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
+        so = self._sess_options
+        strict = so.config("session.disable_cpu_ep_fallback") == "1"
+        requested = list(providers) if providers else ["CPUExecutionProvider"]
+        if provider_options is not None and len(provider_options) != len(requested):
+            raise InvalidArgument(f"provider_options has {len(provider_options)} entries for "
+                                  f"{len(requested)} providers: they must match one to one")
+        out: list[ExecutionProvider] = []
+        for k, item in enumerate(requested):
+            if isinstance(item, (tuple, list)):
+                if len(item) != 2 or not isinstance(item[1], dict):
+                    raise InvalidArgument(f"provider entry {item!r} must be a name or a (name, options dict) tuple")
+                name, opts = item[0], dict(item[1])
+            else:
+                name, opts = item, {}
+            if provider_options is not None:
+                opts.update(provider_options[k] or {})
+            if not isinstance(name, str):
+                raise InvalidArgument(f"provider names must be strings, got {name!r}")
+            if any(p.name == name for p in out):
+                continue
+            prov = self._start_provider(name, opts, strict)
+            if prov is not None:
+                out.append(prov)
+        if not strict and not any(p.name == "CPUExecutionProvider" for p in out):
+            cpu = self._start_provider("CPUExecutionProvider", {}, True)
+            out.append(cpu)
+        if not out:
+            raise EPFail("no execution provider could be started")
+        return out
+
+    def _start_provider(self, name: str, opts: dict, strict: bool) -> ExecutionProvider | None:
+        cls = discovery.provider_class(name)
+        reason = None
+        if cls is None:
+            reason = discovery.load_failure(name) or (
+                f"no provider of that name is registered; available providers: "
+                f"{', '.join(discovery.available_provider_names())}")
+        elif not discovery.is_available(name):
+            reason = discovery.load_failure(name) or "it is not available on this machine"
+        else:
+            try:
+                return cls(**opts)
+            except ProviderOptionError as e:
+                raise InvalidArgument(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - a provider that fails to start is reported, never hidden
+                reason = f"it failed to start: {type(e).__name__}: {e}"
+        msg = f"{name} cannot be used: {reason}"
+        if strict:
+            raise EPFail(msg)
+        if self._log_level <= logging.WARNING:
+            log.warning("%s; falling back to the remaining providers", msg)
+        return None
+
+    def _cpu_for_folding(self):
+        if self._cpu is not None:
+            return self._cpu
+        cls = discovery.provider_class("CPUExecutionProvider")
+        return cls() if cls is not None else None
+
+    # -- planning -------------------------------------------------------------------------------
+    def _build_plan(self) -> Plan:
+        host = self._cpu or ExecutionProvider()
+        opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
+        tried: set[str] = set()
+        while True:
+            builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
+            try:
+                return builder.build(self._model.graph)
+            except Unclaimed as u:
+                key = ",".join(sorted(f"{v.domain}::{v.op_type}" for v in u.views))
+                if key not in tried:
+                    tried.add(key)
+                    if expand_functions(self._model, u.nodes, opsets):
+                        continue
+                raise self._unclaimed_error(u.views[0]) from None
+
+    def _unclaimed_error(self, v) -> NotImplemented:
+        dom = v.domain or "ai.onnx"
+        types = ", ".join(type_string(d) if d is not None else "?" for d in v.input_dtypes) or "none"
+        asked = ", ".join(p.name for p in self._providers)
+        return NotImplemented(
+            f"Could not find an implementation for {v.op_type}({v.opset}) node with name '{v.name}' "
+            f"(domain {dom}, opset {v.opset}, input types: {types}); providers asked: {asked}")
+
+    def _log_placement(self) -> None:
+        plan = self._plan
+        total = sum(len(p.nodes) for p in plan.partitions)
+        parts = []
+        for prov in self._providers:
+            nodes = [n for p in plan.partitions if p.ep_name == prov.name for n in p.nodes]
+            if not nodes:
+                continue
+            ops = list(dict.fromkeys(n.op_type for n in nodes))
+            more = ", ..." if len(ops) > 6 else ""
+            parts.append(f"{prov.name} took {len(nodes)}/{total} nodes ({', '.join(ops[:6])}{more})")
+        line = "; ".join(parts) or "no nodes to run"
+        line += f"; {plan.n_copies} copies inserted"
+        if plan.notes:
+            line += " [" + "; ".join(plan.notes) + "]"
+        used = {p.ep_name for p in plan.partitions}
+        level = logging.WARNING if len(used) > 1 or (
+            self._providers and used and self._providers[0].name not in used) else logging.INFO
+        if level >= self._log_level:
+            log.log(level, "%s", line)
+        self._placement_line = line
+
+    # -- onnxruntime's API ----------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._outputs]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._overridable]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        m = self._model
+        return ModelMetadata(producer_name=m.producer_name or "", graph_name=m.graph.name or "",
+                             domain=m.domain or "", description=m.doc_string or "",
+                             graph_description=m.graph.doc_string or "", version=m.model_version or 0,
+                             custom_metadata_map=dict(m.metadata_props))
+
+    def get_providers(self) -> list[str]:
+        return [p.name for p in self._providers]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {p.name: dict(p.provider_options) for p in self._providers}
+
+    def get_session_options(self) -> SessionOptions:
+        return self._sess_options
+
+    def get_provider_graph_assignment_info(self):
+        return list(self._plan.partitions)
+
+    @property
+    def placement(self) -> str:
+        """The placement line logged after partitioning."""
+        return self._placement_line
+
+    def run(self, output_names, input_feed: dict, run_options: RunOptions | None = None) -> list:
+        outs = self._run(output_names, input_feed, run_options)
+        return [self._to_numpy(v) for v in outs]
+
+    def run_with_ort_values(self, output_names, input_dict_ort_values: dict,
+                            run_options: RunOptions | None = None) -> list[OrtValue]:
+        outs = self._run(output_names, input_dict_ort_values, run_options)
+        return [OrtValue(self._to_numpy(v)) for v in outs]
+
+    # -- running --------------------------------------------------------------------------------
+    def _run(self, output_names, input_feed, run_options) -> list:
+        if run_options is not None and run_options.terminate:
+            raise Fail("Exiting due to terminate flag being set to true.")
+        if not isinstance(input_feed, dict):
+            raise InvalidArgument(f"input_feed must be a dict of input name to value, got {type(input_feed).__name__}")
+        idx = self._output_indices(output_names)
+        feeds = []
+        for name in self._in_order:
+            if name in input_feed:
+                feeds.append(self._checks[name].check(input_feed[name]))
+            elif name in self._defaults:
+                feeds.append(self._defaults[name].numpy())
+            else:
+                missing = [n for n in self._in_order if n not in input_feed and n not in self._defaults]
+                raise InvalidArgument(f"Required inputs ({missing}) are missing from input feed "
+                                      f"({list(input_feed)}).")
+        if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
+            bad = next(k for k in input_feed if k not in self._checks)
+            raise InvalidArgument(f"Invalid input name: {bad}")
+        outs = self._plan.run(feeds)
+        return [outs[i] for i in idx]
+
+    def _output_indices(self, output_names) -> list[int]:
+        if not output_names:
+            return list(range(len(self._plan.output_names)))
+        try:
+            return [self._out_index[n] for n in output_names]
+        except KeyError as e:
+            raise InvalidArgument(f"Invalid output name: {e.args[0]}") from None
+
+    @staticmethod
+    def _to_numpy(v):
+        if isinstance(v, np.ndarray) or v is None or isinstance(v, (list, dict)):
+            return v
+        return np.asarray(v)
