@@ -1,0 +1,263 @@
+"""Cast, CastLike and BitCast kernels.
+
+Numeric conversions are ``astype`` (NumPy and ml_dtypes), with ONNX's special rules made explicit:
+
+* float8 (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ) with ``saturate=1`` clamps to +-FLT_MAX before rounding
+  (NaN stays NaN); opset 19-23 sent +-Inf to NaN for the FNUZ types, opset 24+ saturates them too.
+  With ``saturate=0`` ml_dtypes' own overflow (Inf or NaN) is exactly the ONNX table.
+* FLOAT8E8M0 (a bare power-of-two exponent) is built from the float32 exponent bits with the
+  ``round_mode`` ("up", "down", "nearest") and ``saturate`` rules.
+* int4/uint4/int2/uint2 keep the low bits of the integer (two's complement wrap-around, as for
+  every fixed-point narrowing); floats are first rounded half away from zero, as onnxruntime does.
+* strings follow onnxruntime: numbers print as C's ``%.8g`` (``NaN``, ``INF``, ``-INF``) or as plain
+  integers (bools as ``1``/``0``); strings parse as floats (``inf``/``nan`` in any case) or integers.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+from engineroom.plugin_sdk import np_dtype
+from engineroom.providers.cpu.registry import kernel
+
+_F8_SATURATING = frozenset(np.dtype(t) for t in (
+    ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz))
+_FNUZ = frozenset(np.dtype(t) for t in (ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2fnuz))
+_E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
+_SUBBYTE_INT = frozenset(np.dtype(t) for t in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2))
+_ML_FLOATS = frozenset(np.dtype(t) for t in (
+    ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2,
+    ml_dtypes.float8_e5m2fnuz, ml_dtypes.float4_e2m1fn, ml_dtypes.float8_e8m0fnu, ml_dtypes.float6_e2m3fn,
+    ml_dtypes.float6_e3m2fn))
+_OBJECT = np.dtype(object)
+
+# Cast-1 names its target with a string.
+_LEGACY_NAMES = {
+    "FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7, "STRING": 8,
+    "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13, "COMPLEX64": 14, "COMPLEX128": 15,
+}
+
+
+def _is_float(dt: np.dtype) -> bool:
+    return dt.kind == "f" or dt in _ML_FLOATS
+
+
+def _is_text(dt: np.dtype) -> bool:
+    return dt.kind in "OUS"
+
+
+def _as_float(x, xp):
+    """``x`` as float32 or float64 (float64 where float32 could round: doubles, wide integers)."""
+    dt = x.dtype
+    if dt == np.float32 or dt == np.float64:
+        return x
+    if dt.kind in "iu" and dt.itemsize >= 4:
+        return x.astype(np.float64)
+    return x.astype(np.float32)
+
+
+# ----- strings ----------------------------------------------------------------------------------
+
+def _format_float(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "INF" if v > 0 else "-INF"
+    return "%.8g" % v
+
+
+def _to_string(x, xp):
+    dt = x.dtype
+    if _is_text(dt):
+        return x.astype(object)
+    if _is_float(dt) or dt.kind == "c":
+        vals = np.asarray(x if dt.kind in "fc" else x.astype(np.float32))
+        if dt.kind == "c":
+            flat = [str(v) for v in vals.ravel().tolist()]
+        else:
+            flat = [_format_float(v) for v in vals.astype(np.float64).ravel().tolist()]
+    else:
+        vals = np.asarray(x if dt.kind in "biu" else x.astype(np.int64))
+        flat = [str(int(v)) for v in vals.ravel().tolist()]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(x.shape)     # strings live on the host whatever the provider
+
+
+def _parse_int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        return int(float(s))    # "100.5" -> 100, as C's stoll reads the leading integer
+
+
+def _from_string(x, to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
+    flat = [s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(x).ravel().tolist()]
+    flat = [s.strip() for s in flat]
+    if _is_text(to):
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(x.shape)
+    if to.kind in "iu" or to in _SUBBYTE_INT:
+        vals = np.array([_parse_int(s) for s in flat], dtype=object)
+        ints = np.array([v & 0xFFFFFFFFFFFFFFFF for v in vals.tolist()], dtype=np.uint64).view(np.int64)
+        return _cast_numeric(ints.reshape(x.shape), to, saturate, round_mode, since, xp)
+    if to.kind == "b":
+        return np.array([float(s) != 0 for s in flat], dtype=bool).reshape(x.shape)
+    vals = np.array([float(s) for s in flat], dtype=np.float64).reshape(x.shape)
+    return _cast_numeric(vals, to, saturate, round_mode, since, xp)
+
+
+# ----- float8 / e8m0 / sub-byte ------------------------------------------------------------------
+
+def _to_float8(x, to: np.dtype, saturate: bool, since: int, xp):
+    xf = _as_float(x, xp)
+    if saturate:
+        m = float(ml_dtypes.finfo(to).max)
+        clipped = xp.clip(xf, -m, m)        # NaN passes through clip unchanged
+        if since < 24 and to in _FNUZ:
+            # Cast 19-23: saturate sends +-Inf of the FNUZ types to NaN (they have no Inf).
+            clipped[xp.isinf(xf)] = np.nan
+        xf = clipped
+    return xf.astype(to)
+
+
+def _to_e8m0(x, saturate: bool, round_mode: str, xp):
+    bits = _as_float(x, xp).astype(np.float32).view(np.uint32)
+    exp = ((bits >> 23) & 0xFF).astype(np.uint16)
+    special = exp == 0xFF
+    if round_mode == "up":
+        inc = (bits & 0x7FFFFF) != 0
+    elif round_mode == "nearest":
+        guard = (bits & 0x400000) != 0
+        rest = (bits & 0x3FFFFF) != 0
+        inc = guard & (rest | (exp > 0))
+    elif round_mode == "down":
+        inc = None
+    else:
+        raise ValueError(f"Cast: unsupported round_mode {round_mode!r}")
+    if inc is not None:
+        inc &= ~special
+        exp += inc.astype(np.uint16)
+    if saturate:
+        exp = xp.minimum(exp, 0xFE)
+        # +-Inf saturates to the largest power of two, NaN stays NaN.
+        exp[special & ((bits & 0x7FFFFF) == 0)] = 0xFE
+        exp[special & ((bits & 0x7FFFFF) != 0)] = 0xFF
+    else:
+        exp = xp.minimum(exp, 0xFF)
+        exp[special] = 0xFF
+    return exp.astype(np.uint8).view(_E8M0)
+
+
+def _to_subbyte_int(x, to: np.dtype, xp):
+    dt = x.dtype
+    if _is_float(dt):
+        xf = _as_float(x, xp)
+        # round half away from zero, then keep the low bits (onnxruntime's rule)
+        r = xp.floor(xp.abs(xf) + 0.5)
+        r = xp.copysign(r, xf)
+        r[~xp.isfinite(r)] = 0
+        ints = r.astype(np.int64)
+    elif dt in _SUBBYTE_INT:
+        ints = x.astype(np.int8)
+    else:
+        ints = x.astype(np.int64)
+    return ints.astype(to)
+
+
+# ----- dispatch ---------------------------------------------------------------------------------
+
+def _cast_numeric(x, to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
+    """Cast a non-string array to the non-string dtype ``to``."""
+    dt = x.dtype
+    if dt == to:
+        return x
+    if to in _F8_SATURATING:
+        return _to_float8(x, to, saturate, since, xp)
+    if to == _E8M0:
+        return _to_e8m0(x, saturate, round_mode, xp)
+    if to in _SUBBYTE_INT:
+        return _to_subbyte_int(x, to, xp)
+    if to in _ML_FLOATS:
+        # float4, float6, bfloat16: ml_dtypes converts from float32/float64 (round to nearest even)
+        return _as_float(x, xp).astype(to)
+    if dt in _ML_FLOATS:
+        if to.kind == "b":
+            return x.astype(np.float32) != 0
+        return x.astype(np.float32).astype(to) if to != np.float64 else x.astype(np.float64)
+    if dt in _SUBBYTE_INT:
+        return x.astype(np.int8).astype(to)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return x.astype(to)
+
+
+def _caster(to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
+    """A function casting one array to ``to`` (chosen by source kind per call: CastLike may not know it)."""
+
+    def cast(x):
+        dt = x.dtype
+        if dt == to:
+            return x
+        if x.ndim == 0:     # the helpers index and clip in place: give them a 1-d array
+            return cast(x.reshape(1)).reshape(())
+        if _is_text(to):
+            return _to_string(x, xp)
+        if _is_text(dt):
+            return _from_string(x, to, saturate, round_mode, since, xp)
+        r = _cast_numeric(x, to, saturate, round_mode, since, xp)
+        return r if isinstance(r, xp.ndarray) else xp.asarray(r)
+
+    return cast
+
+
+def _target(to) -> np.dtype:
+    if isinstance(to, str):
+        to = _LEGACY_NAMES[to.upper()]
+    return np_dtype(int(to))
+
+
+@kernel("Cast", since=1)
+def cast(info):
+    a = info.attrs
+    fast = _caster(_target(a["to"]), bool(a.get("saturate", 1)), a.get("round_mode", "up"), info.opset, info.xp)
+
+    def run(x):
+        return (fast(x),)
+
+    return run
+
+
+@kernel("CastLike", since=15)
+def cast_like(info):
+    """CastLike: Cast to the element type of the second input (known from the model, else read per run)."""
+    a = info.attrs
+    saturate = bool(a.get("saturate", 1))
+    round_mode = a.get("round_mode", "up")
+    xp = info.xp
+    known = info.input_dtypes[1] if len(info.input_dtypes) > 1 else None
+    cache: dict = {}
+    if known is not None:
+        cache[np.dtype(known)] = _caster(np.dtype(known), saturate, round_mode, info.opset, xp)
+
+    def run(x, like):
+        to = like.dtype
+        fn = cache.get(to)
+        if fn is None:
+            fn = cache[to] = _caster(to, saturate, round_mode, info.opset, xp)
+        return (fn(x),)
+
+    return run
+
+
+@kernel("BitCast", since=26)
+def bit_cast(info):
+    """BitCast: the same bits read as another type of the same width (ml_dtypes keep sub-byte codes in
+    the low bits of one byte, so a plain ``view`` is a bit cast for them too)."""
+    to = np_dtype(int(info.attrs["to"]))
+
+    def run(x):
+        if x.dtype.itemsize != to.itemsize:
+            raise ValueError(f"BitCast: {x.dtype} and {to} differ in width")
+        return (x.view(to),)
+
+    return run
