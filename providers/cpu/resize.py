@@ -316,3 +316,175 @@ def upsample_v7(info):
 def upsample_v9(info):
     cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
     return _resize_factory(info, cfg, None, 1, None)
+
+
+# --- GridSample
+
+def _reflect(c, lo2, hi2):
+    """Reflect coordinates into [lo2/2, hi2/2] (bounds given doubled), folding as many times as needed."""
+    if lo2 == hi2:
+        return np.zeros_like(c)
+    lo = lo2 / 2
+    span = (hi2 - lo2) / 2
+    c = np.abs(c - lo)
+    extra = np.fmod(c, span)
+    flips = np.floor(c / span)
+    return np.where(np.fmod(flips, 2) == 0, extra + lo, span - extra + lo)
+
+
+def _pad_coord(c, size, padding_mode, align_corners):
+    if padding_mode == "border":
+        return np.clip(c, 0, size - 1)
+    if padding_mode == "reflection":
+        c = _reflect(c, 0, 2 * (size - 1)) if align_corners else _reflect(c, -1, 2 * size - 1)
+        return np.clip(c, 0, size - 1)
+    return c
+
+
+def _grid_taps(c, size, mode, padding_mode, align_corners, cubic_a=-0.75):
+    """Per spatial dim: list of (index, weight*valid) over the taps, index clipped into range."""
+    if mode == "nearest":
+        c = _pad_coord(c, size, padding_mode, align_corners)
+        i = np.rint(c)  # half to even, as the spec asks
+        valid = (i >= 0) & (i <= size - 1)
+        return [(np.clip(i, 0, size - 1).astype(np.intp), valid.astype(c.dtype))]
+    if mode == "linear":
+        c = _pad_coord(c, size, padding_mode, align_corners)
+        i0 = np.floor(c)
+        f = c - i0
+        out = []
+        for off, w in ((0, 1 - f), (1, f)):
+            i = i0 + off
+            valid = (i >= 0) & (i <= size - 1)
+            out.append((np.clip(i, 0, size - 1).astype(np.intp), w * valid))
+        return out
+    # cubic: taps around the unpadded coordinate; each tap index is then padded on its own
+    i0 = np.floor(c)
+    f = c - i0
+    out = []
+    for off in (-1, 0, 1, 2):
+        w = _cubic_kernel(off - f, cubic_a)
+        i = i0 + off
+        if padding_mode == "zeros":
+            valid = (i >= 0) & (i <= size - 1)
+            w = w * valid
+        else:
+            i = _pad_coord(i, size, padding_mode, align_corners)
+        out.append((np.clip(i, 0, size - 1).astype(np.intp), w))
+    return out
+
+
+def _grid_sample(info, mode_map):
+    xp = info.xp
+    mode = mode_map.get(str(info.attrs.get("mode", "linear")), str(info.attrs.get("mode", "linear")))
+    padding_mode = str(info.attrs.get("padding_mode", "zeros"))
+    align_corners = int(info.attrs.get("align_corners", 0))
+
+    def run(x, grid):
+        xh, gh = _host(x), _host(grid)
+        cdt = _compute_dtype(xh.dtype)
+        n, c = xh.shape[:2]
+        sizes = xh.shape[2:]
+        r = len(sizes)
+        g = gh.astype(np.float64)
+        out_sp = g.shape[1:-1]
+        taps = []
+        for j, size in enumerate(sizes):
+            gj = g[..., r - 1 - j]  # the grid lists coordinates innermost first: (x, y[, z]) = (W, H[, D])
+            if align_corners:
+                cj = (gj + 1) / 2 * (size - 1)
+            else:
+                cj = ((gj + 1) * size - 1) / 2
+            taps.append(_grid_taps(cj, size, mode, padding_mode, align_corners))
+        strides = [int(np.prod(sizes[j + 1:], dtype=np.int64)) for j in range(r)]
+        flat_x = xh.reshape(n, c, -1).astype(cdt, copy=False)
+        m = int(np.prod(out_sp, dtype=np.int64))
+        acc = np.zeros((n, c, m), dtype=cdt)
+        # Every combination of one tap per dimension (2^r for linear, 4^r for cubic).
+        combos = [[]]
+        for tj in taps:
+            combos = [cb + [t] for cb in combos for t in tj]
+        for cb in combos:
+            flat = np.zeros(g.shape[:-1], dtype=np.intp)
+            w = np.ones(g.shape[:-1], dtype=np.float64)
+            for (i, wj), st in zip(cb, strides):
+                flat += i * st
+                w = w * wj
+            vals = np.take_along_axis(flat_x, flat.reshape(n, 1, m), axis=2)
+            acc += vals * w.reshape(n, 1, m).astype(cdt)
+        y = acc.reshape((n, c) + out_sp)
+        return (xp.asarray(y.astype(xh.dtype, copy=False)),)
+    return run
+
+
+@kernel("GridSample", since=16)
+def grid_sample_v16(info):
+    return _grid_sample(info, {"bilinear": "linear", "bicubic": "cubic"})
+
+
+@kernel("GridSample", since=20)
+def grid_sample(info):
+    return _grid_sample(info, {})
+
+
+# --- AffineGrid
+
+def _base_coords(n, align_corners):
+    if n <= 1:
+        return np.zeros(max(n, 0))
+    if align_corners:
+        return np.linspace(-1.0, 1.0, n)
+    return (np.arange(n, dtype=np.float64) * 2 + 1) / n - 1
+
+
+@kernel("AffineGrid", since=20, host_inputs=(1,))
+def affine_grid(info):
+    xp = info.xp
+    align_corners = int(info.attrs.get("align_corners", 0))
+
+    def run(theta, size):
+        th = _host(theta)
+        sz = [int(v) for v in _host(size).reshape(-1)]
+        n = sz[0]
+        spatial = sz[2:]  # (H, W) or (D, H, W)
+        axes = [_base_coords(s, align_corners) for s in spatial]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        # Homogeneous positions ordered (x, y[, z], 1): x runs along the last (width) dimension.
+        pos = np.stack([mg.reshape(-1) for mg in reversed(mesh)] + [np.ones(mesh[0].size)], axis=-1)
+        out = np.einsum("pk,nik->npi", pos, th.astype(np.float64))
+        out = out.reshape([n] + spatial + [len(spatial)])
+        return (xp.asarray(out.astype(th.dtype, copy=False)),)
+    return run
+
+
+# --- Col2Im
+
+@kernel("Col2Im", since=18, host_inputs=(1, 2))
+def col2im(info):
+    xp = info.xp
+    attrs = info.attrs
+
+    def run(x, image_shape, block_shape):
+        img = [int(v) for v in _host(image_shape).reshape(-1)]
+        blk = [int(v) for v in _host(block_shape).reshape(-1)]
+        r = len(img)
+        dil = [int(v) for v in attrs.get("dilations", [1] * r)]
+        pads = [int(v) for v in attrs.get("pads", [0] * (2 * r))]
+        strides = [int(v) for v in attrs.get("strides", [1] * r)]
+        n, ck, L = x.shape
+        kprod = int(np.prod(blk, dtype=np.int64))
+        c = ck // kprod
+        padded = [img[i] + pads[i] + pads[r + i] for i in range(r)]
+        counts = [(padded[i] - (dil[i] * (blk[i] - 1) + 1)) // strides[i] + 1 for i in range(r)]
+        if int(np.prod(counts, dtype=np.int64)) != L:
+            raise ValueError(f"Col2Im: {L} blocks, but the image and block shapes give {counts}")
+        cols = x.reshape([n, c] + blk + counts)
+        out = xp.zeros([n, c] + padded, dtype=x.dtype)
+        # One strided accumulate per kernel offset: vectorized over batch, channels and block positions.
+        for k in np.ndindex(*blk):
+            dst = tuple(slice(k[i] * dil[i], k[i] * dil[i] + strides[i] * (counts[i] - 1) + 1, strides[i])
+                        for i in range(r))
+            out[(slice(None), slice(None)) + dst] += cols[(slice(None), slice(None)) + k]
+        crop = tuple(slice(pads[i], pads[i] + img[i]) for i in range(r))
+        return (xp.ascontiguousarray(out[(slice(None), slice(None)) + crop]),)
+    return run

@@ -464,22 +464,37 @@ def constant_of_shape(info):
 
 # --- Range
 
-@kernel("Range", since=11, host_inputs=(0, 1, 2))
-def range_(info):
+def _range(info, stash_float):
     xp = info.xp
 
     def run(start, limit, delta):
-        dtype = start.dtype
+        dtype = np.dtype(start.dtype)
         s, lim, d = (_host(v).reshape(-1)[0] for v in (start, limit, delta))
         if dtype.kind in "iu":
             s, lim, d = int(s), int(lim), int(d)
-            n = max(-(-(lim - s) // d), 0) if d else 0
-            return (xp.asarray(s + np.arange(n, dtype=np.int64) * d).astype(dtype, copy=False),)
-        s, lim, d = float(s), float(lim), float(d)
-        n = max(math.ceil((lim - s) / d), 0)
-        # Accumulate in float64 (start + i*delta) and round once to the output type.
-        return (xp.asarray((s + np.arange(n, dtype=np.float64) * d).astype(dtype)),)
+            if d == 0:
+                raise ValueError("Range: delta cannot be 0")
+            n = max(-(-(lim - s) // d), 0)
+            return (xp.asarray((s + np.arange(n, dtype=np.int64) * d).astype(dtype)),)
+        if float(d) == 0:
+            raise ValueError("Range: delta cannot be 0")
+        n = max(math.ceil((float(lim) - float(s)) / float(d)), 0)
+        # output[i] = start + i * delta, in float32 for 16-bit floats when stash_type asks for it.
+        cdt = np.float32 if (stash_float and dtype.itemsize == 2) else dtype
+        cs, cd = np.asarray(s, dtype=cdt), np.asarray(d, dtype=cdt)
+        out = cs + np.arange(n).astype(cdt) * cd
+        return (xp.asarray(out.astype(dtype, copy=False)),)
     return run
+
+
+@kernel("Range", since=11, host_inputs=(0, 1, 2))
+def range_v11(info):
+    return _range(info, stash_float=False)
+
+
+@kernel("Range", since=27, host_inputs=(0, 1, 2))
+def range_(info):
+    return _range(info, stash_float=int(info.attrs.get("stash_type", 1)) == 1)
 
 
 # --- Identity
@@ -515,4 +530,352 @@ def cumsum(info):
         if reverse:
             cs = xp.ascontiguousarray(xp.flip(cs, axis=a))
         return (cs,)
+    return run
+
+
+# --- Tile
+
+@kernel("Tile", since=1, host_inputs=(1, 2))
+def tile_v1(info):
+    xp = info.xp
+
+    def run(x, tiles, axis):
+        reps = [1] * x.ndim
+        reps[_axis(_ints(axis)[0], x.ndim)] = _ints(tiles)[0]
+        return (xp.tile(x, reps),)
+    return run
+
+
+@kernel("Tile", since=6, host_inputs=(1,))
+def tile(info):
+    xp = info.xp
+
+    def run(x, repeats):
+        reps = _ints(repeats)
+        if len(reps) != x.ndim:
+            raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
+        return (xp.tile(x, reps),)
+    return run
+
+
+# --- EyeLike / Trilu
+
+@kernel("EyeLike", since=9)
+def eye_like(info):
+    xp = info.xp
+    k = int(info.attrs.get("k", 0))
+    dt = info.attrs.get("dtype")
+    out_dtype = None
+    if dt is not None:
+        from engineroom.plugin_sdk import np_dtype
+        out_dtype = np_dtype(int(dt))
+
+    def run(x):
+        if x.ndim != 2:
+            raise ValueError(f"EyeLike: input must be 2-D, got shape {x.shape}")
+        return (xp.eye(x.shape[0], x.shape[1], k=k, dtype=out_dtype or x.dtype),)
+    return run
+
+
+@kernel("Trilu", since=14, host_inputs=(1,))
+def trilu(info):
+    xp = info.xp
+    upper = int(info.attrs.get("upper", 1))
+
+    def run(x, k=None):
+        kk = 0 if k is None else _ints(k)[0]
+        return (xp.triu(x, kk) if upper else xp.tril(x, kk),)
+    return run
+
+
+# --- DepthToSpace / SpaceToDepth
+
+def _depth_to_space(info, mode):
+    xp = info.xp
+    bs = int(info.attrs["blocksize"])
+
+    def run(x):
+        b, c, h, w = x.shape
+        oc = c // (bs * bs)
+        if mode == "DCR":
+            y = x.reshape(b, bs, bs, oc, h, w).transpose(0, 3, 4, 1, 5, 2)
+        else:
+            y = x.reshape(b, oc, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
+        return (xp.ascontiguousarray(y).reshape(b, oc, h * bs, w * bs),)
+    return run
+
+
+@kernel("DepthToSpace", since=1)
+def depth_to_space_v1(info):
+    return _depth_to_space(info, "DCR")
+
+
+@kernel("DepthToSpace", since=11)
+def depth_to_space(info):
+    return _depth_to_space(info, str(info.attrs.get("mode", "DCR")))
+
+
+def _space_to_depth(info, mode):
+    xp = info.xp
+    bs = int(info.attrs["blocksize"])
+
+    def run(x):
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // bs, bs, w // bs, bs)
+        y = y.transpose(0, 3, 5, 1, 2, 4) if mode == "DCR" else y.transpose(0, 1, 3, 5, 2, 4)
+        return (xp.ascontiguousarray(y).reshape(b, c * bs * bs, h // bs, w // bs),)
+    return run
+
+
+@kernel("SpaceToDepth", since=1)
+def space_to_depth_v1(info):
+    return _space_to_depth(info, "DCR")
+
+
+@kernel("SpaceToDepth", since=28)
+def space_to_depth(info):
+    return _space_to_depth(info, str(info.attrs.get("mode", "DCR")))
+
+
+# --- Pad / CenterCropPad
+
+def _pad(xp, x, pads, mode, value):
+    """ONNX Pad: ``pads`` is [begin_0..begin_{r-1}, end_0..end_{r-1}]; negative entries crop."""
+    r = x.ndim
+    if len(pads) != 2 * r:
+        raise ValueError(f"Pad: {len(pads)} pads for an input of rank {r}")
+    begins, ends = pads[:r], pads[r:]
+    if any(p < 0 for p in pads):
+        idx = tuple(slice(-b if b < 0 else 0, (x.shape[i] + e) if e < 0 else None)
+                    for i, (b, e) in enumerate(zip(begins, ends)))
+        x = x[idx]
+        begins = [max(b, 0) for b in begins]
+        ends = [max(e, 0) for e in ends]
+    if not any(begins) and not any(ends):
+        return x.copy()
+    if mode == "constant":
+        out_shape = tuple(d + b + e for d, b, e in zip(x.shape, begins, ends))
+        out = xp.empty(out_shape, dtype=x.dtype)
+        out[...] = value
+        out[tuple(slice(b, b + d) for b, d in zip(begins, x.shape))] = x
+        return out
+    width = list(zip(begins, ends))
+    if mode == "reflect":
+        return xp.pad(x, width, mode="reflect")
+    if mode == "edge":
+        return xp.pad(x, width, mode="edge")
+    if mode == "wrap":
+        return xp.pad(x, width, mode="wrap")
+    raise ValueError(f"Pad: unknown mode '{mode}'")
+
+
+def _pad_value(x, v):
+    if v is None:
+        return "" if x.dtype == object else 0
+    v = _host(v).reshape(-1)
+    if v.size == 0:
+        return "" if x.dtype == object else 0
+    return v[0]
+
+
+@kernel("Pad", since=1)
+def pad_v1(info):
+    xp = info.xp
+    pads = [int(p) for p in info.attrs.get("pads", info.attrs.get("paddings", []))]
+    mode = str(info.attrs.get("mode", "constant"))
+    value = float(info.attrs.get("value", 0.0))
+
+    def run(x):
+        return (_pad(xp, x, pads, mode, value),)
+    return run
+
+
+@kernel("Pad", since=11, host_inputs=(1, 2, 3))
+def pad(info):
+    xp = info.xp
+    mode = str(info.attrs.get("mode", "constant"))
+
+    def run(x, pads, constant_value=None, axes=None):
+        p = _ints(pads)
+        if axes is not None:
+            ax = [_axis(a, x.ndim) for a in _ints(axes)]
+            n = len(ax)
+            full = [0] * (2 * x.ndim)
+            for i, a in enumerate(ax):
+                full[a] = p[i]
+                full[x.ndim + a] = p[n + i]
+            p = full
+        return (_pad(xp, x, p, mode, _pad_value(x, constant_value)),)
+    return run
+
+
+@kernel("CenterCropPad", since=18, host_inputs=(1,))
+def center_crop_pad(info):
+    xp = info.xp
+    axes_attr = info.attrs.get("axes")
+
+    def run(x, shape):
+        target = _ints(shape)
+        axes = list(range(x.ndim)) if axes_attr is None else [_axis(a, x.ndim) for a in axes_attr]
+        src = [slice(None)] * x.ndim
+        dst = [slice(None)] * x.ndim
+        out_shape = list(x.shape)
+        for a, t in zip(axes, target):
+            d = x.shape[a]
+            out_shape[a] = t
+            if d >= t:  # crop: the window starts rounded down
+                s = (d - t) // 2
+                src[a] = slice(s, s + t)
+            else:  # pad: the extra pixel of an odd total goes to the end
+                s = (t - d) // 2
+                dst[a] = slice(s, s + d)
+        out = xp.zeros(out_shape, dtype=x.dtype)
+        out[tuple(dst)] = x[tuple(src)]
+        return (out,)
+    return run
+
+
+# --- Compress / ReverseSequence
+
+@kernel("Compress", since=9)
+def compress(info):
+    xp = info.xp
+    axis = info.attrs.get("axis")
+
+    def run(x, condition):
+        cond = condition.astype(bool, copy=False).reshape(-1)
+        if axis is None:
+            flat = x.reshape(-1)
+            return (flat[:cond.shape[0]][cond[:flat.shape[0]]],)
+        a = _axis(axis, x.ndim)
+        n = min(cond.shape[0], x.shape[a])
+        sel = xp.nonzero(cond[:n])[0]
+        return (xp.take(x, sel, axis=a),)
+    return run
+
+
+@kernel("ReverseSequence", since=10)
+def reverse_sequence(info):
+    xp = info.xp
+    batch_axis = int(info.attrs.get("batch_axis", 1))
+    time_axis = int(info.attrs.get("time_axis", 0))
+
+    def run(x, sequence_lens):
+        ta, ba = _axis(time_axis, x.ndim), _axis(batch_axis, x.ndim)
+        T, B = x.shape[ta], x.shape[ba]
+        lens = sequence_lens.astype(np.int64, copy=False).reshape(1, B)
+        t = xp.arange(T, dtype=np.int64).reshape(T, 1)
+        src_t = xp.where(t < lens, lens - 1 - t, t)  # (T, B): source time step per (time, batch)
+        shp = [1] * x.ndim
+        shp[ta], shp[ba] = T, B
+        order = (0, 1) if ta < ba else (1, 0)
+        src = src_t.transpose(order).reshape(shp)
+        src = xp.broadcast_to(src, x.shape)
+        return (xp.take_along_axis(x, src, axis=ta),)
+    return run
+
+
+# --- OneHot / NonZero
+
+@kernel("OneHot", since=9, host_inputs=(1,))
+def one_hot(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", -1))
+
+    def run(indices, depth, values):
+        d = int(_host(depth).reshape(-1)[0])
+        rank = indices.ndim + 1
+        a = _axis(axis, rank)
+        idx = indices.astype(np.int64)
+        idx = xp.where(idx < 0, idx + d, idx)
+        # Out-of-range indices give an all-off row (they match no position).
+        shp = [1] * rank
+        shp[a] = d
+        hot = xp.expand_dims(idx, a) == xp.arange(d, dtype=np.int64).reshape(shp)
+        off, on = values.reshape(-1)[0], values.reshape(-1)[1]
+        return (xp.where(hot, on, off).astype(values.dtype, copy=False),)
+    return run
+
+
+@kernel("NonZero", since=9)
+def non_zero(info):
+    xp = info.xp
+
+    def run(x):
+        if x.ndim == 0:
+            return (xp.zeros((1, 1 if bool(x) else 0), dtype=np.int64),)
+        nz = xp.nonzero(x)
+        return (xp.stack(nz).astype(np.int64, copy=False) if nz else xp.zeros((0, 0), dtype=np.int64),)
+    return run
+
+
+# --- TopK / Unique
+
+def _topk(xp, x, k, axis, largest):
+    a = _axis(axis, x.ndim)
+    n = x.shape[a]
+    if k < 0 or k > n:
+        raise ValueError(f"TopK: k={k} is out of range for dimension {n}")
+    if largest:
+        # Stable sort of the reversed axis, read backwards: descending values, ties by lower index.
+        rev = xp.flip(x, axis=a)
+        order = xp.argsort(rev, axis=a, kind="stable")
+        order = xp.flip(order, axis=a)
+        sl = [slice(None)] * x.ndim
+        sl[a] = slice(0, k)
+        idx = (n - 1) - order[tuple(sl)]
+    else:
+        order = xp.argsort(x, axis=a, kind="stable")
+        sl = [slice(None)] * x.ndim
+        sl[a] = slice(0, k)
+        idx = order[tuple(sl)]
+    idx = idx.astype(np.int64, copy=False)
+    return xp.take_along_axis(x, idx, axis=a), idx
+
+
+@kernel("TopK", since=1)
+def topk_v1(info):
+    xp = info.xp
+    k = int(info.attrs["k"])
+    axis = int(info.attrs.get("axis", -1))
+
+    def run(x):
+        return _topk(xp, x, k, axis, True)
+    return run
+
+
+@kernel("TopK", since=10, host_inputs=(1,))
+def topk(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", -1))
+    largest = int(info.attrs.get("largest", 1))
+
+    def run(x, k):
+        # sorted=0 leaves the order undefined; a sorted result is a valid answer.
+        return _topk(xp, x, _ints(k)[0], axis, largest)
+    return run
+
+
+@kernel("Unique", since=11)
+def unique(info):
+    xp = info.xp
+    axis = info.attrs.get("axis")
+    sorted_ = int(info.attrs.get("sorted", 1))
+
+    def run(x):
+        xh = _host(x)
+        a = None if axis is None else _axis(axis, xh.ndim)
+        src = xh.reshape(-1) if a is None else xh
+        y, first, inverse, counts = np.unique(src, return_index=True, return_inverse=True, return_counts=True, axis=a)
+        inverse = inverse.reshape(-1)
+        if not sorted_:
+            # Order of first occurrence instead of sorted order.
+            order = np.argsort(first, kind="stable")
+            y = np.take(y, order, axis=0 if a is None else a)
+            first, counts = first[order], counts[order]
+            remap = np.empty_like(order)
+            remap[order] = np.arange(order.shape[0])
+            inverse = remap[inverse]
+        i64 = np.int64
+        return tuple(xp.asarray(v) for v in (y, first.astype(i64), inverse.astype(i64), counts.astype(i64)))
     return run
