@@ -1,0 +1,368 @@
+"""Pooling kernels: MaxPool, AveragePool, LpPool, the Global* pools, MaxUnpool, MaxRoiPool, RoiAlign.
+
+Windowed pools pad once and then reduce *separably*, one spatial axis at a time (max and sum both
+decompose), so a k1 x k2 window costs k1 + k2 vectorized passes instead of k1 * k2. MaxPool's
+Indices output needs the whole window at once and uses a per-tap loop that tracks the winning tap.
+Average divisors are per-axis counts of in-range taps multiplied together (an outer product), so
+count_include_pad, ceil_mode and dilations cost nothing per run.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, same_pads, tap_slice
+from engineroom.providers.cpu.registry import kernel
+
+
+def _ints(v, n, default):
+    return [int(t) for t in v] if v else [default] * n
+
+
+def pool_geometry(spatial, kshape, strides, dilations, pads, auto_pad, ceil_mode):
+    """Per axis: (pads_begin, pads_end, extra_end, out); extra_end is the ceil_mode overhang past pads_end."""
+    n = len(spatial)
+    pb, pe, extra, out = [], [], [], []
+    for i in range(n):
+        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
+        dk = (k - 1) * d + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-in_sz // s)
+            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
+        elif auto_pad == "VALID":
+            b = e = 0
+            o = (in_sz - dk) // s + 1
+        else:
+            b, e = pads[i], pads[i + n]
+            span = in_sz + b + e - dk
+            if ceil_mode:
+                o = -(-span // s) + 1
+                if (o - 1) * s >= in_sz + b:         # a window may not start in the right padding
+                    o -= 1
+            else:
+                o = span // s + 1
+        o = max(o, 0)
+        pb.append(b)
+        pe.append(e)
+        extra.append(max(0, (o - 1) * s + dk - (in_sz + b + e)))
+        out.append(o)
+    return tuple(pb), tuple(pe), tuple(extra), tuple(out)
+
+
+def _axis_counts(in_sz, k, s, d, b, o, lo, hi):
+    """For each output position on one axis, how many of its taps fall in [lo, hi) (input coordinates)."""
+    pos = np.arange(o)[:, None] * s - b + np.arange(k)[None, :] * d
+    return ((pos >= lo) & (pos < hi)).sum(axis=1)
+
+
+def _separable(xp, xpad, kshape, strides, dilations, out, reduce):
+    """Reduce a padded input over its window one axis at a time; reduce is a binary ufunc (maximum/add)."""
+    y = xpad
+    n = len(kshape)
+    lead = y.ndim - n
+    for i in range(n):
+        k, s, d, o = kshape[i], strides[i], dilations[i], out[i]
+        if k == 1 and s == 1 and y.shape[lead + i] == o:
+            continue
+        pre = (slice(None),) * (lead + i)
+        acc = None
+        for j in range(k):
+            sl = y[pre + (slice(j * d, j * d + (o - 1) * s + 1, s),)]
+            if acc is None:
+                acc = sl.copy()
+            else:
+                reduce(acc, sl, out=acc)
+        y = acc
+    return y
+
+
+class _PoolPlan:
+    def __init__(self, info):
+        a = info.attrs
+        self.xp = info.xp
+        self.a = a
+        self.auto_pad = a.get("auto_pad", "NOTSET")
+        self.ceil = int(a.get("ceil_mode", 0))
+        self.kshape = tuple(int(k) for k in a["kernel_shape"])
+        n = len(self.kshape)
+        self.n = n
+        self.strides = tuple(_ints(a.get("strides"), n, 1))
+        self.dilations = tuple(_ints(a.get("dilations"), n, 1))
+        self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
+        self._geo = {}
+
+    def geometry(self, spatial):
+        g = self._geo.get(spatial)
+        if g is None:
+            g = pool_geometry(spatial, self.kshape, self.strides, self.dilations, self.pads, self.auto_pad, self.ceil)
+            self._geo[spatial] = g
+        return g
+
+
+def _min_value(dt):
+    dt = np.dtype(dt)
+    if dt.kind in "iu":
+        return np.iinfo(dt).min
+    return -np.inf
+
+
+@kernel("MaxPool", since=1)
+def max_pool(info):
+    xp = info.xp
+    plan = _PoolPlan(info)
+    storage_order = int(info.attrs.get("storage_order", 0))
+    want_indices = len(info.output_names) > 1 and info.output_names[1] != ""
+
+    def run(x):
+        spatial = tuple(x.shape[2:])
+        pb, pe, extra, out = plan.geometry(spatial)
+        pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
+        xpad = pad_spatial(xp, x, pb, pe2, _min_value(x.dtype))
+        if not want_indices:
+            return (_separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.maximum),)
+        return _max_with_indices(xp, x, xpad, plan, pb, out, storage_order)
+
+    return run
+
+
+def _max_with_indices(xp, x, xpad, plan, pb, out, storage_order):
+    """MaxPool plus the flat index (into the unpadded input) of each window's first maximum."""
+    taps = list(itertools.product(*(range(k) for k in plan.kshape)))
+    best = None
+    arg = xp.zeros(x.shape[:2] + out, dtype=np.int64)
+    for t, js in enumerate(taps):
+        offs = tuple(j * d for j, d in zip(js, plan.dilations))
+        sl = xpad[tap_slice(offs, plan.strides, out)]
+        if best is None:
+            best = sl.copy()
+            continue
+        better = sl > best
+        xp.copyto(best, sl, where=better)
+        xp.copyto(arg, t, where=better)
+    tj = xp.asarray(np.array(taps, dtype=np.int64).reshape(len(taps), plan.n))
+    spatial = x.shape[2:]
+    n = plan.n
+    flat = xp.zeros_like(arg)
+    if storage_order == 0:
+        mults = [int(np.prod(spatial[i + 1:])) for i in range(n)]
+    else:
+        mults = [int(np.prod(spatial[:i])) for i in range(n)]
+    for i in range(n):
+        base = xp.arange(out[i], dtype=np.int64) * plan.strides[i] - pb[i]
+        base = base.reshape((1, 1) + tuple(-1 if a == i else 1 for a in range(n)))
+        pos = base + tj[:, i][arg] * plan.dilations[i]
+        flat += pos * mults[i]
+    S = int(np.prod(spatial))
+    N, C = x.shape[:2]
+    nc = xp.arange(N * C, dtype=np.int64).reshape((N, C) + (1,) * n) * S
+    return best, flat + nc
+
+
+def _avg_divisor(spatial, plan, pb, pe, out, include_pad):
+    """Per output position: how many window taps are averaged (outer product of per-axis counts)."""
+    div = np.ones((), dtype=np.float64)
+    for i in range(plan.n):
+        lo, hi = (-pb[i], spatial[i] + pe[i]) if include_pad else (0, spatial[i])
+        c = _axis_counts(spatial[i], plan.kshape[i], plan.strides[i], plan.dilations[i], pb[i], out[i], lo, hi)
+        div = np.multiply.outer(div, c)
+    return div
+
+
+@kernel("AveragePool", since=1)
+def average_pool(info):
+    xp = info.xp
+    plan = _PoolPlan(info)
+    include_pad = int(info.attrs.get("count_include_pad", 0))
+    divs = {}
+
+    def run(x):
+        cdt = compute_dtype(x.dtype)
+        spatial = tuple(x.shape[2:])
+        pb, pe, extra, out = plan.geometry(spatial)
+        inv = divs.get(spatial)
+        if inv is None:
+            d = _avg_divisor(spatial, plan, pb, pe, out, include_pad)
+            with np.errstate(divide="ignore"):
+                inv = xp.asarray((1.0 / d).astype(cdt))
+            divs[spatial] = inv
+        pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
+        xpad = pad_spatial(xp, x.astype(cdt, copy=False), pb, pe2)
+        y = _separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.add)
+        y *= inv
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+@kernel("LpPool", since=1)
+def lp_pool(info):
+    xp = info.xp
+    plan = _PoolPlan(info)
+    p = float(info.attrs.get("p", 2))
+
+    def run(x):
+        cdt = compute_dtype(x.dtype)
+        spatial = tuple(x.shape[2:])
+        pb, pe, extra, out = plan.geometry(spatial)
+        pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
+        xa = xp.abs(x.astype(cdt, copy=False))
+        xpow = xa * xa if p == 2 else xa ** p
+        xpad = pad_spatial(xp, xpow, pb, pe2)
+        y = _separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.add)
+        y = xp.sqrt(y) if p == 2 else y ** (1.0 / p)
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+@kernel("GlobalAveragePool", since=1)
+def global_average_pool(x, *, xp):
+    axes = tuple(range(2, x.ndim))
+    cdt = compute_dtype(x.dtype)
+    return xp.mean(x, axis=axes, keepdims=True, dtype=cdt).astype(x.dtype, copy=False)
+
+
+@kernel("GlobalMaxPool", since=1)
+def global_max_pool(x, *, xp):
+    return xp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@kernel("GlobalLpPool", since=1)
+def global_lp_pool(x, *, xp, p=2):
+    p = float(p)
+    cdt = compute_dtype(x.dtype)
+    xa = xp.abs(x.astype(cdt, copy=False))
+    y = xp.sum(xa ** p, axis=tuple(range(2, x.ndim)), keepdims=True) ** (1.0 / p)
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("MaxUnpool", since=9, host_inputs=(2,))
+def max_unpool(info):
+    xp = info.xp
+    a = info.attrs
+    kshape = [int(k) for k in a["kernel_shape"]]
+    n = len(kshape)
+    strides = _ints(a.get("strides"), n, 1)
+    pads = _ints(a.get("pads"), 2 * n, 0)
+
+    def run(x, indices, output_shape=None):
+        # indices address the default unpooled shape; an explicit output_shape only enlarges the canvas
+        shape = tuple(x.shape[:2]) + tuple(
+            (x.shape[2 + i] - 1) * strides[i] + kshape[i] - pads[i] - pads[i + n] for i in range(n))
+        y = xp.zeros(int(np.prod(shape)), dtype=x.dtype)
+        y[indices.reshape(-1)] = x.reshape(-1)
+        y = y.reshape(shape)
+        if output_shape is not None:
+            full = tuple(int(v) for v in np.asarray(output_shape).reshape(-1))
+            if full != shape:
+                z = xp.zeros(full, dtype=x.dtype)
+                z[tuple(slice(0, min(a, b)) for a, b in zip(shape, full))] = \
+                    y[tuple(slice(0, min(a, b)) for a, b in zip(shape, full))]
+                y = z
+        return (y,)
+
+    return run
+
+
+@kernel("MaxRoiPool", since=1)
+def max_roi_pool(info):
+    """Caffe-style max RoI pooling; loops over RoIs and bins (RoI counts are small), vectorized over channels."""
+    xp = info.xp
+    ph_, pw_ = (int(v) for v in info.attrs["pooled_shape"])
+    scale = float(info.attrs.get("spatial_scale", 1.0))
+
+    def run(x, rois):
+        N, C, H, W = x.shape
+        R = rois.shape[0]
+        y = xp.zeros((R, C, ph_, pw_), dtype=x.dtype)
+        r_host = np.asarray(rois, dtype=np.float64)
+        for r in range(R):
+            b = int(r_host[r, 0])
+            x1, y1, x2, y2 = (int(np.round(v * scale)) for v in r_host[r, 1:5])
+            rh = max(y2 - y1 + 1, 1)
+            rw = max(x2 - x1 + 1, 1)
+            bh, bw = rh / ph_, rw / pw_
+            for i in range(ph_):
+                hs = min(max(int(np.floor(i * bh)) + y1, 0), H)
+                he = min(max(int(np.ceil((i + 1) * bh)) + y1, 0), H)
+                for j in range(pw_):
+                    ws = min(max(int(np.floor(j * bw)) + x1, 0), W)
+                    we = min(max(int(np.ceil((j + 1) * bw)) + x1, 0), W)
+                    if he > hs and we > ws:
+                        y[r, :, i, j] = x[b, :, hs:he, ws:we].max(axis=(1, 2))
+        return (y,)
+
+    return run
+
+
+def _roi_align_factory(info, default_mode):
+    xp = info.xp
+    a = info.attrs
+    mode = a.get("mode", "avg")
+    oh, ow = int(a.get("output_height", 1)), int(a.get("output_width", 1))
+    sr = int(a.get("sampling_ratio", 0))
+    scale = float(a.get("spatial_scale", 1.0))
+    half_pixel = a.get("coordinate_transformation_mode", default_mode) == "half_pixel"
+
+    def run(x, rois, batch_indices):
+        cdt = compute_dtype(x.dtype)
+        N, C, H, W = x.shape
+        R = rois.shape[0]
+        y = xp.zeros((R, C, oh, ow), dtype=cdt)
+        r_host = np.asarray(rois, dtype=np.float64)
+        b_host = np.asarray(batch_indices).astype(np.int64)
+        xc = x.astype(cdt, copy=False)
+        off = 0.5 if half_pixel else 0.0
+        for r in range(R):
+            x1, y1, x2, y2 = r_host[r] * scale - np.array([off, off, off, off])
+            rw, rh = x2 - x1, y2 - y1
+            if not half_pixel:
+                rw, rh = max(rw, 1.0), max(rh, 1.0)
+            bh, bw = rh / oh, rw / ow
+            gh = sr if sr > 0 else int(np.ceil(rh / oh))
+            gw = sr if sr > 0 else int(np.ceil(rw / ow))
+            count = max(gh * gw, 1)
+            # sample coordinates, (oh, gh) and (ow, gw)
+            ys = y1 + np.arange(oh)[:, None] * bh + (np.arange(gh)[None, :] + 0.5) * bh / gh
+            xs = x1 + np.arange(ow)[:, None] * bw + (np.arange(gw)[None, :] + 0.5) * bw / gw
+            wy, iy = _bilinear_1d(ys, H)
+            wx, ix = _bilinear_1d(xs, W)
+            img = xc[b_host[r]]                                    # (C, H, W)
+            # corner values (C, oh, gh, 2, ow, gw, 2) and weights
+            v = img[:, xp.asarray(iy[:, :, :, None, None, None]), xp.asarray(ix[None, None, None, :, :, :])]
+            w = wy[:, :, :, None, None, None] * wx[None, None, None, :, :, :]
+            w = xp.asarray(w.astype(cdt))
+            if mode == "max":
+                # onnxruntime's definition: max over samples of the largest weighted corner
+                y[r] = (v * w).max(axis=(3, 6)).max(axis=(2, 4))
+            else:
+                y[r] = (v * w).sum(axis=(2, 3, 5, 6)) / count
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+def _bilinear_1d(coords, size):
+    """Per sample coordinate: weights (..., 2) for its low/high neighbours and their indices; 0 outside."""
+    c = coords.astype(np.float64)
+    outside = (c < -1.0) | (c > size)
+    c = np.maximum(c, 0.0)
+    lo = np.floor(c).astype(np.int64)
+    clamp = lo >= size - 1
+    lo = np.where(clamp, size - 1, lo)
+    hi = np.where(clamp, size - 1, lo + 1)
+    c = np.where(clamp, lo.astype(np.float64), c)
+    frac = c - lo
+    w = np.stack([1.0 - frac, frac], axis=-1)
+    w[outside] = 0.0
+    return w, np.stack([lo, hi], axis=-1)
+
+
+@kernel("RoiAlign", since=10)
+def roi_align_10(info):
+    return _roi_align_factory(info, "output_half_pixel")
+
+
+@kernel("RoiAlign", since=16)
+def roi_align_16(info):
+    return _roi_align_factory(info, "half_pixel")
