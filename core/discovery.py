@@ -31,6 +31,12 @@ def _record_failure(manager, entrypoint, exc) -> None:
     _load_failures[entrypoint.name] = f"{type(exc).__name__}: {exc}"
 
 
+def refresh() -> None:
+    """Forget what was discovered (after installing a plugin into a running interpreter)."""
+    _extension_manager.cache_clear()
+    _load_failures.clear()
+
+
 def provider_names() -> list[str]:
     """Every registered provider name (loadable or not), accelerators first and CPU last."""
     names = {e.name for e in _extension_manager().extensions} | set(_load_failures)

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from engineroom.errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
 
 _SKIPPED_CHECKS = ("No Op registered", "No opset import for domain", "is not a registered function/op",
-                   "Unrecognized attribute")
+                   "Unrecognized attribute", "Field 'shape' of 'type' is required but missing")
 
 
 def load_proto(model: Any) -> tuple[onnx.ModelProto, str | None]:

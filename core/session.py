@@ -218,15 +218,23 @@ class InferenceSession:
                     tried.add(key)
                     if expand_functions(self._model, u.nodes, opsets):
                         continue
-                raise self._unclaimed_error(u.views[0]) from None
+                raise self._unclaimed_error(u.views) from None
 
-    def _unclaimed_error(self, v) -> NotImplemented:
+    def _unclaimed_error(self, views) -> Exception:
+        v = views[0]
         dom = v.domain or "ai.onnx"
         types = ", ".join(type_string(d) if d is not None else "?" for d in v.input_dtypes) or "none"
         asked = ", ".join(p.name for p in self._providers)
-        return NotImplemented(
-            f"Could not find an implementation for {v.op_type}({v.opset}) node with name '{v.name}' "
-            f"(domain {dom}, opset {v.opset}, input types: {types}); providers asked: {asked}")
+        what = (f"{v.op_type}({v.opset}) node with name '{v.name}' (domain {dom}, opset {v.opset}, "
+                f"input types: {types}); providers asked: {asked}")
+        if len(views) > 1:
+            what += f"; {len(views) - 1} more unclaimed node(s): " + ", ".join(
+                dict.fromkeys(f"{w.op_type}" for w in views[1:]))
+        if self._sess_options.config("session.disable_cpu_ep_fallback") == "1" and self._cpu is None:
+            return Fail("This session contains graph nodes that no requested execution provider can run, and "
+                        "fallback to CPU EP has been explicitly disabled by the user "
+                        f"(session.disable_cpu_ep_fallback=1): {what}")
+        return NotImplemented(f"Could not find an implementation for {what}")
 
     def _log_placement(self) -> None:
         plan = self._plan

@@ -2,14 +2,14 @@
 
 A kernel is two-phase, as onnxruntime's OpKernel: the planner calls the registered *factory* once per
 node with a :class:`KernelInfo` and gets back the callable the plan runs, ``fn(*inputs) -> tuple``.
-A factory is a function whose single parameter is named ``info``. Any other function is a *plain*
+A factory is a function whose first parameter is named ``info`` (any others have defaults). Any other function is a *plain*
 kernel: it is called per run as ``fn(*inputs, xp=..., **attributes)`` (only the keywords it accepts)
 and returns one output, or a tuple for several; the SDK wraps it into a factory.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -124,8 +124,8 @@ def _wrap_plain(fn: Callable) -> Callable[[KernelInfo], Callable]:
 
 
 def _is_factory(fn: Callable) -> bool:
-    params = list(inspect.signature(fn).parameters)
-    return params == ["info"]
+    params = list(inspect.signature(fn).parameters.values())
+    return bool(params) and params[0].name == "info" and all(p.default is not p.empty for p in params[1:])
 
 
 class KernelRegistry:
