@@ -129,12 +129,12 @@ class InferenceSession:
         self._inputs_all = list(graph.inputs)
         self._inputs = [v for v in self._inputs_all if v.name not in init_names]
         self._overridable = [v for v in self._inputs_all if v.name in init_names]
-        self._outputs = list(graph.outputs)
         self._checks = {v.name: _InputCheck(v) for v in self._inputs_all}
         self._defaults = {v.name: v.const_value for v in self._overridable}
         self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
         if int(so.graph_optimization_level) > 0:
             optimize(self._model, int(so.graph_optimization_level), self._cpu_for_folding())
+        self._outputs = list(self._model.graph.outputs)
         self._plan = self._build_plan()
         if so.optimized_model_filepath:
             ir.save(self._model, so.optimized_model_filepath)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-
 from engineroom.plugin_sdk import Device, KernelProvider, KernelRegistry
 
 
