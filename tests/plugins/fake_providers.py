@@ -22,7 +22,7 @@ def _registry(ops, host_inputs=None):
     impl = {"Add": np.add, "Mul": np.multiply, "Sub": np.subtract, "Relu": lambda x: np.maximum(x, 0),
             "Neg": np.negative, "Reshape": lambda x, s: x.reshape(s)}
     for op in ops:
-        def factory(info, f=impl[op], host=(host_inputs or {}).get(op, ())):
+        def factory(info, f=impl[op], host=(host_inputs or {}).get(op, ())):  # noqa: B008 - bound per op
             dev = info.provider.device
 
             def run(*xs):
