@@ -3,8 +3,8 @@
 A kernel is two-phase, as onnxruntime's OpKernel: the planner calls the registered *factory* once per
 node with a :class:`KernelInfo` and gets back the callable the plan runs, ``fn(*inputs) -> tuple``.
 A factory is a function whose first parameter is named ``info`` (any others have defaults). Any
-other function is a *plain* kernel: it is called per run as ``fn(*inputs, xp=..., **attributes)`` (only the keywords it accepts)
-and returns one output, or a tuple for several; the SDK wraps it into a factory.
+other function is a *plain* kernel: it is called per run as ``fn(*inputs, xp=..., **attributes)``
+(only the keywords it accepts) and returns one output, or a tuple for several; the SDK wraps it.
 """
 from __future__ import annotations
 
