@@ -50,15 +50,19 @@ class _Axis:
 
 
 def _original_coords(mode, out_len, in_len, scale, roi_start, roi_end):
-    x = np.arange(out_len, dtype=np.float64)
+    # float32 arithmetic, as onnxruntime: coordinates that land on an integer must not become 2.0000000003
+    # (ceil/round of nearest depends on it).
+    f = np.float32
+    x = np.arange(out_len, dtype=f)
+    in_len, scale, roi_start, roi_end = f(in_len), f(scale), f(roi_start), f(roi_end)
     # The resized length in the formulas is the real-valued in_len * scale (what the ONNX test data uses);
     # out_len is its integer floor and only sets how many positions there are.
     length = in_len * scale
     if mode == "half_pixel":
         return (x + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        adjustment = out_len / (scale * in_len)
-        center = in_len / 2
+        adjustment = f(out_len) / (scale * in_len)
+        center = in_len / f(2)
         offset = center * (1 - adjustment)
         return offset + (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
@@ -72,7 +76,7 @@ def _original_coords(mode, out_len, in_len, scale, roi_start, roi_end):
     if mode == "tf_crop_and_resize":
         if length > 1:
             return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (length - 1)
-        return np.full_like(x, 0.5 * (roi_start + roi_end) * (in_len - 1))
+        return np.full_like(x, f(0.5) * (roi_start + roi_end) * (in_len - 1))
     raise ValueError(f"Resize: unknown coordinate_transformation_mode '{mode}'")
 
 
@@ -92,7 +96,7 @@ def _nearest_index(xo, nearest_mode, scale):
 
 def _axis_plan(axis, in_len, out_len, scale, cfg, roi_start, roi_end):
     ctm = cfg["ctm"]
-    xo = _original_coords(ctm, out_len, in_len, scale, roi_start, roi_end)
+    xo = _original_coords(ctm, out_len, in_len, scale, roi_start, roi_end).astype(np.float64)
     outside = None
     if ctm == "tf_crop_and_resize":
         out_mask = (xo < 0) | (xo > in_len - 1)
@@ -163,10 +167,9 @@ def _plan(in_shape, cfg, roi, scales, sizes):
             sc = float(scales[i])
             if sc <= 0:
                 raise ValueError(f"Resize: scale {sc} must be greater than 0")
-            # float32 arithmetic, as onnxruntime: 10 * 0.7f is 7, not 6.9999...
+            # float32 arithmetic, as onnxruntime: 10 * 0.7f is 7, not 6.9999... The roi does not enter
+            # (onnxruntime and the ONNX test data agree on that, whatever the formula in the spec says).
             length = np.float32(in_shape[a]) * np.float32(sc)
-            if cfg["ctm"] == "tf_crop_and_resize":
-                length = length * np.float32(roi[n + i] - roi[i])
             out_shape[a] = int(math.floor(float(length)))
             axis_scale[a] = sc
     plans = []

@@ -55,14 +55,20 @@ def _arr(xp, v, dtype=None):
 
 def _reshape_target(in_shape, shape, allowzero):
     if allowzero:
-        return tuple(shape)
-    out = []
-    for i, s in enumerate(shape):
-        if s == 0:
-            if i >= len(in_shape):
-                raise ValueError(f"Reshape: 0 at position {i}, but the input has rank {len(in_shape)}")
-            s = in_shape[i]
-        out.append(s)
+        out = list(shape)
+    else:
+        out = []
+        for i, s in enumerate(shape):
+            if s == 0:
+                if i >= len(in_shape):
+                    raise ValueError(f"Reshape: 0 at position {i}, but the input has rank {len(in_shape)}")
+                s = in_shape[i]
+            out.append(s)
+    if -1 in out:
+        # Infer -1 here: NumPy refuses it for empty tensors, where ONNX makes it 0 (or what the size allows).
+        known = math.prod(d for d in out if d != -1)
+        total = math.prod(in_shape)
+        out[out.index(-1)] = total // known if known else 0
     return tuple(out)
 
 
@@ -81,7 +87,7 @@ def reshape(info):
     c = _const(info, 1)
     if c is not None:
         shape = _ints(c)
-        if allowzero or 0 not in shape:
+        if -1 not in shape and (allowzero or 0 not in shape):
             fixed = tuple(shape)
 
             def run_fixed(x, _s=None):
@@ -89,7 +95,7 @@ def reshape(info):
             return run_fixed
 
         def run_const(x, _s=None):
-            return (x.reshape(_reshape_target(x.shape, shape, False)),)
+            return (x.reshape(_reshape_target(x.shape, shape, allowzero)),)
         return run_const
 
     def run(x, s):
@@ -434,6 +440,7 @@ def constant(info):
         value = info.xp.asarray(value)
     # The same buffer is returned every run; read-only so that no consumer can change it by accident.
     if isinstance(value, np.ndarray):
+        value = value.view()
         value.flags.writeable = False
 
     def run():
