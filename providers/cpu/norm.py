@@ -1,0 +1,241 @@
+"""Normalization kernels: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
+RMSNormalization, LpNormalization, MeanVarianceNormalization, LRN.
+
+Statistics are taken in float32 (float64 for float64 input): ``stash_type`` asks for float32 and that
+is also what keeps float16/bfloat16 inputs accurate. Inference BatchNormalization with constant
+parameters folds them once in the factory into one per-channel scale and shift, so a run is
+``x * a + b``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from engineroom.providers.cpu.registry import kernel
+
+
+def _cdt(dt) -> np.dtype:
+    dt = np.dtype(dt)
+    return dt if dt in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float32)
+
+
+def _stash_dt(x_dt, stash_type) -> np.dtype:
+    """Statistics type: float64 stays float64, everything narrower is computed in float32 (stash_type 1)."""
+    return np.dtype(np.float64) if np.dtype(x_dt) == np.dtype(np.float64) else np.dtype(np.float32)
+
+
+def _channel_shape(p, x_ndim, C):
+    """Shape that broadcasts a per-channel (or, for spatial=0, per-channel-and-position) parameter."""
+    if p.ndim == 1 and p.shape[0] == C:
+        return (C,) + (1,) * (x_ndim - 2)
+    return (1,) + tuple(p.shape) if p.ndim == x_ndim - 1 else p.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNormalization
+
+
+def _bn_fold(xp, scale, bias, mean, var, eps, cdt):
+    s = scale.astype(cdt, copy=False)
+    a = s / xp.sqrt(var.astype(cdt, copy=False) + np.asarray(eps, cdt))
+    b = bias.astype(cdt, copy=False) - mean.astype(cdt, copy=False) * a
+    return a, b
+
+
+@kernel("BatchNormalization", since=1)
+def batch_normalization(info):
+    xp = info.xp
+    a = info.attrs
+    eps = float(a.get("epsilon", 1e-5))
+    momentum = float(a.get("momentum", 0.9))
+    training = info.opset >= 14 and int(a.get("training_mode", 0)) == 1
+    consts = tuple(info.const_inputs) + (None,) * 5
+    folded = None
+    if not training and all(c is not None for c in consts[1:5]):
+        xdt = info.input_dtypes[0] if info.input_dtypes and info.input_dtypes[0] is not None else np.float32
+        cdt = _cdt(xdt)
+        folded = _bn_fold(np, *(np.asarray(c) for c in consts[1:5]), eps, cdt)
+        folded = (xp.asarray(folded[0]), xp.asarray(folded[1]))
+    n_out = len(info.output_names)
+
+    def run(x, scale, bias, mean, var):
+        dt = x.dtype
+        cdt = _cdt(dt)
+        xc = x.astype(cdt, copy=False)
+        C = x.shape[1] if x.ndim > 1 else 1
+        if training:
+            axes = (0,) + tuple(range(2, x.ndim))
+            m = xp.mean(xc, axis=axes)
+            v = xp.var(xc, axis=axes)
+            sc, sh = _bn_fold(xp, scale, bias, m, v, eps, cdt)
+            shape = (C,) + (1,) * (x.ndim - 2)
+            y = xc * sc.reshape(shape) + sh.reshape(shape)
+            rm = mean.astype(cdt, copy=False) * momentum + m * (1 - momentum)
+            rv = var.astype(cdt, copy=False) * momentum + v * (1 - momentum)
+            return (y.astype(dt, copy=False), rm.astype(mean.dtype, copy=False), rv.astype(var.dtype, copy=False))
+        sc, sh = folded if folded is not None else _bn_fold(xp, scale, bias, mean, var, eps, cdt)
+        shape = _channel_shape(sc, x.ndim, C)
+        y = xc * sc.reshape(shape)
+        y += sh.reshape(shape)
+        y = y.astype(dt, copy=False)
+        if n_out == 1:
+            return (y,)
+        return (y, mean, var, mean, var)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance / Layer / Group / RMS normalization
+
+
+def _normalize(xp, xc, axes, eps):
+    """(x - mean) / sqrt(var + eps) over ``axes``, plus mean and 1/std (keepdims)."""
+    mean = xp.mean(xc, axis=axes, keepdims=True)
+    d = xc - mean
+    var = xp.mean(d * d, axis=axes, keepdims=True)
+    inv = 1.0 / xp.sqrt(var + np.asarray(eps, xc.dtype))
+    d *= inv
+    return d, mean, inv
+
+
+@kernel("InstanceNormalization", since=1)
+def instance_normalization(info):
+    xp = info.xp
+    eps = float(info.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        dt = x.dtype
+        cdt = _cdt(dt)
+        y, _, _ = _normalize(xp, x.astype(cdt, copy=False), tuple(range(2, x.ndim)), eps)
+        shape = (x.shape[1],) + (1,) * (x.ndim - 2)
+        y *= scale.astype(cdt, copy=False).reshape(shape)
+        y += bias.astype(cdt, copy=False).reshape(shape)
+        return (y.astype(dt, copy=False),)
+
+    return run
+
+
+@kernel("LayerNormalization", since=17)
+def layer_normalization(info):
+    xp = info.xp
+    a = info.attrs
+    axis = int(a.get("axis", -1))
+    eps = float(a.get("epsilon", 1e-5))
+    stash = int(a.get("stash_type", 1))
+    out_dts = tuple(info.output_dtypes) + (None, None, None)
+
+    def run(x, scale, bias=None):
+        dt = x.dtype
+        cdt = _stash_dt(dt, stash)
+        ax = axis + x.ndim if axis < 0 else axis
+        y, mean, inv = _normalize(xp, x.astype(cdt, copy=False), tuple(range(ax, x.ndim)), eps)
+        y *= scale.astype(cdt, copy=False)
+        if bias is not None:
+            y += bias.astype(cdt, copy=False)
+        mdt = out_dts[1] or cdt
+        idt = out_dts[2] or cdt
+        return y.astype(dt, copy=False), mean.astype(mdt, copy=False), inv.astype(idt, copy=False)
+
+    return run
+
+
+def _group_norm(info, per_channel):
+    xp = info.xp
+    a = info.attrs
+    G = int(a["num_groups"])
+    eps = float(a.get("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        dt = x.dtype
+        cdt = _cdt(dt)
+        N, C = x.shape[:2]
+        xg = x.astype(cdt, copy=False).reshape(N, G, -1)
+        y, _, _ = _normalize(xp, xg, (2,), eps)
+        y = y.reshape(x.shape)
+        s = scale.astype(cdt, copy=False)
+        b = bias.astype(cdt, copy=False)
+        if not per_channel:            # opset 18: one scale/bias per group
+            s = xp.repeat(s, C // G)
+            b = xp.repeat(b, C // G)
+        shape = (C,) + (1,) * (x.ndim - 2)
+        y *= s.reshape(shape)
+        y += b.reshape(shape)
+        return (y.astype(dt, copy=False),)
+
+    return run
+
+
+@kernel("GroupNormalization", since=18)
+def group_normalization_18(info):
+    return _group_norm(info, per_channel=False)
+
+
+@kernel("GroupNormalization", since=21)
+def group_normalization_21(info):
+    return _group_norm(info, per_channel=True)
+
+
+@kernel("RMSNormalization", since=23)
+def rms_normalization(info):
+    xp = info.xp
+    a = info.attrs
+    axis = int(a.get("axis", -1))
+    eps = float(a.get("epsilon", 1e-5))
+    stash = int(a.get("stash_type", 1))
+
+    def run(x, scale):
+        dt = x.dtype
+        cdt = _stash_dt(dt, stash)
+        ax = axis + x.ndim if axis < 0 else axis
+        xc = x.astype(cdt, copy=False)
+        ms = xp.mean(xc * xc, axis=tuple(range(ax, x.ndim)), keepdims=True)
+        y = xc * (1.0 / xp.sqrt(ms + np.asarray(eps, cdt)))
+        y *= scale.astype(cdt, copy=False)
+        return (y.astype(dt, copy=False),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Lp / MVN / LRN
+
+
+@kernel("LpNormalization", since=1)
+def lp_normalization(x, *, xp, axis=-1, p=2):
+    dt = x.dtype
+    xc = x.astype(_cdt(dt), copy=False)
+    if int(p) == 1:
+        norm = xp.sum(xp.abs(xc), axis=int(axis), keepdims=True)
+    else:
+        norm = xp.sqrt(xp.sum(xc * xc, axis=int(axis), keepdims=True))
+    zero = norm == 0
+    y = xc / xp.where(zero, 1, norm)          # a zero norm gives zero output, not NaN
+    return y.astype(dt, copy=False)
+
+
+@kernel("MeanVarianceNormalization", since=1)
+def mean_variance_normalization(x, *, xp, axes=(0, 2, 3)):
+    dt = x.dtype
+    xc = x.astype(_cdt(dt), copy=False)
+    ax = tuple(int(a) for a in axes)
+    mean = xp.mean(xc, axis=ax, keepdims=True)
+    var = xp.mean(xc * xc, axis=ax, keepdims=True) - mean * mean
+    y = (xc - mean) / (xp.sqrt(var) + np.asarray(1e-9, xc.dtype))
+    return y.astype(dt, copy=False)
+
+
+@kernel("LRN", since=1)
+def lrn(x, *, xp, size, alpha=1e-4, beta=0.75, bias=1.0):
+    dt = x.dtype
+    cdt = _cdt(dt)
+    xc = x.astype(cdt, copy=False)
+    C = x.shape[1]
+    size = int(size)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = xc * xc
+    pad = xp.zeros((x.shape[0], C + lo + hi) + x.shape[2:], dtype=cdt)
+    pad[:, lo:lo + C] = sq
+    s = pad[:, 0:C].copy()
+    for j in range(1, size):          # the window is a handful of channels: a few shifted adds
+        s += pad[:, j:j + C]
+    y = xc / (np.asarray(bias, cdt) + np.asarray(alpha / size, cdt) * s) ** np.asarray(beta, cdt)
+    return y.astype(dt, copy=False)
