@@ -1,0 +1,1 @@
+"""OpenCLExecutionProvider over pyopencl (being written)."""

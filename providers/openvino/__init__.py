@@ -1,0 +1,1 @@
+"""OpenVINOExecutionProvider over the openvino package (being written)."""
