@@ -16,6 +16,10 @@ def _function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         return None
     if s.has_function:
         fn = s.get_function_with_opset_version(opset) if hasattr(s, "get_function_with_opset_version") else None
+        if isinstance(fn, bytes):
+            proto = onnx.FunctionProto()
+            proto.ParseFromString(fn)
+            fn = proto
         return fn or s.function_body
     if s.has_context_dependent_function:
         node_proto = ir.serde.serialize_node(node)

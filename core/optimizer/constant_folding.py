@@ -70,9 +70,7 @@ def _replace_with_constants(graph: ir.Graph, node: ir.Node, outs: list[np.ndarra
     for old, arr in zip(olds, outs):
         name = old.name
         new = ir.Value(name=None, type=old.type, shape=ir.Shape(arr.shape), const_value=ir.tensor(arr))
-        ir.convenience.replace_all_uses_with(old, new)
-        if old in graph.outputs:
-            graph.outputs[graph.outputs.index(old)] = new
+        ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
         old.name = None
         new.name = name
         new.const_value.name = name
