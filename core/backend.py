@@ -5,9 +5,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx.backend.base import Backend, BackendRep
+
 from engineroom.options import SessionOptions
 from engineroom.session import InferenceSession
-from onnx.backend.base import Backend, BackendRep
 
 
 class EngineroomBackendRep(BackendRep):

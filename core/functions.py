@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
-from engineroom.views import normalize_domain, schema
 from onnx import inliner
+
+from engineroom.views import normalize_domain, schema
 
 _DOMAIN = "engineroom.expand"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
+
 from engineroom.errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
 
 _SKIPPED_CHECKS = ("No Op registered", "No opset import for domain", "is not a registered function/op",

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
+
 from engineroom.errors import Fail, InvalidGraph, NotImplemented, RuntimeException
 from engineroom.partition import Partition, assign, group
 from engineroom.plugin_sdk import (

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx_ir as ir
+
 from engineroom import discovery
 from engineroom.errors import EPFail, Fail, InvalidArgument, NotImplemented
 from engineroom.functions import expand_functions

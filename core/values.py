@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from engineroom.errors import InvalidArgument
 from engineroom.plugin_sdk import onnx_elem_type, ort_type_name
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+
 from engineroom.plugin_sdk import NodeView
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+
 from engineroom.plugin_sdk.device import CPU, Device
 from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
 

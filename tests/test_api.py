@@ -4,11 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import engineroom as ort
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
+import engineroom as ort
 
 
 def _model():

@@ -1,10 +1,11 @@
 """Bad input gets a typed error naming what is wrong, and the session keeps working afterwards."""
 from __future__ import annotations
 
-import engineroom as ort
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
+
+import engineroom as ort
 
 
 @pytest.fixture(scope="module")

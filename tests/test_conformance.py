@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from engineroom import backend
 
 PROVIDERS = os.environ.get("ENGINEROOM_CONFORMANCE_PROVIDERS", "CPUExecutionProvider").split(",")

@@ -1,10 +1,11 @@
 """Partitioner: claims, copies on crossing edges, cycle-free grouping, CPU fallback rules."""
 from __future__ import annotations
 
-import engineroom as ort
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
+
+import engineroom as ort
 
 
 def _model(nodes, inputs=("x",), outputs=("y",), shape=(2, 3), inits=()):

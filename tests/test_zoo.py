@@ -1,10 +1,11 @@
 """End to end: the five zoo models on the CPU provider against PyTorch's outputs in NAME.io.npz."""
 from __future__ import annotations
 
-import engineroom as ort
 import numpy as np
 import pytest
 from conftest import ZOO_MODELS, zoo_path
+
+import engineroom as ort
 
 
 def run_zoo(name: str, providers=None, **kw):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import onnx_ir as ir
+
 from engineroom.optimizer.constant_folding import fold_constants
 from engineroom.optimizer.eliminate import eliminate_dropout, eliminate_identity
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
 from engineroom.plugin_sdk import KernelInfo
 from engineroom.views import node_view, normalize_domain, tensor_to_numpy
 
