@@ -6,6 +6,7 @@ and raises IndexError for anything out of range. Scatter kernels copy the data i
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 

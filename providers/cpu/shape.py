@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from engineroom.plugin_sdk import np_dtype
 from engineroom.providers.cpu.registry import kernel
 
 # --- helpers
@@ -44,11 +46,6 @@ def _const(info, i):
 
 def _has(info, i) -> bool:
     return i < len(info.input_names) and info.input_names[i] != ""
-
-
-def _arr(xp, v, dtype=None):
-    """Always an ndarray (0-d for scalars), never a NumPy scalar."""
-    return xp.asarray(v, dtype=dtype)
 
 
 # --- Reshape
@@ -572,10 +569,7 @@ def eye_like(info):
     xp = info.xp
     k = int(info.attrs.get("k", 0))
     dt = info.attrs.get("dtype")
-    out_dtype = None
-    if dt is not None:
-        from engineroom.plugin_sdk import np_dtype
-        out_dtype = np_dtype(int(dt))
+    out_dtype = None if dt is None else np_dtype(int(dt))
 
     def run(x):
         if x.ndim != 2:
@@ -818,24 +812,44 @@ def non_zero(info):
 
 # --- TopK / Unique
 
+def _topk_sorted(xp, x, k, a, largest):
+    """Top k along axis ``a`` by a full stable sort; ties go to the lower index."""
+    n = x.shape[a]
+    sl = [slice(None)] * x.ndim
+    sl[a] = slice(0, k)
+    if largest:
+        # Stable sort of the reversed axis, read backwards: descending values, ties by lower index.
+        order = xp.flip(xp.argsort(xp.flip(x, axis=a), axis=a, kind="stable"), axis=a)
+        return (n - 1) - order[tuple(sl)]
+    return xp.argsort(x, axis=a, kind="stable")[tuple(sl)]
+
+
+def _topk_partition(xp, x2, k, largest):
+    """Top k of each row of a 2-D array in O(n): partition for the k-th value, then keep everything
+    beyond it plus the lowest-index ties, and sort only those k."""
+    m, n = x2.shape
+    kth = xp.partition(x2, n - k if largest else k - 1, axis=1)[:, n - k if largest else k - 1][:, None]
+    beyond = x2 > kth if largest else x2 < kth
+    tie = x2 == kth
+    need = k - beyond.sum(axis=1, keepdims=True)
+    sel = beyond | (tie & (xp.cumsum(tie, axis=1) <= need))
+    cols = xp.nonzero(sel)[1].reshape(m, k)  # row-major: each row's k columns, ascending
+    vals = xp.take_along_axis(x2, cols, axis=1)
+    return xp.take_along_axis(cols, _topk_sorted(xp, vals, k, 1, largest), axis=1)
+
+
 def _topk(xp, x, k, axis, largest):
     a = _axis(axis, x.ndim)
     n = x.shape[a]
     if k < 0 or k > n:
         raise ValueError(f"TopK: k={k} is out of range for dimension {n}")
-    if largest:
-        # Stable sort of the reversed axis, read backwards: descending values, ties by lower index.
-        rev = xp.flip(x, axis=a)
-        order = xp.argsort(rev, axis=a, kind="stable")
-        order = xp.flip(order, axis=a)
-        sl = [slice(None)] * x.ndim
-        sl[a] = slice(0, k)
-        idx = (n - 1) - order[tuple(sl)]
+    if 0 < k * 8 <= n and n >= 256 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
+        xm = xp.moveaxis(x, a, -1)
+        lead = xm.shape[:-1]
+        idx = _topk_partition(xp, xm.reshape(-1, n), k, largest)
+        idx = xp.moveaxis(idx.reshape(lead + (k,)), -1, a)
     else:
-        order = xp.argsort(x, axis=a, kind="stable")
-        sl = [slice(None)] * x.ndim
-        sl[a] = slice(0, k)
-        idx = order[tuple(sl)]
+        idx = _topk_sorted(xp, x, k, a, largest)
     idx = idx.astype(np.int64, copy=False)
     return xp.take_along_axis(x, idx, axis=a), idx
 
