@@ -8,6 +8,7 @@ Everything that multiplies matrices runs through BLAS: float32/float64 as they a
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -243,3 +244,166 @@ def dropout(info):
         return y, mask
 
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention (opset 23/24/25) and RotaryEmbedding
+
+
+def _onnx_float_dtype(code) -> np.dtype:
+    from engineroom.plugin_sdk import np_dtype
+
+    return np.dtype(np_dtype(int(code)))
+
+
+def _to_heads(xp, x, heads):
+    """(B, S, H*D) -> (B, H, S, D); 4-D input passes through."""
+    if x.ndim == 4:
+        return x
+    B, S, HD = x.shape
+    return x.reshape(B, S, heads, HD // heads).transpose(0, 2, 1, 3)
+
+
+def _softmax_rows(xp, s):
+    """Softmax over the last axis in s's own dtype; a row of all -inf gives zeros, not NaN."""
+    m = xp.max(s, axis=-1, keepdims=True)
+    m = xp.where(xp.isneginf(m), xp.zeros((), s.dtype), m)
+    e = s - m
+    e = xp.exp(e, out=e) if _blas_ok(e.dtype) else xp.exp(e)
+    tot = xp.sum(e, axis=-1, keepdims=True)
+    tot = xp.where(tot == 0, xp.ones((), tot.dtype), tot)
+    if _blas_ok(e.dtype) and tot.dtype == e.dtype:
+        e /= tot
+        return e
+    return e / tot
+
+
+def _mm(xp, a, b, dt):
+    """Matmul producing dtype ``dt``: BLAS for float32/float64, float32 accumulation rounded for narrow floats."""
+    if _blas_ok(dt):
+        return xp.matmul(a, b)
+    return xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
+
+
+@kernel("Attention", since=23)
+def attention(info):
+    """Scaled dot-product attention: MHA/GQA/MQA, 3-D or 4-D layout, KV cache, masks, causal/window, softcap.
+
+    GQA is a reshape, not a repeat: queries are grouped as (B, kv_heads, group, S, D) so each key head
+    broadcasts against its group. All masking is composed into one additive bias of shape
+    (B|1, H|1, S, T) before one masked softmax.
+    """
+    xp = info.xp
+    a = info.attrs
+    is_causal = int(a.get("is_causal", 0))
+    q_heads = int(a.get("q_num_heads", 0) or 0)
+    kv_heads = int(a.get("kv_num_heads", 0) or 0)
+    scale_attr = a.get("scale")
+    softcap = float(a.get("softcap", 0.0) or 0.0)
+    mode = int(a.get("qk_matmul_output_mode", 0))
+    sp = a.get("softmax_precision")
+    sm_dt = _onnx_float_dtype(sp) if sp else None
+    left = int(a.get("left_window_size", -1))
+    right = int(a.get("right_window_size", -1))
+    want_qk = len(info.output_names) > 3 and info.output_names[3] != ""
+
+    def run(Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
+        # Every step is done in Q's type with NumPy's own promotion rules (the op's definition);
+        # only the two matmuls leave it: BLAS for float32/float64, float32 accumulation otherwise.
+        t1 = Q.dtype
+        q3 = Q.ndim == 3
+        q = _to_heads(xp, Q, q_heads)
+        k = _to_heads(xp, K, kv_heads)
+        v = _to_heads(xp, V, kv_heads)
+        if past_key is not None:
+            k = xp.concatenate([past_key, k], axis=2)
+            v = xp.concatenate([past_value, v], axis=2)
+        present_k, present_v = k, v
+        B, Hq, S, D = q.shape
+        Hkv, T = k.shape[1], k.shape[2]
+        g = Hq // Hkv
+        scale = float(scale_attr) if scale_attr is not None else 1.0 / np.sqrt(D)
+        sq = t1.type(np.sqrt(scale))
+        qs = q * sq
+        ks = k * sq
+        # (B, Hkv, g, S, D) @ (B, Hkv, 1, D, T) -> (B, Hq, S, T): GQA without repeating K
+        scores = _mm(xp, qs.reshape(B, Hkv, g, S, D), ks[:, :, None].swapaxes(-1, -2), t1).reshape(B, Hq, S, T)
+        qk_out = scores if (want_qk and mode == 0) else None
+        if softcap > 0.0:
+            scores = xp.tanh(scores / softcap) * softcap
+        if want_qk and mode == 1:
+            qk_out = scores
+        bias = _attention_bias(xp, attn_mask, B, S, T, t1, is_causal, past_key, nonpad_kv_seqlen, left, right)
+        if bias is not None:
+            scores = scores + bias
+        if want_qk and mode == 2:
+            qk_out = scores
+        if sm_dt is not None:
+            scores = scores.astype(sm_dt)
+        elif scores is qk_out:
+            scores = scores.copy()                 # the softmax below works in place
+        probs = _softmax_rows(xp, scores)
+        if bias is not None:
+            # a query row with no attendable key (its whole bias is -inf) is zero, decided on the bias
+            dead = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))
+            if bool(dead.any()):
+                probs = xp.where(dead, xp.zeros((), probs.dtype), probs)
+        probs = probs.astype(t1, copy=False)
+        if want_qk and mode == 3:
+            qk_out = probs
+        Dv = v.shape[3]
+        y = _mm(xp, probs.reshape(B, Hkv, g, S, T), v[:, :, None], t1).reshape(B, Hq, S, Dv)
+        if q3:
+            y = y.transpose(0, 2, 1, 3).reshape(B, S, Hq * Dv)
+        outs = (y, present_k, present_v)
+        if want_qk:
+            outs += (qk_out.astype(t1, copy=False),)
+        return outs
+
+    return run
+
+
+def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, left, right):
+    """Additive bias (0 / -inf / float mask) of shape broadcastable to (B, H, S, T), or None."""
+    neg = np.asarray(-np.inf, cdt)
+    bias = None
+    if attn_mask is not None:
+        m = attn_mask
+        if m.shape[-1] < T:          # a short mask is padded with 'not allowed'
+            pad_w = T - m.shape[-1]
+            fill = False if m.dtype == np.bool_ else -np.inf
+            m = xp.concatenate([m, xp.full(m.shape[:-1] + (pad_w,), fill, dtype=m.dtype)], axis=-1)
+        if m.dtype == np.bool_:
+            bias = xp.where(m, np.asarray(0, cdt), neg)
+        else:
+            bias = m.astype(cdt)
+        while bias.ndim < 4:
+            bias = bias[None]
+    # structural masks: causal frontier, padding of an external cache, sliding window
+    need_offset = is_causal or left >= 0 or right >= 0
+    allowed = None
+    i = xp.arange(S).reshape(1, 1, S, 1)
+    j = xp.arange(T).reshape(1, 1, 1, T)
+    if nonpad is not None:
+        npd = xp.asarray(nonpad).astype(np.int64).reshape(-1, 1, 1, 1)
+        allowed = j < npd
+        offset = npd - S
+    elif past_key is not None:
+        offset = past_key.shape[2]
+    else:
+        offset = 0
+    if need_offset:
+        p = i + offset
+        conds = []
+        if is_causal:
+            conds.append(j <= p)
+        if left >= 0:
+            conds.append(j >= p - left)
+        if right >= 0:
+            conds.append(j <= p + right)
+        for c in conds:
+            allowed = c if allowed is None else (allowed & c)
+    if allowed is not None:
+        sb = xp.where(allowed, np.asarray(0, cdt), neg)
+        bias = sb if bias is None else bias + sb
+    return bias
