@@ -133,5 +133,5 @@ def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[st
         const_inputs=tuple(consts.get(v.name) if v is not None else None for v in ins),
         input_types=tuple(value_type_proto(v) for v in ins),
         output_types=tuple(value_type_proto(v) for v in outs),
-        proto=None,
+        proto=ir.serde.serialize_node(node),  # what GroupView.to_model() builds compiled groups from
     )
