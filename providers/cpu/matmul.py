@@ -407,3 +407,51 @@ def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, le
         sb = xp.where(allowed, np.asarray(0, cdt), neg)
         bias = sb if bias is None else bias + sb
     return bias
+
+
+@kernel("RotaryEmbedding", since=23)
+def rotary_embedding(info):
+    """RoPE on (B, H, S, D) or (B, S, H*D) input: halves (or even/odd pairs) rotated by the cached angles.
+
+    Computed in the input's own type (the definition's arithmetic); the output is written in place
+    into one copy of the input so the unrotated tail costs nothing extra.
+    """
+    a = info.attrs
+    interleaved = int(a.get("interleaved", 0))
+    num_heads = int(a.get("num_heads", 0) or 0)
+    rot_dim = int(a.get("rotary_embedding_dim", 0) or 0)
+
+    def run(x, cos_cache, sin_cache, position_ids=None):
+        if position_ids is not None:
+            pid = position_ids.astype(np.int64)
+            cos, sin = cos_cache[pid], sin_cache[pid]          # (B, S, rd/2)
+        else:
+            cos, sin = cos_cache, sin_cache
+        if x.ndim == 4:
+            xv = x                                             # (B, H, S, D)
+            cos, sin = cos[:, None], sin[:, None]
+        else:
+            B, S, HD = x.shape
+            xv = x.reshape(B, S, num_heads, HD // num_heads)   # (B, S, H, D)
+            cos, sin = cos[:, :, None], sin[:, :, None]
+        D = xv.shape[-1]
+        rd = rot_dim or D
+        half = rd // 2
+        cos = cos.astype(x.dtype, copy=False)
+        sin = sin.astype(x.dtype, copy=False)
+        if interleaved:
+            x1, x2 = xv[..., 0:rd:2], xv[..., 1:rd:2]
+        else:
+            x1, x2 = xv[..., :half], xv[..., half:rd]
+        real = cos * x1 - sin * x2
+        imag = sin * x1 + cos * x2
+        y = xv.copy()
+        if interleaved:
+            y[..., 0:rd:2] = real
+            y[..., 1:rd:2] = imag
+        else:
+            y[..., :half] = real
+            y[..., half:rd] = imag
+        return (y.reshape(x.shape),)
+
+    return run
