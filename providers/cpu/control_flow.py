@@ -1,0 +1,202 @@
+"""Control-flow kernels: If, Loop, Scan (Scan-8 with batch axis and sequence_lens; Scan-9+ with axes/directions).
+
+Graph attributes arrive as planned subgraphs (``sub(inputs, outer) -> outputs``). The values the
+node's subgraphs read from enclosing scopes come after the node's own inputs; the whole tail is handed
+to every subgraph call (each subgraph's plan takes the node's full outer list).
+
+Sequences (Python lists) and optionals (None when empty) pass through If/Loop unchanged; scan outputs
+are stacked once at the end rather than grown per iteration.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engineroom.providers.cpu.registry import kernel
+
+
+def _truth(c) -> bool:
+    # Conditions are 0-d or single-element bool tensors; read once on the host.
+    return bool(np.asarray(c).reshape(-1)[0])
+
+
+def _empty_like_output(info, k: int, xp):
+    """The zero-iteration value of scan output ``k``: length 0 along the scan axis, other dims if known."""
+    dt = info.output_dtypes[k] if k < len(info.output_dtypes) else None
+    dt = np.float32 if dt is None else dt
+    shp = info.output_shapes[k] if k < len(info.output_shapes) else None
+    if shp and all(isinstance(d, int) for d in shp[1:]):
+        return xp.zeros((0, *shp[1:]), dtype=dt)
+    return xp.zeros((0,), dtype=dt)
+
+
+# --- If (later versions only widen the allowed types)
+
+@kernel("If", since=1, host_inputs=(0,))
+def if_(info):
+    then_b = info.attrs["then_branch"]
+    else_b = info.attrs["else_branch"]
+    n = info.num_inputs
+
+    def run(*inputs):
+        sub = then_b if _truth(inputs[0]) else else_b
+        return tuple(sub([], inputs[n:]))
+
+    return run
+
+
+
+# --- Loop (13+ carries sequences, 16+ optionals: both pass through as Python values)
+
+@kernel("Loop", since=1, host_inputs=(0, 1))
+def loop(info):
+    xp = info.xp
+    body = info.attrs["body"]
+    n = info.num_inputs
+    n_carried = n - 2
+    n_scan = len(body.output_names) - 1 - n_carried
+    int64_max = np.iinfo(np.int64).max
+
+    def run(*inputs):
+        m, cond = inputs[0], inputs[1]
+        carried = list(inputs[2:n])
+        outer = inputs[n:]
+        trip = int64_max if m is None else int(np.asarray(m).reshape(-1)[0])
+        go = True if cond is None else _truth(cond)
+        scans: list[list] = [[] for _ in range(n_scan)]
+        cond_t = np.array(True)
+        i = 0
+        while go and i < trip:
+            # iter_num and cond are fresh 0-d arrays each iteration: the body may return them as outputs.
+            outs = body([np.array(i, dtype=np.int64), cond_t, *carried], outer)
+            go = _truth(outs[0])
+            carried = list(outs[1:1 + n_carried])
+            for k in range(n_scan):
+                scans[k].append(outs[1 + n_carried + k])
+            i += 1
+        res = list(carried)
+        for k in range(n_scan):
+            if scans[k]:
+                res.append(xp.stack(scans[k]))
+            else:
+                res.append(_empty_like_output(info, n_carried + k, xp))
+        return tuple(res)
+
+    return run
+
+
+
+# --- Scan
+
+def _stack_axis(parts: list, axis: int, xp):
+    """Stack per-iteration elements along ``axis`` (negative counts from the stacked rank)."""
+    out = xp.stack(parts)
+    return out if axis == 0 else xp.moveaxis(out, 0, axis)
+
+
+@kernel("Scan", since=9)
+def scan(info):
+    xp = info.xp
+    body = info.attrs["body"]
+    n = info.num_inputs
+    m = int(info.attrs["num_scan_inputs"])
+    n_state = n - m
+    n_scan_out = len(body.output_names) - n_state
+    in_axes = list(info.attrs.get("scan_input_axes") or [0] * m)
+    in_dirs = list(info.attrs.get("scan_input_directions") or [0] * m)
+    out_axes = list(info.attrs.get("scan_output_axes") or [0] * n_scan_out)
+    out_dirs = list(info.attrs.get("scan_output_directions") or [0] * n_scan_out)
+
+    def run(*inputs):
+        states = list(inputs[:n_state])
+        outer = inputs[n:]
+        seqs = []
+        length = None
+        for j in range(m):
+            x = inputs[n_state + j]
+            ax = in_axes[j] + x.ndim if in_axes[j] < 0 else in_axes[j]
+            if ax != 0:
+                x = xp.moveaxis(x, ax, 0)   # a view: iteration t reads x[t]
+            if in_dirs[j]:
+                x = x[::-1]
+            if length is None:
+                length = x.shape[0]
+            elif x.shape[0] != length:
+                raise ValueError(f"scan inputs have different sequence lengths ({length} and {x.shape[0]})")
+            seqs.append(x)
+        length = length or 0
+        collected: list[list] = [[] for _ in range(n_scan_out)]
+        for t in range(length):
+            outs = body([*states, *[x[t] for x in seqs]], outer)
+            states = list(outs[:n_state])
+            for k in range(n_scan_out):
+                collected[k].append(outs[n_state + k])
+        res = list(states)
+        for k in range(n_scan_out):
+            parts = collected[k]
+            if not parts:
+                res.append(_empty_like_output(info, n_state + k, xp))
+                continue
+            if out_dirs[k]:
+                parts = parts[::-1]
+            ax = out_axes[k]
+            if ax < 0:
+                ax += parts[0].ndim + 1
+            res.append(_stack_axis(parts, ax, xp))
+        return tuple(res)
+
+    return run
+
+
+@kernel("Scan", since=8, host_inputs=(0,))
+def scan8(info):
+    xp = info.xp
+    body = info.attrs["body"]
+    n = info.num_inputs
+    m = int(info.attrs["num_scan_inputs"])
+    n_state = n - 1 - m
+    n_scan_out = len(body.output_names) - n_state
+    dirs = list(info.attrs.get("directions") or [0] * m)
+
+    def run(*inputs):
+        seq_lens = inputs[0]
+        states0 = inputs[1:1 + n_state]
+        xs = inputs[1 + n_state:n]
+        outer = inputs[n:]
+        batch = xs[0].shape[0] if xs else states0[0].shape[0]
+        max_len = xs[0].shape[1] if xs else 0
+        lens = [max_len] * batch if seq_lens is None else [int(v) for v in np.asarray(seq_lens).reshape(-1)]
+        final_states: list[list] = [[] for _ in range(n_state)]
+        outs_per_batch: list[list] = [[] for _ in range(n_scan_out)]
+        for b in range(batch):
+            states = [s[b] for s in states0]
+            L = lens[b]
+            seqs = [x[b, :L][::-1] if dirs[j] else x[b, :L] for j, x in enumerate(xs)]
+            collected: list[list] = [[] for _ in range(n_scan_out)]
+            for t in range(L):
+                outs = body([*states, *[x[t] for x in seqs]], outer)
+                states = list(outs[:n_state])
+                for k in range(n_scan_out):
+                    collected[k].append(outs[n_state + k])
+            for k in range(n_state):
+                final_states[k].append(states[k])
+            for k in range(n_scan_out):
+                outs_per_batch[k].append(collected[k])
+        res = [xp.stack(fs) for fs in final_states]
+        for k in range(n_scan_out):
+            per_b = outs_per_batch[k]
+            sample = next((p[0] for p in per_b if p), None)
+            if sample is None:
+                shp = info.output_shapes[n_state + k] if len(info.output_shapes) > n_state + k else None
+                dt = info.output_dtypes[n_state + k] or np.float32
+                tail = tuple(shp[2:]) if shp and all(isinstance(d, int) for d in shp[2:]) else ()
+                res.append(xp.zeros((batch, max_len, *tail), dtype=dt))
+                continue
+            sample = xp.asarray(sample)
+            out = xp.zeros((batch, max_len, *sample.shape), dtype=sample.dtype)  # padding stays 0
+            for b, parts in enumerate(per_b):
+                if parts:
+                    out[b, :len(parts)] = xp.stack(parts)
+            res.append(out)
+        return tuple(res)
+
+    return run
