@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.softmax import storage_rounder, softmax_array
 
 
 def _fdt(dt) -> np.dtype:
@@ -264,20 +265,6 @@ def _to_heads(xp, x, heads):
     return x.reshape(B, S, heads, HD // heads).transpose(0, 2, 1, 3)
 
 
-def _softmax_rows(xp, s):
-    """Softmax over the last axis in s's own dtype; a row of all -inf gives zeros, not NaN."""
-    m = xp.max(s, axis=-1, keepdims=True)
-    m = xp.where(xp.isneginf(m), xp.zeros((), s.dtype), m)
-    e = s - m
-    e = xp.exp(e, out=e) if _blas_ok(e.dtype) else xp.exp(e)
-    tot = xp.sum(e, axis=-1, keepdims=True)
-    tot = xp.where(tot == 0, xp.ones((), tot.dtype), tot)
-    if _blas_ok(e.dtype) and tot.dtype == e.dtype:
-        e /= tot
-        return e
-    return e / tot
-
-
 def _mm(xp, a, b, dt):
     """Matmul producing dtype ``dt``: BLAS for float32/float64, float32 accumulation rounded for narrow floats."""
     if _blas_ok(dt):
@@ -338,11 +325,13 @@ def attention(info):
             scores = scores + bias
         if want_qk and mode == 2:
             qk_out = scores
-        if sm_dt is not None:
-            scores = scores.astype(sm_dt)
-        elif scores is qk_out:
-            scores = scores.copy()                 # the softmax below works in place
-        probs = _softmax_rows(xp, scores)
+        st = np.dtype(sm_dt) if sm_dt is not None else scores.dtype
+        rnd = storage_rounder(st)
+        if rnd is not None:
+            probs = softmax_array(xp, scores.astype(st).astype(np.float32), -1, rnd, zero_dead_rows=True)
+        else:
+            sc = scores.astype(st, copy=False)
+            probs = softmax_array(xp, sc.copy() if sc is qk_out else sc, -1, None, zero_dead_rows=True)
         if bias is not None:
             # a query row with no attendable key (its whole bias is -inf) is zero, decided on the bias
             dead = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))

@@ -3,11 +3,13 @@ SoftmaxCrossEntropyLoss.
 
 Before opset 13 the softmax ops coerce the input to 2-D at ``axis`` (default 1) and normalize over
 the whole trailing block; from 13 on they normalize along the single ``axis`` (default -1).
-Arithmetic stays in float32 for float32 input (float16/bfloat16 widen to float32 and come back).
+Arithmetic stays in float32 for float32 input; float16/bfloat16 are computed in float32 with each
+elementwise step rounded to the storage type, which reproduces computing in that type.
 """
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -16,17 +18,75 @@ def _cdt(dt) -> np.dtype:
     return dt if dt in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float32)
 
 
-def softmax_array(xp, x, axis):
-    """exp(x - max) / sum along ``axis`` (one allocation: the result is computed in place)."""
-    e = x - xp.max(x, axis=axis, keepdims=True)
-    xp.exp(e, out=e)
-    e /= xp.sum(e, axis=axis, keepdims=True)
-    return e
+def storage_rounder(dt):
+    """For a narrow float type: float32 -> dt -> float32, i.e. where ONNX's arithmetic in dt rounds."""
+    dt = np.dtype(dt)
+    if _cdt(dt) == dt:
+        return None
+
+    def rnd(a):
+        return a.astype(dt).astype(np.float32)
+
+    rnd.dtype = dt
+    return rnd
 
 
-def log_softmax_array(xp, x, axis):
+# Rows up to this long are summed the way the op's definition does in a type that NumPy reduces in
+# the type itself (bfloat16 and the other ml_dtypes floats): sequentially, rounding every partial sum.
+# Longer rows accumulate in float32 instead: a bfloat16 running sum stops growing at 256 ulps.
+_SEQUENTIAL_SUM_MAX = 64
+
+
+def rounded_sum(xp, e, axis, rnd):
+    """Sum of float32 values ``e`` along ``axis`` as computed in rnd's storage type, rounded to it."""
+    n = e.shape[axis]
+    if rnd.dtype == np.dtype(np.float16) or n > _SEQUENTIAL_SUM_MAX:
+        return rnd(xp.sum(e, axis=axis, keepdims=True))   # NumPy sums float16 in float32 (pairwise)
+    ax = axis % e.ndim
+    acc = None
+    for j in range(n):
+        t = e[(slice(None),) * ax + (slice(j, j + 1),)]
+        acc = t if acc is None else rnd(acc + t)
+    return acc
+
+
+def softmax_array(xp, x, axis, rnd=None, zero_dead_rows=False):
+    """exp(x - max) / sum along ``axis`` (computed in place in x's float type).
+
+    ``rnd`` (narrow input types) rounds each step to the storage type, as computing the op in that
+    type does. ``zero_dead_rows`` makes a row of all -inf give zeros instead of NaN (Attention).
+    """
+    m = xp.max(x, axis=axis, keepdims=True)
+    if zero_dead_rows:
+        m = xp.where(xp.isneginf(m), xp.zeros((), m.dtype), m)
+    e = x - m
+    if rnd is not None:
+        e = rnd(xp.exp(rnd(e)))
+        tot = rounded_sum(xp, e, axis, rnd)
+    else:
+        xp.exp(e, out=e)
+        tot = xp.sum(e, axis=axis, keepdims=True)
+    if zero_dead_rows:
+        tot = xp.where(tot == 0, xp.ones((), tot.dtype), tot)
+    e /= tot
+    return e if rnd is None else rnd(e)
+
+
+def log_softmax_array(xp, x, axis, rnd=None):
     y = x - xp.max(x, axis=axis, keepdims=True)
+    if rnd is not None:
+        y = rnd(y)
+        s = rounded_sum(xp, rnd(xp.exp(y)), axis, rnd)
+        y -= rnd(xp.log(s))
+        return rnd(y)
     y -= xp.log(xp.sum(xp.exp(y), axis=axis, keepdims=True))
+    return y
+
+
+def _hardmax_array(xp, x, axis, rnd=None):
+    idx = xp.argmax(x, axis=axis)
+    y = xp.zeros(x.shape, dtype=x.dtype)
+    xp.put_along_axis(y, xp.expand_dims(idx, axis), 1, axis=axis)
     return y
 
 
@@ -36,23 +96,17 @@ def _along(fn, old):
     def run(x, *, xp, axis=None):
         dt = x.dtype
         xc = x.astype(_cdt(dt), copy=False)
+        rnd = storage_rounder(dt)
         if old:
             ax = 1 if axis is None else int(axis)
             ax = ax + x.ndim if ax < 0 else ax
             lead = int(np.prod(x.shape[:ax]))
-            y = fn(xp, xc.reshape(lead, -1), 1).reshape(x.shape)
+            y = fn(xp, xc.reshape(lead, -1), 1, rnd).reshape(x.shape)
         else:
-            y = fn(xp, xc, -1 if axis is None else int(axis))
+            y = fn(xp, xc, -1 if axis is None else int(axis), rnd)
         return y.astype(dt, copy=False)
 
     return run
-
-
-def _hardmax_array(xp, x, axis):
-    idx = xp.argmax(x, axis=axis)
-    y = xp.zeros(x.shape, dtype=x.dtype)
-    xp.put_along_axis(y, xp.expand_dims(idx, axis), 1, axis=axis)
-    return y
 
 
 _softmax_old = _along(softmax_array, True)
