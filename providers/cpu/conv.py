@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.providers.cpu.registry import kernel
-from engineroom.providers.cpu.softmax import storage_rounder, softmax_array
+from engineroom.providers.cpu.softmax import softmax_array, storage_rounder
 
 
 def _fdt(dt) -> np.dtype:

@@ -9,6 +9,7 @@ parameters folds them once in the factory into one per-channel scale and shift, 
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 

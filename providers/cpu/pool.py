@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+
 from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, same_pads, tap_slice
 from engineroom.providers.cpu.registry import kernel
 
