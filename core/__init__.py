@@ -2,6 +2,13 @@
 whose work is done by execution providers that a partitioner assigns graph nodes to."""
 from __future__ import annotations
 
+from engineroom.devices import (
+    OrtEpDevice,
+    OrtExecutionProviderDevicePolicy,
+    OrtHardwareDevice,
+    OrtHardwareDeviceType,
+    get_ep_devices,
+)
 from engineroom.errors import (
     EngineroomError,
     EPFail,
@@ -51,4 +58,5 @@ __all__ = [
     "InvalidGraph", "InvalidProtobuf", "ModelMetadata", "NoModel", "NoSuchFile", "NodeArg", "NotImplemented",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "get_all_providers",
     "get_available_providers", "get_device",
+    "OrtEpDevice", "OrtExecutionProviderDevicePolicy", "OrtHardwareDevice", "OrtHardwareDeviceType", "get_ep_devices",
 ]

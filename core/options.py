@@ -24,6 +24,9 @@ class SessionOptions:
         self.optimized_model_filepath = ""
         self._config: dict[str, str] = {}
         self._free_dims_by_name: dict[str, int] = {}
+        self._ep_devices: list[tuple[str, dict[str, str]]] = []   # from add_provider_for_devices
+        self._policy = None                                       # an OrtExecutionProviderDevicePolicy
+        self._policy_delegate = None
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         self._config[str(key)] = str(value)
@@ -38,6 +41,29 @@ class SessionOptions:
 
     def config(self, key: str, default: str = "") -> str:
         return self._config.get(key, default)
+
+    # onnxruntime's device-based provider selection (used when a session is given no ``providers``)
+    def add_provider_for_devices(self, ep_devices, provider_options: dict) -> None:
+        """Add the provider of ``ep_devices`` (OrtEpDevice values of one provider, from get_ep_devices())."""
+        from engineroom.devices import provider_for_devices
+
+        self._ep_devices.append(provider_for_devices(ep_devices, provider_options))
+
+    def set_provider_selection_policy(self, policy) -> None:
+        """Pick providers by an ``OrtExecutionProviderDevicePolicy`` (GPU before CPU, CPU fallback last)."""
+        from engineroom.devices import OrtExecutionProviderDevicePolicy
+
+        self._policy = OrtExecutionProviderDevicePolicy(policy)
+
+    def set_provider_selection_policy_delegate(self, delegate) -> None:
+        """Pick providers with ``delegate(ep_devices, model_metadata, runtime_metadata, max_selections)``."""
+        if not callable(delegate):
+            raise InvalidArgument("the provider selection policy delegate must be callable")
+        self._policy_delegate = delegate
+
+    def has_providers(self) -> bool:
+        """True when providers were given by device or policy."""
+        return bool(self._ep_devices) or self._policy is not None or self._policy_delegate is not None
 
 
 class RunOptions:

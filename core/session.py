@@ -147,6 +147,10 @@ class InferenceSession:
     def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
         so = self._sess_options
         strict = so.config("session.disable_cpu_ep_fallback") == "1"
+        if not providers and provider_options is None and so.has_providers():
+            from engineroom.devices import providers_for_session  # devices or a selection policy
+
+            providers = providers_for_session(so)
         requested = list(providers) if providers else ["CPUExecutionProvider"]
         if provider_options is not None and len(provider_options) != len(requested):
             raise InvalidArgument(f"provider_options has {len(provider_options)} entries for "
