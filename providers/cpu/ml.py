@@ -1,0 +1,689 @@
+"""Classic ML ops of the ``ai.onnx.ml`` domain: ArrayFeatureExtractor, Binarizer, CategoryMapper,
+FeatureVectorizer, Imputer, LabelEncoder (1, 2, 4), LinearClassifier, LinearRegressor, Normalizer,
+OneHotEncoder, Scaler, TreeEnsemble (5), TreeEnsembleClassifier / TreeEnsembleRegressor (1, 3).
+
+Trees: every tree format is converted once, in the factory, to one flat layout (interior nodes with
+feature, threshold, comparison and two children; leaves as CSR lists of (target, weight)). Evaluation
+walks all samples down all trees together, one tree level per vectorized step, so the Python loop
+runs depth times, never per sample or per tree.
+
+These ops are host-side by nature (string labels, small models), so they compute with NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.special
+
+from engineroom.providers.cpu.registry import kernel
+
+ML = "ai.onnx.ml"
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _text(v) -> str:
+    return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+def _obj_array(values, shape) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out.reshape(shape)
+
+
+def _attr(info, *names):
+    """First present attribute among ``names`` (tensor or list), as a NumPy array; None if none is set."""
+    for n in names:
+        v = info.attrs.get(n)
+        if v is not None:
+            return np.asarray(v)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Post transforms shared by the linear and tree models
+
+
+def _softmax(s):
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _softmax_zero(s):
+    # Like softmax, but entries that are exactly 0 stay 0 (they mean "no score").
+    m = np.where(s != 0, s, -np.inf).max(axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.where(s != 0, np.exp(s - m), 0)
+    d = e.sum(axis=1, keepdims=True)
+    return np.divide(e, d, out=np.zeros_like(e), where=d != 0)
+
+
+def _logistic(s):
+    return scipy.special.expit(s)
+
+
+def _probit(s):
+    return np.sqrt(2) * scipy.special.erfinv(2 * s - 1)
+
+
+_POST = {"NONE": None, "SOFTMAX": _softmax, "LOGISTIC": _logistic, "SOFTMAX_ZERO": _softmax_zero,
+         "PROBIT": _probit}
+_POST_BY_INT = ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"]
+
+
+def _post(name):
+    if isinstance(name, (int, np.integer)):
+        name = _POST_BY_INT[int(name)]
+    return _POST[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Simple feature ops
+
+
+@kernel("ArrayFeatureExtractor", domain=ML, since=1, host_inputs=(1,))
+def array_feature_extractor(x, indices, *, xp):
+    idx = np.asarray(_host(indices), dtype=np.int64).reshape(-1)
+    out = x[..., idx]
+    # A 1-D input gives [1, k], as onnxruntime does.
+    return out.reshape(1, -1) if x.ndim == 1 else out
+
+
+@kernel("Binarizer", domain=ML, since=1)
+def binarizer(x, *, xp, threshold=0.0):
+    return xp.where(x > threshold, 1, 0).astype(x.dtype)
+
+
+@kernel("Normalizer", domain=ML, since=1)
+def normalizer(x, *, xp, norm="MAX"):
+    xf = x.astype(np.float32 if x.dtype != np.float64 else np.float64)
+    rows = xf.reshape(1, -1) if xf.ndim == 1 else xf
+    if norm == "MAX":
+        d = rows.max(axis=1, keepdims=True)
+        y = xp.where(d != 0, rows / xp.where(d != 0, d, 1), rows)
+    elif norm == "L1":
+        d = xp.abs(rows).sum(axis=1, keepdims=True)
+        y = xp.where(d != 0, rows / xp.where(d != 0, d, 1), rows)
+    else:  # L2
+        d = xp.sqrt((rows * rows).sum(axis=1, keepdims=True))
+        y = xp.where(d != 0, rows / xp.where(d != 0, d, 1), rows)
+    return y.reshape(x.shape).astype(np.float32)
+
+
+@kernel("Scaler", domain=ML, since=1)
+def scaler(info):
+    xp = info.xp
+    offset = _attr(info, "offset")
+    scale = _attr(info, "scale")
+    offset = np.zeros(1, np.float32) if offset is None else offset.astype(np.float32)
+    scale = np.ones(1, np.float32) if scale is None else scale.astype(np.float32)
+
+    def run(x):
+        return (((x.astype(np.float32) - xp.asarray(offset)) * xp.asarray(scale)).astype(np.float32),)
+
+    return run
+
+
+@kernel("Imputer", domain=ML, since=1)
+def imputer(info):
+    xp = info.xp
+    floats = _attr(info, "imputed_value_floats")
+    ints = _attr(info, "imputed_value_int64s")
+    rep_f = float(info.attrs.get("replaced_value_float", 0.0))
+    rep_i = int(info.attrs.get("replaced_value_int64", 0))
+
+    def run(x):
+        if x.dtype.kind == "f":
+            imp = floats if floats is not None else ints
+            missing = xp.isnan(x) if np.isnan(rep_f) else x == rep_f
+        else:
+            imp = ints if ints is not None else floats
+            missing = x == rep_i
+        vals = xp.asarray(np.asarray(imp).astype(x.dtype))
+        if vals.size == 1:
+            vals = vals.reshape(())
+        return (xp.where(missing, vals, x).astype(x.dtype, copy=False),)
+
+    return run
+
+
+@kernel("OneHotEncoder", domain=ML, since=1)
+def one_hot_encoder(info):
+    cats_s = info.attrs.get("cats_strings")
+    cats_i = info.attrs.get("cats_int64s")
+    zeros = int(info.attrs.get("zeros", 1))
+    if cats_s is not None:
+        table = {_text(c): i for i, c in enumerate(cats_s)}
+        n = len(cats_s)
+    else:
+        table = {int(c): i for i, c in enumerate(cats_i)}
+        n = len(cats_i)
+
+    def run(x):
+        xh = _host(x)
+        if xh.dtype == object:
+            pos = np.array([table.get(_text(v), -1) for v in xh.reshape(-1)], dtype=np.int64)
+        else:
+            pos = np.array([table.get(int(v), -1) for v in xh.astype(np.int64).reshape(-1)], dtype=np.int64)
+        if not zeros and (pos < 0).any():
+            raise ValueError("OneHotEncoder: input holds a category not in the list and zeros=0")
+        out = np.zeros((pos.size, n), dtype=np.float32)
+        hit = pos >= 0
+        out[np.nonzero(hit)[0], pos[hit]] = 1
+        return (info.xp.asarray(out.reshape(xh.shape + (n,))),)
+
+    return run
+
+
+@kernel("FeatureVectorizer", domain=ML, since=1)
+def feature_vectorizer(info):
+    dims = [int(d) for d in (info.attrs.get("inputdimensions") or [])]
+    xp = info.xp
+
+    def run(*xs):
+        parts = []
+        for i, x in enumerate(xs):
+            rows = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
+            rows = rows.astype(np.float32)
+            d = dims[i] if i < len(dims) else rows.shape[1]
+            # Each input fills exactly its declared width: cut what is longer, pad what is shorter with 0.
+            if rows.shape[1] > d:
+                rows = rows[:, :d]
+            elif rows.shape[1] < d:
+                rows = xp.concatenate([rows, xp.zeros((rows.shape[0], d - rows.shape[1]), np.float32)], axis=1)
+            parts.append(rows)
+        return (xp.concatenate(parts, axis=1),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# CategoryMapper / LabelEncoder
+
+
+@kernel("CategoryMapper", domain=ML, since=1)
+def category_mapper(info):
+    cats_s = [_text(s) for s in info.attrs.get("cats_strings") or []]
+    cats_i = [int(v) for v in info.attrs.get("cats_int64s") or []]
+    s2i = dict(zip(cats_s, cats_i))
+    i2s = dict(zip(cats_i, cats_s))
+    d_int = int(info.attrs.get("default_int64", -1))
+    d_str = _text(info.attrs.get("default_string", "_Unused"))
+
+    def run(x):
+        xh = _host(x)
+        if xh.dtype == object:
+            return (np.array([s2i.get(_text(v), d_int) for v in xh.reshape(-1)], dtype=np.int64).reshape(xh.shape),)
+        return (_obj_array([i2s.get(int(v), d_str) for v in xh.reshape(-1)], xh.shape),)
+
+    return run
+
+
+def _label_table(info):
+    """(keys, values, default, out_dtype) for LabelEncoder 2/4 from whichever keys_*/values_* are set."""
+    a = info.attrs
+    if a.get("keys_tensor") is not None:
+        keys = np.asarray(a["keys_tensor"])
+    elif a.get("keys_strings") is not None:
+        keys = np.asarray([_text(s) for s in a["keys_strings"]], dtype=object)
+    elif a.get("keys_int64s") is not None:
+        keys = np.asarray(a["keys_int64s"], dtype=np.int64)
+    else:
+        keys = np.asarray(a.get("keys_floats") or [], dtype=np.float32)
+    if a.get("values_tensor") is not None:
+        values = np.asarray(a["values_tensor"])
+    elif a.get("values_strings") is not None:
+        values = np.asarray([_text(s) for s in a["values_strings"]], dtype=object)
+    elif a.get("values_int64s") is not None:
+        values = np.asarray(a["values_int64s"], dtype=np.int64)
+    else:
+        values = np.asarray(a.get("values_floats") or [], dtype=np.float32)
+    if keys.dtype.kind in "US":
+        keys = keys.astype(object)
+    if values.dtype.kind in "US":
+        values = values.astype(object)
+    out_dtype = values.dtype
+    if a.get("default_tensor") is not None:
+        default = np.asarray(a["default_tensor"]).reshape(-1)[0]
+        default = _text(default) if out_dtype.kind == "O" else default
+    elif out_dtype.kind == "O":
+        default = _text(a.get("default_string", "_Unused"))
+    elif out_dtype.kind in "iu":
+        default = int(a.get("default_int64", -1))
+    else:
+        default = float(a.get("default_float", -0.0))
+    return keys, values, default, out_dtype
+
+
+@kernel("LabelEncoder", domain=ML, since=1)
+def label_encoder_1(info):
+    classes = [_text(s) for s in info.attrs.get("classes_strings") or []]
+    index = {s: i for i, s in enumerate(classes)}
+    d_int = int(info.attrs.get("default_int64", -1))
+    d_str = _text(info.attrs.get("default_string", "_Unused"))
+
+    def run(x):
+        xh = _host(x)
+        if xh.dtype == object:
+            return (np.array([index.get(_text(v), d_int) for v in xh.reshape(-1)], dtype=np.int64).reshape(xh.shape),)
+        flat = [classes[int(v)] if 0 <= int(v) < len(classes) else d_str for v in xh.reshape(-1)]
+        return (_obj_array(flat, xh.shape),)
+
+    return run
+
+
+@kernel("LabelEncoder", domain=ML, since=2)
+def label_encoder(info):
+    keys, values, default, out_dtype = _label_table(info)
+    xp = info.xp
+    if keys.dtype == object:
+        table = dict(zip(keys.tolist(), values.tolist()))
+        sorted_keys = order = None
+    else:
+        # Numeric keys: one sorted copy, looked up with searchsorted. NaN keys match NaN inputs.
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        # (Since version 4 only: earlier versions compare by value, and NaN never equals NaN.)
+        nan_pos = np.nonzero(np.isnan(keys))[0] if keys.dtype.kind == "f" and info.opset >= 4 else \
+            np.array([], np.int64)
+        nan_value = values[nan_pos[0]] if nan_pos.size else None
+
+    def run(x):
+        xh = _host(x)
+        if sorted_keys is None:
+            flat = [table.get(_text(v), default) for v in xh.reshape(-1)]
+            if out_dtype.kind == "O":
+                return (_obj_array(flat, xh.shape),)
+            return (xp.asarray(np.asarray(flat, dtype=out_dtype).reshape(xh.shape)),)
+        flat = xh.reshape(-1).astype(sorted_keys.dtype, copy=False) if xh.dtype != object else xh.reshape(-1)
+        pos = np.searchsorted(sorted_keys, flat) if sorted_keys.size else np.zeros(flat.shape, np.int64)
+        pos = np.minimum(pos, max(sorted_keys.size - 1, 0))
+        found = (sorted_keys[pos] == flat) if sorted_keys.size else np.zeros(flat.shape, bool)
+        if out_dtype.kind == "O":
+            out = np.empty(flat.shape, dtype=object)
+            out[:] = default
+        else:
+            out = np.full(flat.shape, default, dtype=out_dtype)
+        if sorted_keys.size:
+            out[found] = values[order[pos[found]]]
+        if nan_value is not None:
+            out[np.isnan(flat)] = nan_value
+        out = out.reshape(xh.shape)
+        return (out if out_dtype.kind == "O" else xp.asarray(out),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear models
+
+
+def _linear_scores(info):
+    coef = np.asarray(info.attrs["coefficients"], dtype=np.float32)
+    intercepts = _attr(info, "intercepts")
+    return coef, None if intercepts is None else intercepts.astype(np.float32)
+
+
+@kernel("LinearRegressor", domain=ML, since=1)
+def linear_regressor(info):
+    coef, inter = _linear_scores(info)
+    targets = int(info.attrs.get("targets", 1))
+    w = coef.reshape(targets, -1).T.copy()
+    post = _post(info.attrs.get("post_transform", "NONE"))
+
+    def run(x):
+        xh = _host(x)
+        rows = xh.reshape(1, -1) if xh.ndim == 1 else xh
+        s = rows.astype(np.float32) @ w
+        if inter is not None:
+            s = s + inter
+        if post is not None:
+            s = post(s)
+        return (info.xp.asarray(s.astype(np.float32)),)
+
+    return run
+
+
+def _labels(info, ints_name: str, strs_name: str):
+    if info.attrs.get(strs_name) is not None:
+        return np.asarray([_text(s) for s in info.attrs[strs_name]], dtype=object)
+    return np.asarray(info.attrs.get(ints_name) or [], dtype=np.int64)
+
+
+@kernel("LinearClassifier", domain=ML, since=1)
+def linear_classifier(info):
+    coef, inter = _linear_scores(info)
+    labels = _labels(info, "classlabels_ints", "classlabels_strings")
+    n_classes = labels.size
+    post_name = info.attrs.get("post_transform", "NONE")
+    post = _post(post_name)
+
+    def run(x):
+        xh = _host(x)
+        rows = xh.reshape(1, -1) if xh.ndim == 1 else xh
+        n_rows = coef.size // rows.shape[1]
+        s = rows.astype(np.float32) @ coef.reshape(n_rows, -1).T
+        if inter is not None:
+            s = s + inter
+        if n_rows == 1 and n_classes == 2:
+            # One score column for two classes: it is the positive class's score, the negative
+            # class gets its complement (onnxruntime's convention; only LOGISTIC/PROBIT transform it).
+            raw = s[:, 0]
+            p = post(raw) if post_name in ("LOGISTIC", "PROBIT") else raw
+            scores = np.stack([1 - p, p], axis=1)
+            label = np.where(raw > 0, labels[1], labels[0])
+        else:
+            scores = post(s) if post is not None else s
+            label = labels[np.argmax(s, axis=1)] if n_classes else np.argmax(s, axis=1)
+        return label.astype(labels.dtype), info.xp.asarray(scores.astype(np.float32))
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trees
+
+
+_MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5,
+          "BRANCH_MEMBER": 6, "LEAF": -1}
+
+
+class _Forest:
+    """Flat forest. Children and roots are encoded ``>= 0`` for an interior node, ``~leaf`` for a leaf."""
+
+    def __init__(self, feat, thr, mode, true_c, false_c, missing_true, roots, leaf_ptr, leaf_target, leaf_weight,
+                 members=None):
+        self.feat = np.asarray(feat, np.int64)
+        self.thr = np.asarray(thr, np.float64)
+        self.mode = np.asarray(mode, np.int64)
+        self.true_c = np.asarray(true_c, np.int64)
+        self.false_c = np.asarray(false_c, np.int64)
+        self.missing_true = np.asarray(missing_true, bool)
+        self.roots = np.asarray(roots, np.int64)
+        self.leaf_ptr = np.asarray(leaf_ptr, np.int64)
+        self.leaf_target = np.asarray(leaf_target, np.int64)
+        self.leaf_weight = np.asarray(leaf_weight, np.float64)
+        self.single_mode = int(self.mode[0]) if self.mode.size and (self.mode == self.mode[0]).all() else None
+        # Set membership: (node, value) pairs as sortable keys over the distinct member values.
+        self.member_values = None
+        if members:
+            vals = np.unique(np.concatenate([v for _, v in members]))
+            keys = np.concatenate([node * vals.size + np.searchsorted(vals, v) for node, v in members])
+            self.member_values, self.member_keys = vals, np.sort(keys)
+
+    def thresholds(self, dtype):
+        """Thresholds in the comparison dtype (float32 inputs compare against float32 thresholds)."""
+        return self.thr.astype(dtype)
+
+    def leaves(self, x, calc):
+        """Leaf index reached by every (sample, tree): shape (N, T)."""
+        n = x.shape[0]
+        thr = self.thresholds(calc)
+        cur = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
+        rows = np.broadcast_to(np.arange(n)[:, None], cur.shape)
+        while True:
+            active = cur >= 0
+            if not active.any():
+                break
+            r = rows[active]
+            node = cur[active]
+            v = x[r, self.feat[node]]
+            t = thr[node]
+            mode = self.single_mode
+            if mode is not None and mode != 6:
+                cond = _compare(mode, v, t)
+            else:
+                m = self.mode[node]
+                cond = np.zeros(v.shape, bool)
+                for k in np.unique(m):
+                    sel = m == k
+                    cond[sel] = self._member(node[sel], v[sel]) if k == 6 else _compare(int(k), v[sel], t[sel])
+            if self.missing_true.any():
+                cond |= np.isnan(v) & self.missing_true[node]
+            cur[active] = np.where(cond, self.true_c[node], self.false_c[node])
+        return ~cur
+
+    def _member(self, node, v):
+        vals = self.member_values
+        if vals is None:
+            return np.zeros(v.shape, bool)
+        pos = np.minimum(np.searchsorted(vals, v), vals.size - 1)
+        hit = vals[pos] == v
+        keys = node * vals.size + pos
+        k = np.minimum(np.searchsorted(self.member_keys, keys), self.member_keys.size - 1)
+        return hit & (self.member_keys[k] == keys)
+
+    def aggregate(self, leaves, n_targets: int, agg: str):
+        """Per-sample, per-target aggregate of the reached leaves' weights: (N, n_targets), and hit mask."""
+        n, t = leaves.shape
+        flat = leaves.reshape(-1)
+        start = self.leaf_ptr[flat]
+        cnt = self.leaf_ptr[flat + 1] - start
+        total = int(cnt.sum())
+        sample = np.repeat(np.repeat(np.arange(n), t), cnt)
+        # Entry indices: each reached leaf's CSR range, concatenated.
+        offs = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(start, cnt)
+        target = self.leaf_target[offs]
+        weight = self.leaf_weight[offs]
+        key = sample * n_targets + target
+        hits = np.bincount(key, minlength=n * n_targets).reshape(n, n_targets) > 0
+        if agg in ("SUM", "AVERAGE"):
+            out = np.bincount(key, weights=weight, minlength=n * n_targets).reshape(n, n_targets)
+            if agg == "AVERAGE":
+                out /= max(self.roots.size, 1)
+        elif agg == "MIN":
+            out = np.full(n * n_targets, np.inf)
+            np.minimum.at(out, key, weight)
+            out = np.where(hits.reshape(-1), out, 0).reshape(n, n_targets)
+        else:
+            out = np.full(n * n_targets, -np.inf)
+            np.maximum.at(out, key, weight)
+            out = np.where(hits.reshape(-1), out, 0).reshape(n, n_targets)
+        return out, hits
+
+
+def _compare(mode: int, v, t):
+    if mode == 0:
+        return v <= t
+    if mode == 1:
+        return v < t
+    if mode == 2:
+        return v >= t
+    if mode == 3:
+        return v > t
+    if mode == 4:
+        return v == t
+    return v != t
+
+
+def _calc_dtype(x_dtype) -> np.dtype:
+    return np.dtype(np.float64) if x_dtype == np.float64 else np.dtype(np.float32)
+
+
+def _forest_from_v5(info) -> _Forest:
+    a = info.attrs
+    modes = np.asarray(a["nodes_modes"]).astype(np.int64).reshape(-1)
+    splits = np.asarray(a.get("nodes_splits")).astype(np.float64).reshape(-1)
+    tl = np.asarray(a["nodes_trueleafs"], bool)
+    fl = np.asarray(a["nodes_falseleafs"], bool)
+    tn = np.asarray(a["nodes_truenodeids"], np.int64)
+    fn = np.asarray(a["nodes_falsenodeids"], np.int64)
+    true_c = np.where(tl, ~tn, tn)
+    false_c = np.where(fl, ~fn, fn)
+    missing = a.get("nodes_missing_value_tracks_true")
+    missing = np.zeros(modes.size, bool) if missing is None else np.asarray(missing, bool)
+    roots = np.asarray(a["tree_roots"], np.int64)
+    # A one-leaf tree is a node whose both branches name the same leaf: it still works as a node,
+    # but a root that is itself that pattern resolves in one step anyway.
+    lw = np.asarray(a["leaf_weights"]).astype(np.float64).reshape(-1)
+    lt = np.asarray(a["leaf_targetids"], np.int64)
+    members = []
+    mv = a.get("membership_values")
+    if mv is not None and (modes == 6).any():
+        mv = np.asarray(mv).astype(np.float64).reshape(-1)
+        groups, cur = [], []
+        for v in mv:
+            if np.isnan(v):
+                groups.append(np.asarray(cur, np.float64))
+                cur = []
+            else:
+                cur.append(v)
+        if cur:
+            groups.append(np.asarray(cur, np.float64))
+        for node, g in zip(np.nonzero(modes == 6)[0], groups):
+            members.append((int(node), g))
+    return _Forest(a["nodes_featureids"], splits, modes, true_c, false_c, missing, roots,
+                   np.arange(lw.size + 1), lt, lw, members)
+
+
+@kernel("TreeEnsemble", domain=ML, since=5)
+def tree_ensemble(info):
+    forest = _forest_from_v5(info)
+    n_targets = int(info.attrs["n_targets"])
+    agg = ["AVERAGE", "SUM", "MIN", "MAX"][int(info.attrs.get("aggregate_function", 1))]
+    post = _post(int(info.attrs.get("post_transform", 0)))
+    xp = info.xp
+
+    def run(x):
+        xh = _host(x)
+        calc = _calc_dtype(xh.dtype)
+        rows = xh.reshape(xh.shape[0], -1).astype(calc, copy=False)
+        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg)
+        if post is not None:
+            out = post(out)
+        return (xp.asarray(out.astype(xh.dtype if xh.dtype.kind == "f" else np.float32)),)
+
+    return run
+
+
+def _forest_from_legacy(info, prefix: str):
+    """Build a _Forest from the TreeEnsembleRegressor/Classifier attribute layout (nodes by (tree, id))."""
+    a = info.attrs
+    tree_ids = np.asarray(a["nodes_treeids"], np.int64)
+    node_ids = np.asarray(a["nodes_nodeids"], np.int64)
+    modes = [_MODES[_text(m)] for m in a["nodes_modes"]]
+    values = _attr(info, "nodes_values_as_tensor", "nodes_values")
+    values = np.zeros(len(modes)) if values is None else values.astype(np.float64).reshape(-1)
+    feats = np.asarray(a.get("nodes_featureids") or [0] * len(modes), np.int64)
+    tn = np.asarray(a["nodes_truenodeids"], np.int64)
+    fn = np.asarray(a["nodes_falsenodeids"], np.int64)
+    missing = a.get("nodes_missing_value_tracks_true")
+    missing = np.zeros(len(modes), bool) if not missing else np.asarray(missing, bool)
+    key = {(int(t), int(n)): i for i, (t, n) in enumerate(zip(tree_ids, node_ids))}
+    is_leaf = np.asarray([m == -1 for m in modes])
+    interior = np.nonzero(~is_leaf)[0]
+    leaf_nodes = np.nonzero(is_leaf)[0]
+    new_interior = {int(p): i for i, p in enumerate(interior)}
+    new_leaf = {int(p): i for i, p in enumerate(leaf_nodes)}
+
+    def enc(p: int) -> int:
+        return new_interior[p] if p in new_interior else ~new_leaf[p]
+
+    true_c = [enc(key[(int(tree_ids[p]), int(tn[p]))]) for p in interior]
+    false_c = [enc(key[(int(tree_ids[p]), int(fn[p]))]) for p in interior]
+    # Roots: per tree, the node no other node points to (lowest node id on ties), trees in id order.
+    children = set()
+    for p in interior:
+        children.add((int(tree_ids[p]), int(tn[p])))
+        children.add((int(tree_ids[p]), int(fn[p])))
+    roots = {}
+    for p, (t, n) in enumerate(zip(tree_ids.tolist(), node_ids.tolist())):
+        if (t, n) not in children and (t not in roots or n < node_ids[roots[t]]):
+            roots[t] = p
+    root_list = [enc(roots[t]) for t in sorted(roots)]
+    # Leaf votes: (tree, node) -> list of (target/class id, weight), in CSR order.
+    t_tree = np.asarray(a[f"{prefix}_treeids"], np.int64)
+    t_node = np.asarray(a[f"{prefix}_nodeids"], np.int64)
+    t_id = np.asarray(a[f"{prefix}_ids"], np.int64)
+    t_w = _attr(info, f"{prefix}_weights_as_tensor", f"{prefix}_weights")
+    t_w = t_w.astype(np.float64).reshape(-1)
+    leaf_of = np.asarray([new_leaf.get(key.get((int(t), int(n)), -1), -1) for t, n in zip(t_tree, t_node)],
+                         np.int64)
+    ok = leaf_of >= 0
+    order = np.argsort(leaf_of[ok], kind="stable")
+    lo = leaf_of[ok][order]
+    ptr = np.zeros(len(leaf_nodes) + 1, np.int64)
+    np.add.at(ptr, lo + 1, 1)
+    ptr = np.cumsum(ptr)
+    f = _Forest(feats[interior], values[interior], np.asarray(modes)[interior], true_c, false_c,
+                missing[interior] if missing.size == len(modes) else np.zeros(len(interior), bool),
+                root_list, ptr, t_id[ok][order], t_w[ok][order])
+    return f, t_id, t_w
+
+
+def _x_rows(x):
+    xh = _host(x)
+    calc = _calc_dtype(xh.dtype)
+    return xh.reshape(xh.shape[0], -1).astype(calc, copy=False) if xh.ndim > 1 else \
+        xh.reshape(1, -1).astype(calc, copy=False), calc
+
+
+@kernel("TreeEnsembleRegressor", domain=ML, since=1)
+def tree_ensemble_regressor(info):
+    forest, _, _ = _forest_from_legacy(info, "target")
+    n_targets = int(info.attrs.get("n_targets", 1))
+    agg = _text(info.attrs.get("aggregate_function", "SUM"))
+    base = _attr(info, "base_values_as_tensor", "base_values")
+    post = _post(_text(info.attrs.get("post_transform", "NONE")))
+
+    def run(x):
+        rows, calc = _x_rows(x)
+        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg)
+        if base is not None:
+            out = out + base.astype(np.float64)
+        # A single target gets no post transform but PROBIT, as in onnxruntime (softmax over one
+        # value would be meaningless; ORT keeps the raw score for LOGISTIC as well).
+        if post is not None and (n_targets > 1 or post is _probit):
+            out = post(out)
+        return (info.xp.asarray(out.astype(np.float32)),)
+
+    return run
+
+
+@kernel("TreeEnsembleClassifier", domain=ML, since=1)
+def tree_ensemble_classifier(info):
+    forest, class_ids, class_w = _forest_from_legacy(info, "class")
+    labels = _labels(info, "classlabels_int64s", "classlabels_strings")
+    n_classes = labels.size
+    base = _attr(info, "base_values_as_tensor", "base_values")
+    base = None if base is None else base.astype(np.float64).reshape(-1)
+    post_name = _text(info.attrs.get("post_transform", "NONE"))
+    post = _post(post_name)
+    # Binary models often vote for a single class id only; onnxruntime then derives both columns
+    # from that one score (and thresholds at 0.5 when all weights are positive, else at 0).
+    binary_single = n_classes == 2 and np.unique(class_ids).size == 1
+    all_positive = bool((class_w >= 0).all())
+
+    def run(x):
+        rows, calc = _x_rows(x)
+        scores, hits = forest.aggregate(forest.leaves(rows, calc), n_classes, "SUM")
+        if binary_single:
+            s = scores[:, int(np.unique(class_ids)[0])]
+            if base is not None and base.size == 2:
+                s = s + base[1]
+            elif base is not None and base.size == 1:
+                s = s + base[0]
+            positive = s > 0.5 if all_positive else s > 0
+            label = np.where(positive, labels[1], labels[0])
+            if post_name == "LOGISTIC":
+                p = _logistic(s)
+                z = np.stack([1 - p, p], axis=1) if all_positive and (base is None or base.size < 2) else \
+                    np.stack([_logistic(-s), p], axis=1)
+            elif post_name == "NONE":
+                z = np.stack([1 - s, s], axis=1) if all_positive and (base is None or base.size < 2) else \
+                    np.stack([-s, s], axis=1)
+            else:
+                z2 = np.stack([-s, s], axis=1)
+                z = post(z2)
+            return label.astype(labels.dtype), info.xp.asarray(z.astype(np.float32))
+        if base is not None and base.size == n_classes:
+            scores = scores + base
+            hits = np.ones_like(hits)
+        # The top class is chosen among classes that received a vote (or have a base value).
+        label = labels[np.argmax(np.where(hits, scores, -np.inf), axis=1)]
+        z = post(scores) if post is not None else scores
+        return label.astype(labels.dtype), info.xp.asarray(z.astype(np.float32))
+
+    return run
