@@ -79,7 +79,5 @@ def expand_functions(model: ir.Model, nodes: list[ir.Node], opsets: dict[str, in
     except Exception:  # noqa: BLE001 - shapes are a help, not a requirement
         pass
     new = ir.serde.deserialize_model(proto)
-    model.graph = new.graph
-    model.opset_imports.clear()
-    model.opset_imports.update(new.opset_imports)
+    model.graph = new.graph  # an ir.Model's opset imports are its graph's: they come along
     return True

@@ -128,7 +128,7 @@ class PlanBuilder:
         for p in providers:
             self.by_device.setdefault(p.device, p)
 
-    def build(self, graph: ir.Graph, outer_names: list[str] = ()) -> Plan:
+    def _assign(self, graph: ir.Graph, outer_names) -> tuple:
         consts = {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items()
                   if v.const_value is not None}
         input_names = [v.name for v in graph.inputs]
@@ -152,6 +152,15 @@ class PlanBuilder:
         missing = [i for i, o in enumerate(owner) if o is None]
         if missing:
             raise Unclaimed([nodes[i] for i in missing], [views[i] for i in missing])
+        return consts, input_names, nodes, views, outer, owner, group_of, notes
+
+    def owners(self, graph: ir.Graph) -> dict[ir.Node, ExecutionProvider]:
+        """Which provider would take each node (for provider-aware optimizations); may raise Unclaimed."""
+        _, _, nodes, _, _, owner, _, _ = self._assign(graph, ())
+        return {n: self.providers[o] for n, o in zip(nodes, owner)}
+
+    def build(self, graph: ir.Graph, outer_names: list[str] = ()) -> Plan:
+        consts, input_names, nodes, views, outer, owner, group_of, notes = self._assign(graph, outer_names)
         parts = group(views, owner, group_of, self.providers, outer)
         return self._emit(graph, nodes, views, parts, consts, input_names, list(outer_names), outer, notes)
 

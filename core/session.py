@@ -14,7 +14,7 @@ from engineroom import discovery
 from engineroom.errors import EPFail, Fail, InvalidArgument, NotImplemented
 from engineroom.functions import expand_functions
 from engineroom.load import load_model
-from engineroom.optimizer import optimize
+from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
 from engineroom.plugin_sdk import ExecutionProvider, ProviderOptionError
@@ -133,8 +133,8 @@ class InferenceSession:
         self._checks = {v.name: _InputCheck(v) for v in self._inputs_all}
         self._defaults = {v.name: v.const_value for v in self._overridable}
         self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
-        if int(so.graph_optimization_level) > 0:
-            optimize(self._model, int(so.graph_optimization_level), self._cpu_for_folding())
+        if int(so.graph_optimization_level) >= 1:
+            optimize_basic(self._model, self._cpu_for_folding())
         self._outputs = list(self._model.graph.outputs)
         self._plan = self._build_plan()
         if so.optimized_model_filepath:
@@ -216,7 +216,8 @@ class InferenceSession:
         while True:
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
             try:
-                return builder.build(self._model.graph)
+                owners = builder.owners(self._model.graph)
+                break
             except Unclaimed as u:
                 key = ",".join(sorted(f"{v.domain}::{v.op_type}" for v in u.views))
                 if key not in tried:
@@ -224,6 +225,11 @@ class InferenceSession:
                     if expand_functions(self._model, u.nodes, opsets):
                         continue
                 raise self._unclaimed_error(u.views) from None
+        if int(self._sess_options.graph_optimization_level) >= 2:
+            optimize_extended(self._model, owners.get)
+            opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
+            builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
+        return builder.build(self._model.graph)
 
     def _unclaimed_error(self, views) -> Exception:
         v = views[0]

@@ -49,3 +49,44 @@ def eliminate_dropout(graph: ir.Graph) -> int:
 
 def _is_tensor(v) -> bool:
     return v is not None and (v.type is None or isinstance(v.type, ir.TensorType))
+
+
+def eliminate_redundant_cast(graph: ir.Graph) -> int:
+    """Cast to the type its input already has."""
+    n = 0
+    for node in list(graph):
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+            continue
+        src = node.inputs[0]
+        to = node.attributes.get("to")
+        if src is None or to is None or src.type is None or not isinstance(src.type, ir.TensorType):
+            continue
+        if int(src.dtype) == int(to.value):
+            n += _bypass(graph, node)
+    return n
+
+
+def eliminate_transpose_pairs(graph: ir.Graph) -> int:
+    """Transpose(p1) then Transpose(p2) where the first feeds only the second: one Transpose, or none."""
+    n = 0
+    for node in list(graph):
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            continue
+        src = node.inputs[0]
+        first = src.producer() if src is not None else None
+        if first is None or first.op_type != "Transpose" or first.domain not in ("", "ai.onnx"):
+            continue
+        if len(src.uses()) != 1 or src.is_graph_output():
+            continue
+        p1, p2 = first.attributes.get("perm"), node.attributes.get("perm")
+        if p1 is None or p2 is None:
+            continue
+        p1, p2 = list(p1.value), list(p2.value)
+        perm = [p1[i] for i in p2]
+        node.replace_input_with(0, first.inputs[0])
+        node.attributes["perm"] = ir.AttrInt64s("perm", perm)
+        graph.remove(first, safe=False)
+        if perm == sorted(perm):
+            _bypass(graph, node)
+        n += 1
+    return n

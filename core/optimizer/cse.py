@@ -1,0 +1,48 @@
+"""Level-1 common subexpression elimination: identical deterministic nodes reading the same inputs
+with the same attributes are computed once."""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                     "Multinomial", "Dropout"}
+
+
+def _key(node: ir.Node):
+    attrs = []
+    for name, a in sorted(node.attributes.items()):
+        if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            return None
+        v = a.value
+        if a.type == ir.AttributeType.TENSOR:
+            v = (v.dtype, tuple(v.shape), v.numpy().tobytes())
+        elif isinstance(v, list):
+            v = tuple(v)
+        attrs.append((name, a.type, v))
+    return (node.domain, node.op_type, node.overload, tuple(id(v) for v in node.inputs), len(node.outputs),
+            tuple(attrs))
+
+
+def eliminate_common_subexpressions(graph: ir.Graph) -> int:
+    seen: dict = {}
+    n = 0
+    for node in list(graph):
+        if node.op_type in _NONDETERMINISTIC or not node.outputs:
+            continue
+        try:
+            key = _key(node)
+        except TypeError:  # unhashable attribute value: leave the node alone
+            continue
+        if key is None:
+            continue
+        first = seen.get(key)
+        if first is None:
+            seen[key] = node
+            continue
+        if any(o.is_graph_output() for o in node.outputs):
+            continue
+        for old, new in zip(node.outputs, first.outputs):
+            old.replace_all_uses_with(new)
+        graph.remove(node, safe=False)
+        n += 1
+    return n

@@ -1,0 +1,175 @@
+"""Level-2 fusions, provider-aware: a pattern is fused only where one provider owns all its nodes
+and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (domain
+``com.microsoft``), so an optimized model saved with ``optimized_model_filepath`` reads the same way.
+
+- Conv + activation (+ a residual Add before it) → ``FusedConv`` (activation, activation_params, Z)
+- the tanh form of GELU (x·0.5·(1+tanh(√(2/π)(x+0.044715x³)))) → ``FastGelu``
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import onnx_ir as ir
+
+from engineroom.optimizer.rewrite import only_use, other_input, producer, replace, scalar
+from engineroom.views import node_view
+
+MS = "com.microsoft"
+_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"}
+
+
+class Fuser:
+    """Applies fusions where ``owner(node)`` — the provider that would take the node — agrees."""
+
+    def __init__(self, model: ir.Model, owner: Callable[[ir.Node], object]):
+        self.model = model
+        self.graph = model.graph
+        self.owner = owner
+        self.opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
+        self.opsets.setdefault(MS, 1)
+
+    def _accepts(self, nodes: list[ir.Node], fused: ir.Node) -> bool:
+        provs = {id(self.owner(n)) for n in nodes}
+        prov = self.owner(nodes[0])
+        if len(provs) != 1 or prov is None or not hasattr(prov, "kernel_for"):
+            return False
+        return prov.kernel_for(node_view(fused, 0, self.opsets, {})) is not None
+
+    def _commit(self, nodes: list[ir.Node], fused: ir.Node, outputs) -> bool:
+        if not self._accepts(nodes, fused):
+            return False
+        self.model.opset_imports.setdefault(MS, 1)
+        replace(self.graph, nodes, fused, outputs)
+        return True
+
+    # -- Conv + [Add] + activation ---------------------------------------------------------------
+    def conv_activation(self) -> int:
+        n = 0
+        for conv in list(self.graph):
+            if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or conv.graph is None:
+                continue
+            chain = [conv]
+            y = conv.outputs[0]
+            z = None
+            nxt = only_use(y)
+            if nxt is not None and nxt.op_type == "Add" and nxt.domain in ("", "ai.onnx"):
+                other = other_input(nxt, y)
+                if other is not None and _same_shape(other, y):
+                    z, y = other, nxt.outputs[0]
+                    chain.append(nxt)
+                    nxt = only_use(y)
+            act = None
+            params: list[float] = []
+            if nxt is not None and nxt.op_type in _ACTIVATIONS and nxt.domain in ("", "ai.onnx"):
+                act, params = _activation(nxt)
+                if act is not None:
+                    chain.append(nxt)
+                    y = nxt.outputs[0]
+            if act is None and z is None:
+                continue
+            attrs = [a for a in conv.attributes.values()]
+            attrs.append(ir.AttrString("activation", act or "Identity"))
+            if params:
+                attrs.append(ir.AttrFloat32s("activation_params", params))
+            ins = list(conv.inputs) + [None] * (3 - len(conv.inputs))
+            if z is not None:
+                ins.append(z)
+            fused = ir.Node(MS, "FusedConv", ins, attrs, num_outputs=1, name=(conv.name or "") + "_fused")
+            if self._commit(chain, fused, [(y, fused.outputs[0])]):
+                n += 1
+        return n
+
+    # -- tanh GELU -------------------------------------------------------------------------------
+    def fast_gelu(self) -> int:
+        n = 0
+        for tanh in list(self.graph):
+            if tanh.op_type != "Tanh" or tanh.domain not in ("", "ai.onnx") or tanh.graph is None:
+                continue
+            got = _match_tanh_gelu(tanh)
+            if got is None:
+                continue
+            x, nodes, y = got
+            fused = ir.Node(MS, "FastGelu", [x], num_outputs=1, name=(tanh.name or "") + "_fastgelu")
+            if self._commit(nodes, fused, [(y, fused.outputs[0])]):
+                n += 1
+        return n
+
+
+def _same_shape(a: ir.Value, b: ir.Value) -> bool:
+    return a.shape is not None and b.shape is not None and list(a.shape) == list(b.shape) and \
+        all(isinstance(d, int) for d in a.shape)
+
+
+def _activation(node: ir.Node):
+    op = node.op_type
+    if op in ("Relu", "Sigmoid", "Tanh"):
+        return op, []
+    if op == "LeakyRelu":
+        a = node.attributes.get("alpha")
+        return op, [a.value if a is not None else 0.01]
+    if op == "HardSigmoid":
+        a, b = node.attributes.get("alpha"), node.attributes.get("beta")
+        return op, [a.value if a is not None else 0.2, b.value if b is not None else 0.5]
+    if op == "Clip":
+        lo = hi = None
+        if "min" in node.attributes or "max" in node.attributes:  # opset < 11
+            lo = node.attributes["min"].value if "min" in node.attributes else -3.4e38
+            hi = node.attributes["max"].value if "max" in node.attributes else 3.4e38
+        else:
+            ins = list(node.inputs) + [None, None]
+            lo = scalar(ins[1]) if ins[1] is not None else -3.4e38
+            hi = scalar(ins[2]) if ins[2] is not None else 3.4e38
+        if lo is None or hi is None:
+            return None, []
+        return op, [lo, hi]
+    return None, []
+
+
+def _mul_by(node: ir.Node | None, value: float, tol: float = 1e-4):
+    """If ``node`` is Mul(v, c) with scalar constant c ≈ value, return v."""
+    if node is None or node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return None
+    for k in (0, 1):
+        c = scalar(node.inputs[k])
+        if c is not None and abs(c - value) <= tol * max(1.0, abs(value)):
+            return node.inputs[1 - k]
+    return None
+
+
+def _match_tanh_gelu(tanh: ir.Node):
+    """x·0.5·(1 + tanh(c·(x + k·x³))): returns (x, nodes, y)."""
+    m1 = producer(tanh.inputs[0], "Mul")
+    inner = _mul_by(m1, math.sqrt(2 / math.pi))
+    add = producer(inner, "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    for k in (0, 1):
+        x, cube_term = add.inputs[k], add.inputs[1 - k]
+        m2 = producer(cube_term, "Mul")
+        pv = _mul_by(m2, 0.044715)
+        pw = producer(pv, "Pow")
+        if pw is None or pw.inputs[0] is not x or scalar(pw.inputs[1]) != 3.0:
+            continue
+        a1 = only_use(tanh.outputs[0])
+        if a1 is None or a1.op_type != "Add" or (scalar(other_input(a1, tanh.outputs[0])) or 0) != 1.0:
+            return None
+        out = only_use(a1.outputs[0])
+        if out is None or out.op_type != "Mul":
+            return None
+        half = other_input(out, a1.outputs[0])
+        hm = producer(half, "Mul")
+        if hm is None or _mul_by(hm, 0.5) is not x or len(half.uses()) != 1:
+            return None
+        inner_nodes = [pw, m2, add, m1, tanh, a1, hm, out]
+        for v in (pw.outputs[0], m2.outputs[0], add.outputs[0], m1.outputs[0]):
+            if len(v.uses()) != 1 or v.is_graph_output():
+                return None
+        order = [nd for nd in tanh.graph if nd in set(inner_nodes)]
+        return x, order, out.outputs[0]
+    return None
+
+
+def fuse(model: ir.Model, owner: Callable[[ir.Node], object]) -> dict[str, int]:
+    f = Fuser(model, owner)
+    return {"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
