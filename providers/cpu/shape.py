@@ -1,6 +1,6 @@
 """Shape and layout kernels: Reshape, Transpose, Concat, Split, Slice, Expand, Squeeze/Unsqueeze, Flatten,
 Shape, Size, Constant, ConstantOfShape, Range, Tile, Identity, EyeLike, Trilu, DepthToSpace/SpaceToDepth,
-CenterCropPad, Pad, Compress, ReverseSequence, CumSum, OneHot, NonZero, TopK, Unique.
+CenterCropPad, Pad, Compress, ReverseSequence, CumSum, CumProd, OneHot, NonZero, TopK, Unique.
 
 Shape-like inputs (shape, axes, pads, starts, repeats, k, ...) are declared host inputs: they are read as
 Python ints here, and a GPU provider reusing these kernels must not copy them to the device.
@@ -511,20 +511,20 @@ def identity(info):
     return run
 
 
-# --- CumSum
+# --- CumSum / CumProd
 
-@kernel("CumSum", since=11, host_inputs=(1,))
-def cumsum(info):
+def _cumulative(info, op: str, identity: int):
     xp = info.xp
     exclusive = int(info.attrs.get("exclusive", 0))
     reverse = int(info.attrs.get("reverse", 0))
+    scan = getattr(xp, op)
 
     def run(x, axis):
         a = _axis(_ints(axis)[0], x.ndim)
         src = xp.flip(x, axis=a) if reverse else x
-        cs = xp.cumsum(src, axis=a, dtype=x.dtype)
-        if exclusive:
-            out = xp.zeros_like(cs)
+        cs = scan(src, axis=a, dtype=x.dtype)
+        if exclusive:  # shift by one along the axis, the op's identity coming in first
+            out = xp.full_like(cs, identity)
             dst = [slice(None)] * x.ndim
             srcs = [slice(None)] * x.ndim
             dst[a] = slice(1, None)
@@ -535,6 +535,16 @@ def cumsum(info):
             cs = xp.ascontiguousarray(xp.flip(cs, axis=a))
         return (cs,)
     return run
+
+
+@kernel("CumSum", since=11, host_inputs=(1,))
+def cumsum(info):
+    return _cumulative(info, "cumsum", 0)
+
+
+@kernel("CumProd", since=26, host_inputs=(1,))
+def cumprod(info):
+    return _cumulative(info, "cumprod", 1)
 
 
 # --- Tile
