@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 _TRAINING = "ai.onnx.preview.training"

@@ -240,10 +240,11 @@ def _label_table(info):
         values = np.asarray(a["values_int64s"], dtype=np.int64)
     else:
         values = np.asarray(a.get("values_floats") or [], dtype=np.float32)
-    if keys.dtype.kind in "US":
-        keys = keys.astype(object)
-    if values.dtype.kind in "US":
-        values = values.astype(object)
+    # String tensors may hold bytes (as TensorProto stores them): compare and return str.
+    if keys.dtype.kind in "USO":
+        keys = np.asarray([_text(k) for k in keys.reshape(-1)], dtype=object)
+    if values.dtype.kind in "USO":
+        values = np.asarray([_text(v) for v in values.reshape(-1)], dtype=object)
     out_dtype = values.dtype
     if a.get("default_tensor") is not None:
         default = np.asarray(a["default_tensor"]).reshape(-1)[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+
 from engineroom.plugin_sdk import np_dtype
 from engineroom.providers.cpu.registry import kernel
 

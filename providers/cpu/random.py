@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
 from engineroom.plugin_sdk import np_dtype
 from engineroom.providers.cpu.registry import kernel
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 _LOW_FLOATS = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}

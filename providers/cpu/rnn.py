@@ -12,6 +12,7 @@ one after), so every direction uses the same masked forward loop.
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 # name -> (uses alpha, uses beta, default alpha, default beta)

@@ -7,6 +7,7 @@ Transforms use ``xp.fft`` (pocketfft on NumPy, cuFFT on CuPy) and cast back to t
 from __future__ import annotations
 
 import numpy as np
+
 from engineroom.plugin_sdk import np_dtype
 from engineroom.providers.cpu.registry import kernel
 

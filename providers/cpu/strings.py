@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from engineroom.providers.cpu.registry import kernel
 
 
