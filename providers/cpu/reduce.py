@@ -61,14 +61,16 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
         r = (xp.max if kind == "max" else xp.min)(x, axis=axes, keepdims=keepdims)
         return xp.asarray(r, dtype=dtype)
     acc = _acc_dtype(dtype, kind in ("mean", "l2", "logsum", "logsumexp"))
+    # Passing dtype= when it is the input's own costs NumPy a slower buffered loop: only when needed.
+    dt = None if acc == dtype else acc
     if kind == "sum":
-        r = xp.sum(x, axis=axes, keepdims=keepdims, dtype=acc)
+        r = xp.sum(x, axis=axes, keepdims=keepdims, dtype=dt)
     elif kind == "mean":
-        r = xp.mean(x, axis=axes, keepdims=keepdims, dtype=acc)
+        r = xp.mean(x, axis=axes, keepdims=keepdims, dtype=dt)
     elif kind == "prod":
-        r = xp.prod(x, axis=axes, keepdims=keepdims, dtype=acc)
+        r = xp.prod(x, axis=axes, keepdims=keepdims, dtype=dt)
     elif kind == "l1":
-        r = xp.sum(xp.abs(x), axis=axes, keepdims=keepdims, dtype=acc)
+        r = xp.sum(xp.abs(x), axis=axes, keepdims=keepdims, dtype=dt)
     elif kind == "l2":
         xa = x.astype(acc, copy=False)
         r = xp.sqrt(xp.sum(xa * xa, axis=axes, keepdims=keepdims))
@@ -77,7 +79,7 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
         r = xp.sum(xa * xa, axis=axes, keepdims=keepdims)
     elif kind == "logsum":
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = xp.log(xp.sum(x, axis=axes, keepdims=keepdims, dtype=acc))
+            r = xp.log(xp.sum(x, axis=axes, keepdims=keepdims, dtype=dt))
     elif kind == "logsumexp":
         xa = x.astype(acc, copy=False)
         m = xp.max(xa, axis=axes, keepdims=True)
@@ -89,7 +91,8 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
             r = xp.squeeze(r, axis=axes)
     else:  # pragma: no cover - the table below lists every kind
         raise ValueError(kind)
-    return xp.asarray(r).astype(dtype, copy=False)
+    r = xp.asarray(r)
+    return r if r.dtype == dtype else r.astype(dtype)
 
 
 _KINDS = {
