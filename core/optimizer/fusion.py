@@ -97,8 +97,16 @@ class Fuser:
 
 
 def _same_shape(a: ir.Value, b: ir.Value) -> bool:
-    return a.shape is not None and b.shape is not None and list(a.shape) == list(b.shape) and \
-        all(isinstance(d, int) for d in a.shape)
+    """Known to be equal: every dim the same number or the same named symbol (so no broadcasting)."""
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    for x, y in zip(a.shape, b.shape):
+        if isinstance(x, int) or isinstance(y, int):
+            if x != y:
+                return False
+        elif x.value is None or str(x.value) != str(y.value):
+            return False
+    return True
 
 
 def _activation(node: ir.Node):

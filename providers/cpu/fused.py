@@ -1,0 +1,100 @@
+"""Fused kernels the level-2 optimizer may use (onnxruntime's contrib names, domain com.microsoft):
+FusedConv (Conv + optional residual Z + activation, applied in place on the conv output) and FastGelu."""
+from __future__ import annotations
+
+import numpy as np
+
+from engineroom.providers.cpu.registry import kernel, registry
+
+MS = "com.microsoft"
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def activation_inplace(xp, name: str, params: list[float]):
+    """A function applying the activation to an array in place (returns it)."""
+    if name in ("", "Identity"):
+        return lambda y: y
+    if name == "Relu":
+        return lambda y: xp.maximum(y, 0, out=y)
+    if name == "Clip":
+        lo, hi = params
+        return lambda y: xp.clip(y, lo, hi, out=y)
+    if name == "Sigmoid":
+        def sigmoid(y):
+            xp.negative(y, out=y)
+            xp.exp(y, out=y)
+            y += 1
+            return xp.reciprocal(y, out=y)
+        return sigmoid
+    if name == "Tanh":
+        return lambda y: xp.tanh(y, out=y)
+    if name == "LeakyRelu":
+        alpha = params[0] if params else 0.01
+        return lambda y: xp.multiply(y, xp.where(y < 0, y.dtype.type(alpha), y.dtype.type(1)), out=y)
+    if name == "HardSigmoid":
+        alpha, beta = params
+        def hard_sigmoid(y):
+            y *= alpha
+            y += beta
+            return xp.clip(y, 0, 1, out=y)
+        return hard_sigmoid
+    raise ValueError(f"FusedConv: unsupported activation '{name}'")
+
+
+def _supports_activation(view) -> str | None:
+    act = view.attrs.get("activation", "Identity")
+    ok = {"", "Identity", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"}
+    if act not in ok:
+        return f"activation {act} not supported"
+    if view.input_dtypes and view.input_dtypes[0] not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return "FusedConv is float32/float64 only"
+    return None
+
+
+@kernel("FusedConv", domain=MS, since=1, supports=_supports_activation)
+def fused_conv(info):
+    conv_def = registry.lookup("", "Conv", 11)
+    n_conv = min(3, len(info.input_names))
+    conv_info = info.with_(
+        op_type="Conv", domain="", opset=max(11, info.opset),
+        attrs={k: v for k, v in info.attrs.items() if k in _CONV_ATTRS},
+        input_names=info.input_names[:n_conv], input_dtypes=info.input_dtypes[:n_conv],
+        input_shapes=info.input_shapes[:n_conv], const_inputs=info.const_inputs[:n_conv],
+        input_types=info.input_types[:n_conv])
+    conv = conv_def.factory(conv_info)
+    act = activation_inplace(info.xp, info.attrs.get("activation", "Identity"),
+                             list(info.attrs.get("activation_params", [])))
+    has_z = len(info.input_names) > 3 and info.input_names[3] != ""
+
+    def run(x, w, b=None, z=None):
+        (y,) = conv(x, w, b)
+        if not y.flags.writeable or not y.flags.owndata:
+            y = y.copy()
+        if has_z:
+            y += z
+        return (act(y),)
+
+    return run
+
+
+@kernel("FastGelu", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
+def fast_gelu(info):
+    xp = info.xp
+    c = np.sqrt(2 / np.pi)
+
+    def run(x, bias=None):
+        if bias is not None:
+            x = x + bias
+        dt = x.dtype
+        xf = x.astype(np.float32) if dt == np.float16 else x
+        t = xf * xf
+        t *= 0.044715 * c
+        t += c
+        t *= xf
+        xp.tanh(t, out=t)
+        t += 1
+        t *= xf
+        t *= 0.5
+        return (t.astype(dt, copy=False),)
+
+    return run
