@@ -175,6 +175,8 @@ class PlanBuilder:
             return len(template) - 1
 
         for name, arr in consts.items():
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False  # shared by every run: a kernel must never write into it
             loc[name] = {CPU: new_slot(arr)}
             home[name] = CPU
         in_slots = []

@@ -345,6 +345,9 @@ class InferenceSession:
 
     @staticmethod
     def _to_numpy(v):
-        if isinstance(v, np.ndarray) or v is None or isinstance(v, (list, dict)):
+        if isinstance(v, np.ndarray):
+            # an output that is (a view of) a constant is shared with later runs: hand out a copy
+            return v if v.flags.writeable else v.copy()
+        if v is None or isinstance(v, (list, dict)):
             return v
         return np.asarray(v)
