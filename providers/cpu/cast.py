@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+
 from engineroom.plugin_sdk import np_dtype
 from engineroom.providers.cpu.registry import kernel
 
@@ -100,11 +101,11 @@ def _from_string(x, to: np.dtype, saturate: bool, round_mode: str, since: int, x
     if to.kind in "iu" or to in _SUBBYTE_INT:
         vals = np.array([_parse_int(s) for s in flat], dtype=object)
         ints = np.array([v & 0xFFFFFFFFFFFFFFFF for v in vals.tolist()], dtype=np.uint64).view(np.int64)
-        return _cast_numeric(ints.reshape(x.shape), to, saturate, round_mode, since, xp)
+        return _cast_numeric(ints, to, saturate, round_mode, since, xp).reshape(x.shape)
     if to.kind == "b":
         return np.array([float(s) != 0 for s in flat], dtype=bool).reshape(x.shape)
-    vals = np.array([float(s) for s in flat], dtype=np.float64).reshape(x.shape)
-    return _cast_numeric(vals, to, saturate, round_mode, since, xp)
+    vals = np.array([float(s) for s in flat], dtype=np.float64)
+    return _cast_numeric(vals, to, saturate, round_mode, since, xp).reshape(x.shape)
 
 
 # ----- float8 / e8m0 / sub-byte ------------------------------------------------------------------
@@ -187,25 +188,46 @@ def _cast_numeric(x, to: np.dtype, saturate: bool, round_mode: str, since: int, 
         return x.astype(np.float32).astype(to) if to != np.float64 else x.astype(np.float64)
     if dt in _SUBBYTE_INT:
         return x.astype(np.int8).astype(to)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):     # out-of-range casts are undefined in ONNX
         return x.astype(to)
 
 
-def _caster(to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
-    """A function casting one array to ``to`` (chosen by source kind per call: CastLike may not know it)."""
+def _plan(src: np.dtype, to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
+    """The conversion from ``src`` to ``to``, resolved once per dtype pair."""
+    if src == to:
+        return lambda x: x
+    if _is_text(to):
+        return lambda x: _to_string(x, xp)
+    if _is_text(src):
+        return lambda x: _from_string(x, to, saturate, round_mode, since, xp)
+    if src.kind in "biufc" and to.kind in "biufc":
+        if src.kind in "fc" and to.kind in "iu":
+            def float_to_int(x):
+                with np.errstate(invalid="ignore"):     # NaN/Inf to int is undefined in ONNX: no warning
+                    return x.astype(to)
+            return float_to_int
+        return lambda x: x.astype(to)
 
-    def cast(x):
-        dt = x.dtype
-        if dt == to:
-            return x
+    def special(x):
         if x.ndim == 0:     # the helpers index and clip in place: give them a 1-d array
-            return cast(x.reshape(1)).reshape(())
-        if _is_text(to):
-            return _to_string(x, xp)
-        if _is_text(dt):
-            return _from_string(x, to, saturate, round_mode, since, xp)
+            return special(x.reshape(1)).reshape(())
         r = _cast_numeric(x, to, saturate, round_mode, since, xp)
         return r if isinstance(r, xp.ndarray) else xp.asarray(r)
+
+    return special
+
+
+def _caster(to: np.dtype, saturate: bool, round_mode: str, since: int, xp, src=None):
+    """A function casting one array to ``to``; the conversion is planned once per source dtype."""
+    plans: dict = {}
+    if src is not None:
+        plans[np.dtype(src)] = _plan(np.dtype(src), to, saturate, round_mode, since, xp)
+
+    def cast(x):
+        fn = plans.get(x.dtype)
+        if fn is None:
+            fn = plans[x.dtype] = _plan(x.dtype, to, saturate, round_mode, since, xp)
+        return fn(x)
 
     return cast
 
@@ -219,10 +241,11 @@ def _target(to) -> np.dtype:
 @kernel("Cast", since=1)
 def cast(info):
     a = info.attrs
-    fast = _caster(_target(a["to"]), bool(a.get("saturate", 1)), a.get("round_mode", "up"), info.opset, info.xp)
+    src = info.input_dtypes[0] if info.input_dtypes else None
+    fn = _caster(_target(a["to"]), bool(a.get("saturate", 1)), a.get("round_mode", "up"), info.opset, info.xp, src)
 
     def run(x):
-        return (fast(x),)
+        return (fn(x),)
 
     return run
 
@@ -234,10 +257,11 @@ def cast_like(info):
     saturate = bool(a.get("saturate", 1))
     round_mode = a.get("round_mode", "up")
     xp = info.xp
+    src = info.input_dtypes[0] if info.input_dtypes else None
     known = info.input_dtypes[1] if len(info.input_dtypes) > 1 else None
     cache: dict = {}
     if known is not None:
-        cache[np.dtype(known)] = _caster(np.dtype(known), saturate, round_mode, info.opset, xp)
+        cache[np.dtype(known)] = _caster(np.dtype(known), saturate, round_mode, info.opset, xp, src)
 
     def run(x, like):
         to = like.dtype
