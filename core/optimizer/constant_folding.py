@@ -67,11 +67,14 @@ def _static_shape(node, opsets, consts):
 
 def _replace_with_constants(graph: ir.Graph, node: ir.Node, outs: list[np.ndarray], consts: dict) -> None:
     olds = list(node.outputs)
-    graph.remove(node, safe=False)
+    news = []
     for old, arr in zip(olds, outs):
         name = old.name
         new = ir.Value(name=None, type=old.type, shape=ir.Shape(arr.shape), const_value=ir.tensor(arr))
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+        news.append((old, new, name, arr))
+    graph.remove(node, safe=True)
+    for old, new, name, arr in news:
         old.name = None
         new.name = name
         new.const_value.name = name

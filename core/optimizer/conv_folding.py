@@ -46,7 +46,7 @@ def _bypass(graph: ir.Graph, conv: ir.Node, node: ir.Node) -> None:
     y = conv.outputs[0]
     name = out.name
     out.replace_all_uses_with(y, replace_graph_outputs=True)
-    graph.remove(node, safe=False)
+    graph.remove(node, safe=True)
     out.name = None
     y.name = name
 

@@ -43,6 +43,6 @@ def eliminate_common_subexpressions(graph: ir.Graph) -> int:
             continue
         for old, new in zip(node.outputs, first.outputs):
             old.replace_all_uses_with(new)
-        graph.remove(node, safe=False)
+        graph.remove(node, safe=True)
         n += 1
     return n

@@ -14,14 +14,14 @@ def _bypass(graph: ir.Graph, node: ir.Node) -> bool:
         if src.producer() is None or len(src.uses()) != 1:
             return False
         idx = graph.outputs.index(dst)
-        graph.remove(node, safe=False)
+        graph.outputs[idx] = src
+        graph.remove(node, safe=True)  # safe: also drops the node from its inputs' uses
         name = dst.name
         dst.name = None
         src.name = name
-        graph.outputs[idx] = src
         return True
     ir.convenience.replace_all_uses_with(dst, src)
-    graph.remove(node, safe=False)
+    graph.remove(node, safe=True)
     return True
 
 
@@ -85,7 +85,7 @@ def eliminate_transpose_pairs(graph: ir.Graph) -> int:
         perm = [p1[i] for i in p2]
         node.replace_input_with(0, first.inputs[0])
         node.attributes["perm"] = ir.AttrInt64s("perm", perm)
-        graph.remove(first, safe=False)
+        graph.remove(first, safe=True)
         if perm == sorted(perm):
             _bypass(graph, node)
         n += 1

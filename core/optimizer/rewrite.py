@@ -55,7 +55,7 @@ def replace(graph: ir.Graph, old: list[ir.Node], new: ir.Node, outputs: list[tup
         old_v.replace_all_uses_with(new_v, replace_graph_outputs=True)
         old_v.name = None
         new_v.name = name
-    graph.remove(old, safe=False)
+    graph.remove(old, safe=True)
 
 
 def new_constant(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Value:

@@ -1,0 +1,143 @@
+"""Each optimizer pass: the rewrite it makes, and numbers unchanged against the unoptimized graph."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import engineroom as ort
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _f(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _ops_after(model, level, tmp_path):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.optimized_model_filepath = str(tmp_path / f"opt{int(level)}.onnx")
+    s = ort.InferenceSession(model, so)
+    return s, [(n.domain, n.op_type) for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def _check_same(model, feed, tmp_path, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, rtol=1e-5, atol=1e-6):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model, so).run(None, feed)
+    s, ops = _ops_after(model, level, tmp_path)
+    got = s.run(None, feed)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=atol)
+    return ops
+
+
+def test_constant_folding(tmp_path):
+    a = RNG.standard_normal((3,)).astype(np.float32)
+    m = _model([helper.make_node("Mul", ["a", "a"], ["a2"]), helper.make_node("Add", ["x", "a2"], ["y"])],
+               [_f("x", [2, 3])], [_f("y", [2, 3])], [("a", a)])
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 3)).astype(np.float32)}, tmp_path,
+                      ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert ops == [("", "Add")]
+
+
+def test_shape_of_static_input_folds(tmp_path):
+    m = _model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])],
+               [_f("x", [2, 3])], [_f("y", [2, 3])])
+    ops = _check_same(m, {"x": np.ones((2, 3), np.float32)}, tmp_path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert ops == [("", "Reshape")]
+
+
+def test_identity_dropout_and_redundant_cast_are_removed(tmp_path):
+    m = _model([helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Dropout", ["a"], ["b"]),
+                helper.make_node("Cast", ["b"], ["c"], to=TensorProto.FLOAT), helper.make_node("Relu", ["c"], ["y"])],
+               [_f("x", [2, 3])], [_f("y", [2, 3])])
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 3)).astype(np.float32)}, tmp_path,
+                      ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert ops == [("", "Relu")]
+
+
+def test_transpose_pairs_compose_or_vanish(tmp_path):
+    m = _model([helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 1]),
+                helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1]),
+                helper.make_node("Transpose", ["b"], ["c"], perm=[1, 0, 2]),
+                helper.make_node("Transpose", ["c"], ["y"], perm=[2, 1, 0])],
+               [_f("x", [2, 3, 4])], [_f("y", None)])
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 3, 4)).astype(np.float32)}, tmp_path,
+                      ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert ops == [("", "Transpose")]
+
+
+def test_common_subexpressions_are_computed_once(tmp_path):
+    m = _model([helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Exp", ["x"], ["b"]),
+                helper.make_node("Add", ["a", "b"], ["y"])], [_f("x", [4])], [_f("y", [4])])
+    ops = _check_same(m, {"x": RNG.standard_normal(4).astype(np.float32)}, tmp_path,
+                      ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert ops == [("", "Exp"), ("", "Add")]
+
+
+def _conv_inits(c_in=3, c_out=4):
+    return [("w", RNG.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)),
+            ("b", RNG.standard_normal(c_out).astype(np.float32))]
+
+
+def test_conv_batchnorm_mul_add_fold_into_conv(tmp_path):
+    bn = [("s", RNG.uniform(0.5, 2, 4).astype(np.float32)), ("bb", RNG.standard_normal(4).astype(np.float32)),
+          ("mu", RNG.standard_normal(4).astype(np.float32)), ("var", RNG.uniform(0.5, 2, 4).astype(np.float32)),
+          ("k", RNG.standard_normal((4, 1, 1)).astype(np.float32)),
+          ("c", RNG.standard_normal((1, 4, 1, 1)).astype(np.float32))]
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+                helper.make_node("BatchNormalization", ["a", "s", "bb", "mu", "var"], ["n"], epsilon=1e-3),
+                helper.make_node("Mul", ["n", "k"], ["m"]), helper.make_node("Add", ["c", "m"], ["y"])],
+               [_f("x", [1, 3, 8, 8])], [_f("y", [1, 4, 8, 8])], _conv_inits() + bn)
+    ops = _check_same(m, {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}, tmp_path,
+                      ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, rtol=1e-4, atol=1e-4)
+    assert ops == [("", "Conv")]
+
+
+@pytest.mark.parametrize("act, extra", [("Relu", {}), ("Sigmoid", {}), ("LeakyRelu", {"alpha": 0.2}),
+                                        ("HardSigmoid", {}), ("Tanh", {})])
+def test_conv_activation_fuses_on_cpu(tmp_path, act, extra):
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+                helper.make_node(act, ["a"], ["y"], **extra)],
+               [_f("x", ["n", 3, 8, 8])], [_f("y", None)], _conv_inits())
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)}, tmp_path, rtol=1e-4,
+                      atol=1e-5)
+    assert ops == [("com.microsoft", "FusedConv")]
+
+
+def test_conv_residual_add_clip_fuses(tmp_path):
+    lo, hi = np.array(0, np.float32), np.array(6, np.float32)
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+                helper.make_node("Add", ["a", "x"], ["s"]), helper.make_node("Clip", ["s", "lo", "hi"], ["y"])],
+               [_f("x", ["n", 3, 8, 8])], [_f("y", None)], _conv_inits(3, 3) + [("lo", lo), ("hi", hi)])
+    ops = _check_same(m, {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}, tmp_path, rtol=1e-4,
+                      atol=1e-5)
+    assert ops == [("com.microsoft", "FusedConv")]
+
+
+def test_fusion_only_where_the_owning_provider_has_the_kernel(tmp_path):
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+               [_f("x", [1, 3, 8, 8])], [_f("y", None)], _conv_inits())
+    # level 1 must not fuse (extended fusions belong to level 2)
+    _, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, tmp_path)
+    assert ops == [("", "Conv"), ("", "Relu")]
+
+
+def test_tanh_gelu_becomes_fast_gelu(tmp_path):
+    c = {n: np.array(v, np.float32) for n, v in
+         (("three", 3.0), ("k", 0.044715), ("s", np.sqrt(2 / np.pi)), ("one", 1.0), ("half", 0.5))}
+    nodes = [helper.make_node("Mul", ["x", "half"], ["h"]), helper.make_node("Pow", ["x", "three"], ["p"]),
+             helper.make_node("Mul", ["p", "k"], ["pk"]), helper.make_node("Add", ["x", "pk"], ["a"]),
+             helper.make_node("Mul", ["a", "s"], ["as"]), helper.make_node("Tanh", ["as"], ["t"]),
+             helper.make_node("Add", ["t", "one"], ["t1"]), helper.make_node("Mul", ["h", "t1"], ["y"])]
+    m = _model(nodes, [_f("x", [2, 16])], [_f("y", [2, 16])], list(c.items()))
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 16)).astype(np.float32)}, tmp_path)
+    assert ops == [("com.microsoft", "FastGelu")]
