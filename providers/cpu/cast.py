@@ -30,6 +30,8 @@ _ML_FLOATS = frozenset(np.dtype(t) for t in (
     ml_dtypes.float8_e5m2fnuz, ml_dtypes.float4_e2m1fn, ml_dtypes.float8_e8m0fnu, ml_dtypes.float6_e2m3fn,
     ml_dtypes.float6_e3m2fn))
 _OBJECT = np.dtype(object)
+# NumPy's own numeric dtypes. Not "kind in 'biufc'": ml_dtypes' float8_e5m2 reports kind 'f'.
+_NUMPY_NUMERIC = frozenset(np.dtype(c) for c in "?bBhHiIlLqQefdFD")
 
 # Cast-1 names its target with a string.
 _LEGACY_NAMES = {
@@ -71,7 +73,7 @@ def _to_string(x, xp):
     if _is_text(dt):
         return x.astype(object)
     if _is_float(dt) or dt.kind == "c":
-        vals = np.asarray(x if dt.kind in "fc" else x.astype(np.float32))
+        vals = np.asarray(x if dt in _NUMPY_NUMERIC else x.astype(np.float32))
         if dt.kind == "c":
             flat = [str(v) for v in vals.ravel().tolist()]
         else:
@@ -200,7 +202,7 @@ def _plan(src: np.dtype, to: np.dtype, saturate: bool, round_mode: str, since: i
         return lambda x: _to_string(x, xp)
     if _is_text(src):
         return lambda x: _from_string(x, to, saturate, round_mode, since, xp)
-    if src.kind in "biufc" and to.kind in "biufc":
+    if src in _NUMPY_NUMERIC and to in _NUMPY_NUMERIC:
         if src.kind in "fc" and to.kind in "iu":
             def float_to_int(x):
                 with np.errstate(invalid="ignore"):     # NaN/Inf to int is undefined in ONNX: no warning
