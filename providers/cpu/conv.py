@@ -100,17 +100,19 @@ def _ints(v, n, default):
 
 
 class _ConvPlan:
-    """Attribute parsing, weight prepacking and the im2col/depthwise/1x1 paths for one Conv node."""
+    """One Conv node with one weight: parsed attributes, the prepacked weight, the im2col/depthwise/1x1 paths.
 
-    def __init__(self, info, attrs, weight=None):
-        self.xp = info.xp
+    Immutable once built (a run only reads it), so concurrent runs of a session can share it; a
+    dynamic weight gets a fresh plan per run, sharing only the geometry cache.
+    """
+
+    def __init__(self, xp, attrs, w, geo_cache=None):
+        self.xp = xp
         self.attrs = attrs
         self.group = int(attrs.get("group", 1))
         self.auto_pad = attrs.get("auto_pad", "NOTSET")
-        self._geo = {}
-        self._w_src = None
-        if weight is not None:
-            self._prepack(weight)
+        self._geo = {} if geo_cache is None else geo_cache
+        self._prepack(w)
 
     def _prepack(self, w):
         xp = self.xp
@@ -138,17 +140,15 @@ class _ConvPlan:
         self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
 
     def geometry(self, spatial):
-        geo = self._geo.get(spatial)
+        key = (spatial, self.kshape)
+        geo = self._geo.get(key)
         if geo is None:
             geo = conv_geometry(spatial, self.kshape, self.strides, self.dilations, self.pads, self.auto_pad)
-            self._geo[spatial] = geo
+            self._geo[key] = geo
         return geo
 
-    def __call__(self, x, w=None, b=None):
+    def __call__(self, x, b=None):
         xp = self.xp
-        if w is not None and w is not self._w_src:
-            self._prepack(w)
-            self._w_src = w
         cdt = compute_dtype(x.dtype)
         xc = x.astype(cdt, copy=False)
         N = x.shape[0]
@@ -216,15 +216,19 @@ class _ConvPlan:
 
 @kernel("Conv", since=1)
 def conv(info):
+    xp = info.xp
+    attrs = info.attrs
     w = info.const_inputs[1] if len(info.const_inputs) > 1 else None
-    plan = _ConvPlan(info, info.attrs, weight=w)
     if w is not None:
+        plan = _ConvPlan(xp, attrs, w)
+
         def run_const(x, _w=None, b=None):
-            return (plan(x, None, b),)
+            return (plan(x, b),)
         return run_const
+    geo = {}
 
     def run(x, w, b=None):
-        return (plan(x, w, b),)
+        return (_ConvPlan(xp, attrs, w, geo)(x, b),)
     return run
 
 
@@ -265,48 +269,46 @@ def conv_transpose(info):
     a = info.attrs
     g = int(a.get("group", 1))
     auto_pad = a.get("auto_pad", "NOTSET")
-    state = {}
+    geo_cache = {}
 
     def prepack(w):
+        """Everything that depends on the weight only; a plain dict never written after it is built."""
         n = w.ndim - 2
         C, Mg = w.shape[0], w.shape[1]
         kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(w.shape[2:])
-        K = int(np.prod(kshape))
         cdt = compute_dtype(w.dtype)
         # (g, Mg*K, Cg): columns = W_g^T @ X_g
-        wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * K).transpose(0, 2, 1)
-        state.update(w=w, wt=xp.ascontiguousarray(wt), kshape=kshape, K=K, Mg=Mg, n=n,
-                     strides=tuple(_ints(a.get("strides"), n, 1)),
-                     dilations=tuple(_ints(a.get("dilations"), n, 1)),
-                     pads=tuple(_ints(a.get("pads"), 2 * n, 0)),
-                     out_pad=tuple(_ints(a.get("output_padding"), n, 0)),
-                     taps=list(itertools.product(*(range(k) for k in kshape))), geo={})
+        wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * int(np.prod(kshape))).transpose(0, 2, 1)
+        return dict(wt=xp.ascontiguousarray(wt), kshape=kshape, K=int(np.prod(kshape)), Mg=Mg,
+                    strides=tuple(_ints(a.get("strides"), n, 1)),
+                    dilations=tuple(_ints(a.get("dilations"), n, 1)),
+                    pads=tuple(_ints(a.get("pads"), 2 * n, 0)),
+                    out_pad=tuple(_ints(a.get("output_padding"), n, 0)),
+                    taps=list(itertools.product(*(range(k) for k in kshape))))
 
     wconst = info.const_inputs[1] if len(info.const_inputs) > 1 else None
-    if wconst is not None:
-        prepack(wconst)
+    packed = prepack(wconst) if wconst is not None else None
 
     def run(x, w, b=None):
-        if wconst is None and state.get("w") is not w:
-            prepack(w)
-        st = state
+        st = packed if packed is not None else prepack(w)
         cdt = compute_dtype(x.dtype)
         xc = x.astype(cdt, copy=False)
         N, C = x.shape[0], x.shape[1]
         spatial = tuple(x.shape[2:])
-        geo = st["geo"].get(spatial)
+        key = (spatial, st["kshape"])
+        geo = geo_cache.get(key)
         if geo is None:
             geo = _convtranspose_geometry(spatial, st["kshape"], st["strides"], st["dilations"], st["pads"],
                                           st["out_pad"], a.get("output_shape"), auto_pad)
             geo = geo + (_scatter_plan(spatial, st["taps"], st["strides"], st["dilations"], geo[0], geo[2]),)
-            st["geo"][spatial] = geo
+            geo_cache[key] = geo
         pb, pe, out, scatter = geo
         Mg, K = st["Mg"], st["K"]
-        I = int(np.prod(spatial)) if spatial else 1
-        cols = xp.matmul(st["wt"], xc.reshape(N, g, C // g, I))          # (N, g, Mg*K, I)
+        n_in = int(np.prod(spatial)) if spatial else 1
+        cols = xp.matmul(st["wt"], xc.reshape(N, g, C // g, n_in))          # (N, g, Mg*K, n_in)
         cols = cols.reshape((N, g * Mg, K) + spatial)
         y = xp.zeros((N, g * Mg) + out, dtype=cdt)
-        for t, dst, src in scatter:
+        for t, dst, src in scatter:                      # col2im: one strided add per kernel tap
             y[dst] += cols[(slice(None), slice(None), t) + src]
         if b is not None:
             y += b.astype(cdt, copy=False).reshape((g * Mg,) + (1,) * len(out))
@@ -322,10 +324,10 @@ def _scatter_plan(spatial, taps, strides, dilations, pb, out):
         dst, src = [slice(None), slice(None)], []
         empty = False
         for i, j in enumerate(js):
-            s, d, I, O = strides[i], dilations[i], spatial[i], out[i]
+            s, d, n_in, n_out = strides[i], dilations[i], spatial[i], out[i]
             start = j * d - pb[i]                      # output position of input index 0
             i0 = max(0, (-start + s - 1) // s)
-            i1 = min(I, max(0, (O - start + s - 1) // s))
+            i1 = min(n_in, max(0, (n_out - start + s - 1) // s))
             if i1 <= i0:
                 empty = True
                 break
@@ -340,61 +342,70 @@ def _scatter_plan(spatial, taps, strides, dilations, pb, out):
 # ConvInteger / QLinearConv
 
 
-def _int_conv(info, x, w, x_zp, w_zp, plan_cache):
-    """Integer convolution (x - x_zp) * (w - w_zp) accumulated exactly in float64, as int32-valued floats."""
+def _zero_point_shift(xp, v, zp, per_channel_axis0):
+    """v - zero_point in float64 (exact for 8-bit data); zp is a scalar or, for weights, per output channel."""
+    f = xp.asarray(v).astype(np.float64)
+    if zp is None:
+        return f
+    z = xp.asarray(zp).astype(np.float64)
+    if z.size == 1:
+        return f - z.reshape(())
+    if per_channel_axis0:
+        return f - z.reshape((-1,) + (1,) * (f.ndim - 1))
+    return f - z.reshape((1, -1) + (1,) * (f.ndim - 2))
+
+
+def _int_conv_factory(info, w_idx, wzp_idx):
+    """An exact integer convolution (x - x_zp) * (w - w_zp) in float64 BLAS: fn(x, x_zp, w, w_zp) -> float64.
+
+    The shifted weight is prepacked once when the weight and its zero point are both constants.
+    """
     xp = info.xp
-    xf = x.astype(np.float64)
-    if x_zp is not None:
-        xf -= xp.asarray(x_zp).astype(np.float64).reshape(-1)[0] if np.size(x_zp) == 1 else \
-            xp.asarray(x_zp).astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
-    wf = w.astype(np.float64)
-    if w_zp is not None:
-        wz = xp.asarray(w_zp).astype(np.float64)
-        wf -= wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(-1)[0]
-    plan = plan_cache.get("plan")
-    if plan is None or plan.w_shape != tuple(w.shape):
-        plan = _ConvPlan(info, info.attrs)
-        plan_cache["plan"] = plan
-    plan._prepack(wf)
-    plan._w_src = None
-    return plan(xf)
+    consts = tuple(info.const_inputs) + (None,) * 9
+    has_wzp = len(info.input_names) > wzp_idx and info.input_names[wzp_idx] != ""
+    static = consts[w_idx] is not None and (not has_wzp or consts[wzp_idx] is not None)
+    geo = {}
+    plan0 = _ConvPlan(xp, info.attrs, _zero_point_shift(np, consts[w_idx], consts[wzp_idx] if has_wzp else None,
+                                                       True), geo) if static else None
+
+    def conv_int(x, x_zp, w, w_zp):
+        plan = plan0 if plan0 is not None else _ConvPlan(xp, info.attrs, _zero_point_shift(xp, w, w_zp, True), geo)
+        return plan(_zero_point_shift(xp, x, x_zp, False))
+
+    return conv_int
 
 
 @kernel("ConvInteger", since=10)
 def conv_integer(info):
-    cache = {}
+    conv_int = _int_conv_factory(info, 1, 3)
 
     def run(x, w, x_zp=None, w_zp=None):
-        y = _int_conv(info, x, w, x_zp, w_zp, cache)
-        return (y.astype(np.int32),)
+        return (conv_int(x, x_zp, w, w_zp).astype(np.int32),)
 
     return run
-
-
-def _qparams(xp, v, cdt=np.float64):
-    return xp.asarray(v).astype(cdt)
 
 
 @kernel("QLinearConv", since=10)
 def qlinear_conv(info):
     xp = info.xp
-    cache = {}
+    conv_int = _int_conv_factory(info, 3, 5)
 
     def run(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
-        acc = _int_conv(info, x, w, x_zp, w_zp, cache)          # (N, M, o...) float64, integer-valued
+        acc = conv_int(x, x_zp, w, w_zp)          # (N, M, o...) float64, integer-valued
         M = acc.shape[1]
         nd = acc.ndim - 2
         if b is not None:
             acc += b.astype(np.float64).reshape((M,) + (1,) * nd)
-        ws = _qparams(xp, w_scale)
+        ws = xp.asarray(w_scale).astype(np.float64)
         ws = ws.reshape((M,) + (1,) * nd) if ws.size > 1 else ws.reshape(())
-        scale = _qparams(xp, x_scale).reshape(()) * ws / _qparams(xp, y_scale).reshape(())
+        scale = xp.asarray(x_scale).astype(np.float64).reshape(()) * ws / \
+            xp.asarray(y_scale).astype(np.float64).reshape(())
         y = xp.rint(acc * scale)
         out_dt = np.dtype(y_zp.dtype) if y_zp is not None else np.dtype(np.uint8)
         if y_zp is not None:
-            y += _qparams(xp, y_zp).reshape(())
-        info_ = np.iinfo(out_dt)
-        return (xp.clip(y, info_.min, info_.max).astype(out_dt),)
+            y += xp.asarray(y_zp).astype(np.float64).reshape(())
+        lim = np.iinfo(out_dt)
+        return (xp.clip(y, lim.min, lim.max).astype(out_dt),)
 
     return run
 

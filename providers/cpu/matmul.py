@@ -211,11 +211,15 @@ def einsum(info):
 
 @kernel("Dropout", since=1)
 def dropout_old(info):
-    """Dropout before opset 12: ratio is an attribute; in inference (the engine's case) an identity."""
+    """Dropout before opset 12: ratio is an attribute; in inference (the engine's case) an identity.
+
+    The mask is of the input's type before opset 10 and boolean from 10 on.
+    """
     xp = info.xp
+    bool_mask = info.opset >= 10
 
     def run(x):
-        return x, xp.ones(x.shape, dtype=bool)
+        return x, xp.ones(x.shape, dtype=bool if bool_mask else x.dtype)
 
     return run
 
