@@ -86,11 +86,18 @@ def _to_string(x, xp):
     return out.reshape(x.shape)     # strings live on the host whatever the provider
 
 
+def _parse_float(s: str) -> float:
+    try:
+        return float(s)     # also "inf", "+INF", "NaN", "1e-5" in any case, as C's strtod
+    except ValueError:
+        return float.fromhex(s)     # strtod reads hexadecimal floats too ("0x1p-3")
+
+
 def _parse_int(s: str) -> int:
     try:
         return int(s)
     except ValueError:
-        return int(float(s))    # "100.5" -> 100, as C's stoll reads the leading integer
+        return int(_parse_float(s))    # "100.5" -> 100, as C's stoll reads the leading integer
 
 
 def _from_string(x, to: np.dtype, saturate: bool, round_mode: str, since: int, xp):
@@ -100,13 +107,14 @@ def _from_string(x, to: np.dtype, saturate: bool, round_mode: str, since: int, x
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(x.shape)
-    if to.kind in "iu" or to in _SUBBYTE_INT:
+    if to.kind in "iu":
         vals = np.array([_parse_int(s) for s in flat], dtype=object)
         ints = np.array([v & 0xFFFFFFFFFFFFFFFF for v in vals.tolist()], dtype=np.uint64).view(np.int64)
         return _cast_numeric(ints, to, saturate, round_mode, since, xp).reshape(x.shape)
     if to.kind == "b":
-        return np.array([float(s) != 0 for s in flat], dtype=bool).reshape(x.shape)
-    vals = np.array([float(s) for s in flat], dtype=np.float64)
+        return np.array([_parse_float(s) != 0 for s in flat], dtype=bool).reshape(x.shape)
+    # floats, and int4/int2 (read as a float and rounded, as onnxruntime does)
+    vals = np.array([_parse_float(s) for s in flat], dtype=np.float64)
     return _cast_numeric(vals, to, saturate, round_mode, since, xp).reshape(x.shape)
 
 
