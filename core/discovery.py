@@ -33,7 +33,10 @@ def _record_failure(manager, entrypoint, exc) -> None:
 
 def refresh() -> None:
     """Forget what was discovered (after installing a plugin into a running interpreter)."""
+    from stevedore import ExtensionManager
+
     _extension_manager.cache_clear()
+    ExtensionManager.ENTRY_POINT_CACHE.clear()  # stevedore keeps entry points per group, process-wide
     _load_failures.clear()
 
 
