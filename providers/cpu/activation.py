@@ -15,11 +15,16 @@ per element, so float32 uses a rational erf and a ufunc-based sigmoid.
 from __future__ import annotations
 
 import math
+import warnings
 
 import ml_dtypes
 import numpy as np
 
 from engineroom.providers.cpu.registry import kernel
+
+# IEEE results (log(0) = -inf, 0/0 = NaN, overflow to inf, NaN cast to int) are what ONNX specifies and
+# what onnxruntime returns silently; NumPy would warn from inside these kernels, so not from here.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"engineroom\.providers\.cpu\.activation$")
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
