@@ -88,6 +88,9 @@ class OrtEpDevice:
 _CPU_VENDORS = {"GenuineIntel": ("Intel", 0x8086), "AuthenticAMD": ("AMD", 0x1022),
                 "HygonGenuine": ("Hygon", 0x1D94), "CentaurHauls": ("VIA", 0x1106)}
 
+_VENDOR_IDS = {"intel": 0x8086, "amd": 0x1022, "advanced": 0x1022, "nvidia": 0x10DE, "qualcomm": 0x5143,
+               "apple": 0x106B, "arm": 0x13B5, "microsoft": 0x1414}
+
 
 @functools.lru_cache(maxsize=1)
 def _host_cpu() -> tuple[str, int]:
@@ -119,6 +122,8 @@ def _hardware(cls, dev) -> OrtHardwareDevice:
         default_id = 0
     else:
         vendor, vendor_id, default_id = getattr(cls, "vendor", "") or "", 0, dev.id
+    if "vendor" in desc and "vendor_id" not in desc:   # a vendor named without its id: look the id up
+        vendor_id = _VENDOR_IDS.get(str(desc["vendor"]).split()[0].lower(), 0) if str(desc["vendor"]) else 0
     vendor = str(desc.pop("vendor", vendor))
     vendor_id = int(desc.pop("vendor_id", vendor_id))
     device_id = int(desc.pop("device_id", default_id))
