@@ -114,6 +114,16 @@ class _InputCheck:
         return x
 
 
+def _blas_limiter(threads: int):
+    """intra_op_num_threads > 0 caps the BLAS thread pool during this session's runs (threadpoolctl)."""
+    if threads <= 0:
+        return None
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=threads, user_api="blas")
+
+
 class InferenceSession:
     """``onnxruntime.InferenceSession`` over engineroom's providers."""
 
@@ -142,6 +152,7 @@ class InferenceSession:
         self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
         self._in_order = [v.name for v in self._inputs_all]
         self._log_placement()
+        self._blas_limit = _blas_limiter(int(so.intra_op_num_threads))
 
     # -- providers ------------------------------------------------------------------------------
     def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
@@ -332,7 +343,11 @@ class InferenceSession:
         if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
             bad = next(k for k in input_feed if k not in self._checks)
             raise InvalidArgument(f"Invalid input name: {bad}")
-        outs = self._plan.run(feeds)
+        if self._blas_limit is not None:
+            with self._blas_limit():
+                outs = self._plan.run(feeds)
+        else:
+            outs = self._plan.run(feeds)
         return [outs[i] for i in idx]
 
     def _output_indices(self, output_names) -> list[int]:

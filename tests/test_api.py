@@ -89,3 +89,25 @@ def test_cli_run_and_inspect(tmp_path):
     r = subprocess.run([sys.executable, "-m", "engineroom", "run", str(tmp_path / "missing.onnx")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "doesn't exist" in r.stderr
+
+
+def test_intra_op_num_threads_caps_blas_during_run():
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["y"])], "g", [x],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), so)
+    inner = s._plan.run
+
+    def spy(feeds):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return inner(feeds)
+
+    s._plan.run = spy
+    a = np.eye(4, dtype=np.float32)
+    np.testing.assert_array_equal(s.run(None, {"x": a})[0], a)
+    assert seen and all(n == 1 for n in seen)
