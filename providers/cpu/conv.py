@@ -174,44 +174,49 @@ class _ConvPlan:
     def _depthwise(self, xc, pb, pe, out):
         """Group == C with one input channel per group: accumulate tap view * weight, no loop over channels.
 
-        With unit strides every tap is one contiguous range of the flattened padded image (its output
-        grid laid out at the padded row pitch, cropped at the end), which keeps NumPy's inner loops long.
+        Every tap is one contiguous range of a flattened padded image: its output grid is laid out at
+        the padded row pitch and cropped at the end, which keeps NumPy's inner loops long. Strided
+        convolutions first split the padded input into its stride phases (polyphase: plane (r1, r2..)
+        holds x[.., r1::s1, r2::s2..]), where each tap is again a unit-stride window.
         """
         xp = self.xp
         N = xc.shape[0]
         g, M = self.group, self.M
         m = M // g
         nd = len(out)
+        st = self.strides
+        # pad the end further so every padded extent is a multiple of its stride (never read)
+        pe = tuple(e + (-(sz + b + e)) % s for sz, b, e, s in zip(xc.shape[2:], pb, pe, st))
         xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
-        if all(s == 1 for s in self.strides):
-            P = xpad.shape[2:]
-            R = [int(np.prod(P[i + 1:])) for i in range(nd)]
-            L = sum((o - 1) * r for o, r in zip(out, R)) + 1
-            xf = xpad.reshape(N, g, 1, -1)
-            acc = xp.empty((N, g, m, L), dtype=xc.dtype)
-            tmp = xp.empty_like(acc)
-            for t, offs in enumerate(self.taps):
-                o = sum(j * r for j, r in zip(offs, R))
-                wt = self.wd_taps[t].reshape(g, m, 1)
-                if t == 0:
-                    xp.multiply(xf[..., o:o + L], wt, out=acc)
-                else:
-                    xp.multiply(xf[..., o:o + L], wt, out=tmp)
-                    acc += tmp
-            isz = acc.itemsize
-            return xp.lib.stride_tricks.as_strided(
-                acc, (N, M) + tuple(out), (acc.strides[0], L * isz) + tuple(r * isz for r in R))
-        acc = xp.empty((N, g, m) + out, dtype=xc.dtype)
+        P = xpad.shape[2:]
+        Q = tuple(p_ // s for p_, s in zip(P, st))
+        if any(s > 1 for s in st):
+            split = xpad.reshape((N, g) + tuple(v for q, s in zip(Q, st) for v in (q, s)))
+            order = tuple(3 + 2 * i for i in range(nd)) + (0, 1) + tuple(2 + 2 * i for i in range(nd))
+            phases = xp.ascontiguousarray(split.transpose(order))         # (s1.., N, C, Q1..)
+            phases = phases.reshape((-1, N, g, 1, int(np.prod(Q))))
+        else:
+            phases = xpad.reshape(1, N, g, 1, -1)
+        R = [int(np.prod(Q[i + 1:])) for i in range(nd)]
+        L = sum((o - 1) * r for o, r in zip(out, R)) + 1
+        acc = xp.empty((N, g, m, L), dtype=xc.dtype)
         tmp = xp.empty_like(acc)
         for t, offs in enumerate(self.taps):
-            sl = xpad[tap_slice(offs, self.strides, out)]       # (N, C, o...)
-            wt = self.wd_taps[t].reshape((g, m) + (1,) * nd)
+            phase = 0
+            start = 0
+            for i in range(nd):
+                phase = phase * st[i] + offs[i] % st[i]
+                start += (offs[i] // st[i]) * R[i]
+            src = phases[phase][..., start:start + L]
+            wt = self.wd_taps[t].reshape(g, m, 1)
             if t == 0:
-                xp.multiply(sl[:, :, None], wt, out=acc)
+                xp.multiply(src, wt, out=acc)
             else:
-                xp.multiply(sl[:, :, None], wt, out=tmp)
+                xp.multiply(src, wt, out=tmp)
                 acc += tmp
-        return acc
+        isz = acc.itemsize
+        return xp.lib.stride_tricks.as_strided(
+            acc, (N, M) + tuple(out), (acc.strides[0], L * isz) + tuple(r * isz for r in R))
 
 
 @kernel("Conv", since=1)
