@@ -1,0 +1,372 @@
+"""Which nodes OpenVINO takes, and in which groups.
+
+1. Candidates: the unassigned nodes whose values are all tensors of types OpenVINO holds, without
+   graph attributes (control flow stays with the kernel providers).
+2. Support: the candidates are built into one ONNX model (boundary values as inputs, constants as
+   initializers) and handed to OpenVINO's ONNX frontend with ``convert_partially``; what it cannot
+   convert comes back as framework nodes, which are traced to the ONNX nodes they came from and left
+   out; the rest is converted again and ``Core.query_model`` says what the device runs. When the
+   frontend fails outright, candidates are tried one by one (cached per op signature).
+3. Groups: the supported nodes are cut into cycle-free runs exactly as the core will (Kahn waves over
+   the whole graph), and runs too small to pay for an OpenVINO call are declined with a note.
+"""
+from __future__ import annotations
+
+import heapq
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from engineroom.plugin_sdk import Capability, GraphView, NodeView
+
+# dtypes OpenVINO's ONNX frontend maps to its element types
+_OV_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                    np.uint32, np.uint64, np.float16, np.float32, np.float64)}
+try:
+    import ml_dtypes
+
+    _OV_DTYPES.add(np.dtype(ml_dtypes.bfloat16))
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency of engineroom
+    pass
+
+# ops worth an OpenVINO call on their own: a group with none of these and fewer than
+# ``MIN_LIGHT_GROUP`` nodes is declined (a call costs more than NumPy spends on a few light ops)
+HEAVY_OPS = frozenset({
+    "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv", "MatMul", "MatMulInteger", "QLinearMatMul",
+    "Gemm", "Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU", "RNN", "MaxPool", "AveragePool", "LpPool",
+    "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+    "GroupNormalization", "RMSNormalization", "SkipLayerNormalization", "Softmax", "LogSoftmax", "Resize",
+    "GridSample", "RoiAlign", "DFT", "STFT", "TopK", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+    "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare", "CumSum", "NonMaxSuppression",
+})
+MIN_LIGHT_GROUP = 3
+
+_UNSUPPORTED_TYPES = ("FrameworkNode", "NotSupported")
+_signature_cache: dict[tuple, bool] = {}
+
+
+@dataclass
+class Support:
+    """What OpenVINO said about one set of unassigned nodes (kept while the graph does not change)."""
+
+    key: tuple
+    supported: set[int]
+    reasons: dict[int, str]
+    ov_model: Any = None          # the converted candidate model, when every candidate is supported
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def matches(self, group) -> bool:
+        """Whether ``group`` is exactly the converted candidate model (same nodes, same boundary)."""
+        if list(group.inputs) != self.inputs or list(group.outputs) != self.outputs:
+            return False
+        if {v.index for v in group.nodes} != self.supported:
+            return False
+        protos = {i: p for i, p, _ in self.key[0]}
+        return all(v.proto is not None and protos.get(v.index) == v.proto.SerializeToString(deterministic=True)
+                   for v in group.nodes)
+
+
+def claim(view: GraphView, core: Any, device: str, previous: Support | None = None) -> tuple[list[Capability], Support]:
+    """The capabilities of one OpenVINO device over ``view``'s unassigned nodes. ``previous`` is the last
+    answer; it is reused when the nodes are the same (the core asks before and after its level-2 passes)."""
+    key = _key(view)
+    if previous is not None and previous.key == key:
+        sup = previous
+    else:
+        sup = _analyze(view, core, device, key)
+    by_index = {v.index: v for v in view.all_nodes or view.nodes}
+    supported = set(sup.supported)
+    caps: list[Capability] = []
+    declined: list[NodeView] = []
+    while True:
+        runs = _runs(by_index, supported, view)
+        small = [r for r in runs if _too_small(r)]
+        if not small:
+            break
+        for r in small:
+            declined.extend(r)
+            supported -= {v.index for v in r}
+    caps.extend(Capability(r, kind="group") for r in runs)
+    if declined:
+        ops = ", ".join(dict.fromkeys(v.op_type for v in declined))
+        caps.append(Capability([], kind="group", note=(
+            f"declined {len(declined)} node(s) ({ops}) in groups of fewer than {MIN_LIGHT_GROUP} light ops: "
+            f"an OpenVINO call there costs more than it saves")))
+    left = [v for v in view.nodes if v.index in sup.reasons]
+    if left:
+        ops = Counter(f"{v.domain + '::' if v.domain else ''}{v.op_type}" for v in left)
+        why = dict.fromkeys(sup.reasons[v.index] for v in left)
+        caps.append(Capability([], kind="group", note=(
+            f"cannot run {', '.join(f'{op} x{n}' if n > 1 else op for op, n in ops.items())} "
+            f"({'; '.join(list(why)[:3])})")))
+    return caps, sup
+
+
+def _key(view: GraphView) -> tuple:
+    free = tuple((v.index, v.proto.SerializeToString(deterministic=True) if v.proto is not None else v.op_type,
+                  tuple(str(d) for d in v.input_dtypes)) for v in view.nodes)
+    rest = tuple((v.index, v.input_names) for v in view.all_nodes)
+    return free, rest, tuple(view.graph_outputs), tuple(sorted(view.initializers))
+
+
+def _analyze(view: GraphView, core: Any, device: str, key: tuple) -> Support:
+    reasons: dict[int, str] = {}
+    cands = []
+    for v in view.nodes:
+        why = _why_not_candidate(v)
+        if why:
+            reasons[v.index] = why
+        else:
+            cands.append(v)
+    return _supported(cands, view, core, device, reasons, key)
+
+
+# -- 1. candidates --------------------------------------------------------------------------------------------
+def _why_not_candidate(v: NodeView) -> str | None:
+    if v.proto is None:
+        return "no node proto"
+    if any(a.type in (5, 10) for a in v.proto.attribute):   # GRAPH, GRAPHS
+        return "control flow stays on the kernel providers"
+    for names, dtypes, types in ((v.input_names, v.input_dtypes, v.input_types),
+                                 (v.output_names, v.output_dtypes, v.output_types)):
+        for j, nm in enumerate(names):
+            if not nm:
+                continue
+            tp = types[j] if j < len(types) else None
+            if tp is not None and tp.WhichOneof("value") not in (None, "tensor_type"):
+                return "non-tensor values"
+            dt = dtypes[j] if j < len(dtypes) else None
+            if dt is not None and np.dtype(dt) not in _OV_DTYPES:
+                return f"{np.dtype(dt)} values"
+    return None
+
+
+# -- 2. support ----------------------------------------------------------------------------------------------
+def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, reasons: dict[int, str],
+               key: tuple) -> Support:
+    """Which candidates OpenVINO converts and ``device`` runs; the others get a reason in ``reasons``."""
+    todo = list(cands)
+    for _ in range(8):
+        if not todo:
+            return Support(key, set(), reasons)
+        model, untyped = _candidate_model(todo, view)
+        try:
+            bad, ov_model = _convert(model, todo)
+        except Exception:  # noqa: BLE001 - the frontend failed on the whole; find the culprits one by one
+            bad = {v.index: "OpenVINO's ONNX frontend fails on it" for v in todo if not _node_converts(v, view)}
+            if not bad:
+                raise
+            ov_model = None
+        if bad:
+            reasons.update(bad)
+            todo = [v for v in todo if v.index not in bad]
+            continue
+        try:
+            _frontend().normalize(ov_model)
+            answer = core.query_model(ov_model, device)
+        except Exception as e:  # noqa: BLE001 - the device refuses the whole model: claim nothing, say why
+            for v in todo:
+                reasons[v.index] = f"query_model failed on {device}: {str(e).splitlines()[0][:120]}"
+            return Support(key, set(), reasons)
+        off = _not_on_device(ov_model, todo, set(answer))
+        if untyped and device == "CPU":
+            # A device cannot place an input of unknown type or rank (the core's shape inference
+            # stopped, e.g. after an op without inference): the nodes that depend on one are
+            # compiled for the types they meet at run time, and on the CPU everything OpenVINO
+            # converts runs. Other devices get only what they confirm.
+            off -= _downstream(todo, untyped)
+        if off:
+            for i in off:
+                reasons[i] = f"not supported on {device}"
+            todo = [v for v in todo if v.index not in off]
+            continue
+        return Support(key, {v.index for v in todo}, reasons, ov_model,
+                       [i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    for v in todo:
+        reasons[v.index] = "support query did not settle"
+    return Support(key, set(), reasons)
+
+
+def _candidate_model(nodes: list[NodeView], view: GraphView, outputs: Iterable[str] | None = None):
+    """``nodes`` as one ONNX model: boundary values become inputs, constants initializers. Returns the
+    model and the boundary inputs of unknown type or rank (left untyped in the model)."""
+    from onnx import helper, numpy_helper
+
+    inside = {o for v in nodes for o in v.output_names if o}
+    idx = {v.index for v in nodes}
+    inputs: dict[str, Any] = {}
+    inits: dict[str, np.ndarray] = {}
+    untyped: set[str] = set()
+    for v in nodes:
+        for j, nm in enumerate(v.input_names):
+            if not nm or nm in inside:
+                continue
+            if nm in view.initializers:
+                inits[nm] = view.initializers[nm]
+                continue
+            if nm in inputs:
+                continue
+            tp = v.input_types[j] if j < len(v.input_types) else None
+            if (tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.elem_type
+                    or not tp.tensor_type.HasField("shape")):
+                untyped.add(nm)
+            inputs[nm] = tp
+    if outputs is None:
+        read_outside = {nm for w in (view.all_nodes or view.nodes) if w.index not in idx for nm in w.input_names}
+        read_outside |= set(view.graph_outputs)
+        outputs = [o for v in nodes for o in v.output_names if o and o in read_outside]
+        if not outputs:   # nothing leaves: keep the last node's outputs so the model is not empty
+            outputs = [o for o in nodes[-1].output_names if o]
+    types = {o: tp for v in nodes for o, tp in zip(v.output_names, v.output_types) if o}
+    outs = []
+    for o in outputs:
+        tp = types.get(o)
+        outs.append(helper.make_value_info(o, tp) if tp is not None else helper.make_empty_tensor_value_info(o))
+    graph = helper.make_graph([v.proto for v in nodes], "candidates",
+                              [helper.make_value_info(n, t) if t is not None else helper.make_empty_tensor_value_info(n)
+                               for n, t in inputs.items()], outs,
+                              [numpy_helper.from_array(np.asarray(a), n) for n, a in inits.items()])
+    model = helper.make_model(graph, ir_version=view.ir_version,
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in view.opsets.items()])
+    return model, untyped
+
+
+def _frontend():
+    import openvino as ov
+
+    return ov.frontend.FrontEndManager().load_by_framework("onnx")
+
+
+def _convert(model, nodes: list[NodeView]):
+    """Partial conversion: (ONNX nodes the frontend left unconverted -> reason, converted model)."""
+    fe = _frontend()
+    ov_model = fe.convert_partially(fe.load(io.BytesIO(model.SerializeToString())))
+    owner = _owners(ov_model, nodes)
+    bad: dict[int, str] = {}
+    for op in ov_model.get_ordered_ops():
+        tname = op.get_type_name()
+        if any(s in tname for s in _UNSUPPORTED_TYPES):
+            i = owner.get(op.get_friendly_name())
+            if i is None:   # cannot tell which node it came from: name every node by its own friendly name
+                i = next((v.index for v in nodes if v.name and v.name == op.get_friendly_name()), None)
+            if i is None:
+                raise RuntimeError(f"unconverted OpenVINO op {op.get_friendly_name()} not traced to a node")
+            bad[i] = "no OpenVINO conversion rule"
+    return bad, ov_model
+
+
+def _owners(ov_model, nodes: list[NodeView]) -> dict[str, int]:
+    """OpenVINO op friendly name -> index of the ONNX node it came from. The ops an ONNX node becomes
+    end in ops whose outputs carry its output names; ops in between are traced forward to them."""
+    producer = {o: v.index for v in nodes for o in v.output_names if o}
+    ops = ov_model.get_ordered_ops()
+    owner: dict[str, int] = {}
+    consumers: dict[str, list] = {}
+    for op in ops:
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            consumers.setdefault(src.get_friendly_name(), []).append(op)
+    for op in reversed(ops):   # consumers first, so in-between ops inherit their consumer's owner
+        fname = op.get_friendly_name()
+        tname = op.get_type_name()
+        if tname in ("Parameter", "Result"):
+            continue
+        found = None
+        for out in op.outputs():
+            for nm in out.get_names():
+                if nm in producer:
+                    found = producer[nm]
+                    break
+            if found is not None:
+                break
+        if found is None:
+            for c in consumers.get(fname, ()):
+                found = owner.get(c.get_friendly_name())
+                if found is not None:
+                    break
+        if found is not None:
+            owner[fname] = found
+    return owner
+
+
+def _not_on_device(ov_model, nodes: list[NodeView], on_device: set[str]) -> set[int]:
+    owner = _owners(ov_model, nodes)
+    off: set[int] = set()
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        fname = op.get_friendly_name()
+        if fname not in on_device and fname in owner:
+            off.add(owner[fname])
+    return off
+
+
+def _downstream(nodes: list[NodeView], names: set[str]) -> set[int]:
+    """Indices of ``nodes`` (in topological order) that depend on any value in ``names``."""
+    reached = set(names)
+    out: set[int] = set()
+    for v in nodes:
+        if any(nm in reached for nm in v.input_names):
+            out.add(v.index)
+            reached.update(o for o in v.output_names if o)
+    return out
+
+
+def _node_converts(v: NodeView, view: GraphView) -> bool:
+    """Whether the frontend converts ``v`` alone (cached per op, domain, opset, attributes and types)."""
+    key = (v.domain, v.op_type, v.opset,
+           tuple(sorted((a.name, a.SerializeToString(deterministic=True)) for a in v.proto.attribute)),
+           tuple(str(d) for d in v.input_dtypes), tuple(str(s) for s in v.input_shapes),
+           tuple(n in view.initializers for n in v.input_names))
+    if key not in _signature_cache:
+        try:
+            model, _ = _candidate_model([v], view, [o for o in v.output_names if o])
+            bad, _ = _convert(model, [v])
+            _signature_cache[key] = not bad
+        except Exception:  # noqa: BLE001 - failing to convert is the answer
+            _signature_cache[key] = False
+    return _signature_cache[key]
+
+
+# -- 3. groups -----------------------------------------------------------------------------------------------
+def _runs(by_index: dict[int, NodeView], mine: set[int], view: GraphView) -> list[list[NodeView]]:
+    """``mine`` cut into cycle-free runs by Kahn waves over the whole graph, as the core cuts partitions:
+    a topological order that keeps taking ready nodes of the current colour while there are any."""
+    if not mine:
+        return []
+    order = sorted(by_index)
+    producer = {o: i for i in order for o in by_index[i].output_names if o}
+    succ: dict[int, set[int]] = {i: set() for i in order}
+    indeg = dict.fromkeys(order, 0)
+    for i in order:
+        preds = {producer[x] for x in by_index[i].input_names if x in producer} - {i}
+        indeg[i] = len(preds)
+        for p in preds:
+            succ[p].add(i)
+    ready: dict[bool, list[int]] = {True: [], False: []}
+    for i in order:
+        if indeg[i] == 0:
+            heapq.heappush(ready[i in mine], i)
+    runs: list[list[NodeView]] = []
+    cur = None
+    while ready[True] or ready[False]:
+        if cur is None or not ready[cur]:
+            cur = min((h[0], c) for c, h in ready.items() if h)[1]
+            if cur:
+                runs.append([])
+        i = heapq.heappop(ready[cur])
+        if cur:
+            runs[-1].append(by_index[i])
+        for s in succ[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready[s in mine], s)
+    return runs
+
+
+def _too_small(run: list[NodeView]) -> bool:
+    return len(run) < MIN_LIGHT_GROUP and not any(v.op_type in HEAVY_OPS for v in run)
