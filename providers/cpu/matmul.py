@@ -95,14 +95,14 @@ def gemm(info):
             y = xp.matmul(Am.astype(cdt, copy=False), Bm.astype(cdt, copy=False))
             scaled = False
         if alpha != 1.0 and not scaled:
-            y = y * alpha if not isf else xp.multiply(y, np.asarray(alpha, cdt), out=y)
+            y = y * alpha if not isf else xp.multiply(y, cdt.type(alpha), out=y)
         if C is not None and beta != 0.0:
             if cpack is not None:
                 cv = cpack
             else:
                 cv = C.astype(cdt, copy=False)
                 if beta != 1.0:
-                    cv = cv * (np.asarray(beta, cdt) if isf else beta)
+                    cv = cv * (cdt.type(beta) if isf else beta)
             if isf and cv.dtype == y.dtype and np.broadcast_shapes(y.shape, cv.shape) == y.shape:
                 xp.add(y, cv, out=y)
             else:
@@ -245,7 +245,7 @@ def dropout(info):
         mask = xp.asarray(u >= r)
         scale = 1.0 / (1.0 - r)
         cdt = _fdt(x.dtype)
-        y = (x.astype(cdt) * mask * np.asarray(scale, cdt)).astype(x.dtype)
+        y = (x.astype(cdt) * mask * cdt.type(scale)).astype(x.dtype)
         return y, mask
 
     return run
@@ -358,7 +358,8 @@ def attention(info):
 
 def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, left, right):
     """Additive bias (0 / -inf / float mask) of shape broadcastable to (B, H, S, T), or None."""
-    neg = np.asarray(-np.inf, cdt)
+    cdt = np.dtype(cdt)
+    neg, zero = cdt.type(-np.inf), cdt.type(0)
     bias = None
     if attn_mask is not None:
         m = attn_mask
@@ -367,7 +368,7 @@ def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, le
             fill = False if m.dtype == np.bool_ else -np.inf
             m = xp.concatenate([m, xp.full(m.shape[:-1] + (pad_w,), fill, dtype=m.dtype)], axis=-1)
         if m.dtype == np.bool_:
-            bias = xp.where(m, np.asarray(0, cdt), neg)
+            bias = xp.where(m, zero, neg)
         else:
             bias = m.astype(cdt)
         while bias.ndim < 4:
@@ -397,7 +398,7 @@ def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, le
         for c in conds:
             allowed = c if allowed is None else (allowed & c)
     if allowed is not None:
-        sb = xp.where(allowed, np.asarray(0, cdt), neg)
+        sb = xp.where(allowed, zero, neg)
         bias = sb if bias is None else bias + sb
     return bias
 

@@ -36,7 +36,7 @@ def _channel_shape(p, x_ndim, C):
 
 def _bn_fold(xp, scale, bias, mean, var, eps, cdt):
     s = scale.astype(cdt, copy=False)
-    a = s / xp.sqrt(var.astype(cdt, copy=False) + np.asarray(eps, cdt))
+    a = s / xp.sqrt(var.astype(cdt, copy=False) + np.dtype(cdt).type(eps))
     b = bias.astype(cdt, copy=False) - mean.astype(cdt, copy=False) * a
     return a, b
 
@@ -93,7 +93,7 @@ def _normalize(xp, xc, axes, eps):
     mean = xp.mean(xc, axis=axes, keepdims=True)
     d = xc - mean
     var = xp.mean(d * d, axis=axes, keepdims=True)
-    inv = 1.0 / xp.sqrt(var + np.asarray(eps, xc.dtype))
+    inv = 1.0 / xp.sqrt(var + xc.dtype.type(eps))
     d *= inv
     return d, mean, inv
 
@@ -189,7 +189,7 @@ def rms_normalization(info):
         ax = axis + x.ndim if axis < 0 else axis
         xc = x.astype(cdt, copy=False)
         ms = xp.mean(xc * xc, axis=tuple(range(ax, x.ndim)), keepdims=True)
-        y = xc * (1.0 / xp.sqrt(ms + np.asarray(eps, cdt)))
+        y = xc * (1.0 / xp.sqrt(ms + cdt.type(eps)))
         y *= scale.astype(cdt, copy=False)
         return (y.astype(dt, copy=False),)
 
@@ -220,7 +220,7 @@ def mean_variance_normalization(x, *, xp, axes=(0, 2, 3)):
     ax = tuple(int(a) for a in axes)
     mean = xp.mean(xc, axis=ax, keepdims=True)
     var = xp.mean(xc * xc, axis=ax, keepdims=True) - mean * mean
-    y = (xc - mean) / (xp.sqrt(var) + np.asarray(1e-9, xc.dtype))
+    y = (xc - mean) / (xp.sqrt(var) + xc.dtype.type(1e-9))
     return y.astype(dt, copy=False)
 
 
@@ -238,5 +238,5 @@ def lrn(x, *, xp, size, alpha=1e-4, beta=0.75, bias=1.0):
     s = pad[:, 0:C].copy()
     for j in range(1, size):          # the window is a handful of channels: a few shifted adds
         s += pad[:, j:j + C]
-    y = xc / (np.asarray(bias, cdt) + np.asarray(alpha / size, cdt) * s) ** np.asarray(beta, cdt)
+    y = xc / (cdt.type(bias) + cdt.type(alpha / size) * s) ** cdt.type(beta)
     return y.astype(dt, copy=False)

@@ -16,6 +16,11 @@ from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, same_pads,
 from engineroom.providers.cpu.registry import kernel
 
 
+def _host(a):
+    """A small device array (RoI boxes) as a NumPy array: the per-RoI loop reads it on the host."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
 def _ints(v, n, default):
     return [int(t) for t in v] if v else [default] * n
 
@@ -276,7 +281,7 @@ def max_roi_pool(info):
         N, C, H, W = x.shape
         R = rois.shape[0]
         y = xp.zeros((R, C, ph_, pw_), dtype=x.dtype)
-        r_host = np.asarray(rois, dtype=np.float64)
+        r_host = _host(rois).astype(np.float64)
         for r in range(R):
             b = int(r_host[r, 0])
             x1, y1, x2, y2 = (int(np.round(v * scale)) for v in r_host[r, 1:5])
@@ -310,8 +315,8 @@ def _roi_align_factory(info, default_mode):
         N, C, H, W = x.shape
         R = rois.shape[0]
         y = xp.zeros((R, C, oh, ow), dtype=cdt)
-        r_host = np.asarray(rois, dtype=np.float64)
-        b_host = np.asarray(batch_indices).astype(np.int64)
+        r_host = _host(rois).astype(np.float64)
+        b_host = _host(batch_indices).astype(np.int64)
         xc = x.astype(cdt, copy=False)
         off = 0.5 if half_pixel else 0.0
         for r in range(R):

@@ -84,10 +84,10 @@ def log_softmax_array(xp, x, axis, rnd=None):
 
 
 def _hardmax_array(xp, x, axis, rnd=None):
-    idx = xp.argmax(x, axis=axis)
-    y = xp.zeros(x.shape, dtype=x.dtype)
-    xp.put_along_axis(y, xp.expand_dims(idx, axis), 1, axis=axis)
-    return y
+    idx = xp.expand_dims(xp.argmax(x, axis=axis), axis)      # first maximum wins ties
+    ax = axis % x.ndim
+    pos = xp.arange(x.shape[ax]).reshape(tuple(-1 if i == ax else 1 for i in range(x.ndim)))
+    return (pos == idx).astype(x.dtype)
 
 
 def _along(fn, old):
