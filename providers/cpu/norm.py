@@ -89,13 +89,29 @@ def batch_normalization(info):
 
 
 def _normalize(xp, xc, axes, eps):
-    """(x - mean) / sqrt(var + eps) over ``axes``, plus mean and 1/std (keepdims)."""
-    mean = xp.mean(xc, axis=axes, keepdims=True)
-    d = xc - mean
-    var = xp.mean(d * d, axis=axes, keepdims=True)
-    inv = 1.0 / xp.sqrt(var + xc.dtype.type(eps))
+    """(x - mean) / sqrt(var + eps) over the trailing ``axes``, plus mean and 1/std (keepdims).
+
+    Works on a (rows, n) view with the ufuncs' own reductions (pairwise sums; the two-pass variance
+    stays accurate when the mean is large against the spread) and reuses its buffers in place.
+    """
+    shape = xc.shape
+    k = len(axes)
+    lead = shape[:len(shape) - k]
+    n = int(np.prod(shape[len(shape) - k:]))
+    x2 = xc.reshape(-1, n)
+    rn = xc.dtype.type(1.0 / n) if n else xc.dtype.type(0)
+    mean = x2.sum(axis=1, keepdims=True)
+    mean *= rn
+    d = xp.subtract(x2, mean)
+    sq = xp.multiply(d, d)
+    var = sq.sum(axis=1, keepdims=True)
+    var *= rn
+    var += xc.dtype.type(eps)
+    inv = xp.sqrt(var, out=var)
+    xp.divide(1, inv, out=inv)
     d *= inv
-    return d, mean, inv
+    kd = lead + (1,) * k
+    return d.reshape(shape), mean.reshape(kd), inv.reshape(kd)
 
 
 @kernel("InstanceNormalization", since=1)

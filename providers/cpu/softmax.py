@@ -56,16 +56,16 @@ def softmax_array(xp, x, axis, rnd=None, zero_dead_rows=False):
     ``rnd`` (narrow input types) rounds each step to the storage type, as computing the op in that
     type does. ``zero_dead_rows`` makes a row of all -inf give zeros instead of NaN (Attention).
     """
-    m = xp.max(x, axis=axis, keepdims=True)
+    m = x.max(axis=axis, keepdims=True)
     if zero_dead_rows:
         m = xp.where(xp.isneginf(m), xp.zeros((), m.dtype), m)
-    e = x - m
+    e = xp.subtract(x, m)
     if rnd is not None:
         e = rnd(xp.exp(rnd(e)))
         tot = rounded_sum(xp, e, axis, rnd)
     else:
         xp.exp(e, out=e)
-        tot = xp.sum(e, axis=axis, keepdims=True)
+        tot = e.sum(axis=axis, keepdims=True)
     if zero_dead_rows:
         tot = xp.where(tot == 0, xp.ones((), tot.dtype), tot)
     e /= tot
@@ -73,13 +73,13 @@ def softmax_array(xp, x, axis, rnd=None, zero_dead_rows=False):
 
 
 def log_softmax_array(xp, x, axis, rnd=None):
-    y = x - xp.max(x, axis=axis, keepdims=True)
+    y = xp.subtract(x, x.max(axis=axis, keepdims=True))
     if rnd is not None:
         y = rnd(y)
         s = rounded_sum(xp, rnd(xp.exp(y)), axis, rnd)
         y -= rnd(xp.log(s))
         return rnd(y)
-    y -= xp.log(xp.sum(xp.exp(y), axis=axis, keepdims=True))
+    y -= xp.log(xp.exp(y).sum(axis=axis, keepdims=True))
     return y
 
 
