@@ -69,11 +69,19 @@ def _plausible_random(got, ref) -> bool:
     return lo is None or bool(np.all((got >= lo) & (got <= hi)))
 
 
+def _array(v):
+    """Case data holds NumPy values, or TensorProtos for types NumPy lacks (bfloat16, float8, int4)."""
+    from onnx import TensorProto, numpy_helper
+
+    return numpy_helper.to_array(v) if isinstance(v, TensorProto) else v
+
+
 def _run_case(case) -> tuple[bool, str]:
     try:
         rep = backend.prepare(case.model, providers=PROVIDERS)
         for inputs, outputs in case.data_sets:
-            got = rep.run(list(inputs))
+            outputs = [_array(o) for o in outputs]
+            got = rep.run([_array(i) for i in inputs])
             if len(got) != len(outputs):
                 return False, f"{len(got)} outputs, expected {len(outputs)}"
             check = _plausible_random if case.name.startswith(_RANDOM) else close
