@@ -34,6 +34,10 @@ class Partition:
     note: str = ""
     _assigned: list[AssignedNode] = field(default_factory=list, repr=False)
 
+    def __repr__(self) -> str:
+        kind = "compiled group" if self.compiled else "kernels"
+        return f"<Partition {self.ep_name}: {len(self.nodes)} nodes ({kind})>"
+
     def get_nodes(self) -> list[AssignedNode]:
         if not self._assigned:
             self._assigned = [AssignedNode(n.name, n.domain, n.op_type) for n in self.nodes]
