@@ -156,19 +156,26 @@ class _ConvPlan:
         pb, pe, out = self.geometry(spatial)
         g, M, Cg, K = self.group, self.M, self.Cg, self.K
         P = int(np.prod(out)) if out else 1
+        # the result is always a fresh C-contiguous array of its own (fused kernels then work in place)
+        y = xp.empty((N, M) + out, dtype=cdt)
+        bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
-            y = self._depthwise(xc, pb, pe, out)
-        elif self.pointwise and not any(pb) and not any(pe):
-            y = xp.matmul(self.wm, xc.reshape(N, g, Cg, P))
+            acc = self._depthwise(xc, pb, pe, out)          # a strided view: the crop and bias in one pass
+            if bias is not None:
+                xp.add(acc, bias, out=y)
+            else:
+                y[...] = acc
+            return y.astype(x.dtype, copy=False)
+        if self.pointwise and not any(pb) and not any(pe):
+            cols = xc.reshape(N, g, Cg, P)
         else:
             xpad = pad_spatial(xp, xc, pb, pe)
             view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
                                self.dilations, out)
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
-            y = xp.matmul(self.wm, cols)
-        y = y.reshape((N, M) + out)
-        if b is not None:
-            y += b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out))
+        xp.matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
+        if bias is not None:
+            y += bias
         return y.astype(x.dtype, copy=False)
 
     def _depthwise(self, xc, pb, pe, out):
