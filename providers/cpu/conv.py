@@ -201,9 +201,9 @@ class _ConvPlan:
             split = xpad.reshape((N, g) + tuple(v for q, s in zip(Q, st) for v in (q, s)))
             order = tuple(3 + 2 * i for i in range(nd)) + (0, 1) + tuple(2 + 2 * i for i in range(nd))
             phases = xp.ascontiguousarray(split.transpose(order))         # (s1.., N, C, Q1..)
-            phases = phases.reshape((-1, N, g, 1, int(np.prod(Q))))
+            phases = phases.reshape((int(np.prod(st)), N, g, 1, int(np.prod(Q))))
         else:
-            phases = xpad.reshape(1, N, g, 1, -1)
+            phases = xpad.reshape(1, N, g, 1, int(np.prod(P)))
         R = [int(np.prod(Q[i + 1:])) for i in range(nd)]
         L = sum((o - 1) * r for o, r in zip(out, R)) + 1
         acc = xp.empty((N, g, m, L), dtype=xc.dtype)

@@ -95,6 +95,8 @@ def _along(fn, old):
 
     def run(x, *, xp, axis=None):
         dt = x.dtype
+        if x.size == 0:
+            return x.copy()
         xc = x.astype(_cdt(dt), copy=False)
         rnd = storage_rounder(dt)
         if old:
