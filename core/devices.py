@@ -205,7 +205,10 @@ def providers_for_session(so) -> list[tuple[str, dict[str, str]]]:
             raise InvalidArgument("the provider selection policy delegate must return a list of OrtEpDevice "
                                   f"taken from the devices it was given, got {picked!r}")
         return _group_by_provider(picked)
-    return _group_by_provider(select_ep_devices(devices, so._policy))
+    picked = select_ep_devices(devices, so._policy)
+    if so.config("session.disable_cpu_ep_fallback") == "1" and any(d.ep_name != _CPU_EP for d in picked):
+        picked = [d for d in picked if d.ep_name != _CPU_EP]    # no CPU fallback asked for
+    return _group_by_provider(picked)
 
 
 def provider_for_devices(devices: Sequence[OrtEpDevice], options: dict) -> tuple[str, dict[str, str]]:
