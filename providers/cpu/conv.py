@@ -91,6 +91,50 @@ def window_view(xp, xpad, kshape, strides, dilations, out):
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides_)
 
 
+def _phase_taps(k, s, d):
+    """Per stride phase r of one axis: (r, first tap, tap step, first phase offset, offset step, count).
+
+    Tap j reads input offset j*d = q*s + r, i.e. phase r at offset q; the taps of one phase form an
+    arithmetic progression (step s/gcd(d, s)), and so do their offsets.
+    """
+    out = []
+    for r in range(s):
+        js = [j for j in range(k) if (j * d) % s == r]
+        if not js:
+            continue
+        step = js[1] - js[0] if len(js) > 1 else 1
+        out.append((r, js[0], step, js[0] * d // s, step * d // s, len(js)))
+    return out
+
+
+def im2col_polyphase(xp, xpad, lead, kshape, strides, dilations, out):
+    """im2col for a strided window: (lead..., k1..kn, o1..on) as a new contiguous array.
+
+    The padded input (each padded extent a multiple of its stride) is first split into its stride
+    phases, so every copy into the column matrix reads unit-stride rows: far faster than gathering
+    every s-th element straight from the input.
+    """
+    n = len(kshape)
+    P = xpad.shape[lead:]
+    Q = tuple(p_ // s for p_, s in zip(P, strides))
+    split = xpad.reshape(xpad.shape[:lead] + tuple(v for q, s in zip(Q, strides) for v in (q, s)))
+    order = tuple(lead + 1 + 2 * i for i in range(n)) + tuple(range(lead)) + tuple(lead + 2 * i for i in range(n))
+    phases = xp.ascontiguousarray(split.transpose(order))          # (s1..sn, lead..., Q1..Qn)
+    cols = xp.empty(xpad.shape[:lead] + tuple(kshape) + tuple(out), dtype=xpad.dtype)
+    per_axis = [_phase_taps(kshape[i], strides[i], dilations[i]) for i in range(n)]
+    for combo in itertools.product(*per_axis):
+        ph = phases[tuple(c[0] for c in combo)]
+        st = ph.strides
+        base = sum(c[3] * st[lead + i] for i, c in enumerate(combo))
+        shape = ph.shape[:lead] + tuple(c[5] for c in combo) + tuple(out)
+        strides_ = st[:lead] + tuple(c[4] * st[lead + i] for i, c in enumerate(combo)) + st[lead:]
+        src = xp.lib.stride_tricks.as_strided(ph.reshape(-1)[base // ph.itemsize:], shape=shape, strides=strides_)
+        dst = cols[(Ellipsis,) + tuple(slice(c[1], c[1] + (c[5] - 1) * c[2] + 1, c[2]) for c in combo)
+                   + (slice(None),) * n]
+        dst[...] = src
+    return cols
+
+
 def _ints(v, n, default):
     return [int(t) for t in v] if v else [default] * n
 
@@ -168,6 +212,11 @@ class _ConvPlan:
             return y.astype(x.dtype, copy=False)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
+        elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
+            pe = tuple(e + (-(sz + b_ + e)) % s for sz, b_, e, s in zip(spatial, pb, pe, self.strides))
+            xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
+            cols = im2col_polyphase(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), 3, self.kshape, self.strides,
+                                    self.dilations, out).reshape(N, g, Cg * K, P)
         else:
             xpad = pad_spatial(xp, xc, pb, pe)
             view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
