@@ -17,7 +17,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engineroom.plugin_sdk import Device, KernelInfo, KernelProvider, KernelRegistry, NodeView, ProviderOptionError
+from engineroom.plugin_sdk import (
+    Capability,
+    Device,
+    GraphView,
+    KernelProvider,
+    KernelRegistry,
+    NodeView,
+    ProviderOptionError,
+)
 from engineroom.providers.opencl.registry import PREPACK
 from engineroom.providers.opencl.registry import registry as _registry
 
@@ -47,6 +55,15 @@ def _probe_devices() -> tuple[list, str]:
         _probe["devices"] = devices
         _probe["reason"] = reason
     return _probe["devices"], _probe["reason"]
+
+
+_SHAPE_DTYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.bool_))
+
+
+def _integer_only(v: NodeView) -> bool:
+    """All present inputs and outputs are int32/int64/bool (shape arithmetic, masks of shapes)."""
+    dts = [d for d in (*v.input_dtypes, *v.output_dtypes) if d is not None]
+    return bool(dts) and all(np.dtype(d) in _SHAPE_DTYPES for d in dts)
 
 
 class _DeviceKind:
@@ -139,8 +156,28 @@ class OpenCLExecutionProvider(KernelProvider):
                 return None
         return kdef
 
-    def create_kernel(self, info: KernelInfo):
-        return super().create_kernel(info)
+    def get_capability(self, view: GraphView) -> list[Capability]:
+        """Every node a kernel handles, except shape arithmetic, which stays on the host.
+
+        Nodes whose tensors are all integer/bool (Squeeze/Concat/Gather/Equal over int64 shapes...)
+        feed host-resident inputs (Reshape's shape, Slice's starts); computing them here would only
+        add copies, so they are left to the CPU provider, as onnxruntime's GPU providers do. Shape
+        and Size read only metadata: they are claimed when their input is produced on this device
+        (the CPU provider would need the whole tensor copied back to read its shape), else left.
+        """
+        claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
+        producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
+        caps = []
+        for v in view.nodes:
+            if v.index not in claimed:
+                continue
+            if v.op_type in ("Shape", "Size") and not v.domain:
+                if producer.get(v.input_names[0]) not in claimed:
+                    continue
+            elif _integer_only(v):
+                continue
+            caps.append(Capability([v]))
+        return caps
 
     # -- data transfer -------------------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Any:

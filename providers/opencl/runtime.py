@@ -130,7 +130,9 @@ class Runtime:
         return cla.Array(self.queue, tuple(int(s) for s in shape), np.dtype(dtype), allocator=self.pool)
 
     def to_device(self, a) -> cla.Array:
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:
+            a = a.copy()  # (np.ascontiguousarray would turn a 0-d array into 1-d)
         out = self.empty(a.shape, a.dtype)
         if a.size:
             with self.lock:
