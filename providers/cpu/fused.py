@@ -68,7 +68,7 @@ def fused_conv(info):
 
     def run(x, w, b=None, z=None):
         (y,) = conv(x, w, b)
-        if not y.flags.writeable or not y.flags.owndata:
+        if not y.flags.writeable:  # Conv hands back a fresh array; never write into a shared one
             y = y.copy()
         if has_z:
             y += z
