@@ -26,9 +26,9 @@ __kernel void gemm(int M, int N, int K,
                    __global const T* restrict B, int ldb,
                    __global T* restrict C, int ldc,
                    __global const T* restrict bias, int sbm, int sbn, int has_bias,
-                   T alpha, T beta, __global const int* restrict boffs, int act, T lo, T hi) {{
+                   T alpha, T beta, __global const int* restrict boffs, int nbatch, int act, T lo, T hi) {{
   const int j = get_global_id(0) * 8, i = get_global_id(1) * 4, b = get_global_id(2);
-  if (i >= M || j >= N) return;
+  if (i >= M || j >= N || b >= nbatch) return;
   A += boffs[4 * b]; B += boffs[4 * b + 1]; C += boffs[4 * b + 2];
   if (has_bias) bias += boffs[4 * b + 3];
   const int r1 = min(i + 1, M - 1), r2 = min(i + 2, M - 1), r3 = min(i + 3, M - 1);
@@ -98,7 +98,7 @@ class Gemm:
         ft = self.dtype.type
         self.knl = rt.kernel(_SRC.format(T=t, pragma=pragma), "gemm",
                              [np.int32] * 3 + [None, np.int32, np.int32, None, np.int32, None, np.int32,
-                                               None, np.int32, np.int32, np.int32, ft, ft, None, np.int32, ft, ft])
+                                               None, np.int32, np.int32, np.int32, ft, ft, None, np.int32, np.int32, ft, ft])
         self.ft = ft
         self._zero = rt.const_ints([0, 0, 0, 0])
 
@@ -113,7 +113,7 @@ class Gemm:
         lo, hi = clamp if act else (0.0, 0.0)
         self.rt.launch(self.knl, g, l_, M, N, K, a, sam, sak, b, ldb, c, ldc,
                        bias if bias is not None else c, sbm, sbn, int(bias is not None),
-                       alpha, beta, boffs if boffs is not None else self._zero, int(act), lo, hi)
+                       alpha, beta, boffs if boffs is not None else self._zero, batch, int(act), lo, hi)
 
 
 def _transpose_2d(rt, x, dt):
