@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from engineroom.autodiff import expand_gradients
 from engineroom.errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
 
 _SKIPPED_CHECKS = ("No Op registered", "No opset import for domain", "is not a registered function/op",
@@ -104,6 +105,8 @@ def load_model(model: Any, free_dims: dict[str, int] | None = None) -> ir.Model:
     except Exception as e:  # noqa: BLE001 - non-strict inference should not raise; if it does, the model is bad
         raise InvalidGraph(f"shape inference failed: {e}") from None
     try:
-        return ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(proto)
     except Exception as e:  # noqa: BLE001
         raise InvalidGraph(f"cannot read the model's graph: {e}") from None
+    expand_gradients(model)
+    return model
