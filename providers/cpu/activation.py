@@ -138,9 +138,12 @@ _float_kernel("LeakyRelu", 1, _leaky_relu)
 def prelu(info):
     """PRelu: max(x, 0) + slope * min(x, 0), the slope broadcasting to X; float and (opset 16) int types."""
     xp = info.xp
+    per_channel = info.opset < 7  # before opset 7 a 1-D slope runs along the channel axis (1)
 
     def run(x, slope):
         dt = x.dtype
+        if per_channel and slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1]:
+            slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
         if dt in _UPCAST:
             x = x.astype(np.float32)
             slope = slope.astype(np.float32)
