@@ -24,6 +24,8 @@ From the command line::
     python -m engineroom.plugin_sdk.testing MyExecutionProvider
     python -m engineroom.plugin_sdk.testing MyExecutionProvider --only matmul --option device_id=1
     python -m engineroom.plugin_sdk.testing MyExecutionProvider --json report.json   # "-" for stdout
+    python -m engineroom.plugin_sdk.testing MyExecutionProvider --isolate   # a segfault is one test's error
+    python -m engineroom.plugin_sdk.testing MyExecutionProvider --expected-failures known.txt
 
 It prints the report and exits 0 when the provider passes (1 otherwise). From pytest::
 
@@ -513,12 +515,14 @@ def run_node_tests(provider: Any, options: Mapping[str, Any] | None = None, *,
                    only: str | Iterable[str] | None = None, data_dir: str | None = None,
                    expected_failures: Mapping[str, str] | Iterable[str] | None = None,
                    timeout: float | None = 20.0, optimization_level: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> NodeTestReport:
+                   isolate: bool = False, progress: Callable[[int, int], None] | None = None) -> NodeTestReport:
     """Run the ONNX backend node tests with ``provider`` first and the CPU provider behind it.
 
     ``only`` keeps the tests whose name contains the substring (or any of several);
     ``data_dir`` reads tests written by ``gen_node_tests.py`` instead of building them in memory;
-    ``expected_failures`` names tests known to fail (a mapping to the reason, or just names).
+    ``expected_failures`` names tests known to fail (a mapping to the reason, or just names);
+    ``isolate`` runs the tests in a worker process, so that a crash in native code (a segfault in a
+    driver) is counted as that test's error and the run goes on in a new worker.
     """
     name = _provider_name(provider)
     _require_registered(name)
@@ -526,18 +530,96 @@ def run_node_tests(provider: Any, options: Mapping[str, Any] | None = None, *,
         {n: "" for n in (expected_failures or ())}
     tests = node_tests(only, data_dir)
     t0 = time.perf_counter()
-    results = []
-    for i, t in enumerate(tests):
-        r = run_test(t, name, options, timeout=timeout, optimization_level=optimization_level)
-        if t.name in expected and r.claimed and r.status != "cpu-fails":
+    if isolate:
+        results = _run_isolated(tests, name, options, timeout, optimization_level, data_dir, progress)
+    else:
+        results = []
+        for i, t in enumerate(tests):
+            results.append(run_test(t, name, options, timeout=timeout, optimization_level=optimization_level))
+            if progress is not None:
+                progress(i + 1, len(tests))
+    for r in results:
+        if r.name in expected and r.claimed and r.status != "cpu-fails":
             if r.status == "passed":
                 r.status, r.detail = "xpass", "listed as an expected failure, but passes: remove it from the list"
             else:
-                r.status, r.detail = "xfail", f"{expected[t.name] or 'expected failure'}: {r.detail}"
-        results.append(r)
-        if progress is not None:
-            progress(i + 1, len(tests))
+                r.status, r.detail = "xfail", f"{expected[r.name] or 'expected failure'}: {r.detail}"
     return NodeTestReport(name, results, time.perf_counter() - t0, only)
+
+
+_PROTOCOL = "@@engineroom-kit "
+
+
+def _run_isolated(tests: list[NodeTest], name: str, options, timeout, level, data_dir, progress) -> list[TestResult]:
+    """Run ``tests`` in worker processes; a test during which the worker dies is an error, and a new
+    worker goes on from the next test."""
+    import subprocess
+    import tempfile
+
+    names = [t.name for t in tests]
+    ops = {t.name: t.op for t in tests}
+    results: dict[str, TestResult] = {}
+    pos = 0
+    while pos < len(names):
+        cfg = {"provider": name, "options": {k: str(v) for k, v in dict(options or {}).items()},
+               "timeout": timeout, "level": level, "data_dir": data_dir and os.path.abspath(data_dir),
+               "tests": names[pos:]}
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_path, err_path = os.path.join(tmp, "cfg.json"), os.path.join(tmp, "stderr.txt")
+            with open(cfg_path, "w", encoding="utf-8") as f:
+                json.dump(cfg, f)
+            ready = False
+            with open(err_path, "w+", encoding="utf-8") as err:
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))   # the same plugins
+                proc = subprocess.Popen([sys.executable, "-m", "engineroom.plugin_sdk.testing", "--worker", cfg_path],
+                                        stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+                for line in proc.stdout:
+                    at = line.find(_PROTOCOL)
+                    if at < 0:
+                        continue
+                    msg = json.loads(line[at + len(_PROTOCOL):])
+                    if msg.get("ready"):
+                        ready = True
+                    elif "result" in msg:
+                        r = TestResult(**msg["result"])
+                        results[r.name] = r
+                        pos += 1
+                        if progress is not None:
+                            progress(pos, len(names))
+                rc = proc.wait()
+                err.seek(0)
+                tail = err.read()[-2000:]
+        if pos < len(names):
+            if not ready:
+                raise RuntimeError(f"the kit's worker process failed to start (exit {rc}):\n{tail}")
+            crashed = names[pos]
+            how = f"signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exit status {rc}"
+            last = tail.strip().splitlines()[-1:] if tail.strip() else []
+            results[crashed] = TestResult(crashed, ops[crashed], "error", 0, 0,
+                                          f"the process died with {how} during this test"
+                                          + (f"; last stderr line: {last[0][:200]}" if last else ""))
+            pos += 1
+            if progress is not None:
+                progress(pos, len(names))
+    return [results[n] for n in names]
+
+
+def _worker(cfg_path: str) -> int:
+    """The worker side of ``isolate``: runs the named tests, one protocol line per result."""
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)                     # anything else written to stdout goes to stderr
+    sys.stdout = sys.stderr
+    tests = {t.name: t for t in node_tests(cfg["tests"], cfg["data_dir"])}
+    proto.write(_PROTOCOL + json.dumps({"ready": True}) + "\n")
+    proto.flush()
+    for n in cfg["tests"]:
+        r = run_test(tests[n], cfg["provider"], cfg["options"], timeout=cfg["timeout"],
+                     optimization_level=cfg["level"])
+        proto.write(_PROTOCOL + json.dumps({"result": r.__dict__}) + "\n")
+        proto.flush()
+    return 0
 
 
 def read_expected_failures(path: str) -> dict[str, str]:
@@ -763,7 +845,7 @@ def _entry_point_text(name: str) -> str:
 def run_kit(provider: Any, options: Mapping[str, Any] | None = None, *, node_tests: bool = True,
             only: str | Iterable[str] | None = None, data_dir: str | None = None,
             expected_failures: Mapping[str, str] | Iterable[str] | None = None, timeout: float | None = 20.0,
-            optimization_level: int | None = None,
+            optimization_level: int | None = None, isolate: bool = False,
             progress: Callable[[int, int], None] | None = None) -> KitReport:
     """Contract checks, then (if the provider can start here) the node tests; returns a :class:`KitReport`."""
     name = _provider_name(provider)
@@ -772,7 +854,8 @@ def run_kit(provider: Any, options: Mapping[str, Any] | None = None, *, node_tes
     if node_tests and started:
         report.node_tests = run_node_tests(name, options, only=only, data_dir=data_dir,
                                            expected_failures=expected_failures, timeout=timeout,
-                                           optimization_level=optimization_level, progress=progress)
+                                           optimization_level=optimization_level, isolate=isolate,
+                                           progress=progress)
     return report
 
 
@@ -785,6 +868,9 @@ def _parse_option(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--worker"] and len(argv) == 2:
+        return _worker(argv[1])
     ap = argparse.ArgumentParser(prog="python -m engineroom.plugin_sdk.testing",
                                  description="Conformance kit for engineroom execution providers: contract checks "
                                              "and the ONNX backend node tests with the provider first and CPU "
@@ -802,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="graph_optimization_level of the sessions (default: onnxruntime's, ORT_ENABLE_ALL)")
     ap.add_argument("--expected-failures", metavar="FILE",
                     help="node tests known to fail, one 'test_name  # reason' a line")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run the node tests in a worker process: a crash (segfault) is that test's error")
     ap.add_argument("--contract-only", action="store_true", help="skip the node tests")
     ap.add_argument("--max-failures", type=int, default=40, help="failing tests listed in the report")
     args = ap.parse_args(argv)
@@ -815,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = read_expected_failures(args.expected_failures) if args.expected_failures else None
         report = run_kit(args.provider, dict(args.option), node_tests=not args.contract_only, only=only,
                          data_dir=args.data_dir, expected_failures=expected, timeout=args.timeout,
-                         optimization_level=args.optimization_level, progress=progress)
+                         optimization_level=args.optimization_level, isolate=args.isolate, progress=progress)
     except (LookupError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ HostOnlyExecutionProvider = device_providers:HostOnlyExecutionProvider
 WrongAddExecutionProvider = device_providers:WrongAddExecutionProvider
 LossyCopyExecutionProvider = device_providers:LossyCopyExecutionProvider
 RaisingAvailabilityExecutionProvider = device_providers:RaisingAvailabilityExecutionProvider
+CrashingExecutionProvider = device_providers:CrashingExecutionProvider
 BadNameExecutionProvider = device_providers:badname
 """
 
@@ -107,6 +108,15 @@ def test_kit_expected_failures_only_shrink(device_plugins):
     # listing a test that passes (FakeGpu adds correctly) fails the report
     report = run_kit("FakeGpuExecutionProvider", only="test_add", expected_failures=["test_add"])
     assert not report.ok and report.node_tests.by_status("xpass")[0].name == "test_add"
+
+
+def test_kit_isolate_survives_a_crashing_provider(device_plugins):
+    report = run_kit("CrashingExecutionProvider", only=["test_neg_example", "test_relu"], isolate=True)
+    res = {r.name: r for r in report.node_tests.results}
+    assert res["test_neg_example"].status == "error"
+    assert "died with signal 11 (SIGSEGV) during this test" in res["test_neg_example"].detail
+    assert res["test_relu"].status == "passed" and res["test_relu"].nodes == 1     # a new worker went on
+    assert not report.ok
 
 
 def test_kit_contract_failures_name_the_problem(device_plugins):

@@ -119,6 +119,23 @@ class LossyCopyExecutionProvider(_DeviceProvider):
         return a.astype(np.float32) if a.dtype in (np.float16, np.bool_) else a
 
 
+class CrashingExecutionProvider(_DeviceProvider):
+    """Its Neg kernel kills the process as a segfault in a driver would (for the kit's ``isolate``)."""
+
+    name: ClassVar[str] = "CrashingExecutionProvider"
+    device_kind: ClassVar[str] = "GPU"
+    kind = "fakegpu4"
+
+    @staticmethod
+    def _crash(x):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    registry: ClassVar[KernelRegistry] = _registry({"Neg": _crash, "Relu": lambda x: np.maximum(x, 0)})
+
+
 class RaisingAvailabilityExecutionProvider(KernelProvider):
     """``is_available`` raises (the contract says it never does)."""
 
