@@ -7,6 +7,18 @@ A provider is a class derived from :class:`ExecutionProvider` (or :class:`Kernel
     MyExecutionProvider = "my_pkg.provider:MyExecutionProvider"
 
 The core checks ``provider.sdk_version`` against :data:`SDK_VERSION` (same major) before using it.
+
+What this package promises, and keeps within a major version: the base classes and their hooks
+(``is_available``, ``available_devices``, ``get_capability``, ``to_device``/``to_host``/``copy``,
+``synchronize``, ``host_input_indices``, ``compile``), :class:`KernelRegistry` with its ``kernel``
+decorator, :class:`KernelInfo`/:class:`NodeView`, :class:`Capability`, :class:`GraphView`/
+:class:`GroupView`, :class:`Device` and :class:`ProviderOptionError`. An optional classmethod
+``describe_device(device) -> dict`` (``vendor``, ``vendor_id``, ``device_id``, metadata) feeds
+``engineroom.get_ep_devices()``.
+
+``engineroom.plugin_sdk.testing`` is the conformance kit authors run from pytest or as
+``python -m engineroom.plugin_sdk.testing MyExecutionProvider``; ``docs/writing-a-provider.md``
+walks from an empty folder to a published wheel, with the code of ``examples/third_party_provider``.
 """
 from __future__ import annotations
 
