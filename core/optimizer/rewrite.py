@@ -52,6 +52,10 @@ def replace(graph: ir.Graph, old: list[ir.Node], new: ir.Node, outputs: list[tup
     graph.insert_after(old[-1], new)
     for old_v, new_v in outputs:
         name = old_v.name
+        if new_v.type is None:  # the fused value is the old one: keep its type and shape for providers
+            new_v.type = old_v.type
+        if new_v.shape is None:
+            new_v.shape = old_v.shape
         old_v.replace_all_uses_with(new_v, replace_graph_outputs=True)
         old_v.name = None
         new_v.name = name
