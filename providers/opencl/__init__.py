@@ -26,6 +26,7 @@ from engineroom.plugin_sdk import (
     NodeView,
     ProviderOptionError,
 )
+from engineroom.providers.opencl.common import STORABLE
 from engineroom.providers.opencl.registry import PREPACK
 from engineroom.providers.opencl.registry import registry as _registry
 
@@ -151,8 +152,13 @@ class OpenCLExecutionProvider(KernelProvider):
         kdef = super().kernel_for(view)
         if kdef is None:
             return None
-        for dt in (*view.input_dtypes, *view.output_dtypes):
-            if dt is not None and np.dtype(dt) == np.float64 and not self.rt.fp64:
+        # every tensor present must be of a known dtype this device can hold (no sequences/optionals)
+        present = [d for i, d in enumerate(view.input_dtypes) if view.has_input(i)]
+        present += [d for i, d in enumerate(view.output_dtypes) if view.output_names[i]]
+        for dt in present:
+            if dt is None or np.dtype(dt) not in STORABLE:
+                return None
+            if np.dtype(dt) == np.float64 and not self.rt.fp64:
                 return None
         return kdef
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.opencl.common import CTYPES, FLOATS, all_of, inputs_in, rt_of
+from engineroom.providers.opencl.common import CTYPES, all_of, inputs_in, rt_of
+from engineroom.providers.opencl.matmul import GEMM_TYPES
 from engineroom.providers.opencl.registry import kernel
 
 _HEAD = """
 {pragma}
 #define T {T}
-#define GEO(i) g[i]
-/* g: C D H W OD OH OW KD KH KW sd sh sw dd dh dw pd ph pw Cg G OCg */
+#define T8 {T}8
+{act}/* g: C D H W OD OH OW KD KH KW sd sh sw dd dh dw pd ph pw Cg G OCg */
 """
 
 _IM2COL = """
@@ -52,7 +53,8 @@ __kernel void im2col(__global const T* restrict x, __global T* restrict col, __g
 _DIRECT = """
 __kernel void conv_direct(__global const T* restrict x, __global const T* restrict w,
                           __global const T* restrict bias, int has_bias, __global T* restrict y,
-                          __global const int* restrict g, int NOC, int OC) {
+                          __global const int* restrict g, int NOC, int OC,
+                          __global const T* restrict Z, int has_z, int act, T p0, T p1) {
   const int C = g[0], D = g[1], H = g[2], W = g[3], OD = g[4], OH = g[5], OW = g[6];
   const int KD = g[7], KH = g[8], KW = g[9], Cg = g[19], OCg = g[21];
   const int ow = get_global_id(0), odh = get_global_id(1), r = get_global_id(2);
@@ -74,12 +76,14 @@ __kernel void conv_direct(__global const T* restrict x, __global const T* restri
         __global const T* wr = wc + (kd * KH + kh) * KW;
         for (int kw = 0; kw < KW; ++kw) {
           const int iw = iw0 + kw * g[15];
-          if (iw >= 0 && iw < W) acc = fma(wr[kw], xr[iw], acc);
+          if (iw >= 0 && iw < W) acc += wr[kw] * xr[iw];
         }
       }
     }
   }
-  y[((long)r * OD * OH + odh) * OW + ow] = acc;
+  const long o = ((long)r * OD * OH + odh) * OW + ow;
+  if (has_z) acc += Z[o];
+  y[o] = act ? act1(acc, act, p0, p1) : acc;
 }
 """
 
@@ -123,9 +127,11 @@ __kernel void col2im(__global const T* restrict col, __global const T* restrict 
 
 
 def _src(dt, body):
+    from engineroom.providers.opencl.matmul import ACT_FUNCS
+
     t = CTYPES[np.dtype(dt)]
     pragma = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if t == "double" else ""
-    return _HEAD.format(T=t, pragma=pragma) + body
+    return _HEAD.format(T=t, pragma=pragma, act=ACT_FUNCS) + body
 
 
 def _ints(v, n, default):
@@ -188,8 +194,29 @@ def _geo_ok(view):
     return None
 
 
-@kernel("Conv", since=1, types=FLOATS, supports=all_of(inputs_in(FLOATS), _conv_ok, _geo_ok))
+@kernel("Conv", since=1, types=GEMM_TYPES, supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok))
 def conv(info):
+    return _conv_factory(info, (0, 0.0, 0.0))
+
+
+def _fused_ok(view):
+    from engineroom.providers.opencl.matmul import ACTIVATIONS
+
+    act = view.attrs.get("activation", "Identity")
+    return None if act in ACTIVATIONS else f"activation {act!r}"
+
+
+@kernel("FusedConv", domain="com.microsoft", since=1, types=GEMM_TYPES,
+        supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok, _fused_ok))
+def fused_conv(info):
+    """onnxruntime's contrib FusedConv: activation(Conv(X, W, B) + Z), all in the conv's epilogue."""
+    from engineroom.providers.opencl.matmul import activation
+
+    a = info.attrs
+    return _conv_factory(info, activation(a.get("activation", "Identity"), a.get("activation_params")))
+
+
+def _conv_factory(info, act):
     from engineroom.providers.opencl.matmul import Gemm
     from engineroom.providers.opencl.runtime import grid
 
@@ -197,7 +224,9 @@ def conv(info):
     dt = np.dtype(info.input_dtypes[0])
     gemm = Gemm(rt, dt)
     k_im2col = rt.kernel(_src(dt, _IM2COL), "im2col", [None, None, None, np.int32, np.int32])
-    k_direct = rt.kernel(_src(dt, _DIRECT), "conv_direct", [None, None, None, np.int32, None, None, np.int32, np.int32])
+    ft = dt.type
+    k_direct = rt.kernel(_src(dt, _DIRECT), "conv_direct", [None, None, None, np.int32, None, None, np.int32,
+                                                            np.int32, None, np.int32, np.int32, ft, ft])
     a = info.attrs
     group = int(a.get("group", 1))
     auto_pad = a.get("auto_pad", "NOTSET")
@@ -238,7 +267,7 @@ def conv(info):
             im = grid((o3[2], o3[0] * o3[1], N * group * Ck))
         return ("gemm", yshape, geo, im, (OCg, P, Ck, N * group, boffs), pointwise)
 
-    def run(x, w, b=None):
+    def run(x, w, b=None, z=None):
         key = (x.shape, w.shape)
         p = plans.get(key)
         if p is None:
@@ -246,11 +275,14 @@ def conv(info):
         y = rt.empty(p[1], dt)
         if y.size == 0:
             return (y,)
+        if z is not None and tuple(z.shape) != tuple(y.shape):
+            raise ValueError(f"FusedConv: Z of shape {tuple(z.shape)} for an output of shape {tuple(y.shape)}")
         bias = b.base_data if b is not None else None
         if p[0] == "direct":
             _, yshape, geo, g_, l_, _ = p
             rt.launch(k_direct, g_, l_, x.base_data, w.base_data, bias if bias is not None else y.base_data,
-                      int(bias is not None), y.base_data, geo, yshape[0] * yshape[1], yshape[1])
+                      int(bias is not None), y.base_data, geo, yshape[0] * yshape[1], yshape[1],
+                      (z if z is not None else y).base_data, int(z is not None), *act)
             return (y,)
         _, yshape, geo, im, (M, P, Ck, nb, boffs), pointwise = p
         if pointwise:
@@ -259,7 +291,8 @@ def conv(info):
             col = rt.empty((nb * Ck * P,), dt)
             rt.launch(k_im2col, im[0], im[1], x.base_data, col.base_data, geo, nb, Ck)
             src, ldb = col.base_data, P
-        gemm(M, P, Ck, w.base_data, Ck, 1, src, ldb, y.base_data, P, bias, 1, 0, 1.0, 1.0, boffs, nb)
+        gemm(M, P, Ck, w.base_data, Ck, 1, src, ldb, y.base_data, P, bias, 1, 0, 1.0, 1.0, boffs, nb,
+             z.base_data if z is not None else None, act)
         return (y,)
 
     return run
@@ -294,7 +327,7 @@ def convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad, o
     return tuple(pb), tuple(pe), tuple(out)
 
 
-@kernel("ConvTranspose", since=1, types=FLOATS, supports=all_of(inputs_in(FLOATS), _conv_ok, _geo_ok))
+@kernel("ConvTranspose", since=1, types=GEMM_TYPES, supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok))
 def conv_transpose(info):
     from engineroom.providers.opencl.matmul import Gemm
     from engineroom.providers.opencl.runtime import grid

@@ -163,6 +163,15 @@ for _op, (_expr, _types, _out) in _BINARY.items():
            supports=all_of(inputs_in(_types), _same_dtypes))(_nary_factory(_expr, _out))
 
 
+@kernel("FastGelu", domain="com.microsoft", since=1, types=FLOATS,
+        supports=all_of(inputs_in(FLOATS), _same_dtypes))
+def fast_gelu(info):
+    """onnxruntime's contrib FastGelu: the tanh GELU of X (+ bias)."""
+    if info.has_input(1):
+        return _nary_factory(_GELU["tanh"].replace("x0", "(x0 + x1)"))(info)
+    return _unary_factory(_GELU["tanh"], ())(info)
+
+
 @kernel("Pow", since=7, types=FLOATS, supports=inputs_in(NUMERIC, which=(1,)))
 def pow_(info):
     t = _ctype(info.input_dtypes[0])
@@ -222,7 +231,7 @@ for _op, (_exprs, _since) in _VARIADIC.items():
 
 
 # -- Clip --------------------------------------------------------------------------------------------
-_CLIP = "x0 < p0 ? ({T})p0 : (x0 > p1 ? ({T})p1 : x0)"
+_CLIP = "(x0 < p0 ? ({T})p0 : x0) > p1 ? ({T})p1 : (x0 < p0 ? ({T})p0 : x0)"  # as min(max(x, lo), hi)
 
 
 @kernel("Clip", since=6, types=FLOATS)

@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.opencl.common import FLOATS, all_of, inputs_in, rt_of
+from engineroom.providers.opencl.common import F32, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.registry import kernel
 
 _SRC = """
 {pragma}
 #define T {T}
 #define T8 {T}8
-__kernel void gemm(int M, int N, int K,
+#define FMA(a, b, c) {fma}
+{act}__kernel void gemm(int M, int N, int K,
                    __global const T* restrict A, int sam, int sak,
                    __global const T* restrict B, int ldb,
                    __global T* restrict C, int ldc,
                    __global const T* restrict bias, int sbm, int sbn, int has_bias,
-                   T alpha, T beta, __global const int* restrict boffs, int nbatch, int act, T lo, T hi) {{
+                   T alpha, T beta, __global const int* restrict boffs, int nbatch,
+                   __global const T* restrict Z, int has_z, int act, T lo, T hi) {{
   const int j = get_global_id(0) * 8, i = get_global_id(1) * 4, b = get_global_id(2);
   if (i >= M || j >= N || b >= nbatch) return;
-  A += boffs[4 * b]; B += boffs[4 * b + 1]; C += boffs[4 * b + 2];
+  A += boffs[4 * b]; B += boffs[4 * b + 1]; C += boffs[4 * b + 2]; Z += has_z ? boffs[4 * b + 2] : 0;
   if (has_bias) bias += boffs[4 * b + 3];
   const int r1 = min(i + 1, M - 1), r2 = min(i + 2, M - 1), r3 = min(i + 3, M - 1);
   __global const T* a0 = A + (long)i * sam;
@@ -43,15 +45,15 @@ __kernel void gemm(int M, int N, int K,
     if (sak == 1) {{
       for (int k = 0; k < K; ++k) {{
         const T8 bv = vload8(0, bp + (long)k * ldb);
-        c0 = fma((T8)(a0[k]), bv, c0); c1 = fma((T8)(a1[k]), bv, c1);
-        c2 = fma((T8)(a2[k]), bv, c2); c3 = fma((T8)(a3[k]), bv, c3);
+        c0 = FMA((T8)(a0[k]), bv, c0); c1 = FMA((T8)(a1[k]), bv, c1);
+        c2 = FMA((T8)(a2[k]), bv, c2); c3 = FMA((T8)(a3[k]), bv, c3);
       }}
     }} else {{
       for (int k = 0; k < K; ++k) {{
         const T8 bv = vload8(0, bp + (long)k * ldb);
         const long ka = (long)k * sak;
-        c0 = fma((T8)(a0[ka]), bv, c0); c1 = fma((T8)(a1[ka]), bv, c1);
-        c2 = fma((T8)(a2[ka]), bv, c2); c3 = fma((T8)(a3[ka]), bv, c3);
+        c0 = FMA((T8)(a0[ka]), bv, c0); c1 = FMA((T8)(a1[ka]), bv, c1);
+        c2 = FMA((T8)(a2[ka]), bv, c2); c3 = FMA((T8)(a3[ka]), bv, c3);
       }}
     }}
     T8 cs[4] = {{c0, c1, c2, c3}};
@@ -61,7 +63,8 @@ __kernel void gemm(int M, int N, int K,
         __global const T* bb = bias + (long)(i + r) * sbm + (long)j * sbn;
         v += beta * (sbn ? vload8(0, bb) : (T8)(bb[0]));  /* sbn is 0 or 1 */
       }}
-      if (act) {{ v = select(v, (T8)(lo), v < (T8)(lo)); v = select(v, (T8)(hi), v > (T8)(hi)); }}
+      if (has_z) v += vload8(0, Z + (long)(i + r) * ldc + j);
+      if (act) v = act8(v, act, lo, hi);
       vstore8(v, 0, C + (long)(i + r) * ldc + j);
     }}
   }} else {{
@@ -70,19 +73,66 @@ __kernel void gemm(int M, int N, int K,
       for (int k = 0; k < K; ++k) {{
         const T bv = B[(long)k * ldb + jj];
         const long ka = (long)k * sak;
-        s0 = fma(a0[ka], bv, s0); s1 = fma(a1[ka], bv, s1); s2 = fma(a2[ka], bv, s2); s3 = fma(a3[ka], bv, s3);
+        s0 = FMA(a0[ka], bv, s0); s1 = FMA(a1[ka], bv, s1); s2 = FMA(a2[ka], bv, s2); s3 = FMA(a3[ka], bv, s3);
       }}
       T ss[4] = {{s0, s1, s2, s3}};
       for (int r = 0; r < rows; ++r) {{
         T v = ss[r] * alpha;
         if (has_bias) v += beta * bias[(long)(i + r) * sbm + (long)jj * sbn];
-        if (act) v = v < lo ? lo : (v > hi ? hi : v);
+        if (has_z) v += Z[(long)(i + r) * ldc + jj];
+        if (act) v = act1(v, act, lo, hi);
         C[(long)(i + r) * ldc + jj] = v;
       }}
     }}
   }}
 }}
 """
+
+
+# float32 only: PoCL 3.0's LLVM 14 cannot compile the double8 tile (float64 GEMMs stay on the CPU)
+GEMM_TYPES = frozenset({F32})
+
+# Fused epilogues (FusedConv's activations): code, then two float parameters
+ACTIVATIONS = {"Identity": 0, "Relu": 1, "Clip": 2, "Sigmoid": 3, "Tanh": 4, "LeakyRelu": 5, "HardSigmoid": 6}
+ACT_FUNCS = """
+inline T8 act8(T8 v, int act, T p0, T p1) {
+  switch (act) {
+    case 1: return select(v, (T8)(0), v < (T8)(0));
+    case 2: { T8 t = select(v, (T8)(p0), v < (T8)(p0)); return select(t, (T8)(p1), t > (T8)(p1)); }
+    case 3: return (T8)(1) / ((T8)(1) + exp(-v));
+    case 4: return tanh(v);
+    case 5: return select(v, v * p0, v < (T8)(0));
+    case 6: return fmax((T8)(0), fmin((T8)(1), v * p0 + p1));
+  }
+  return v;
+}
+inline T act1(T v, int act, T p0, T p1) {
+  switch (act) {
+    case 1: return v < (T)0 ? (T)0 : v;
+    case 2: { T t = v < p0 ? p0 : v; return t > p1 ? p1 : t; }
+    case 3: return (T)1 / ((T)1 + exp(-v));
+    case 4: return tanh(v);
+    case 5: return v < (T)0 ? v * p0 : v;
+    case 6: return fmax((T)0, fmin((T)1, v * p0 + p1));
+  }
+  return v;
+}
+"""
+
+
+def activation(name: str, params) -> tuple[int, float, float]:
+    """(code, p0, p1) of a FusedConv activation (ValueError if unknown)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r}")
+    p = [float(v) for v in (params or [])]
+    if name == "LeakyRelu":
+        p = p or [0.01]
+    elif name == "HardSigmoid":
+        p = p or [0.2, 0.5]
+    elif name == "Clip":
+        p = p or [-3.4e38, 3.4e38]
+    p = (p + [0.0, 0.0])[:2]
+    return ACTIVATIONS[name], p[0], p[1]
 
 
 class Gemm:
@@ -96,24 +146,27 @@ class Gemm:
         t = CTYPES[self.dtype]
         pragma = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if t == "double" else ""
         ft = self.dtype.type
-        self.knl = rt.kernel(_SRC.format(T=t, pragma=pragma), "gemm",
+        # PoCL's LLVM cannot select fma on double vectors: plain multiply-add there
+        fma = "((a) * (b) + (c))" if t == "double" else "fma(a, b, c)"
+        self.knl = rt.kernel(_SRC.format(T=t, pragma=pragma, fma=fma, act=ACT_FUNCS), "gemm",
                              [np.int32] * 3 + [None, np.int32, np.int32, None, np.int32, None, np.int32,
-                                               None, np.int32, np.int32, np.int32, ft, ft, None, np.int32, np.int32, ft, ft])
+                                               None, np.int32, np.int32, np.int32, ft, ft, None, np.int32,
+                                               None, np.int32, np.int32, ft, ft])
         self.ft = ft
         self._zero = rt.const_ints([0, 0, 0, 0])
 
     def __call__(self, M, N, K, a, sam, sak, b, ldb, c, ldc, bias=None, sbm=0, sbn=0, alpha=1.0, beta=1.0,
-                 boffs=None, batch=1, clamp=None):
+                 boffs=None, batch=1, z=None, act=(0, 0.0, 0.0)):
+        """C = act(alpha * A B + beta * bias + Z); ``act`` is (code, p0, p1) from :func:`activation`."""
         from engineroom.providers.opencl.runtime import grid
 
         if M == 0 or N == 0 or batch == 0:
             return
         g, l_ = grid((-(-N // 8), -(-M // 4), batch))
-        act = clamp is not None
-        lo, hi = clamp if act else (0.0, 0.0)
         self.rt.launch(self.knl, g, l_, M, N, K, a, sam, sak, b, ldb, c, ldc,
                        bias if bias is not None else c, sbm, sbn, int(bias is not None),
-                       alpha, beta, boffs if boffs is not None else self._zero, batch, int(act), lo, hi)
+                       alpha, beta, boffs if boffs is not None else self._zero, batch,
+                       z if z is not None else c, int(z is not None), *act)
 
 
 def _transpose_2d(rt, x, dt):
@@ -140,7 +193,7 @@ def _matmul_ok(view):
     return None
 
 
-@kernel("MatMul", since=1, types=FLOATS, supports=all_of(inputs_in(FLOATS), _matmul_ok))
+@kernel("MatMul", since=1, types=GEMM_TYPES, supports=all_of(inputs_in(GEMM_TYPES), _matmul_ok))
 def matmul(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
@@ -197,7 +250,7 @@ def _gemm_ok(view):
     return None
 
 
-@kernel("Gemm", since=7, types=FLOATS, supports=all_of(inputs_in(FLOATS), _gemm_ok), prepack=(1, 2))
+@kernel("Gemm", since=7, types=GEMM_TYPES, supports=all_of(inputs_in(GEMM_TYPES), _gemm_ok), prepack=(1, 2))
 def gemm_op(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
