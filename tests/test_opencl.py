@@ -159,6 +159,12 @@ CASES = [
     ("gather", "Gather", [f32(5, 4), np.array([[0, 4], [-1, 2]], I64)], {"axis": 0}, (), 18, 1),
     ("gather_axis1_scalar", "Gather", [f32(3, 5, 4), np.array(2, I64)], {"axis": 1}, (), 18, 1),
     ("expand", "Expand", [f32(3, 1), np.array([2, 3, 4], I64)], {}, ("x1",), 18, 1),
+    ("resize_nearest", "Resize", [f32(1, 2, 4, 5), None, np.array([1, 1, 2, 2], np.float32)],
+     {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, ("x2",), 18, 1),
+    ("resize_linear", "Resize", [f32(1, 2, 4, 5), None, np.array([1, 1, 2, 1.5], np.float32)], {"mode": "linear"},
+     ("x2",), 18, 1),
+    ("resize_sizes_cubic", "Resize", [f32(1, 2, 4, 5), None, None, np.array([1, 2, 7, 9], I64)],
+     {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, ("x3",), 18, 1),
 ]
 
 
@@ -189,6 +195,45 @@ def test_softmax_before_opset_13_coerces_to_2d():
     assert [p for p, _ in _assignment(s)] == [OCL]
     e = np.exp(x.reshape(2, 12) - x.reshape(2, 12).max(axis=1, keepdims=True))
     np.testing.assert_allclose(s.run(None, feed)[0], (e / e.sum(axis=1, keepdims=True)).reshape(2, 3, 4), rtol=1e-5)
+
+
+@needs_opencl
+@pytest.mark.parametrize("act,params,residual", [("Relu", [], True), ("Clip", [0.0, 6.0], False),
+                                                 ("LeakyRelu", [0.1], True), ("Sigmoid", [], False)])
+@pytest.mark.parametrize("depthwise", [False, True], ids=["im2col", "depthwise"])
+def test_fused_conv_matches_the_cpu_provider(act, params, residual, depthwise):
+    c = 6
+    x = f32(1, c, 9, 9)
+    w = f32(c, 1 if depthwise else c, 3, 3)
+    b = f32(c)
+    z = f32(1, c, 9, 9)
+    inputs = [x, w, b] + ([z] if residual else [])
+    attrs = {"pads": [1, 1, 1, 1], "activation": act, "group": c if depthwise else 1}
+    if params:
+        attrs["activation_params"] = params
+    names = ["x", "w", "b", "z"][: len(inputs)]
+    node = helper.make_node("FusedConv", names, ["y"], domain="com.microsoft", **attrs)
+    m = _model([node], [_vi(n, v) for n, v in zip(names, inputs)],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    feed = dict(zip(names, inputs))
+    s = _session(m)
+    assert [p for p, _ in _assignment(s)] == [OCL], s.placement
+    want = _session(m, [CPU]).run(None, feed)[0]
+    np.testing.assert_allclose(s.run(None, feed)[0], want, rtol=1e-4, atol=1e-5)
+
+
+@needs_opencl
+def test_fast_gelu_with_bias():
+    x, bias = f32(3, 16), f32(16)
+    node = helper.make_node("FastGelu", ["x", "bias"], ["y"], domain="com.microsoft")
+    m = _model([node], [_vi("x", x), _vi("bias", bias)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    s = _session(m)
+    assert [p for p, _ in _assignment(s)] == [OCL]
+    v = x + bias
+    want = 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+    np.testing.assert_allclose(s.run(None, {"x": x, "bias": bias})[0], want, rtol=1e-5, atol=1e-6)
 
 
 @needs_opencl
@@ -328,7 +373,7 @@ def test_zoo_model_matches_pytorch_with_opencl_first(name):
         err = float(np.max(np.abs(out.astype(np.float64) - ref)))
         assert err <= 1e-4 * float(np.max(np.abs(ref))), f"{name} output {k}: max abs error {err:.3g}"
     # every Conv / MatMul / Gemm / ConvTranspose runs on OpenCL, and the placement line says so
-    heavy = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+    heavy = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "Gemm"}
     for p in s.get_provider_graph_assignment_info():
         if p.ep_name != OCL:
             assert not heavy & {n.op_type for n in p.get_nodes()}, s.placement
