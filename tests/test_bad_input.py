@@ -112,3 +112,17 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     p.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     with pytest.raises(ort.InvalidGraph, match="outside the model's folder"):
         ort.InferenceSession(str(p))
+
+
+def test_scalar_results_stay_zero_dimensional():
+    """Shape -> Gather(scalar index) and Transpose of a scalar give 0-d arrays, as onnxruntime does."""
+    from onnx import numpy_helper
+
+    g = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["d"]),
+                           helper.make_node("Transpose", ["d"], ["y"], perm=[])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+                          [numpy_helper.from_array(np.array(1, np.int64), "i")])
+    s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    y = s.run(None, {"x": np.zeros((2, 3), np.float32)})[0]
+    assert y.shape == () and int(y) == 3

@@ -40,7 +40,7 @@ def gather(info):
             if not -d <= k < d:
                 raise IndexError(f"Gather: index {k} is out of range for dimension {d}")
             idx[a] = k
-            return (xp.ascontiguousarray(x[tuple(idx)]),)
+            return (xp.array(x[tuple(idx)]),)  # a contiguous copy; 0-d stays 0-d (ascontiguousarray makes it 1-d)
         return run_scalar
 
     def run(x, indices):

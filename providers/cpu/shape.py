@@ -111,7 +111,7 @@ def transpose(info):
     def run(x):
         p = perm if perm is not None else tuple(range(x.ndim - 1, -1, -1))
         # A contiguous result, as onnxruntime produces: consumers (MatMul, Conv, elementwise) run faster on it.
-        return (xp.ascontiguousarray(xp.transpose(x, p)),)
+        return (xp.transpose(x, p).copy(),)  # copy(): C order, and keeps 0-d arrays 0-d
     return run
 
 
