@@ -119,7 +119,7 @@ def test_scalar_results_stay_zero_dimensional():
     from onnx import numpy_helper
 
     g = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["d"]),
-                           helper.make_node("Transpose", ["d"], ["y"], perm=[])], "g",
+                           helper.make_node("Transpose", ["d"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"])],
                           [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
                           [numpy_helper.from_array(np.array(1, np.int64), "i")])
