@@ -34,9 +34,12 @@ def _record_failure(manager, entrypoint, exc) -> None:
 def refresh() -> None:
     """Forget what was discovered (after installing a plugin into a running interpreter)."""
     from stevedore import ExtensionManager
+    from stevedore import _cache as stevedore_cache
 
     _extension_manager.cache_clear()
-    ExtensionManager.ENTRY_POINT_CACHE.clear()  # stevedore keeps entry points per group, process-wide
+    # stevedore keeps entry points in memory twice: per group, and per sys.path value
+    ExtensionManager.ENTRY_POINT_CACHE.clear()
+    getattr(getattr(stevedore_cache, "_c", None), "_internal", {}).clear()
     _load_failures.clear()
 
 

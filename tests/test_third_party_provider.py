@@ -38,12 +38,7 @@ def _forget_module():
     for m in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
         del sys.modules[m]
     importlib.invalidate_caches()
-    discovery.refresh()
-    # stevedore also keeps entry points per sys.path in memory; installing into site-packages leaves
-    # sys.path as it was, so that cache must go too (discovery.refresh does not clear it yet).
-    from stevedore import _cache
-
-    getattr(getattr(_cache, "_c", None), "_internal", {}).clear()
+    discovery.refresh()  # also forgets stevedore's in-memory entry points (same sys.path, new wheel)
 
 
 def _uninstall():
