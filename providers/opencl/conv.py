@@ -26,14 +26,15 @@ _HEAD = """
 """
 
 _IM2COL = """
+/* one work-item per (output row, column k of the im2col matrix, image*group): a row of OW outputs */
 __kernel void im2col(__global const T* restrict x, __global T* restrict col, __global const int* restrict g,
                      int NG, int Ck) {
   const int C = g[0], D = g[1], H = g[2], W = g[3], OD = g[4], OH = g[5], OW = g[6];
   const int KD = g[7], KH = g[8], KW = g[9], Cg = g[19], G = g[20];
-  const int ow = get_global_id(0), odh = get_global_id(1), r = get_global_id(2);
-  if (ow >= OW || odh >= OD * OH || r >= NG * Ck) return;
+  const int sw = g[12], dw = g[15], pw = g[18];
+  const int odh = get_global_id(0), k = get_global_id(1), ng = get_global_id(2);
+  if (odh >= OD * OH || k >= Ck || ng >= NG) return;
   const int od = odh / OH, oh = odh - od * OH;
-  const int ng = r / Ck, k = r - ng * Ck;
   int t = k;
   const int kw = t % KW; t /= KW;
   const int kh = t % KH; t /= KH;
@@ -42,11 +43,17 @@ __kernel void im2col(__global const T* restrict x, __global T* restrict col, __g
   const int c = gr * Cg + ci;
   const int id = od * g[10] - g[16] + kd * g[13];
   const int ih = oh * g[11] - g[17] + kh * g[14];
-  const int iw = ow * g[12] - g[18] + kw * g[15];
-  T v = 0;
-  if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W)
-    v = x[(((long)(n * C + c) * D + id) * H + ih) * W + iw];
-  col[((long)r * OD * OH + odh) * OW + ow] = v;
+  __global T* out = col + (((long)ng * Ck + k) * OD * OH + odh) * OW;
+  if (id < 0 || id >= D || ih < 0 || ih >= H) {
+    for (int ow = 0; ow < OW; ++ow) out[ow] = 0;
+    return;
+  }
+  __global const T* xr = x + (((long)(n * C + c) * D + id) * H + ih) * W;
+  const int iw0 = kw * dw - pw;
+  for (int ow = 0; ow < OW; ++ow) {
+    const int iw = iw0 + ow * sw;
+    out[ow] = (iw >= 0 && iw < W) ? xr[iw] : (T)0;
+  }
 }
 """
 
@@ -264,7 +271,7 @@ def _conv_factory(info, act):
         boffs = rt.const_ints(offs) if N * group > 1 else None
         im = None
         if not pointwise:
-            im = grid((o3[2], o3[0] * o3[1], N * group * Ck))
+            im = grid((o3[0] * o3[1], Ck, N * group))
         return ("gemm", yshape, geo, im, (OCg, P, Ck, N * group, boffs), pointwise)
 
     def run(x, w, b=None, z=None):
