@@ -7,6 +7,7 @@ template; every other slot is released right after its last use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -54,18 +55,29 @@ class Plan:
     n_copies: int
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # The executor's form of each step: an itemgetter for the inputs, the single output slot
+        # when there is one, the releases or None. Half the per-step cost of the plain form.
+        self._fast = [(fn, itemgetter(*ins) if ins else _no_inputs, len(ins) != 1,
+                       outs[0] if len(outs) == 1 else None, outs, rel or None)
+                      for fn, ins, outs, rel in self.steps]
+
     def run(self, feeds: list) -> list:
         vals = self.template.copy()
         for s, v in zip(self.input_slots, feeds):
             vals[s] = v
         i = -1
         try:
-            for i, (fn, ins, outs, rel) in enumerate(self.steps):  # noqa: B007 - i names the failing step
-                res = fn(*[vals[j] for j in ins])
-                for s, r in zip(outs, res):
-                    vals[s] = r
-                for s in rel:
-                    vals[s] = None
+            for i, (fn, get, many, out1, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
+                res = fn(*get(vals)) if many else fn(get(vals))
+                if out1 is not None:
+                    vals[out1] = res[0]
+                else:
+                    for s, r in zip(outs, res):
+                        vals[s] = r
+                if rel is not None:
+                    for s in rel:
+                        vals[s] = None
         except Exception as e:
             if isinstance(e, (RuntimeException, Fail, NotImplemented)) and getattr(e, "_located", False):
                 raise
@@ -74,6 +86,10 @@ class Plan:
             err._located = True
             raise err from e
         return [vals[s] for s in self.output_slots]
+
+
+def _no_inputs(vals) -> tuple:
+    return ()
 
 
 class Subgraph:
