@@ -5,6 +5,8 @@ import functools
 import importlib.util
 import json
 import os
+import sys
+import threading
 from typing import Any, Callable, ClassVar
 
 from engineroom.plugin_sdk import (
@@ -22,12 +24,39 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
+def import_openvino():
+    """``import openvino``, with its telemetry off unless ENGINEROOM_OPENVINO_TELEMETRY=1.
+
+    On import, openvino's telemetry forks a process from a background thread to post an event. A fork
+    while OpenBLAS is working in another thread can deadlock in OpenBLAS's fork handler (seen here:
+    the session's constant folding runs matmuls right after the provider imported openvino), and a
+    library should not post events for its user anyway. The telemetry package stays silent in CI
+    (CI=true), so the import runs with that set, and the variable is restored right after.
+    """
+    if "openvino" in sys.modules or os.environ.get("ENGINEROOM_OPENVINO_TELEMETRY") == "1":
+        import openvino
+
+        return openvino
+    with _IMPORT_LOCK:
+        saved = os.environ.get("CI")
+        os.environ["CI"] = "true"
+        try:
+            import openvino
+        finally:
+            if saved is None:
+                os.environ.pop("CI", None)
+            else:
+                os.environ["CI"] = saved
+    return openvino
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
 def ov_core():
     """One ``openvino.Core`` per process (compile settings go per model, never on this shared object)."""
-    import openvino
-
-    return openvino.Core()
+    return import_openvino().Core()
 
 
 @functools.lru_cache(maxsize=1)
