@@ -133,10 +133,15 @@ class OpenCLExecutionProvider(KernelProvider):
 
     @classmethod
     def describe_device(cls, device: Device) -> dict:
+        from engineroom.providers.opencl import runtime
+
         devices, _ = _probe_devices()
         d = devices[device.id]
-        return {"vendor": d.vendor.strip(), "vendor_id": int(d.vendor_id), "device_id": device.id,
-                "name": d.name.strip(), "platform": d.platform.name.strip(), "opencl": d.version.strip()}
+        desc = {"device_id": device.id, "name": d.name.strip(), "platform": d.platform.name.strip(),
+                "opencl": d.version.strip()}
+        if runtime.device_kind(d) != "CPU":  # a CPU device reports the host CPU's vendor, as onnxruntime does
+            desc.update(vendor=d.vendor.strip(), vendor_id=int(d.vendor_id))
+        return desc
 
     # -- capability ----------------------------------------------------------------------------
     def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
