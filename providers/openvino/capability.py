@@ -1,14 +1,17 @@
 """Which nodes OpenVINO takes, and in which groups.
 
 1. Candidates: the unassigned nodes whose values are all tensors of types OpenVINO holds, without
-   graph attributes (control flow stays with the kernel providers).
+   graph attributes (control flow stays with the kernel providers), and not on the list of nodes
+   OpenVINO converts but computes differently (``rules.py``).
 2. Support: the candidates are built into one ONNX model (boundary values as inputs, constants as
-   initializers) and handed to OpenVINO's ONNX frontend with ``convert_partially``; what it cannot
-   convert comes back as framework nodes, which are traced to the ONNX nodes they came from and left
-   out; the rest is converted again and ``Core.query_model`` says what the device runs. When the
-   frontend fails outright, candidates are tried one by one (cached per op signature).
+   initializers, values read outside as outputs) and handed to OpenVINO's ONNX frontend with
+   ``convert_partially``; what it cannot convert comes back as framework nodes, which are traced to
+   the ONNX nodes they came from and left out, and so are nodes whose input the frontend silently
+   drops (a runtime ``axes`` it ignores); then ``Core.query_model`` says what the device runs. When
+   the frontend fails outright, candidates are tried one by one (cached per op signature).
 3. Groups: the supported nodes are cut into cycle-free runs exactly as the core will (Kahn waves over
-   the whole graph), and runs too small to pay for an OpenVINO call are declined with a note.
+   the whole graph), runs too small to pay for an OpenVINO call are declined with a note, and every
+   run that is not the model already converted is converted on its own, as it will be compiled.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from engineroom.plugin_sdk import Capability, GraphView, NodeView
+from engineroom.providers.openvino import rules
 
 # dtypes OpenVINO's ONNX frontend maps to its element types
 _OV_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
@@ -58,10 +62,12 @@ class Support:
     ov_model: Any = None          # the converted candidate model, when every candidate is supported
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    runs: list[list[int]] = field(default_factory=list)   # the claimed groups, node indices
+    declined: list[int] = field(default_factory=list)
 
     def matches(self, group) -> bool:
         """Whether ``group`` is exactly the converted candidate model (same nodes, same boundary)."""
-        if list(group.inputs) != self.inputs or list(group.outputs) != self.outputs:
+        if self.ov_model is None or list(group.inputs) != self.inputs or list(group.outputs) != self.outputs:
             return False
         if {v.index for v in group.nodes} != self.supported:
             return False
@@ -79,22 +85,11 @@ def claim(view: GraphView, core: Any, device: str, previous: Support | None = No
     else:
         sup = _analyze(view, core, device, key)
     by_index = {v.index: v for v in view.all_nodes or view.nodes}
-    supported = set(sup.supported)
-    caps: list[Capability] = []
-    declined: list[NodeView] = []
-    while True:
-        runs = _runs(by_index, supported, view)
-        small = [r for r in runs if _too_small(r)]
-        if not small:
-            break
-        for r in small:
-            declined.extend(r)
-            supported -= {v.index for v in r}
-    caps.extend(Capability(r, kind="group") for r in runs)
-    if declined:
-        ops = ", ".join(dict.fromkeys(v.op_type for v in declined))
+    caps = [Capability([by_index[i] for i in run], kind="group") for run in sup.runs]
+    if sup.declined:
+        ops = ", ".join(dict.fromkeys(by_index[i].op_type for i in sup.declined))
         caps.append(Capability([], kind="group", note=(
-            f"declined {len(declined)} node(s) ({ops}) in groups of fewer than {MIN_LIGHT_GROUP} light ops: "
+            f"declined {len(sup.declined)} node(s) ({ops}) in groups of fewer than {MIN_LIGHT_GROUP} light ops: "
             f"an OpenVINO call there costs more than it saves")))
     left = [v for v in view.nodes if v.index in sup.reasons]
     if left:
@@ -122,7 +117,34 @@ def _analyze(view: GraphView, core: Any, device: str, key: tuple) -> Support:
             reasons[v.index] = why
         else:
             cands.append(v)
-    return _supported(cands, view, core, device, reasons, key)
+    by_index = {v.index: v for v in view.all_nodes or view.nodes}
+    reads = {i: _reads(v) for i, v in by_index.items()}
+    for _ in range(8):
+        sup = _supported(cands, view, core, device, reasons, key, reads)
+        supported = set(sup.supported)
+        declined: list[int] = []
+        while True:
+            runs = _runs(by_index, supported, reads)
+            small = [r for r in runs if _too_small([by_index[i] for i in r])]
+            if not small:
+                break
+            for r in small:
+                declined.extend(r)
+                supported -= set(r)
+        # each run is compiled on its own: convert it as such unless it is the model converted already
+        bad: dict[int, str] = {}
+        for r in runs:
+            if set(r) != sup.supported or sup.ov_model is None:
+                bad.update(_run_problems([by_index[i] for i in r], view, reads))
+        if not bad:
+            sup.runs, sup.declined = runs, declined
+            return sup
+        reasons.update(bad)
+        cands = [v for v in cands if v.index not in bad]
+    sup = Support(key, set(), reasons)
+    for v in cands:
+        reasons.setdefault(v.index, "support query did not settle")
+    return sup
 
 
 # -- 1. candidates --------------------------------------------------------------------------------------------
@@ -142,18 +164,35 @@ def _why_not_candidate(v: NodeView) -> str | None:
             dt = dtypes[j] if j < len(dtypes) else None
             if dt is not None and np.dtype(dt) not in _OV_DTYPES:
                 return f"{np.dtype(dt)} values"
-    return None
+    return rules.why_not(v)
+
+
+def _reads(v: NodeView) -> tuple[str, ...]:
+    """The values ``v`` reads: its inputs, and what its subgraphs read from the enclosing scope."""
+    names = [n for n in v.input_names if n]
+    if v.proto is not None:
+        stack = _subgraphs(v.proto)
+        while stack:
+            g = stack.pop()
+            for n in g.node:
+                names.extend(x for x in n.input if x)
+                stack.extend(_subgraphs(n))
+    return tuple(dict.fromkeys(names))
+
+
+def _subgraphs(node) -> list:
+    return [g for a in node.attribute for g in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else [])]
 
 
 # -- 2. support ----------------------------------------------------------------------------------------------
 def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, reasons: dict[int, str],
-               key: tuple) -> Support:
+               key: tuple, reads: dict[int, tuple[str, ...]]) -> Support:
     """Which candidates OpenVINO converts and ``device`` runs; the others get a reason in ``reasons``."""
     todo = list(cands)
     for _ in range(8):
         if not todo:
             return Support(key, set(), reasons)
-        model, untyped = _candidate_model(todo, view)
+        model, untyped = _candidate_model(todo, view, reads)
         try:
             bad, ov_model = _convert(model, todo)
         except Exception:  # noqa: BLE001 - the frontend failed on the whole; find the culprits one by one
@@ -161,6 +200,8 @@ def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, r
             if not bad:
                 raise
             ov_model = None
+        if not bad:
+            bad = _dropped_inputs(ov_model, model, todo)
         if bad:
             reasons.update(bad)
             todo = [v for v in todo if v.index not in bad]
@@ -191,9 +232,11 @@ def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, r
     return Support(key, set(), reasons)
 
 
-def _candidate_model(nodes: list[NodeView], view: GraphView, outputs: Iterable[str] | None = None):
-    """``nodes`` as one ONNX model: boundary values become inputs, constants initializers. Returns the
-    model and the boundary inputs of unknown type or rank (left untyped in the model)."""
+def _candidate_model(nodes: list[NodeView], view: GraphView, reads: dict[int, tuple[str, ...]] | None,
+                     outputs: Iterable[str] | None = None):
+    """``nodes`` as one ONNX model: boundary values become inputs, constants initializers, and values
+    read outside (or graph outputs) outputs, as the core builds a group. Returns the model and the
+    boundary inputs of unknown type or rank (left untyped in the model)."""
     from onnx import helper, numpy_helper
 
     inside = {o for v in nodes for o in v.output_names if o}
@@ -216,7 +259,7 @@ def _candidate_model(nodes: list[NodeView], view: GraphView, outputs: Iterable[s
                 untyped.add(nm)
             inputs[nm] = tp
     if outputs is None:
-        read_outside = {nm for w in (view.all_nodes or view.nodes) if w.index not in idx for nm in w.input_names}
+        read_outside = {nm for i, names in (reads or {}).items() if i not in idx for nm in names}
         read_outside |= set(view.graph_outputs)
         outputs = [o for v in nodes for o in v.output_names if o and o in read_outside]
         if not outputs:   # nothing leaves: keep the last node's outputs so the model is not empty
@@ -257,6 +300,19 @@ def _convert(model, nodes: list[NodeView]):
                 raise RuntimeError(f"unconverted OpenVINO op {op.get_friendly_name()} not traced to a node")
             bad[i] = "no OpenVINO conversion rule"
     return bad, ov_model
+
+
+def _dropped_inputs(ov_model, model, nodes: list[NodeView]) -> dict[int, str]:
+    """Nodes reading a model input the frontend dropped: it ignored that input (a runtime ``axes`` of a
+    reduction, a DFT ``axis``), so the node would compute something else."""
+    kept = {n for p in ov_model.inputs for n in p.get_names()}
+    gone = [i.name for i in model.graph.input if i.name not in kept]
+    bad: dict[int, str] = {}
+    for nm in gone:
+        for v in nodes:
+            if nm in v.input_names:
+                bad[v.index] = f"OpenVINO ignores its runtime input '{nm}'"
+    return bad
 
 
 def _owners(ov_model, nodes: list[NodeView]) -> dict[str, int]:
@@ -324,16 +380,29 @@ def _node_converts(v: NodeView, view: GraphView) -> bool:
            tuple(n in view.initializers for n in v.input_names))
     if key not in _signature_cache:
         try:
-            model, _ = _candidate_model([v], view, [o for o in v.output_names if o])
-            bad, _ = _convert(model, [v])
-            _signature_cache[key] = not bad
+            model, _ = _candidate_model([v], view, None, [o for o in v.output_names if o])
+            bad, ov_model = _convert(model, [v])
+            _signature_cache[key] = not bad and not _dropped_inputs(ov_model, model, [v])
         except Exception:  # noqa: BLE001 - failing to convert is the answer
             _signature_cache[key] = False
     return _signature_cache[key]
 
 
+def _run_problems(run: list[NodeView], view: GraphView, reads: dict[int, tuple[str, ...]]) -> dict[int, str]:
+    """Nodes of ``run`` that keep it from converting as the group the core will compile."""
+    model, _ = _candidate_model(run, view, reads)
+    try:
+        bad, ov_model = _convert(model, run)
+    except Exception:  # noqa: BLE001 - find the culprits one by one
+        bad = {v.index: "OpenVINO's ONNX frontend fails on it" for v in run if not _node_converts(v, view)}
+        if not bad:   # every node converts alone, but not together: give the group up
+            bad = {v.index: "OpenVINO's ONNX frontend fails on the group it would be in" for v in run}
+        return bad
+    return bad or _dropped_inputs(ov_model, model, run)
+
+
 # -- 3. groups -----------------------------------------------------------------------------------------------
-def _runs(by_index: dict[int, NodeView], mine: set[int], view: GraphView) -> list[list[NodeView]]:
+def _runs(by_index: dict[int, NodeView], mine: set[int], reads: dict[int, tuple[str, ...]]) -> list[list[int]]:
     """``mine`` cut into cycle-free runs by Kahn waves over the whole graph, as the core cuts partitions:
     a topological order that keeps taking ready nodes of the current colour while there are any."""
     if not mine:
@@ -343,7 +412,7 @@ def _runs(by_index: dict[int, NodeView], mine: set[int], view: GraphView) -> lis
     succ: dict[int, set[int]] = {i: set() for i in order}
     indeg = dict.fromkeys(order, 0)
     for i in order:
-        preds = {producer[x] for x in by_index[i].input_names if x in producer} - {i}
+        preds = {producer[x] for x in reads[i] if x in producer} - {i}
         indeg[i] = len(preds)
         for p in preds:
             succ[p].add(i)
@@ -351,7 +420,7 @@ def _runs(by_index: dict[int, NodeView], mine: set[int], view: GraphView) -> lis
     for i in order:
         if indeg[i] == 0:
             heapq.heappush(ready[i in mine], i)
-    runs: list[list[NodeView]] = []
+    runs: list[list[int]] = []
     cur = None
     while ready[True] or ready[False]:
         if cur is None or not ready[cur]:
@@ -360,7 +429,7 @@ def _runs(by_index: dict[int, NodeView], mine: set[int], view: GraphView) -> lis
                 runs.append([])
         i = heapq.heappop(ready[cur])
         if cur:
-            runs[-1].append(by_index[i])
+            runs[-1].append(i)
         for s in succ[i]:
             indeg[s] -= 1
             if indeg[s] == 0:

@@ -20,32 +20,50 @@ def compile_group(group: GroupView, core: Any, device: str, config: dict, static
     dtype and rank where the group has inputs of unknown type or rank."""
     if model is None:
         model = core.read_model(group.to_model().SerializeToString())
-    _check_ports(model, group)
+    feed = _feed_order(model, group)
     params = model.get_parameters()
     untyped = tuple(i for i, p in enumerate(params)
                     if p.get_element_type().is_dynamic() or p.get_partial_shape().rank.is_dynamic)
     dynamic = any(p.get_partial_shape().is_dynamic for p in params)
     if untyped or (static_shapes and dynamic):
-        return _PerSignature(model, core, device, config, untyped, static_shapes and dynamic)
-    return _Compiled(core.compile_model(model, device, config))
+        fn = _PerSignature(model, core, device, config, untyped, static_shapes and dynamic)
+    else:
+        fn = _Compiled(core.compile_model(model, device, config))
+    if feed is None:
+        return fn
+    return lambda *inputs: fn(*[inputs[i] for i in feed])
 
 
-def _check_ports(model, group: GroupView) -> None:
-    """OpenVINO keeps the ONNX graph's input and output order; make sure, as the plan relies on it."""
-    ins = [next(iter(p.get_names()), "") for p in model.inputs]
-    if len(ins) != len(group.inputs) or any(a and a != b for a, b in zip(ins, group.inputs)):
-        raise RuntimeError(f"OpenVINO reordered the group's inputs: {ins} for {group.inputs}")
+def _feed_order(model, group: GroupView) -> list[int] | None:
+    """Which of the group's inputs OpenVINO's model takes, in its order (None: all, in the group's).
+    OpenVINO keeps the ONNX graph's order but drops inputs nothing reads; outputs must all be there."""
+    names = [set(p.get_names()) for p in model.inputs]
+    if len(names) == len(group.inputs) and all(not n or g in n for n, g in zip(names, group.inputs)):
+        feed = None
+    else:
+        where = {g: i for i, g in enumerate(group.inputs)}
+        feed = []
+        for n in names:
+            hit = [where[x] for x in n if x in where]
+            if not hit:
+                raise RuntimeError(f"OpenVINO's model has an input {sorted(n)} the group does not: {group.inputs}")
+            feed.append(hit[0])
     outs = [p.get_names() for p in model.outputs]
-    if len(outs) != len(group.outputs) or any(names and b not in names for names, b in zip(outs, group.outputs)):
+    if len(outs) != len(group.outputs) or any(n and g not in n for n, g in zip(outs, group.outputs)):
         raise RuntimeError(f"OpenVINO reordered the group's outputs: {outs} for {group.outputs}")
+    return feed
 
 
 class _Compiled:
     """One compiled model; one infer request per calling thread (``run`` is thread-safe per session)."""
 
     def __init__(self, compiled):
+        import openvino as ov
+
         self.compiled = compiled
         self._local = threading.local()
+        # OpenVINO hands bfloat16 results out as float16 arrays holding bfloat16 bits
+        self._bf16 = [i for i, p in enumerate(compiled.outputs) if p.get_element_type() == ov.Type.bf16]
 
     def __call__(self, *inputs) -> tuple:
         req = getattr(self._local, "request", None)
@@ -53,7 +71,15 @@ class _Compiled:
             req = self._local.request = self.compiled.create_infer_request()
         # share_inputs: OpenVINO reads the NumPy buffers in place; outputs are copied out of the
         # request, whose buffers the next call overwrites.
-        return req.infer(inputs, share_inputs=True).to_tuple()
+        out = req.infer(inputs, share_inputs=True).to_tuple()
+        if self._bf16:
+            import ml_dtypes
+
+            out = list(out)
+            for i in self._bf16:
+                out[i] = out[i].view(ml_dtypes.bfloat16)
+            out = tuple(out)
+        return out
 
 
 class _PerSignature:
