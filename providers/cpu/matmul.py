@@ -33,12 +33,19 @@ def _blas_ok(dt) -> bool:
 # MatMul / Gemm
 
 
+def _matmul_2d_b(xp, a, b):
+    """a @ b; an N-D a times a 2-D b runs as one 2-D GEMM (NumPy would loop over a's batch)."""
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
+        return xp.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+    return xp.matmul(a, b)
+
+
 def matmul_any(xp, a, b):
     """a @ b with ONNX (NumPy) semantics for any dtype; narrow floats go through float32."""
     dt = a.dtype
     if _blas_ok(dt) or dt.kind in "iub":
-        return xp.matmul(a, b)
-    return xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
+        return _matmul_2d_b(xp, a, b)
+    return _matmul_2d_b(xp, a.astype(np.float32), b.astype(np.float32)).astype(dt)
 
 
 @kernel("MatMul", since=1)
@@ -51,7 +58,7 @@ def matmul(info):
         dt = bc.dtype
 
         def run_narrow(a, _b):
-            return (xp.matmul(a.astype(np.float32), bw).astype(dt),)
+            return (_matmul_2d_b(xp, a.astype(np.float32), bw).astype(dt),)
         return run_narrow
 
     def run(a, b):
