@@ -159,6 +159,9 @@ CASES = [
     ("gather", "Gather", [f32(5, 4), np.array([[0, 4], [-1, 2]], I64)], {"axis": 0}, (), 18, 1),
     ("gather_axis1_scalar", "Gather", [f32(3, 5, 4), np.array(2, I64)], {"axis": 1}, (), 18, 1),
     ("expand", "Expand", [f32(3, 1), np.array([2, 3, 4], I64)], {}, ("x1",), 18, 1),
+    ("add_f64", "Add", [f32(3, 4).astype(np.float64), f32(4).astype(np.float64)], {}, (), 18, 1),
+    ("softmax_f64", "Softmax", [f32(3, 5).astype(np.float64)], {}, (), 18, 1),
+    ("layernorm_f64", "LayerNormalization", [f32(2, 8).astype(np.float64), f32(8).astype(np.float64)], {}, (), 18, 1),
     ("resize_nearest", "Resize", [f32(1, 2, 4, 5), None, np.array([1, 1, 2, 2], np.float32)],
      {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, ("x2",), 18, 1),
     ("resize_linear", "Resize", [f32(1, 2, 4, 5), None, np.array([1, 1, 2, 1.5], np.float32)], {"mode": "linear"},
@@ -238,12 +241,18 @@ def test_fast_gelu_with_bias():
 
 @needs_opencl
 def test_unsupported_node_falls_back_to_cpu_visibly():
-    # float16 has no kernel here, a 5-D-spatial conv neither: both go to the CPU, and the line says so
+    # float16 has no kernel here: the node goes to the CPU, and the placement line says so
     m, feed = _single("Relu", [np.ones((2, 3), np.float16)])
     s = _session(m)
     assert _assignment(s) == [(CPU, ["relu"])]
     assert "CPUExecutionProvider took 1/1 nodes (Relu)" in s.placement
     np.testing.assert_array_equal(s.run(None, feed)[0], np.ones((2, 3), np.float16))
+    # float64 GEMMs stay on the CPU (PoCL's compiler cannot build the double8 tile)
+    a, b = f32(3, 4).astype(np.float64), f32(4, 2).astype(np.float64)
+    m, feed = _single("MatMul", [a, b])
+    s = _session(m)
+    assert _assignment(s) == [(CPU, ["matmul"])]
+    np.testing.assert_allclose(s.run(None, feed)[0], a @ b)
 
 
 # -- partitions and copies ------------------------------------------------------------------------
