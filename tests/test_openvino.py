@@ -30,17 +30,19 @@ def _assignment(s):
 
 W1 = RNG.standard_normal((8, 8)).astype(np.float32) * 0.3
 W2 = RNG.standard_normal((8, 8)).astype(np.float32) * 0.3
+W3 = RNG.standard_normal((2, 8)).astype(np.float32) * 0.3
 B = RNG.standard_normal(8).astype(np.float32)
-INITS = [("w1", W1), ("w2", W2), ("b", B)]
+SHAPE = np.array([-1, 2, 2, 2], np.int64)
+INITS = [("w1", W1), ("w2", W2), ("w3", W3), ("b", B), ("shape", SHAPE)]
 
 
-def _sandwich(middle):
+def _sandwich(*middle, w2="w2"):
     """x -> MatMul -> Sigmoid -> Add  -> middle ->  MatMul -> Tanh -> Add(., x) -> y"""
     return [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
             helper.make_node("Sigmoid", ["h1"], ["h2"], name="sigmoid"),
             helper.make_node("Add", ["h2", "b"], ["h3"], name="add1"),
-            middle,
-            helper.make_node("MatMul", ["m", "w2"], ["h4"], name="mm2"),
+            *middle,
+            helper.make_node("MatMul", ["m", w2], ["h4"], name="mm2"),
             helper.make_node("Tanh", ["h4"], ["h5"], name="tanh"),
             helper.make_node("Add", ["h5", "x"], ["y"], name="add2")]
 
@@ -49,24 +51,36 @@ def _sigmoid(a):
     return 1 / (1 + np.exp(-a))
 
 
-def _expected(mid):
-    h3 = _sigmoid(X @ W1) + B
-    return np.tanh(mid(h3) @ W2) + X
+def _expected(mid, x=None, w2=W2):
+    x = X if x is None else x
+    return np.tanh(mid(_sigmoid(x @ W1) + B) @ w2) + x
 
 
 X = RNG.standard_normal((5, 8)).astype(np.float32)
 
 
 def test_op_openvino_rejects_runs_on_cpu_between_two_openvino_groups():
-    # ai.onnx.ml Scaler: OpenVINO's ONNX frontend has no conversion rule; the CPU provider has a kernel
-    scaler = helper.make_node("Scaler", ["h3"], ["m"], name="scaler", domain="ai.onnx.ml",
-                              offset=[0.5], scale=[2.0])
-    m = _model(_sandwich(scaler), INITS, opsets=(("", 17), ("ai.onnx.ml", 3)))
+    # Det: OpenVINO's ONNX frontend has no conversion rule for it; the CPU provider has a kernel
+    m = _model(_sandwich(helper.make_node("Reshape", ["h3", "shape"], ["r"], name="reshape"),
+                         helper.make_node("Det", ["r"], ["m"], name="det"), w2="w3"), INITS)
     s = ort.InferenceSession(m.SerializeToString(), providers=[OV, CPU])
-    assert _assignment(s) == [(OV, ["mm1", "sigmoid", "add1"]), (CPU, ["scaler"]), (OV, ["mm2", "tanh", "add2"])]
+    assert _assignment(s) == [(OV, ["mm1", "sigmoid", "add1", "reshape"]), (CPU, ["det"]),
+                              (OV, ["mm2", "tanh", "add2"])]
     assert s._plan.n_copies == 0   # OpenVINO works in host memory: nothing to copy to or from the CPU provider
     assert s._providers[0].compiled_groups == 2
-    assert "cannot run ai.onnx.ml::Scaler (no OpenVINO conversion rule)" in s.placement
+    assert "cannot run Det (no OpenVINO conversion rule)" in s.placement
+    np.testing.assert_allclose(s.run(None, {"x": X})[0],
+                               _expected(lambda h: np.linalg.det(h.reshape(-1, 2, 2, 2)), w2=W3), rtol=1e-4, atol=1e-5)
+
+
+def test_values_of_unknown_type_stay_with_the_cpu_provider():
+    # ai.onnx.ml Scaler has no ONNX shape inference: what reads its output has no static type or rank,
+    # which OpenVINO cannot compile for, so only the first group goes to OpenVINO
+    scaler = helper.make_node("Scaler", ["h3"], ["m"], name="scaler", domain="ai.onnx.ml", offset=[0.5], scale=[2.0])
+    m = _model(_sandwich(scaler), INITS, opsets=(("", 17), ("ai.onnx.ml", 3)))
+    s = ort.InferenceSession(m.SerializeToString(), providers=[OV, CPU])
+    assert _assignment(s) == [(OV, ["mm1", "sigmoid", "add1"]), (CPU, ["scaler", "mm2", "tanh", "add2"])]
+    assert "no OpenVINO conversion rule" in s.placement and "input of unknown type or rank" in s.placement
     np.testing.assert_allclose(s.run(None, {"x": X})[0], _expected(lambda h: (h - 0.5) * 2.0), rtol=1e-5, atol=1e-5)
 
 
@@ -84,15 +98,16 @@ def test_node_on_a_device_provider_between_openvino_groups_gets_real_copies(test
 
 
 def test_tiny_light_groups_are_declined_with_a_note():
-    # Relu | Scaler | Relu: each OpenVINO group would be one light op, dearer than NumPy
+    # Relu | Det | Relu: each OpenVINO group would be one light op, dearer than NumPy
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="r1"),
-             helper.make_node("Scaler", ["a"], ["b"], name="sc", domain="ai.onnx.ml", offset=[1.0], scale=[3.0]),
+             helper.make_node("Det", ["a"], ["b"], name="det"),
              helper.make_node("Relu", ["b"], ["y"], name="r2")]
-    m = _model(nodes, opsets=(("", 17), ("ai.onnx.ml", 3)))
-    s = ort.InferenceSession(m, providers=[OV, CPU])
+    s = ort.InferenceSession(_model(nodes, shape=("N", 3, 3)), providers=[OV, CPU])
     assert {p for p, _ in _assignment(s)} == {CPU}
     assert "declined 2 node(s) (Relu)" in s.placement
-    np.testing.assert_allclose(s.run(None, {"x": X})[0], np.maximum((np.maximum(X, 0) - 1) * 3, 0), rtol=1e-6)
+    x = RNG.standard_normal((4, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(s.run(None, {"x": x})[0], np.maximum(np.linalg.det(np.maximum(x, 0)), 0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_dynamic_batch_threads_and_per_shape_compiles():
@@ -104,7 +119,7 @@ def test_dynamic_batch_threads_and_per_shape_compiles():
         xs = [RNG.standard_normal((n, 8)).astype(np.float32) for n in (1, 3, 7, 3)]
         for x in xs:
             np.testing.assert_allclose(s.run(None, {"x": x})[0],
-                                       np.tanh(-(_sigmoid(x @ W1) + B) @ W2) + x, rtol=1e-5, atol=1e-5)
+                                       _expected(np.negative, x), rtol=1e-5, atol=1e-5)
         step = s._plan.steps[0][0]
         if opts:
             assert sorted(step._cache) == [((1, 8),), ((3, 8),), ((7, 8),)]
@@ -115,7 +130,7 @@ def test_dynamic_batch_threads_and_per_shape_compiles():
             try:
                 for _ in range(20):
                     np.testing.assert_allclose(s.run(None, {"x": x})[0],
-                                               np.tanh(-(_sigmoid(x @ W1) + B) @ W2) + x, rtol=1e-5, atol=1e-5)
+                                               _expected(np.negative, x), rtol=1e-5, atol=1e-5)
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 

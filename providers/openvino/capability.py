@@ -193,6 +193,13 @@ def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, r
         if not todo:
             return Support(key, set(), reasons)
         model, untyped = _candidate_model(todo, view, reads)
+        if untyped:
+            # No device places an input of unknown type or rank (the core's shape inference stopped
+            # short of it, e.g. after an op that has none): what depends on one is not claimed.
+            for i in _downstream(todo, untyped):
+                reasons[i] = "input of unknown type or rank"
+            todo = [v for v in todo if v.index not in reasons]
+            continue
         try:
             bad, ov_model = _convert(model, todo)
         except Exception:  # noqa: BLE001 - the frontend failed on the whole; find the culprits one by one
@@ -214,12 +221,6 @@ def _supported(cands: list[NodeView], view: GraphView, core: Any, device: str, r
                 reasons[v.index] = f"query_model failed on {device}: {str(e).splitlines()[0][:120]}"
             return Support(key, set(), reasons)
         off = _not_on_device(ov_model, todo, set(answer))
-        if untyped and device == "CPU":
-            # A device cannot place an input of unknown type or rank (the core's shape inference
-            # stopped, e.g. after an op without inference): the nodes that depend on one are
-            # compiled for the types they meet at run time, and on the CPU everything OpenVINO
-            # converts runs. Other devices get only what they confirm.
-            off -= _downstream(todo, untyped)
         if off:
             for i in off:
                 reasons[i] = f"not supported on {device}"

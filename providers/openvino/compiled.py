@@ -62,15 +62,19 @@ class _Compiled:
 
         self.compiled = compiled
         self._local = threading.local()
-        # OpenVINO hands bfloat16 results out as float16 arrays holding bfloat16 bits
+        # OpenVINO hands bfloat16 results out as float16 arrays holding bfloat16 bits, and takes
+        # bfloat16 inputs only as its own tensors
         self._bf16 = [i for i, p in enumerate(compiled.outputs) if p.get_element_type() == ov.Type.bf16]
+        self._bf16_in = [i for i, p in enumerate(compiled.inputs) if p.get_element_type() == ov.Type.bf16]
 
     def __call__(self, *inputs) -> tuple:
         req = getattr(self._local, "request", None)
         if req is None:
             req = self._local.request = self.compiled.create_infer_request()
-        # share_inputs: OpenVINO reads the NumPy buffers in place; outputs are copied out of the
-        # request, whose buffers the next call overwrites.
+        # share_inputs: OpenVINO reads the NumPy buffers in place (it refuses read-only ones, such as
+        # broadcast views); outputs are copied out of the request, whose buffers the next call overwrites.
+        if not all(x.flags.writeable for x in inputs if isinstance(x, np.ndarray)) or self._bf16_in:
+            inputs = self._prepare(inputs)
         out = req.infer(inputs, share_inputs=True).to_tuple()
         if self._bf16:
             import ml_dtypes
@@ -80,6 +84,17 @@ class _Compiled:
                 out[i] = out[i].view(ml_dtypes.bfloat16)
             out = tuple(out)
         return out
+
+    def _prepare(self, inputs) -> list:
+        import openvino as ov
+
+        xs = [x if not isinstance(x, np.ndarray) or x.flags.writeable else np.array(x) for x in inputs]
+        for i in self._bf16_in:
+            x = np.ascontiguousarray(xs[i])
+            t = ov.Tensor(ov.Type.bf16, ov.Shape(list(x.shape)))
+            t.data[...] = x.view(np.float16)
+            xs[i] = t
+        return xs
 
 
 class _PerSignature:
