@@ -140,6 +140,7 @@ def main():
     print(f"OpenCL claimed a node in {len(claimed)} of {len(results)} tests; {passed} passed "
           f"({100.0 * passed / max(len(claimed), 1):.1f}%); {len(ocl_wrong)} fail only with OpenCL, "
           f"{len(both)} fail on the CPU provider too; {time.time() - t0:.0f}s")
+    print(f"  {len(ops)} op types claimed: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
     for k in ocl_wrong:
         print("  OpenCL-only failure:", k, claimed[k][:240])
     for k in both:

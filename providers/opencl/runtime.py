@@ -20,7 +20,7 @@ from pyopencl.tools import ImmediateAllocator, MemoryPool
 
 from engineroom.providers.opencl.common import CTYPES
 
-__all__ = ["CTYPES", "Runtime", "data", "grid", "list_devices", "runtime_for"]
+__all__ = ["CTYPES", "Runtime", "grid", "list_devices", "runtime_for"]
 
 _DEVICE_TYPES = {"": None, "all": None, "gpu": cl.device_type.GPU, "cpu": cl.device_type.CPU,
                  "accelerator": cl.device_type.ACCELERATOR}
@@ -181,10 +181,3 @@ def grid(shape: Sequence[int], cap: int = 64) -> tuple[tuple[int, ...], tuple[in
         loc.append(l_)
         left = max(1, left // l_)
     return tuple(round_up(s, l_) for s, l_ in zip(shape, loc)), tuple(loc)
-
-
-def data(a: cla.Array):
-    """The buffer of an offset-0 array (the only kind this provider creates)."""
-    if a.offset:
-        raise ValueError("array with a non-zero offset")
-    return a.base_data

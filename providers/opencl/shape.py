@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.opencl.common import I32, I64, STORABLE, all_of, host_ints, inputs_in, norm_axis, rt_of
+from engineroom.providers.opencl.common import I32, I64, STORABLE, host_ints, inputs_in, norm_axis, rt_of
 from engineroom.providers.opencl.registry import kernel
 from engineroom.providers.opencl.strided import Strided, broadcast_strides, contiguous_strides
 
@@ -327,5 +327,3 @@ def size_(info):
     rt = rt_of(info)
     return lambda x: (rt.to_device(np.asarray(x.size, np.int64)),)
 
-
-_ = all_of
