@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 
 from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv
 
 # ---------------------------------------------------------------------------------------------
 # shared window helpers (also used by pool.py)
@@ -142,6 +143,28 @@ def _ints(v, n, default):
 # ---------------------------------------------------------------------------------------------
 # Conv
 
+# NumPy runs a broadcasting ufunc (an array times one weight per row) at full speed only where each
+# row is at least its ufunc buffer long; with the default 8192-element buffer, shorter rows go through
+# a buffered loop 2-3x slower. Kernels with rows of 1-8K elements lower the buffer size (a per-thread,
+# per-context NumPy setting) while they run; depthwise convs keep their rows at least this long.
+_DW_MIN_ROW = 1024
+
+
+class _ufunc_buffer:
+    """Context: NumPy's ufunc buffer size lowered to ``_DW_MIN_ROW`` (a no-op for other array modules)."""
+
+    __slots__ = ("xp", "old")
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __enter__(self):
+        self.old = self.xp.setbufsize(_DW_MIN_ROW) if self.xp is np else None
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            self.xp.setbufsize(self.old)
+
 
 class _ConvPlan:
     """One Conv node with one weight: parsed attributes, the prepacked weight, the im2col/depthwise/1x1 paths.
@@ -150,13 +173,30 @@ class _ConvPlan:
     dynamic weight gets a fresh plan per run, sharing only the geometry cache.
     """
 
-    def __init__(self, xp, attrs, w, geo_cache=None):
+    def __init__(self, xp, attrs, w, geo_cache=None, winograd=False, spatial=None):
         self.xp = xp
         self.attrs = attrs
         self.group = int(attrs.get("group", 1))
         self.auto_pad = attrs.get("auto_pad", "NOTSET")
         self._geo = {} if geo_cache is None else geo_cache
         self._prepack(w)
+        # Winograd (constant float32 weights of 3x3 stride-1 ungrouped 2-D convs): the transformed
+        # weights per tile size, made here when the input's spatial size is known, else at first use
+        self._wino = {}
+        self._w = None
+        if winograd and self.group == 1 and self.kshape == (3, 3) and self.strides == (1, 1) \
+                and self.dilations == (1, 1) and compute_dtype(w.dtype) == np.dtype(np.float32):
+            self._w = w
+            if spatial is not None:
+                m = choose_tile(self.Cg, self.M, self.geometry(tuple(spatial))[2])
+                if m:
+                    self.winograd_weights(m)
+
+    def winograd_weights(self, m):
+        ww = self._wino.get(m)
+        if ww is None:          # idempotent: concurrent first runs may both build it, either result serves
+            ww = self._wino[m] = WinogradWeights(self.xp, self._w, m)
+        return ww
 
     def _prepack(self, w):
         xp = self.xp
@@ -178,6 +218,11 @@ class _ConvPlan:
             # (C, multiplier, K): per input channel, the weights of its output channels by tap
             self.wd = xp.ascontiguousarray(wc.reshape(g, M // g, K))
             self.wd_taps = [xp.ascontiguousarray(self.wd[:, :, t]) for t in range(K)]
+            # channels-last small-image path: each tap's weights tiled over enough pixels for long rows
+            self.wd_rows = None
+            if n == 2 and M == g:
+                self.wd_rows = -(-_DW_MIN_ROW // g)
+                self.wd_rowtaps = [xp.tile(self.wd[:, 0, t], self.wd_rows) for t in range(K)]
         else:
             self.wm = xp.ascontiguousarray(wc.reshape(g, M // g, Cg * K))
         self.taps = tap_offsets(self.kshape, self.dilations)
@@ -204,12 +249,14 @@ class _ConvPlan:
         y = xp.empty((N, M) + out, dtype=cdt)
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
-            acc = self._depthwise(xc, pb, pe, out)          # a strided view: the crop and bias in one pass
-            if bias is not None:
-                xp.add(acc, bias, out=y)
-            else:
-                y[...] = acc
+            with _ufunc_buffer(xp):
+                self._depthwise(xc, pb, pe, out, y, bias)
             return y.astype(x.dtype, copy=False)
+        if self._w is not None and cdt == np.dtype(np.float32):
+            m = choose_tile(Cg, M, out)
+            if m:
+                winograd_conv(xp, self.winograd_weights(m), xc, pb, pe, out, y, bias)
+                return y.astype(x.dtype, copy=False)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
@@ -227,14 +274,21 @@ class _ConvPlan:
             y += bias
         return y.astype(x.dtype, copy=False)
 
-    def _depthwise(self, xc, pb, pe, out):
+    def _depthwise(self, xc, pb, pe, out, y, bias):
         """Group == C with one input channel per group: accumulate tap view * weight, no loop over channels.
 
         Every tap is one contiguous range of a flattened padded image: its output grid is laid out at
         the padded row pitch and cropped at the end, which keeps NumPy's inner loops long. Strided
         convolutions first split the padded input into its stride phases (polyphase: plane (r1, r2..)
-        holds x[.., r1::s1, r2::s2..]), where each tap is again a unit-stride window.
+        holds x[.., r1::s1, r2::s2..]), where each tap is again a unit-stride window. Small images
+        (per-channel rows shorter than NumPy's fast broadcasting needs) run channels-last instead.
         """
+        if self.wd_rows is not None:
+            st = self.strides
+            P = [sz + b + e for sz, b, e in zip(xc.shape[2:], pb, pe)]
+            Q = [p_ // s + (p_ % s > 0) for p_, s in zip(P, st)]
+            if (out[0] - 1) * Q[1] + out[1] < _DW_MIN_ROW:
+                return self._depthwise_nhwc(xc, pb, pe, out, y, bias)
         xp = self.xp
         N = xc.shape[0]
         g, M = self.group, self.M
@@ -271,8 +325,58 @@ class _ConvPlan:
                 xp.multiply(src, wt, out=tmp)
                 acc += tmp
         isz = acc.itemsize
-        return xp.lib.stride_tricks.as_strided(
+        view = xp.lib.stride_tricks.as_strided(
             acc, (N, M) + tuple(out), (acc.strides[0], L * isz) + tuple(r * isz for r in R))
+        y[...] = view                    # the crop: a plain copy, then the bias over long rows
+        if bias is not None:
+            y.reshape(N, M, -1)[...] += bias.reshape(M, 1)
+
+    def _depthwise_nhwc(self, xc, pb, pe, out, y, bias):
+        """2-D depthwise conv (multiplier 1) channels-last: for images whose rows are too short for NCHW.
+
+        The padded input is laid out (phase, row, C) (one plane per stride phase, every pixel's channels
+        contiguous); each tap is then a contiguous range of rows, multiplied by the tap's weight row
+        tiled over ``rows_per_block`` pixels so NumPy runs long contiguous loops.
+        """
+        xp = self.xp
+        N, C, H, W = xc.shape
+        (s1, s2), (o1, o2), (b1, b2) = self.strides, out, pb
+        P1, P2 = H + pb[0] + pe[0], W + pb[1] + pe[1]
+        Q1, Q2 = -(-P1 // s1), -(-P2 // s2)
+        S = N * Q1 * Q2
+        L = (N - 1) * Q1 * Q2 + (o1 - 1) * Q2 + o2
+        rb = self.wd_rows
+        Lp = -(-L // rb) * rb
+        starts = [(a // s1) * Q2 + b // s2 for a, b in self.taps]
+        planes = xp.zeros((s1 * s2, max(S, max(starts) + Lp), C), dtype=xc.dtype)
+        for r1 in range(s1):
+            q1 = max(0, -(-(b1 - r1) // s1))            # first plane row holding an input row
+            h0 = q1 * s1 + r1 - b1
+            n1 = len(range(h0, min(H, P1 - b1), s1))
+            for r2 in range(s2):
+                q2 = max(0, -(-(b2 - r2) // s2))
+                w0 = q2 * s2 + r2 - b2
+                n2 = len(range(w0, min(W, P2 - b2), s2))
+                if n1 <= 0 or n2 <= 0:
+                    continue
+                dst = planes[r1 * s2 + r2, :S].reshape(N, Q1, Q2, C)[:, q1:q1 + n1, q2:q2 + n2]
+                dst[...] = xc[:, :, h0:h0 + (n1 - 1) * s1 + 1:s1, w0:w0 + (n2 - 1) * s2 + 1:s2].transpose(0, 2, 3, 1)
+        acc = xp.empty((Lp // rb, rb * C), dtype=xc.dtype)
+        tmp = xp.empty_like(acc)
+        for t, (a, b) in enumerate(self.taps):
+            src = planes[(a % s1) * s2 + b % s2, starts[t]:starts[t] + Lp].reshape(acc.shape)
+            if t == 0:
+                xp.multiply(src, self.wd_rowtaps[t], out=acc)
+            else:
+                xp.multiply(src, self.wd_rowtaps[t], out=tmp)
+                acc += tmp
+        isz = acc.itemsize
+        view = xp.lib.stride_tricks.as_strided(acc, (N, o1, o2, C), (Q1 * Q2 * C * isz, Q2 * C * isz, C * isz, isz))
+        yt = y.transpose(0, 2, 3, 1)
+        if bias is not None:
+            xp.add(view, bias.reshape(C), out=yt)
+        else:
+            yt[...] = view
 
 
 @kernel("Conv", since=1)
@@ -281,7 +385,10 @@ def conv(info):
     attrs = info.attrs
     w = info.const_inputs[1] if len(info.const_inputs) > 1 else None
     if w is not None:
-        plan = _ConvPlan(xp, attrs, w)
+        shapes = tuple(info.input_shapes or ()) + (None,)
+        xs = shapes[0]
+        spatial = tuple(xs[2:]) if xs is not None and all(isinstance(d, int) for d in xs[2:]) else None
+        plan = _ConvPlan(xp, attrs, w, winograd=True, spatial=spatial)
 
         def run_const(x, _w=None, b=None):
             return (plan(x, b),)

@@ -1,0 +1,122 @@
+"""The CPU Conv kernel's fast paths (Winograd F(2,3)/F(4,3), depthwise channels-first and channels-last,
+1x1, strided im2col) against a float64 direct convolution, over the shapes that pick each path."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from engineroom.providers.cpu.conv import _ConvPlan
+from engineroom.providers.cpu.winograd import choose_tile
+
+
+def direct_conv(x, w, b, pads, strides, dilations, group):
+    """float64 reference: an explicit loop over kernel taps."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (H + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (W + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = np.zeros((N, M, oh, ow))
+    mg = M // group
+    for g in range(group):
+        xs = xp[:, g * Cg:(g + 1) * Cg]
+        ws = w[g * mg:(g + 1) * mg]
+        for i, j in itertools.product(range(kh), range(kw)):
+            r, c = i * dilations[0], j * dilations[1]
+            patch = xs[:, :, r:r + (oh - 1) * strides[0] + 1:strides[0], c:c + (ow - 1) * strides[1] + 1:strides[1]]
+            y[:, g * mg:(g + 1) * mg] += np.einsum("nchw,mc->nmhw", patch, ws[:, :, i, j])
+    if b is not None:
+        y += b.reshape(1, M, 1, 1)
+    return y
+
+
+def run_plan(x, w, b, pads, strides, dilations, group, winograd=True):
+    attrs = {"pads": list(pads), "strides": list(strides), "dilations": list(dilations), "group": group}
+    plan = _ConvPlan(np, attrs, w, winograd=winograd, spatial=x.shape[2:])
+    return plan(x, b)
+
+
+def check(x, w, b, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), group=1, rtol=1e-5):
+    ref = direct_conv(x, w, b, pads, strides, dilations, group)
+    got = run_plan(x, w, b, pads, strides, dilations, group)
+    assert got.shape == ref.shape
+    assert got.dtype == x.dtype
+    err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+    assert err <= rtol, err
+    return got
+
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("C,M,H,W", [(16, 24, 40, 40), (16, 8, 20, 20), (32, 32, 13, 17), (8, 16, 9, 30),
+                                     (64, 32, 7, 7)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (2, 1, 0, 3)])
+def test_winograd_shapes(C, M, H, W, pads):
+    x, w, b = rand(2, C, H, W), rand(M, C, 3, 3), rand(M)
+    check(x, w, b, pads=pads, rtol=3e-5)
+    check(x, w, None, pads=pads, rtol=3e-5)
+
+
+def test_winograd_tile_choice():
+    assert choose_tile(64, 64, (56, 56)) == 4
+    assert choose_tile(256, 256, (14, 14)) == 2
+    assert choose_tile(512, 512, (7, 7)) == 0
+    assert choose_tile(3, 64, (224, 224)) == 0
+
+
+def test_winograd_not_for_dynamic_or_float64():
+    x, w = rand(1, 16, 32, 32), rand(16, 16, 3, 3)
+    ref = direct_conv(x, w, None, (1, 1, 1, 1), (1, 1), (1, 1), 1)
+    y = run_plan(x, w, None, (1, 1, 1, 1), (1, 1), (1, 1), 1, winograd=False)
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-6
+    y64 = run_plan(x.astype(np.float64), w.astype(np.float64), None, (1, 1, 1, 1), (1, 1), (1, 1), 1)
+    assert np.abs(y64 - ref).max() / np.abs(ref).max() < 1e-12
+
+
+@pytest.mark.parametrize("C,H,W", [(8, 40, 40), (32, 14, 14), (24, 7, 9), (4, 3, 3), (16, 1, 1)])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1), (3, 3)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (0, 2, 1, 0)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_depthwise(C, H, W, strides, pads, batch):
+    if H + pads[0] + pads[2] < 3 or W + pads[1] + pads[3] < 3:
+        pytest.skip("kernel larger than the padded input")  # no output positions
+    x, w, b = rand(batch, C, H, W), rand(C, 1, 3, 3), rand(C)
+    check(x, w, b, pads=pads, strides=strides, group=C)
+    check(x, w, None, pads=pads, strides=strides, group=C)
+
+
+@pytest.mark.parametrize("dilations", [(2, 2), (1, 3)])
+def test_depthwise_dilated(dilations):
+    x, w, b = rand(2, 12, 20, 20), rand(12, 1, 3, 3), rand(12)
+    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, group=12)
+    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, strides=(2, 2), group=12)
+
+
+def test_depthwise_multiplier_and_5x5():
+    x = rand(1, 6, 30, 30)
+    check(x, rand(12, 1, 3, 3), rand(12), group=6)
+    check(x, rand(6, 1, 5, 5), rand(6), pads=(2, 2, 2, 2), group=6)
+    check(rand(1, 6, 8, 8), rand(6, 1, 5, 5), None, pads=(2, 2, 2, 2), strides=(2, 2), group=6)
+
+
+@pytest.mark.parametrize("case", [
+    dict(C=3, M=16, H=33, W=31, k=7, pads=(3, 3, 3, 3), strides=(2, 2)),
+    dict(C=16, M=32, H=28, W=28, k=1, pads=(0, 0, 0, 0), strides=(1, 1)),
+    dict(C=16, M=32, H=28, W=28, k=1, pads=(0, 0, 0, 0), strides=(2, 2)),
+    dict(C=16, M=32, H=15, W=15, k=3, pads=(1, 1, 1, 1), strides=(2, 2)),
+    dict(C=8, M=8, H=12, W=12, k=3, pads=(1, 1, 1, 1), strides=(1, 1), group=2),
+])
+def test_dense_paths(case):
+    c = dict(case)
+    g = c.pop("group", 1)
+    x, w, b = rand(2, c["C"], c["H"], c["W"]), rand(c["M"], c["C"] // g, c["k"], c["k"]), rand(c["M"])
+    check(x, w, b, pads=c["pads"], strides=c["strides"], group=g)
