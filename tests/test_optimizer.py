@@ -141,3 +141,37 @@ def test_tanh_gelu_becomes_fast_gelu(tmp_path):
     m = _model(nodes, [_f("x", [2, 16])], [_f("y", [2, 16])], list(c.items()))
     ops = _check_same(m, {"x": RNG.standard_normal((2, 16)).astype(np.float32)}, tmp_path)
     assert ops == [("com.microsoft", "FastGelu")]
+
+
+def test_bias_gelu(tmp_path):
+    b = RNG.standard_normal(16).astype(np.float32)
+    m = _model([helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Gelu", ["a"], ["y"])],
+               [_f("x", ["n", 16])], [_f("y", None)], [("b", b)], opset=20)
+    ops = _check_same(m, {"x": RNG.standard_normal((3, 16)).astype(np.float32)}, tmp_path)
+    assert ops == [("com.microsoft", "BiasGelu")]
+
+
+def test_matmul_add_becomes_gemm(tmp_path):
+    w, c = RNG.standard_normal((8, 5)).astype(np.float32), RNG.standard_normal(5).astype(np.float32)
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "c"], ["y"])],
+               [_f("x", ["n", 8])], [_f("y", None)], [("w", w), ("c", c)])
+    ops = _check_same(m, {"x": RNG.standard_normal((4, 8)).astype(np.float32)}, tmp_path)
+    assert ops == [("", "Gemm")]
+
+
+@pytest.mark.parametrize("square", ["Pow", "Mul"])
+def test_decomposed_layer_norm_becomes_layer_normalization(tmp_path, square):
+    g, b = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
+    two, eps = np.array(2, np.float32), np.array(1e-5, np.float32)
+    sq = (helper.make_node("Pow", ["d", "two"], ["p"]) if square == "Pow"
+          else helper.make_node("Mul", ["d", "d"], ["p"]))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             sq, helper.make_node("ReduceMean", ["p"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["nrm"]), helper.make_node("Mul", ["nrm", "g"], ["sc"]),
+             helper.make_node("Add", ["sc", "b"], ["y"])]
+    m = _model(nodes, [_f("x", ["n", 5, 16])], [_f("y", None)],
+               [("g", g), ("b", b), ("two", two), ("eps", eps)], opset=17)
+    ops = _check_same(m, {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32)}, tmp_path, rtol=1e-4,
+                      atol=1e-5)
+    assert ops == [("", "LayerNormalization")]

@@ -4,6 +4,10 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 
 - Conv + activation (+ a residual Add before it) → ``FusedConv`` (activation, activation_params, Z)
 - the tanh form of GELU (x·0.5·(1+tanh(√(2/π)(x+0.044715x³)))) → ``FastGelu``
+- Add(x, constant bias) + Gelu → ``BiasGelu``
+- MatMul(2-D, constant) + Add(constant bias) → ONNX ``Gemm``
+- the decomposed layer norm (ReduceMean, Sub, Pow/Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β)
+  → ONNX ``LayerNormalization`` (opset ≥ 17)
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from engineroom.optimizer.rewrite import only_use, other_input, producer, replace, scalar
+from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.views import node_view
 
 MS = "com.microsoft"
@@ -94,6 +98,118 @@ class Fuser:
             if self._commit(nodes, fused, [(y, fused.outputs[0])]):
                 n += 1
         return n
+
+
+def _fuse_more(f: "Fuser") -> dict[str, int]:
+    return {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
+
+
+def _onnx_op(node: ir.Node | None, op: str) -> bool:
+    return node is not None and node.op_type == op and node.domain in ("", "ai.onnx")
+
+
+def _bias_gelu(f: "Fuser") -> int:
+    n = 0
+    for gelu in list(f.graph):
+        if not _onnx_op(gelu, "Gelu") or gelu.graph is None:
+            continue
+        approx = gelu.attributes.get("approximate")
+        if approx is not None and approx.value != "none":
+            continue
+        add = producer(gelu.inputs[0], "Add")
+        if add is None or only_use(add.outputs[0]) is not gelu or len(add.inputs) != 2:
+            continue
+        k = next((k for k in (0, 1) if const(add.inputs[k]) is not None and const(add.inputs[k]).ndim == 1), None)
+        if k is None:
+            continue
+        fused = ir.Node(MS, "BiasGelu", [add.inputs[1 - k], add.inputs[k]], num_outputs=1,
+                        name=(gelu.name or "") + "_biasgelu")
+        if f._commit([add, gelu], fused, [(gelu.outputs[0], fused.outputs[0])]):
+            n += 1
+    return n
+
+
+def _matmul_add(f: "Fuser") -> int:
+    n = 0
+    for mm in list(f.graph):
+        if not _onnx_op(mm, "MatMul") or mm.graph is None:
+            continue
+        a, b = mm.inputs
+        bc = const(b)
+        if a is None or a.shape is None or len(a.shape) != 2 or bc is None or bc.ndim != 2:
+            continue
+        add = only_use(mm.outputs[0])
+        if not _onnx_op(add, "Add") or len(add.inputs) != 2:
+            continue
+        c = other_input(add, mm.outputs[0])
+        cc = const(c)
+        if cc is None or cc.ndim > 2 or (cc.ndim >= 1 and cc.shape[-1] not in (1, bc.shape[1])):
+            continue
+        fused = ir.Node("", "Gemm", [a, b, c], num_outputs=1, name=(mm.name or "") + "_gemm")
+        if f._commit([mm, add], fused, [(add.outputs[0], fused.outputs[0])]):
+            n += 1
+    return n
+
+
+def _last_axis_mean(node: ir.Node | None, rank: int | None) -> bool:
+    if not _onnx_op(node, "ReduceMean"):
+        return False
+    keep = node.attributes.get("keepdims")
+    if keep is not None and keep.value == 0:
+        return False
+    axes = node.attributes.get("axes")
+    ax = list(axes.value) if axes is not None else (
+        list(const(node.inputs[1]).reshape(-1)) if len(node.inputs) > 1 and const(node.inputs[1]) is not None
+        else None)
+    return ax is not None and len(ax) == 1 and (ax[0] == -1 or (rank is not None and ax[0] == rank - 1))
+
+
+def _layer_norm(f: "Fuser") -> int:
+    if f.opsets.get("", 1) < 17:
+        return 0
+    n = 0
+    for mean in list(f.graph):
+        x = mean.inputs[0] if _onnx_op(mean, "ReduceMean") else None
+        rank = len(x.shape) if x is not None and x.shape is not None else None
+        if x is None or not _last_axis_mean(mean, rank) or mean.graph is None:
+            continue
+        sub = only_use(mean.outputs[0])
+        if not _onnx_op(sub, "Sub") or sub.inputs[0] is not x or sub.inputs[1] is not mean.outputs[0]:
+            continue
+        d = sub.outputs[0]
+        uses = list(dict.fromkeys(u.node for u in d.uses()))  # Mul(d, d) uses d twice
+        sq = next((u for u in uses if (_onnx_op(u, "Pow") and scalar(u.inputs[1]) == 2.0)
+                   or (_onnx_op(u, "Mul") and u.inputs[0] is d and u.inputs[1] is d)), None)
+        div = next((u for u in uses if _onnx_op(u, "Div") and u.inputs[0] is d), None)
+        if sq is None or div is None or len(uses) != 2 or d.is_graph_output():
+            continue
+        var = only_use(sq.outputs[0])
+        if not _last_axis_mean(var, rank):
+            continue
+        add_eps = only_use(var.outputs[0])
+        eps = scalar(other_input(add_eps, var.outputs[0])) if _onnx_op(add_eps, "Add") else None
+        sqrt = only_use(add_eps.outputs[0]) if eps is not None else None
+        if not _onnx_op(sqrt, "Sqrt") or div.inputs[1] is not sqrt.outputs[0] or only_use(sqrt.outputs[0]) is not div:
+            continue
+        mul = only_use(div.outputs[0])
+        gamma = other_input(mul, div.outputs[0]) if _onnx_op(mul, "Mul") else None
+        if const(gamma) is None or const(gamma).ndim != 1:
+            continue
+        nodes = [mean, sub, sq, var, add_eps, sqrt, div, mul]
+        y = mul.outputs[0]
+        beta = None
+        add_b = only_use(y)
+        if _onnx_op(add_b, "Add"):
+            cand = other_input(add_b, y)
+            if const(cand) is not None and const(cand).ndim == 1:
+                beta, y = cand, add_b.outputs[0]
+                nodes.append(add_b)
+        fused = ir.Node("", "LayerNormalization", [x, gamma] + ([beta] if beta is not None else []),
+                        [ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", float(eps))], num_outputs=1,
+                        name=(mean.name or "") + "_layernorm")
+        if f._commit(nodes, fused, [(y, fused.outputs[0])]):
+            n += 1
+    return n
 
 
 def _same_shape(a: ir.Value, b: ir.Value) -> bool:
@@ -180,4 +296,6 @@ def _match_tanh_gelu(tanh: ir.Node):
 
 def fuse(model: ir.Model, owner: Callable[[ir.Node], object]) -> dict[str, int]:
     f = Fuser(model, owner)
-    return {"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
+    done = {"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
+    done.update(_fuse_more(f))
+    return done
