@@ -120,3 +120,59 @@ def test_dense_paths(case):
     g = c.pop("group", 1)
     x, w, b = rand(2, c["C"], c["H"], c["W"]), rand(c["M"], c["C"] // g, c["k"], c["k"]), rand(c["M"])
     check(x, w, b, pads=c["pads"], strides=c["strides"], group=g)
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvTranspose
+
+
+def direct_conv_transpose(x, w, b, pads, strides, out_pad, group):
+    """float64 reference straight from the definition: every input pixel scatters its kernel."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    N, C, H, W = x.shape
+    Mg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    Cg = C // group
+    fh = (H - 1) * strides[0] + kh + out_pad[0]
+    fw = (W - 1) * strides[1] + kw + out_pad[1]
+    full = np.zeros((N, group * Mg, fh, fw))
+    for gi in range(group):
+        xs = x[:, gi * Cg:(gi + 1) * Cg]
+        ws = w[gi * Cg:(gi + 1) * Cg]
+        contrib = np.einsum("nchw,cmij->nmijhw", xs, ws)
+        for i, j in itertools.product(range(kh), range(kw)):
+            full[:, gi * Mg:(gi + 1) * Mg, i:i + (H - 1) * strides[0] + 1:strides[0],
+                 j:j + (W - 1) * strides[1] + 1:strides[1]] += contrib[:, :, i, j]
+    y = full[:, :, pads[0]:fh - pads[2], pads[1]:fw - pads[3]]
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose_kernel(w, b, attrs):
+    from engineroom.plugin_sdk.kernel import KernelInfo
+    from engineroom.providers.cpu.registry import registry
+
+    consts = (None, w, b)
+    info = KernelInfo(index=0, op_type="ConvTranspose", domain="", opset=20, name="ct",
+                      input_names=("x", "w", "b"), output_names=("y",),
+                      input_dtypes=(np.dtype(np.float32),) * 3, output_dtypes=(np.dtype(np.float32),),
+                      input_shapes=(None,) * 3, output_shapes=(None,), attrs=attrs, const_inputs=consts, xp=np)
+    return registry.lookup("", "ConvTranspose", 20).factory(info)
+
+
+@pytest.mark.parametrize("C,M,H,W", [(6, 4, 20, 18), (4, 2, 3, 17), (8, 4, 4, 4)])
+@pytest.mark.parametrize("k,s,pads,out_pad", [(4, 2, (1, 1, 1, 1), (0, 0)), (3, 2, (1, 1, 1, 1), (1, 1)),
+                                              (3, 1, (1, 1, 1, 1), (0, 0)), (5, 3, (0, 2, 1, 0), (2, 0)),
+                                              (2, 2, (0, 0, 0, 0), (0, 0)), (4, 2, (3, 3, 3, 3), (0, 1))])
+@pytest.mark.parametrize("batch,group", [(1, 1), (2, 1), (2, 2)])
+def test_conv_transpose(C, M, H, W, k, s, pads, out_pad, batch, group):
+    x, w, b = rand(batch, C, H, W), rand(C, M // group, k, k), rand(M)
+    attrs = {"strides": [s, s], "pads": list(pads), "output_padding": list(out_pad), "group": group,
+             "kernel_shape": [k, k]}
+    ref = direct_conv_transpose(x, w, b, pads, (s, s), out_pad, group)
+    (got,) = conv_transpose_kernel(w, b, attrs)(x, w, b)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    (got,) = conv_transpose_kernel(w, None, attrs)(x, w)
+    assert np.abs(got - (ref - b.reshape(1, -1, 1, 1))).max() <= 1e-5 * np.abs(ref).max()
