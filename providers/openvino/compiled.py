@@ -90,7 +90,8 @@ class _Compiled:
 
         xs = [x if not isinstance(x, np.ndarray) or x.flags.writeable else np.array(x) for x in inputs]
         for i in self._bf16_in:
-            x = np.ascontiguousarray(xs[i])
+            x = np.asarray(xs[i])
+            x = x if x.flags.c_contiguous else x.copy(order="C")   # (ascontiguousarray makes 0-d 1-d)
             t = ov.Tensor(ov.Type.bf16, ov.Shape(list(x.shape)))
             t.data[...] = x.view(np.float16)
             xs[i] = t
