@@ -70,9 +70,9 @@ def _ov_devices() -> tuple[str, ...]:
 
 
 def _device_present(device_type: str, devices: tuple[str, ...]) -> bool:
-    """Whether OpenVINO lists the device ``device_type`` names ("GPU" matches "GPU.0"; AUTO/HETERO/MULTI
-    name their candidates after a colon, and OpenVINO itself picks among them)."""
-    if ":" in device_type:
+    """Whether OpenVINO lists the device ``device_type`` names ("GPU" matches "GPU.0"; AUTO, HETERO,
+    MULTI and BATCH are OpenVINO's virtual devices, which pick among the real ones themselves)."""
+    if ":" in device_type or device_type.split(".")[0] in ("AUTO", "HETERO", "MULTI", "BATCH"):
         return True
     return any(d == device_type or d.split(".")[0] == device_type for d in devices)
 
