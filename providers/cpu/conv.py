@@ -12,6 +12,7 @@ The window helpers (geometry, padding, tap slices) are shared with ``pool.py``.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -209,7 +210,7 @@ class _ConvPlan:
         self.dilations = tuple(_ints(a.get("dilations"), n, 1))
         self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
         M, Cg = w.shape[0], w.shape[1]
-        K = int(np.prod(self.kshape))
+        K = math.prod(self.kshape)
         self.M, self.Cg, self.K = M, Cg, K
         self.depthwise = Cg == 1 and g > 1
         cdt = compute_dtype(w.dtype)
@@ -244,7 +245,7 @@ class _ConvPlan:
         spatial = tuple(x.shape[2:])
         pb, pe, out = self.geometry(spatial)
         g, M, Cg, K = self.group, self.M, self.Cg, self.K
-        P = int(np.prod(out)) if out else 1
+        P = math.prod(out) if out else 1
         # the result is always a fresh C-contiguous array of its own (fused kernels then work in place)
         y = xp.empty((N, M) + out, dtype=cdt)
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
@@ -304,10 +305,10 @@ class _ConvPlan:
             split = xpad.reshape((N, g) + tuple(v for q, s in zip(Q, st) for v in (q, s)))
             order = tuple(3 + 2 * i for i in range(nd)) + (0, 1) + tuple(2 + 2 * i for i in range(nd))
             phases = xp.ascontiguousarray(split.transpose(order))         # (s1.., N, C, Q1..)
-            phases = phases.reshape((int(np.prod(st)), N, g, 1, int(np.prod(Q))))
+            phases = phases.reshape((math.prod(st), N, g, 1, math.prod(Q)))
         else:
-            phases = xpad.reshape(1, N, g, 1, int(np.prod(P)))
-        R = [int(np.prod(Q[i + 1:])) for i in range(nd)]
+            phases = xpad.reshape(1, N, g, 1, math.prod(P))
+        R = [math.prod(Q[i + 1:]) for i in range(nd)]
         L = sum((o - 1) * r for o, r in zip(out, R)) + 1
         acc = xp.empty((N, g, m, L), dtype=xc.dtype)
         tmp = xp.empty_like(acc)
@@ -446,8 +447,8 @@ def conv_transpose(info):
         kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(w.shape[2:])
         cdt = compute_dtype(w.dtype)
         # (g, Mg*K, Cg): columns = W_g^T @ X_g
-        wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * int(np.prod(kshape))).transpose(0, 2, 1)
-        return dict(wt=xp.ascontiguousarray(wt), kshape=kshape, K=int(np.prod(kshape)), Mg=Mg,
+        wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * math.prod(kshape)).transpose(0, 2, 1)
+        return dict(wt=xp.ascontiguousarray(wt), kshape=kshape, K=math.prod(kshape), Mg=Mg,
                     strides=tuple(_ints(a.get("strides"), n, 1)),
                     dilations=tuple(_ints(a.get("dilations"), n, 1)),
                     pads=tuple(_ints(a.get("pads"), 2 * n, 0)),
@@ -480,7 +481,7 @@ def conv_transpose(info):
         if scatter is None:
             y = _convtranspose_phases(xp, st["wt"], xc, g, Mg, st["kshape"], st["strides"], pb, out, bias)
             return (y.astype(x.dtype, copy=False),)
-        n_in = int(np.prod(spatial)) if spatial else 1
+        n_in = math.prod(spatial) if spatial else 1
         cols = xp.matmul(st["wt"], xc.reshape(N, g, C // g, n_in))          # (N, g, Mg*K, n_in)
         cols = cols.reshape((N, g * Mg, K) + spatial)
         y = xp.zeros((N, g * Mg) + out, dtype=cdt)
@@ -672,9 +673,9 @@ def deform_conv(info):
         strides = _ints(a.get("strides"), n, 1)
         dil = _ints(a.get("dilations"), n, 1)
         pads = _ints(a.get("pads"), 2 * n, 0)
-        K = int(np.prod(kshape))
+        K = math.prod(kshape)
         out = tuple(offset.shape[2:])
-        P = int(np.prod(out))
+        P = math.prod(out)
         xc = x.astype(cdt, copy=False)
         off = offset.astype(cdt, copy=False).reshape((N, og, K, n) + out)
         # base sampling position per (tap, output position) and axis

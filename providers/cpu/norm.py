@@ -8,6 +8,8 @@ parameters folds them once in the factory into one per-channel scale and shift, 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engineroom.providers.cpu.registry import kernel
@@ -97,7 +99,7 @@ def _normalize(xp, xc, axes, eps):
     shape = xc.shape
     k = len(axes)
     lead = shape[:len(shape) - k]
-    n = int(np.prod(shape[len(shape) - k:]))
+    n = math.prod(shape[len(shape) - k:])
     x2 = xc.reshape(-1, n)
     rn = xc.dtype.type(1.0 / n) if n else xc.dtype.type(0)
     mean = x2.sum(axis=1, keepdims=True)

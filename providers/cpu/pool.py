@@ -9,6 +9,7 @@ count_include_pad, ceil_mode and dilations cost nothing per run.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -150,15 +151,15 @@ def _max_with_indices(xp, x, xpad, plan, pb, out, storage_order):
     n = plan.n
     flat = xp.zeros_like(arg)
     if storage_order == 0:
-        mults = [int(np.prod(spatial[i + 1:])) for i in range(n)]
+        mults = [math.prod(spatial[i + 1:]) for i in range(n)]
     else:
-        mults = [int(np.prod(spatial[:i])) for i in range(n)]
+        mults = [math.prod(spatial[:i]) for i in range(n)]
     for i in range(n):
         base = xp.arange(out[i], dtype=np.int64) * plan.strides[i] - pb[i]
         base = base.reshape((1, 1) + tuple(-1 if a == i else 1 for a in range(n)))
         pos = base + tj[:, i][arg] * plan.dilations[i]
         flat += pos * mults[i]
-    S = int(np.prod(spatial))
+    S = math.prod(spatial)
     N, C = x.shape[:2]
     nc = xp.arange(N * C, dtype=np.int64).reshape((N, C) + (1,) * n) * S
     return best, flat + nc
@@ -255,7 +256,7 @@ def max_unpool(info):
         # indices address the default unpooled shape; an explicit output_shape only enlarges the canvas
         shape = tuple(x.shape[:2]) + tuple(
             (x.shape[2 + i] - 1) * strides[i] + kshape[i] - pads[i] - pads[i + n] for i in range(n))
-        y = xp.zeros(int(np.prod(shape)), dtype=x.dtype)
+        y = xp.zeros(math.prod(shape), dtype=x.dtype)
         y[indices.reshape(-1)] = x.reshape(-1)
         y = y.reshape(shape)
         if output_shape is not None:

@@ -88,30 +88,31 @@ def winograd_conv(xp, ww: WinogradWeights, x, pb, pe, out, y, bias=None):
     Z = xp.matmul(ww.BT, D.reshape(a, a * C * T))
     V = xp.matmul(ww.BT, Z.reshape(a, a, C * T))
     O = xp.matmul(ww.U, V.reshape(a * a, C, T))                          # (α², M, N·T)
-    Z = xp.matmul(ww.AT, O.reshape(a, a * M * T))                        # Aᵀ o A the same way
-    Y = xp.matmul(ww.AT, Z.reshape(m, a, M * T))                         # (m, m, M·N·T)
-    Y6 = Y.reshape(m, m, M, N, th, tw).transpose(3, 2, 4, 0, 5, 1)       # (N, M, th, m, tw, m)
-    _untile(xp, Y6, y, m, th, tw, ho, wo, bias)
+    # Aᵀ o A: the columns first, leaving r2 innermost (a matmul broadcast over the rows a), then the
+    # rows (one GEMM): Y (r1, M, N, th, tw, r2) has each output row's pixels (tw, r2) contiguous
+    X = M * T
+    Z = xp.matmul(O.reshape(a, a, X).transpose(0, 2, 1), ww.AT.T)       # (a, X, r2)
+    Y = xp.matmul(ww.AT, Z.reshape(a, X * m))                           # (r1, X * r2)
+    _untile(xp, Y.reshape(m, M, N, th, tw * m), y, m, th, ho, wo, bias)
     return y
 
 
-def _untile(xp, Y6, y, m, th, tw, ho, wo, bias):
-    """Writes the tiles of Y6 (N, M, th, m, tw, m) into y (N, M, ho, wo), cropping the last partial tiles."""
+def _untile(xp, Y, y, m, th, ho, wo, bias):
+    """y (N, M, ho, wo) from Y (r1, M, N, th, tw*m): output row i*m + r1, columns cropped to wo."""
     s0, s1, s2, s3 = y.strides
     N, M = y.shape[0], y.shape[1]
-    rows = [(0, ho // m, m)] + ([(ho // m, 1, ho - (ho // m) * m)] if ho % m else [])
-    cols = [(0, wo // m, m)] + ([(wo // m, 1, wo - (wo // m) * m)] if wo % m else [])
-    b6 = bias.reshape(M, 1, 1, 1, 1) if bias is not None else None
-    for ti, nti, szi in rows:
-        if nti == 0:
-            continue
-        for tj, ntj, szj in cols:
-            if ntj == 0:
-                continue
-            base = y[:, :, ti * m:, tj * m:]
-            dst = xp.lib.stride_tricks.as_strided(base, (N, M, nti, szi, ntj, szj), (s0, s1, m * s2, s2, m * s3, s3))
-            src = Y6[:, :, ti:ti + nti, :szi, tj:tj + ntj, :szj]
-            if b6 is not None:
-                xp.add(src, b6, out=dst)
-            else:
-                dst[...] = src
+    src = Y.transpose(2, 1, 3, 0, 4)                                    # (N, M, th, m, tw*m)
+    b4 = bias.reshape(M, 1, 1, 1) if bias is not None else None
+    full, rest = divmod(ho, m)
+    parts = []
+    if full:
+        dst = xp.lib.stride_tricks.as_strided(y, (N, M, full, m, wo), (s0, s1, m * s2, s2, s3))
+        parts.append((dst, src[:, :, :full, :, :wo]))
+    if rest:
+        dst = y[:, :, full * m:, :].reshape(N, M, 1, rest, wo)
+        parts.append((dst, src[:, :, full:full + 1, :rest, :wo]))
+    for dst, sv in parts:
+        if b4 is not None:
+            xp.add(sv, b4, out=dst)
+        else:
+            dst[...] = sv
