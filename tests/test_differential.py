@@ -713,6 +713,10 @@ def gen_conv_transpose(draw):
     if auto_pad != "NOTSET":
         attrs["auto_pad"] = auto_pad
     if pads is not None:
+        # the pads crop the full output (stride * (n - 1) + dilated kernel); leave at least one element
+        for i in range(nsp):
+            full_i = s[i] * (sizes[i] - 1) + d[i] * (k[i] - 1) + 1
+            pads[nsp + i] = min(pads[nsp + i], full_i - 1 - pads[i])  # pads[i] <= k - 1 < full_i
         attrs["pads"] = pads
     if draw(st.booleans()):
         # output_padding must be smaller than the stride or the dilation
@@ -1110,6 +1114,11 @@ def gen_resize(draw):
         sizes = i64(sz if axes else [n, c] + sz)
         if opset >= 18 and draw(st.booleans()):
             attrs["keep_aspect_ratio_policy"] = draw(st.sampled_from(["stretch", "not_larger", "not_smaller"]))
+            if mode == "nearest" and ctm == "align_corners":
+                # the resized length in_len * scale is then fractional (5 * 7/3): a coordinate can be an exact
+                # .5 in real numbers (4 * 4 / (35/3 - 1) = 1.5) that float32 and float64 round to either side of,
+                # and nearest picks different pixels. Not drawn.
+                attrs["keep_aspect_ratio_policy"] = "stretch"
     else:
         # an output dim of 0 (floor(1 * 0.5)) is valid; onnx.reference fails on it
         sc = [draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0] if dim > 1 else [1.0, 1.5, 2.0, 3.0]))
