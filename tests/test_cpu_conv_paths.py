@@ -82,7 +82,7 @@ def test_winograd_not_for_dynamic_or_float64():
     assert np.abs(y64 - ref).max() / np.abs(ref).max() < 1e-12
 
 
-@pytest.mark.parametrize("C,H,W", [(8, 40, 40), (32, 14, 14), (24, 7, 9), (4, 3, 3), (16, 1, 1)])
+@pytest.mark.parametrize("C,H,W", [(8, 40, 40), (3, 70, 66), (32, 14, 14), (24, 7, 9), (4, 3, 3), (16, 1, 1)])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1), (3, 3)])
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (0, 2, 1, 0)])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -99,6 +99,38 @@ def test_depthwise_dilated(dilations):
     x, w, b = rand(2, 12, 20, 20), rand(12, 1, 3, 3), rand(12)
     check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, group=12)
     check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, strides=(2, 2), group=12)
+
+
+def conv_nd_reference(x, w, pads, strides, group):
+    """float64 N-d depthwise/grouped reference via explicit tap loops (any number of spatial axes)."""
+    nd = x.ndim - 2
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0)) + tuple((pads[i], pads[i + nd]) for i in range(nd)))
+    M, Cg = w.shape[:2]
+    ks = w.shape[2:]
+    out = [(x.shape[2 + i] - ks[i]) // strides[i] + 1 for i in range(nd)]
+    y = np.zeros((x.shape[0], M) + tuple(out))
+    mg = M // group
+    for g in range(group):
+        for t in itertools.product(*(range(k) for k in ks)):
+            sl = tuple(slice(t[i], t[i] + (out[i] - 1) * strides[i] + 1, strides[i]) for i in range(nd))
+            patch = x[(slice(None), slice(g * Cg, (g + 1) * Cg)) + sl]
+            y[:, g * mg:(g + 1) * mg] += np.einsum("nc...,mc->nm...", patch, w[(slice(g * mg, (g + 1) * mg),
+                                                                                     slice(None)) + t])
+    return y
+
+
+@pytest.mark.parametrize("shape,strides,pads", [((2, 5, 3000), (1,), (1, 1)), ((1, 4, 2500), (2,), (1, 2)),
+                                                ((1, 3, 14, 15, 16), (2, 1, 2), (1, 1, 1, 1, 0, 1)),
+                                                ((1, 2, 20, 20, 20), (1, 1, 1), (1, 1, 1, 1, 1, 1))])
+def test_depthwise_nd(shape, strides, pads):
+    nd = len(shape) - 2
+    C = shape[1]
+    x, w = rand(*shape), rand(C, 1, *(3,) * nd)
+    attrs = {"pads": list(pads), "strides": list(strides), "group": C}
+    got = _ConvPlan(np, attrs, w)(x)
+    ref = conv_nd_reference(x, w, pads, strides, C)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def test_depthwise_multiplier_and_5x5():

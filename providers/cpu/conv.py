@@ -137,6 +137,28 @@ def im2col_polyphase(xp, xpad, lead, kshape, strides, dilations, out):
     return cols
 
 
+def _phase_planes(xp, x, pb, strides, Q):
+    """The zero-padded input split into its stride phases, straight from x: (s1.., N, C, Q1..) with
+    plane (r1, ..)[.., q1, ..] = padded x at (s1*q1 + r1, ..), i.e. x at s*q + r - pad."""
+    n = len(strides)
+    lead = x.shape[:2]
+    planes = xp.zeros(tuple(strides) + lead + tuple(Q), dtype=x.dtype)
+    for rs in itertools.product(*(range(s) for s in strides)):
+        dst, src = [], []
+        for i in range(n):
+            s, r, b, sz = strides[i], rs[i], pb[i], x.shape[2 + i]
+            q0 = max(0, -(-(b - r) // s))                   # first q with s*q + r - b >= 0
+            j0 = s * q0 + r - b
+            cnt = min(len(range(j0, sz, s)), Q[i] - q0)
+            if cnt <= 0:
+                break
+            dst.append(slice(q0, q0 + cnt))
+            src.append(slice(j0, j0 + (cnt - 1) * s + 1, s))
+        else:
+            planes[rs + (slice(None), slice(None)) + tuple(dst)] = x[(slice(None), slice(None)) + tuple(src)]
+    return planes
+
+
 def _ints(v, n, default):
     return [int(t) for t in v] if v else [default] * n
 
@@ -298,15 +320,15 @@ class _ConvPlan:
         st = self.strides
         # pad the end further so every padded extent is a multiple of its stride (never read)
         pe = tuple(e + (-(sz + b + e)) % s for sz, b, e, s in zip(xc.shape[2:], pb, pe, st))
-        xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
-        P = xpad.shape[2:]
-        Q = tuple(p_ // s for p_, s in zip(P, st))
         if any(s > 1 for s in st):
-            split = xpad.reshape((N, g) + tuple(v for q, s in zip(Q, st) for v in (q, s)))
-            order = tuple(3 + 2 * i for i in range(nd)) + (0, 1) + tuple(2 + 2 * i for i in range(nd))
-            phases = xp.ascontiguousarray(split.transpose(order))         # (s1.., N, C, Q1..)
+            P = tuple(sz + b + e for sz, b, e in zip(xc.shape[2:], pb, pe))
+            Q = tuple(p_ // s for p_, s in zip(P, st))
+            phases = _phase_planes(xp, xc, pb, st, Q)                       # (s1.., N, C, Q1..)
             phases = phases.reshape((math.prod(st), N, g, 1, math.prod(Q)))
         else:
+            xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
+            P = xpad.shape[2:]
+            Q = P
             phases = xpad.reshape(1, N, g, 1, math.prod(P))
         R = [math.prod(Q[i + 1:]) for i in range(nd)]
         L = sum((o - 1) * r for o, r in zip(out, R)) + 1
