@@ -495,10 +495,10 @@ def gen_where(draw):
     return Case("Where", [Inp(rand(rng, c, BOOL)), Inp(rand(rng, x, dt)), Inp(rand(rng, y, dt))], opset=16)
 
 
-def _unary(draw, op_name, dtypes, lo=-3.0, hi=3.0, opset=13, attrs=None, **kw):
+def _unary(draw, op_name, dtypes, lo=-3.0, hi=3.0, opset=13, attrs=None, big=False, **kw):
     rng = rng_of(draw)
     dt = draw(st.sampled_from(dtypes))
-    if draw(st.sampled_from([False] * 7 + [True])):
+    if big:
         shape = [draw(st.integers(60, 70)), 70]  # kernels switch to a throughput path at 4096 elements
     else:
         shape = shape_st(draw, 0, 4, draw(st.sampled_from([1, 1, 1, 0])))
@@ -662,7 +662,7 @@ def _spatial_sizes(draw, k, d, pads, max_extra=4):
 
 
 @op("Conv")
-def gen_conv(draw):
+def gen_conv(draw, winograd=False):
     rng = rng_of(draw)
     dt = draw(st.sampled_from(FLOATS))
     nsp = draw(st.sampled_from([1, 2, 2, 2, 3]))
@@ -671,6 +671,15 @@ def gen_conv(draw):
     cout_g = draw(st.integers(1, 3))
     k, s, d, auto_pad, pads = _conv_geometry(draw, nsp)
     sizes = _spatial_sizes(draw, k, d, pads, 4 if nsp < 3 else 2)
+    if winograd:
+        # constant-weight 3x3 stride-1 convs with 8+ channels and 32+ output tiles take a Winograd path
+        nsp, group, cin_g, cout_g = 2, 1, draw(st.integers(8, 12)), draw(st.integers(8, 12))
+        k, s, d = [3, 3], [1, 1], [1, 1]
+        sizes = [draw(st.integers(14, 26)), draw(st.integers(14, 26))]  # 32+ tiles of 2x2 or 4x4 outputs
+        if pads is not None:
+            pads = [min(p, 2) for p in pads[:2] + pads[-2:]]
+        if auto_pad != "NOTSET":
+            pads = None
     n = draw(st.integers(1, 2))
     x = rand(rng, [n, cin_g * group] + sizes, dt, -2, 2)
     w = rand(rng, [cout_g * group, cin_g] + k, dt, -1, 1)
@@ -686,7 +695,7 @@ def gen_conv(draw):
         attrs["auto_pad"] = auto_pad
     if pads is not None:
         attrs["pads"] = pads
-    const = draw(st.booleans())
+    const = winograd or draw(st.booleans())
     return Case("Conv", [Inp(x), Inp(w, const), Inp(b, const)], attrs=attrs, opset=11, acc=True)
 
 
@@ -1221,8 +1230,23 @@ def gen_topk(draw):
 
 
 # --------------------------------------------------------------------------------------------------
-# extras: cheap, common enough in exported models
+# extras: cheap, common enough in exported models; and the size-dependent paths of the ops above
 # --------------------------------------------------------------------------------------------------
+@op("Conv_winograd", EXTRA)
+def gen_conv_winograd(draw):
+    return gen_conv(draw, winograd=True)
+
+
+@op("unary_large", EXTRA)
+def gen_unary_big(draw):
+    name = draw(st.sampled_from(["Sigmoid", "Tanh", "Erf", "Exp", "Relu", "Gelu", "HardSwish", "HardSigmoid",
+                                 "Softplus", "LeakyRelu", "Elu", "Sqrt", "Log", "Neg", "Abs"]))
+    lo, hi, opset = {"Sqrt": (0.0, 9.0, 13), "Log": (0.01, 10.0, 13), "Gelu": (-5.0, 5.0, 20),
+                     "HardSwish": (-5.0, 5.0, 14), "Relu": (-3.0, 3.0, 14)}.get(name, (-6.0, 6.0, 13))
+    case = _unary(draw, name, FLOATS, lo=lo, hi=hi, opset=opset, big=True)
+    if case.inputs[0].value.dtype == np.float64 and name in ("Erf", "Gelu", "HardSwish"):
+        case.tol_dtype = F32  # onnx.reference computes these in float32 for float64 (see gen_erf, gen_gelu)
+    return case
 @op("Greater", EXTRA)
 def gen_greater(draw):
     return _binary(draw, "Greater", NUMERIC, opset=13)
