@@ -3,6 +3,11 @@
 A plan is a list of steps ``(callable, input slots, output slots, slots to release)`` over one list
 of value slots. Slot 0 always holds None (absent optional inputs); constants are prefilled in the
 template; every other slot is released right after its last use.
+
+Copy steps pass a value through when the target provider already ``holds`` it, so a graph input fed
+already on the device that reads it (IOBinding) is not copied. A plan whose outputs end on devices
+rather than on the host (IOBinding outputs bound to a device) is derived from the session's plan by
+:meth:`Plan.with_output_devices`: the same kernels, without the copies to the host.
 """
 from __future__ import annotations
 
@@ -54,6 +59,11 @@ class Plan:
     partitions: list[Partition]
     n_copies: int
     notes: list[str] = field(default_factory=list)
+    # where each graph output exists (device -> slot), where it is produced, and where it is returned
+    output_places: list[dict[Device, int]] = field(default_factory=list)
+    output_homes: list[Device] = field(default_factory=list)
+    output_devices: list[Device] = field(default_factory=list)
+    devices: dict[Device, ExecutionProvider] = field(default_factory=dict)   # a provider per device
 
     def __post_init__(self) -> None:
         # The executor's form of each step: an itemgetter for the inputs, the single output slot
@@ -61,6 +71,53 @@ class Plan:
         self._fast = [(fn, itemgetter(*ins) if ins else _no_inputs, len(ins) != 1,
                        outs[0] if len(outs) == 1 else None, outs, rel or None)
                       for fn, ins, outs, rel in self.steps]
+        if not self.output_devices:
+            self.output_devices = [CPU] * len(self.output_slots)
+        self.input_devices = self._input_devices()
+
+    def _input_devices(self) -> list[frozenset[Device]]:
+        """Per input, the devices it is read on: a copy step's target, the host for any other step
+        (and for an input returned as an output, the device that output is returned on)."""
+        reads: dict[int, set[Device]] = {s: set() for s in self.input_slots}
+        for fn, ins, _, _ in self.steps:
+            route = getattr(fn, "route", None)
+            for s in ins:
+                if s in reads:
+                    reads[s].add(route[1].device if route is not None else CPU)
+        for s, dev in zip(self.output_slots, self.output_devices):
+            if s in reads:
+                reads[s].add(dev)
+        return [frozenset(reads[s]) for s in self.input_slots]
+
+    def with_output_devices(self, devices: dict[int, Device]) -> "Plan":
+        """This plan with output ``i`` returned on ``devices[i]`` instead of the host: the slot already
+        on that device when there is one (its copy to the host is dropped if nothing else reads it),
+        else one copy from where the output is produced. Kernels are shared with this plan."""
+        template = list(self.template)
+        steps = [(fn, ins, outs) for fn, ins, outs, _ in self.steps]
+        labels = list(self.labels)
+        out_slots = list(self.output_slots)
+        out_devs = list(self.output_devices)
+        for i, dev in devices.items():
+            places = self.output_places[i]
+            if dev in places:
+                s = places[dev]
+            else:
+                home = self.output_homes[i]
+                template.append(None)
+                s = len(template) - 1
+                steps.append((_copy_fn(self.devices[home], self.devices[dev]), (places[home],), (s,)))
+                labels.append(f"copy of output '{self.output_names[i]}' from {home} to {dev}")
+            out_slots[i] = s
+            out_devs[i] = dev
+        read = {s for _, ins, _ in steps for s in ins} | set(out_slots)
+        kept = [k for k, (fn, _, outs) in enumerate(steps)
+                if getattr(fn, "route", None) is None or any(o in read for o in outs)]
+        steps = _with_releases([(*steps[k], ()) for k in kept], set(out_slots))
+        return Plan(template, self.input_names, self.input_slots, self.output_names, out_slots, steps,
+                    [labels[k] for k in kept], self.partitions,
+                    sum(getattr(fn, "route", None) is not None for fn, *_ in steps), self.notes,
+                    self.output_places, self.output_homes, out_devs, self.devices)
 
     def run(self, feeds: list) -> list:
         vals = self.template.copy()
@@ -264,7 +321,8 @@ class PlanBuilder:
         out_slots = [slot_on(nm, CPU) for nm in out_names]
         steps = _with_releases(steps, set(out_slots))
         return Plan(template, [*input_names, *outer_names], in_slots, out_names, out_slots, steps, labels,
-                    parts, n_copies, notes)
+                    parts, n_copies, notes, [loc[nm] for nm in out_names], [home[nm] for nm in out_names],
+                    [CPU] * len(out_names), dict(self.by_device))
 
     def _emit_compiled(self, part, prov, consts, needed, slot_on, define, steps, labels) -> None:
         inside = {o for v in part.nodes for o in v.output_names if o}
@@ -320,9 +378,15 @@ class PlanBuilder:
 
 
 def _copy_fn(src: ExecutionProvider, dst: ExecutionProvider) -> Callable:
-    def copy(value):
-        return (src.copy(value, dst),)
+    """A copy step from ``src``'s device to ``dst``'s; a value ``dst`` already holds passes through
+    (a graph input bound on the device that reads it). ``route`` marks the step as a copy."""
+    holds = dst.holds
+    move = src.copy
 
+    def copy(value):
+        return (value if holds(value) else move(value, dst),)
+
+    copy.route = (src, dst)
     return copy
 
 

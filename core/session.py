@@ -2,6 +2,7 @@
 load → check & infer → optimize → partition → group & copy → plan → run."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from engineroom.load import load_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
-from engineroom.plugin_sdk import ExecutionProvider, ProviderOptionError
-from engineroom.values import OrtValue
+from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
+from engineroom.values import IOBinding, OrtValue
 from engineroom.views import value_dtype, value_shape
 
 log = logging.getLogger("engineroom")
@@ -90,12 +91,14 @@ class _InputCheck:
         self.rank = None if shape is None else len(shape)
         self.fixed = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
 
-    def check(self, x: Any) -> Any:
+    def check(self, x: Any, on_device: bool = False) -> Any:
+        """``x`` as the plan takes it, or InvalidArgument. With ``on_device``, an array on a device
+        (anything with ``dtype`` and ``shape``: CuPy, pyopencl) is checked and kept where it is."""
         if isinstance(x, OrtValue):
-            x = x._value if x._provider is None else x._provider.to_host(x._value)
+            x = x._value if x._provider is None or on_device else x._provider.to_host(x._value)
         if not self.is_tensor:
             return x
-        if not isinstance(x, np.ndarray):
+        if not isinstance(x, np.ndarray) and not (on_device and hasattr(x, "dtype") and hasattr(x, "shape")):
             x = np.asarray(x)
         if self.dtype is not None and x.dtype != self.dtype and not (self.dtype.kind == "O" and x.dtype.kind in "OUS"):
             raise InvalidArgument(f"Unexpected input data type for input '{self.name}'. "
@@ -103,9 +106,9 @@ class _InputCheck:
         if self.dtype is not None and self.dtype.kind == "O" and x.dtype.kind in "US":
             x = x.astype(object)
         if self.rank is not None:
-            if x.ndim != self.rank:
-                raise InvalidArgument(f"Invalid rank for input: {self.name} Got: {x.ndim} Expected: {self.rank} "
-                                      "Please fix either the inputs/outputs or the model.")
+            if len(x.shape) != self.rank:
+                raise InvalidArgument(f"Invalid rank for input: {self.name} Got: {len(x.shape)} "
+                                      f"Expected: {self.rank} Please fix either the inputs/outputs or the model.")
             bad = [(i, x.shape[i], d) for i, d in self.fixed if x.shape[i] != d]
             if bad:
                 lines = "".join(f" index: {i} Got: {g} Expected: {d}\n" for i, g, d in bad)
@@ -147,6 +150,7 @@ class InferenceSession:
             optimize_basic(self._model, self._cpu_for_folding())
         self._outputs = list(self._model.graph.outputs)
         self._plan = self._build_plan()
+        self._variants: dict[tuple, Plan] = {}   # plans whose outputs end on devices (IOBinding)
         if so.optimized_model_filepath:
             ir.save(self._model, so.optimized_model_filepath)
         self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
@@ -323,6 +327,115 @@ class InferenceSession:
         outs = self._run(output_names, input_dict_ort_values, run_options)
         return [OrtValue(self._to_numpy(v)) for v in outs]
 
+    def io_binding(self) -> IOBinding:
+        return IOBinding(self)
+
+    def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
+        """Run with ``iobinding``'s inputs; its outputs (``get_outputs()``) end where they were bound.
+
+        A device-bound input read only on its device passes the plan's copy step untouched; one read
+        elsewhere too is brought to the host once. Outputs bound to a device run a variant of the plan
+        whose outputs stay there (built once per set of output devices, sharing the kernels); outputs
+        not bound are not copied anywhere.
+        """
+        if run_options is not None and run_options.terminate:
+            raise Fail("Exiting due to terminate flag being set to true.")
+        bound_out = iobinding._outputs
+        if not bound_out:
+            raise InvalidArgument("At least one output should be requested.")
+        idx = [self._out_index[nm] for nm in bound_out]
+        # outputs bound to a device end there; outputs not bound stay where they are produced
+        on_device = {i: home for i, home in enumerate(self._plan.output_homes) if not home.is_host}
+        for i, (p, _) in zip(idx, bound_out.values()):
+            if p is not None and p.device in self._plan.devices and not p.device.is_host:
+                on_device[i] = p.device
+            else:
+                on_device.pop(i, None)
+        plan = self._plan_with_outputs_on(on_device) if on_device else self._plan
+        feeds = self._feeds(iobinding._inputs, plan)
+        outs = self._execute(plan, feeds)
+        results = []
+        for i, (nm, (prov, target)) in zip(idx, bound_out.items()):
+            v = outs[i]
+            if prov is None or prov.device.is_host:
+                v = self._to_numpy(self._on_host(v))
+            elif not prov.holds(v):
+                v = prov.to_device(self._on_host(v))
+            if target is None:
+                results.append(OrtValue(v, None if prov is None or prov.device.is_host else prov))
+                continue
+            dst = target._value
+            if tuple(dst.shape) != tuple(v.shape) or np.dtype(dst.dtype) != np.dtype(v.dtype):
+                raise InvalidArgument(f"output '{nm}' is {type_string(v.dtype)} of shape {list(v.shape)}; the "
+                                      f"bound buffer is {type_string(dst.dtype)} of shape {list(dst.shape)}")
+            dst[...] = v
+            results.append(target)
+        if run_options is None or run_options._config.get("disable_synchronize_execution_providers") != "1":
+            for p in {id(p): p for p, _ in bound_out.values() if p is not None}.values():
+                p.synchronize()
+        iobinding._results = results
+
+    def _plan_with_outputs_on(self, devices: dict[int, Any]) -> Plan:
+        key = tuple(sorted(devices.items(), key=lambda kv: kv[0]))
+        plan = self._variants.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._variants.get(key)
+                if plan is None:
+                    plan = self._variants[key] = self._plan.with_output_devices(devices)
+        return plan
+
+    def _check_bound_input(self, name: str, value: Any) -> Any:
+        check = self._checks.get(name)
+        if check is None:
+            raise InvalidArgument(f"Invalid input name: {name}")
+        return check.check(value, on_device=True)
+
+    def _output_index(self, name: str) -> int:
+        try:
+            return self._out_index[name]
+        except KeyError:
+            raise InvalidArgument(f"Invalid output name: {name}") from None
+
+    def _provider_on(self, device_type: str, device_id: int, session_only: bool = True):
+        """This session's provider on a device (None for the host), or InvalidArgument."""
+        dev = Device(str(device_type).lower(), int(device_id))
+        if dev.is_host:
+            return None
+        for p in self._providers:
+            if p.device == dev:
+                return p
+        if not session_only:
+            from engineroom.values import _provider_for_device
+
+            return _provider_for_device(dev.type, dev.id)
+        have = ", ".join(dict.fromkeys(str(p.device) for p in self._providers))
+        raise InvalidArgument(f"no provider of this session runs on device '{dev}'; its devices: {have}")
+
+    def _wrap_pointer(self, device_type: str, device_id: int, element_type, shape, pointer) -> tuple:
+        """(provider or None, a value over ``pointer``) for IOBinding's ``buffer_ptr``, without a copy."""
+        dtype = np.dtype(element_type)
+        shape = tuple(int(d) for d in shape)
+        provider = self._provider_on(device_type, device_id, session_only=False)
+        if provider is None:
+            n = int(np.prod(shape, dtype=np.int64))
+            if n == 0:
+                return None, np.empty(shape, dtype)
+            buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(int(pointer))
+            return None, np.frombuffer(buf, dtype=dtype, count=n).reshape(shape)
+        try:
+            return provider, provider.from_pointer(int(pointer), shape, dtype)
+        except NotImplementedError as e:
+            raise InvalidArgument(str(e)) from None
+
+    def _on_host(self, v: Any) -> Any:
+        if v is None or isinstance(v, (np.ndarray, list, dict)):
+            return v
+        for p in self._plan.devices.values():
+            if not p.device.is_host and p.holds(v):
+                return p.to_host(v)
+        return np.asarray(v)
+
     # -- running --------------------------------------------------------------------------------
     def _run(self, output_names, input_feed, run_options) -> list:
         if run_options is not None and run_options.terminate:
@@ -337,18 +450,42 @@ class InferenceSession:
             elif name in self._defaults:
                 feeds.append(self._defaults[name].numpy())
             else:
-                missing = [n for n in self._in_order if n not in input_feed and n not in self._defaults]
-                raise InvalidArgument(f"Required inputs ({missing}) are missing from input feed "
-                                      f"({list(input_feed)}).")
+                self._missing(input_feed)
         if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
             bad = next(k for k in input_feed if k not in self._checks)
             raise InvalidArgument(f"Invalid input name: {bad}")
+        outs = self._execute(self._plan, feeds)
+        return [outs[i] for i in idx]
+
+    def _missing(self, given) -> None:
+        missing = [n for n in self._in_order if n not in given and n not in self._defaults]
+        raise InvalidArgument(f"Required inputs ({missing}) are missing from input feed ({list(given)}).")
+
+    def _feeds(self, bound: dict[str, tuple], plan: Plan) -> list:
+        """The feed list of IOBinding inputs (already checked): a device value stays on its device
+        when the plan reads it only there, else it is brought to the host once, here."""
+        feeds = []
+        for k, name in enumerate(self._in_order):
+            if name in bound:
+                v, prov = bound[name]
+                if prov is not None and not prov.device.is_host:
+                    reads = plan.input_devices[k]
+                    dev = prov.device
+                    holder = plan.devices.get(dev)
+                    if not (reads <= {dev} and (not reads or (holder is not None and holder.holds(v)))):
+                        v = prov.to_host(v)
+                feeds.append(v)
+            elif name in self._defaults:
+                feeds.append(self._defaults[name].numpy())
+            else:
+                self._missing(bound)
+        return feeds
+
+    def _execute(self, plan: Plan, feeds: list) -> list:
         if self._blas_limit is not None:
             with self._blas_limit():
-                outs = self._plan.run(feeds)
-        else:
-            outs = self._plan.run(feeds)
-        return [outs[i] for i in idx]
+                return plan.run(feeds)
+        return plan.run(feeds)
 
     def _output_indices(self, output_names) -> list[int]:
         if not output_names:

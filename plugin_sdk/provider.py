@@ -109,6 +109,22 @@ class ExecutionProvider:
         """Move ``value`` from this provider's device to ``target``'s; through the host by default."""
         return target.to_device(self.to_host(value))
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is already in this provider's device memory, in the form its kernels take
+        (a cheap type/device check, called by every copy step: a value the target holds is not copied).
+
+        The default suits host providers (a NumPy array is held) and is False for a device provider
+        that does not override it, so every copy to it happens, as before this hook existed.
+        """
+        return self.device.is_host and isinstance(value, np.ndarray)
+
+    def from_pointer(self, pointer: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A value over ``pointer`` (the address of a dense C-order buffer in this provider's device
+        memory, owned by the caller) without copying it: IOBinding's ``bind_input``/``bind_output``
+        with a ``buffer_ptr``. Optional; the default says the provider cannot."""
+        raise NotImplementedError(f"{self.name} cannot use a raw {self.device.type} pointer; "
+                                  "bind an OrtValue on its device instead")
+
     def synchronize(self) -> None:
         """Wait for queued device work (called before results are handed to the user)."""
 

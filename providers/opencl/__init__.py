@@ -116,6 +116,9 @@ class OpenCLExecutionProvider(KernelProvider):
         self._kind = runtime.device_kind(devices[dev_id])
         self.device = Device("opencl", dev_id)
         self.xp = None  # kernels use self.rt, not an array module
+        import pyopencl.array
+
+        self._array_type = pyopencl.array.Array
 
     # -- availability and devices --------------------------------------------------------------
     @classmethod
@@ -198,6 +201,10 @@ class OpenCLExecutionProvider(KernelProvider):
         if isinstance(value, np.ndarray):
             return value
         return self.rt.to_host(value)
+
+    def holds(self, value: Any) -> bool:
+        """A pyopencl array in this device's context (what the kernels take)."""
+        return isinstance(value, self._array_type) and value.context == self.rt.ctx
 
     def synchronize(self) -> None:
         self.rt.finish()
