@@ -88,31 +88,27 @@ def winograd_conv(xp, ww: WinogradWeights, x, pb, pe, out, y, bias=None):
     Z = xp.matmul(ww.BT, D.reshape(a, a * C * T))
     V = xp.matmul(ww.BT, Z.reshape(a, a, C * T))
     O = xp.matmul(ww.U, V.reshape(a * a, C, T))                          # (α², M, N·T)
+    if bias is not None:
+        # Aᵀ e₁ = (1, .., 1) for both tile sizes, so b at position (1, 1) of every transformed tile
+        # comes out as b on every pixel of the tile: the bias costs a pass over 1/α² of O
+        O[a + 1] += bias.reshape(M, 1)
     # Aᵀ o A: the columns first, leaving r2 innermost (a matmul broadcast over the rows a), then the
     # rows (one GEMM): Y (r1, M, N, th, tw, r2) has each output row's pixels (tw, r2) contiguous
     X = M * T
     Z = xp.matmul(O.reshape(a, a, X).transpose(0, 2, 1), ww.AT.T)       # (a, X, r2)
     Y = xp.matmul(ww.AT, Z.reshape(a, X * m))                           # (r1, X * r2)
-    _untile(xp, Y.reshape(m, M, N, th, tw * m), y, m, th, ho, wo, bias)
+    _untile(xp, Y.reshape(m, M, N, th, tw * m), y, m, th, ho, wo)
     return y
 
 
-def _untile(xp, Y, y, m, th, ho, wo, bias):
+def _untile(xp, Y, y, m, th, ho, wo):
     """y (N, M, ho, wo) from Y (r1, M, N, th, tw*m): output row i*m + r1, columns cropped to wo."""
     s0, s1, s2, s3 = y.strides
     N, M = y.shape[0], y.shape[1]
     src = Y.transpose(2, 1, 3, 0, 4)                                    # (N, M, th, m, tw*m)
-    b4 = bias.reshape(M, 1, 1, 1) if bias is not None else None
     full, rest = divmod(ho, m)
-    parts = []
     if full:
         dst = xp.lib.stride_tricks.as_strided(y, (N, M, full, m, wo), (s0, s1, m * s2, s2, s3))
-        parts.append((dst, src[:, :, :full, :, :wo]))
+        dst[...] = src[:, :, :full, :, :wo]
     if rest:
-        dst = y[:, :, full * m:, :].reshape(N, M, 1, rest, wo)
-        parts.append((dst, src[:, :, full:full + 1, :rest, :wo]))
-    for dst, sv in parts:
-        if b4 is not None:
-            xp.add(sv, b4, out=dst)
-        else:
-            dst[...] = sv
+        y[:, :, full * m:, :] = src[:, :, full, :rest, :wo]
