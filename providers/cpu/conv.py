@@ -294,7 +294,11 @@ class _ConvPlan:
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
         xp.matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
         if bias is not None:
-            y += bias
+            if _DW_MIN_ROW <= P < 8192:          # rows of 1-8K pixels: NumPy's fast broadcasting needs
+                with _ufunc_buffer(xp):          # a smaller ufunc buffer (see _ufunc_buffer)
+                    y += bias
+            else:
+                y += bias
         return y.astype(x.dtype, copy=False)
 
     def _depthwise(self, xc, pb, pe, out, y, bias):
