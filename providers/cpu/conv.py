@@ -2,10 +2,14 @@
 
 Conv is im2col over a strided window view of the padded input followed by one batched matmul over
 (batch, group); the weight is reshaped to ``(group, M/group, C/group * K)`` once in the factory when it
-is a constant. Depthwise convolutions (one input channel per group) skip the im2col copy and accumulate
-``tap view * per-channel weight`` over the K kernel taps instead, and 1x1 stride-1 unpadded convolutions
-are a plain matmul over the input as it is. ConvTranspose is the adjoint: one matmul to columns, then
-a scatter-add of each kernel tap into the strided output positions (col2im).
+is a constant. Strided convolutions take their columns from the input's stride phases (unit-stride
+copies); 1x1 stride-1 unpadded convolutions are a plain matmul over the input as it is; 3x3 stride-1
+float32 convolutions with a constant weight use Winograd F(4,3) or F(2,3) where the image has enough
+tiles (``winograd.py``). Depthwise convolutions (one input channel per group) skip the im2col copy and
+accumulate ``tap view * per-channel weight`` over the K kernel taps, channels-first over long rows or,
+for small images, channels-last. ConvTranspose is the adjoint: one matmul to columns, then col2im:
+for 2-D undilated transposes into the output's stride phases (one long-row add per tap), else a
+scatter-add of each kernel tap into the strided output positions.
 
 The window helpers (geometry, padding, tap slices) are shared with ``pool.py``.
 """
