@@ -1,0 +1,179 @@
+"""Conv and FusedConv as im2col + one batched GEMM (cuBLAS through ``cupy.matmul``), with the bias,
+the residual and the activation applied by one fused elementwise kernel.
+
+The columns are a strided view of the (padded) input, ``(N, C, *kernel, *out)``, turned into a
+contiguous ``(N, G, C/G * K, P)`` block by one copy; ``W (G, M/G, C/G * K) @ cols`` is then one
+strided-batched GEMM whose result is already NCHW. A 1x1 convolution with unit strides and no
+padding skips the copy (its columns are the input itself). CuPy 14 has no cuDNN module, so there is
+no cuDNN path; ``cudnn_conv_algo_search`` is accepted and has no effect.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engineroom.providers.cuda.registry import kernel
+
+MS = "com.microsoft"
+_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
+def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
+    """(output sizes, pads at the start, pads at the end) of a convolution, as ONNX defines them."""
+    n = len(spatial)
+    strides = list(strides) or [1] * n
+    dilations = list(dilations) or [1] * n
+    ext = [(k - 1) * d + 1 for k, d in zip(kshape, dilations)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [math.ceil(i / s) for i, s in zip(spatial, strides)]
+        total = [max(0, (o - 1) * s + e - i) for o, s, e, i in zip(out, strides, ext, spatial)]
+        head = [t // 2 if auto_pad == "SAME_UPPER" else (t + 1) // 2 for t in total]
+        return out, head, [t - h for t, h in zip(total, head)]
+    if auto_pad == "VALID":
+        begin, end = [0] * n, [0] * n
+    else:
+        pads = list(pads) or [0] * (2 * n)
+        begin, end = pads[:n], pads[n:]
+    out = [(i + b + e - x) // s + 1 for i, b, e, x, s in zip(spatial, begin, end, ext, strides)]
+    return out, begin, end
+
+
+# -- the epilogue: bias, residual and activation in one pass --------------------------------------
+_ACTIVATIONS = {
+    "": "v", "Identity": "v",
+    "Relu": "v < (A)0 ? (A)0 : v",                               # keeps NaN, as max(x, 0) does
+    "Clip": "v < p0 ? p0 : (v > p1 ? p1 : v)",
+    "Sigmoid": "(A)1 / ((A)1 + exp(-v))",
+    "Tanh": "tanh(v)",
+    "LeakyRelu": "v < (A)0 ? v * p0 : v",
+    "HardSigmoid": "min(max(v * p0 + p1, (A)0), (A)1)",
+}
+_epilogues: dict = {}
+
+
+def _epilogue(xp, act: str, has_bias: bool, has_z: bool):
+    """An ElementwiseKernel ``y = act(y + bias[channel] + z)`` over an NC... array (in place)."""
+    key = (id(xp), act, has_bias, has_z)
+    k = _epilogues.get(key)
+    if k is None:
+        body = ["A v = (A)y;"]
+        if has_bias:
+            body.append("v += (A)bias[(i / inner) % channels];")
+        if has_z:
+            body.append("v += (A)z;")
+        body.append(f"y = (T)({_ACTIVATIONS[act]});")
+        params = "raw T bias, T z, int64 inner, int64 channels, A p0, A p1"
+        k = xp.ElementwiseKernel(params, "T y", "\n".join(body), f"engineroom_conv_epilogue_{len(_epilogues)}")
+        _epilogues[key] = k
+    return k
+
+
+class ConvPlan:
+    """One Conv node's prepared weights and its run at one input shape (geometry cached per shape)."""
+
+    def __init__(self, xp, attrs, w_const, act="Identity", act_params=()):
+        self.xp = xp
+        self.group = int(attrs.get("group", 1))
+        self.kshape = list(attrs.get("kernel_shape") or [])
+        self.strides = list(attrs.get("strides") or [])
+        self.dilations = list(attrs.get("dilations") or [])
+        self.pads = list(attrs.get("pads") or [])
+        self.auto_pad = attrs.get("auto_pad", "NOTSET")
+        if isinstance(self.auto_pad, bytes):
+            self.auto_pad = self.auto_pad.decode()
+        self.act = act
+        p = list(act_params) + [0.0, 0.0]
+        if act == "LeakyRelu" and not act_params:
+            p = [0.01, 0.0]
+        self.act_params = p[:2]
+        self.w = None if w_const is None else self._pack(xp.asarray(np.ascontiguousarray(w_const)))
+        self._geo: dict = {}
+
+    def _pack(self, w):
+        """(G, M/G, C/G * K) weights for the batched GEMM."""
+        m = w.shape[0]
+        return w.reshape(self.group, m // self.group, -1)
+
+    def geometry(self, shape, wshape):
+        key = (shape, wshape)
+        g = self._geo.get(key)
+        if g is None:
+            kshape = self.kshape or list(wshape[2:])
+            out, begin, end = conv_geometry(shape[2:], kshape, self.strides, self.dilations, self.pads, self.auto_pad)
+            n = len(kshape)
+            strides = self.strides or [1] * n
+            dilations = self.dilations or [1] * n
+            pointwise = all(k == 1 for k in kshape) and not any(begin) and not any(end) and all(
+                s == 1 for s in strides)
+            g = self._geo[key] = (kshape, out, begin, end, strides, dilations, pointwise)
+        return g
+
+    def __call__(self, x, w, b=None, z=None):
+        xp = self.xp
+        wp = self.w if self.w is not None else self._pack(xp.ascontiguousarray(w))
+        N, C = x.shape[:2]
+        kshape, out, begin, end, strides, dilations, pointwise = self.geometry(tuple(x.shape), tuple(w.shape))
+        G = self.group
+        P = int(np.prod(out, dtype=np.int64))
+        if pointwise:
+            cols = x.reshape(N, G, C // G, P)
+        else:
+            if any(begin) or any(end):
+                x = xp.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
+            st = x.strides
+            n = len(kshape)
+            shape = (N, C, *kshape, *out)
+            view_strides = (st[0], st[1], *(st[2 + i] * dilations[i] for i in range(n)),
+                            *(st[2 + i] * strides[i] for i in range(n)))
+            windows = xp.lib.stride_tricks.as_strided(x, shape, view_strides)
+            cols = xp.ascontiguousarray(windows).reshape(N, G, -1, P)
+        y = xp.matmul(wp, cols)                                   # (N, G, M/G, P): already NCHW
+        M = wp.shape[0] * wp.shape[1]
+        y = y.reshape(N, M, *out)
+        if b is not None or z is not None or self.act not in ("", "Identity"):
+            bias = b if b is not None else y                      # unread when there is no bias
+            ep = _epilogue(xp, self.act, b is not None, z is not None)
+            acc = np.float64 if y.dtype == np.float64 else np.float32
+            ep(bias, z if z is not None else y, P, M, acc(self.act_params[0]), acc(self.act_params[1]), y)
+        return y
+
+
+def _supports(view) -> str | None:
+    dts = view.input_dtypes
+    if not dts or dts[0] is None or np.dtype(dts[0]) not in _FLOATS:
+        return "the CUDA Conv is for float16/float32/float64"
+    return None
+
+
+@kernel("Conv", since=1, supports=_supports)
+def conv(info):
+    consts = tuple(info.const_inputs) + (None, None)
+    plan = ConvPlan(info.xp, info.attrs, consts[1])
+
+    def run(x, w, b=None):
+        return (plan(x, w, b),)
+
+    return run
+
+
+def _supports_fused(view) -> str | None:
+    act = view.attrs.get("activation", "Identity")
+    if isinstance(act, bytes):
+        act = act.decode()
+    if act not in _ACTIVATIONS:
+        return f"activation {act} not supported"
+    return _supports(view)
+
+
+@kernel("FusedConv", domain=MS, since=1, supports=_supports_fused)
+def fused_conv(info):
+    consts = tuple(info.const_inputs) + (None, None)
+    act = info.attrs.get("activation", "Identity")
+    act = act.decode() if isinstance(act, bytes) else act
+    plan = ConvPlan(info.xp, info.attrs, consts[1], act, [float(p) for p in info.attrs.get("activation_params", [])])
+
+    def run(x, w, b=None, z=None):
+        return (plan(x, w, b, z),)
+
+    return run

@@ -1,0 +1,200 @@
+"""Softmax, LogSoftmax and LayerNormalization as single CUDA kernels (one thread block per row:
+a shared-memory reduction for the row's max and sum, or mean and variance, then one write pass).
+
+float32 and float64 compute in their own precision; float16 is computed in float32 and cast back
+(two extra elementwise passes, no half-precision kernel to get wrong).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engineroom.providers.cuda.registry import kernel
+
+_FLOATS = (np.float16, np.float32, np.float64)
+_C_TYPES = {np.dtype(np.float32): ("float", "expf", "logf", "fmaxf", "sqrtf", "-__int_as_float(0x7f800000)"),
+            np.dtype(np.float64): ("double", "exp", "log", "fmax", "sqrt",
+                                   "-__longlong_as_double(0x7ff0000000000000LL)")}
+
+_REDUCE = """
+    sh[t] = {val}; __syncthreads();
+    for (int s = nt / 2; s > 0; s >>= 1) {{ if (t < s) sh[t] = {op}; __syncthreads(); }}
+    {dst} = sh[0]; __syncthreads();
+"""
+
+_SOFTMAX = """
+extern "C" __global__ void engineroom_softmax_{T}(const {T}* __restrict__ x, {T}* __restrict__ y,
+                                                  const long long n, const int log_mode) {{
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    {T}* sh = ({T}*)shared_raw;
+    const int t = threadIdx.x, nt = blockDim.x;
+    const {T}* xr = x + (long long)blockIdx.x * n;
+    {T}* yr = y + (long long)blockIdx.x * n;
+    {T} m = {NEG_INF};
+    for (long long j = t; j < n; j += nt) m = {FMAX}(m, xr[j]);
+    {reduce_max}
+    {T} acc = 0;
+    for (long long j = t; j < n; j += nt) acc += {EXP}(xr[j] - m);
+    {reduce_sum}
+    if (log_mode) {{
+        const {T} lse = {LOG}(acc);
+        for (long long j = t; j < n; j += nt) yr[j] = xr[j] - m - lse;
+    }} else {{
+        const {T} inv = ({T})1 / acc;
+        for (long long j = t; j < n; j += nt) yr[j] = {EXP}(xr[j] - m) * inv;
+    }}
+}}
+"""
+
+_LAYERNORM = """
+extern "C" __global__ void engineroom_layernorm_{T}(const {T}* __restrict__ x, const {T}* __restrict__ scale,
+                                                    const {T}* __restrict__ bias, {T}* __restrict__ y,
+                                                    {T}* __restrict__ mean_out, {T}* __restrict__ rstd_out,
+                                                    const long long n, const {T} eps, const int has_bias) {{
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    {T}* sh = ({T}*)shared_raw;
+    const int t = threadIdx.x, nt = blockDim.x;
+    const {T}* xr = x + (long long)blockIdx.x * n;
+    {T}* yr = y + (long long)blockIdx.x * n;
+    {T} acc = 0;
+    for (long long j = t; j < n; j += nt) acc += xr[j];
+    {reduce_sum}
+    const {T} mean = acc / ({T})n;
+    {T} sq = 0;
+    for (long long j = t; j < n; j += nt) {{ const {T} d = xr[j] - mean; sq += d * d; }}
+    {reduce_sq}
+    const {T} rstd = ({T})1 / {SQRT}(sq / ({T})n + eps);
+    for (long long j = t; j < n; j += nt)
+        yr[j] = (xr[j] - mean) * rstd * scale[j] + (has_bias ? bias[j] : ({T})0);
+    if (t == 0) {{ mean_out[blockIdx.x] = mean; rstd_out[blockIdx.x] = rstd; }}
+}}
+"""
+
+_kernels: dict = {}
+
+
+def _source(template: str, dt: np.dtype) -> tuple[str, str]:
+    T, EXP, LOG, FMAX, SQRT, NEG_INF = _C_TYPES[dt]
+    code = template.format(
+        T=T, EXP=EXP, LOG=LOG, FMAX=FMAX, SQRT=SQRT, NEG_INF=NEG_INF,
+        reduce_max=_REDUCE.format(val="m", op=f"{FMAX}(sh[t], sh[t + s])", dst="m"),
+        reduce_sum=_REDUCE.format(val="acc", op="sh[t] + sh[t + s]", dst="acc"),
+        reduce_sq=_REDUCE.format(val="sq", op="sh[t] + sh[t + s]", dst="sq"))
+    name = template.split("void ")[1].split("(")[0].replace("{T}", T)
+    return code, name
+
+
+def _kernel(xp, template: str, dt: np.dtype):
+    key = (id(xp), template, dt)
+    k = _kernels.get(key)
+    if k is None:
+        code, name = _source(template, dt)
+        k = _kernels[key] = xp.RawKernel(code, name)
+    return k
+
+
+def _block(n: int) -> int:
+    """Threads per row: a power of two (the tree reduction needs one), 32 to 256."""
+    b = 32
+    while b < n and b < 256:
+        b *= 2
+    return b
+
+
+def _compute_dtype(dt) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dt) == np.float64 else np.dtype(np.float32)
+
+
+def softmax_rows(xp, x2, log_mode: bool):
+    """Softmax (or LogSoftmax) of each row of the contiguous 2-D array ``x2``."""
+    rows, n = x2.shape
+    dt = x2.dtype
+    cdt = _compute_dtype(dt)
+    xc = x2 if dt == cdt else x2.astype(cdt)
+    y = xp.empty_like(xc)
+    if rows and n:
+        b = _block(n)
+        _kernel(xp, _SOFTMAX, cdt)((rows,), (b,), (xc, y, np.int64(n), np.int32(log_mode)),
+                                   shared_mem=b * cdt.itemsize)
+    return y if dt == cdt else y.astype(dt)
+
+
+def _softmax_factory(info, log_mode: bool):
+    xp = info.xp
+    opset = info.opset
+    axis = int(info.attrs.get("axis", -1 if opset >= 13 else 1))
+
+    def run(x):
+        ax = axis + x.ndim if axis < 0 else axis
+        if x.ndim == 0:
+            return (xp.zeros_like(x) if log_mode else xp.ones_like(x),)
+        if opset < 13:                        # the input as a 2-D matrix [prod(shape[:axis]), rest]
+            rows = int(np.prod(x.shape[:ax], dtype=np.int64))
+            return (softmax_rows(xp, xp.ascontiguousarray(x).reshape(rows, -1), log_mode).reshape(x.shape),)
+        if ax == x.ndim - 1:
+            return (softmax_rows(xp, xp.ascontiguousarray(x).reshape(-1, x.shape[-1]), log_mode).reshape(x.shape),)
+        moved = xp.ascontiguousarray(xp.moveaxis(x, ax, -1))
+        y = softmax_rows(xp, moved.reshape(-1, moved.shape[-1]), log_mode).reshape(moved.shape)
+        return (xp.ascontiguousarray(xp.moveaxis(y, -1, ax)),)
+
+    return run
+
+
+@kernel("Softmax", since=1, types=_FLOATS)
+def softmax_v1(info):
+    return _softmax_factory(info, False)
+
+
+@kernel("Softmax", since=13, types=_FLOATS)
+def softmax(info):
+    return _softmax_factory(info, False)
+
+
+@kernel("LogSoftmax", since=1, types=_FLOATS)
+def log_softmax_v1(info):
+    return _softmax_factory(info, True)
+
+
+@kernel("LogSoftmax", since=13, types=_FLOATS)
+def log_softmax(info):
+    return _softmax_factory(info, True)
+
+
+def _supports_layernorm(view) -> str | None:
+    if int(view.attrs.get("stash_type", 1)) != 1:
+        return "stash_type other than float32"
+    return None
+
+
+@kernel("LayerNormalization", since=17, types=_FLOATS, supports=_supports_layernorm)
+def layer_normalization(info):
+    xp = info.xp
+    a = info.attrs
+    axis = int(a.get("axis", -1))
+    eps = float(a.get("epsilon", 1e-5))
+    out_dts = tuple(info.output_dtypes) + (None, None, None)
+
+    def run(x, scale, bias=None):
+        dt = x.dtype
+        cdt = _compute_dtype(dt)
+        ax = axis + x.ndim if axis < 0 else axis
+        norm_shape = x.shape[ax:]
+        rows = int(np.prod(x.shape[:ax], dtype=np.int64))
+        n = int(np.prod(norm_shape, dtype=np.int64))
+        xc = xp.ascontiguousarray(x, dtype=cdt).reshape(rows, n)
+        s = xp.ascontiguousarray(xp.broadcast_to(scale.astype(cdt, copy=False), norm_shape)).reshape(-1)
+        b = s if bias is None else xp.ascontiguousarray(
+            xp.broadcast_to(bias.astype(cdt, copy=False), norm_shape)).reshape(-1)
+        y = xp.empty_like(xc)
+        mean = xp.empty(rows, cdt)
+        rstd = xp.empty(rows, cdt)
+        if rows and n:
+            blk = _block(n)
+            _kernel(xp, _LAYERNORM, cdt)((rows,), (blk,), (xc, s, b, y, mean, rstd, np.int64(n), cdt.type(eps),
+                                                            np.int32(bias is not None)), shared_mem=blk * cdt.itemsize)
+        stat_shape = x.shape[:ax] + (1,) * (x.ndim - ax)
+        mdt = out_dts[1] or cdt
+        idt = out_dts[2] or cdt
+        return (y.reshape(x.shape).astype(dt, copy=False), mean.reshape(stat_shape).astype(mdt, copy=False),
+                rstd.reshape(stat_shape).astype(idt, copy=False))
+
+    return run
