@@ -133,22 +133,28 @@ def max_pool(info):
 
 
 def _max_with_indices(xp, x, xpad, plan, pb, out, storage_order):
-    """MaxPool plus the flat index (into the unpadded input) of each window's first maximum."""
+    """MaxPool plus the flat index (into the unpadded input) of each window's first maximum.
+
+    A padding cell never wins: where it ties the maximum (the dtype's lowest value), the first real
+    cell holding that value does, as onnxruntime reports it."""
     taps = list(itertools.product(*(range(k) for k in plan.kshape)))
-    best = None
+    spatial = x.shape[2:]
+    n = plan.n
+    best = best_real = None
     arg = xp.zeros(x.shape[:2] + out, dtype=np.int64)
     for t, js in enumerate(taps):
         offs = tuple(j * d for j, d in zip(js, plan.dilations))
         sl = xpad[tap_slice(offs, plan.strides, out)]
+        real = _tap_inside(xp, js, plan, pb, out, spatial)
         if best is None:
             best = sl.copy()
+            best_real = xp.broadcast_to(real, best.shape).copy()
             continue
-        better = sl > best
+        better = (sl > best) | ((sl == best) & real & ~best_real)
         xp.copyto(best, sl, where=better)
         xp.copyto(arg, t, where=better)
+        xp.copyto(best_real, real, where=better)
     tj = xp.asarray(np.array(taps, dtype=np.int64).reshape(len(taps), plan.n))
-    spatial = x.shape[2:]
-    n = plan.n
     flat = xp.zeros_like(arg)
     if storage_order == 0:
         mults = [math.prod(spatial[i + 1:]) for i in range(n)]
@@ -163,6 +169,16 @@ def _max_with_indices(xp, x, xpad, plan, pb, out, storage_order):
     N, C = x.shape[:2]
     nc = xp.arange(N * C, dtype=np.int64).reshape((N, C) + (1,) * n) * S
     return best, flat + nc
+
+
+def _tap_inside(xp, js, plan, pb, out, spatial):
+    """For one kernel tap: which output positions read a real input cell (not padding)."""
+    mask = None
+    for i in range(plan.n):
+        p = np.arange(out[i], dtype=np.int64) * plan.strides[i] - pb[i] + js[i] * plan.dilations[i]
+        m = ((p >= 0) & (p < spatial[i])).reshape((1, 1) + tuple(-1 if a == i else 1 for a in range(plan.n)))
+        mask = m if mask is None else mask & m
+    return xp.asarray(mask)
 
 
 def _avg_divisor(spatial, plan, pb, pe, out, include_pad):
