@@ -92,5 +92,14 @@ def is_available(name: str) -> bool:
         return False
 
 
+def unavailable_reason(name: str) -> str:
+    """Why the provider says it cannot run here (its optional ``unavailable_reason()``), or ""."""
+    cls = provider_class(name)
+    try:
+        return str(cls.unavailable_reason()) if cls is not None and not cls.is_available() else ""
+    except Exception:  # noqa: BLE001 - an optional hook of a plugin; a broken one just says nothing
+        return ""
+
+
 def available_provider_names() -> list[str]:
     return [n for n in provider_names() if is_available(n)]

@@ -202,7 +202,8 @@ class InferenceSession:
                 f"no provider of that name is registered; available providers: "
                 f"{', '.join(discovery.available_provider_names())}")
         elif not discovery.is_available(name):
-            reason = discovery.load_failure(name) or "it is not available on this machine"
+            reason = discovery.load_failure(name) or discovery.unavailable_reason(name) or (
+                "it is not available on this machine")
         else:
             try:
                 return cls(**opts)

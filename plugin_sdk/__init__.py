@@ -10,7 +10,8 @@ The core checks ``provider.sdk_version`` against :data:`SDK_VERSION` (same major
 
 What this package promises, and keeps within a major version: the base classes and their hooks
 (``is_available``, ``available_devices``, ``get_capability``, ``to_device``/``to_host``/``copy``,
-``holds``, ``synchronize``, ``host_input_indices``, ``compile``; optional ``from_pointer``),
+``holds``, ``synchronize``, ``host_input_indices``, ``compile``; optional ``from_pointer``,
+``unavailable_reason``),
 :class:`KernelRegistry` with its ``kernel`` decorator, :class:`KernelInfo`/:class:`NodeView`,
 :class:`Capability`, :class:`GraphView`/
 :class:`GroupView`, :class:`Device` and :class:`ProviderOptionError`. An optional classmethod

@@ -91,6 +91,11 @@ class ExecutionProvider:
         return True
 
     @classmethod
+    def unavailable_reason(cls) -> str:
+        """Why ``is_available()`` is False, for the session's warning ("" when it is True or unknown)."""
+        return ""
+
+    @classmethod
     def available_devices(cls) -> list[Device]:
         """Devices this provider can run on (for ``get_ep_devices``)."""
         return [CPU] if cls.is_available() else []

@@ -132,11 +132,38 @@ class ConvPlan:
         M = wp.shape[0] * wp.shape[1]
         y = y.reshape(N, M, *out)
         if b is not None or z is not None or self.act not in ("", "Identity"):
+            if not hasattr(xp, "ElementwiseKernel"):              # an array module without CUDA kernels
+                return _epilogue_reference(xp, y, b, z, self.act, self.act_params)
             bias = b if b is not None else y                      # unread when there is no bias
             ep = _epilogue(xp, self.act, b is not None, z is not None)
             acc = np.float64 if y.dtype == np.float64 else np.float32
             ep(bias, z if z is not None else y, P, M, acc(self.act_params[0]), acc(self.act_params[1]), y)
         return y
+
+
+def _epilogue_reference(xp, y, b, z, act, params):
+    """The epilogue with array operations (for array modules without ElementwiseKernel: the tests run
+    these kernels with NumPy to check everything but the CUDA code)."""
+    acc = np.float64 if y.dtype == np.float64 else np.float32
+    v = y.astype(acc)
+    if b is not None:
+        v = v + b.astype(acc).reshape((-1,) + (1,) * (y.ndim - 2))
+    if z is not None:
+        v = v + z.astype(acc)
+    p0, p1 = acc(params[0]), acc(params[1])
+    if act == "Relu":
+        v = xp.where(v < 0, acc(0), v)
+    elif act == "Clip":
+        v = xp.where(v < p0, p0, xp.where(v > p1, p1, v))
+    elif act == "Sigmoid":
+        v = 1 / (1 + xp.exp(-v))
+    elif act == "Tanh":
+        v = xp.tanh(v)
+    elif act == "LeakyRelu":
+        v = xp.where(v < 0, v * p0, v)
+    elif act == "HardSigmoid":
+        v = xp.minimum(xp.maximum(v * p0 + p1, acc(0)), acc(1))
+    return v.astype(y.dtype)
 
 
 def _supports(view) -> str | None:

@@ -29,14 +29,13 @@ def matmul(info):
     if dt not in _FLOATS:
         return _cpu_factory("MatMul", info.opset)(info)
     consts = tuple(info.const_inputs) + (None, None)
-    if consts[1] is not None:
-        w = xp.asarray(np.ascontiguousarray(consts[1]))         # uploaded once
+    w = None if consts[1] is None else xp.asarray(np.ascontiguousarray(consts[1]))   # uploaded once
+    nd = xp.ndarray
 
-        def run(a, b):
-            return (xp.matmul(a, w),)
-    else:
-        def run(a, b):
-            return (xp.matmul(a, b),)
+    def run(a, b):
+        r = xp.matmul(a, b if w is None else w)
+        return (r if r.__class__ is nd else xp.asarray(r),)        # 1-D x 1-D: NumPy gives a scalar
+
     return run
 
 
