@@ -62,7 +62,7 @@ import numpy as np
 CPU_EP = "CPUExecutionProvider"
 RTOL, ATOL = 1e-3, 1e-7
 # Tests whose outputs are random draws: checked for shape, dtype and range instead of values.
-_RANDOM_TESTS = ("test_bernoulli",)
+RANDOM_TESTS = ("test_bernoulli",)
 _STATUSES = ("passed", "wrong", "error", "cpu-fails", "unclaimed", "xfail", "xpass")
 
 
@@ -91,7 +91,8 @@ def close(got: Any, ref: Any, rtol: float = RTOL, atol: float = ATOL) -> bool:
         return False
 
 
-def _plausible_random(got: Any, ref: Any) -> bool:
+def plausible_random(got: Any, ref: Any) -> bool:
+    """For tests whose outputs are random draws: same shape and dtype, values within [0, 1]."""
     got, ref = np.asarray(got), np.asarray(ref)
     if got.shape != ref.shape or got.dtype != ref.dtype:
         return False
@@ -456,7 +457,7 @@ def _session(model: Any, providers: list, level: int | None):
 def _run_sets(sess, test: NodeTest) -> tuple[str, str]:
     """("passed" | "wrong", detail) over every data set of ``test``."""
     names = [i.name for i in test.model.graph.input]
-    check = _plausible_random if test.name.startswith(_RANDOM_TESTS) else close
+    check = plausible_random if test.name.startswith(RANDOM_TESTS) else close
     for k, (inputs, outputs) in enumerate(test.data_sets):
         got = sess.run(None, dict(zip(names, inputs)))
         if len(got) != len(outputs):

@@ -24,8 +24,9 @@ def _numeric(f, feed, name, eps=1e-6):
     g = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
         hi, lo = dict(feed), dict(feed)
-        hi[name] = x.copy(); hi[name][idx] += eps
-        lo[name] = x.copy(); lo[name][idx] -= eps
+        hi[name], lo[name] = x.copy(), x.copy()
+        hi[name][idx] += eps
+        lo[name][idx] -= eps
         g[idx] = (f(hi).sum() - f(lo).sum()) / (2 * eps)
     return g
 

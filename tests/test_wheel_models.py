@@ -8,9 +8,9 @@ import os
 import onnx
 import pytest
 from onnx import numpy_helper
-from test_conformance import close
 
 import engineroom as ort
+from engineroom.plugin_sdk.testing import close
 
 DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 DIRS = sorted(d for sub in ("pytorch-converted", "pytorch-operator", "simple")
