@@ -175,6 +175,9 @@ def _ints(v, n, default):
 # a buffered loop 2-3x slower. Kernels with rows of 1-8K elements lower the buffer size (a per-thread,
 # per-context NumPy setting) while they run; depthwise convs keep their rows at least this long.
 _DW_MIN_ROW = 1024
+# depthwise rows (one channel's output at the padded pitch) shorter than this run channels-last (measured:
+# 800-pixel rows are still faster channels-first, 220-pixel rows 1.5x faster channels-last)
+_DW_NCHW_MIN_ROW = 512
 
 
 class _ufunc_buffer:
@@ -318,7 +321,7 @@ class _ConvPlan:
             st = self.strides
             P = [sz + b + e for sz, b, e in zip(xc.shape[2:], pb, pe)]
             Q = [p_ // s + (p_ % s > 0) for p_, s in zip(P, st)]
-            if (out[0] - 1) * Q[1] + out[1] < _DW_MIN_ROW:
+            if (out[0] - 1) * Q[1] + out[1] < _DW_NCHW_MIN_ROW:
                 return self._depthwise_nhwc(xc, pb, pe, out, y, bias)
         xp = self.xp
         N = xc.shape[0]
