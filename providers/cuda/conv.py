@@ -70,9 +70,9 @@ def _epilogue(xp, act: str, has_bias: bool, has_z: bool):
 
 
 class ConvPlan:
-    """One Conv node's prepared weights and its run at one input shape (geometry cached per shape)."""
+    """One Conv node: its attributes, and its run at each input shape (geometry cached per shape)."""
 
-    def __init__(self, xp, attrs, w_const, act="Identity", act_params=()):
+    def __init__(self, xp, attrs, act="Identity", act_params=()):
         self.xp = xp
         self.group = int(attrs.get("group", 1))
         self.kshape = list(attrs.get("kernel_shape") or [])
@@ -87,11 +87,11 @@ class ConvPlan:
         if act == "LeakyRelu" and not act_params:
             p = [0.01, 0.0]
         self.act_params = p[:2]
-        self.w = None if w_const is None else self._pack(xp.asarray(np.ascontiguousarray(w_const)))
         self._geo: dict = {}
 
     def _pack(self, w):
-        """(G, M/G, C/G * K) weights for the batched GEMM."""
+        """(G, M/G, C/G * K) weights for the batched GEMM: a view of the (constant, already uploaded
+        by the plan) weights, so no second device copy of them exists."""
         m = w.shape[0]
         return w.reshape(self.group, m // self.group, -1)
 
@@ -111,7 +111,7 @@ class ConvPlan:
 
     def __call__(self, x, w, b=None, z=None):
         xp = self.xp
-        wp = self.w if self.w is not None else self._pack(xp.ascontiguousarray(w))
+        wp = self._pack(xp.ascontiguousarray(w))
         N, C = x.shape[:2]
         kshape, out, begin, end, strides, dilations, pointwise = self.geometry(tuple(x.shape), tuple(w.shape))
         G = self.group
@@ -175,8 +175,7 @@ def _supports(view) -> str | None:
 
 @kernel("Conv", since=1, supports=_supports)
 def conv(info):
-    consts = tuple(info.const_inputs) + (None, None)
-    plan = ConvPlan(info.xp, info.attrs, consts[1])
+    plan = ConvPlan(info.xp, info.attrs)
 
     def run(x, w, b=None):
         return (plan(x, w, b),)
@@ -195,10 +194,9 @@ def _supports_fused(view) -> str | None:
 
 @kernel("FusedConv", domain=MS, since=1, supports=_supports_fused)
 def fused_conv(info):
-    consts = tuple(info.const_inputs) + (None, None)
     act = info.attrs.get("activation", "Identity")
     act = act.decode() if isinstance(act, bytes) else act
-    plan = ConvPlan(info.xp, info.attrs, consts[1], act, [float(p) for p in info.attrs.get("activation_params", [])])
+    plan = ConvPlan(info.xp, info.attrs, act, [float(p) for p in info.attrs.get("activation_params", [])])
 
     def run(x, w, b=None, z=None):
         return (plan(x, w, b, z),)

@@ -1,5 +1,10 @@
-"""MatMul and Gemm through cuBLAS (``cupy.matmul``), with constant weights uploaded, transposed and
-scaled once, in the factory."""
+"""MatMul and Gemm through cuBLAS (``cupy.matmul``).
+
+Constant weights are not prepacked here: the plan already uploads each constant once, at session
+creation, and a second device copy per kernel would double the weights' GPU memory. A transposed
+operand is passed as a transposed view (cuBLAS reads it with its transpose flag); Gemm's alpha
+scales the product (one elementwise pass, only when alpha is not 1).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +33,10 @@ def matmul(info):
     dt = _dtype(info)
     if dt not in _FLOATS:
         return _cpu_factory("MatMul", info.opset)(info)
-    consts = tuple(info.const_inputs) + (None, None)
-    w = None if consts[1] is None else xp.asarray(np.ascontiguousarray(consts[1]))   # uploaded once
     nd = xp.ndarray
 
     def run(a, b):
-        r = xp.matmul(a, b if w is None else w)
+        r = xp.matmul(a, b)
         return (r if r.__class__ is nd else xp.asarray(r),)        # 1-D x 1-D: NumPy gives a scalar
 
     return run
@@ -50,29 +53,20 @@ def gemm(info):
     beta = float(a.get("beta", 1.0))
     trans_a = bool(a.get("transA", 0))
     trans_b = bool(a.get("transB", 0))
+    has_c = len(info.input_names) > 2 and info.input_names[2] != "" and beta != 0.0
     consts = tuple(info.const_inputs) + (None, None, None)
-    has_c = len(info.input_names) > 2 and info.input_names[2] != ""
-    fold_alpha = alpha != 1.0 and dt != np.dtype(np.float16)   # float16 scales after the product
-    w = None
-    if consts[1] is not None:
-        b = np.asarray(consts[1])
-        b = b.T if trans_b else b
-        if fold_alpha:
-            b = b * b.dtype.type(alpha)
-        w = xp.asarray(np.ascontiguousarray(b.astype(dt, copy=False)))
-    c_pack = None
-    if has_c and consts[2] is not None:
+    c_scaled = None
+    if has_c and beta != 1.0 and consts[2] is not None:            # a small bias: scaled once
         c = np.asarray(consts[2])
-        c_pack = xp.asarray((c * c.dtype.type(beta)).astype(c.dtype) if beta != 1.0 else c)
-    scale_after = alpha != 1.0 and (w is None or not fold_alpha)
+        c_scaled = xp.asarray((c * c.dtype.type(beta)).astype(c.dtype))
 
     def run(A, B, C=None):
-        y = xp.matmul(A.T if trans_a else A, w if w is not None else (B.T if trans_b else B))
-        if scale_after:
+        y = xp.matmul(A.T if trans_a else A, B.T if trans_b else B)
+        if alpha != 1.0:
             y *= y.dtype.type(alpha)
-        if has_c and beta != 0.0:
-            if c_pack is not None:
-                y += c_pack
+        if has_c:
+            if c_scaled is not None:
+                y += c_scaled
             elif beta == 1.0:
                 y += C
             else:
