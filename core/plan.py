@@ -100,9 +100,9 @@ class Plan:
         out_devs = list(self.output_devices)
         for i, dev in devices.items():
             places = self.output_places[i]
-            if dev in places:
+            if dev in places and self.template[places[dev]] is None:
                 s = places[dev]
-            else:
+            else:  # not there yet, or there as a constant every run shares: a fresh copy per run
                 home = self.output_homes[i]
                 template.append(None)
                 s = len(template) - 1

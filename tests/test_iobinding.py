@@ -292,3 +292,24 @@ def test_opencl_bad_bindings_and_raw_pointers():
     s.run_with_iobinding(io)
     io.synchronize_inputs()
     np.testing.assert_array_equal(io.copy_outputs_to_cpu()[0], s.run(["y"], {"x": x})[0])
+
+
+@needs_opencl
+def test_a_constant_output_bound_to_the_device_is_a_fresh_array_each_run():
+    # b is a graph output and an input of Add on OpenCL: its device copy is a constant of the plan
+    b = numpy_helper.from_array(np.arange(3, dtype=np.float32), "b")
+    g = helper.make_graph([helper.make_node("Add", ["x", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])], [b])
+    s = _ocl_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    x = np.ones((2, 3), np.float32)
+    io = s.io_binding()
+    io.bind_cpu_input("x", x)
+    io.bind_output("b", "opencl", 0)
+    io.bind_output("y", "opencl", 0)
+    s.run_with_iobinding(io)
+    io.get_outputs()[0]._value.fill(7)                       # the caller writes into what it was given
+    s.run_with_iobinding(io)
+    np.testing.assert_array_equal(io.copy_outputs_to_cpu()[0], np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(s.run(["y"], {"x": x})[0], x + np.arange(3, dtype=np.float32))
