@@ -113,20 +113,16 @@ def _phase_taps(k, s, d):
     return out
 
 
-def im2col_polyphase(xp, xpad, lead, kshape, strides, dilations, out):
+def im2col_polyphase(xp, phases, lead, kshape, strides, dilations, out):
     """im2col for a strided window: (lead..., k1..kn, o1..on) as a new contiguous array.
 
-    The padded input (each padded extent a multiple of its stride) is first split into its stride
-    phases, so every copy into the column matrix reads unit-stride rows: far faster than gathering
-    every s-th element straight from the input.
+    ``phases`` is the padded input split into its stride phases, (s1..sn, lead..., Q1..Qn) (see
+    :func:`_phase_planes`), so every copy into the column matrix reads unit-stride rows: far faster
+    than gathering every s-th element straight from the input.
     """
     n = len(kshape)
-    P = xpad.shape[lead:]
-    Q = tuple(p_ // s for p_, s in zip(P, strides))
-    split = xpad.reshape(xpad.shape[:lead] + tuple(v for q, s in zip(Q, strides) for v in (q, s)))
-    order = tuple(lead + 1 + 2 * i for i in range(n)) + tuple(range(lead)) + tuple(lead + 2 * i for i in range(n))
-    phases = xp.ascontiguousarray(split.transpose(order))          # (s1..sn, lead..., Q1..Qn)
-    cols = xp.empty(xpad.shape[:lead] + tuple(kshape) + tuple(out), dtype=xpad.dtype)
+    shape_lead = phases.shape[n:n + lead]
+    cols = xp.empty(shape_lead + tuple(kshape) + tuple(out), dtype=phases.dtype)
     per_axis = [_phase_taps(kshape[i], strides[i], dilations[i]) for i in range(n)]
     for combo in itertools.product(*per_axis):
         ph = phases[tuple(c[0] for c in combo)]
@@ -290,10 +286,11 @@ class _ConvPlan:
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
-            pe = tuple(e + (-(sz + b_ + e)) % s for sz, b_, e, s in zip(spatial, pb, pe, self.strides))
-            xpad = xp.ascontiguousarray(pad_spatial(xp, xc, pb, pe))
-            cols = im2col_polyphase(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), 3, self.kshape, self.strides,
-                                    self.dilations, out).reshape(N, g, Cg * K, P)
+            Q = tuple(-(-(sz + b_ + e) // s) for sz, b_, e, s in zip(spatial, pb, pe, self.strides))
+            phases = _phase_planes(xp, xc, pb, self.strides, Q)
+            phases = phases.reshape(tuple(self.strides) + (N, g, Cg) + Q)
+            cols = im2col_polyphase(xp, phases, 3, self.kshape, self.strides, self.dilations,
+                                    out).reshape(N, g, Cg * K, P)
         else:
             xpad = pad_spatial(xp, xc, pb, pe)
             view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
