@@ -5,6 +5,7 @@ onnxruntime does); schema function ops are expanded later, only where no provide
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -65,9 +66,68 @@ def _resolve_external_data(proto: onnx.ModelProto, base_dir: str | None) -> None
     onnx.external_data_helper.load_external_data_for_model(proto, root)
 
 
+# Initializers above this many bytes travel by name only through checking and shape inference
+# (both would copy the whole model otherwise), and become NumPy arrays once, at the end.
+_LIGHT_BYTES = 1024
+
+
+def _heavy(t: onnx.TensorProto) -> bool:
+    if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data") or t.ByteSize() <= _LIGHT_BYTES:
+        return False
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize >= 1 and t.data_type not in _PACKED
+    except Exception:  # noqa: BLE001 - unknown element types travel whole
+        return False
+
+
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1")
+           if hasattr(onnx.TensorProto, n)}
+
+
+def _light(proto: onnx.ModelProto, placeholders: bool) -> onnx.ModelProto:
+    """The model without the payload of its heavy initializers: dims and types kept (for shape
+    inference), or each replaced by a one-element placeholder (for the checker, which wants data)."""
+    light = onnx.ModelProto()
+    _copy_fields(light, proto, skip="graph")
+    g, lg = proto.graph, light.graph
+    _copy_fields(lg, g, skip="initializer")
+    for t in g.initializer:
+        if not _heavy(t):
+            lg.initializer.add().CopyFrom(t)
+            continue
+        _check_payload(t)
+        h = lg.initializer.add(name=t.name, data_type=t.data_type)
+        if placeholders:
+            h.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        else:
+            h.dims.extend(t.dims)
+    return light
+
+
+def _copy_fields(dst, src, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` but the one named ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):        # repeated
+            getattr(dst, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):    # message
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _check_payload(t: onnx.TensorProto) -> None:
+    """What the checker would say of a heavy tensor it does not see: data too short for its shape."""
+    need = math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    if t.ByteSize() < need:
+        raise InvalidGraph(f"This is an invalid model: TensorProto (tensor name: {t.name}) raw_data is too small "
+                           f"for the declared shape {list(t.dims)} ({need} bytes required)")
+
+
 def _check(proto: onnx.ModelProto) -> None:
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(_light(proto, placeholders=True))
     except onnx.checker.ValidationError as e:
         msg = str(e)
         # Unknown ops are reported by the partitioner, which names the providers that were asked.
@@ -87,26 +147,52 @@ def _override_free_dims(proto: onnx.ModelProto, dims: dict[str, int]) -> None:
 
 
 def load_model(model: Any, free_dims: dict[str, int] | None = None) -> ir.Model:
-    """Load, resolve external data, check, inline local functions and infer shapes: an ``ir.Model``."""
+    """Load, resolve external data, check, inline local functions and infer shapes: an ``ir.Model``
+    whose initializers are NumPy arrays (one copy of the weights; the proto is not kept)."""
     proto, base_dir = load_proto(model)
-    if isinstance(model, onnx.ModelProto):
+    if isinstance(model, onnx.ModelProto) and any(
+            t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto)):
         proto = onnx.ModelProto()
-        proto.CopyFrom(model)  # never mutate the caller's proto
+        proto.CopyFrom(model)  # external data is loaded into it: never into the caller's proto
     _resolve_external_data(proto, base_dir)
     _check(proto)
-    if proto.functions:
+    light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's
+    if light.functions:
         from onnx import inliner
 
-        proto = inliner.inline_local_functions(proto)
+        light = inliner.inline_local_functions(light)
     if free_dims:
-        _override_free_dims(proto, free_dims)
+        _override_free_dims(light, free_dims)
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        light = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - non-strict inference should not raise; if it does, the model is bad
         raise InvalidGraph(f"shape inference failed: {e}") from None
     try:
-        model = ir.serde.deserialize_model(proto)
+        model_ir = ir.serde.deserialize_model(light)
     except Exception as e:  # noqa: BLE001
         raise InvalidGraph(f"cannot read the model's graph: {e}") from None
-    expand_gradients(model)
-    return model
+    _attach_weights(model_ir, proto)
+    expand_gradients(model_ir)
+    return model_ir
+
+
+def _all_tensors(proto: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(proto)
+
+
+def _attach_weights(model: ir.Model, proto: onnx.ModelProto) -> None:
+    """Main-graph initializers become NumPy-backed tensors, read once from the full proto."""
+    full = {t.name: t for t in proto.graph.initializer}
+    for name, v in model.graph.initializers.items():
+        t = full.get(name)
+        if t is None:
+            continue
+        try:
+            arr = onnx.numpy_helper.to_array(t)
+        except Exception as e:  # noqa: BLE001 - a tensor whose data does not fit its type
+            raise InvalidGraph(f"This is an invalid model: initializer '{name}' cannot be read: {e}") from None
+        if arr.dtype.kind in "SU":
+            arr = arr.astype(object)
+        v.const_value = ir.tensor(arr, name=name) if arr.dtype != object else v.const_value

@@ -12,7 +12,6 @@ These ops are host-side by nature (string labels, small models), so they compute
 from __future__ import annotations
 
 import numpy as np
-import scipy.special
 
 from engineroom.providers.cpu.registry import kernel
 
@@ -61,10 +60,14 @@ def _softmax_zero(s):
 
 
 def _logistic(s):
+    import scipy.special  # lazily: SciPy costs ~18 MB of RSS that most sessions never need
+
     return scipy.special.expit(s)
 
 
 def _probit(s):
+    import scipy.special
+
     return np.sqrt(2) * scipy.special.erfinv(2 * s - 1)
 
 
