@@ -117,14 +117,19 @@ class _InputCheck:
         return x
 
 
-def _blas_limiter(threads: int):
-    """intra_op_num_threads > 0 caps the BLAS thread pool during this session's runs (threadpoolctl)."""
-    if threads <= 0:
-        return None
-    from threadpoolctl import ThreadpoolController
+_blas_threads: list[int] = []   # what intra_op_num_threads last set the BLAS pool to
 
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=threads, user_api="blas")
+
+def _set_blas_threads(threads: int) -> None:
+    """intra_op_num_threads > 0 sets the BLAS thread pool's size (threadpoolctl). The pool is the
+    process's, so this holds process-wide from session creation on; setting it around each run
+    instead would make OpenBLAS tear down and respawn its threads every run (10-30x slower)."""
+    if threads <= 0 or _blas_threads[-1:] == [threads]:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    _blas_threads.append(threads)
 
 
 class InferenceSession:
@@ -156,7 +161,7 @@ class InferenceSession:
         self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
         self._in_order = [v.name for v in self._inputs_all]
         self._log_placement()
-        self._blas_limit = _blas_limiter(int(so.intra_op_num_threads))
+        _set_blas_threads(int(so.intra_op_num_threads))
 
     # -- providers ------------------------------------------------------------------------------
     def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
@@ -354,7 +359,7 @@ class InferenceSession:
                 on_device.pop(i, None)
         plan = self._plan_with_outputs_on(on_device) if on_device else self._plan
         feeds = self._feeds(iobinding._inputs, plan)
-        outs = self._execute(plan, feeds)
+        outs = plan.run(feeds)
         results = []
         for i, (nm, (prov, target)) in zip(idx, bound_out.items()):
             v = outs[i]
@@ -455,7 +460,7 @@ class InferenceSession:
         if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
             bad = next(k for k in input_feed if k not in self._checks)
             raise InvalidArgument(f"Invalid input name: {bad}")
-        outs = self._execute(self._plan, feeds)
+        outs = self._plan.run(feeds)
         return [outs[i] for i in idx]
 
     def _missing(self, given) -> None:
@@ -481,12 +486,6 @@ class InferenceSession:
             else:
                 self._missing(bound)
         return feeds
-
-    def _execute(self, plan: Plan, feeds: list) -> list:
-        if self._blas_limit is not None:
-            with self._blas_limit():
-                return plan.run(feeds)
-        return plan.run(feeds)
 
     def _output_indices(self, output_names) -> list[int]:
         if not output_names:
