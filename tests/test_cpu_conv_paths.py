@@ -82,7 +82,8 @@ def test_winograd_not_for_dynamic_or_float64():
     assert np.abs(y64 - ref).max() / np.abs(ref).max() < 1e-12
 
 
-@pytest.mark.parametrize("C,H,W", [(8, 40, 40), (64, 64, 64), (3, 70, 66), (32, 14, 14), (24, 7, 9), (4, 3, 3), (16, 1, 1)])
+@pytest.mark.parametrize("C,H,W", [(8, 40, 40), (64, 64, 64), (3, 70, 66), (32, 14, 14), (24, 7, 9), (4, 3, 3),
+                                   (16, 1, 1)])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1), (3, 3)])
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (0, 2, 1, 0)])
 @pytest.mark.parametrize("batch", [1, 2])
