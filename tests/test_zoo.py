@@ -18,9 +18,16 @@ def run_zoo(name: str, providers=None, **kw):
     return s, outs, refs
 
 
+LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=[lv.name for lv in LEVELS])
 @pytest.mark.parametrize("name", ZOO_MODELS)
-def test_zoo_model_matches_pytorch_on_cpu(name):
-    s, outs, refs = run_zoo(name, providers=["CPUExecutionProvider"])
+def test_zoo_model_matches_pytorch_on_cpu(name, level):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    s, outs, refs = run_zoo(name, providers=["CPUExecutionProvider"], sess_options=so)
     assert refs, f"{name}.io.npz has no reference outputs"
     for out, ref in zip(outs, refs):
         assert out.shape == ref.shape and out.dtype == ref.dtype
