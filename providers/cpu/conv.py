@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import convtranspose_geometry
+from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
 from engineroom.providers.cpu.registry import kernel
 from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv
 
@@ -31,35 +33,6 @@ def compute_dtype(dt) -> np.dtype:
     """The float type arithmetic runs in: float32/float64 as they are, anything narrower in float32."""
     dt = np.dtype(dt)
     return dt if dt in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float32)
-
-
-def same_pads(in_sz, out_sz, k, s, d, upper: bool):
-    """(begin, end) padding for auto_pad SAME_UPPER/SAME_LOWER on one axis."""
-    total = max(0, (out_sz - 1) * s + (k - 1) * d + 1 - in_sz)
-    small = total // 2
-    return (small, total - small) if upper else (total - small, small)
-
-
-def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
-    """Per-axis (pads_begin, pads_end, out) for a convolution over ``spatial``."""
-    n = len(spatial)
-    pb, pe, out = [], [], []
-    for i in range(n):
-        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
-        dk = (k - 1) * d + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_sz // s)
-            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = (in_sz - dk) // s + 1
-        else:
-            b, e = pads[i], pads[i + n]
-            o = (in_sz + b + e - dk) // s + 1
-        pb.append(b)
-        pe.append(e)
-        out.append(max(o, 0))
-    return tuple(pb), tuple(pe), tuple(out)
 
 
 def pad_spatial(xp, x, pb, pe, value=0):
@@ -435,33 +408,6 @@ def conv(info):
 # ConvTranspose
 
 
-def _convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad, output_shape, auto_pad):
-    n = len(spatial)
-    pb, pe, out = [], [], []
-    if output_shape:
-        output_shape = list(output_shape)[-n:]
-    for i in range(n):
-        in_sz, k, s, d, op = spatial[i], kshape[i], strides[i], dilations[i], out_pad[i]
-        full = s * (in_sz - 1) + op + (k - 1) * d + 1
-        if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = int(output_shape[i]) if output_shape else in_sz * s
-            total = full - o
-            if auto_pad == "SAME_UPPER":
-                b, e = total // 2, total - total // 2
-            else:
-                b, e = total - total // 2, total // 2
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = full
-        else:
-            b, e = pads[i], pads[i + n]
-            o = full - b - e
-        pb.append(b)
-        pe.append(e)
-        out.append(o)
-    return tuple(pb), tuple(pe), tuple(out)
-
-
 @kernel("ConvTranspose", since=1)
 def conv_transpose(info):
     xp = info.xp
@@ -497,7 +443,7 @@ def conv_transpose(info):
         key = (spatial, st["kshape"])
         geo = geo_cache.get(key)
         if geo is None:
-            geo = _convtranspose_geometry(spatial, st["kshape"], st["strides"], st["dilations"], st["pads"],
+            geo = convtranspose_geometry(spatial, st["kshape"], st["strides"], st["dilations"], st["pads"],
                                           st["out_pad"], a.get("output_shape"), auto_pad)
             # wide enough rows that the pitch padding (A2 - 1 columns) costs the GEMM little
             pitched = len(spatial) == 2 and all(d == 1 for d in st["dilations"]) and min(geo[0]) >= 0 and \
@@ -751,5 +697,4 @@ def deform_conv(info):
     return run
 
 
-__all__ = ["compute_dtype", "conv_geometry", "pad_spatial", "tap_offsets", "tap_slice", "window_view",
-           "same_pads"]
+__all__ = ["compute_dtype", "conv_geometry", "pad_spatial", "tap_offsets", "tap_slice", "window_view"]

@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, same_pads, tap_slice
+from engineroom.plugin_sdk.geometry import window_geometry
+from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, tap_slice
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -28,32 +29,10 @@ def _ints(v, n, default):
 
 def pool_geometry(spatial, kshape, strides, dilations, pads, auto_pad, ceil_mode):
     """Per axis: (pads_begin, pads_end, extra_end, out); extra_end is the ceil_mode overhang past pads_end."""
-    n = len(spatial)
-    pb, pe, extra, out = [], [], [], []
-    for i in range(n):
-        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
-        dk = (k - 1) * d + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_sz // s)
-            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = (in_sz - dk) // s + 1
-        else:
-            b, e = pads[i], pads[i + n]
-            span = in_sz + b + e - dk
-            if ceil_mode:
-                o = -(-span // s) + 1
-                if (o - 1) * s >= in_sz + b:         # a window may not start in the right padding
-                    o -= 1
-            else:
-                o = span // s + 1
-        o = max(o, 0)
-        pb.append(b)
-        pe.append(e)
-        extra.append(max(0, (o - 1) * s + dk - (in_sz + b + e)))
-        out.append(o)
-    return tuple(pb), tuple(pe), tuple(extra), tuple(out)
+    pb, pe, out = window_geometry(spatial, kshape, strides, dilations, pads, auto_pad, bool(ceil_mode))
+    extra = tuple(max(0, (o - 1) * s + (k - 1) * d + 1 - (n + b + e))
+                  for n, k, s, d, b, e, o in zip(spatial, kshape, strides, dilations, pb, pe, out))
+    return pb, pe, extra, out
 
 
 def _axis_counts(in_sz, k, s, d, b, o, lo, hi):

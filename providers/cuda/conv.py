@@ -9,10 +9,9 @@ no cuDNN path; ``cudnn_conv_algo_search`` is accepted and has no effect.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import window_geometry
 from engineroom.providers.cuda.registry import kernel
 
 MS = "com.microsoft"
@@ -22,21 +21,9 @@ _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
     """(output sizes, pads at the start, pads at the end) of a convolution, as ONNX defines them."""
     n = len(spatial)
-    strides = list(strides) or [1] * n
-    dilations = list(dilations) or [1] * n
-    ext = [(k - 1) * d + 1 for k, d in zip(kshape, dilations)]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = [math.ceil(i / s) for i, s in zip(spatial, strides)]
-        total = [max(0, (o - 1) * s + e - i) for o, s, e, i in zip(out, strides, ext, spatial)]
-        head = [t // 2 if auto_pad == "SAME_UPPER" else (t + 1) // 2 for t in total]
-        return out, head, [t - h for t, h in zip(total, head)]
-    if auto_pad == "VALID":
-        begin, end = [0] * n, [0] * n
-    else:
-        pads = list(pads) or [0] * (2 * n)
-        begin, end = pads[:n], pads[n:]
-    out = [(i + b + e - x) // s + 1 for i, b, e, x, s in zip(spatial, begin, end, ext, strides)]
-    return out, begin, end
+    pb, pe, out = window_geometry(spatial, kshape, list(strides) or [1] * n, list(dilations) or [1] * n,
+                                  list(pads) or [0] * (2 * n), auto_pad)
+    return list(out), list(pb), list(pe)
 
 
 # -- the epilogue: bias, residual and activation in one pass --------------------------------------

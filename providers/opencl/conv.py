@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import convtranspose_geometry
+from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
 from engineroom.providers.opencl.common import CTYPES, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.matmul import GEMM_TYPES
 from engineroom.providers.opencl.registry import kernel
@@ -143,34 +145,6 @@ def _src(dt, body):
 
 def _ints(v, n, default):
     return [int(t) for t in v] if v is not None and len(v) else [default] * n
-
-
-def same_pads(in_sz, out_sz, k, s, d, upper):
-    total = max(0, (out_sz - 1) * s + (k - 1) * d + 1 - in_sz)
-    small = total // 2
-    return (small, total - small) if upper else (total - small, small)
-
-
-def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
-    """Per-axis (pads_begin, pads_end, out) for a convolution over ``spatial``."""
-    n = len(spatial)
-    pb, pe, out = [], [], []
-    for i in range(n):
-        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
-        dk = (k - 1) * d + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_sz // s)
-            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = (in_sz - dk) // s + 1
-        else:
-            b, e = pads[i], pads[i + n]
-            o = (in_sz + b + e - dk) // s + 1
-        pb.append(b)
-        pe.append(e)
-        out.append(max(o, 0))
-    return tuple(pb), tuple(pe), tuple(out)
 
 
 def _pad3(v, fill):
@@ -303,35 +277,6 @@ def _conv_factory(info, act):
         return (y,)
 
     return run
-
-
-def convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad, output_shape, auto_pad):
-    n = len(spatial)
-    pb, pe, out = [], [], []
-    if output_shape is not None and len(output_shape):
-        output_shape = list(output_shape)[-n:]
-    else:
-        output_shape = None
-    for i in range(n):
-        in_sz, k, s, d, op = spatial[i], kshape[i], strides[i], dilations[i], out_pad[i]
-        full = s * (in_sz - 1) + op + (k - 1) * d + 1
-        if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = int(output_shape[i]) if output_shape else in_sz * s
-            total = full - o
-            if auto_pad == "SAME_UPPER":
-                b, e = total // 2, total - total // 2
-            else:
-                b, e = total - total // 2, total // 2
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = full
-        else:
-            b, e = pads[i], pads[i + n]
-            o = full - b - e
-        pb.append(b)
-        pe.append(e)
-        out.append(o)
-    return tuple(pb), tuple(pe), tuple(out)
 
 
 @kernel("ConvTranspose", since=1, types=GEMM_TYPES, supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import window_geometry as pool_geometry
 from engineroom.providers.opencl.common import CTYPES, FLOATS, I64, all_of, inputs_in, rt_of
-from engineroom.providers.opencl.conv import _pad3, same_pads
+from engineroom.providers.opencl.conv import _pad3
 from engineroom.providers.opencl.registry import kernel
 
 _POOL = """
@@ -59,34 +60,6 @@ __kernel void pool(__global const T* restrict x, __global T* restrict y, __globa
   }}
 }}
 """
-
-
-def pool_geometry(spatial, kshape, strides, dilations, pads, auto_pad, ceil_mode):
-    """Per axis: (pads_begin, pads_end, out) as onnxruntime computes them."""
-    n = len(spatial)
-    pb, pe, out = [], [], []
-    for i in range(n):
-        in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
-        dk = (k - 1) * d + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_sz // s)
-            b, e = same_pads(in_sz, o, k, s, d, auto_pad == "SAME_UPPER")
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = (in_sz - dk) // s + 1
-        else:
-            b, e = pads[i], pads[i + n]
-            span = in_sz + b + e - dk
-            if ceil_mode:
-                o = -(-span // s) + 1
-                if (o - 1) * s >= in_sz + b:         # a window may not start in the right padding
-                    o -= 1
-            else:
-                o = span // s + 1
-        pb.append(b)
-        pe.append(e)
-        out.append(max(o, 0))
-    return tuple(pb), tuple(pe), tuple(out)
 
 
 def _ints(v, n, default):
