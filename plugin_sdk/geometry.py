@@ -1,7 +1,10 @@
 """Window arithmetic every provider needs the same way: padding and output sizes of convolutions,
-pools and transposed convolutions (auto_pad, dilations, ceil_mode), as ONNX and onnxruntime define
-them. Pure Python on shape tuples: call it in a kernel factory or per new input shape, never per element."""
+pools and transposed convolutions (auto_pad, dilations, ceil_mode), and Resize's coordinate mapping,
+as ONNX and onnxruntime define them. Host-side arithmetic on shape tuples and coordinate vectors:
+call it in a kernel factory or per new input shape, never per element."""
 from __future__ import annotations
+
+import numpy as np
 
 
 def same_pads(in_sz: int, out_sz: int, k: int, s: int, d: int, upper: bool) -> tuple[int, int]:
@@ -67,3 +70,52 @@ def convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad, o
         pe.append(e)
         out.append(o)
     return tuple(pb), tuple(pe), tuple(out)
+
+
+def resize_coordinates(mode: str, out_len: int, in_len: int, scale: float, roi_start: float = 0.0,
+                       roi_end: float = 1.0):
+    """Resize: for each output position on one axis, the input coordinate it maps to
+    (coordinate_transformation_mode), as a float32 array."""
+    # float32 arithmetic, as onnxruntime: coordinates that land on an integer must not become 2.0000000003
+    # (ceil/round of nearest depends on it).
+    f = np.float32
+    x = np.arange(out_len, dtype=f)
+    in_len, scale, roi_start, roi_end = f(in_len), f(scale), f(roi_start), f(roi_end)
+    # The resized length in the formulas is the real-valued in_len * scale (what the ONNX test data uses);
+    # out_len is its integer floor and only sets how many positions there are.
+    length = in_len * scale
+    if mode == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adjustment = f(out_len) / (scale * in_len)
+        center = in_len / f(2)
+        offset = center * (1 - adjustment)
+        return offset + (x + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if length > 1 else np.zeros_like(x)
+    if mode == "align_corners":
+        return x * (in_len - 1) / (length - 1) if length != 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + 0.5) / scale
+    if mode == "tf_crop_and_resize":
+        if length > 1:
+            return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (length - 1)
+        return np.full_like(x, f(0.5) * (roi_start + roi_end) * (in_len - 1))
+    raise ValueError(f"Resize: unknown coordinate_transformation_mode '{mode}'")
+
+
+def nearest_index(xo, nearest_mode: str, scale: float):
+    """Resize mode nearest: the input index each mapped coordinate rounds to (nearest_mode)."""
+    if nearest_mode == "round_prefer_floor":
+        return np.ceil(xo - 0.5)
+    if nearest_mode == "round_prefer_ceil":
+        return np.floor(xo + 0.5)
+    if nearest_mode == "floor":
+        return np.floor(xo)
+    if nearest_mode == "ceil":
+        return np.ceil(xo)
+    if nearest_mode == "simple":  # Resize-10 / Upsample: truncate when upsampling, ceil when downsampling
+        return np.ceil(xo) if scale < 1 else np.floor(xo)
+    raise ValueError(f"Resize: unknown nearest_mode '{nearest_mode}'")

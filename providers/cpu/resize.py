@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -50,54 +51,9 @@ class _Axis:
         self.axis, self.idx, self.w, self.outside = axis, idx, w, outside
 
 
-def _original_coords(mode, out_len, in_len, scale, roi_start, roi_end):
-    # float32 arithmetic, as onnxruntime: coordinates that land on an integer must not become 2.0000000003
-    # (ceil/round of nearest depends on it).
-    f = np.float32
-    x = np.arange(out_len, dtype=f)
-    in_len, scale, roi_start, roi_end = f(in_len), f(scale), f(roi_start), f(roi_end)
-    # The resized length in the formulas is the real-valued in_len * scale (what the ONNX test data uses);
-    # out_len is its integer floor and only sets how many positions there are.
-    length = in_len * scale
-    if mode == "half_pixel":
-        return (x + 0.5) / scale - 0.5
-    if mode == "half_pixel_symmetric":
-        adjustment = f(out_len) / (scale * in_len)
-        center = in_len / f(2)
-        offset = center * (1 - adjustment)
-        return offset + (x + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if length > 1 else np.zeros_like(x)
-    if mode == "align_corners":
-        return x * (in_len - 1) / (length - 1) if length != 1 else np.zeros_like(x)
-    if mode == "asymmetric":
-        return x / scale
-    if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
-    if mode == "tf_crop_and_resize":
-        if length > 1:
-            return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (length - 1)
-        return np.full_like(x, f(0.5) * (roi_start + roi_end) * (in_len - 1))
-    raise ValueError(f"Resize: unknown coordinate_transformation_mode '{mode}'")
-
-
-def _nearest_index(xo, nearest_mode, scale):
-    if nearest_mode == "round_prefer_floor":
-        return np.ceil(xo - 0.5)
-    if nearest_mode == "round_prefer_ceil":
-        return np.floor(xo + 0.5)
-    if nearest_mode == "floor":
-        return np.floor(xo)
-    if nearest_mode == "ceil":
-        return np.ceil(xo)
-    if nearest_mode == "simple":  # Resize-10 / Upsample: truncate when upsampling, ceil when downsampling
-        return np.ceil(xo) if scale < 1 else np.floor(xo)
-    raise ValueError(f"Resize: unknown nearest_mode '{nearest_mode}'")
-
-
 def _axis_plan(axis, in_len, out_len, scale, cfg, roi_start, roi_end):
     ctm = cfg["ctm"]
-    xo = _original_coords(ctm, out_len, in_len, scale, roi_start, roi_end).astype(np.float64)
+    xo = resize_coordinates(ctm, out_len, in_len, scale, roi_start, roi_end).astype(np.float64)
     outside = None
     if ctm == "tf_crop_and_resize":
         out_mask = (xo < 0) | (xo > in_len - 1)
@@ -105,7 +61,7 @@ def _axis_plan(axis, in_len, out_len, scale, cfg, roi_start, roi_end):
             outside = out_mask
     mode = cfg["mode"]
     if mode == "nearest":
-        idx = _nearest_index(xo, cfg["nearest_mode"], scale)
+        idx = nearest_index(xo, cfg["nearest_mode"], scale)
         idx = np.clip(idx, 0, in_len - 1).astype(np.intp)
         return _Axis(axis, idx, None, outside)
     s = min(scale, 1.0) if cfg["antialias"] else 1.0

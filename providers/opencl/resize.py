@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
 from engineroom.providers.opencl.common import F32, all_of, host_ints, inputs_in, rt_of
 from engineroom.providers.opencl.registry import kernel
 
@@ -35,41 +36,6 @@ __kernel void nearest(__global const float* restrict x, __global float* restrict
 """
 
 
-def _original_coords(mode, out_len, in_len, scale):
-    f = np.float32
-    x = np.arange(out_len, dtype=f)
-    in_len, scale = f(in_len), f(scale)
-    length = in_len * scale
-    if mode == "half_pixel":
-        return (x + f(0.5)) / scale - f(0.5)
-    if mode == "half_pixel_symmetric":
-        adjustment = f(out_len) / (scale * in_len)
-        center = in_len / f(2)
-        offset = center * (f(1) - adjustment)
-        return offset + (x + f(0.5)) / scale - f(0.5)
-    if mode == "pytorch_half_pixel":
-        return (x + f(0.5)) / scale - f(0.5) if length > 1 else np.zeros_like(x)
-    if mode == "align_corners":
-        return x * (in_len - f(1)) / (length - f(1)) if length != 1 else np.zeros_like(x)
-    if mode == "asymmetric":
-        return x / scale
-    if mode == "tf_half_pixel_for_nn":
-        return (x + f(0.5)) / scale
-    raise ValueError(f"coordinate_transformation_mode {mode!r}")
-
-
-def _nearest_index(xo, nearest_mode, scale):
-    if nearest_mode == "round_prefer_floor":
-        return np.ceil(xo - 0.5)
-    if nearest_mode == "round_prefer_ceil":
-        return np.floor(xo + 0.5)
-    if nearest_mode == "floor":
-        return np.floor(xo)
-    if nearest_mode == "ceil":
-        return np.ceil(xo)
-    raise ValueError(f"nearest_mode {nearest_mode!r}")
-
-
 def _kernel_weights(t, mode, a):
     t = np.abs(t)
     if mode == "linear":
@@ -80,9 +46,9 @@ def _kernel_weights(t, mode, a):
 
 def axis_taps(in_len, out_len, scale, cfg):
     """(idx (out, taps) int32, weights (out, taps) float32 or None for nearest) of one axis."""
-    xo = _original_coords(cfg["ctm"], out_len, in_len, scale).astype(np.float64)
+    xo = resize_coordinates(cfg["ctm"], out_len, in_len, scale).astype(np.float64)
     if cfg["mode"] == "nearest":
-        idx = np.clip(_nearest_index(xo, cfg["nearest_mode"], scale), 0, in_len - 1)
+        idx = np.clip(nearest_index(xo, cfg["nearest_mode"], scale), 0, in_len - 1)
         return idx.astype(np.int32).reshape(-1, 1), None
     s = min(scale, 1.0) if cfg["antialias"] else 1.0
     radius = (1.0 if cfg["mode"] == "linear" else 2.0) / s
