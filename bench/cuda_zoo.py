@@ -13,7 +13,7 @@ usage:
 * ``nodetests``: the ONNX backend node tests (``../shared/tools/gen_node_tests.py NT_DIR`` writes
   them) with providers [CUDA, CPU]; a test counts as claimed when CUDA took one of its nodes; a
   claimed test that fails is re-run on the CPU provider alone, so "fails only with CUDA" means the
-  CUDA provider is at fault (bench/opencl_nodetests.py's method and tolerances).
+  CUDA provider is at fault (the plugin kit's method; without NT_DIR the tests are built in memory).
 * ``zoo``: the five zoo models on [CUDA, CPU] against PyTorch's outputs in ``NAME.io.npz`` (max abs
   error <= 1e-3 x max |ref|), with the node split per provider and the number of copies.
 * ``latency``: resnet18 (batch 1, 32) and bert_mini (batch 1, 16, seq 128) on the GPU: engineroom
@@ -29,11 +29,9 @@ the device README); CuPy, torch, transformers, onnx and onnx_ir are in its image
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
-import signal
 import statistics
 import sys
 import time
@@ -54,64 +52,15 @@ class Timeout(Exception):
     pass
 
 
-def nodetests(data: str, only: str | None, out: str | None, limit: int) -> None:
-    from opencl_nodetests import run_test  # the same loading and comparison as the OpenCL script
+def nodetests(data: str | None, only: str | None, out: str | None, limit: int) -> None:
+    """The plugin kit's node-test run with CUDA first (claimed / passed / wrong per op)."""
+    from engineroom.plugin_sdk.testing import run_node_tests
 
-    import engineroom as ort
-
-    prov = [CUDA, CPU]
-    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(Timeout()))
-    results: dict[str, str] = {}
-    ops: Counter = Counter()
-    t0 = time.time()
-    for d in sorted(glob.glob(os.path.join(data, "test_*"))):
-        name = os.path.basename(d)
-        if only and only not in name:
-            continue
-        try:
-            signal.alarm(limit)
-            try:
-                s = ort.InferenceSession(os.path.join(d, "model.onnx"), providers=prov)
-            except Exception as e:  # noqa: BLE001 - a model the engine refuses is not CUDA's to count
-                results[name] = "unclaimed (session: " + type(e).__name__ + ")"
-                continue
-            mine = [n.op_type for p in s.get_provider_graph_assignment_info() if p.ep_name == CUDA
-                    for n in p.get_nodes()]
-            if not mine:
-                results[name] = "unclaimed"
-                continue
-            ops.update(set(mine))
-            try:
-                _, ok = run_test(ort, d, prov)
-                res = "pass" if ok else "fail"
-            except Exception as e:  # noqa: BLE001 - reported per test
-                res = "error: " + (type(e).__name__ + ": " + str(e))[:200]
-            if res != "pass":
-                try:
-                    _, cpu_ok = run_test(ort, d, [CPU])
-                except Exception:  # noqa: BLE001
-                    cpu_ok = False
-                res += " (cpu passes)" if cpu_ok else " (cpu fails too)"
-            results[name] = res + " [" + ",".join(sorted(set(mine))) + "]"
-        except Timeout:
-            results[name] = "error: timeout"
-        finally:
-            signal.alarm(0)
-    claimed = {k: v for k, v in results.items() if not v.startswith("unclaimed")}
-    passed = sum(v.startswith("pass") for v in claimed.values())
-    wrong = sorted(k for k, v in claimed.items() if "(cpu passes)" in v)
-    both = sorted(k for k, v in claimed.items() if "(cpu fails too)" in v)
-    print(f"CUDA claimed a node in {len(claimed)} of {len(results)} tests; {passed} passed "
-          f"({100.0 * passed / max(len(claimed), 1):.1f}%); {len(wrong)} fail only with CUDA, "
-          f"{len(both)} fail on the CPU provider too; {time.time() - t0:.0f}s")
-    print(f"  {len(ops)} op types claimed: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
-    for k in wrong:
-        print("  CUDA-only failure:", k, claimed[k][:240])
-    for k in both:
-        print("  also fails on CPU:", k, claimed[k][:160])
+    report = run_node_tests("CUDAExecutionProvider", only=only, data_dir=data, timeout=limit, isolate=True)
+    print(report.format())
     if out:
         with open(out, "w") as f:
-            json.dump(results, f, indent=1, sort_keys=True)
+            json.dump(report.to_dict(), f, indent=1)
 
 
 # -- the zoo against PyTorch's outputs ------------------------------------------------------------------
@@ -261,8 +210,6 @@ def main() -> int:
         print(f"CUDAExecutionProvider is not available: {CUDAExecutionProvider.unavailable_reason()}", file=sys.stderr)
         return 1
     if a.what in ("nodetests", "all"):
-        if not a.nt_dir:
-            ap.error("nodetests needs NT_DIR")
         nodetests(a.nt_dir, a.only, a.json, a.timeout)
     if a.what in ("zoo", "all"):
         zoo(a.models.split(","), a.graphs)
