@@ -156,6 +156,25 @@ class KernelProvider(ExecutionProvider):
         kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
         return kdef.host_inputs if kdef is not None else ()
 
+    def device_claims(self, view: GraphView) -> list[NodeView]:
+        """The nodes a provider with its own memory should take: those its kernels handle, except
+        shape arithmetic (every tensor int32/int64/bool: it feeds host-resident inputs, so computing
+        it on the device only adds copies, as onnxruntime's GPU providers leave it too) and
+        Shape/Size of a value not produced here (they read metadata; the host has it)."""
+        claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
+        producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
+        take = []
+        for v in view.nodes:
+            if v.index not in claimed:
+                continue
+            if v.op_type in ("Shape", "Size") and not v.domain:
+                if producer.get(v.input_names[0]) not in claimed:
+                    continue
+            elif _shape_arithmetic(v):
+                continue
+            take.append(v)
+        return take
+
     def create_kernel(self, info: KernelInfo) -> Callable:
         """The callable that runs ``info``'s node: ``fn(*inputs) -> tuple``."""
         kdef = self.registry.lookup(info.domain, info.op_type, info.opset)
@@ -163,6 +182,15 @@ class KernelProvider(ExecutionProvider):
             have = self.registry.versions(info.domain, info.op_type)
             raise NotImplementedError(f"{self.name} has no kernel for {info.describe()}; versions: {have}")
         return kdef.factory(info.with_(xp=self.xp, provider=self))
+
+
+_SHAPE_DTYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.bool_))
+
+
+def _shape_arithmetic(v: NodeView) -> bool:
+    """All present inputs and outputs are int32/int64/bool (shape arithmetic, masks of shapes)."""
+    dts = [d for d in (*v.input_dtypes, *v.output_dtypes) if d is not None]
+    return bool(dts) and all(np.dtype(d) in _SHAPE_DTYPES for d in dts)
 
 
 class CompilingProvider(ExecutionProvider):

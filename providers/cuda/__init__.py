@@ -95,14 +95,8 @@ HOST_DOMAINS: dict[str, str] = {
 DEVICE_DTYPES = frozenset(np.dtype(t) for t in (
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64))
-_SHAPE_DTYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.bool_))
 _TRUE, _FALSE = ("1", "true"), ("0", "false")
 _MAX_SIZE = str(2**64 - 1)     # onnxruntime's default gpu_mem_limit (SIZE_MAX): no limit
-
-
-def _integer_only(v: NodeView) -> bool:
-    dts = [d for d in (*v.input_dtypes, *v.output_dtypes) if d is not None]
-    return bool(dts) and all(np.dtype(d) in _SHAPE_DTYPES for d in dts)
 
 
 def _parse_options(name: str, opts: dict[str, str]) -> dict[str, Any]:
@@ -211,18 +205,7 @@ class CUDAExecutionProvider(KernelProvider, CompilingProvider):
         host-resident inputs) and Shape/Size of values not produced here. With CUDA graphs, the nodes
         are claimed as one group (the core splits it into cycle-free partitions, each compiled into a
         :class:`~.graphs.CapturedGroup`), except nodes reading a computed host input, claimed alone."""
-        claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
-        producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
-        take = []
-        for v in view.nodes:
-            if v.index not in claimed:
-                continue
-            if v.op_type in ("Shape", "Size") and not v.domain:
-                if producer.get(v.input_names[0]) not in claimed:
-                    continue
-            elif _integer_only(v):
-                continue
-            take.append(v)
+        take = self.device_claims(view)
         if not self.cuda_graphs:
             return [Capability([v]) for v in take]
         alone = [v for v in take if self._reads_computed_host_input(v)]

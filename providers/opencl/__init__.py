@@ -58,15 +58,6 @@ def _probe_devices() -> tuple[list, str]:
     return _probe["devices"], _probe["reason"]
 
 
-_SHAPE_DTYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.bool_))
-
-
-def _integer_only(v: NodeView) -> bool:
-    """All present inputs and outputs are int32/int64/bool (shape arithmetic, masks of shapes)."""
-    dts = [d for d in (*v.input_dtypes, *v.output_dtypes) if d is not None]
-    return bool(dts) and all(np.dtype(d) in _SHAPE_DTYPES for d in dts)
-
-
 class _DeviceKind:
     """``device_kind`` read on the class: the type of the first OpenCL device ("CPU" under PoCL)."""
 
@@ -179,19 +170,7 @@ class OpenCLExecutionProvider(KernelProvider):
         and Size read only metadata: they are claimed when their input is produced on this device
         (the CPU provider would need the whole tensor copied back to read its shape), else left.
         """
-        claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
-        producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
-        caps = []
-        for v in view.nodes:
-            if v.index not in claimed:
-                continue
-            if v.op_type in ("Shape", "Size") and not v.domain:
-                if producer.get(v.input_names[0]) not in claimed:
-                    continue
-            elif _integer_only(v):
-                continue
-            caps.append(Capability([v]))
-        return caps
+        return [Capability([v]) for v in self.device_claims(view)]
 
     # -- data transfer -------------------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Any:
