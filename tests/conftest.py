@@ -43,3 +43,29 @@ def zoo_path(name: str) -> str:
     if not os.path.exists(path):
         pytest.skip(f"model zoo not found at {ZOO} (../shared/models beside the checkout)")
     return path
+
+
+def run_zoo(name: str, providers=None, **kw):
+    """Run zoo model ``name`` on its io.npz inputs: (session, outputs, PyTorch's outputs)."""
+    import numpy as np
+
+    import engineroom as ort
+
+    path = zoo_path(name)
+    z = np.load(path[:-5] + ".io.npz")
+    s = ort.InferenceSession(path, providers=providers, **kw)
+    feed = {a.name: z[f"in_{k}"] for k, a in enumerate(s.get_inputs())}
+    outs = s.run(None, feed)
+    refs = [z[f"out_{k}"] for k in range(len(outs)) if f"out_{k}" in z]
+    return s, outs, refs
+
+
+def assert_matches_pytorch(name: str, outs, refs, rel: float) -> None:
+    """Every output has PyTorch's shape and dtype, and max abs error <= rel * max |reference|."""
+    import numpy as np
+
+    assert refs, f"{name}.io.npz has no reference outputs"
+    for k, (out, ref) in enumerate(zip(outs, refs)):
+        assert out.shape == ref.shape and out.dtype == ref.dtype
+        err = float(np.max(np.abs(out.astype(np.float64) - ref)))
+        assert err <= rel * float(np.max(np.abs(ref))), f"{name} output {k}: max abs error {err:.3g}"

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ZOO_MODELS, zoo_path
+from conftest import ZOO_MODELS, assert_matches_pytorch, run_zoo
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -377,16 +377,8 @@ def test_one_session_runs_from_several_threads():
 @needs_opencl
 @pytest.mark.parametrize("name", ZOO_MODELS)
 def test_zoo_model_matches_pytorch_with_opencl_first(name):
-    path = zoo_path(name)
-    z = np.load(path[:-5] + ".io.npz")
-    s = ort.InferenceSession(path, providers=[OCL, CPU])
-    feed = {a.name: z[f"in_{k}"] for k, a in enumerate(s.get_inputs())}
-    outs = s.run(None, feed)
-    for k, out in enumerate(outs):
-        ref = z[f"out_{k}"]
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        err = float(np.max(np.abs(out.astype(np.float64) - ref)))
-        assert err <= 1e-4 * float(np.max(np.abs(ref))), f"{name} output {k}: max abs error {err:.3g}"
+    s, outs, refs = run_zoo(name, providers=[OCL, CPU])
+    assert_matches_pytorch(name, outs, refs, 1e-4)
     # every Conv / MatMul / Gemm / ConvTranspose runs on OpenCL, and the placement line says so
     heavy = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "Gemm"}
     for p in s.get_provider_graph_assignment_info():

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ZOO_MODELS, zoo_path
+from conftest import ZOO_MODELS, assert_matches_pytorch, run_zoo
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
@@ -178,16 +178,8 @@ def test_provider_is_registered_and_available():
 
 @pytest.mark.parametrize("name", ZOO_MODELS)
 def test_zoo_model_matches_pytorch_in_one_openvino_group(name):
-    path = zoo_path(name)
-    z = np.load(path[:-5] + ".io.npz")
-    s = ort.InferenceSession(path, providers=[OV, CPU])
-    feed = {a.name: z[f"in_{k}"] for k, a in enumerate(s.get_inputs())}
-    outs = s.run(None, feed)
-    for k, out in enumerate(outs):
-        ref = z[f"out_{k}"]
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        err = float(np.max(np.abs(out.astype(np.float64) - ref)))
-        assert err <= 1e-3 * float(np.max(np.abs(ref))), f"{name} output {k}: max abs error {err:.3g}"
+    s, outs, refs = run_zoo(name, providers=[OV, CPU])
+    assert_matches_pytorch(name, outs, refs, 1e-3)
     assert [p.ep_name for p in s.get_provider_graph_assignment_info()] == [OV], s.placement
     assert s._plan.n_copies == 0
 
