@@ -197,6 +197,7 @@ class PlanBuilder:
         self.opsets = opsets
         self.ir_version = ir_version
         self.host = host  # the provider that owns host memory (CPU provider, or a plain one)
+        self._assigned: tuple | None = None   # (graph, assignment) from the last owners() call
         self.by_device: dict[Device, ExecutionProvider] = {CPU: host}
         for p in providers:
             self.by_device.setdefault(p.device, p)
@@ -228,12 +229,18 @@ class PlanBuilder:
         return consts, input_names, nodes, views, outer, owner, group_of, notes
 
     def owners(self, graph: ir.Graph) -> dict[ir.Node, ExecutionProvider]:
-        """Which provider would take each node (for provider-aware optimizations); may raise Unclaimed."""
-        _, _, nodes, _, _, owner, _, _ = self._assign(graph, ())
+        """Which provider would take each node (for provider-aware optimizations); may raise Unclaimed.
+        A ``build`` of the same, unchanged graph reuses this assignment (providers are asked once)."""
+        self._assigned = (graph, self._assign(graph, ()))
+        _, _, nodes, _, _, owner, _, _ = self._assigned[1]
         return {n: self.providers[o] for n, o in zip(nodes, owner)}
 
     def build(self, graph: ir.Graph, outer_names: list[str] = ()) -> Plan:
-        consts, input_names, nodes, views, outer, owner, group_of, notes = self._assign(graph, outer_names)
+        if self._assigned is not None and self._assigned[0] is graph and not outer_names:
+            assigned = self._assigned[1]
+        else:
+            assigned = self._assign(graph, outer_names)
+        consts, input_names, nodes, views, outer, owner, group_of, notes = assigned
         parts = group(views, owner, group_of, self.providers, outer)
         return self._emit(graph, nodes, views, parts, consts, input_names, list(outer_names), outer, notes)
 
