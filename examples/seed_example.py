@@ -1,7 +1,7 @@
 """The user's view from DESIGN.md, verbatim but for the import and the model path: prints (1, 1000)."""
 import numpy as np
 
-import engineroom as ort            # same names as onnxruntime
+import engineroom as ort  # same names as onnxruntime
 
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 so = ort.SessionOptions()

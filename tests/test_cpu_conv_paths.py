@@ -7,8 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.conv import _ConvPlan
 from engineroom.providers.cpu.winograd import choose_tile
+
+# Kernels with a compiled (numba) loop are checked on both paths: "jit" where numba is installed
+# (else skipped with the reason), "numpy" always.
+JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
+                                                                   reason="numba is not installed (jit extra)")),
+             pytest.param(False, id="numpy")]
 
 
 def direct_conv(x, w, b, pads, strides, dilations, group):
@@ -34,15 +41,21 @@ def direct_conv(x, w, b, pads, strides, dilations, group):
     return y
 
 
-def run_plan(x, w, b, pads, strides, dilations, group, winograd=True):
+def run_plan(x, w, b, pads, strides, dilations, group, winograd=True, jit=True, clip=None):
     attrs = {"pads": list(pads), "strides": list(strides), "dilations": list(dilations), "group": group}
     plan = _ConvPlan(np, attrs, w, winograd=winograd, spatial=x.shape[2:])
-    return plan(x, b)
+    if plan.depthwise:
+        assert (plan.jit is not None) == (_jit.available() and x.ndim == 4)
+        if not jit:
+            plan.jit = None
+    return plan(x, b, clip)
 
 
-def check(x, w, b, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), group=1, rtol=1e-5):
+def check(x, w, b, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), group=1, rtol=1e-5, jit=True, clip=None):
     ref = direct_conv(x, w, b, pads, strides, dilations, group)
-    got = run_plan(x, w, b, pads, strides, dilations, group)
+    if clip is not None:
+        ref = np.clip(ref, *clip)
+    got = run_plan(x, w, b, pads, strides, dilations, group, jit=jit, clip=clip)
     assert got.shape == ref.shape
     assert got.dtype == x.dtype
     err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
@@ -87,19 +100,31 @@ def test_winograd_not_for_dynamic_or_float64():
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1), (3, 3)])
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (0, 2, 1, 0)])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_depthwise(C, H, W, strides, pads, batch):
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_depthwise(C, H, W, strides, pads, batch, jit):
     if H + pads[0] + pads[2] < 3 or W + pads[1] + pads[3] < 3:
         pytest.skip("kernel larger than the padded input")  # no output positions
     x, w, b = rand(batch, C, H, W), rand(C, 1, 3, 3), rand(C)
-    check(x, w, b, pads=pads, strides=strides, group=C)
-    check(x, w, None, pads=pads, strides=strides, group=C)
+    check(x, w, b, pads=pads, strides=strides, group=C, jit=jit)
+    check(x, w, None, pads=pads, strides=strides, group=C, jit=jit)
 
 
 @pytest.mark.parametrize("dilations", [(2, 2), (1, 3)])
-def test_depthwise_dilated(dilations):
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_depthwise_dilated(dilations, jit):
     x, w, b = rand(2, 12, 20, 20), rand(12, 1, 3, 3), rand(12)
-    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, group=12)
-    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, strides=(2, 2), group=12)
+    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, group=12, jit=jit)
+    check(x, w, b, pads=(2, 2, 2, 2), dilations=dilations, strides=(2, 2), group=12, jit=jit)
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
+@pytest.mark.parametrize("clip", [(0.0, np.inf), (0.0, 6.0), (-1.0, 0.5)])
+def test_depthwise_fused_clip(jit, clip):
+    """FusedConv's Relu/Clip, applied inside the compiled loop (or after the NumPy path)."""
+    x, w, b = rand(2, 16, 15, 17), rand(16, 1, 3, 3), rand(16)
+    check(x, w, b, group=16, jit=jit, clip=clip)
+    check(x, w, None, strides=(2, 2), group=16, jit=jit, clip=clip)
+    check(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), group=16, jit=jit, clip=clip)
 
 
 def conv_nd_reference(x, w, pads, strides, group):
@@ -134,11 +159,13 @@ def test_depthwise_nd(shape, strides, pads):
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_depthwise_multiplier_and_5x5():
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_depthwise_multiplier_and_5x5(jit):
     x = rand(1, 6, 30, 30)
-    check(x, rand(12, 1, 3, 3), rand(12), group=6)
-    check(x, rand(6, 1, 5, 5), rand(6), pads=(2, 2, 2, 2), group=6)
-    check(rand(1, 6, 8, 8), rand(6, 1, 5, 5), None, pads=(2, 2, 2, 2), strides=(2, 2), group=6)
+    check(x, rand(12, 1, 3, 3), rand(12), group=6, jit=jit)
+    check(x, rand(6, 1, 5, 5), rand(6), pads=(2, 2, 2, 2), group=6, jit=jit)
+    check(rand(1, 6, 8, 8), rand(6, 1, 5, 5), None, pads=(2, 2, 2, 2), strides=(2, 2), group=6, jit=jit)
+    check(x.astype(np.float64), rand(12, 1, 3, 3, dtype=np.float64), None, strides=(2, 3), group=6, jit=jit)
 
 
 @pytest.mark.parametrize("case", [

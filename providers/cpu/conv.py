@@ -22,6 +22,7 @@ import numpy as np
 
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv
 
@@ -217,6 +218,11 @@ class _ConvPlan:
             # (C, multiplier, K): per input channel, the weights of its output channels by tap
             self.wd = xp.ascontiguousarray(wc.reshape(g, M // g, K))
             self.wd_taps = [xp.ascontiguousarray(self.wd[:, :, t]) for t in range(K)]
+            # the compiled one-pass loop (2-D, float32/float64, numba installed), weights (M, KH, KW)
+            self.jit = _jit.load("conv") if n == 2 and xp is np else None
+            if self.jit is not None:
+                self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape))
+                self.zero_bias = np.zeros(M, dtype=cdt)
             # channels-last small-image path: each tap's weights tiled over enough pixels for long rows
             self.wd_rows = None
             if n == 2 and M == g:
@@ -235,7 +241,15 @@ class _ConvPlan:
             self._geo[key] = geo
         return geo
 
-    def __call__(self, x, b=None):
+    def __call__(self, x, b=None, clip=None):
+        """The conv of x (and bias b); ``clip=(lo, hi)`` clips the result (FusedConv's Relu/Clip)."""
+        y, clipped = self._conv(x, b, clip)
+        if clip is not None and not clipped:
+            self.xp.clip(y, clip[0], clip[1], out=y)
+        return y.astype(x.dtype, copy=False)
+
+    def _conv(self, x, b, clip):
+        """The convolution in the compute dtype (a fresh array), and whether ``clip`` was applied."""
         xp = self.xp
         cdt = compute_dtype(x.dtype)
         xc = x.astype(cdt, copy=False)
@@ -248,14 +262,20 @@ class _ConvPlan:
         y = xp.empty((N, M) + out, dtype=cdt)
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
+            if self.jit is not None and len(out) == 2 and cdt == self.wd_jit.dtype:
+                lo, hi = clip if clip is not None else (-np.inf, np.inf)
+                bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
+                self.jit.depthwise2d(xc, self.wd_jit, bj,
+                                     y, *self.strides, *self.dilations, pb[0], pb[1], cdt.type(lo), cdt.type(hi))
+                return y, True
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
-            return y.astype(x.dtype, copy=False)
+            return y, False
         if self._w is not None and cdt == np.dtype(np.float32):
             m = choose_tile(Cg, M, out)
             if m:
                 winograd_conv(xp, self.winograd_weights(m), xc, pb, pe, out, y, bias)
-                return y.astype(x.dtype, copy=False)
+                return y, False
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
@@ -276,7 +296,7 @@ class _ConvPlan:
                     y += bias
             else:
                 y += bias
-        return y.astype(x.dtype, copy=False)
+        return y, False
 
     def _depthwise(self, xc, pb, pe, out, y, bias):
         """Group == C with one input channel per group: accumulate tap view * weight, no loop over channels.
@@ -396,6 +416,7 @@ def conv(info):
 
         def run_const(x, _w=None, b=None):
             return (plan(x, b),)
+        run_const.plan = plan      # FusedConv calls the plan itself, to fuse a clip into the conv
         return run_const
     geo = {}
 

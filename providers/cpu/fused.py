@@ -63,9 +63,16 @@ def fused_conv(info):
         input_shapes=info.input_shapes[:n_conv], const_inputs=info.const_inputs[:n_conv],
         input_types=info.input_types[:n_conv])
     conv = conv_def.factory(conv_info)
-    act = activation_inplace(info.xp, info.attrs.get("activation", "Identity"),
-                             list(info.attrs.get("activation_params", [])))
+    act_name = info.attrs.get("activation", "Identity")
+    params = list(info.attrs.get("activation_params", []))
+    act = activation_inplace(info.xp, act_name, params)
     has_z = len(info.input_names) > 3 and info.input_names[3] != ""
+    plan = getattr(conv, "plan", None)
+    clip = (0.0, float("inf")) if act_name == "Relu" else tuple(params) if act_name == "Clip" else None
+    if plan is not None and clip is not None and not has_z:
+        def run_clipped(x, w, b=None, z=None):     # the conv applies the clip where it can fuse it
+            return (plan(x, b, clip),)
+        return run_clipped
 
     def run(x, w, b=None, z=None):
         (y,) = conv(x, w, b)

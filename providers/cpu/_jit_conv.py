@@ -1,0 +1,81 @@
+"""Compiled (numba) loops for convolutions: 2-D depthwise conv in one pass per channel.
+
+NumPy's depthwise path makes two whole-array passes per kernel tap (18 for a 3x3) over images that
+do not stay in cache; here each channel's padded image is built once in a small scratch buffer (split
+into its stride phases, so every tap reads a contiguous range) and all taps, the bias and a clip
+(Relu/Clip fused by the caller) are applied while it is in cache.
+
+The loops run on the calling thread (numba releases the GIL): NumPy's OpenBLAS keeps its worker
+threads spinning for a long while after each GEMM, so a second thread of ours would find its core
+taken (measured: no gain from two threads between GEMMs, a loss with OpenMP workers spinning too).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
+    """y[n, o] = clip(b[o] + sum_taps w[o, kh, kw] * xpad[n, o // mult, oh*sh + kh*dh, ow*sw + kw*dw], lo, hi).
+
+    x (N, C, H, W), w (M, KH, KW) with M = C * mult, b (M,), y (N, M, OH, OW) written in full;
+    pt/pl are the leading pads (the trailing ones follow from y's size).
+    """
+    N, C, H, W = x.shape
+    M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    mult = M // C
+    KH, KW = w.shape[1], w.shape[2]
+    Hp = (OH - 1) * sh + (KH - 1) * dh + 1        # the padded extent the taps read
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    Qh = (Hp + sh - 1) // sh                      # one stride phase's extent
+    Qw = (Wp + sw - 1) // sw
+    PL = Qh * Qw
+    L = (OH - 1) * Qw + OW                        # the output at the phase pitch, cropped at the end
+    planes = np.empty(sh * sw * PL, dtype=x.dtype)
+    acc = np.empty(L, dtype=x.dtype)
+    for no in range(N * M):
+        n = no // M
+        o = no % M
+        planes[:] = 0
+        xc = x[n, o // mult]
+        for i in range(H):
+            r = i + pt
+            if r < 0 or r >= Hp:
+                continue
+            xr = xc[i]
+            rb = ((r % sh) * sw) * PL + (r // sh) * Qw
+            j1 = min(W, Wp - pl)
+            for rw in range(sw):
+                # input columns j with (j + pl) % sw == rw land contiguously in phase plane rw
+                j = (rw - pl) % sw
+                if j >= j1:
+                    continue
+                cnt = (j1 - j + sw - 1) // sw
+                d0 = rb + rw * PL + (j + pl) // sw
+                dst = planes[d0:d0 + cnt]
+                if sw == 1:
+                    src = xr[j:j + cnt]
+                    for k in range(cnt):
+                        dst[k] = src[k]
+                else:
+                    for k in range(cnt):
+                        dst[k] = xr[j + k * sw]
+        bo = b[o]
+        for p in range(L):
+            acc[p] = bo
+        for kh in range(KH):
+            a = kh * dh
+            for kw in range(KW):
+                e = kw * dw
+                s0 = ((a % sh) * sw + e % sw) * PL + (a // sh) * Qw + e // sw
+                src = planes[s0:s0 + L]
+                wv = w[o, kh, kw]
+                for p in range(L):        # contiguous slices: vectorized
+                    acc[p] += wv * src[p]
+        yo = y[n, o]
+        for oh in range(OH):
+            yr = yo[oh]
+            ar = acc[oh * Qw:oh * Qw + OW]
+            for ow in range(OW):
+                yr[ow] = min(max(ar[ow], lo), hi)
