@@ -186,53 +186,88 @@ def test_dense_paths(case):
 # ConvTranspose
 
 
-def direct_conv_transpose(x, w, b, pads, strides, out_pad, group):
+def direct_conv_transpose(x, w, b, pads, strides, out_pad, group, dilations=(1, 1)):
     """float64 reference straight from the definition: every input pixel scatters its kernel."""
     x = x.astype(np.float64)
     w = w.astype(np.float64)
     N, C, H, W = x.shape
     Mg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     Cg = C // group
-    fh = (H - 1) * strides[0] + kh + out_pad[0]
-    fw = (W - 1) * strides[1] + kw + out_pad[1]
+    fh = (H - 1) * strides[0] + (kh - 1) * dilations[0] + 1 + out_pad[0]
+    fw = (W - 1) * strides[1] + (kw - 1) * dilations[1] + 1 + out_pad[1]
     full = np.zeros((N, group * Mg, fh, fw))
     for gi in range(group):
         xs = x[:, gi * Cg:(gi + 1) * Cg]
         ws = w[gi * Cg:(gi + 1) * Cg]
         contrib = np.einsum("nchw,cmij->nmijhw", xs, ws)
         for i, j in itertools.product(range(kh), range(kw)):
-            full[:, gi * Mg:(gi + 1) * Mg, i:i + (H - 1) * strides[0] + 1:strides[0],
-                 j:j + (W - 1) * strides[1] + 1:strides[1]] += contrib[:, :, i, j]
+            r, c = i * dilations[0], j * dilations[1]
+            full[:, gi * Mg:(gi + 1) * Mg, r:r + (H - 1) * strides[0] + 1:strides[0],
+                 c:c + (W - 1) * strides[1] + 1:strides[1]] += contrib[:, :, i, j]
     y = full[:, :, pads[0]:fh - pads[2], pads[1]:fw - pads[3]]
     if b is not None:
         y = y + b.reshape(1, -1, 1, 1)
     return y
 
 
-def conv_transpose_kernel(w, b, attrs):
+def conv_transpose_kernel(w, b, attrs, jit=True, monkeypatch=None):
     from engineroom.plugin_sdk.kernel import KernelInfo
     from engineroom.providers.cpu.registry import registry
 
+    if not jit:
+        monkeypatch.setattr(_jit, "load", lambda name: None)
+    dt = np.dtype(w.dtype)
     consts = (None, w, b)
     info = KernelInfo(index=0, op_type="ConvTranspose", domain="", opset=20, name="ct",
                       input_names=("x", "w", "b"), output_names=("y",),
-                      input_dtypes=(np.dtype(np.float32),) * 3, output_dtypes=(np.dtype(np.float32),),
+                      input_dtypes=(dt,) * 3, output_dtypes=(dt,),
                       input_shapes=(None,) * 3, output_shapes=(None,), attrs=attrs, const_inputs=consts, xp=np)
     return registry.lookup("", "ConvTranspose", 20).factory(info)
 
 
-@pytest.mark.parametrize("C,M,H,W", [(6, 4, 20, 18), (4, 2, 3, 17), (8, 4, 4, 4)])
+def check_conv_transpose(x, w, b, pads, strides, out_pad, group, jit, monkeypatch, dilations=(1, 1), rtol=1e-5):
+    kh, kw = w.shape[2:]
+    attrs = {"strides": list(strides), "pads": list(pads), "output_padding": list(out_pad), "group": group,
+             "kernel_shape": [kh, kw], "dilations": list(dilations)}
+    ref = direct_conv_transpose(x, w, b, pads, strides, out_pad, group, dilations)
+    if jit:     # the compiled col2im serves every 2-D case with non-negative pads: make sure it ran
+        from engineroom.providers.cpu import conv_transpose as ct
+        calls = []
+        real = ct._convtranspose_jit
+        monkeypatch.setattr(ct, "_convtranspose_jit", lambda *a: calls.append(1) or real(*a))
+    (got,) = conv_transpose_kernel(w, b, attrs, jit, monkeypatch)(x, w, b)
+    assert not jit or calls
+    assert got.shape == ref.shape
+    assert got.dtype == x.dtype
+    assert np.abs(got - ref).max() <= rtol * np.abs(ref).max()
+    (got,) = conv_transpose_kernel(w, None, attrs, jit, monkeypatch)(x, w)
+    assert np.abs(got - (ref - b.reshape(1, -1, 1, 1))).max() <= rtol * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
+@pytest.mark.parametrize("C,M,H,W", [(6, 4, 20, 18), (4, 2, 3, 17), (8, 4, 4, 4), (32, 16, 4, 5)])
 @pytest.mark.parametrize("k,s,pads,out_pad", [(4, 2, (1, 1, 1, 1), (0, 0)), (3, 2, (1, 1, 1, 1), (1, 1)),
                                               (3, 1, (1, 1, 1, 1), (0, 0)), (5, 3, (0, 2, 1, 0), (2, 0)),
-                                              (2, 2, (0, 0, 0, 0), (0, 0)), (4, 2, (3, 3, 3, 3), (0, 1))])
+                                              (2, 2, (0, 0, 0, 0), (0, 0)), (4, 2, (3, 3, 3, 3), (0, 1)),
+                                              (1, 1, (0, 0, 0, 0), (0, 0)), (3, 3, (2, 0, 0, 2), (1, 2))])
 @pytest.mark.parametrize("batch,group", [(1, 1), (2, 1), (2, 2)])
-def test_conv_transpose(C, M, H, W, k, s, pads, out_pad, batch, group):
+def test_conv_transpose(C, M, H, W, k, s, pads, out_pad, batch, group, jit, monkeypatch):
     x, w, b = rand(batch, C, H, W), rand(C, M // group, k, k), rand(M)
-    attrs = {"strides": [s, s], "pads": list(pads), "output_padding": list(out_pad), "group": group,
-             "kernel_shape": [k, k]}
-    ref = direct_conv_transpose(x, w, b, pads, (s, s), out_pad, group)
-    (got,) = conv_transpose_kernel(w, b, attrs)(x, w, b)
-    assert got.shape == ref.shape
-    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
-    (got,) = conv_transpose_kernel(w, None, attrs)(x, w)
-    assert np.abs(got - (ref - b.reshape(1, -1, 1, 1))).max() <= 1e-5 * np.abs(ref).max()
+    check_conv_transpose(x, w, b, pads, (s, s), out_pad, group, jit, monkeypatch)
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
+@pytest.mark.parametrize("strides,dilations,pads,out_pad", [((2, 1), (2, 1), (1, 0, 2, 1), (1, 0)),
+                                                            ((1, 3), (1, 2), (0, 1, 0, 1), (0, 2)),
+                                                            ((2, 2), (3, 3), (2, 2, 2, 2), (1, 1))])
+@pytest.mark.parametrize("C,M,H,W,group", [(16, 24, 5, 6, 1), (8, 4, 9, 20, 2)])
+def test_conv_transpose_dilated(strides, dilations, pads, out_pad, C, M, H, W, group, jit, monkeypatch):
+    x, w, b = rand(2, C, H, W), rand(C, M // group, 3, 2), rand(M)
+    check_conv_transpose(x, w, b, pads, strides, out_pad, group, jit, monkeypatch, dilations)
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_conv_transpose_float64(jit, monkeypatch):
+    x, w, b = (rand(2, 8, 6, 7, dtype=np.float64), rand(8, 6, 4, 4, dtype=np.float64),
+               rand(6, dtype=np.float64))
+    check_conv_transpose(x, w, b, (1, 1, 1, 1), (2, 2), (0, 0), 1, jit, monkeypatch, rtol=1e-12)

@@ -1,15 +1,19 @@
 """ConvTranspose (N-D, NC... layout): the adjoint of Conv, one matmul to columns and then col2im.
 
-For 2-D undilated transposes col2im writes into the output's stride phases (one long-row add per
-tap); otherwise a scatter-add of each kernel tap into the strided output positions. The weight is
-prepacked in the factory when it is a constant.
+For 2-D transposes on NumPy with numba installed, col2im is one compiled loop (``_jit_conv_transpose``);
+otherwise, for 2-D undilated transposes col2im writes into the output's stride phases (one long-row
+add per tap), and in general it is a scatter-add of each kernel tap into the strided output positions.
+The weight is prepacked in the factory when it is a constant.
 """
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
+
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.conv import _ints, compute_dtype
 from engineroom.providers.cpu.registry import kernel
 
@@ -21,6 +25,7 @@ def conv_transpose(info):
     g = int(a.get("group", 1))
     auto_pad = a.get("auto_pad", "NOTSET")
     geo_cache = {}
+    jit = _jit.load("conv_transpose") if xp is np else None
 
     def prepack(w):
         """Everything that depends on the weight only; a plain dict never written after it is built."""
@@ -30,7 +35,10 @@ def conv_transpose(info):
         cdt = compute_dtype(w.dtype)
         # (g, Mg*K, Cg): columns = W_g^T @ X_g
         wt = xp.asarray(w).astype(cdt, copy=False).reshape(g, C // g, Mg * math.prod(kshape)).transpose(0, 2, 1)
-        return dict(wt=xp.ascontiguousarray(wt), kshape=kshape, K=math.prod(kshape), Mg=Mg,
+        # the compiled col2im reads the columns tap-major: rows (tap, Mg) instead of (Mg, tap)
+        wt_taps = None if jit is None or n != 2 else np.ascontiguousarray(
+            wt.reshape(g, Mg, math.prod(kshape), C // g).transpose(0, 2, 1, 3).reshape(wt.shape))
+        return dict(wt=xp.ascontiguousarray(wt), wt_taps=wt_taps, kshape=kshape, K=math.prod(kshape), Mg=Mg,
                     strides=tuple(_ints(a.get("strides"), n, 1)),
                     dilations=tuple(_ints(a.get("dilations"), n, 1)),
                     pads=tuple(_ints(a.get("pads"), 2 * n, 0)),
@@ -59,6 +67,8 @@ def conv_transpose(info):
             geo_cache[key] = geo
         pb, pe, out, scatter = geo
         Mg, K = st["Mg"], st["K"]
+        if st["wt_taps"] is not None and cdt == st["wt_taps"].dtype and min(pb) >= 0 and min(out) > 0:
+            return (_convtranspose_jit(jit, st, xc, b, g, pb, out).astype(x.dtype, copy=False),)
         bias = b.astype(cdt, copy=False).reshape((g * Mg,) + (1,) * len(out)) if b is not None else None
         if scatter is None:
             y = _convtranspose_phases(xp, st["wt"], xc, g, Mg, st["kshape"], st["strides"], pb, out, bias)
@@ -74,6 +84,26 @@ def conv_transpose(info):
         return (y.astype(x.dtype, copy=False),)
 
     return run
+
+
+def _convtranspose_jit(jit, st, xc, b, g, pb, out):
+    """2-D ConvTranspose on NumPy: the column GEMM (tap-major rows), then the compiled col2im."""
+    N, C, H, W = xc.shape
+    Mg = st["Mg"]
+    wt = st["wt_taps"]
+    cdt = wt.dtype
+    if N * g == 1:
+        cols = np.dot(wt[0], xc.reshape(C, H * W))
+    else:
+        cols = np.matmul(wt, xc.reshape(N, g, C // g, H * W))
+    cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
+    bias = np.zeros((g, Mg), dtype=cdt) if b is None else b.astype(cdt, copy=False).reshape(g, Mg)
+    y = np.empty((N, g * Mg) + tuple(out), dtype=cdt)
+    # the longer inner loop wins: Mg channels per pixel, or W pixels per row
+    fn = jit.col2im_channels_last if Mg >= W else jit.col2im_rows
+    (s1, s2), (d1, d2) = st["strides"], st["dilations"]
+    fn(cols, bias, y.reshape((N * g, Mg) + tuple(out)), s1, s2, d1, d2, pb[0], pb[1])
+    return y
 
 
 def _convtranspose_phases(xp, wt, xc, g, Mg, kshape, strides, pb, out, bias):
