@@ -20,6 +20,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 
 # IEEE results (log(0) = -inf, 0/0 = NaN, overflow to inf, NaN cast to int) are what ONNX specifies and
@@ -408,8 +409,40 @@ def _gelu_erf_f32(x, xp):
     return r
 
 
+_NO_BIAS = np.empty(0, np.float32)
+
+
+def gelu_compiled(x, bias=None, tanh=False):
+    """Gelu(x + bias) (tanh: the approximation) in one compiled pass, for float32 NumPy arrays where numba
+    is installed; None where that path does not apply (the caller runs its NumPy path).
+    ``bias``, if given, is a float32 vector over the last axis."""
+    if x.dtype != _F32 or not x.ndim or x.__class__ is not np.ndarray:
+        return None
+    jit = _jit.load("transformer")
+    if jit is None:
+        return None
+    h = x.shape[-1]
+    if bias is None:
+        b = _NO_BIAS
+    elif bias.dtype == _F32 and bias.shape == (h,) and bias.__class__ is np.ndarray:
+        b = np.ascontiguousarray(bias)
+    else:
+        return None
+    x = np.ascontiguousarray(x)
+    y = np.empty(x.shape, _F32)
+    if x.size:
+        rows = (1, x.size) if bias is None else (x.size // h, h)   # one long row vectorizes best
+        (jit.fast_gelu if tanh else jit.gelu)(x.reshape(rows), b, y.reshape(rows))
+    return y
+
+
 def _gelu(x, xp, a):
-    if a.get("approximate", "none") == "tanh":
+    tanh = a.get("approximate", "none") == "tanh"
+    if xp is np:
+        y = gelu_compiled(x, None, tanh)
+        if y is not None:
+            return y
+    if tanh:
         # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         r = x * x
         r *= 0.044715
