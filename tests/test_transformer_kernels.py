@@ -16,12 +16,36 @@ JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.avai
              pytest.param(False, id="numpy")]
 
 
+class _Spy:
+    """A compiled-kernel module that records which of its loops were fetched."""
+
+    def __init__(self, mod, used):
+        self._mod, self._used = mod, used
+
+    def __getattr__(self, name):
+        self._used.add(name)
+        return getattr(self._mod, name)
+
+
+_USED: set = set()
+_NUMPY_ONLY = ("test_softmax[13-2-", "test_layer_norm_broadcast_scale_and_float64")
+
+
 @pytest.fixture
 def path(request, monkeypatch):
-    """Run the kernel with the compiled loops (param True) or with ``_jit.load`` answering None."""
+    """Run the kernel with the compiled loops (param True) or with ``_jit.load`` answering None (the
+    NumPy path). With the loops, the test must reach one unless it is in ``_NUMPY_ONLY`` (cases the
+    compiled loops do not take)."""
     if not request.param:
         monkeypatch.setattr(_jit, "load", lambda name: None)
-    return request.param
+        yield False
+        return
+    _USED.clear()
+    load = _jit.load
+    monkeypatch.setattr(_jit, "load", lambda name: _Spy(load(name), _USED) if name == "transformer" else load(name))
+    yield True
+    if not any(k in request.node.name for k in _NUMPY_ONLY):
+        assert _USED, "the compiled path was not taken"
 
 
 class _Info:
@@ -141,3 +165,77 @@ def test_gelu_noncontiguous_and_other_dtypes(path):
     assert_rel(yb, gelu64(X + BIAS), 2e-5)
     (e,) = make("Gelu")(np.zeros((0, 5), np.float32))
     assert e.shape == (0, 5)
+
+
+def softmax64(x, axis):
+    """float64 softmax over the trailing block from ``axis`` flattened (axis = ndim - 1: the last axis)."""
+    x2 = np.asarray(x, np.float64).reshape(int(np.prod(x.shape[:axis])), -1)
+    e = np.exp(x2 - x2.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+@pytest.mark.parametrize("opset,axis", [(13, -1), (13, 2), (11, 1), (11, -1), (1, 0)])
+def test_softmax(path, opset, axis):
+    x = (RNG.standard_normal((2, 3, 4, 37)) * 5).astype(np.float32)
+    x[0, 1, 2, 5:] = -1e30                      # a masked tail (attention masks), underflows to 0
+    x[1, 0, 0, :] = 80.0                        # large but equal logits: exp must not overflow
+    (y,) = make("Softmax", opset=opset, attrs={"axis": axis})(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    ax = axis % x.ndim
+    # opset 13 normalizes along the one axis; before, over the trailing block from it
+    ref = (np.moveaxis(softmax64(np.moveaxis(x, ax, -1), 3), -1, ax) if opset >= 13 else softmax64(x, ax))
+    np.testing.assert_allclose(y, ref, rtol=3e-6, atol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # NumPy: inf - inf
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+def test_softmax_special_rows(path):
+    x = np.array([[1.0, np.nan, 2.0], [-np.inf, -np.inf, -np.inf], [0.0, np.inf, 1.0], [-np.inf, 0.0, 1.0]],
+                 np.float32)
+    (y,) = make("Softmax", opset=13)(x)
+    with np.errstate(invalid="ignore"):
+        ref = softmax64(x, 1)        # NaN rows where a NaN, +inf or an all -inf row makes them NaN
+    np.testing.assert_allclose(y, ref, rtol=3e-6, atol=0)
+    (yt,) = make("Softmax", opset=13)(x[:, :2].T)           # a non-contiguous view
+    np.testing.assert_allclose(yt, softmax64(np.ascontiguousarray(x[:, :2].T), 1), rtol=3e-6)
+
+
+def layer_norm64(x, scale, bias, axis, eps):
+    x64 = np.asarray(x, np.float64)
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x64.mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    y = (x64 - mean) * inv * scale
+    return (y + bias if bias is not None else y), mean, inv
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+@pytest.mark.parametrize("axis,with_bias", [(-1, True), (-1, False), (1, True), (-2, True)])
+def test_layer_norm(path, axis, with_bias):
+    # an offset mean (3) against unit spread: the two-pass variance keeps it accurate
+    x = (RNG.standard_normal((2, 5, 96)) + 3).astype(np.float32)
+    nshape = x.shape[axis % x.ndim:]
+    scale = RNG.standard_normal(nshape).astype(np.float32)
+    bias = RNG.standard_normal(nshape).astype(np.float32) if with_bias else None
+    run = make("LayerNormalization", opset=17, attrs={"axis": axis, "epsilon": 1e-5}, n_in=3 if with_bias else 2,
+               n_out=3)
+    y, mean, inv = run(x, scale, bias) if with_bias else run(x, scale)
+    ry, rmean, rinv = layer_norm64(x, scale, bias, axis, 1e-5)
+    assert y.dtype == mean.dtype == inv.dtype == np.float32
+    assert mean.shape == rmean.shape and inv.shape == rinv.shape
+    np.testing.assert_allclose(y, ry, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6)
+    np.testing.assert_allclose(inv, rinv, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+def test_layer_norm_broadcast_scale_and_float64(path):
+    x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
+    scale = RNG.standard_normal((1, 8)).astype(np.float32)     # broadcasts: the NumPy path serves
+    y, _, _ = make("LayerNormalization", opset=17, n_out=3)(x, scale)
+    np.testing.assert_allclose(y, layer_norm64(x, scale, None, -1, 1e-5)[0], rtol=1e-5, atol=2e-6)
+    x64 = x.astype(np.float64)
+    y64, _, _ = make("LayerNormalization", opset=17, n_out=3, dtype=np.float64)(x64, scale[0].astype(np.float64))
+    assert y64.dtype == np.float64
+    np.testing.assert_allclose(y64, layer_norm64(x64, scale[0], None, -1, 1e-5)[0], rtol=1e-12)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _f = np.float32
@@ -24,6 +25,7 @@ _f = np.float32
 F0, F1, HALF = _f(0.0), _f(1.0), _f(0.5)
 LOG2E = _f(1.4426950408889634)
 LN2_HI, LN2_LO = _f(0.693359375), _f(-2.12194440e-4)     # ln 2 = HI + LO, HI exact in 9 bits
+SPLIT = _f(4097.0)                                      # 2^12 + 1: Veltkamp's splitter
 ROUND = _f(12582912.0)                                  # 1.5 * 2^23: y + ROUND - ROUND rounds y to an int
 EXP_LO, EXP_HI = _f(-87.33), _f(88.37)                  # e^y is a normal float32 in between
 EXP_P = (_f(1.9875691500e-4), _f(1.3981999507e-3), _f(8.3334519073e-3), _f(4.1665795894e-2),
@@ -60,6 +62,28 @@ def _pow2(typingctx, n):
     return sig, codegen
 
 
+def _llvm_f32_binary(name):
+    @intrinsic
+    def fn(typingctx, a, b):
+        sig = types.float32(types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            f = ir.FloatType()
+            callee = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f]), name)
+            return builder.call(callee, args)
+
+        return sig, codegen
+
+    return fn
+
+
+# LLVM's maxnum/minnum (one instruction each, and the loop vectorizer knows maxnum as a reduction);
+# the builtin max/min lower to compare-and-branch code that keeps loops scalar. A NaN operand is
+# dropped (maxnum(NaN, y) = y): callers that clamp put the NaN back at the end.
+_fmax = _llvm_f32_binary("llvm.maxnum.f32")
+_fmin = _llvm_f32_binary("llvm.minnum.f32")
+
+
 @njit(inline="always", nogil=True, error_model="numpy")
 def _exp_core(y):  # pragma: no cover (compiled)
     """e^y for float32 y in [EXP_LO, EXP_HI] (no range checks: callers clamp)."""
@@ -90,7 +114,7 @@ def _expm_small(r):  # pragma: no cover (compiled)
 @njit(inline="always", nogil=True, error_model="numpy")
 def _exp(y):  # pragma: no cover (compiled)
     """e^y for any float32 y: 0 below EXP_LO (no subnormals), inf above EXP_HI, NaN kept."""
-    c = min(max(y, EXP_LO), EXP_HI)
+    c = _fmin(_fmax(y, EXP_LO), EXP_HI)
     e = _exp_core(c)
     e = F0 if y < EXP_LO else e
     e = np.inf if y > EXP_HI else e
@@ -100,7 +124,7 @@ def _exp(y):  # pragma: no cover (compiled)
 @njit(inline="always", nogil=True, error_model="numpy")
 def _gelu1(v):  # pragma: no cover (compiled)
     """x Phi(x) = max(x, 0) - |x| Phi(-|x|): no cancellation in the negative tail (see activation._gelu_erf_f32)."""
-    t = min(abs(v) * SQRT_HALF, T_MAX)
+    t = _fmin(abs(v) * SQRT_HALF, T_MAX)
     q = GQ5 * t + GQ4
     q = q * t + GQ3
     q = q * t + GQ2
@@ -110,13 +134,21 @@ def _gelu1(v):  # pragma: no cover (compiled)
     p = p * t + GP2
     p = p * t + GP1
     p = p * t + GP0
-    # e^(-x^2/2) from x^2 in float64 (exact for a float32 x): t*t in float32 would carry a rounding
-    # error of ~1e-7 t^2 into the exponent, 1e-5 relative at x = -12
-    w = np.float64(min(abs(v), X_MAX))
-    y = -0.5 * (w * w)
-    k = np.floor(y * 1.4426950408889634 + 0.5)
-    e = _expm_small(np.float32(y - k * 0.6931471805599453)) * _pow2(np.int32(max(k, -126.0)))
-    g = max(v, F0) - t * e * (p / q)
+    # e^(-x^2/2) with x^2 as an unevaluated sum hi + lo (Veltkamp's split of |x| into 12-bit halves,
+    # exact products): t*t in float32 would carry a rounding error of ~6e-8 t^2 into the exponent,
+    # 5e-6 relative at x = -12
+    a = _fmin(abs(v), X_MAX)
+    c = a * SPLIT
+    ah = c - (c - a)
+    al = a - ah
+    yh = (ah * ah) * -HALF
+    yl = (ah * al + HALF * (al * al)) * -F1
+    k = yh * LOG2E + ROUND
+    k -= ROUND
+    r = yh - k * LN2_HI
+    r -= k * LN2_LO
+    e = _expm_small(r + yl) * _pow2(np.int32(k))
+    g = _fmax(v, F0) - t * e * (p / q)
     return v if v != v else g
 
 
@@ -138,7 +170,7 @@ def gelu(x, b, y):  # pragma: no cover (compiled)
 @njit(inline="always", nogil=True, error_model="numpy")
 def _fast_gelu1(v):  # pragma: no cover (compiled)
     # e^(-2u) clamped to e^88: beyond, v / (1 + e) is 0 to float32 precision anyway (and NaN stays NaN)
-    e = _exp_core(max(min(v * (FG_A + FG_B * (v * v)), EXP_HI), EXP_LO))
+    e = _exp_core(_fmax(_fmin(v * (FG_A + FG_B * (v * v)), EXP_HI), EXP_LO))
     return v / (F1 + e)
 
 
@@ -155,3 +187,69 @@ def fast_gelu(x, b, y):  # pragma: no cover (compiled)
         else:
             for i in range(H):
                 yr[i] = _fast_gelu1(xr[i])
+
+
+# Row sums: reassociation (fastmath) lets LLVM keep one partial sum per SIMD lane. Separate functions,
+# so that the flag never reaches the exp code above (its rounding trick needs strict math).
+@njit(nogil=True, boundscheck=False)
+def _row_max(a):  # pragma: no cover (compiled)
+    # maxnum skips NaNs; a NaN in the row still makes exp(x - m), the sum and so the whole row NaN
+    m = a[0]
+    for i in range(a.shape[0]):
+        m = _fmax(m, a[i])
+    return m
+
+
+@njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"})
+def _row_sum(a):  # pragma: no cover (compiled)
+    s = F0
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s
+
+
+@njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"})
+def _row_sq_dev(a, m):  # pragma: no cover (compiled)
+    s = F0
+    for i in range(a.shape[0]):
+        d = a[i] - m
+        s += d * d
+    return s
+
+
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def softmax(x, y):  # pragma: no cover (compiled)
+    """y[r] = exp(x[r] - max x[r]) / sum, x and y (R, H) C-contiguous float32, H >= 1."""
+    R, H = x.shape
+    for r in range(R):
+        xr = x[r]
+        yr = y[r]
+        m = _row_max(xr)
+        for i in range(H):
+            yr[i] = _exp(xr[i] - m)
+        s = _row_sum(yr)
+        for i in range(H):
+            yr[i] = yr[i] / s
+
+
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled)
+    """y[r] = (x[r] - mean) / sqrt(var + eps) * scale + bias, with the two-pass variance; mean[r] and
+    inv[r] = 1 / sqrt(var + eps) are written too. x, y (R, H) C-contiguous float32, scale and bias (H,)
+    (bias (0,): none), eps float32."""
+    R, H = x.shape
+    rn = F1 / np.float32(H)
+    for r in range(R):
+        xr = x[r]
+        yr = y[r]
+        m = _row_sum(xr) * rn
+        v = _row_sq_dev(xr, m) * rn
+        iv = F1 / np.sqrt(v + eps)
+        mean[r] = m
+        inv[r] = iv
+        if bias.shape[0]:
+            for i in range(H):
+                yr[i] = (xr[i] - m) * iv * scale[i] + bias[i]
+        else:
+            for i in range(H):
+                yr[i] = (xr[i] - m) * iv * scale[i]

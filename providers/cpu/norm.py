@@ -12,7 +12,10 @@ import math
 
 import numpy as np
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
+
+_F32 = np.dtype(np.float32)
 
 
 def _cdt(dt) -> np.dtype:
@@ -141,8 +144,34 @@ def layer_normalization(info):
     eps = float(a.get("epsilon", 1e-5))
     stash = int(a.get("stash_type", 1))
     out_dts = tuple(info.output_dtypes) + (None, None, None)
+    # the compiled loop writes float32 statistics (mean, 1/std), what the op gives float32 input unless told
+    jit = _jit.load("transformer") if xp is np and all(d in (None, _F32) for d in out_dts[1:3]) else None
+    no_bias = np.empty(0, np.float32)
+
+    def run_compiled(x, scale, bias=None):
+        """One compiled pass per row (``_jit_transformer``): float32, scale (and bias) of the normalized
+        shape; None where that does not apply."""
+        ax = axis + x.ndim if axis < 0 else axis
+        if (x.dtype != _F32 or scale.dtype != _F32 or x.__class__ is not np.ndarray or not x.size
+                or scale.shape != x.shape[ax:]
+                or (bias is not None and (bias.dtype != _F32 or bias.shape != scale.shape))):
+            return None
+        x = np.ascontiguousarray(x)
+        lead = x.shape[:ax]
+        R = math.prod(lead)
+        y = np.empty(x.shape, _F32)
+        mean = np.empty(lead + (1,) * (x.ndim - ax), _F32)
+        inv = np.empty(mean.shape, _F32)
+        b = no_bias if bias is None else np.ascontiguousarray(bias).reshape(-1)
+        jit.layer_norm(x.reshape(R, -1), np.ascontiguousarray(scale).reshape(-1), b, np.float32(eps),
+                       y.reshape(R, -1), mean.reshape(-1), inv.reshape(-1))
+        return y, mean, inv
 
     def run(x, scale, bias=None):
+        if jit is not None:
+            r = run_compiled(x, scale, bias)
+            if r is not None:
+                return r
         dt = x.dtype
         cdt = _stash_dt(dt, stash)
         ax = axis + x.ndim if axis < 0 else axis

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
+
+_F32 = np.dtype(np.float32)
 
 
 def _cdt(dt) -> np.dtype:
@@ -119,13 +122,38 @@ _hardmax_old = _along(_hardmax_array, True)
 _hardmax_new = _along(_hardmax_array, False)
 
 
+def _softmax_compiled(x, axis):
+    """Softmax over the trailing block from ``axis`` (for the last axis alone: opset 13's meaning) as
+    one compiled pass per row (``_jit_transformer``), for float32 NumPy arrays where numba is installed;
+    None where that does not apply."""
+    if x.dtype != _F32 or x.__class__ is not np.ndarray or not x.size:
+        return None
+    jit = _jit.load("transformer")
+    if jit is None:
+        return None
+    x = np.ascontiguousarray(x)
+    rows = (int(np.prod(x.shape[:axis])), -1)
+    y = np.empty(x.shape, _F32)
+    jit.softmax(x.reshape(rows), y.reshape(rows))
+    return y
+
+
 @kernel("Softmax", since=1)
 def softmax_1(x, *, xp, axis=1):
+    if xp is np:
+        ax = int(axis) + x.ndim if int(axis) < 0 else int(axis)
+        y = _softmax_compiled(x, ax) if 0 <= ax < x.ndim else None
+        if y is not None:
+            return y
     return _softmax_old(x, xp=xp, axis=axis)
 
 
 @kernel("Softmax", since=13)
 def softmax_13(x, *, xp, axis=-1):
+    if xp is np and x.ndim and int(axis) in (-1, x.ndim - 1):
+        y = _softmax_compiled(x, x.ndim - 1)
+        if y is not None:
+            return y
     return _softmax_new(x, xp=xp, axis=axis)
 
 
