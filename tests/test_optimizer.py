@@ -175,3 +175,28 @@ def test_decomposed_layer_norm_becomes_layer_normalization(tmp_path, square):
     ops = _check_same(m, {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32)}, tmp_path, rtol=1e-4,
                       atol=1e-5)
     assert ops == [("", "LayerNormalization")]
+
+
+def _residual_ln_model(bias: bool, sum_is_output: bool):
+    g, be = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
+    inits = [("g", g), ("be", be), ("bias", RNG.standard_normal(16).astype(np.float32))]
+    nodes = [helper.make_node("Add", ["x", "bias"], ["xb"])] if bias else []
+    nodes += [helper.make_node("Add", ["r", "xb" if bias else "x"], ["s"]),
+              helper.make_node("LayerNormalization", ["s", "g", "be"], ["y"], axis=-1, epsilon=1e-6)]
+    outs = [_f("y", None)] + ([_f("s", None)] if sum_is_output else [])
+    return _model(nodes, [_f("x", ["n", 5, 16]), _f("r", ["n", 5, 16])], outs, inits, opset=17)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_residual_layer_norm_becomes_skip_layer_normalization(tmp_path, bias):
+    feed = {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32),
+            "r": RNG.standard_normal((2, 5, 16)).astype(np.float32)}
+    ops = _check_same(_residual_ln_model(bias, False), feed, tmp_path)
+    assert ops == [("com.microsoft", "SkipLayerNormalization")]
+
+
+def test_residual_sum_used_elsewhere_is_not_fused(tmp_path):
+    feed = {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32),
+            "r": RNG.standard_normal((2, 5, 16)).astype(np.float32)}
+    ops = _check_same(_residual_ln_model(True, True), feed, tmp_path)
+    assert ("com.microsoft", "SkipLayerNormalization") not in ops and ("", "LayerNormalization") in ops

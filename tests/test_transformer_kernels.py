@@ -1,5 +1,5 @@
 """The CPU transformer kernels with a compiled (numba) path -- Gelu, BiasGelu, FastGelu, Softmax,
-LayerNormalization -- against float64 math, on both the compiled and the NumPy path."""
+LayerNormalization, SkipLayerNormalization -- against float64 math, on both the compiled and the NumPy path."""
 from __future__ import annotations
 
 import math
@@ -28,7 +28,8 @@ class _Spy:
 
 
 _USED: set = set()
-_NUMPY_ONLY = ("test_softmax[13-2-", "test_layer_norm_broadcast_scale_and_float64")
+_NUMPY_ONLY = ("test_softmax[13-2-", "test_layer_norm_broadcast_scale_and_float64",
+               "test_skip_layer_norm_sum_output_and_broadcast_skip")
 
 
 @pytest.fixture
@@ -239,3 +240,34 @@ def test_layer_norm_broadcast_scale_and_float64(path):
     y64, _, _ = make("LayerNormalization", opset=17, n_out=3, dtype=np.float64)(x64, scale[0].astype(np.float64))
     assert y64.dtype == np.float64
     np.testing.assert_allclose(y64, layer_norm64(x64, scale[0], None, -1, 1e-5)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+@pytest.mark.parametrize("with_bias,with_beta,n_out", [(True, True, 1), (False, True, 3), (True, False, 1)])
+def test_skip_layer_norm(path, with_bias, with_beta, n_out):
+    x = (RNG.standard_normal((2, 7, 64)) + 2).astype(np.float32)
+    skip = RNG.standard_normal(x.shape).astype(np.float32)
+    gamma, beta, bias = (RNG.standard_normal(64).astype(np.float32) for _ in range(3))
+    ins = [x, skip, gamma, beta if with_beta else None] + ([bias] if with_bias else [])
+    out = make("SkipLayerNormalization", domain="com.microsoft", opset=1, attrs={"epsilon": 1e-6}, n_in=5,
+               n_out=n_out)(*ins)
+    assert len(out) == n_out
+    s = (x + bias) + skip if with_bias else x + skip          # float32 sum, the order the fused Adds had
+    ry, rmean, rinv = layer_norm64(s, gamma, beta if with_beta else None, -1, 1e-6)
+    np.testing.assert_allclose(out[0], ry, rtol=1e-5, atol=2e-6)
+    assert out[0].dtype == np.float32
+    if n_out == 3:
+        np.testing.assert_allclose(out[1], rmean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out[2], rinv, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+def test_skip_layer_norm_sum_output_and_broadcast_skip(path):
+    x = RNG.standard_normal((2, 7, 32)).astype(np.float32)
+    skip = RNG.standard_normal((7, 32)).astype(np.float32)      # broadcasts over the batch: NumPy path
+    gamma, bias = RNG.standard_normal(32).astype(np.float32), RNG.standard_normal(32).astype(np.float32)
+    y, mean, inv, s = make("SkipLayerNormalization", domain="com.microsoft", opset=1, n_in=5, n_out=4)(
+        x, skip, gamma, None, bias)
+    ref_s = (x + bias) + skip
+    np.testing.assert_array_equal(s, ref_s)
+    np.testing.assert_allclose(y, layer_norm64(ref_s, gamma, None, -1, 1e-12)[0], rtol=1e-5, atol=2e-6)

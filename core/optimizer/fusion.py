@@ -8,6 +8,8 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - MatMul(2-D, constant) + Add(constant bias) → ONNX ``Gemm``
 - the decomposed layer norm (ReduceMean, Sub, Pow/Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β)
   → ONNX ``LayerNormalization`` (opset ≥ 17)
+- [Add(x, constant bias) +] Add(·, skip of the same shape) + LayerNormalization over the last axis, the
+  sum used by nothing else → ``SkipLayerNormalization`` (BERT's residual blocks: one pass, not three)
 """
 from __future__ import annotations
 
@@ -101,7 +103,9 @@ class Fuser:
 
 
 def _fuse_more(f: "Fuser") -> dict[str, int]:
-    return {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
+    done = {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
+    done["SkipLayerNormalization"] = _skip_layer_norm(f)     # after _layer_norm: fuses what that made too
+    return done
 
 
 def _onnx_op(node: ir.Node | None, op: str) -> bool:
@@ -208,6 +212,53 @@ def _layer_norm(f: "Fuser") -> int:
                         [ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", float(eps))], num_outputs=1,
                         name=(mean.name or "") + "_layernorm")
         if f._commit(nodes, fused, [(y, fused.outputs[0])]):
+            n += 1
+    return n
+
+
+def _skip_layer_norm(f: "Fuser") -> int:
+    n = 0
+    for ln in list(f.graph):
+        if not _onnx_op(ln, "LayerNormalization") or ln.graph is None or len(ln.inputs) < 2:
+            continue
+        if any(o.uses() or o.is_graph_output() for o in ln.outputs[1:]):    # mean / inv std wanted
+            continue
+        x = ln.inputs[0]
+        axis = ln.attributes.get("axis")
+        rank = len(x.shape) if x is not None and x.shape is not None else None
+        if rank is None or (axis is not None and axis.value not in (-1, rank - 1)):
+            continue
+        gamma, beta = ln.inputs[1], ln.inputs[2] if len(ln.inputs) > 2 else None
+        if const(gamma) is None or const(gamma).ndim != 1 or (beta is not None and (const(beta) is None
+                                                                                   or const(beta).ndim != 1)):
+            continue
+        add = producer(x, "Add")
+        if (not _onnx_op(add, "Add") or len(add.inputs) != 2 or only_use(x) is not ln or x.is_graph_output()
+                or not _same_shape(add.inputs[0], add.inputs[1])):
+            continue
+        nodes = [add, ln]
+        inp, skip, bias = add.inputs[0], add.inputs[1], None
+        for k in (0, 1):        # one side may be Add(y, bias): folded in, (y + bias) + skip as before
+            ba = producer(add.inputs[k], "Add")
+            if not _onnx_op(ba, "Add") or only_use(ba.outputs[0]) is not add or ba.outputs[0].is_graph_output():
+                continue
+            for j in (0, 1):
+                c = const(ba.inputs[j])
+                if c is not None and c.ndim == 1 and c.shape[0] == const(gamma).shape[0] and _same_shape(
+                        ba.inputs[1 - j], add.inputs[k]):
+                    inp, skip, bias = ba.inputs[1 - j], add.inputs[1 - k], ba.inputs[j]
+                    nodes.insert(0, ba)
+                    break
+            if bias is not None:
+                break
+        eps = ln.attributes.get("epsilon")
+        ins = [inp, skip, gamma, beta, bias]
+        while ins[-1] is None:
+            ins.pop()
+        fused = ir.Node(MS, "SkipLayerNormalization", ins,
+                        [ir.AttrFloat32("epsilon", float(eps.value) if eps is not None else 1e-5)], num_outputs=1,
+                        name=(ln.name or "") + "_skiplayernorm")
+        if f._commit(nodes, fused, [(ln.outputs[0], fused.outputs[0])]):
             n += 1
     return n
 

@@ -253,3 +253,32 @@ def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled
         else:
             for i in range(H):
                 yr[i] = (xr[i] - m) * iv * scale[i]
+
+
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv):  # pragma: no cover (compiled)
+    """y[r] = LayerNorm((x[r] + bias) + skip[r]) * scale + beta, the sum built in y's row first.
+    x, skip, y (R, H) C-contiguous float32; bias, beta (H,) or (0,) for none; mean, inv (R,)."""
+    R, H = x.shape
+    rn = F1 / np.float32(H)
+    for r in range(R):
+        xr = x[r]
+        sr = skip[r]
+        yr = y[r]
+        if bias.shape[0]:
+            for i in range(H):
+                yr[i] = (xr[i] + bias[i]) + sr[i]
+        else:
+            for i in range(H):
+                yr[i] = xr[i] + sr[i]
+        m = _row_sum(yr) * rn
+        v = _row_sq_dev(yr, m) * rn
+        iv = F1 / np.sqrt(v + eps)
+        mean[r] = m
+        inv[r] = iv
+        if beta.shape[0]:
+            for i in range(H):
+                yr[i] = (yr[i] - m) * iv * scale[i] + beta[i]
+        else:
+            for i in range(H):
+                yr[i] = (yr[i] - m) * iv * scale[i]
