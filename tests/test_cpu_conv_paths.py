@@ -41,21 +41,25 @@ def direct_conv(x, w, b, pads, strides, dilations, group):
     return y
 
 
-def run_plan(x, w, b, pads, strides, dilations, group, winograd=True, jit=True, clip=None):
+def run_plan(x, w, b, pads, strides, dilations, group, winograd=True, jit=True, clip=None, z=None):
     attrs = {"pads": list(pads), "strides": list(strides), "dilations": list(dilations), "group": group}
     plan = _ConvPlan(np, attrs, w, winograd=winograd, spatial=x.shape[2:])
+    assert (plan.jit_epi is not None) == _jit.available()
     if plan.depthwise:
         assert (plan.jit is not None) == (_jit.available() and x.ndim == 4)
-        if not jit:
-            plan.jit = None
-    return plan(x, b, clip)
+    if not jit:
+        plan.jit = plan.jit_epi = None
+    return plan(x, b, clip, z)
 
 
-def check(x, w, b, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), group=1, rtol=1e-5, jit=True, clip=None):
+def check(x, w, b, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), group=1, rtol=1e-5, jit=True, clip=None,
+          z=None):
     ref = direct_conv(x, w, b, pads, strides, dilations, group)
+    if z is not None:
+        ref += z
     if clip is not None:
         ref = np.clip(ref, *clip)
-    got = run_plan(x, w, b, pads, strides, dilations, group, jit=jit, clip=clip)
+    got = run_plan(x, w, b, pads, strides, dilations, group, jit=jit, clip=clip, z=z)
     assert got.shape == ref.shape
     assert got.dtype == x.dtype
     err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
@@ -157,6 +161,25 @@ def test_depthwise_nd(shape, strides, pads):
     ref = conv_nd_reference(x, w, pads, strides, C)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
+@pytest.mark.parametrize("clip", [None, (0.0, np.inf), (0.0, 6.0)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("case", [dict(C=16, M=24, H=20, W=20, k=1, pads=(0, 0, 0, 0)),      # 1x1: plain GEMM
+                                  dict(C=16, M=16, H=28, W=28, k=3, pads=(1, 1, 1, 1)),      # Winograd
+                                  dict(C=8, M=12, H=15, W=13, k=3, pads=(1, 1, 1, 1), strides=(2, 2)),  # im2col
+                                  dict(C=8, M=8, H=12, W=12, k=3, pads=(1, 1, 1, 1), group=8)])  # depthwise
+def test_fused_bias_residual_clip(jit, clip, residual, case):
+    """FusedConv's bias + residual Z + Relu/Clip, in the compiled last pass (or NumPy passes), on every path."""
+    c = dict(case)
+    C, M, k, g = c.pop("C"), c.pop("M"), c.pop("k"), c.get("group", 1)
+    x, w = rand(2, C, c.pop("H"), c.pop("W")), rand(M, C // g, k, k)
+    ref = direct_conv(x, w, None, c["pads"], c.get("strides", (1, 1)), (1, 1), g)
+    z = rand(*ref.shape) if residual else None
+    for dt in (np.float32, np.float64):
+        b = rand(M, dtype=dt)
+        check(x.astype(dt), w.astype(dt), b, jit=jit, clip=clip, z=None if z is None else z.astype(dt), rtol=3e-5, **c)
 
 
 @pytest.mark.parametrize("jit", JIT_PATHS)

@@ -79,3 +79,28 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
             ar = acc[oh * Qw:oh * Qw + OW]
             for ow in range(OW):
                 yr[ow] = min(max(ar[ow], lo), hi)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def bias_clip(y, b, lo, hi):  # pragma: no cover (compiled)
+    """In place, one pass: y[n, m, :] = clip(y[n, m, :] + b[m], lo, hi); y (N, M, P) C-contiguous."""
+    N, M, P = y.shape
+    for n in range(N):
+        for m in range(M):
+            row = y[n, m]
+            bm = b[m]
+            for p in range(P):
+                row[p] = min(max(row[p] + bm, lo), hi)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
+    """In place, one pass: y[n, m, :] = clip(y[n, m, :] + b[m] + z[n, m, :], lo, hi) (a residual input z)."""
+    N, M, P = y.shape
+    for n in range(N):
+        for m in range(M):
+            row = y[n, m]
+            zr = z[n, m]
+            bm = b[m]
+            for p in range(P):
+                row[p] = min(max(row[p] + bm + zr[p], lo), hi)

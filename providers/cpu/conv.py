@@ -220,7 +220,6 @@ class _ConvPlan:
             self.jit = _jit.load("conv") if n == 2 and xp is np else None
             if self.jit is not None:
                 self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape))
-                self.zero_bias = np.zeros(M, dtype=cdt)
             # channels-last small-image path: each tap's weights tiled over enough pixels for long rows
             self.wd_rows = None
             if n == 2 and M == g:
@@ -228,6 +227,9 @@ class _ConvPlan:
                 self.wd_rowtaps = [xp.tile(self.wd[:, 0, t], self.wd_rows) for t in range(K)]
         else:
             self.wm = xp.ascontiguousarray(wc.reshape(g, M // g, Cg * K))
+        # the compiled bias/residual/clip pass after the GEMM paths (numba installed, NumPy arrays)
+        self.jit_epi = _jit.load("conv") if xp is np else None
+        self.zero_bias = np.zeros(M, dtype=cdt) if self.jit_epi is not None else None
         self.taps = tap_offsets(self.kshape, self.dilations)
         self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
 
@@ -239,15 +241,19 @@ class _ConvPlan:
             self._geo[key] = geo
         return geo
 
-    def __call__(self, x, b=None, clip=None):
-        """The conv of x (and bias b); ``clip=(lo, hi)`` clips the result (FusedConv's Relu/Clip)."""
-        y, clipped = self._conv(x, b, clip)
-        if clip is not None and not clipped:
-            self.xp.clip(y, clip[0], clip[1], out=y)
+    def __call__(self, x, b=None, clip=None, z=None):
+        """The conv of x (and bias b), then, as FusedConv asks: ``+ z`` (a residual of the output's shape)
+        and ``clip=(lo, hi)`` (its Relu/Clip), fused into the conv's last pass where a path can."""
+        y, fused = self._conv(x, b, clip, z)
+        if not fused:
+            if z is not None:
+                y += z
+            if clip is not None:
+                self.xp.clip(y, clip[0], clip[1], out=y)
         return y.astype(x.dtype, copy=False)
 
-    def _conv(self, x, b, clip):
-        """The convolution in the compute dtype (a fresh array), and whether ``clip`` was applied."""
+    def _conv(self, x, b, clip, z):
+        """The convolution in the compute dtype (a fresh array), and whether ``z`` and ``clip`` were applied."""
         xp = self.xp
         cdt = compute_dtype(x.dtype)
         xc = x.astype(cdt, copy=False)
@@ -260,7 +266,7 @@ class _ConvPlan:
         y = xp.empty((N, M) + out, dtype=cdt)
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
-            if self.jit is not None and len(out) == 2 and cdt == self.wd_jit.dtype:
+            if self.jit is not None and len(out) == 2 and cdt == self.wd_jit.dtype and z is None:
                 lo, hi = clip if clip is not None else (-np.inf, np.inf)
                 bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
                 self.jit.depthwise2d(xc, self.wd_jit, bj,
@@ -273,7 +279,7 @@ class _ConvPlan:
             m = choose_tile(Cg, M, out)
             if m:
                 winograd_conv(xp, self.winograd_weights(m), xc, pb, pe, out, y, bias)
-                return y, False
+                return y, self._epilogue(y, None, clip, z)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
@@ -288,6 +294,8 @@ class _ConvPlan:
                                self.dilations, out)
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
         xp.matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
+        if self._epilogue(y, b, clip, z):
+            return y, True
         if bias is not None:
             if _DW_MIN_ROW <= P < 8192:          # rows of 1-8K pixels: NumPy's fast broadcasting needs
                 with _ufunc_buffer(xp):          # a smaller ufunc buffer (see _ufunc_buffer)
@@ -295,6 +303,24 @@ class _ConvPlan:
             else:
                 y += bias
         return y, False
+
+    def _epilogue(self, y, b, clip, z) -> bool:
+        """Bias, residual and clip in one compiled pass over y (in place); False where that cannot run
+        (no numba, other array modules, a dtype or z it does not take) or has nothing to do."""
+        jit = self.jit_epi
+        if jit is None or (b is None and clip is None and z is None) or y.dtype != self.zero_bias.dtype:
+            return False
+        if z is not None and (z.shape != y.shape or z.dtype != y.dtype):
+            return False
+        cdt = y.dtype.type
+        lo, hi = (cdt(clip[0]), cdt(clip[1])) if clip is not None else (cdt(-np.inf), cdt(np.inf))
+        bb = np.ascontiguousarray(b, dtype=y.dtype) if b is not None else self.zero_bias
+        y3 = y.reshape(y.shape[0], y.shape[1], -1)
+        if z is None:
+            jit.bias_clip(y3, bb, lo, hi)
+        else:
+            jit.bias_add_clip(y3, bb, np.ascontiguousarray(z).reshape(y3.shape), lo, hi)
+        return True
 
     def _depthwise(self, xc, pb, pe, out, y, bias):
         """Group == C with one input channel per group: accumulate tap view * weight, no loop over channels.

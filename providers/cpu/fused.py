@@ -1,5 +1,5 @@
-"""Fused kernels the level-2 optimizer may use (onnxruntime's contrib names, domain com.microsoft):
-FusedConv (Conv + optional residual Z + activation, applied in place on the conv output) and FastGelu."""
+"""FusedConv, a fused kernel the level-2 optimizer may use (onnxruntime's contrib name, domain com.microsoft):
+Conv + optional residual Z + activation, fused into the conv's last pass where it can (see ``_ConvPlan``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,10 +69,16 @@ def fused_conv(info):
     has_z = len(info.input_names) > 3 and info.input_names[3] != ""
     plan = getattr(conv, "plan", None)
     clip = (0.0, float("inf")) if act_name == "Relu" else tuple(params) if act_name == "Clip" else None
-    if plan is not None and clip is not None and not has_z:
-        def run_clipped(x, w, b=None, z=None):     # the conv applies the clip where it can fuse it
-            return (plan(x, b, clip),)
-        return run_clipped
+    if plan is not None:
+        # the conv adds z and applies a Relu/Clip itself, in its last pass where it can
+        if clip is not None or act_name in ("", "Identity"):
+            def run_fused(x, w, b=None, z=None):
+                return (plan(x, b, clip, z),)
+            return run_fused
+
+        def run_plan(x, w, b=None, z=None):
+            return (act(plan(x, b, None, z)),)
+        return run_plan
 
     def run(x, w, b=None, z=None):
         (y,) = conv(x, w, b)
@@ -81,28 +87,5 @@ def fused_conv(info):
         if has_z:
             y += z
         return (act(y),)
-
-    return run
-
-
-@kernel("FastGelu", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
-def fast_gelu(info):
-    xp = info.xp
-    c = np.sqrt(2 / np.pi)
-
-    def run(x, bias=None):
-        if bias is not None:
-            x = x + bias
-        dt = x.dtype
-        xf = x.astype(np.float32) if dt == np.float16 else x
-        t = xf * xf
-        t *= 0.044715 * c
-        t += c
-        t *= xf
-        xp.tanh(t, out=t)
-        t += 1
-        t *= xf
-        t *= 0.5
-        return (t.astype(dt, copy=False),)
 
     return run

@@ -4,13 +4,13 @@ com.microsoft): BiasGelu = Gelu(x + bias), FastGelu = Gelu-tanh(x + bias) and Sk
 
 For float32 on NumPy with numba installed each runs as one compiled pass (``_jit_transformer``): the
 adds and the Gelu or the normalization in the same loop. Otherwise BiasGelu adds the bias into a fresh buffer that the
-Gelu kernel reuses, and FastGelu runs ``fused.fast_gelu``'s NumPy formula.
+Gelu kernel reuses, and FastGelu runs its NumPy formula.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit, fused
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import gelu_compiled
 from engineroom.providers.cpu.norm import _normalize
 from engineroom.providers.cpu.registry import kernel, registry
@@ -41,11 +41,32 @@ def bias_gelu(info):
     return run_compiled
 
 
-# Registered here, over fused.py's NumPy-only FastGelu (same op and version; this module imports after
-# it), so that the transformer kernels' compiled paths live in one place.
+def _fast_gelu_numpy(info):
+    """FastGelu in NumPy passes (any xp): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    xp = info.xp
+    c = np.sqrt(2 / np.pi)
+
+    def run(x, bias=None):
+        if bias is not None:
+            x = x + bias
+        dt = x.dtype
+        xf = x.astype(np.float32) if dt == np.float16 else x
+        t = xf * xf
+        t *= 0.044715 * c
+        t += c
+        t *= xf
+        xp.tanh(t, out=t)
+        t += 1
+        t *= xf
+        t *= 0.5
+        return (t.astype(dt, copy=False),)
+
+    return run
+
+
 @kernel("FastGelu", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
 def fast_gelu(info):
-    run = fused.fast_gelu(info)
+    run = _fast_gelu_numpy(info)
     if info.xp is not np:
         return run
 
