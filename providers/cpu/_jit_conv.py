@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False)
 def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
     """y[n, o] = clip(b[o] + sum_taps w[o, kh, kw] * xpad[n, o // mult, oh*sh + kh*dh, ow*sw + kw*dw], lo, hi).
 
@@ -81,7 +81,7 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
                 yr[ow] = min(max(ar[ow], lo), hi)
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False)
 def bias_clip(y, b, lo, hi):  # pragma: no cover (compiled)
     """In place, one pass: y[n, m, :] = clip(y[n, m, :] + b[m], lo, hi); y (N, M, P) C-contiguous."""
     N, M, P = y.shape
@@ -93,7 +93,7 @@ def bias_clip(y, b, lo, hi):  # pragma: no cover (compiled)
                 row[p] = min(max(row[p] + bm, lo), hi)
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False)
 def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
     """In place, one pass: y[n, m, :] = clip(y[n, m, :] + b[m] + z[n, m, :], lo, hi) (a residual input z)."""
     N, M, P = y.shape
@@ -104,3 +104,11 @@ def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
             bm = b[m]
             for p in range(P):
                 row[p] = min(max(row[p] + bm + zr[p], lo), hi)
+
+
+# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+AOT = {
+    "depthwise2d": ("A4 A3 A1 A4 i i i i i i s s", ("f4", "f8")),
+    "bias_clip": ("A3 A1 s s", ("f4", "f8")),
+    "bias_add_clip": ("A3 A1 A3 s s", ("f4", "f8")),
+}

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False)
 def col2im_channels_last(cols, b, y, s1, s2, d1, d2, p1, p2):  # pragma: no cover (compiled)
     """y[bi, m, r0 + i*s1, c0 + j*s2] += cols[bi, kh, kw, m, i, j] (r0 = kh*d1 - p1, c0 = kw*d2 - p2), + bias."""
     B, KH, KW, M, H, W = cols.shape
@@ -58,7 +58,7 @@ def col2im_channels_last(cols, b, y, s1, s2, d1, d2, p1, p2):  # pragma: no cove
                 yr[o] = acc[o, m]
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False)
 def col2im_rows(cols, b, y, s1, s2, d1, d2, p1, p2):  # pragma: no cover (compiled)
     """As col2im_channels_last, channel by channel through the output's stride-phase planes.
 
@@ -104,3 +104,10 @@ def col2im_rows(cols, b, y, s1, s2, d1, d2, p1, p2):  # pragma: no cover (compil
                     pr = planes[p0:p0 + cnt]
                     for c in range(cnt):
                         yr[o2 + c * s2] = pr[c] + bm
+
+
+# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+AOT = {
+    "col2im_channels_last": ("A6 A2 A4 i i i i i i", ("f4", "f8")),
+    "col2im_rows": ("A6 A2 A4 i i i i i i", ("f4", "f8")),
+}

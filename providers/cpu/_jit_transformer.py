@@ -152,7 +152,7 @@ def _gelu1(v):  # pragma: no cover (compiled)
     return v if v != v else g
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def gelu(x, b, y):  # pragma: no cover (compiled)
     """y[r] = Gelu(x[r] + b) (exact). x, y (R, H) C-contiguous float32; b (H,), or (0,) for no bias."""
     R, H = x.shape
@@ -174,7 +174,7 @@ def _fast_gelu1(v):  # pragma: no cover (compiled)
     return v / (F1 + e)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def fast_gelu(x, b, y):  # pragma: no cover (compiled)
     """y[r] = FastGelu(x[r] + b), the tanh approximation. Shapes as in ``gelu``."""
     R, H = x.shape
@@ -217,7 +217,7 @@ def _row_sq_dev(a, m):  # pragma: no cover (compiled)
     return s
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def softmax(x, y):  # pragma: no cover (compiled)
     """y[r] = exp(x[r] - max x[r]) / sum, x and y (R, H) C-contiguous float32, H >= 1."""
     R, H = x.shape
@@ -232,7 +232,7 @@ def softmax(x, y):  # pragma: no cover (compiled)
             yr[i] = yr[i] / s
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled)
     """y[r] = (x[r] - mean) / sqrt(var + eps) * scale + bias, with the two-pass variance; mean[r] and
     inv[r] = 1 / sqrt(var + eps) are written too. x, y (R, H) C-contiguous float32, scale and bias (H,)
@@ -255,7 +255,7 @@ def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled
                 yr[i] = (xr[i] - m) * iv * scale[i]
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv):  # pragma: no cover (compiled)
     """y[r] = LayerNorm((x[r] + bias) + skip[r]) * scale + beta, the sum built in y's row first.
     x, skip, y (R, H) C-contiguous float32; bias, beta (H,) or (0,) for none; mean, inv (R,)."""
@@ -282,3 +282,13 @@ def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv):  # pragma: n
         else:
             for i in range(H):
                 yr[i] = (yr[i] - m) * iv * scale[i]
+
+
+# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+AOT = {
+    "gelu": ("A2 A1 A2", ("f4",)),
+    "fast_gelu": ("A2 A1 A2", ("f4",)),
+    "softmax": ("A2 A2", ("f4",)),
+    "layer_norm": ("A2 A1 A1 s A2 A1 A1", ("f4",)),
+    "skip_layer_norm": ("A2 A2 A1 A1 A1 s A2 A1 A1", ("f4",)),
+}

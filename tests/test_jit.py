@@ -1,0 +1,58 @@
+"""The CPU provider's compiled loops (_jit): built ahead of time out of process, loaded without numba,
+argument types checked before the compiled code runs, and switched off by ENGINEROOM_JIT=0."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engineroom.providers.cpu import _jit
+
+pytestmark = pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+
+
+def test_wrong_argument_types_raise_not_crash():
+    conv = _jit.load("conv")
+    assert conv is not None, "the compiled conv loops failed to build (see the warning logged)"
+    y = np.zeros((1, 4, 6), np.float32)
+    conv.bias_clip(y, np.ones(4, np.float32), np.float32(0), np.float32(0.5))
+    assert (y == 0.5).all()
+    with pytest.raises(TypeError, match=r"compiled kernel bias_clip: no variant takes \(float32\[3-D\], float64"):
+        conv.bias_clip(y, np.ones(4), np.float32(0), np.float32(1))
+    with pytest.raises(TypeError, match="strided"):
+        conv.bias_clip(np.zeros((1, 4, 12), np.float32)[:, :, ::2], np.ones(4, np.float32), 0.0, 1.0)
+    with pytest.raises(TypeError, match="list"):
+        conv.bias_clip([0.0], np.ones(4, np.float32), 0.0, 1.0)
+
+
+def _run(code: str, **env) -> str:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout
+
+
+def test_sessions_never_import_numba():
+    """The compiled kernels are a plain extension module: numba and LLVM stay out of the process."""
+    code = """
+import sys, numpy as np, onnx
+from onnx import helper, TensorProto
+import engineroom as ort
+w = np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32)
+g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], group=8, pads=[1, 1, 1, 1])], "g",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                      [onnx.numpy_helper.from_array(w, "w")])
+s = ort.InferenceSession(helper.make_model(g).SerializeToString())
+s.run(None, {"x": np.ones((1, 8, 16, 16), np.float32)})
+from engineroom.providers.cpu import _jit
+print(_jit._modules["conv"] is not None, "numba" in sys.modules, "llvmlite" in sys.modules)
+"""
+    assert _run(code).split() == ["True", "False", "False"]
+
+
+def test_switched_off_by_environment():
+    code = "from engineroom.providers.cpu import _jit; print(_jit.available(), _jit.load('conv'))"
+    assert _run(code, ENGINEROOM_JIT="0").split() == ["False", "None"]
