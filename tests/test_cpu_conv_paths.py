@@ -197,12 +197,19 @@ def test_depthwise_multiplier_and_5x5(jit):
     dict(C=16, M=32, H=28, W=28, k=1, pads=(0, 0, 0, 0), strides=(2, 2)),
     dict(C=16, M=32, H=15, W=15, k=3, pads=(1, 1, 1, 1), strides=(2, 2)),
     dict(C=8, M=8, H=12, W=12, k=3, pads=(1, 1, 1, 1), strides=(1, 1), group=2),
+    dict(C=4, M=6, H=9, W=20, k=3, pads=(0, 2, 3, 1), strides=(3, 2), dilations=(2, 3)),
+    dict(C=5, M=4, H=6, W=7, k=5, pads=(4, 4, 4, 4), strides=(1, 3)),     # windows wider than the image
+    dict(C=6, M=6, H=8, W=8, k=2, pads=(0, 0, 1, 1), strides=(1, 1), group=3),
 ])
-def test_dense_paths(case):
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_dense_paths(case, jit):
     c = dict(case)
     g = c.pop("group", 1)
     x, w, b = rand(2, c["C"], c["H"], c["W"]), rand(c["M"], c["C"] // g, c["k"], c["k"]), rand(c["M"])
-    check(x, w, b, pads=c["pads"], strides=c["strides"], group=g)
+    d = c.get("dilations", (1, 1))
+    check(x, w, b, pads=c["pads"], strides=c["strides"], dilations=d, group=g, jit=jit)
+    check(x.astype(np.float64), w.astype(np.float64), None, pads=c["pads"], strides=c["strides"], dilations=d,
+          group=g, jit=jit)
 
 
 # ---------------------------------------------------------------------------------------------

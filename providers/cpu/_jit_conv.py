@@ -106,8 +106,51 @@ def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
                 row[p] = min(max(row[p] + bm + zr[p], lo), hi)
 
 
+@njit(nogil=True, boundscheck=False)
+def im2col2d(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):  # pragma: no cover (compiled)
+    """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x[n, c, oh*sh + kh*dh - pt, ow*sw + kw*dw - pl] (0 outside):
+    the im2col matrix straight from the unpadded input, one row segment per output row, unit-stride
+    rows copied with vectorized loops. x (N, C, H, W), cols (N, C*KH*KW, OH*OW)."""
+    N, C, H, W = x.shape
+    z = x.dtype.type(0)
+    for n in range(N):
+        for c in range(C):
+            xc = x[n, c]
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    row = cols[n, (c * kh_ + kh) * kw_ + kw]
+                    off = kw * dw - pl                      # iw = ow*sw + off
+                    ow0 = 0 if off >= 0 else (-off + sw - 1) // sw
+                    ow1 = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
+                    ow0 = min(ow0, ow_)
+                    ow1 = max(ow0, min(ow1, ow_))
+                    for oh in range(oh_):
+                        ih = oh * sh + kh * dh - pt
+                        dst = row[oh * ow_:(oh + 1) * ow_]
+                        if ih < 0 or ih >= H:
+                            for k in range(ow_):
+                                dst[k] = z
+                            continue
+                        for k in range(ow0):
+                            dst[k] = z
+                        for k in range(ow1, ow_):
+                            dst[k] = z
+                        xr = xc[ih]
+                        cnt = ow1 - ow0
+                        if sw == 1:
+                            src = xr[ow0 + off:ow0 + off + cnt]
+                            d = dst[ow0:ow1]
+                            for k in range(cnt):
+                                d[k] = src[k]
+                        else:
+                            base = ow0 * sw + off
+                            for k in range(cnt):
+                                dst[ow0 + k] = xr[base + k * sw]
+
+
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
+    "im2col2d": ("A4 A3 i i i i i i i i i i", ("f4", "f8")),
     "depthwise2d": ("A4 A3 A1 A4 i i i i i i s s", ("f4", "f8")),
     "bias_clip": ("A3 A1 s s", ("f4", "f8")),
     "bias_add_clip": ("A3 A1 A3 s s", ("f4", "f8")),

@@ -282,6 +282,12 @@ class _ConvPlan:
                 return y, self._epilogue(y, None, clip, z)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
+        elif self.jit_epi is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
+            # the compiled im2col: straight from the unpadded input, no padded copy, long row copies
+            cols = np.empty((N, g * Cg * K, P), dtype=cdt)
+            self.jit_epi.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
+                                  pb[0], pb[1], *out)
+            cols = cols.reshape(N, g, Cg * K, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
             Q = tuple(-(-(sz + b_ + e) // s) for sz, b_, e, s in zip(spatial, pb, pe, self.strides))
             phases = _phase_planes(xp, xc, pb, self.strides, Q)
