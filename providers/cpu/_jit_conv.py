@@ -5,14 +5,56 @@ do not stay in cache; here each channel's padded image is built once in a small 
 into its stride phases, so every tap reads a contiguous range) and all taps, the bias and a clip
 (Relu/Clip fused by the caller) are applied while it is in cache.
 
-The loops run on the calling thread (numba releases the GIL): NumPy's OpenBLAS keeps its worker
-threads spinning for a long while after each GEMM, so a second thread of ours would find its core
-taken (measured: no gain from two threads between GEMMs, a loss with OpenMP workers spinning too).
+The loops run on the calling thread: NumPy's OpenBLAS keeps its worker threads spinning for a while
+after each GEMM, so a second thread of ours would find its core taken (measured: no gain from two
+threads between GEMMs, a loss with OpenMP workers spinning too).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
+def _tap_start(a, e, sh, sw, PL, Qw):  # pragma: no cover (compiled)
+    """Where the tap reading padded offsets (a, e) starts in the stride-phase planes."""
+    return ((a % sh) * sw + e % sw) * PL + (a // sh) * Qw + e // sw
+
+
+@njit(nogil=True, boundscheck=False)
+def _taps3x3(planes, w, acc, bo, sh, sw, dh, dw, PL, Qw, L):  # pragma: no cover (compiled)
+    """acc = bo + the nine taps of a 3x3 kernel, summed in registers in one pass (nine separate
+    read-modify-write passes over acc cost three times the cache traffic)."""
+    s00 = planes[_tap_start(0, 0, sh, sw, PL, Qw):][:L]
+    s01 = planes[_tap_start(0, dw, sh, sw, PL, Qw):][:L]
+    s02 = planes[_tap_start(0, 2 * dw, sh, sw, PL, Qw):][:L]
+    s10 = planes[_tap_start(dh, 0, sh, sw, PL, Qw):][:L]
+    s11 = planes[_tap_start(dh, dw, sh, sw, PL, Qw):][:L]
+    s12 = planes[_tap_start(dh, 2 * dw, sh, sw, PL, Qw):][:L]
+    s20 = planes[_tap_start(2 * dh, 0, sh, sw, PL, Qw):][:L]
+    s21 = planes[_tap_start(2 * dh, dw, sh, sw, PL, Qw):][:L]
+    s22 = planes[_tap_start(2 * dh, 2 * dw, sh, sw, PL, Qw):][:L]
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    for p in range(L):
+        acc[p] = (bo + w00 * s00[p] + w01 * s01[p] + w02 * s02[p] + w10 * s10[p] + w11 * s11[p]
+                  + w12 * s12[p] + w20 * s20[p] + w21 * s21[p] + w22 * s22[p])
+
+@njit(nogil=True, boundscheck=False)
+def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
+    """planes[d_even + k] = xr[2k], planes[d_odd + k] = xr[2k + 1]: a row split into its two stride
+    phases, both read in one loop (an interleaved pair of loads vectorizes; one strided load does not)."""
+    n = xr.shape[0]
+    h = n // 2
+    src = xr[:2 * h]
+    ev = planes[d_even:d_even + h]
+    od = planes[d_odd:d_odd + h]
+    for k in range(h):
+        ev[k] = src[2 * k]
+        od[k] = src[2 * k + 1]
+    if n % 2:
+        planes[d_even + h] = xr[n - 1]
 
 
 @njit(nogil=True, boundscheck=False)
@@ -46,6 +88,9 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
             xr = xc[i]
             rb = ((r % sh) * sw) * PL + (r // sh) * Qw
             j1 = min(W, Wp - pl)
+            if sw == 2 and j1 >= 2:
+                _split2(xr[:j1], planes, rb + (pl % 2) * PL + pl // 2, rb + (1 - pl % 2) * PL + (pl + 1) // 2)
+                continue
             for rw in range(sw):
                 # input columns j with (j + pl) % sw == rw land contiguously in phase plane rw
                 j = (rw - pl) % sw
@@ -62,17 +107,19 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
                     for k in range(cnt):
                         dst[k] = xr[j + k * sw]
         bo = b[o]
-        for p in range(L):
-            acc[p] = bo
-        for kh in range(KH):
-            a = kh * dh
-            for kw in range(KW):
-                e = kw * dw
-                s0 = ((a % sh) * sw + e % sw) * PL + (a // sh) * Qw + e // sw
-                src = planes[s0:s0 + L]
-                wv = w[o, kh, kw]
-                for p in range(L):        # contiguous slices: vectorized
-                    acc[p] += wv * src[p]
+        if KH == 3 and KW == 3:
+            _taps3x3(planes, w[o], acc, bo, sh, sw, dh, dw, PL, Qw, L)
+        else:
+            for p in range(L):
+                acc[p] = bo
+            for kh in range(KH):
+                a = kh * dh
+                for kw in range(KW):
+                    s0 = _tap_start(a, kw * dw, sh, sw, PL, Qw)
+                    src = planes[s0:s0 + L]
+                    wv = w[o, kh, kw]
+                    for p in range(L):        # contiguous slices: vectorized
+                        acc[p] += wv * src[p]
         yo = y[n, o]
         for oh in range(OH):
             yr = yo[oh]
