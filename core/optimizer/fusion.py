@@ -10,6 +10,7 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
   → ONNX ``LayerNormalization`` (opset ≥ 17)
 - [Add(x, constant bias) +] Add(·, skip of the same shape) + LayerNormalization over the last axis, the
   sum used by nothing else → ``SkipLayerNormalization`` (BERT's residual blocks: one pass, not three)
+- Mul(x, Sigmoid(x)), i.e. SiLU / Swish → ``QuickGelu`` with alpha = 1
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ class Fuser:
 def _fuse_more(f: "Fuser") -> dict[str, int]:
     done = {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
     done["SkipLayerNormalization"] = _skip_layer_norm(f)     # after _layer_norm: fuses what that made too
+    done["QuickGelu"] = _silu(f)
     return done
 
 
@@ -129,6 +131,23 @@ def _bias_gelu(f: "Fuser") -> int:
         fused = ir.Node(MS, "BiasGelu", [add.inputs[1 - k], add.inputs[k]], num_outputs=1,
                         name=(gelu.name or "") + "_biasgelu")
         if f._commit([add, gelu], fused, [(gelu.outputs[0], fused.outputs[0])]):
+            n += 1
+    return n
+
+
+def _silu(f: "Fuser") -> int:
+    """Mul(x, Sigmoid(x)) -> QuickGelu(x, alpha=1): one pass instead of two, the sigmoid never stored."""
+    n = 0
+    for sig in list(f.graph):
+        if not _onnx_op(sig, "Sigmoid") or sig.graph is None:
+            continue
+        x, s = sig.inputs[0], sig.outputs[0]
+        mul = only_use(s)
+        if not _onnx_op(mul, "Mul") or len(mul.inputs) != 2 or other_input(mul, s) is not x or s.is_graph_output():
+            continue
+        fused = ir.Node(MS, "QuickGelu", [x], [ir.AttrFloat32("alpha", 1.0)], num_outputs=1,
+                        name=(sig.name or "") + "_silu")
+        if f._commit([sig, mul], fused, [(mul.outputs[0], fused.outputs[0])]):
             n += 1
     return n
 

@@ -74,7 +74,7 @@ def _special(xp):
     return mod
 
 
-def _float_kernel(op: str, since: int, compute):
+def _float_kernel(op: str, since: int, compute, domain: str = "", types=None):
     """Register ``compute(x, xp, attrs) -> array`` for float input ``x`` (float32/float64 arrays, >= 1-d).
 
     Lower-precision floats are computed in float32 and cast back; integer inputs (the few ops
@@ -104,7 +104,7 @@ def _float_kernel(op: str, since: int, compute):
         return run
 
     factory.__name__ = f"{op.lower()}_{since}"
-    kernel(op, since=since)(factory)
+    kernel(op, domain=domain, since=since, types=types)(factory)
     return compute
 
 
@@ -262,11 +262,44 @@ def _sigmoid_of(x, xp, scale=1.0):
     return r
 
 
+def _vision_jit(x, xp):
+    """The compiled loops of ``_jit_vision`` where they take ``x`` (a float32 NumPy array, numba
+    installed), else None."""
+    if xp is not np or x.dtype != _F32 or x.__class__ is not np.ndarray:
+        return None
+    return _jit.load("vision")
+
+
 def _sigmoid(x, xp, a):
+    jit = _vision_jit(x, xp)
+    if jit is not None:
+        x = np.ascontiguousarray(x)
+        y = np.empty(x.shape, _F32)
+        jit.sigmoid(x.reshape(-1), y.reshape(-1))
+        return y
     return _sigmoid_of(x, xp)
 
 
 _float_kernel("Sigmoid", 1, _sigmoid)
+
+
+def _quick_gelu(x, xp, a):
+    """x * sigmoid(alpha x): onnxruntime's contrib op, SiLU with alpha = 1 (what the fusion of
+    Sigmoid(x) -> Mul(x, .) makes)."""
+    alpha = float(a.get("alpha", 1.702))
+    jit = _vision_jit(x, xp)
+    if jit is not None:
+        x = np.ascontiguousarray(x)
+        y = np.empty(x.shape, _F32)
+        jit.quick_gelu(x.reshape(-1), np.float32(alpha), y.reshape(-1))
+        return y
+    r = _sigmoid_of(x, xp, alpha)
+    r *= x
+    return r
+
+
+_float_kernel("QuickGelu", 1, _quick_gelu, domain="com.microsoft",
+              types=(np.float32, np.float64, np.float16, ml_dtypes.bfloat16))
 
 
 def _swish(x, xp, a):

@@ -13,7 +13,10 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
+
+_F32 = np.dtype(np.float32)
 
 
 def _host(a):
@@ -140,6 +143,33 @@ def _plan(in_shape, cfg, roi, scales, sizes):
     return tuple(out_shape), plans
 
 
+def _integer_upscale(in_shape, out_shape, plans):
+    """(sh, sw) where a nearest plan only enlarges the last two axes by integer factors, output index i
+    reading input i // factor (asymmetric + floor, half_pixel + round_prefer_floor at x2, ...); else None.
+    That case is a plain replication, one compiled pass (``_jit_vision``) instead of a gather per axis."""
+    rank = len(in_shape)
+    if rank < 2 or not plans:
+        return None
+    f = [1, 1]
+    for p in plans:
+        n_in, n_out = in_shape[p.axis], out_shape[p.axis]
+        if p.w is not None or p.outside is not None or p.axis < rank - 2 or n_out % n_in:
+            return None
+        k = n_out // n_in
+        if not np.array_equal(p.idx, np.arange(n_out) // k):
+            return None
+        f[p.axis - rank + 2] = k
+    return tuple(f)
+
+
+def _upscale_compiled(jit, x, out_shape, factors):
+    x = np.ascontiguousarray(x)
+    y = np.empty(out_shape, _F32)
+    H, W = x.shape[-2:]
+    jit.resize_nearest(x.reshape(-1, H, W), factors[0], factors[1], y.reshape(-1, H * factors[0], W * factors[1]))
+    return y
+
+
 def _apply(xp, x, out_shape, plans, cfg):
     if 0 in out_shape or 0 in x.shape:
         return xp.zeros(out_shape, dtype=x.dtype)
@@ -199,6 +229,12 @@ def _resize_factory(info, cfg, roi_i, scales_i, sizes_i):
         return roi, scales, sizes
 
     static_lists = lists(roi_c, sc_c, sz_c) if static else None
+    jit = _jit.load("vision") if xp is np and cfg["mode"] == "nearest" else None
+
+    def plan(shape, roi, scales, sizes):
+        out_shape, plans = _plan(shape, cfg, roi, scales, sizes)
+        fast = _integer_upscale(shape, out_shape, plans) if jit is not None else None
+        return out_shape, plans, fast
 
     def run(x, *rest):
         def arg(i):
@@ -209,10 +245,12 @@ def _resize_factory(info, cfg, roi_i, scales_i, sizes_i):
             if hit is None:
                 if len(cache) > 64:
                     cache.clear()
-                hit = cache[key] = _plan(x.shape, cfg, *static_lists)
+                hit = cache[key] = plan(x.shape, *static_lists)
         else:
-            hit = _plan(x.shape, cfg, *lists(arg(roi_i), arg(scales_i), arg(sizes_i)))
-        out_shape, plans = hit
+            hit = plan(x.shape, *lists(arg(roi_i), arg(scales_i), arg(sizes_i)))
+        out_shape, plans, fast = hit
+        if fast is not None and x.dtype == _F32 and x.__class__ is np.ndarray and x.size:
+            return (_upscale_compiled(jit, x, out_shape, fast),)
         return (_apply(xp, x, out_shape, plans, cfg),)
     return run
 

@@ -1,0 +1,94 @@
+"""Compiled (numba) loops for the small kernels of image models, float32 only: Sigmoid and QuickGelu
+(x * sigmoid(alpha x), SiLU when alpha = 1), InstanceNormalization and nearest Resize by integer factors.
+
+On the small tensors of a VAE decoder or a detector head NumPy spends most of its time between passes
+(a sigmoid is four, an instance norm eight, nearest x2 two gathers); here every element is read once
+and written once. exp is ``_jit_transformer``'s vectorizable one, so the loops run at full SIMD width.
+Single-threaded on the calling thread, as the other ``_jit`` modules.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from engineroom.providers.cpu._jit_transformer import (
+    EXP_HI,
+    EXP_LO,
+    F1,
+    _exp_core,
+    _fmax,
+    _fmin,
+    _row_sq_dev,
+    _row_sum,
+)
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def sigmoid(x, y):  # pragma: no cover (compiled)
+    """y = 1 / (1 + e^-x), x and y (n,) C-contiguous float32."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        # e^-v clamped: beyond +-88 the result is 0 or 1 to float32 precision anyway; NaN put back after
+        s = F1 / (F1 + _exp_core(_fmax(_fmin(-v, EXP_HI), EXP_LO)))
+        y[i] = v if v != v else s
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def quick_gelu(x, alpha, y):  # pragma: no cover (compiled)
+    """y = x / (1 + e^(-alpha x)) = x sigmoid(alpha x), x and y (n,) C-contiguous float32."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        # NaN x gives NaN through the division; the clamp keeps 1 + e finite
+        y[i] = v / (F1 + _exp_core(_fmax(_fmin(-alpha * v, EXP_HI), EXP_LO)))
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def instance_norm(x, scale, bias, eps, y):  # pragma: no cover (compiled)
+    """y[r] = (x[r] - mean) / sqrt(var + eps) * scale[c] + bias[c], c = r mod C, with the two-pass
+    variance. x, y (N*C, n) C-contiguous float32, scale and bias (C,), eps float32."""
+    R, n = x.shape
+    C = scale.shape[0]
+    rn = F1 / np.float32(n)
+    for r in range(R):
+        xr = x[r]
+        yr = y[r]
+        m = _row_sum(xr) * rn
+        v = _row_sq_dev(xr, m) * rn
+        a = scale[r % C] / np.sqrt(v + eps)
+        b = bias[r % C]
+        for i in range(n):
+            yr[i] = (xr[i] - m) * a + b
+
+
+@njit(nogil=True, boundscheck=False)
+def resize_nearest(x, sh, sw, y):  # pragma: no cover (compiled)
+    """y[r, i, j] = x[r, i // sh, j // sw]: x (R, H, W), y (R, H*sh, W*sw), C-contiguous float32."""
+    R, H, W = x.shape
+    Wo = W * sw
+    for r in range(R):
+        for i in range(H):
+            xi = x[r, i]
+            d = y[r, i * sh]
+            if sw == 2:     # the common case, as one interleaving loop the vectorizer knows
+                for j in range(W):
+                    v = xi[j]
+                    d[2 * j] = v
+                    d[2 * j + 1] = v
+            else:
+                for j in range(W):
+                    v = xi[j]
+                    for k in range(sw):
+                        d[j * sw + k] = v
+            for t in range(1, sh):
+                e = y[r, i * sh + t]
+                for j in range(Wo):
+                    e[j] = d[j]
+
+
+# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+AOT = {
+    "sigmoid": ("A1 A1", ("f4",)),
+    "quick_gelu": ("A1 s A1", ("f4",)),
+    "instance_norm": ("A2 A1 A1 s A2", ("f4",)),
+    "resize_nearest": ("A3 i i A3", ("f4",)),
+}
