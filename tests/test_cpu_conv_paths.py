@@ -179,7 +179,8 @@ def test_fused_bias_residual_clip(jit, clip, residual, case):
     z = rand(*ref.shape) if residual else None
     for dt in (np.float32, np.float64):
         b = rand(M, dtype=dt)
-        check(x.astype(dt), w.astype(dt), b, jit=jit, clip=clip, z=None if z is None else z.astype(dt), rtol=3e-5, **c)
+        # rtol: Winograd F(4,3) rounds to a few 1e-5 of the largest output in float32
+        check(x.astype(dt), w.astype(dt), b, jit=jit, clip=clip, z=None if z is None else z.astype(dt), rtol=1e-4, **c)
 
 
 @pytest.mark.parametrize("jit", JIT_PATHS)
