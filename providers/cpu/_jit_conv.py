@@ -21,7 +21,7 @@ def _tap_start(a, e, sh, sw, PL, Qw):  # pragma: no cover (compiled)
     return ((a % sh) * sw + e % sw) * PL + (a // sh) * Qw + e // sw
 
 
-@njit(nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False, inline="always")
 def _taps3x3(planes, w, acc, bo, sh, sw, dh, dw, PL, Qw, L):  # pragma: no cover (compiled)
     """acc = bo + the nine taps of a 3x3 kernel, summed in registers in one pass (nine separate
     read-modify-write passes over acc cost three times the cache traffic)."""
@@ -41,7 +41,7 @@ def _taps3x3(planes, w, acc, bo, sh, sw, dh, dw, PL, Qw, L):  # pragma: no cover
         acc[p] = (bo + w00 * s00[p] + w01 * s01[p] + w02 * s02[p] + w10 * s10[p] + w11 * s11[p]
                   + w12 * s12[p] + w20 * s20[p] + w21 * s21[p] + w22 * s22[p])
 
-@njit(nogil=True, boundscheck=False)
+@njit(nogil=True, boundscheck=False, inline="always")
 def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
     """planes[d_even + k] = xr[2k], planes[d_odd + k] = xr[2k + 1]: a row split into its two stride
     phases, both read in one loop (an interleaved pair of loads vectorizes; one strided load does not)."""
