@@ -200,3 +200,30 @@ def test_residual_sum_used_elsewhere_is_not_fused(tmp_path):
             "r": RNG.standard_normal((2, 5, 16)).astype(np.float32)}
     ops = _check_same(_residual_ln_model(True, True), feed, tmp_path)
     assert ("com.microsoft", "SkipLayerNormalization") not in ops and ("", "LayerNormalization") in ops
+
+
+@pytest.mark.parametrize("x_first", [True, False])
+def test_silu_becomes_quick_gelu(tmp_path, x_first):
+    mul_in = ["x", "s"] if x_first else ["s", "x"]
+    m = _model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", mul_in, ["y"])],
+               [_f("x", ["n", 4, 8, 8])], [_f("y", None)])
+    x = (RNG.standard_normal((2, 4, 8, 8)) * 6).astype(np.float32)
+    x.flat[:4] = [0.0, -100.0, 100.0, -20.0]
+    ops = _check_same(m, {"x": x}, tmp_path)
+    assert ops == [("com.microsoft", "QuickGelu")]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    got = ort.InferenceSession(m, so).run(None, {"x": x})[0]
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(got, x64 / (1 + np.exp(-x64)), rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("case", ["sigmoid_is_output", "mul_of_other_input"])
+def test_sigmoid_used_elsewhere_or_mul_of_other_input_is_not_silu(tmp_path, case):
+    other = case == "mul_of_other_input"
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["z" if other else "x", "s"], ["y"])]
+    outs = ["y"] if other else ["y", "s"]
+    m = _model(nodes, [_f("x", [2, 8]), _f("z", [2, 8])], [_f(o, None) for o in outs])
+    feed = {"x": RNG.standard_normal((2, 8)).astype(np.float32), "z": RNG.standard_normal((2, 8)).astype(np.float32)}
+    ops = _check_same(m, feed, tmp_path)
+    assert ops == [("", "Sigmoid"), ("", "Mul")]

@@ -14,11 +14,11 @@ from numba import njit
 from engineroom.providers.cpu._jit_transformer import (
     EXP_HI,
     EXP_LO,
+    F0,
     F1,
     _exp_core,
     _fmax,
     _fmin,
-    _row_sq_dev,
     _row_sum,
 )
 
@@ -38,26 +38,47 @@ def quick_gelu(x, alpha, y):  # pragma: no cover (compiled)
     """y = x / (1 + e^(-alpha x)) = x sigmoid(alpha x), x and y (n,) C-contiguous float32."""
     for i in range(x.shape[0]):
         v = x[i]
-        # NaN x gives NaN through the division; the clamp keeps 1 + e finite
-        y[i] = v / (F1 + _exp_core(_fmax(_fmin(-alpha * v, EXP_HI), EXP_LO)))
+        t = -alpha * v
+        # NaN x gives NaN through the division; the clamp keeps 1 + e finite, and past it the true value
+        # is below float32's range: a signed zero, as x * sigmoid(alpha x) in float32
+        q = v / (F1 + _exp_core(_fmax(_fmin(t, EXP_HI), EXP_LO)))
+        y[i] = v * F0 if t > EXP_HI else q
+
+
+@njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"})
+def _row_dev_sums(a, m):  # pragma: no cover (compiled)
+    """sum(a - m) and sum((a - m)^2), one partial sum per SIMD lane (fastmath kept to this function)."""
+    s1 = F0
+    s2 = F0
+    for i in range(a.shape[0]):
+        d = a[i] - m
+        s1 += d
+        s2 += d * d
+    return s1, s2
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
 def instance_norm(x, scale, bias, eps, y):  # pragma: no cover (compiled)
-    """y[r] = (x[r] - mean) / sqrt(var + eps) * scale[c] + bias[c], c = r mod C, with the two-pass
-    variance. x, y (N*C, n) C-contiguous float32, scale and bias (C,), eps float32."""
+    """y[r] = (x[r] - mean) / sqrt(var + eps) * scale[c] + bias[c], c = r mod C, with the corrected
+    two-pass variance. x, y (N*C, n) C-contiguous float32, scale and bias (C,), eps float32."""
     R, n = x.shape
     C = scale.shape[0]
     rn = F1 / np.float32(n)
     for r in range(R):
         xr = x[r]
         yr = y[r]
-        m = _row_sum(xr) * rn
-        v = _row_sq_dev(xr, m) * rn
+        m0 = _row_sum(xr) * rn
+        # corrected two-pass: the float32 first mean m0 is off by up to an ulp of the row's magnitude;
+        # the deviations' own mean c puts it right (and c^2 comes out of the variance)
+        s1, s2 = _row_dev_sums(xr, m0)
+        c = s1 * rn
+        v = _fmax(s2 * rn - c * c, F0)
         a = scale[r % C] / np.sqrt(v + eps)
-        b = bias[r % C]
+        # (x - m0 - c) a + bias, the correction kept apart from m0: m0 + c rounded to float32 would
+        # move every output by up to half an ulp of the mean
+        b = bias[r % C] - c * a
         for i in range(n):
-            yr[i] = (xr[i] - m) * a + b
+            yr[i] = (xr[i] - m0) * a + b
 
 
 @njit(nogil=True, boundscheck=False)

@@ -294,7 +294,8 @@ def _quick_gelu(x, xp, a):
         jit.quick_gelu(x.reshape(-1), np.float32(alpha), y.reshape(-1))
         return y
     r = _sigmoid_of(x, xp, alpha)
-    r *= x
+    with np.errstate(invalid="ignore"):     # -inf * sigmoid(-inf) = -inf * 0: NaN, as the float math says
+        r *= x
     return r
 
 

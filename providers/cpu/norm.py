@@ -152,20 +152,28 @@ def instance_normalization(info):
         xc = x.astype(cdt, copy=False)
         x2 = xc.reshape(N * C, -1)
         n = x2.shape[1]
-        # (x - mean) * (scale / std) + bias: scale folded into the per-row factor saves a pass
-        mean = x2.sum(axis=1, keepdims=True)
-        mean *= cdt.type(1.0 / n) if n else cdt.type(0)
-        d = xp.subtract(x2, mean)
+        rn = cdt.type(1.0 / n) if n else cdt.type(0)
+        # corrected two-pass (as the compiled loop): d = x - m0 with the rounded mean m0, c = mean(d);
+        # y = d a + (bias - c a), a = scale / std, so scale and the correction cost no pass of their own
+        m0 = x2.sum(axis=1, keepdims=True)
+        m0 *= rn
+        d = xp.subtract(x2, m0)
+        c = d.sum(axis=1, keepdims=True)
+        c *= rn
         sq = xp.multiply(d, d)
         var = sq.sum(axis=1, keepdims=True)
-        var *= cdt.type(1.0 / n) if n else cdt.type(0)
+        var *= rn
+        var -= c * c
+        xp.maximum(var, 0, out=var)
         var += cdt.type(eps)
-        a = xp.sqrt(var, out=var)
-        a = a.reshape(N, C, 1)
+        a = xp.sqrt(var, out=var).reshape(N, C, 1)
         xp.divide(scale.astype(cdt, copy=False).reshape(C, 1), a, out=a)
+        c = c.reshape(N, C, 1)
+        c *= -a
+        c += bias.astype(cdt, copy=False).reshape(C, 1)
         d = d.reshape(N, C, -1)
         d *= a
-        d += bias.astype(cdt, copy=False).reshape(C, 1)
+        d += c
         return (d.reshape(x.shape).astype(dt, copy=False),)
 
     return run
