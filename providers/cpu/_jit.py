@@ -25,7 +25,6 @@ import importlib.util
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 import sysconfig
@@ -86,10 +85,6 @@ def _key(name: str, source: Path) -> str:
     h = hashlib.sha256(name.encode())
     for f in sorted(source.parent.glob("_jit_*.py")):
         h.update(f.read_bytes())
-    # loops imported from sibling modules are compiled into this one: their source is part of the key
-    for dep in sorted(set(re.findall(r"^from engineroom\.providers\.cpu\.(_jit_\w+) import", source.read_text(),
-                                     re.M))):
-        h.update((source.parent / f"{dep}.py").read_bytes())
     for part in (version("numba"), sys.version, np.__version__, platform.machine(), _cpu_model()):
         h.update(part.encode())
     return h.hexdigest()[:16]
