@@ -165,8 +165,8 @@ def _integer_upscale(in_shape, out_shape, plans):
 def _upscale_compiled(jit, x, out_shape, factors):
     x = np.ascontiguousarray(x)
     y = np.empty(out_shape, _F32)
-    H, W = x.shape[-2:]
-    jit.resize_nearest(x.reshape(-1, H, W), factors[0], factors[1], y.reshape(-1, H * factors[0], W * factors[1]))
+    rows = x.size // x.shape[-1]
+    jit.resize_nearest(x.reshape(rows, -1), factors[0], factors[1], y.reshape(rows, -1))
     return y
 
 
