@@ -56,6 +56,38 @@ def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
     if n % 2:
         planes[d_even + h] = xr[n - 1]
 
+@njit(nogil=True, boundscheck=False, inline="always")
+def _fill_planes(xc, planes, pt, pl, sh, sw, Hp, Wp, PL, Qw):  # pragma: no cover (compiled)
+    """One channel xc (H, W), zero-padded (leading pads pt, pl; Hp x Wp in all), split into its sh*sw
+    stride phases of Qw columns each: plane (rh, rw)[q, k] = xpad[q*sh + rh, k*sw + rw]."""
+    H, W = xc.shape
+    planes[:] = 0
+    for i in range(H):
+        r = i + pt
+        if r < 0 or r >= Hp:
+            continue
+        xr = xc[i]
+        rb = ((r % sh) * sw) * PL + (r // sh) * Qw
+        j1 = min(W, Wp - pl)
+        if sw == 2 and j1 >= 2:
+            _split2(xr[:j1], planes, rb + (pl % 2) * PL + pl // 2, rb + (1 - pl % 2) * PL + (pl + 1) // 2)
+            continue
+        for rw in range(sw):
+            # input columns j with (j + pl) % sw == rw land contiguously in phase plane rw
+            j = (rw - pl) % sw
+            if j >= j1:
+                continue
+            cnt = (j1 - j + sw - 1) // sw
+            d0 = rb + rw * PL + (j + pl) // sw
+            dst = planes[d0:d0 + cnt]
+            if sw == 1:
+                src = xr[j:j + cnt]
+                for k in range(cnt):
+                    dst[k] = src[k]
+            else:
+                for k in range(cnt):
+                    dst[k] = xr[j + k * sw]
+
 
 @njit(nogil=True, boundscheck=False)
 def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
@@ -79,33 +111,7 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
     for no in range(N * M):
         n = no // M
         o = no % M
-        planes[:] = 0
-        xc = x[n, o // mult]
-        for i in range(H):
-            r = i + pt
-            if r < 0 or r >= Hp:
-                continue
-            xr = xc[i]
-            rb = ((r % sh) * sw) * PL + (r // sh) * Qw
-            j1 = min(W, Wp - pl)
-            if sw == 2 and j1 >= 2:
-                _split2(xr[:j1], planes, rb + (pl % 2) * PL + pl // 2, rb + (1 - pl % 2) * PL + (pl + 1) // 2)
-                continue
-            for rw in range(sw):
-                # input columns j with (j + pl) % sw == rw land contiguously in phase plane rw
-                j = (rw - pl) % sw
-                if j >= j1:
-                    continue
-                cnt = (j1 - j + sw - 1) // sw
-                d0 = rb + rw * PL + (j + pl) // sw
-                dst = planes[d0:d0 + cnt]
-                if sw == 1:
-                    src = xr[j:j + cnt]
-                    for k in range(cnt):
-                        dst[k] = src[k]
-                else:
-                    for k in range(cnt):
-                        dst[k] = xr[j + k * sw]
+        _fill_planes(x[n, o // mult], planes, pt, pl, sh, sw, Hp, Wp, PL, Qw)
         bo = b[o]
         if KH == 3 and KW == 3:
             _taps3x3(planes, w[o], acc, bo, sh, sw, dh, dw, PL, Qw, L)
@@ -154,46 +160,29 @@ def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False)
-def im2col2d(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):  # pragma: no cover (compiled)
-    """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x[n, c, oh*sh + kh*dh - pt, ow*sw + kw*dw - pl] (0 outside):
-    the im2col matrix straight from the unpadded input, one row segment per output row, unit-stride
-    rows copied with vectorized loops. x (N, C, H, W), cols (N, C*KH*KW, OH*OW)."""
+def im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cover (compiled)
+    """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = xpad[n, c, oh*sh + kh*dh, ow*sw + kw*dw]: the im2col
+    matrix, each channel first padded and split into its stride phases once (as in depthwise2d), so
+    every row of cols is one contiguous copy. x (N, C, H, W), cols (N, C*KH*KW, OH*OW)."""
     N, C, H, W = x.shape
-    z = x.dtype.type(0)
+    Hp = (OH - 1) * sh + (KH - 1) * dh + 1
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    Qh = (Hp + sh - 1) // sh
+    Qw = (Wp + sw - 1) // sw
+    PL = Qh * Qw
+    planes = np.empty(sh * sw * PL, dtype=x.dtype)
     for n in range(N):
         for c in range(C):
-            xc = x[n, c]
-            for kh in range(kh_):
-                for kw in range(kw_):
-                    row = cols[n, (c * kh_ + kh) * kw_ + kw]
-                    off = kw * dw - pl                      # iw = ow*sw + off
-                    ow0 = 0 if off >= 0 else (-off + sw - 1) // sw
-                    ow1 = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
-                    ow0 = min(ow0, ow_)
-                    ow1 = max(ow0, min(ow1, ow_))
-                    for oh in range(oh_):
-                        ih = oh * sh + kh * dh - pt
-                        dst = row[oh * ow_:(oh + 1) * ow_]
-                        if ih < 0 or ih >= H:
-                            for k in range(ow_):
-                                dst[k] = z
-                            continue
-                        for k in range(ow0):
-                            dst[k] = z
-                        for k in range(ow1, ow_):
-                            dst[k] = z
-                        xr = xc[ih]
-                        cnt = ow1 - ow0
-                        if sw == 1:
-                            src = xr[ow0 + off:ow0 + off + cnt]
-                            d = dst[ow0:ow1]
-                            for k in range(cnt):
-                                d[k] = src[k]
-                        else:
-                            base = ow0 * sw + off
-                            for k in range(cnt):
-                                dst[ow0 + k] = xr[base + k * sw]
-
+            _fill_planes(x[n, c], planes, pt, pl, sh, sw, Hp, Wp, PL, Qw)
+            for kh in range(KH):
+                for kw in range(KW):
+                    s0 = _tap_start(kh * dh, kw * dw, sh, sw, PL, Qw)
+                    row = cols[n, (c * KH + kh) * KW + kw]
+                    for oh in range(OH):
+                        src = planes[s0 + oh * Qw:s0 + oh * Qw + OW]
+                        dst = row[oh * OW:(oh + 1) * OW]
+                        for k in range(OW):
+                            dst[k] = src[k]
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
