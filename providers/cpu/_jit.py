@@ -98,6 +98,8 @@ def _load(name: str):
     failed = target.with_suffix(".failed")
     if not target.exists():
         if failed.exists():
+            log.warning("engineroom: the CPU provider's %s loops failed to compile here before (%s); "
+                        "their NumPy paths serve", name, failed)
             return None
         log.warning("engineroom: compiling the CPU provider's %s loops (once per machine, cached in %s)",
                     name, target.parent)
