@@ -5,6 +5,9 @@ decompose), so a k1 x k2 window costs k1 + k2 vectorized passes instead of k1 * 
 Indices output needs the whole window at once and uses a per-tap loop that tracks the winning tap.
 Average divisors are per-axis counts of in-range taps multiplied together (an outer product), so
 count_include_pad, ceil_mode and dilations cost nothing per run.
+
+2-D float32/float64 MaxPool (without Indices) and AveragePool run compiled loops (``_jit_pool``) where
+numba is available: no padded copy, each output row reduced while its input rows are in cache.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, tap_slice
 from engineroom.providers.cpu.registry import kernel
 
@@ -76,6 +80,15 @@ class _PoolPlan:
         self.dilations = tuple(_ints(a.get("dilations"), n, 1))
         self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
         self._geo = {}
+        self.jit = _jit.load("pool") if n == 2 and self.xp is np else None
+
+    def jit_args(self, x, pb, out):
+        """The compiled loop's input (C-contiguous), output buffer and integer arguments, or None where it
+        does not apply (dtype, or an empty tensor)."""
+        if self.jit is None or x.dtype not in _JIT_DTYPES or x.size == 0 or 0 in out:
+            return None
+        y = np.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
+        return (np.ascontiguousarray(x), y, *self.kshape, *self.strides, *self.dilations, pb[0], pb[1])
 
     def geometry(self, spatial):
         g = self._geo.get(spatial)
@@ -83,6 +96,9 @@ class _PoolPlan:
             g = pool_geometry(spatial, self.kshape, self.strides, self.dilations, self.pads, self.auto_pad, self.ceil)
             self._geo[spatial] = g
         return g
+
+
+_JIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _min_value(dt):
@@ -102,6 +118,11 @@ def max_pool(info):
     def run(x):
         spatial = tuple(x.shape[2:])
         pb, pe, extra, out = plan.geometry(spatial)
+        if not want_indices:
+            args = plan.jit_args(x, pb, out)
+            if args is not None:
+                plan.jit.maxpool2d(*args)
+                return (args[1],)
         pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
         xpad = pad_spatial(xp, x, pb, pe2, _min_value(x.dtype))
         if not want_indices:
@@ -187,6 +208,10 @@ def average_pool(info):
             with np.errstate(divide="ignore"):
                 inv = xp.asarray((1.0 / d).astype(cdt))
             divs[spatial] = inv
+        args = plan.jit_args(x, pb, out)
+        if args is not None:
+            plan.jit.avgpool2d(args[0], args[1], inv, *args[2:])
+            return (args[1],)
         pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
         xpad = pad_spatial(xp, x.astype(cdt, copy=False), pb, pe2)
         y = _separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.add)
