@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from jit_paths import JIT_PATHS
 
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.conv import _ConvPlan
@@ -13,9 +14,6 @@ from engineroom.providers.cpu.winograd import choose_tile
 
 # Kernels with a compiled (numba) loop are checked on both paths: "jit" where numba is installed
 # (else skipped with the reason), "numpy" always.
-JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
-                                                                   reason="numba is not installed (jit extra)")),
-             pytest.param(False, id="numpy")]
 
 
 def direct_conv(x, w, b, pads, strides, dilations, group):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from jit_paths import JIT_PATHS, spy_on
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
@@ -13,24 +14,6 @@ import engineroom as ort
 from engineroom.providers.cpu import _jit
 
 RNG = np.random.default_rng(0)
-JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
-                                                                   reason="numba is not installed (jit extra)")),
-             pytest.param(False, id="numpy")]
-
-
-class _Spy:
-    """The compiled pool loops, recording which ran."""
-
-    def __init__(self, mod, used):
-        self._mod, self._used = mod, used
-
-    def __getattr__(self, name):
-        fn = getattr(self._mod, name)
-
-        def call(*a):
-            self._used.add(name)
-            return fn(*a)
-        return call
 
 
 @pytest.fixture
@@ -43,8 +26,7 @@ def path(request, monkeypatch):
 
     P.used = used
     if request.param:
-        load = _jit.load
-        monkeypatch.setattr(_jit, "load", lambda name: _Spy(load(name), used) if name == "pool" else load(name))
+        spy_on(monkeypatch, "pool", used)
     else:
         monkeypatch.setattr(_jit, "load", lambda name: None)
     return P

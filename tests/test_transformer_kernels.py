@@ -7,25 +7,10 @@ import math
 import numpy as np
 import pytest
 import scipy.special as sp
+from jit_paths import JIT_PATHS, spy_on
 
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import registry
-
-JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
-                                                                   reason="numba is not installed (jit extra)")),
-             pytest.param(False, id="numpy")]
-
-
-class _Spy:
-    """A compiled-kernel module that records which of its loops were fetched."""
-
-    def __init__(self, mod, used):
-        self._mod, self._used = mod, used
-
-    def __getattr__(self, name):
-        self._used.add(name)
-        return getattr(self._mod, name)
-
 
 _USED: set = set()
 _NUMPY_ONLY = ("test_softmax[13-2-", "test_layer_norm_broadcast_scale_and_float64",
@@ -42,8 +27,7 @@ def path(request, monkeypatch):
         yield False
         return
     _USED.clear()
-    load = _jit.load
-    monkeypatch.setattr(_jit, "load", lambda name: _Spy(load(name), _USED) if name == "transformer" else load(name))
+    spy_on(monkeypatch, "transformer", _USED)
     yield True
     if not any(k in request.node.name for k in _NUMPY_ONLY):
         assert _USED, "the compiled path was not taken"

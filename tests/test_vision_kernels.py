@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from jit_paths import JIT_PATHS, spy_on
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -13,24 +14,6 @@ from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import _quick_gelu, _sigmoid
 
 RNG = np.random.default_rng(0)
-JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
-                                                                   reason="numba is not installed (jit extra)")),
-             pytest.param(False, id="numpy")]
-
-
-class _Spy:
-    """A compiled-kernel module that records which of its loops were called."""
-
-    def __init__(self, mod, used):
-        self._mod, self._used = mod, used
-
-    def __getattr__(self, name):
-        fn = getattr(self._mod, name)
-
-        def call(*a):
-            self._used.add(name)
-            return fn(*a)
-        return call
 
 
 @pytest.fixture
@@ -49,8 +32,7 @@ def path(request, monkeypatch):
             used.clear()
 
     if request.param:
-        load = _jit.load
-        monkeypatch.setattr(_jit, "load", lambda name: _Spy(load(name), used) if name == "vision" else load(name))
+        spy_on(monkeypatch, "vision", used)
     else:
         monkeypatch.setattr(_jit, "load", lambda name: None)
     return P

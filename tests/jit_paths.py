@@ -1,0 +1,33 @@
+"""Shared by the tests of kernels that have a compiled loop: both paths as a parameter, and a spy
+that records which compiled loops a kernel called."""
+from __future__ import annotations
+
+import pytest
+
+from engineroom.providers.cpu import _jit
+
+# "jit" where numba is installed (else skipped with the reason), "numpy" always
+JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),
+                                                                   reason="numba is not installed (jit extra)")),
+             pytest.param(False, id="numpy")]
+
+
+class Spy:
+    """A compiled-kernel module that records in ``used`` the names of the loops called through it."""
+
+    def __init__(self, mod, used: set):
+        self._mod, self._used = mod, used
+
+    def __getattr__(self, name):
+        fn = getattr(self._mod, name)
+
+        def call(*a):
+            self._used.add(name)
+            return fn(*a)
+        return call
+
+
+def spy_on(monkeypatch, module: str, used: set) -> None:
+    """Make ``_jit.load(module)`` hand out a Spy recording into ``used``."""
+    load = _jit.load
+    monkeypatch.setattr(_jit, "load", lambda name: Spy(load(name), used) if name == module else load(name))
