@@ -56,3 +56,18 @@ print(_jit._modules["conv"] is not None, "numba" in sys.modules, "llvmlite" in s
 def test_switched_off_by_environment():
     code = "from engineroom.providers.cpu import _jit; print(_jit.available(), _jit.load('conv'))"
     assert _run(code, ENGINEROOM_JIT="0").split() == ["False", "None"]
+
+
+def test_unwritable_cache_falls_back_to_numpy(tmp_path):
+    """A cache that cannot be written: a warning, the NumPy paths, and a session that still runs."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = """
+import numpy as np
+from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.conv import _ConvPlan
+print(_jit.load("conv"))
+p = _ConvPlan(np, {"group": 4, "pads": [1, 1, 1, 1]}, np.ones((4, 1, 3, 3), np.float32))
+print(float(p(np.ones((1, 4, 5, 5), np.float32))[0, 0, 2, 2]))
+"""
+    assert _run(code, ENGINEROOM_CACHE_DIR=str(blocker / "cache")).split() == ["None", "9.0"]

@@ -67,11 +67,11 @@ def cache_dir() -> Path:
 
 
 def _cpu_model() -> str:
-    """What the compiled code is tuned for (it targets the host CPU): the model name where Linux tells."""
+    """What the compiled code depends on (it targets the host CPU): its flags where Linux tells."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "flags")):
+                if line.startswith("flags"):       # the instruction sets the code may use
                     return line
     except OSError:
         pass
@@ -103,13 +103,19 @@ def _load(name: str):
             return None
         log.warning("engineroom: compiling the CPU provider's %s loops (once per machine, cached in %s)",
                     name, target.parent)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
-                               str(target.parent)], capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0 or not target.exists():
-            log.warning("engineroom: compiling %s failed; its NumPy paths serve instead:\n%s", name,
-                        proc.stderr[-2000:])
-            failed.write_text(proc.stderr)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
+                                   str(target.parent)], capture_output=True, text=True, timeout=900)
+            why = proc.stderr if proc.returncode != 0 or not target.exists() else None
+        except (OSError, subprocess.SubprocessError) as e:     # an unwritable cache, a hung compiler
+            why = f"{type(e).__name__}: {e}"
+        if why is not None:
+            log.warning("engineroom: compiling %s failed; its NumPy paths serve instead:\n%s", name, why[-2000:])
+            try:
+                failed.write_text(why)
+            except OSError:
+                pass
             return None
     loader = importlib.machinery.ExtensionFileLoader(stem, str(target))
     spec = importlib.util.spec_from_file_location(stem, str(target), loader=loader)
