@@ -7,8 +7,9 @@ copies); 1x1 stride-1 unpadded convolutions are a plain matmul over the input as
 float32 convolutions with a constant weight use Winograd F(4,3) or F(2,3) where the image has enough
 tiles (``winograd.py``). Depthwise convolutions (one input channel per group) skip the im2col copy and
 accumulate ``tap view * per-channel weight`` over the K kernel taps, channels-first over long rows or,
-for small images, channels-last; 2-D ones run one compiled loop per channel where numba is installed
-(``_jit_conv.py``). ConvTranspose is in ``conv_transpose.py``.
+for small images, channels-last. Where the compiled loops are available (``_jit_conv.py``, the ``jit``
+extra) 2-D depthwise convs run one pass per channel, 2-D im2col is compiled, and the bias, FusedConv's
+residual and its Relu/Clip are one pass after the GEMM. ConvTranspose is in ``conv_transpose.py``.
 
 The window helpers (geometry, padding, tap slices) are shared with ``pool.py`` and ``conv_transpose.py``.
 """
@@ -283,7 +284,7 @@ class _ConvPlan:
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif self.jit_epi is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
-            # the compiled im2col: straight from the unpadded input, no padded copy, long row copies
+            # the compiled im2col: each channel padded and phase-split once, every column row one copy
             cols = np.empty((N, g * Cg * K, P), dtype=cdt)
             self.jit_epi.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
                                   pb[0], pb[1], *out)
