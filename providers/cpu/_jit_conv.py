@@ -1,13 +1,15 @@
-"""Compiled (numba) loops for convolutions: 2-D depthwise conv in one pass per channel.
+"""Compiled (numba) loops for convolutions: 2-D depthwise conv in one pass per channel, 2-D im2col, and
+the bias / residual / clip pass after a conv's GEMM.
 
 NumPy's depthwise path makes two whole-array passes per kernel tap (18 for a 3x3) over images that
 do not stay in cache; here each channel's padded image is built once in a small scratch buffer (split
 into its stride phases, so every tap reads a contiguous range) and all taps, the bias and a clip
-(Relu/Clip fused by the caller) are applied while it is in cache.
+(Relu/Clip fused by the caller) are applied while it is in cache. im2col reads the same padded,
+phase-split planes, so every row of the column matrix is one contiguous copy.
 
 The loops run on the calling thread: NumPy's OpenBLAS keeps its worker threads spinning for a while
-after each GEMM, so a second thread of ours would find its core taken (measured: no gain from two
-threads between GEMMs, a loss with OpenMP workers spinning too).
+after each GEMM, so a second thread of ours would find its core taken (measured with numba's parallel
+loops: no gain between GEMMs, and a 4x loss with OpenMP's workers spinning too).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ def _taps3x3(planes, w, acc, bo, sh, sw, dh, dw, PL, Qw, L):  # pragma: no cover
         acc[p] = (bo + w00 * s00[p] + w01 * s01[p] + w02 * s02[p] + w10 * s10[p] + w11 * s11[p]
                   + w12 * s12[p] + w20 * s20[p] + w21 * s21[p] + w22 * s22[p])
 
+
 @njit(nogil=True, boundscheck=False, inline="always")
 def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
     """planes[d_even + k] = xr[2k], planes[d_odd + k] = xr[2k + 1]: a row split into its two stride
@@ -55,6 +58,7 @@ def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
         od[k] = src[2 * k + 1]
     if n % 2:
         planes[d_even + h] = xr[n - 1]
+
 
 @njit(nogil=True, boundscheck=False, inline="always")
 def _fill_planes(xc, planes, pt, pl, sh, sw, Hp, Wp, PL, Qw):  # pragma: no cover (compiled)
@@ -183,6 +187,7 @@ def im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cov
                         dst = row[oh * OW:(oh + 1) * OW]
                         for k in range(OW):
                             dst[k] = src[k]
+
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
