@@ -182,6 +182,15 @@ def test_fused_bias_residual_clip(jit, clip, residual, case):
 
 
 @pytest.mark.parametrize("jit", JIT_PATHS)
+@pytest.mark.parametrize("group", [1, 6])
+def test_strided_input(jit, group):
+    """An input that is a view (a transposed NHWC tensor): the compiled loops take a C-contiguous copy."""
+    x = rand(2, 9, 11, 6).transpose(0, 3, 1, 2)
+    check(x, rand(6, 6 // group, 3, 3), rand(6), group=group, jit=jit)
+    check(x, rand(6, 6 // group, 3, 3), rand(6), strides=(2, 2), group=group, jit=jit, clip=(0.0, 6.0))
+
+
+@pytest.mark.parametrize("jit", JIT_PATHS)
 def test_depthwise_multiplier_and_5x5(jit):
     x = rand(1, 6, 30, 30)
     check(x, rand(12, 1, 3, 3), rand(12), group=6, jit=jit)

@@ -270,7 +270,7 @@ class _ConvPlan:
             if self.jit is not None and len(out) == 2 and cdt == self.wd_jit.dtype and z is None:
                 lo, hi = clip if clip is not None else (-np.inf, np.inf)
                 bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
-                self.jit.depthwise2d(xc, self.wd_jit, bj,
+                self.jit.depthwise2d(np.ascontiguousarray(xc), self.wd_jit, bj,
                                      y, *self.strides, *self.dilations, pb[0], pb[1], cdt.type(lo), cdt.type(hi))
                 return y, True
             with _ufunc_buffer(xp):
