@@ -42,11 +42,11 @@ def direct_conv(x, w, b, pads, strides, dilations, group):
 def run_plan(x, w, b, pads, strides, dilations, group, winograd=True, jit=True, clip=None, z=None):
     attrs = {"pads": list(pads), "strides": list(strides), "dilations": list(dilations), "group": group}
     plan = _ConvPlan(np, attrs, w, winograd=winograd, spatial=x.shape[2:])
-    assert (plan.jit_epi is not None) == _jit.available()
+    assert (plan.jit is not None) == _jit.available()
     if plan.depthwise:
-        assert (plan.jit is not None) == (_jit.available() and x.ndim == 4)
+        assert (plan.wd_jit is not None) == (_jit.available() and x.ndim == 4)
     if not jit:
-        plan.jit = plan.jit_epi = None
+        plan.jit = plan.wd_jit = None
     return plan(x, b, clip, z)
 
 

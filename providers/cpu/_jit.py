@@ -37,6 +37,7 @@ log = logging.getLogger("engineroom")
 
 _lock = threading.Lock()
 _modules: dict[str, object] = {}
+_MISSING = object()
 _usable: list[bool] = []
 _DTYPES = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64)}
 
@@ -52,6 +53,9 @@ def available() -> bool:
 def load(name: str):
     """The compiled kernels of ``engineroom.providers.cpu._jit_<name>`` (attributes named as its
     functions), or None where they cannot be had. Builds them on first use on this machine."""
+    mod = _modules.get(name, _MISSING)      # kernels without a factory ask on every run: no lock then
+    if mod is not _MISSING:
+        return mod
     if not available():
         return None
     with _lock:

@@ -61,6 +61,16 @@ def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
+def _plane_geometry(OH, OW, KH, KW, sh, sw, dh, dw):  # pragma: no cover (compiled)
+    """The padded extent (Hp, Wp) the taps of an OH x OW output read, and the stride-phase planes'
+    row length Qw and size PL."""
+    Hp = (OH - 1) * sh + (KH - 1) * dh + 1
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    Qw = (Wp + sw - 1) // sw
+    return Hp, Wp, Qw, ((Hp + sh - 1) // sh) * Qw
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
 def _fill_planes(xc, planes, pt, pl, sh, sw, Hp, Wp, PL, Qw):  # pragma: no cover (compiled)
     """One channel xc (H, W), zero-padded (leading pads pt, pl; Hp x Wp in all), split into its sh*sw
     stride phases of Qw columns each: plane (rh, rw)[q, k] = xpad[q*sh + rh, k*sw + rw]."""
@@ -104,11 +114,7 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     mult = M // C
     KH, KW = w.shape[1], w.shape[2]
-    Hp = (OH - 1) * sh + (KH - 1) * dh + 1        # the padded extent the taps read
-    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
-    Qh = (Hp + sh - 1) // sh                      # one stride phase's extent
-    Qw = (Wp + sw - 1) // sw
-    PL = Qh * Qw
+    Hp, Wp, Qw, PL = _plane_geometry(OH, OW, KH, KW, sh, sw, dh, dw)
     L = (OH - 1) * Qw + OW                        # the output at the phase pitch, cropped at the end
     planes = np.empty(sh * sw * PL, dtype=x.dtype)
     acc = np.empty(L, dtype=x.dtype)
@@ -169,11 +175,7 @@ def im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cov
     matrix, each channel first padded and split into its stride phases once (as in depthwise2d), so
     every row of cols is one contiguous copy. x (N, C, H, W), cols (N, C*KH*KW, OH*OW)."""
     N, C, H, W = x.shape
-    Hp = (OH - 1) * sh + (KH - 1) * dh + 1
-    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
-    Qh = (Hp + sh - 1) // sh
-    Qw = (Wp + sw - 1) // sw
-    PL = Qh * Qw
+    Hp, Wp, Qw, PL = _plane_geometry(OH, OW, KH, KW, sh, sw, dh, dw)
     planes = np.empty(sh * sw * PL, dtype=x.dtype)
     for n in range(N):
         for c in range(C):

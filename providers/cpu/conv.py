@@ -217,10 +217,6 @@ class _ConvPlan:
             # (C, multiplier, K): per input channel, the weights of its output channels by tap
             self.wd = xp.ascontiguousarray(wc.reshape(g, M // g, K))
             self.wd_taps = [xp.ascontiguousarray(self.wd[:, :, t]) for t in range(K)]
-            # the compiled one-pass loop (2-D, float32/float64, numba installed), weights (M, KH, KW)
-            self.jit = _jit.load("conv") if n == 2 and xp is np else None
-            if self.jit is not None:
-                self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape))
             # channels-last small-image path: each tap's weights tiled over enough pixels for long rows
             self.wd_rows = None
             if n == 2 and M == g:
@@ -228,9 +224,12 @@ class _ConvPlan:
                 self.wd_rowtaps = [xp.tile(self.wd[:, 0, t], self.wd_rows) for t in range(K)]
         else:
             self.wm = xp.ascontiguousarray(wc.reshape(g, M // g, Cg * K))
-        # the compiled bias/residual/clip pass after the GEMM paths (numba installed, NumPy arrays)
-        self.jit_epi = _jit.load("conv") if xp is np else None
-        self.zero_bias = np.zeros(M, dtype=cdt) if self.jit_epi is not None else None
+        # the compiled loops (numba installed, NumPy arrays): 2-D depthwise (weights (M, KH, KW)), im2col,
+        # and the bias/residual/clip pass after the GEMM paths
+        self.jit = _jit.load("conv") if xp is np else None
+        self.zero_bias = np.zeros(M, dtype=cdt) if self.jit is not None else None
+        self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape)) \
+            if self.jit is not None and self.depthwise and n == 2 else None
         self.taps = tap_offsets(self.kshape, self.dilations)
         self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
 
@@ -267,7 +266,7 @@ class _ConvPlan:
         y = xp.empty((N, M) + out, dtype=cdt)
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
-            if self.jit is not None and len(out) == 2 and cdt == self.wd_jit.dtype and z is None:
+            if self.wd_jit is not None and cdt == self.wd_jit.dtype and z is None:
                 lo, hi = clip if clip is not None else (-np.inf, np.inf)
                 bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
                 self.jit.depthwise2d(np.ascontiguousarray(xc), self.wd_jit, bj,
@@ -283,10 +282,10 @@ class _ConvPlan:
                 return y, self._epilogue(y, None, clip, z)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
-        elif self.jit_epi is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
+        elif self.jit is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
             # the compiled im2col: each channel padded and phase-split once, every column row one copy
             cols = np.empty((N, g * Cg * K, P), dtype=cdt)
-            self.jit_epi.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
+            self.jit.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
                                   pb[0], pb[1], *out)
             cols = cols.reshape(N, g, Cg * K, P)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
@@ -314,7 +313,7 @@ class _ConvPlan:
     def _epilogue(self, y, b, clip, z) -> bool:
         """Bias, residual and clip in one compiled pass over y (in place); False where that cannot run
         (no numba, other array modules, a dtype or z it does not take) or has nothing to do."""
-        jit = self.jit_epi
+        jit = self.jit
         if jit is None or (b is None and clip is None and z is None) or y.dtype != self.zero_bias.dtype:
             return False
         if z is not None and (z.shape != y.shape or z.dtype != y.dtype):
