@@ -1,5 +1,5 @@
-"""Shared by the tests of kernels that have a compiled loop: both paths as a parameter, and a spy
-that records which compiled loops a kernel called."""
+"""Shared by the tests of kernels that have a compiled loop: both paths as a parameter, a spy that
+records which compiled loops a kernel called, and the path a parametrized test runs on."""
 from __future__ import annotations
 
 import pytest
@@ -31,3 +31,28 @@ def spy_on(monkeypatch, module: str, used: set) -> None:
     """Make ``_jit.load(module)`` hand out a Spy recording into ``used``."""
     load = _jit.load
     monkeypatch.setattr(_jit, "load", lambda name: Spy(load(name), used) if name == module else load(name))
+
+
+class KernelPath:
+    """The path a test runs on: ``jit`` True, the compiled loops (those called are in ``used``), or
+    False, ``_jit.load`` answering None (the NumPy paths)."""
+
+    def __init__(self, jit: bool, used: set):
+        self.jit, self.used = jit, used
+
+    def expect(self, name: str, taken: bool = True) -> None:
+        """On the compiled path, assert whether loop ``name`` ran since the last check."""
+        if self.jit:
+            assert (name in self.used) == taken, f"compiled {name} {'not ' if taken else ''}taken: {self.used}"
+        self.used.clear()
+
+
+def choose_path(request, monkeypatch, module: str) -> KernelPath:
+    """For a fixture parametrized with JIT_PATHS: set up the path of ``request.param``, spying on
+    ``module``'s compiled loops."""
+    used: set = set()
+    if request.param:
+        spy_on(monkeypatch, module, used)
+    else:
+        monkeypatch.setattr(_jit, "load", lambda name: None)
+    return KernelPath(request.param, used)

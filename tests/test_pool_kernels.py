@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jit_paths import JIT_PATHS, spy_on
+from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import engineroom as ort
-from engineroom.providers.cpu import _jit
 
 RNG = np.random.default_rng(0)
 
@@ -19,17 +18,7 @@ RNG = np.random.default_rng(0)
 @pytest.fixture
 def path(request, monkeypatch):
     """param True: the compiled loops (``path.used`` names those that ran); False: the NumPy path."""
-    used: set = set()
-
-    class P:
-        jit = request.param
-
-    P.used = used
-    if request.param:
-        spy_on(monkeypatch, "pool", used)
-    else:
-        monkeypatch.setattr(_jit, "load", lambda name: None)
-    return P
+    return choose_path(request, monkeypatch, "pool")
 
 
 _DT = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.float16: TensorProto.FLOAT16}

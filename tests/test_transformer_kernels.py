@@ -7,12 +7,10 @@ import math
 import numpy as np
 import pytest
 import scipy.special as sp
-from jit_paths import JIT_PATHS, spy_on
+from jit_paths import JIT_PATHS, choose_path
 
-from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import registry
 
-_USED: set = set()
 _NUMPY_ONLY = ("test_softmax[13-2-", "test_layer_norm_broadcast_scale_and_float64",
                "test_skip_layer_norm_sum_output_and_broadcast_skip")
 
@@ -22,15 +20,10 @@ def path(request, monkeypatch):
     """Run the kernel with the compiled loops (param True) or with ``_jit.load`` answering None (the
     NumPy path). With the loops, the test must reach one unless it is in ``_NUMPY_ONLY`` (cases the
     compiled loops do not take)."""
-    if not request.param:
-        monkeypatch.setattr(_jit, "load", lambda name: None)
-        yield False
-        return
-    _USED.clear()
-    spy_on(monkeypatch, "transformer", _USED)
-    yield True
-    if not any(k in request.node.name for k in _NUMPY_ONLY):
-        assert _USED, "the compiled path was not taken"
+    p = choose_path(request, monkeypatch, "transformer")
+    yield p.jit
+    if p.jit and not any(k in request.node.name for k in _NUMPY_ONLY):
+        assert p.used, "the compiled path was not taken"
 
 
 class _Info:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jit_paths import JIT_PATHS, spy_on
+from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import engineroom as ort
-from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import _quick_gelu, _sigmoid
 
 RNG = np.random.default_rng(0)
@@ -20,22 +19,7 @@ RNG = np.random.default_rng(0)
 def path(request, monkeypatch):
     """param True: the compiled loops, and the test says which it expects to have run (``path.expect``);
     False: ``_jit.load`` answers None, the NumPy path."""
-    used: set = set()
-
-    class P:
-        jit = request.param
-
-        @staticmethod
-        def expect(name, taken=True):
-            if request.param:
-                assert (name in used) == taken, f"compiled {name} {'not ' if taken else ''}taken: {used}"
-            used.clear()
-
-    if request.param:
-        spy_on(monkeypatch, "vision", used)
-    else:
-        monkeypatch.setattr(_jit, "load", lambda name: None)
-    return P
+    return choose_path(request, monkeypatch, "vision")
 
 
 _DT = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.float16: TensorProto.FLOAT16}
