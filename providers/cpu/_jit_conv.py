@@ -110,6 +110,19 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
     x (N, C, H, W), w (M, KH, KW) with M = C * mult, b (M,), y (N, M, OH, OW) written in full;
     pt/pl are the leading pads (the trailing ones follow from y's size).
     """
+    # the common strides as literals: the inlined body then has no integer divisions by a runtime
+    # stride per row and tap (they cost more than the taps on 7x7 and 14x14 images)
+    if dh == 1 and dw == 1 and sh == 1 and sw == 1:
+        _depthwise2d(x, w, b, y, 1, 1, 1, 1, pt, pl, lo, hi)
+    elif dh == 1 and dw == 1 and sh == 2 and sw == 2:
+        _depthwise2d(x, w, b, y, 2, 2, 1, 1, pt, pl, lo, hi)
+    else:
+        _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi)
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
+def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
+    """depthwise2d's body, inlined once per stride case."""
     N, C, H, W = x.shape
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     mult = M // C
@@ -174,6 +187,17 @@ def im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cov
     """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = xpad[n, c, oh*sh + kh*dh, ow*sw + kw*dw]: the im2col
     matrix, each channel first padded and split into its stride phases once (as in depthwise2d), so
     every row of cols is one contiguous copy. x (N, C, H, W), cols (N, C*KH*KW, OH*OW)."""
+    if dh == 1 and dw == 1 and sh == 1 and sw == 1:      # literal strides, as in depthwise2d
+        _im2col2d(x, cols, KH, KW, 1, 1, 1, 1, pt, pl, OH, OW)
+    elif dh == 1 and dw == 1 and sh == 2 and sw == 2:
+        _im2col2d(x, cols, KH, KW, 2, 2, 1, 1, pt, pl, OH, OW)
+    else:
+        _im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW)
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
+def _im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cover (compiled)
+    """im2col2d's body, inlined once per stride case."""
     N, C, H, W = x.shape
     Hp, Wp, Qw, PL = _plane_geometry(OH, OW, KH, KW, sh, sw, dh, dw)
     planes = np.empty(sh * sw * PL, dtype=x.dtype)
