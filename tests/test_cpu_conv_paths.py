@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from jit_paths import JIT_PATHS
+from jit_paths import JIT_PATHS, spy_on
 
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.conv import _ConvPlan
@@ -46,7 +46,7 @@ def run_plan(x, w, b, pads, strides, dilations, group, winograd=True, jit=True, 
     if plan.depthwise:
         assert (plan.wd_jit is not None) == (_jit.available() and x.ndim == 4)
     if not jit:
-        plan.jit = plan.wd_jit = None
+        plan.jit = plan.wd_jit = plan.wino_jit = None
     return plan(x, b, clip, z)
 
 
@@ -75,10 +75,24 @@ def rand(*shape, dtype=np.float32):
 @pytest.mark.parametrize("C,M,H,W", [(16, 24, 40, 40), (16, 8, 20, 20), (32, 32, 13, 17), (8, 16, 9, 30),
                                      (64, 32, 7, 7)])
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (2, 1, 0, 3)])
-def test_winograd_shapes(C, M, H, W, pads):
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_winograd_shapes(C, M, H, W, pads, jit):
     x, w, b = rand(2, C, H, W), rand(M, C, 3, 3), rand(M)
-    check(x, w, b, pads=pads, rtol=3e-5)
-    check(x, w, None, pads=pads, rtol=3e-5)
+    check(x, w, b, pads=pads, rtol=3e-5, jit=jit)
+    check(x, w, None, pads=pads, rtol=3e-5, jit=jit)
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("H,m", [(40, 4), (20, 2)])
+def test_winograd_compiled_transforms_taken(monkeypatch, H, m):
+    """F(4,3) and F(2,3) run the compiled input and output transforms (bias, residual, clip inside)."""
+    used: set = set()
+    spy_on(monkeypatch, "winograd", used)
+    assert choose_tile(16, 16, (H, H)) == m
+    x, w, b = rand(1, 16, H, H), rand(16, 16, 3, 3), rand(16)
+    z = rand(1, 16, H, H)
+    check(x, w, b, rtol=3e-5, clip=(0.0, 6.0), z=z)
+    assert used == {"input_transform", "output_transform"}
 
 
 def test_winograd_tile_choice():

@@ -23,7 +23,7 @@ import numpy as np
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
-from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv
+from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv, winograd_conv_compiled
 
 # ---------------------------------------------------------------------------------------------
 # shared window helpers (also used by pool.py)
@@ -190,6 +190,8 @@ class _ConvPlan:
                 m = choose_tile(self.Cg, self.M, self.geometry(tuple(spatial))[2])
                 if m:
                     self.winograd_weights(m)
+        # its compiled transforms, which also apply FusedConv's bias, residual and clip
+        self.wino_jit = _jit.load("winograd") if self._w is not None and self.jit is not None else None
 
     def winograd_weights(self, m):
         ww = self._wino.get(m)
@@ -277,6 +279,12 @@ class _ConvPlan:
             return y, False
         if self._w is not None and cdt == np.dtype(np.float32):
             m = choose_tile(Cg, M, out)
+            if m and self.wino_jit is not None and (z is None or (z.shape == y.shape and z.dtype == y.dtype)):
+                lo, hi = clip if clip is not None else (-np.inf, np.inf)
+                bj = np.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
+                winograd_conv_compiled(self.wino_jit, self.winograd_weights(m), xc, pb, y, bj, z,
+                                       cdt.type(lo), cdt.type(hi))
+                return y, True
             if m:
                 winograd_conv(xp, self.winograd_weights(m), xc, pb, pe, out, y, bias)
                 return y, self._epilogue(y, None, clip, z)

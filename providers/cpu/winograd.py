@@ -13,6 +13,9 @@ quarter of the multiplications of im2col and F(2, 3) 4/9 of them. The weights ar
 4. ``Y = Aᵀ O A`` — the output transform the same way, then the tiles are laid out into the output
    (bias added in that same pass).
 
+With the compiled loops (``_jit_winograd``), steps 1-2 are one pass from x to V and step 4 one pass
+from O to the output that also adds the bias, a residual and a clip (:func:`winograd_conv_compiled`).
+
 F(4, 3) pays where an image has many tiles (the transformed weight is 4x the original and is read once
 per run); F(2, 3) for middling sizes; small images stay with im2col (:func:`choose_tile`). The
 rounding error stays near 1e-5 of the output's magnitude for F(4, 3) (points 0, ±1, ±2) and 1e-6 for
@@ -98,6 +101,24 @@ def winograd_conv(xp, ww: WinogradWeights, x, pb, pe, out, y, bias=None):
     Z = xp.matmul(O.reshape(a, a, X).transpose(0, 2, 1), ww.AT.T)       # (a, X, r2)
     Y = xp.matmul(ww.AT, Z.reshape(a, X * m))                           # (r1, X * r2)
     _untile(xp, Y.reshape(m, M, N, th, tw * m), y, m, th, ho, wo)
+    return y
+
+
+def winograd_conv_compiled(jit, ww: WinogradWeights, x, pb, y, b, z, lo, hi):
+    """y[...] = clip(conv3x3(x) + b (+ z), lo, hi) with the compiled transforms (``jit``: the loaded
+    ``_jit_winograd``): V straight from x, one batched matmul, the output straight into y.
+
+    x (N, C, H, W) float32 with leading pads ``pb``; y a fresh C-contiguous (N, M, ho, wo) float32 array;
+    b (M,) float32; z None or float32 of y's shape.
+    """
+    N, C = x.shape[0], x.shape[1]
+    m, a = ww.m, ww.alpha
+    th, tw = -(-y.shape[2] // m), -(-y.shape[3] // m)
+    V = np.empty((a * a, C, N * th * tw), dtype=np.float32)
+    jit.input_transform(np.ascontiguousarray(x), V, m, pb[0], pb[1], th, tw)
+    O = np.matmul(ww.U, V)                                              # (α², M, N·T)
+    zz = y if z is None else np.ascontiguousarray(z)                    # read only where z is given
+    jit.output_transform(O, y, b, zz, int(z is not None), lo, hi, m, th, tw)
     return y
 
 
