@@ -227,3 +227,92 @@ def test_sigmoid_used_elsewhere_or_mul_of_other_input_is_not_silu(tmp_path, case
     feed = {"x": RNG.standard_normal((2, 8)).astype(np.float32), "z": RNG.standard_normal((2, 8)).astype(np.float32)}
     ops = _check_same(m, feed, tmp_path)
     assert ops == [("", "Sigmoid"), ("", "Mul")]
+
+
+def _sdpa_model(kt_form: str, mask: bool, guard: bool, heads=4, d=8, batch=2, seq=5, softmax_axis=-1,
+                k4_shape_used=False):
+    """Scaled dot-product attention as PyTorch's exporter spells it: heads split by Reshape+Transpose,
+    Kᵀ by a Transpose or by the Reshape/Transpose/Reshape chain, both sides scaled by c = D**-0.25,
+    an additive mask, an IsNaN guard after the softmax, the heads merged back by Transpose+Reshape."""
+    hd = heads * d
+    c = np.array(d ** -0.25, np.float32)
+    inits = [("c", c), ("zero", np.array(0.0, np.float32)),
+             ("split", np.array([batch, seq, heads, d], np.int64)),
+             ("merge", np.array([batch, seq, hd], np.int64)),
+             ("flat", np.array([batch * heads, seq, d], np.int64)),
+             ("unflat", np.array([batch, heads, d, seq], np.int64))]
+    nodes = []
+    for t in ("q", "k", "v"):
+        nodes += [helper.make_node("Reshape", [t, "split"], [t + "_r"]),
+                  helper.make_node("Transpose", [t + "_r"], [t + "4"], perm=[0, 2, 1, 3])]
+    if kt_form == "transpose":
+        nodes.append(helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 1, 3, 2]))
+    else:
+        nodes += [helper.make_node("Reshape", ["k4", "flat"], ["k3"]),
+                  helper.make_node("Transpose", ["k3"], ["k3t"], perm=[0, 2, 1]),
+                  helper.make_node("Reshape", ["k3t", "unflat"], ["kt"])]
+    nodes += [helper.make_node("Mul", ["q4", "c"], ["qs"]), helper.make_node("Mul", ["kt", "c"], ["kts"]),
+              helper.make_node("MatMul", ["qs", "kts"], ["scores"])]
+    logits = "scores"
+    if mask:
+        nodes.append(helper.make_node("Add", ["scores", "mask"], ["logits"]))
+        logits = "logits"
+    nodes.append(helper.make_node("Softmax", [logits], ["p"], axis=softmax_axis))
+    probs = "p"
+    if guard:
+        nodes += [helper.make_node("IsNaN", ["p"], ["nan"]), helper.make_node("Where", ["nan", "zero", "p"], ["pg"])]
+        probs = "pg"
+    nodes += [helper.make_node("MatMul", [probs, "v4"], ["o4"]),
+              helper.make_node("Transpose", ["o4"], ["o"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["o", "merge"], ["y"])]
+    outs = [_f("y", None)]
+    if k4_shape_used:
+        nodes.append(helper.make_node("Shape", ["k4"], ["k4_shape"]))
+        outs.append(helper.make_tensor_value_info("k4_shape", TensorProto.INT64, None))
+    ins = [_f(t, [batch, seq, hd]) for t in ("q", "k", "v")] + ([_f("mask", [1, 1, seq, seq])] if mask else [])
+    return _model(nodes, ins, outs, inits, opset=17)
+
+
+def _sdpa_feed(mask: bool, batch=2, seq=5, hd=32):
+    feed = {t: RNG.standard_normal((batch, seq, hd)).astype(np.float32) for t in ("q", "k", "v")}
+    if mask:
+        m = np.where(np.tril(np.ones((seq, seq), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+        feed["mask"] = m[None, None]
+    return feed
+
+
+@pytest.mark.parametrize("kt_form", ["transpose", "reshapes"])
+@pytest.mark.parametrize("mask, guard", [(True, True), (False, False), (True, False)])
+def test_scaled_dot_product_attention_becomes_multi_head_attention(tmp_path, kt_form, mask, guard):
+    import onnxruntime
+
+    m = _sdpa_model(kt_form, mask, guard)
+    feed = _sdpa_feed(mask)
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    s, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, tmp_path)
+    assert ("com.microsoft", "MultiHeadAttention") in ops
+    assert not {op for _, op in ops} & {"Softmax", "MatMul", "Mul", "IsNaN", "Where", "Transpose"}
+    np.testing.assert_allclose(s.run(None, feed)[0], ref[0], rtol=1e-5, atol=1e-6)
+    # onnxruntime runs the optimized model too: the fused node is its contrib op, same numbers
+    opt = onnxruntime.InferenceSession(str(tmp_path / f"opt{int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)}.onnx"),
+                                       providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(opt.run(None, feed)[0], ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_keeps_what_the_rest_of_the_graph_reads(tmp_path):
+    """K's heads tensor also feeds a Shape: that Transpose stays, the rest fuses, both outputs right."""
+    import onnxruntime
+
+    m = _sdpa_model("reshapes", True, True, k4_shape_used=True)
+    feed = _sdpa_feed(True)
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    s, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, tmp_path)
+    assert ("com.microsoft", "MultiHeadAttention") in ops and ("", "Softmax") not in ops
+    got = s.run(None, feed)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_softmax_over_another_axis_is_not_attention(tmp_path):
+    ops = _check_same(_sdpa_model("transpose", True, True, softmax_axis=2), _sdpa_feed(True), tmp_path)
+    assert ("com.microsoft", "MultiHeadAttention") not in ops and ("", "Softmax") in ops

@@ -1,5 +1,6 @@
 """The CPU transformer kernels with a compiled (numba) path -- Gelu, BiasGelu, FastGelu, Softmax,
-LayerNormalization, SkipLayerNormalization -- against float64 math, on both the compiled and the NumPy path."""
+LayerNormalization, SkipLayerNormalization -- against float64 math, and MultiHeadAttention against
+onnxruntime's, on both the compiled and the NumPy path."""
 from __future__ import annotations
 
 import math
@@ -248,3 +249,90 @@ def test_skip_layer_norm_sum_output_and_broadcast_skip(path):
     ref_s = (x + bias) + skip
     np.testing.assert_array_equal(s, ref_s)
     np.testing.assert_allclose(y, layer_norm64(ref_s, gamma, None, -1, 1e-12)[0], rtol=1e-5, atol=2e-6)
+
+
+def _mha_model(B, Sq, Sk, H, D, bias=False, attn_bias=None, kpm=False, scale=None):
+    """One com.microsoft MultiHeadAttention node; attn_bias: the (batch, heads) dims of its bias or None."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    ins = [helper.make_tensor_value_info(n, f, [B, s, H * D]) for n, s in (("q", Sq), ("k", Sk), ("v", Sk))]
+    names = ["q", "k", "v", "", "", ""]
+    if bias:
+        ins.append(helper.make_tensor_value_info("bias", f, [3 * H * D]))
+        names[3] = "bias"
+    if kpm:
+        ins.append(helper.make_tensor_value_info("kpm", TensorProto.INT32, [B, Sk]))
+        names[4] = "kpm"
+    if attn_bias is not None:
+        ins.append(helper.make_tensor_value_info("ab", f, [*attn_bias, Sq, Sk]))
+        names[5] = "ab"
+    while not names[-1]:
+        names.pop()
+    attrs = {"num_heads": H} | ({"scale": scale} if scale else {})
+    node = helper.make_node("MultiHeadAttention", names, ["y"], domain="com.microsoft", **attrs)
+    g = helper.make_graph([node], "mha", ins, [helper.make_tensor_value_info("y", f, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _mha_feed(model, rng):
+    feed = {}
+    for i in model.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        feed[i.name] = rng.integers(0, 2, shape).astype(np.int32) if i.name == "kpm" else \
+            rng.standard_normal(shape).astype(np.float32)
+    if "kpm" in feed:
+        feed["kpm"][:, 0] = 1           # every query keeps a key
+    return feed
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+@pytest.mark.parametrize("case", [dict(B=2, Sq=5, Sk=7, H=2, D=4, bias=True, attn_bias=(2, 2)),
+                                  dict(B=1, Sq=16, Sk=16, H=4, D=8, attn_bias=(1, 1)),
+                                  dict(B=2, Sq=3, Sk=6, H=2, D=4, kpm=True, scale=0.3),
+                                  dict(B=2, Sq=9, Sk=6, H=3, D=5, bias=True, kpm=True, attn_bias=(1, 3))],
+                         ids=["bias", "broadcast-bias", "key-padding", "all"])
+def test_multi_head_attention_vs_onnxruntime(path, case):
+    import onnxruntime
+
+    import engineroom as ort
+
+    m = _mha_model(**case)
+    feed = _mha_feed(m, np.random.default_rng(1))
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
+def test_multi_head_attention_fully_masked_row_is_zero(path):
+    """A query row whose every key is masked with -inf gives zeros, not NaN; other rows as in float64."""
+    import engineroom as ort
+
+    m = _mha_model(1, 4, 6, 2, 4, attn_bias=(1, 1))
+    feed = _mha_feed(m, np.random.default_rng(2))
+    feed["ab"][0, 0, 2, :] = -np.inf
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    q, k, v = (feed[n].astype(np.float64).reshape(1, -1, 2, 4).transpose(0, 2, 1, 3) for n in "qkv")
+    logits = q @ k.transpose(0, 1, 3, 2) / 2.0 + feed["ab"].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        ref = ((p / p.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(1, 4, 8)
+    np.testing.assert_array_equal(got[0, 2], np.zeros(8, np.float32))
+    keep = [0, 1, 3]
+    np.testing.assert_allclose(got[0, keep], ref[0, keep], rtol=1e-5, atol=1e-6)
+
+
+def test_multi_head_attention_bad_input_names_the_shapes():
+    import engineroom as ort
+
+    m = _mha_model(1, 4, 6, 2, 4, attn_bias=(1, 1))
+    feed = _mha_feed(m, np.random.default_rng(3))
+    for d, sym in zip(m.graph.input[3].type.tensor_type.shape.dim[2:], ("s", "t")):
+        d.dim_param = sym                   # the kernel checks the bias's size, not the session's input check
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    bad = dict(feed, ab=np.zeros((1, 1, 4, 5), np.float32))
+    with pytest.raises(Exception, match=r"attention_bias has shape \(1, 1, 4, 5\)"):
+        s.run(None, bad)
+    assert s.run(None, feed)[0].shape == (1, 4, 8)          # the session still works

@@ -11,6 +11,8 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - [Add(x, constant bias) +] Add(·, skip of the same shape) + LayerNormalization over the last axis, the
   sum used by nothing else → ``SkipLayerNormalization`` (BERT's residual blocks: one pass, not three)
 - Mul(x, Sigmoid(x)), i.e. SiLU / Swish → ``QuickGelu`` with alpha = 1
+- scaled dot-product attention over (B, S, heads·D) projections → ``MultiHeadAttention``
+  (attention_fusion.py)
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
+from engineroom.optimizer.attention_fusion import fuse_attention
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.views import node_view
 
@@ -107,6 +110,7 @@ def _fuse_more(f: "Fuser") -> dict[str, int]:
     done = {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
     done["SkipLayerNormalization"] = _skip_layer_norm(f)     # after _layer_norm: fuses what that made too
     done["QuickGelu"] = _silu(f)
+    done["MultiHeadAttention"] = fuse_attention(f)
     return done
 
 

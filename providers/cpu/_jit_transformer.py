@@ -1,5 +1,6 @@
 """Compiled (numba) loops for the transformer kernels: Gelu / BiasGelu (exact, erf), FastGelu,
-Softmax and LayerNormalization over the last axis, float32 only.
+Softmax and LayerNormalization over the last axis, and MultiHeadAttention's scaled, biased softmax,
+float32 only.
 
 NumPy runs each of these as 10-25 whole-array passes (a rational erf alone is ~20); here every element
 is read once and written once, with the bias add, the nonlinearity and the row statistics in one loop
@@ -233,6 +234,37 @@ def softmax(x, y):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
+def attention_softmax(s, bias, heads, scale):  # pragma: no cover (compiled)
+    """In place, per row of the scores s (B*heads, Sq, Sk): softmax(s * scale + bias), a row whose
+    logits are all -inf giving zeros. bias (Bb, Hb, Sq, Sk) with Bb in (1, B), Hb in (1, heads)
+    broadcast over batch and heads; a (0, 0, 0, 0) bias for none."""
+    N, Sq, Sk = s.shape
+    Bb, Hb = bias.shape[0], bias.shape[1]
+    for n in range(N):
+        b = n // heads
+        h = n % heads
+        for i in range(Sq):
+            row = s[n, i]
+            if Bb > 0:
+                br = bias[b if Bb > 1 else 0, h if Hb > 1 else 0, i]
+                for j in range(Sk):
+                    row[j] = row[j] * scale + br[j]
+            else:
+                for j in range(Sk):
+                    row[j] = row[j] * scale
+            m = _row_max(row)
+            if m == -np.inf:
+                for j in range(Sk):
+                    row[j] = F0
+                continue
+            for j in range(Sk):
+                row[j] = _exp(row[j] - m)
+            t = _row_sum(row)
+            for j in range(Sk):
+                row[j] = row[j] / t
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
 def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled)
     """y[r] = (x[r] - mean) / sqrt(var + eps) * scale + bias, with the two-pass variance; mean[r] and
     inv[r] = 1 / sqrt(var + eps) are written too. x, y (R, H) C-contiguous float32, scale and bias (H,)
@@ -289,6 +321,7 @@ AOT = {
     "gelu": ("A2 A1 A2", ("f4",)),
     "fast_gelu": ("A2 A1 A2", ("f4",)),
     "softmax": ("A2 A2", ("f4",)),
+    "attention_softmax": ("A3 A4 i s", ("f4",)),
     "layer_norm": ("A2 A1 A1 s A2 A1 A1", ("f4",)),
     "skip_layer_norm": ("A2 A2 A1 A1 A1 s A2 A1 A1", ("f4",)),
 }

@@ -1,6 +1,6 @@
 """Fused transformer kernels the level-2 optimizer may use (onnxruntime's contrib names, domain
-com.microsoft): BiasGelu = Gelu(x + bias), FastGelu = Gelu-tanh(x + bias) and SkipLayerNormalization
-= LayerNormalization(x + bias + skip).
+com.microsoft): BiasGelu = Gelu(x + bias), FastGelu = Gelu-tanh(x + bias), SkipLayerNormalization
+= LayerNormalization(x + bias + skip) and MultiHeadAttention.
 
 For float32 on NumPy with numba installed each runs as one compiled pass (``_jit_transformer``): the
 adds and the Gelu or the normalization in the same loop. Otherwise BiasGelu adds the bias into a fresh buffer that the
@@ -14,6 +14,7 @@ from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import gelu_compiled
 from engineroom.providers.cpu.norm import _normalize
 from engineroom.providers.cpu.registry import kernel, registry
+from engineroom.providers.cpu.softmax import softmax_array
 
 MS = "com.microsoft"
 _F32 = np.dtype(np.float32)
@@ -112,5 +113,81 @@ def skip_layer_normalization(info):
                             none if beta is None else np.ascontiguousarray(beta), np.float32(eps),
                             y.reshape(R, h), mean.reshape(R), inv.reshape(R))
         return (y, mean, inv)[:n_out]
+
+    return run
+
+
+@kernel("MultiHeadAttention", domain=MS, since=1, types=(np.float32, np.float64))
+def multi_head_attention(info):
+    """softmax(Q Kᵀ · scale + attention_bias [+ key padding]) V per head, for 3-D query, key and value
+    (B, S, heads·D): the heads are strided views, never transposed copies of the activations, and
+    the output is written straight into (B, S, heads·Dv). A query row whose logits are all -inf gives
+    zeros (as the ONNX Attention op and PyTorch's exported SDPA guard do), not NaN.
+
+    Inputs: query, key, value, bias (the packed Q/K/V projection bias), key_padding_mask ((B, Sk):
+    0 masks the key with ``mask_filter_value``) and attention_bias ((B|1, heads|1, Sq, Sk)). The
+    key/value cache inputs and ``unidirectional`` are not supported.
+    """
+    xp = info.xp
+    a = info.attrs
+    if "num_heads" not in a:
+        raise ValueError("MultiHeadAttention: the num_heads attribute is required")
+    heads = int(a["num_heads"])
+    scale_attr = float(a.get("scale", 0.0) or 0.0)
+    mask_filter = float(a.get("mask_filter_value", -10000.0))
+    if int(a.get("unidirectional", 0)):
+        raise NotImplementedError("MultiHeadAttention: unidirectional=1 is not supported by the CPU provider")
+    if any(n for n in info.input_names[6:]) or any(n for n in info.output_names[1:]):
+        raise NotImplementedError("MultiHeadAttention: the past/present key-value inputs and outputs are not "
+                                  "supported by the CPU provider")
+    jit = _jit.load("transformer") if xp is np else None
+    no_bias = np.zeros((0, 0, 0, 0), np.float32)
+
+    def run(q, k, v, bias=None, key_padding_mask=None, attention_bias=None, *_):
+        if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+            raise ValueError(f"MultiHeadAttention: query, key and value must be 3-D (B, S, heads*D), got shapes "
+                             f"{q.shape}, {k.shape}, {v.shape} (packed forms are not supported)")
+        B, Sq, HD = q.shape
+        Sk, HDv = k.shape[1], v.shape[2]
+        if k.shape[0] != B or v.shape[0] != B or k.shape[2] != HD or v.shape[1] != Sk or HD % heads or HDv % heads:
+            raise ValueError(f"MultiHeadAttention: query {q.shape}, key {k.shape} and value {v.shape} do not fit "
+                             f"num_heads={heads}")
+        dt = q.dtype
+        if bias is not None:
+            if bias.shape != (2 * HD + HDv,):
+                raise ValueError(f"MultiHeadAttention: bias has shape {bias.shape}, expected ({2 * HD + HDv},)")
+            q, k, v = q + bias[:HD], k + bias[HD:2 * HD], v + bias[2 * HD:]
+        D, Dv = HD // heads, HDv // heads
+        scale = scale_attr or 1.0 / np.sqrt(D)
+        # per head, strided views of Q and Kᵀ go to BLAS as they are (copies measured slower)
+        s = xp.matmul(q.reshape(B, Sq, heads, D).transpose(0, 2, 1, 3),
+                      k.reshape(B, Sk, heads, D).transpose(0, 2, 3, 1))          # (B, H, Sq, Sk)
+        add = None
+        if attention_bias is not None:
+            if attention_bias.ndim != 4 or attention_bias.shape[0] not in (1, B) or \
+                    attention_bias.shape[1] not in (1, heads) or attention_bias.shape[2:] != (Sq, Sk):
+                raise ValueError(f"MultiHeadAttention: attention_bias has shape {attention_bias.shape}, expected "
+                                 f"(1 or {B}, 1 or {heads}, {Sq}, {Sk})")
+            add = attention_bias.astype(dt, copy=False)
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (B, Sk):
+                raise NotImplementedError(f"MultiHeadAttention: key_padding_mask of shape {key_padding_mask.shape}"
+                                          f" (only (batch, kv_sequence_length) is supported)")
+            pad = xp.where(key_padding_mask == 0, dt.type(mask_filter), dt.type(0)).reshape(B, 1, 1, Sk)
+            add = xp.broadcast_to(pad, (B, 1, Sq, Sk)) if add is None else add + pad
+        if jit is not None and dt == _F32:
+            jit.attention_softmax(s.reshape(B * heads, Sq, Sk),
+                                  no_bias if add is None else np.ascontiguousarray(add, dtype=_F32),
+                                  heads, np.float32(scale))
+            p = s
+        else:
+            s *= dt.type(scale)
+            if add is not None:
+                s += add
+            p = softmax_array(xp, s, -1, None, zero_dead_rows=True)
+        out = xp.empty((B, Sq, HDv), dtype=dt)
+        xp.matmul(p, v.reshape(B, Sk, heads, Dv).transpose(0, 2, 1, 3),
+                  out=out.reshape(B, Sq, heads, Dv).transpose(0, 2, 1, 3))
+        return (out,)
 
     return run
