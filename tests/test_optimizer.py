@@ -316,3 +316,56 @@ def test_attention_keeps_what_the_rest_of_the_graph_reads(tmp_path):
 def test_softmax_over_another_axis_is_not_attention(tmp_path):
     ops = _check_same(_sdpa_model("transpose", True, True, softmax_axis=2), _sdpa_feed(True), tmp_path)
     assert ("com.microsoft", "MultiHeadAttention") not in ops and ("", "Softmax") in ops
+
+
+def _upsample_conv_model(ctm="asymmetric", nearest="floor", by="scales", bias=True, scale=2.0, conv_pads=(1, 1, 1, 1),
+                         strides=(1, 1), shape=(2, 6, 5, 7)):
+    c_out = 4
+    inits = [("w", RNG.standard_normal((c_out, shape[1], 3, 3)).astype(np.float32))]
+    if bias:
+        inits.append(("b", RNG.standard_normal(c_out).astype(np.float32)))
+    if by == "scales":
+        inits.append(("sc", np.array([1, 1, scale, scale], np.float32)))
+        rs_in = ["x", "", "sc"]
+    else:
+        inits.append(("sz", np.array([shape[0], shape[1], int(shape[2] * scale), int(shape[3] * scale)], np.int64)))
+        rs_in = ["x", "", "", "sz"]
+    nodes = [helper.make_node("Resize", rs_in, ["u"], mode="nearest", coordinate_transformation_mode=ctm,
+                              nearest_mode=nearest),
+             helper.make_node("Conv", ["u", "w"] + (["b"] if bias else []), ["y"], pads=list(conv_pads),
+                              strides=list(strides))]
+    return _model(nodes, [_f("x", list(shape))], [_f("y", None)], inits, opset=17)
+
+
+@pytest.mark.parametrize("ctm, nearest, by, bias", [("asymmetric", "floor", "scales", True),
+                                                    ("asymmetric", "round_prefer_floor", "sizes", False),
+                                                    ("half_pixel", "round_prefer_floor", "scales", True),
+                                                    ("pytorch_half_pixel", "round_prefer_ceil", "sizes", True)])
+def test_nearest_upsample_then_conv3x3_becomes_conv_transpose(tmp_path, ctm, nearest, by, bias):
+    import onnxruntime
+
+    m = _upsample_conv_model(ctm, nearest, by, bias)
+    feed = {"x": RNG.standard_normal((2, 6, 5, 7)).astype(np.float32)}
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    s, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, tmp_path)
+    assert ops == [("", "ConvTranspose")]
+    got = s.run(None, feed)[0]
+    assert got.shape == ref.shape == (2, 4, 10, 14)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    opt = onnxruntime.InferenceSession(str(tmp_path / f"opt{int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)}.onnx"),
+                                       providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(opt.run(None, feed)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [dict(ctm="align_corners"), dict(nearest="ceil"), dict(scale=3.0),
+                                  dict(conv_pads=(0, 0, 0, 0)), dict(strides=(2, 2))])
+def test_other_upsample_conv_pairs_stay(tmp_path, case):
+    """Other coordinate maps, scales or conv geometries are not the ConvTranspose; numbers unchanged."""
+    import onnxruntime
+
+    m = _upsample_conv_model(**case)
+    feed = {"x": RNG.standard_normal((2, 6, 5, 7)).astype(np.float32)}
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    s, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, tmp_path)
+    assert ("", "ConvTranspose") not in ops and ("", "Resize") in ops
+    np.testing.assert_allclose(s.run(None, feed)[0], ref, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - Mul(x, Sigmoid(x)), i.e. SiLU / Swish → ``QuickGelu`` with alpha = 1
 - scaled dot-product attention over (B, S, heads·D) projections → ``MultiHeadAttention``
   (attention_fusion.py)
+- a 2x nearest upsample + 3x3 Conv → one ONNX ``ConvTranspose`` over the small image (upsample_conv.py)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import onnx_ir as ir
 
 from engineroom.optimizer.attention_fusion import fuse_attention
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
+from engineroom.optimizer.upsample_conv import fuse_upsample_conv
 from engineroom.views import node_view
 
 MS = "com.microsoft"
@@ -370,6 +372,7 @@ def _match_tanh_gelu(tanh: ir.Node):
 
 def fuse(model: ir.Model, owner: Callable[[ir.Node], object]) -> dict[str, int]:
     f = Fuser(model, owner)
-    done = {"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
+    done = {"ConvTranspose": fuse_upsample_conv(f)}          # before FusedConv takes the Conv
+    done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
     done.update(_fuse_more(f))
     return done

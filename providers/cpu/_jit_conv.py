@@ -17,6 +17,9 @@ import numpy as np
 from numba import njit
 
 
+_STRIP = 6144      # floats of stride-phase planes per depthwise strip: 24 KB, inside L1 with the strip's output
+
+
 @njit(nogil=True, boundscheck=False, inline="always")
 def _tap_start(a, e, sh, sw, PL, Qw):  # pragma: no cover (compiled)
     """Where the tap reading padded offsets (a, e) starts in the stride-phase planes."""
@@ -75,11 +78,9 @@ def _fill_planes(xc, planes, pt, pl, sh, sw, Hp, Wp, PL, Qw):  # pragma: no cove
     """One channel xc (H, W), zero-padded (leading pads pt, pl; Hp x Wp in all), split into its sh*sw
     stride phases of Qw columns each: plane (rh, rw)[q, k] = xpad[q*sh + rh, k*sw + rw]."""
     H, W = xc.shape
-    planes[:] = 0
-    for i in range(H):
+    planes[:sh * sw * PL] = 0
+    for i in range(max(0, -pt), min(H, Hp - pt)):
         r = i + pt
-        if r < 0 or r >= Hp:
-            continue
         xr = xc[i]
         rb = ((r % sh) * sw) * PL + (r // sh) * Qw
         j1 = min(W, Wp - pl)
@@ -122,39 +123,45 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
 
 @njit(nogil=True, boundscheck=False, inline="always")
 def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
-    """depthwise2d's body, inlined once per stride case."""
+    """depthwise2d's body, inlined once per stride case. Each channel goes in strips of output rows
+    whose planes fit in L1 (a whole 112x112 channel's planes are 50 KB: the nine taps then read L2)."""
     N, C, H, W = x.shape
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     mult = M // C
     KH, KW = w.shape[1], w.shape[2]
-    Hp, Wp, Qw, PL = _plane_geometry(OH, OW, KH, KW, sh, sw, dh, dw)
-    L = (OH - 1) * Qw + OW                        # the output at the phase pitch, cropped at the end
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    rs = max(1, min(OH, (_STRIP - ((KH - 1) * dh + 1) * Wp) // (sh * Wp) + 1))   # output rows per strip
+    Hp, Wp, Qw, PL = _plane_geometry(rs, OW, KH, KW, sh, sw, dh, dw)
     planes = np.empty(sh * sw * PL, dtype=x.dtype)
-    acc = np.empty(L, dtype=x.dtype)
+    acc = np.empty((rs - 1) * Qw + OW, dtype=x.dtype)
     for no in range(N * M):
         n = no // M
         o = no % M
-        _fill_planes(x[n, o // mult], planes, pt, pl, sh, sw, Hp, Wp, PL, Qw)
         bo = b[o]
-        if KH == 3 and KW == 3:
-            _taps3x3(planes, w[o], acc, bo, sh, sw, dh, dw, PL, Qw, L)
-        else:
-            for p in range(L):
-                acc[p] = bo
-            for kh in range(KH):
-                a = kh * dh
-                for kw in range(KW):
-                    s0 = _tap_start(a, kw * dw, sh, sw, PL, Qw)
-                    src = planes[s0:s0 + L]
-                    wv = w[o, kh, kw]
-                    for p in range(L):        # contiguous slices: vectorized
-                        acc[p] += wv * src[p]
         yo = y[n, o]
-        for oh in range(OH):
-            yr = yo[oh]
-            ar = acc[oh * Qw:oh * Qw + OW]
-            for ow in range(OW):
-                yr[ow] = min(max(ar[ow], lo), hi)
+        for r0 in range(0, OH, rs):
+            ns = min(rs, OH - r0)
+            Hs, _, _, PLs = _plane_geometry(ns, OW, KH, KW, sh, sw, dh, dw)
+            L = (ns - 1) * Qw + OW                # the strip's output at the phase pitch, cropped at the end
+            _fill_planes(x[n, o // mult], planes, pt - r0 * sh, pl, sh, sw, Hs, Wp, PLs, Qw)
+            if KH == 3 and KW == 3:
+                _taps3x3(planes, w[o], acc, bo, sh, sw, dh, dw, PLs, Qw, L)
+            else:
+                for p in range(L):
+                    acc[p] = bo
+                for kh in range(KH):
+                    a = kh * dh
+                    for kw in range(KW):
+                        s0 = _tap_start(a, kw * dw, sh, sw, PLs, Qw)
+                        src = planes[s0:s0 + L]
+                        wv = w[o, kh, kw]
+                        for p in range(L):        # contiguous slices: vectorized
+                            acc[p] += wv * src[p]
+            for oh in range(ns):
+                yr = yo[r0 + oh]
+                ar = acc[oh * Qw:oh * Qw + OW]
+                for ow in range(OW):
+                    yr[ow] = min(max(ar[ow], lo), hi)
 
 
 @njit(nogil=True, boundscheck=False)
