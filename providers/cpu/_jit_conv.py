@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
 _STRIP = 6144      # floats of stride-phase planes per depthwise strip: 24 KB, inside L1 with the strip's output
 
 
