@@ -10,6 +10,8 @@ Reducing over a zero-length axis yields the reduction's identity (0 for sums, 1 
 """
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 
@@ -57,6 +59,14 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
             tuple(d for i, d in enumerate(x.shape) if i not in axes)
         return xp.full(shape, _empty_identity(kind, dtype), dtype=dtype)
+    if kind in ("sum", "mean", "max", "min") and dtype.kind == "f" and dtype not in _LOW_FLOATS and \
+            x.size and axes and axes == tuple(range(x.ndim - len(axes), x.ndim)) and x.flags.c_contiguous:
+        # trailing axes of a C-contiguous tensor (global pooling): one contiguous row per output,
+        # which NumPy sums pairwise in one inner loop instead of iterating the axes one by one
+        lead = x.shape[:x.ndim - len(axes)]
+        rows = x.reshape(math.prod(lead), -1)
+        r = getattr(rows, kind)(axis=1)
+        return r.reshape(lead + (1,) * len(axes) if keepdims else lead)
     if kind in ("max", "min"):
         r = (xp.max if kind == "max" else xp.min)(x, axis=axes, keepdims=keepdims)
         return xp.asarray(r, dtype=dtype)
