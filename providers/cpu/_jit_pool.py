@@ -144,14 +144,25 @@ def maxpool2d(x, y, kh, kw, sh, sw, dh, dw, pt, pl):  # pragma: no cover (compil
     """y[n, c, oh, ow] = max over the window of x padded with -inf (NaN wins); x (N, C, H, W),
     y (N, C, OH, OW) written in full; pt/pl are the leading pads (the trailing ones and ceil_mode's
     overhang follow from y's size)."""
-    _pool2d(x, y, y[0, 0], kh, kw, sh, sw, dh, dw, pt, pl, True)
+    # the common strides as literals: no integer division by a runtime stride per row (as _jit_conv)
+    if sh == 2 and sw == 2 and dh == 1 and dw == 1:
+        _pool2d(x, y, y[0, 0], kh, kw, 2, 2, 1, 1, pt, pl, True)
+    elif sh == 1 and sw == 1 and dh == 1 and dw == 1:
+        _pool2d(x, y, y[0, 0], kh, kw, 1, 1, 1, 1, pt, pl, True)
+    else:
+        _pool2d(x, y, y[0, 0], kh, kw, sh, sw, dh, dw, pt, pl, True)
 
 
 @njit(nogil=True, boundscheck=False)
 def avgpool2d(x, y, inv, kh, kw, sh, sw, dh, dw, pt, pl):  # pragma: no cover (compiled)
     """y[n, c, oh, ow] = inv[oh, ow] * the sum over the window of x padded with zeros (inv: the
     reciprocal divisor per output position, count_include_pad already decided by the caller)."""
-    _pool2d(x, y, inv, kh, kw, sh, sw, dh, dw, pt, pl, False)
+    if sh == 2 and sw == 2 and dh == 1 and dw == 1:
+        _pool2d(x, y, inv, kh, kw, 2, 2, 1, 1, pt, pl, False)
+    elif sh == 1 and sw == 1 and dh == 1 and dw == 1:
+        _pool2d(x, y, inv, kh, kw, 1, 1, 1, 1, pt, pl, False)
+    else:
+        _pool2d(x, y, inv, kh, kw, sh, sw, dh, dw, pt, pl, False)
 
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
