@@ -125,6 +125,16 @@ def test_depthwise(C, H, W, strides, pads, batch, jit):
     check(x, w, None, pads=pads, strides=strides, group=C, jit=jit)
 
 
+@pytest.mark.parametrize("H,W", [(50, 300), (61, 131), (130, 90)])
+@pytest.mark.parametrize("strides,pads", [((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)), ((2, 1), (0, 2, 1, 0))])
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_depthwise_in_strips(H, W, strides, pads, jit):
+    """Images whose stride-phase planes exceed the compiled loop's strip size: several strips of rows,
+    the last one shorter, each with its own share of the top and bottom padding."""
+    x, w, b = rand(2, 3, H, W), rand(6, 1, 3, 3), rand(6)
+    check(x, w, b, pads=pads, strides=strides, group=3, jit=jit, clip=(-0.5, 2.0))
+
+
 @pytest.mark.parametrize("dilations", [(2, 2), (1, 3)])
 @pytest.mark.parametrize("jit", JIT_PATHS)
 def test_depthwise_dilated(dilations, jit):
