@@ -318,6 +318,15 @@ def test_softmax_over_another_axis_is_not_attention(tmp_path):
     assert ("com.microsoft", "MultiHeadAttention") not in ops and ("", "Softmax") in ops
 
 
+def test_softmax_before_opset_13_without_axis_is_not_attention(tmp_path):
+    """Opset 11's Softmax defaults to axis 1 (the last three axes flattened): not the attention softmax."""
+    m = _sdpa_model("transpose", True, False)
+    del m.graph.node[[n.op_type for n in m.graph.node].index("Softmax")].attribute[:]
+    m.opset_import[0].version = 11
+    ops = _check_same(m, _sdpa_feed(True), tmp_path)
+    assert ("com.microsoft", "MultiHeadAttention") not in ops and ("", "Softmax") in ops
+
+
 def _upsample_conv_model(ctm="asymmetric", nearest="floor", by="scales", bias=True, scale=2.0, conv_pads=(1, 1, 1, 1),
                          strides=(1, 1), shape=(2, 6, 5, 7)):
     c_out = 4

@@ -31,10 +31,10 @@ def fuse_attention(f) -> int:
     for sm in list(f.graph):
         if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx") or sm.graph is None:
             continue
-        got = _match(sm)
+        got = _match(sm, f.opsets.get("", 1))
         if got is None:
             continue
-        ins, heads, scale, nodes, out, reshape = got
+        ins, heads, scale, nodes, out = got
         fused = ir.Node(MS, "MultiHeadAttention", ins,
                         [ir.AttrInt64("num_heads", heads), ir.AttrFloat32("scale", scale)],
                         num_outputs=1, name=(sm.name or "") + "_mha")
@@ -51,11 +51,12 @@ def fuse_attention(f) -> int:
     return n
 
 
-def _match(sm: ir.Node):
-    """(inputs of the fused node, heads, scale, pattern nodes, the 4-D output it replaces, its Reshape)."""
+def _match(sm: ir.Node, opset: int):
+    """(inputs of the fused node, heads, scale, pattern nodes, the 4-D output it replaces)."""
     axis = sm.attributes.get("axis")
+    axis = axis.value if axis is not None else (-1 if opset >= 13 else 1)     # before 13: 2-D from axis 1
     x = sm.inputs[0]
-    if x is None or x.shape is None or len(x.shape) != 4 or (axis is not None and axis.value not in (-1, 3)):
+    if x is None or x.shape is None or len(x.shape) != 4 or axis not in (-1, 3):
         return None
     nodes = [sm]
     scores, mask = x, None
@@ -74,6 +75,8 @@ def _match(sm: ir.Node):
     q4, c_q, q_nodes = _unscaled(mm1.inputs[0])
     kt, c_k, k_nodes = _unscaled(mm1.inputs[1])
     scale *= c_q * c_k
+    if scale == 0.0:            # the op's scale 0 means its default, 1/sqrt(D)
+        return None
     nodes += q_nodes + k_nodes
     q = _heads(q4)
     k = _keys_transposed(kt)
@@ -110,7 +113,7 @@ def _match(sm: ir.Node):
     if not _same_dims(q3.shape[0], k3.shape[0]) or not _same_dims(k3.shape[0], v3.shape[0]) \
             or not _same_dims(k3.shape[1], v3.shape[1]) or not _mask_fits(mask, q3, k3, heads):
         return None
-    return [q3, k3, v3, None, None, mask] if mask is not None else [q3, k3, v3], heads, scale, nodes, out, reshape
+    return [q3, k3, v3, None, None, mask] if mask is not None else [q3, k3, v3], heads, scale, nodes, out
 
 
 def _scores_root(v: ir.Value):
