@@ -153,8 +153,9 @@ class InferenceSession:
         self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
         if int(so.graph_optimization_level) >= 1:
             optimize_basic(self._model, self._cpu_for_folding())
-        self._outputs = list(self._model.graph.outputs)
         self._plan = self._build_plan()
+        # after the level-2 fusions, which replace the values of the outputs they rewrite
+        self._outputs = list(self._model.graph.outputs)
         self._variants: dict[tuple, Plan] = {}   # plans whose outputs end on devices (IOBinding)
         if so.optimized_model_filepath:
             ir.save(self._model, so.optimized_model_filepath)

@@ -378,3 +378,21 @@ def test_other_upsample_conv_pairs_stay(tmp_path, case):
     s, ops = _ops_after(m, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, tmp_path)
     assert ("", "ConvTranspose") not in ops and ("", "Resize") in ops
     np.testing.assert_allclose(s.run(None, feed)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+_LEVELS = ort.GraphOptimizationLevel
+
+
+@pytest.mark.parametrize("level", [_LEVELS.ORT_DISABLE_ALL, _LEVELS.ORT_ENABLE_BASIC, _LEVELS.ORT_ENABLE_EXTENDED,
+                                   _LEVELS.ORT_ENABLE_ALL])
+def test_outputs_a_fusion_rewrites_keep_their_names_types_and_shapes(level):
+    """get_outputs() after a fusion replaced the value of a graph output (here the LayerNormalization that
+    becomes SkipLayerNormalization): as onnxruntime reports it, at every level."""
+    import onnxruntime
+
+    m = _residual_ln_model(True, False)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    got = [(o.name, o.type, o.shape) for o in ort.InferenceSession(m, so).get_outputs()]
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).get_outputs()
+    assert got == [(o.name, o.type, o.shape) for o in ref]
