@@ -221,7 +221,8 @@ def test_layer_norm_broadcast_scale_and_float64(path):
 
 
 @pytest.mark.parametrize("path", JIT_PATHS, indirect=True)
-@pytest.mark.parametrize("with_bias,with_beta,n_out", [(True, True, 1), (False, True, 3), (True, False, 1)])
+@pytest.mark.parametrize("with_bias,with_beta,n_out", [(True, True, 1), (False, True, 3), (True, False, 1),
+                                                     (True, True, 4), (False, False, 4)])
 def test_skip_layer_norm(path, with_bias, with_beta, n_out):
     x = (RNG.standard_normal((2, 7, 64)) + 2).astype(np.float32)
     skip = RNG.standard_normal(x.shape).astype(np.float32)
@@ -234,9 +235,11 @@ def test_skip_layer_norm(path, with_bias, with_beta, n_out):
     ry, rmean, rinv = layer_norm64(s, gamma, beta if with_beta else None, -1, 1e-6)
     np.testing.assert_allclose(out[0], ry, rtol=1e-5, atol=2e-6)
     assert out[0].dtype == np.float32
-    if n_out == 3:
+    if n_out >= 3:
         np.testing.assert_allclose(out[1], rmean, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(out[2], rinv, rtol=1e-5)
+    if n_out == 4:                                            # input + skip + bias, rounded as the Adds were
+        np.testing.assert_array_equal(out[3], s)
 
 
 @pytest.mark.parametrize("path", JIT_PATHS, indirect=True)

@@ -8,8 +8,9 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - MatMul(2-D, constant) + Add(constant bias) → ONNX ``Gemm``
 - the decomposed layer norm (ReduceMean, Sub, Pow/Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β)
   → ONNX ``LayerNormalization`` (opset ≥ 17)
-- [Add(x, constant bias) +] Add(·, skip of the same shape) + LayerNormalization over the last axis, the
-  sum used by nothing else → ``SkipLayerNormalization`` (BERT's residual blocks: one pass, not three)
+- [Add(x, constant bias) +] Add(·, skip of the same shape) + LayerNormalization over the last axis →
+  ``SkipLayerNormalization`` (BERT's residual blocks: one pass, not three); where the sum is read
+  elsewhere too (GPT-2's residual stream), from the fused op's 4th output
 - Mul(x, Sigmoid(x)), i.e. SiLU / Swish → ``QuickGelu`` with alpha = 1
 - scaled dot-product attention over (B, S, heads·D) projections → ``MultiHeadAttention``
   (attention_fusion.py)
@@ -258,9 +259,10 @@ def _skip_layer_norm(f: "Fuser") -> int:
                                                                                    or const(beta).ndim != 1)):
             continue
         add = producer(x, "Add")
-        if (not _onnx_op(add, "Add") or len(add.inputs) != 2 or only_use(x) is not ln or x.is_graph_output()
-                or not _same_shape(add.inputs[0], add.inputs[1])):
+        if not _onnx_op(add, "Add") or len(add.inputs) != 2 or not _same_shape(add.inputs[0], add.inputs[1]):
             continue
+        # the sum read elsewhere too (a residual stream, GPT-2's): the fused op's 4th output supplies it
+        sum_used = x.is_graph_output() or any(u.node is not ln for u in x.uses())
         nodes = [add, ln]
         inp, skip, bias = add.inputs[0], add.inputs[1], None
         for k in (0, 1):        # one side may be Add(y, bias): folded in, (y + bias) + skip as before
@@ -281,9 +283,10 @@ def _skip_layer_norm(f: "Fuser") -> int:
         while ins[-1] is None:
             ins.pop()
         fused = ir.Node(MS, "SkipLayerNormalization", ins,
-                        [ir.AttrFloat32("epsilon", float(eps.value) if eps is not None else 1e-5)], num_outputs=1,
-                        name=(ln.name or "") + "_skiplayernorm")
-        if f._commit(nodes, fused, [(ln.outputs[0], fused.outputs[0])]):
+                        [ir.AttrFloat32("epsilon", float(eps.value) if eps is not None else 1e-5)],
+                        num_outputs=4 if sum_used else 1, name=(ln.name or "") + "_skiplayernorm")
+        outputs = [(ln.outputs[0], fused.outputs[0])] + ([(x, fused.outputs[3])] if sum_used else [])
+        if f._commit(nodes, fused, outputs):
             n += 1
     return n
 

@@ -288,9 +288,10 @@ def layer_norm(x, scale, bias, eps, y, mean, inv):  # pragma: no cover (compiled
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
-def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv):  # pragma: no cover (compiled)
-    """y[r] = LayerNorm((x[r] + bias) + skip[r]) * scale + beta, the sum built in y's row first.
-    x, skip, y (R, H) C-contiguous float32; bias, beta (H,) or (0,) for none; mean, inv (R,)."""
+def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv, total):  # pragma: no cover (compiled)
+    """y[r] = LayerNorm((x[r] + bias) + skip[r]) * scale + beta, the sum built in y's row first and
+    copied to total[r] where total has rows (else (0, 0)). x, skip, y (R, H) C-contiguous float32; bias,
+    beta (H,) or (0,) for none; mean, inv (R,)."""
     R, H = x.shape
     rn = F1 / np.float32(H)
     for r in range(R):
@@ -303,6 +304,10 @@ def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv):  # pragma: n
         else:
             for i in range(H):
                 yr[i] = xr[i] + sr[i]
+        if total.shape[0]:
+            tr = total[r]
+            for i in range(H):
+                tr[i] = yr[i]
         m = _row_sum(yr) * rn
         v = _row_sq_dev(yr, m) * rn
         iv = F1 / np.sqrt(v + eps)
@@ -323,5 +328,5 @@ AOT = {
     "softmax": ("A2 A2", ("f4",)),
     "attention_softmax": ("A3 A4 i s", ("f4",)),
     "layer_norm": ("A2 A1 A1 s A2 A1 A1", ("f4",)),
-    "skip_layer_norm": ("A2 A2 A1 A1 A1 s A2 A1 A1", ("f4",)),
+    "skip_layer_norm": ("A2 A2 A1 A1 A1 s A2 A1 A1 A2", ("f4",)),
 }

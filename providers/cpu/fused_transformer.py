@@ -86,8 +86,9 @@ def skip_layer_normalization(info):
     xp = info.xp
     eps = float(info.attrs.get("epsilon", 1e-12))
     n_out = max(1, len(info.output_names))
-    jit = _jit.load("transformer") if xp is np and n_out < 4 else None
+    jit = _jit.load("transformer") if xp is np else None
     none = np.empty(0, np.float32)
+    no_total = np.empty((0, 0), np.float32)
 
     def run_numpy(x, skip, gamma, beta=None, bias=None):
         s = xp.add(x, bias) if bias is not None else x
@@ -108,11 +109,13 @@ def skip_layer_normalization(info):
         y = np.empty(x.shape, _F32)
         mean = np.empty(x.shape[:-1] + (1,), _F32)
         inv = np.empty(mean.shape, _F32)
+        total = np.empty(x.shape, _F32) if n_out > 3 else None       # input + skip + bias, asked for
         jit.skip_layer_norm(x.reshape(R, h), np.ascontiguousarray(skip).reshape(R, h),
                             none if bias is None else np.ascontiguousarray(bias), np.ascontiguousarray(gamma),
                             none if beta is None else np.ascontiguousarray(beta), np.float32(eps),
-                            y.reshape(R, h), mean.reshape(R), inv.reshape(R))
-        return (y, mean, inv)[:n_out]
+                            y.reshape(R, h), mean.reshape(R), inv.reshape(R),
+                            no_total if total is None else total.reshape(R, h))
+        return (y, mean, inv, total)[:n_out]
 
     return run
 
