@@ -188,9 +188,11 @@ def multi_head_attention(info):
             if add is not None:
                 s += add
             p = softmax_array(xp, s, -1, None, zero_dead_rows=True)
-        out = xp.empty((B, Sq, HDv), dtype=dt)
-        xp.matmul(p, v.reshape(B, Sk, heads, Dv).transpose(0, 2, 1, 3),
-                  out=out.reshape(B, Sq, heads, Dv).transpose(0, 2, 1, 3))
+        vh = v.reshape(B, Sk, heads, Dv).transpose(0, 2, 1, 3)
+        if xp is not np:        # other array modules: no strided out=, one transposing copy instead
+            return (xp.ascontiguousarray(xp.matmul(p, vh).transpose(0, 2, 1, 3)).reshape(B, Sq, HDv),)
+        out = np.empty((B, Sq, HDv), dtype=dt)
+        np.matmul(p, vh, out=out.reshape(B, Sq, heads, Dv).transpose(0, 2, 1, 3))
         return (out,)
 
     return run
