@@ -153,21 +153,6 @@ def _gelu1(v):  # pragma: no cover (compiled)
     return v if v != v else g
 
 
-@njit(nogil=True, boundscheck=False, error_model="numpy")
-def gelu(x, b, y):  # pragma: no cover (compiled)
-    """y[r] = Gelu(x[r] + b) (exact). x, y (R, H) C-contiguous float32; b (H,), or (0,) for no bias."""
-    R, H = x.shape
-    for r in range(R):
-        xr = x[r]
-        yr = y[r]
-        if b.shape[0]:
-            for i in range(H):
-                yr[i] = _gelu1(xr[i] + b[i])
-        else:
-            for i in range(H):
-                yr[i] = _gelu1(xr[i])
-
-
 @njit(inline="always", nogil=True, error_model="numpy")
 def _fast_gelu1(v):  # pragma: no cover (compiled)
     # e^(-2u) clamped to e^88: beyond, v / (1 + e) is 0 to float32 precision anyway (and NaN stays NaN)
@@ -175,19 +160,31 @@ def _fast_gelu1(v):  # pragma: no cover (compiled)
     return v / (F1 + e)
 
 
-@njit(nogil=True, boundscheck=False, error_model="numpy")
-def fast_gelu(x, b, y):  # pragma: no cover (compiled)
-    """y[r] = FastGelu(x[r] + b), the tanh approximation. Shapes as in ``gelu``."""
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _gelu_rows(x, b, y, tanh):  # pragma: no cover (compiled)
+    """y[r] = Gelu(x[r] + b), tanh a literal after inlining (its branch folds away)."""
     R, H = x.shape
     for r in range(R):
         xr = x[r]
         yr = y[r]
         if b.shape[0]:
             for i in range(H):
-                yr[i] = _fast_gelu1(xr[i] + b[i])
+                yr[i] = _fast_gelu1(xr[i] + b[i]) if tanh else _gelu1(xr[i] + b[i])
         else:
             for i in range(H):
-                yr[i] = _fast_gelu1(xr[i])
+                yr[i] = _fast_gelu1(xr[i]) if tanh else _gelu1(xr[i])
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def gelu(x, b, y):  # pragma: no cover (compiled)
+    """y[r] = Gelu(x[r] + b) (exact). x, y (R, H) C-contiguous float32; b (H,), or (0,) for no bias."""
+    _gelu_rows(x, b, y, False)
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def fast_gelu(x, b, y):  # pragma: no cover (compiled)
+    """y[r] = FastGelu(x[r] + b), the tanh approximation. Shapes as in ``gelu``."""
+    _gelu_rows(x, b, y, True)
 
 
 # Row sums: reassociation (fastmath) lets LLVM keep one partial sum per SIMD lane. Separate functions,
