@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from engineroom.providers.cpu._jit_conv import _fill_planes
+
 _2 = np.float32(2)
 _4 = np.float32(4)
 _5 = np.float32(5)
@@ -49,31 +51,19 @@ def _at2(o0, o1, o2, o3):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _fill_plane(xc, plane, pt, pl):  # pragma: no cover (compiled)
-    """plane = xc zero-padded: xc[i, j] at plane[i + pt, j + pl], cropped to the plane."""
-    Hp, Wp = plane.shape
-    H, W = xc.shape
-    plane[:] = 0
-    j0 = max(0, -pl)
-    j1 = min(W, Wp - pl)
-    for i in range(max(0, -pt), min(H, Hp - pt)):
-        src = xc[i, j0:j1]
-        dst = plane[i + pt, j0 + pl:j1 + pl]
-        for k in range(j1 - j0):
-            dst[k] = src[k]
-
-
-@njit(nogil=True, boundscheck=False, inline="always")
 def _input_tiles(x, V, pt, pl, th, tw, m):  # pragma: no cover (compiled)
     """V from x (N, C, H, W) for F(m, 3), m a literal 2 or 4 after inlining."""
     N, C = x.shape[0], x.shape[1]
     a = m + 2
     T = th * tw
-    plane = np.empty((th * m + 2, tw * m + 2), dtype=np.float32)
+    Hp, Wp = th * m + 2, tw * m + 2
+    plane = np.empty((Hp, Wp), dtype=np.float32)
+    flat = plane.reshape(Hp * Wp)
     rows = np.empty((a, a, T), dtype=np.float32)    # one channel's tiles, transformed along the columns
     for n in range(N):
         for c in range(C):
-            _fill_plane(x[n, c], plane, pt, pl)
+            # the zero-padded channel, as _jit_conv pads a depthwise channel (one stride phase)
+            _fill_planes(x[n, c], flat, pt, pl, 1, 1, Hp, Wp, Hp * Wp, Wp)
             for i in range(th):
                 for r in range(a):
                     src = plane[i * m + r]
