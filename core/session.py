@@ -247,8 +247,8 @@ class InferenceSession:
                     if expand_functions(self._model, u.nodes, opsets):
                         continue
                 raise self._unclaimed_error(u.views) from None
-        if int(self._sess_options.graph_optimization_level) >= 2 and any(
-                optimize_extended(self._model, owners.get).values()):
+        level = int(self._sess_options.graph_optimization_level)
+        if level >= 2 and any(optimize_extended(self._model, owners.get, level).values()):
             # the graph changed: providers are asked again (the builder's assignment is stale)
             opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)

@@ -1,7 +1,8 @@
 """Graph optimizations by onnxruntime's levels.
 
 Level 1 (basic) passes are provider-independent and run before partitioning; level 2 (extended)
-fusions run after a first assignment, only where the owning provider has the fused kernel."""
+fusions run after a first assignment, only where the owning provider has the fused kernel; level 3
+(all, 99) adds layout fusions the same way."""
 from __future__ import annotations
 
 from typing import Callable
@@ -33,6 +34,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     fold_conv_affine(g)
 
 
-def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object]) -> dict[str, int]:
-    """Level 2: fusions where the provider that owns the nodes has the fused kernel."""
-    return fuse(model, owner)
+def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:
+    """Level 2: fusions where the provider that owns the nodes has the fused kernel; level 3 (99) adds
+    the layout fusions."""
+    return fuse(model, owner, level)

@@ -15,6 +15,9 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - scaled dot-product attention over (B, S, heads·D) projections → ``MultiHeadAttention``
   (attention_fusion.py)
 - a 2x nearest upsample + 3x3 Conv → one ONNX ``ConvTranspose`` over the small image (upsample_conv.py)
+
+Level 3 (ORT_ENABLE_ALL) adds a layout fusion: conv → depthwise conv → 1x1 conv →
+``com.engineroom::DepthwiseSeparableBlock``, channels-last inside (depthwise_block.py).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Callable
 import onnx_ir as ir
 
 from engineroom.optimizer.attention_fusion import fuse_attention
+from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.optimizer.upsample_conv import fuse_upsample_conv
 from engineroom.views import node_view
@@ -38,21 +42,30 @@ class Fuser:
     def __init__(self, model: ir.Model, owner: Callable[[ir.Node], object]):
         self.model = model
         self.graph = model.graph
-        self.owner = owner
+        self._owner = owner
+        self._made: dict[ir.Node, object] = {}     # the fused nodes made here, and their provider
         self.opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
         self.opsets.setdefault(MS, 1)
+
+    def owner(self, node: ir.Node):
+        """The provider of a node: as first assigned, or for a node fused here, its nodes' provider."""
+        prov = self._made.get(node)
+        return prov if prov is not None else self._owner(node)
 
     def _accepts(self, nodes: list[ir.Node], fused: ir.Node) -> bool:
         provs = {id(self.owner(n)) for n in nodes}
         prov = self.owner(nodes[0])
         if len(provs) != 1 or prov is None or not hasattr(prov, "kernel_for"):
             return False
+        self.opsets.setdefault(fused.domain, 1)
         return prov.kernel_for(node_view(fused, 0, self.opsets, {})) is not None
 
     def _commit(self, nodes: list[ir.Node], fused: ir.Node, outputs) -> bool:
         if not self._accepts(nodes, fused):
             return False
-        self.model.opset_imports.setdefault(MS, 1)
+        if fused.domain not in ("", "ai.onnx"):
+            self.model.opset_imports.setdefault(fused.domain, 1)
+        self._made[fused] = self.owner(nodes[0])
         replace(self.graph, nodes, fused, outputs)
         return True
 
@@ -373,9 +386,12 @@ def _match_tanh_gelu(tanh: ir.Node):
     return None
 
 
-def fuse(model: ir.Model, owner: Callable[[ir.Node], object]) -> dict[str, int]:
+def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:
+    """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them."""
     f = Fuser(model, owner)
     done = {"ConvTranspose": fuse_upsample_conv(f)}          # before FusedConv takes the Conv
     done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
     done.update(_fuse_more(f))
+    if level >= 99:
+        done["DepthwiseSeparableBlock"] = fuse_depthwise_blocks(f)   # reads the FusedConvs made above
     return done
