@@ -69,7 +69,8 @@ def _session(model, level, tmp_path):
 
 def _reference(model, feed):
     import onnxruntime
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)[0]
 
 
 CASES = {
