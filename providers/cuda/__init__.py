@@ -86,6 +86,8 @@ NOT_ON_CUDA: dict[tuple[str, str], str] = {
     **{("", op): "the CPU convolution plan's NumPy internals; no CUDA kernel yet" for op in (
         "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv")},
     **{("", op): "computed on the host per region by the CPU kernel" for op in ("MaxRoiPool", "RoiAlign")},
+    ("com.engineroom", "DepthwiseSeparableBlock"): "a CPU layout fusion (channels-last loops); on CUDA the "
+                                                   "three convs stay separate",
 }
 HOST_DOMAINS: dict[str, str] = {
     "ai.onnx.ml": "traditional-ML operators run on the host (NumPy, Python loops over trees and strings)",
