@@ -135,6 +135,17 @@ def test_depthwise_in_strips(H, W, strides, pads, jit):
     check(x, w, b, pads=pads, strides=strides, group=3, jit=jit, clip=(-0.5, 2.0))
 
 
+@pytest.mark.parametrize("H,W", [(2, 10), (3, 10), (2, 17), (5, 11), (9, 12), (1, 12), (40, 9)])
+@pytest.mark.parametrize("mult", [1, 2])
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_depthwise_3x3_same_flat_edges(H, W, mult, jit):
+    """3x3 stride-1 "same" convs of images at least 10 wide take the flat run with fixed-up edges
+    (compiled path): the smallest such images, where the edges are most of it, and their neighbours."""
+    x = rand(2, 5, H, W)
+    check(x, rand(5 * mult, 1, 3, 3), rand(5 * mult), group=5, jit=jit, clip=(-0.3, 1.5))
+    check(x, rand(5 * mult, 1, 3, 3), None, group=5, jit=jit)
+
+
 @pytest.mark.parametrize("dilations", [(2, 2), (1, 3)])
 @pytest.mark.parametrize("jit", JIT_PATHS)
 def test_depthwise_dilated(dilations, jit):
