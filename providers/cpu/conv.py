@@ -3,7 +3,8 @@
 Conv is im2col over a strided window view of the padded input followed by one batched matmul over
 (batch, group); the weight is reshaped to ``(group, M/group, C/group * K)`` once in the factory when it
 is a constant. Strided convolutions take their columns from the input's stride phases (unit-stride
-copies); 1x1 stride-1 unpadded convolutions are a plain matmul over the input as it is; 3x3 stride-1
+copies); 1x1 stride-1 unpadded convolutions are a plain matmul over the input as it is, strided ones over
+one copy of the pixels they read; 3x3 stride-1
 float32 convolutions with a constant weight use Winograd F(4,3) or F(2,3) where the image has enough
 tiles (``winograd.py``). Depthwise convolutions (one input channel per group) skip the im2col copy and
 accumulate ``tap view * per-channel weight`` over the K kernel taps, channels-first over long rows or,
@@ -234,6 +235,9 @@ class _ConvPlan:
             if self.jit is not None and self.depthwise and n == 2 else None
         self.taps = tap_offsets(self.kshape, self.dilations)
         self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
+        # a strided 1x1 conv (ResNet's downsample): its columns are the input's strided pixels, one copy
+        self.subsample = None if self.pointwise or any(k != 1 for k in self.kshape) else \
+            (Ellipsis,) + tuple(slice(None, None, s) for s in self.strides)
 
     def geometry(self, spatial):
         key = (spatial, self.kshape)
@@ -290,6 +294,8 @@ class _ConvPlan:
                 return y, self._epilogue(y, None, clip, z)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
+        elif self.subsample is not None and not any(pb) and not any(pe):
+            cols = xp.ascontiguousarray(xc[self.subsample]).reshape(N, g, Cg, P)
         elif self.jit is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
             # the compiled im2col: each channel padded and phase-split once, every column row one copy
             cols = np.empty((N, g * Cg * K, P), dtype=cdt)
