@@ -127,6 +127,21 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
         _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi)
 
 
+@njit(nogil=True, boundscheck=False, inline="always")
+def _two_rows(xf, s, W, L, a0, a1, a2, c0, c1, c2, bo, dst, lo, hi):  # pragma: no cover (compiled)
+    """dst[r] = clip(bo + (a0, a1, a2) . xf[s + r:][:3] + (c0, c1, c2) . xf[s + W + r:][:3], lo, hi), r < L:
+    an edge row of a 3x3 "same" conv, from the two image rows its kernel rows reach."""
+    p0 = xf[s:s + L]
+    p1 = xf[s + 1:s + 1 + L]
+    p2 = xf[s + 2:s + 2 + L]
+    q0 = xf[s + W:s + W + L]
+    q1 = xf[s + W + 1:s + W + 1 + L]
+    q2 = xf[s + W + 2:s + W + 2 + L]
+    for r in range(L):
+        v = (bo + a0 * p0[r] + a1 * p1[r] + a2 * p2[r]) + (c0 * q0[r] + c1 * q1[r] + c2 * q2[r])
+        dst[r] = min(max(v, lo), hi)
+
+
 @njit(nogil=True, boundscheck=False)
 def _depthwise3x3_flat(x, w, b, y, lo, hi):  # pragma: no cover (compiled)
     """3x3, stride 1, pads 1 ("same"), images at least 2 x _FLAT_MIN_W: straight from x, no padded copy.
@@ -170,26 +185,9 @@ def _depthwise3x3_flat(x, w, b, y, lo, hi):  # pragma: no cover (compiled)
                      + (w10 * s10[r] + w11 * s11[r] + w12 * s12[r])
                      + (w20 * s20[r] + w21 * s21[r] + w22 * s22[r]))
                 dst[r] = min(max(v, lo), hi)
-        a0 = xf[0:Li]
-        a1 = xf[1:Li + 1]
-        a2 = xf[2:Li + 2]
-        c0 = xf[W:W + Li]
-        c1 = xf[W + 1:W + 1 + Li]
-        c2 = xf[W + 2:W + 2 + Li]
-        dst = yf[1:1 + Li]
-        for r in range(Li):          # top row: kernel rows 1 and 2
-            v = (bo + w10 * a0[r] + w11 * a1[r] + w12 * a2[r]) + (w20 * c0[r] + w21 * c1[r] + w22 * c2[r])
-            dst[r] = min(max(v, lo), hi)
-        a0 = xf[e:e + Li]
-        a1 = xf[e + 1:e + 1 + Li]
-        a2 = xf[e + 2:e + 2 + Li]
-        c0 = xf[e + W:e + W + Li]
-        c1 = xf[e + W + 1:e + W + 1 + Li]
-        c2 = xf[e + W + 2:e + W + 2 + Li]
-        dst = yf[e + W + 1:e + W + 1 + Li]
-        for r in range(Li):          # bottom row: kernel rows 0 and 1
-            v = (bo + w00 * a0[r] + w01 * a1[r] + w02 * a2[r]) + (w10 * c0[r] + w11 * c1[r] + w12 * c2[r])
-            dst[r] = min(max(v, lo), hi)
+        # the top row (kernel rows 1 and 2 over image rows 0 and 1), the bottom row (kernel rows 0 and 1)
+        _two_rows(xf, 0, W, Li, w10, w11, w12, w20, w21, w22, bo, yf[1:1 + Li], lo, hi)
+        _two_rows(xf, e, W, Li, w00, w01, w02, w10, w11, w12, bo, yf[e + W + 1:e + W + 1 + Li], lo, hi)
         for oh in range(H):          # first and last columns: six taps (four on the corners)
             s = bo + w11 * xc[oh, 0] + w12 * xc[oh, 1]
             t = bo + w10 * xc[oh, W - 2] + w11 * xc[oh, W - 1]

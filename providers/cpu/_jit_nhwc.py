@@ -83,23 +83,9 @@ _BLOCK = 32        # pixels per block of the transposing pass: its rows stay in 
 
 
 @njit(nogil=True, boundscheck=False)
-def rows_to_channels(t, b, y, lo, hi):  # pragma: no cover (compiled)
-    """y[n, m, p] = clip(t[n, p, m] + b[m], lo, hi): channels-last GEMM rows to channels-first output."""
-    N, P, M = t.shape
-    for n in range(N):
-        tn = t[n]
-        yn = y[n]
-        for p0 in range(0, P, _BLOCK):
-            p1 = min(P, p0 + _BLOCK)
-            for m in range(M):
-                bm = b[m]
-                for p in range(p0, p1):
-                    yn[m, p] = min(max(tn[p, m] + bm, lo), hi)
-
-
-@njit(nogil=True, boundscheck=False)
-def rows_to_channels_add(t, b, z, y, lo, hi):  # pragma: no cover (compiled)
-    """rows_to_channels with a residual: y[n, m, p] = clip(t[n, p, m] + b[m] + z[n, m, p], lo, hi)."""
+def rows_to_channels(t, b, z, has_z, y, lo, hi):  # pragma: no cover (compiled)
+    """y[n, m, p] = clip(t[n, p, m] + b[m] (+ z[n, m, p] where has_z), lo, hi): channels-last GEMM rows to
+    channels-first output; z (y's shape) is read only where has_z."""
     N, P, M = t.shape
     for n in range(N):
         tn = t[n]
@@ -109,14 +95,17 @@ def rows_to_channels_add(t, b, z, y, lo, hi):  # pragma: no cover (compiled)
             p1 = min(P, p0 + _BLOCK)
             for m in range(M):
                 bm = b[m]
-                for p in range(p0, p1):
-                    yn[m, p] = min(max(tn[p, m] + bm + zn[m, p], lo), hi)
+                if has_z:
+                    for p in range(p0, p1):
+                        yn[m, p] = min(max(tn[p, m] + bm + zn[m, p], lo), hi)
+                else:
+                    for p in range(p0, p1):
+                        yn[m, p] = min(max(tn[p, m] + bm, lo), hi)
 
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
     "depthwise_nhwc": ("A4 A3 A1 A4 i i i i s s", ("f4", "f8")),
     "bias_clip_rows": ("A2 A1 s s", ("f4", "f8")),
-    "rows_to_channels": ("A3 A1 A3 s s", ("f4", "f8")),
-    "rows_to_channels_add": ("A3 A1 A3 A3 s s", ("f4", "f8")),
+    "rows_to_channels": ("A3 A1 A3 i A3 s s", ("f4", "f8")),
 }

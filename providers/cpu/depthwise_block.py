@@ -111,10 +111,9 @@ def depthwise_separable_block(info):
         nhwc.depthwise_nhwc(t1.reshape(N, H1, W1, M1), wdt, bias(bd, 0), t2, ds[0], ds[1], dp[0], dp[1], lo2, hi2)
         t3 = np.matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
         y = np.empty((N, M2, H2, W2), dtype=cdt)
-        if z is None:
-            nhwc.rows_to_channels(t3, bias(b2, 1), y.reshape(N, M2, P2), lo3, hi3)
-        else:
-            nhwc.rows_to_channels_add(t3, bias(b2, 1), z.reshape(N, M2, P2), y.reshape(N, M2, P2), lo3, hi3)
+        y3 = y.reshape(N, M2, P2)
+        z3 = y3 if z is None else z.reshape(N, M2, P2)         # read only where z is given
+        nhwc.rows_to_channels(t3, bias(b2, 1), z3, int(z is not None), y3, lo3, hi3)
         return (y,)
 
     return run
