@@ -103,6 +103,19 @@ def test_block_forms_and_matches_onnxruntime(case, path, tmp_path):
     np.testing.assert_allclose(s.run(None, feed2)[0], _reference(m, feed2), rtol=1e-4, atol=1e-5)
 
 
+def test_saved_level3_model_runs_here(tmp_path):
+    """The model saved with optimized_model_filepath holds the block; a new session runs it as it is."""
+    m = block_model(residual=True)
+    feed = {"x": RNG.standard_normal((1, 8, 14, 14)).astype(np.float32)}
+    _, ops = _session(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert BLOCK in ops
+    saved = tmp_path / f"opt{int(LEVELS.ORT_ENABLE_ALL)}.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = LEVELS.ORT_DISABLE_ALL
+    again = ort.InferenceSession(str(saved), so)
+    np.testing.assert_allclose(again.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-5)
+
+
 def test_block_only_at_level_all(tmp_path):
     m = block_model()
     _, ops = _session(m, LEVELS.ORT_ENABLE_EXTENDED, tmp_path)
