@@ -1,6 +1,5 @@
 """Compiled (numba) loops for channels-last (NHWC) data inside a DepthwiseSeparableBlock: the depthwise
-conv, the bias/clip pass over GEMM rows, and the pass that turns the last GEMM's rows back into
-channels-first output with its bias, residual and clip.
+conv and the bias/clip pass over GEMM rows.
 
 Channels-first depthwise loops lose most of their time on per-channel work (padding, phase splits,
 short rows) when images are small or strided; channels-last, every output pixel is one contiguous
@@ -79,33 +78,8 @@ def bias_clip_rows(y, b, lo, hi):  # pragma: no cover (compiled)
             y[r, c] = min(max(y[r, c] + b[c], lo), hi)
 
 
-_BLOCK = 32        # pixels per block of the transposing pass: its rows stay in L1 while each channel is read
-
-
-@njit(nogil=True, boundscheck=False)
-def rows_to_channels(t, b, z, has_z, y, lo, hi):  # pragma: no cover (compiled)
-    """y[n, m, p] = clip(t[n, p, m] + b[m] (+ z[n, m, p] where has_z), lo, hi): channels-last GEMM rows to
-    channels-first output; z (y's shape) is read only where has_z."""
-    N, P, M = t.shape
-    for n in range(N):
-        tn = t[n]
-        zn = z[n]
-        yn = y[n]
-        for p0 in range(0, P, _BLOCK):
-            p1 = min(P, p0 + _BLOCK)
-            for m in range(M):
-                bm = b[m]
-                if has_z:
-                    for p in range(p0, p1):
-                        yn[m, p] = min(max(tn[p, m] + bm + zn[m, p], lo), hi)
-                else:
-                    for p in range(p0, p1):
-                        yn[m, p] = min(max(tn[p, m] + bm, lo), hi)
-
-
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
     "depthwise_nhwc": ("A4 A3 A1 A4 i i i i s s", ("f4", "f8")),
     "bias_clip_rows": ("A2 A1 s s", ("f4", "f8")),
-    "rows_to_channels": ("A3 A1 A3 i A3 s s", ("f4", "f8")),
 }

@@ -5,7 +5,7 @@ intermediate images are channels-last (NHWC).
 Why: channels-first depthwise convs are slow on small or strided images (see ``_jit_nhwc``), and the
 layout change costs nothing at the block's edges, because both are GEMMs: the first conv computes
 ``cols^T @ W1^T`` (rows = pixels, channels last) from its channels-first input, and the last conv's
-GEMM rows go back to channels-first in the pass that adds its bias and residual anyway.
+GEMM rows go back to channels-first in the pass that adds its bias anyway.
 
 Inputs: X, W (first conv), B, W_depthwise, B_depthwise, W_pointwise, B_pointwise, [Z residual of the
 output]; absent biases are empty. Attributes: ``conv_strides``, ``conv_pads``, ``depthwise_strides``,
@@ -112,8 +112,12 @@ def depthwise_separable_block(info):
         t3 = np.matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
         y = np.empty((N, M2, H2, W2), dtype=cdt)
         y3 = y.reshape(N, M2, P2)
-        z3 = y3 if z is None else z.reshape(N, M2, P2)         # read only where z is given
-        nhwc.rows_to_channels(t3, bias(b2, 1), z3, int(z is not None), y3, lo3, hi3)
+        # back to channels-first: NumPy's transposing add beats a compiled loop here (1.5x: strided reads)
+        np.add(t3.transpose(0, 2, 1), bias(b2, 1)[:, None], out=y3)
+        if z is not None:
+            y3 += z.reshape(N, M2, P2)
+        if clip_args[2] is not None:
+            np.clip(y3, lo3, hi3, out=y3)
         return (y,)
 
     return run
