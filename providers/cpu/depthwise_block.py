@@ -95,7 +95,7 @@ def depthwise_separable_block(info):
         H2 = (H1 + dp[0] + dp[2] - dkh) // ds[0] + 1
         W2 = (W1 + dp[1] + dp[3] - dkw) // ds[1] + 1
         if min(H1, W1, H2, W2) <= 0 or C * KH * KW != w1t.shape[0] or (z is not None and (
-                z.shape != (N, M2, H2, W2) or z.dtype != cdt or not z.flags.c_contiguous)):
+                z.shape != (N, M2, H2, W2) or z.dtype != cdt)):
             return (chain(x, b1, bd, b2, z),)       # the Conv paths name what is wrong, or broadcast z
         P1, P2 = H1 * W1, H2 * W2
         if pointwise:
