@@ -177,6 +177,25 @@ def test_decomposed_layer_norm_becomes_layer_normalization(tmp_path, square):
     assert ops == [("", "LayerNormalization")]
 
 
+def test_decomposed_layer_norm_after_a_residual_add_becomes_skip_layer_normalization(tmp_path):
+    """A fusion builds on one made earlier in the same pass: the LayerNormalization fused from its
+    decomposed form keeps its nodes' provider, so the residual Add then joins it."""
+    g, b = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
+    eps = np.array(1e-5, np.float32)
+    nodes = [helper.make_node("Add", ["r", "x"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["mu"], axes=[-1]), helper.make_node("Sub", ["s", "mu"], ["d"]),
+             helper.make_node("Mul", ["d", "d"], ["p"]), helper.make_node("ReduceMean", ["p"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["nrm"]), helper.make_node("Mul", ["nrm", "g"], ["sc"]),
+             helper.make_node("Add", ["sc", "b"], ["y"])]
+    m = _model(nodes, [_f("x", ["n", 5, 16]), _f("r", ["n", 5, 16])], [_f("y", None)],
+               [("g", g), ("b", b), ("eps", eps)], opset=17)
+    feed = {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32),
+            "r": RNG.standard_normal((2, 5, 16)).astype(np.float32)}
+    ops = _check_same(m, feed, tmp_path, rtol=1e-4, atol=1e-5)
+    assert ops == [("com.microsoft", "SkipLayerNormalization")]
+
+
 def _residual_ln_model(bias: bool, sum_is_output: bool):
     g, be = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
     inits = [("g", g), ("be", be), ("bias", RNG.standard_normal(16).astype(np.float32))]
