@@ -7,8 +7,8 @@ Numeric conversions are ``astype`` (NumPy and ml_dtypes), with ONNX's special ru
   With ``saturate=0`` ml_dtypes' own overflow (Inf or NaN) is exactly the ONNX table.
 * FLOAT8E8M0 (a bare power-of-two exponent) is built from the float32 exponent bits with the
   ``round_mode`` ("up", "down", "nearest") and ``saturate`` rules.
-* int4/uint4/int2/uint2 keep the low bits of the integer (two's complement wrap-around, as for
-  every fixed-point narrowing); floats are first rounded half away from zero, as onnxruntime does.
+* int4/uint4/int2/uint2 are built by our own rule (``_to_subbyte_int``), independent of the ml_dtypes
+  release: integers keep their low bits; floats round half away from zero and are 0 out of range.
 * strings follow onnxruntime: numbers print as C's ``%.8g`` (``NaN``, ``INF``, ``-INF``) or as plain
   integers (bools as ``1``/``0``); strings parse as floats (``inf``/``nan`` in any case) or integers.
 """
@@ -166,20 +166,33 @@ def _to_e8m0(x, saturate: bool, round_mode: str, xp):
     return exp.astype(np.uint8).view(_E8M0)
 
 
+# bits, lowest value, highest value of each sub-byte integer type
+_SUBBYTE_RANGE = {np.dtype(ml_dtypes.int4): (4, -8, 7), np.dtype(ml_dtypes.uint4): (4, 0, 15),
+                  np.dtype(ml_dtypes.int2): (2, -2, 1), np.dtype(ml_dtypes.uint2): (2, 0, 3)}
+
+
 def _to_subbyte_int(x, to: np.dtype, xp):
+    """Cast to int4/uint4/int2/uint2 by our own rule, never by ml_dtypes' ``astype``: its float -> int4
+    conversion changed in ml_dtypes 0.7 (out-of-range values wrapped before, are 0 since).
+
+    * floats round half away from zero (onnxruntime's rounding); NaN, +-Inf and values outside the
+      type's range give 0. ONNX leaves an out-of-range float -> fixed-point cast undefined; its node
+      tests (onnx 1.23 with ml_dtypes >= 0.7) expect 0, while onnxruntime wraps: we follow the tests.
+    * integers keep the low bits (two's complement wrap-around, the ONNX rule for fixed -> fixed).
+    The result is built as the byte ml_dtypes stores (the value's low bits) and viewed as ``to``."""
+    bits, lo, hi = _SUBBYTE_RANGE[to]
     dt = x.dtype
     if _is_float(dt):
-        xf = _as_float(x, xp)
-        # round half away from zero, then keep the low bits (onnxruntime's rule)
-        r = xp.floor(xp.abs(xf) + 0.5)
-        r = xp.copysign(r, xf)
-        r[~xp.isfinite(r)] = 0
-        ints = r.astype(np.int64)
+        xf = _as_float(x, xp).astype(np.float64)
+        r = xp.copysign(xp.floor(xp.abs(xf) + 0.5), xf)
+        with np.errstate(invalid="ignore"):
+            ok = (r >= lo) & (r <= hi)          # False for NaN and +-Inf
+        ints = xp.where(ok, r, 0).astype(np.int64)
     elif dt in _SUBBYTE_INT:
-        ints = x.astype(np.int8)
+        ints = x.view(np.uint8).astype(np.int64)    # the stored low bits; masked below
     else:
         ints = x.astype(np.int64)
-    return ints.astype(to)
+    return (ints & ((1 << bits) - 1)).astype(np.uint8).view(to)
 
 
 # ----- dispatch ---------------------------------------------------------------------------------
