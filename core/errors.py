@@ -49,3 +49,27 @@ class RuntimeException(EngineroomError, RuntimeError):
 
 class EPFail(EngineroomError, RuntimeError):
     code = "EP_FAIL"
+
+
+class EngineError(EngineroomError, RuntimeError):
+    code = "ENGINE_ERROR"
+
+
+class ModelLoaded(EngineroomError, RuntimeError):
+    code = "MODEL_LOADED"
+
+
+class NotFound(EngineroomError, LookupError):
+    code = "NOT_FOUND"
+
+
+class DeviceReset(EngineroomError, RuntimeError):
+    code = "DEVICE_RESET"
+
+
+class ModelLoadCanceled(EngineroomError, RuntimeError):
+    code = "MODEL_LOAD_CANCELED"
+
+
+class ModelRequiresCompilation(EngineroomError, RuntimeError):
+    code = "MODEL_REQUIRES_COMPILATION"
