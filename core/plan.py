@@ -11,6 +11,7 @@ rather than on the host (IOBinding outputs bound to a device) is derived from th
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Callable
@@ -34,6 +35,22 @@ from engineroom.plugin_sdk import (
 from engineroom.views import node_view, tensor_to_numpy
 
 NONE_SLOT = 0
+
+
+class _NotStopped:
+    terminate = False
+
+
+_NOT_STOPPED = _NotStopped()
+# What the run in progress on this thread was given (RunOptions, Profiler), read once per plan run, so
+# subgraph plans (Loop / Scan / If bodies) see them too. Set by the session around a run.
+running = threading.local()
+
+
+def terminated() -> Fail:
+    err = Fail("Exiting due to terminate flag being set to true.")
+    err._located = True
+    return err
 
 
 class Unclaimed(Exception):
@@ -64,6 +81,7 @@ class Plan:
     output_homes: list[Device] = field(default_factory=list)
     output_devices: list[Device] = field(default_factory=list)
     devices: dict[Device, ExecutionProvider] = field(default_factory=dict)   # a provider per device
+    infos: list[tuple[str, str, str]] = field(default_factory=list)   # per step (name, op type, provider), profiling
 
     def __post_init__(self) -> None:
         # The executor's form of each step: an itemgetter for the inputs, the single output slot
@@ -96,6 +114,7 @@ class Plan:
         template = list(self.template)
         steps = [(fn, ins, outs) for fn, ins, outs, _ in self.steps]
         labels = list(self.labels)
+        infos = list(self.infos)
         out_slots = list(self.output_slots)
         out_devs = list(self.output_devices)
         for i, dev in devices.items():
@@ -108,6 +127,7 @@ class Plan:
                 s = len(template) - 1
                 steps.append((_copy_fn(self.devices[home], self.devices[dev]), (places[home],), (s,)))
                 labels.append(f"copy of output '{self.output_names[i]}' from {home} to {dev}")
+                infos.append(_copy_info(self.output_names[i], self.devices[home], self.devices[dev]))
             out_slots[i] = s
             out_devs[i] = dev
         read = {s for _, ins, _ in steps for s in ins} | set(out_slots)
@@ -117,15 +137,30 @@ class Plan:
         return Plan(template, self.input_names, self.input_slots, self.output_names, out_slots, steps,
                     [labels[k] for k in kept], self.partitions,
                     sum(getattr(fn, "route", None) is not None for fn, *_ in steps), self.notes,
-                    self.output_places, self.output_homes, out_devs, self.devices)
+                    self.output_places, self.output_homes, out_devs, self.devices, [infos[k] for k in kept])
 
     def run(self, feeds: list) -> list:
         vals = self.template.copy()
         for s, v in zip(self.input_slots, feeds):
             vals[s] = v
+        # RunOptions.terminate is read before every step (a plain attribute read), so another thread can stop
+        # a run in progress; profiling takes its own timed loop, so this one stays as it is when it is off
+        stop = getattr(running, "options", None) or _NOT_STOPPED
         i = -1
         try:
+            profiler = getattr(running, "profiler", None)
+            if profiler is not None:
+                from engineroom.profiling import run_profiled
+
+                try:
+                    run_profiled(self, vals, profiler, stop)
+                except Exception as e:
+                    i = getattr(e, "_step", -1)
+                    raise
+                return [vals[s] for s in self.output_slots]
             for i, (fn, get, many, out1, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
+                if stop.terminate:
+                    raise terminated()
                 res = fn(*get(vals)) if many else fn(get(vals))
                 if out1 is not None:
                     vals[out1] = res[0]
@@ -268,6 +303,7 @@ class PlanBuilder:
 
         steps: list[tuple] = []
         labels: list[str] = []
+        infos: list[tuple[str, str, str]] = []
         n_copies = 0
         graph_outs = {v.name for v in graph.outputs}
         readers: dict[str, set[int]] = {}
@@ -294,6 +330,7 @@ class PlanBuilder:
                 s = new_slot()
                 steps.append((_copy_fn(src, dst), (places[src_dev],), (s,), ()))
                 labels.append(f"copy of '{name}' from {src_dev} to {dev}")
+                infos.append(_copy_info(name, src, dst))
                 n_copies += 1
             places[dev] = s
             return s
@@ -313,6 +350,7 @@ class PlanBuilder:
                 needed = {nm for v in part.nodes for nm in v.output_names
                           if nm in graph_outs or readers.get(nm, set()) - {k}}
                 self._emit_compiled(part, prov, consts, needed, slot_on, define, steps, labels)
+                infos.append((f"{prov.name}_subgraph_{k}", f"{prov.name}_subgraph", prov.name))
                 continue
             for v in part.nodes:
                 host_in = set(prov.host_input_indices(v))
@@ -323,13 +361,14 @@ class PlanBuilder:
                 outs = tuple(define(nm, dev) for nm in v.output_names)
                 steps.append((fn, ins, outs, ()))
                 labels.append(f"{v.describe()} on {prov.name}")
+                infos.append((v.name or f"{v.op_type}_{v.index}", v.op_type, prov.name))
 
         out_names = [v.name for v in graph.outputs]
         out_slots = [slot_on(nm, CPU) for nm in out_names]
         steps = _with_releases(steps, set(out_slots))
         return Plan(template, [*input_names, *outer_names], in_slots, out_names, out_slots, steps, labels,
                     parts, n_copies, notes, [loc[nm] for nm in out_names], [home[nm] for nm in out_names],
-                    [CPU] * len(out_names), dict(self.by_device))
+                    [CPU] * len(out_names), dict(self.by_device), infos)
 
     def _emit_compiled(self, part, prov, consts, needed, slot_on, define, steps, labels) -> None:
         inside = {o for v in part.nodes for o in v.output_names if o}
@@ -395,6 +434,15 @@ def _copy_fn(src: ExecutionProvider, dst: ExecutionProvider) -> Callable:
 
     copy.route = (src, dst)
     return copy
+
+
+def _copy_info(name: str, src: ExecutionProvider, dst: ExecutionProvider) -> tuple[str, str, str]:
+    """A copy step as onnxruntime's profile names it: a Memcpy node of the provider off the host."""
+    if dst.device.is_host:
+        return f"Memcpy_{name}_to_host", "MemcpyToHost", src.name
+    if src.device.is_host:
+        return f"Memcpy_{name}_from_host", "MemcpyFromHost", dst.name
+    return f"Memcpy_{name}_{src.device}_to_{dst.device}", "Memcpy", dst.name
 
 
 def _with_releases(steps: list[tuple], keep: set[int]) -> list[tuple]:
