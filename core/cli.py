@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             sp.add_argument("--repeat", type=int, default=10, help="timed runs after the first (default 10)")
         sp.set_defaults(fn=fn)
+    from engineroom.serve.server import add_parser as add_serve_parser  # argparse only; the stack loads on use
+
+    add_serve_parser(sub)
     args = p.parse_args(argv)
     import engineroom as ort
 
