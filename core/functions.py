@@ -6,6 +6,7 @@ import onnx
 import onnx_ir as ir
 from onnx import inliner
 
+from engineroom.load import deserialize_model, serialize_model
 from engineroom.views import normalize_domain, schema
 
 _DOMAIN = "engineroom.expand"
@@ -55,7 +56,7 @@ def expand_functions(model: ir.Model, nodes: list[ir.Node], opsets: dict[str, in
         bodies.append(fn)
     if not bodies:
         return False
-    proto = ir.serde.serialize_model(model)
+    proto = serialize_model(model)
     proto.functions.extend(bodies)
     proto.opset_import.append(onnx.helper.make_opsetid(_DOMAIN, 1))
     for fn in bodies:  # the body may use a domain the model does not import yet
@@ -78,6 +79,6 @@ def expand_functions(model: ir.Model, nodes: list[ir.Node], opsets: dict[str, in
         proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a help, not a requirement
         pass
-    new = ir.serde.deserialize_model(proto)
+    new = deserialize_model(proto)
     model.graph = new.graph  # an ir.Model's opset imports are its graph's: they come along
     return True

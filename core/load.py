@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from engineroom.autodiff import expand_gradients
-from engineroom.errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
+from engineroom.errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
 
 _SKIPPED_CHECKS = ("No Op registered", "No opset import for domain", "is not a registered function/op",
                    "Unrecognized attribute", "Field 'shape' of 'type' is required but missing")
@@ -126,8 +126,10 @@ def _check_payload(t: onnx.TensorProto) -> None:
 
 
 def _check(proto: onnx.ModelProto) -> None:
+    checked = _light(proto, placeholders=True)
+    _repair(checked)
     try:
-        onnx.checker.check_model(_light(proto, placeholders=True))
+        onnx.checker.check_model(checked)
     except onnx.checker.ValidationError as e:
         msg = str(e)
         # Unknown ops are reported by the partitioner, which names the providers that were asked.
@@ -136,6 +138,142 @@ def _check(proto: onnx.ModelProto) -> None:
         raise InvalidGraph(f"This is an invalid model: {msg.strip()}") from None
     except ValueError as e:  # e.g. models over 2 GB handed in as protos
         raise InvalidGraph(f"This is an invalid model: {e}") from None
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _graphs(g: onnx.GraphProto):
+    """``g`` and every graph nested in its nodes' attributes, outer first."""
+    yield g
+    for n in g.node:
+        for sg in _subgraphs(n):
+            yield from _graphs(sg)
+
+
+def _repair(proto: onnx.ModelProto) -> None:
+    """What onnxruntime accepts and the checker or our IR would not, made standard in our own copy:
+    nodes put in topological order (some converters write them otherwise; onnxruntime sorts them),
+    and negative dims made unknown (Paddle exports declare ``-1`` for a free dim; onnxruntime reads
+    any negative dim as symbolic, and so does shape inference once it is unset)."""
+    for g in _graphs(proto.graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            for d in _tensor_dims(vi.type):
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.ClearField("dim_value")
+    _sort_nodes(proto.graph)
+
+
+def _tensor_dims(tp: onnx.TypeProto):
+    while True:
+        kind = tp.WhichOneof("value")
+        if kind in ("tensor_type", "sparse_tensor_type"):
+            t = getattr(tp, kind)
+            return t.shape.dim if t.HasField("shape") else ()
+        if kind in ("sequence_type", "optional_type"):
+            tp = getattr(tp, kind).elem_type
+        elif kind == "map_type":
+            tp = tp.map_type.value_type
+        else:
+            return ()
+
+
+def _outer_names(g: onnx.GraphProto) -> set[str]:
+    """Names ``g``'s nodes (nested graphs included) read from an enclosing scope."""
+    defined = {v.name for v in g.input} | {t.name for t in g.initializer}
+    defined |= {t.values.name for t in g.sparse_initializer}
+    used: set[str] = set()
+    for n in g.node:
+        used.update(x for x in n.input if x)
+        for sg in _subgraphs(n):
+            used |= _outer_names(sg)
+        defined.update(n.output)
+    return used - defined
+
+
+def _sort_nodes(g: onnx.GraphProto) -> None:
+    """Put ``g``'s nodes, and those of its subgraphs, in topological order, keeping the written order
+    where it is free (Kahn's algorithm, lowest index first). A node depends on the producers of its
+    inputs and of the outer-scope names its subgraphs read. A real cycle is refused, naming its nodes."""
+    nodes = list(g.node)
+    for n in nodes:
+        for sg in _subgraphs(n):
+            _sort_nodes(sg)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = []
+    for n in nodes:
+        names = {x for x in n.input if x}
+        for sg in _subgraphs(n):
+            names |= _outer_names(sg)
+        deps.append({producer[x] for x in names if x in producer})
+    if all(d < i for i, ds in enumerate(deps) for d in ds):
+        return
+    import heapq
+
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [len(ds) for ds in deps]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):
+        # onnxruntime's kind and words, and the cycle it does not name
+        raise Fail(f"This is an invalid model. Error: the graph{_graph_name(g)} is not acyclic: it has the cycle "
+                   f"{_cycle(nodes, deps, waiting)}")
+    del g.node[:]
+    g.node.extend(nodes[i] for i in order)
+
+
+def _graph_name(g: onnx.GraphProto) -> str:
+    return f" '{g.name}'" if g.name else ""
+
+
+def _cycle(nodes: list, deps: list[set[int]], waiting: list[int]) -> str:
+    """One cycle among the nodes left unsorted, written producer first: every such node waits on
+    another left unsorted, so following those waits from any of them comes back round."""
+    def label(i):
+        n = nodes[i]
+        return f"'{n.name}' ({n.op_type})" if n.name else f"#{i} ({n.op_type}, output '{n.output[0]}')"
+
+    seen: dict[int, int] = {}
+    path = []
+    i = next(k for k, w in enumerate(waiting) if w > 0)
+    while i not in seen:
+        seen[i] = len(path)
+        path.append(i)
+        i = min(d for d in deps[i] if waiting[d] > 0)
+    loop = path[seen[i]:][::-1]
+    first = loop.index(min(loop))   # begin at the node written first
+    loop = loop[first:] + loop[:first]
+    return " -> ".join(label(k) for k in [*loop, loop[0]])
+
+
+def _unknown_output_dims(proto: onnx.ModelProto) -> list[tuple[int, int]]:
+    return [(k, j) for k, o in enumerate(proto.graph.output) for j, d in enumerate(_tensor_dims(o.type))
+            if not d.HasField("dim_value") and not d.HasField("dim_param")]
+
+
+def _forget_generated_names(proto: onnx.ModelProto, unknown: list[tuple[int, int]]) -> None:
+    """Shape inference names the unknown dims of graph outputs ``unk__N``; onnxruntime's NodeArg shows
+    them as None, so a name inference made up for an output dim the model left unknown is dropped."""
+    for k, j in unknown:
+        dims = _tensor_dims(proto.graph.output[k].type)
+        if j < len(dims) and dims[j].dim_param.startswith("unk__"):
+            dims[j].ClearField("dim_param")
 
 
 def _override_free_dims(proto: onnx.ModelProto, dims: dict[str, int]) -> None:
@@ -157,23 +295,89 @@ def load_model(model: Any, free_dims: dict[str, int] | None = None) -> ir.Model:
     _resolve_external_data(proto, base_dir)
     _check(proto)
     light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's
+    _repair(light)
     if light.functions:
         from onnx import inliner
 
         light = inliner.inline_local_functions(light)
     if free_dims:
         _override_free_dims(light, free_dims)
+    unknown = _unknown_output_dims(light)
     try:
         light = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - non-strict inference should not raise; if it does, the model is bad
-        raise InvalidGraph(f"shape inference failed: {e}") from None
-    try:
-        model_ir = ir.serde.deserialize_model(light)
-    except Exception as e:  # noqa: BLE001
-        raise InvalidGraph(f"cannot read the model's graph: {e}") from None
+        raise InvalidGraph(f"shape inference failed: {e}") from e
+    _forget_generated_names(light, unknown)
+    model_ir = deserialize_model(light)
     _attach_weights(model_ir, proto)
     expand_gradients(model_ir)
     return model_ir
+
+
+# onnx_ir (1.1) cannot represent map types: its serde raises "NotImplementedError: Map types are not
+# supported yet" on any value typed map(...) or seq(map(...)) — ZipMap's output, skl2onnx's default for
+# every classifier, and DictVectorizer's input. This is the one place that works around it: such a
+# value reaches the IR untyped, its TypeProto kept (serialized) under MAP_TYPE_KEY in its metadata
+# props, where ``views.value_type_proto`` reads it, and put back whenever the IR is serialized here.
+MAP_TYPE_KEY = "engineroom.map_type"
+
+
+def _has_map(tp: onnx.TypeProto) -> bool:
+    kind = tp.WhichOneof("value")
+    if kind == "map_type":
+        return True
+    if kind in ("sequence_type", "optional_type"):
+        return _has_map(getattr(tp, kind).elem_type)
+    return False
+
+
+def _hide_map_types(proto: onnx.ModelProto) -> None:
+    for g in _graphs(proto.graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.HasField("type") and _has_map(vi.type):
+                vi.metadata_props.add(key=MAP_TYPE_KEY, value=vi.type.SerializeToString().hex())
+                vi.ClearField("type")
+
+
+def _restore_map_types(proto: onnx.ModelProto) -> None:
+    for g in _graphs(proto.graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            keep = [p for p in vi.metadata_props if p.key != MAP_TYPE_KEY]
+            if len(keep) == len(vi.metadata_props):
+                continue
+            hidden = next(p.value for p in vi.metadata_props if p.key == MAP_TYPE_KEY)
+            vi.type.ParseFromString(bytes.fromhex(hidden))
+            del vi.metadata_props[:]
+            vi.metadata_props.extend(keep)
+
+
+def deserialize_model(proto: onnx.ModelProto) -> ir.Model:
+    """``ir.serde.deserialize_model`` of a proto of our own (map types are taken out of it first);
+    a failure names its root cause, which onnx_ir wraps in one "Error calling ..." per level."""
+    _hide_map_types(proto)
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as e:  # noqa: BLE001 - onnx_ir raises several kinds, each wrapped in SerdeError
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        raise InvalidGraph(f"cannot read the model's graph: {type(root).__name__}: {root}") from e
+
+
+def serialize_model(model: ir.Model) -> onnx.ModelProto:
+    """``ir.serde.serialize_model`` with the map types ``deserialize_model`` took out put back."""
+    proto = ir.serde.serialize_model(model)
+    _restore_map_types(proto)
+    return proto
+
+
+def save_model(model: ir.Model, path: str) -> None:
+    """The IR written to ``path`` (``optimized_model_filepath``), map types included."""
+    if not any(MAP_TYPE_KEY in v.metadata_props for g in (model.graph, *model.graph.subgraphs())
+               for v in (*g.inputs, *g.outputs, *(o for n in g for o in n.outputs))):
+        ir.save(model, path)
+        return
+    onnx.save_model(serialize_model(model), path)
 
 
 def _all_tensors(proto: onnx.ModelProto):

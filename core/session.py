@@ -14,13 +14,13 @@ import onnx_ir as ir
 from engineroom import discovery
 from engineroom.errors import EPFail, Fail, InvalidArgument, NotImplemented
 from engineroom.functions import expand_functions
-from engineroom.load import load_model
+from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
 from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
 from engineroom.values import IOBinding, OrtValue
-from engineroom.views import value_dtype, value_shape
+from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
 
 log = logging.getLogger("engineroom")
 _SEVERITY = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.CRITICAL}
@@ -52,7 +52,7 @@ class ModelMetadata:
 def _type_string(v: ir.Value) -> str:
     t = v.type
     if t is None:
-        return "unknown"
+        return type_proto_string(value_type_proto(v))  # "unknown", or a map type onnx_ir cannot hold
     if isinstance(t, ir.TensorType):
         return type_string(value_dtype(v)) if value_dtype(v) is not None else f"tensor({t.dtype.name.lower()})"
     if isinstance(t, ir.SequenceType):
@@ -158,7 +158,7 @@ class InferenceSession:
         self._outputs = list(self._model.graph.outputs)
         self._variants: dict[tuple, Plan] = {}   # plans whose outputs end on devices (IOBinding)
         if so.optimized_model_filepath:
-            ir.save(self._model, so.optimized_model_filepath)
+            save_model(self._model, so.optimized_model_filepath)
         self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
         self._in_order = [v.name for v in self._inputs_all]
         self._log_placement()

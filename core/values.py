@@ -52,6 +52,11 @@ class OrtValue:
         if isinstance(self._value, list):
             inner = self._value[0] if self._value else np.zeros(0, np.float32)
             return f"seq({OrtValue(inner).data_type()})"
+        if isinstance(self._value, dict):  # a map of Python scalars (ZipMap's: int or str keys, float values)
+            names = {str: "string", int: "int64", float: "float"}
+            key = names.get(type(next(iter(self._value), 0)), "int64")
+            val = names.get(type(next(iter(self._value.values()), 0.0)), "float")
+            return f"map({key},tensor({val}))"
         return f"tensor({ort_type_name(onnx_elem_type(self._value.dtype))})"
 
     def device_name(self) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from engineroom.load import MAP_TYPE_KEY
 from engineroom.plugin_sdk import NodeView
 
 
@@ -102,6 +103,10 @@ def value_shape(v: ir.Value | None):
 
 
 def value_type_proto(v: ir.Value | None):
+    if v is not None and v.type is None and MAP_TYPE_KEY in v.metadata_props:
+        tp = onnx.TypeProto()  # a map type onnx_ir cannot hold (see engineroom.load)
+        tp.ParseFromString(bytes.fromhex(v.metadata_props[MAP_TYPE_KEY]))
+        return tp
     if v is None or v.type is None:
         return None
     try:
@@ -111,6 +116,22 @@ def value_type_proto(v: ir.Value | None):
         return tp
     except Exception:  # noqa: BLE001
         return None
+
+
+def type_proto_string(tp: onnx.TypeProto | None) -> str:
+    """onnxruntime's spelling of a type: ``tensor(float)``, ``seq(map(int64,tensor(float)))``."""
+    kind = tp.WhichOneof("value") if tp is not None else None
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        name = onnx.helper.tensor_dtype_to_string(getattr(tp, kind).elem_type)[len("TensorProto."):].lower()
+        return f"{'sparse_tensor' if kind == 'sparse_tensor_type' else 'tensor'}({name})"
+    if kind == "sequence_type":
+        return f"seq({type_proto_string(tp.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({type_proto_string(tp.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.helper.tensor_dtype_to_string(tp.map_type.key_type)[len("TensorProto."):].lower()
+        return f"map({key},{type_proto_string(tp.map_type.value_type)})"
+    return "unknown"
 
 
 def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[str, np.ndarray]) -> NodeView:

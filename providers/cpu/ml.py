@@ -1,6 +1,7 @@
 """Classic ML ops of the ``ai.onnx.ml`` domain: ArrayFeatureExtractor, Binarizer, CategoryMapper,
 FeatureVectorizer, Imputer, LabelEncoder (1, 2, 4), LinearClassifier, LinearRegressor, Normalizer,
-OneHotEncoder, Scaler, TreeEnsemble (5), TreeEnsembleClassifier / TreeEnsembleRegressor (1, 3).
+OneHotEncoder, Scaler, TreeEnsemble (5), TreeEnsembleClassifier / TreeEnsembleRegressor (1, 3), ZipMap
+(a sequence of Python dicts, as onnxruntime returns it).
 
 Trees: every tree format is converted once, in the factory, to one flat layout (interior nodes with
 feature, threshold, comparison and two children; leaves as CSR lists of (target, weight)). Evaluation
@@ -367,8 +368,14 @@ def linear_classifier(info):
     def run(x):
         xh = _host(x)
         rows = xh.reshape(1, -1) if xh.ndim == 1 else xh
-        n_rows = coef.size // rows.shape[1]
-        s = rows.astype(np.float32) @ coef.reshape(n_rows, -1).T
+        # onnxruntime reads the coefficients as [len(intercepts), the input's width]: a model whose
+        # declared input is narrower than its coefficients (onnxruntime's own sample logreg_iris.onnx
+        # declares [3, 2] against 4 features) is weighed by the flat list's leading part, as there.
+        n_rows = inter.size if inter is not None else coef.size // rows.shape[1]
+        if coef.size < n_rows * rows.shape[1]:
+            raise ValueError(f"LinearClassifier: {coef.size} coefficients cannot weigh {rows.shape[1]} features "
+                             f"for {n_rows} classes")
+        s = rows.astype(np.float32) @ coef[:n_rows * rows.shape[1]].reshape(n_rows, -1).T
         if inter is not None:
             s = s + inter
         if n_rows == 1 and n_classes == 2:
@@ -689,5 +696,31 @@ def tree_ensemble_classifier(info):
         label = labels[np.argmax(np.where(hits, scores, -np.inf), axis=1)]
         z = post(scores) if post is not None else scores
         return label.astype(labels.dtype), info.xp.asarray(z.astype(np.float32))
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# ZipMap: a classifier's probabilities as a sequence of maps
+
+
+@kernel("ZipMap", domain=ML, since=1)
+def zip_map(info):
+    labels = info.attrs.get("classlabels_int64s")
+    keys = [int(k) for k in labels] if labels is not None else \
+        [_text(k) for k in info.attrs.get("classlabels_strings") or []]
+    # onnxruntime's maps are std::maps: keys in ascending order, which a dict keeps as inserted
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    sorted_keys = [keys[i] for i in order]
+
+    def run(x):
+        x = _host(x)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"Zipmap only supports 1D or 2D input tensors, got shape {list(x.shape)}")
+        rows = x.reshape(1, -1) if x.ndim == 1 else x
+        if rows.shape[1] != len(keys):
+            raise ValueError(f"Zipmap: the input has {rows.shape[1]} columns but there are {len(keys)} class labels")
+        # As onnxruntime returns them: Python int or str keys, Python float values.
+        return ([dict(zip(sorted_keys, r)) for r in rows[:, order].tolist()],)
 
     return run

@@ -1,0 +1,160 @@
+"""The classes of real-world models that failed to load (issue 22), each as a small model built here and
+checked against onnxruntime: maps and sequences of maps (ZipMap), nodes out of topological order,
+negative dims, the GELU forms of a T5 encoder at each optimization level, and the OpenVINO provider on
+int8 arithmetic. The downloaded models themselves are run by ``../shared/realworld/run_all.py``."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as h
+import pytest
+from onnx import TensorProto as T
+
+import engineroom as ort
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle of these tests")
+
+RNG = np.random.default_rng(22)
+ML = h.make_opsetid("ai.onnx.ml", 1)
+
+
+def _model(nodes, inputs, outputs, opset=17, extra=(), initializers=()):
+    g = h.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset), *extra])
+
+
+def _both(m, feed, **kw):
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"], **kw)
+    return ref, s, ref.run(None, feed), s.run(None, feed)
+
+
+# ------------------------------------------------------------------------------------------- maps
+def _classifier(labels: dict) -> onnx.ModelProto:
+    """logreg_iris's shape: LinearClassifier -> Normalizer -> ZipMap, probabilities as seq(map)."""
+    key = T.INT64 if "classlabels_int64s" in labels else T.STRING
+    lab = {"classlabels_ints": labels["classlabels_int64s"]} if key == T.INT64 else \
+        {"classlabels_strings": labels["classlabels_strings"]}
+    nodes = [
+        h.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                    coefficients=RNG.standard_normal(12).tolist(), intercepts=[0.25, 0.5, -0.75],
+                    post_transform="LOGISTIC", **lab),
+        h.make_node("Normalizer", ["scores"], ["p"], domain="ai.onnx.ml", norm="L1"),
+        h.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml", **labels),
+    ]
+    seq_map = h.make_sequence_type_proto(h.make_map_type_proto(key, h.make_tensor_type_proto(T.FLOAT, None)))
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [None, 4])],
+                  [h.make_tensor_value_info("label", key, [None]), h.make_value_info("probabilities", seq_map)],
+                  extra=[ML])
+
+
+@pytest.mark.parametrize("labels", [{"classlabels_int64s": [3, 1, 7]}, {"classlabels_strings": ["a", "b", "c"]}],
+                         ids=["int64", "string"])
+def test_zipmap_returns_a_list_of_dicts_as_onnxruntime(labels):
+    m = _classifier(labels)
+    feed = {"x": RNG.uniform(0.5, 7.5, (5, 4)).astype(np.float32)}
+    ref, s, want, got = _both(m, feed)
+    assert [(o.name, o.type, o.shape) for o in s.get_outputs()] == \
+        [(o.name, o.type, o.shape) for o in ref.get_outputs()]
+    assert list(got[0]) == list(want[0])
+    assert isinstance(got[1], list) and len(got[1]) == len(want[1]) == 5
+    for g, w in zip(got[1], want[1]):
+        assert list(g) == list(w)                                   # same keys, same order
+        assert [type(k) for k in g] == [type(k) for k in w]         # int or str, as onnxruntime's
+        assert all(type(v) is float for v in g.values())
+        np.testing.assert_allclose([g[k] for k in w], [w[k] for k in w], rtol=1e-5, atol=1e-6)
+
+
+def test_zipmap_output_as_ortvalue_names_its_map_type():
+    m = _classifier({"classlabels_int64s": [0, 1, 2]})
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = s.run_with_ort_values(None, {"x": np.ones((2, 4), np.float32)})
+    assert out[1].data_type() == "seq(map(int64,tensor(float)))"
+    assert not out[1].is_tensor()
+
+
+def test_map_types_are_kept_in_a_saved_optimized_model(tmp_path):
+    """The IR cannot hold map types; the optimized model written from it must still have them, and
+    onnxruntime must load it and give the same maps."""
+    m = _classifier({"classlabels_strings": ["x", "y", "z"]})
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    saved = onnx.load(so.optimized_model_filepath)
+    assert saved.graph.output[1].type.sequence_type.elem_type.map_type.key_type == T.STRING
+    assert not saved.graph.output[1].metadata_props
+    feed = {"x": RNG.standard_normal((3, 4)).astype(np.float32)}
+    read = onnxruntime.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert read.get_outputs()[1].type == "seq(map(string,tensor(float)))"
+    a = read.run(None, feed)
+    b = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert a[1] == b[1]
+
+
+def test_an_unreadable_graph_names_the_real_cause():
+    """A map type where onnx_ir reads it and no workaround applies (an Optional's type attribute): the
+    error carries onnx_ir's own reason, not only its "Error calling _deserialize_graph" wrapper."""
+    map_type = h.make_map_type_proto(T.INT64, h.make_tensor_type_proto(T.FLOAT, None))
+    node = h.make_node("Optional", [], ["o"], type=map_type)
+    m = _model([node, h.make_node("OptionalHasElement", ["o"], ["y"])], [], [h.make_tensor_value_info("y", T.BOOL, [])],
+               opset=18)
+    with pytest.raises(ort.InvalidGraph, match="NotImplementedError: Map types are not supported") as e:
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert e.value.__cause__ is not None
+
+
+# ----------------------------------------------------------------------------- topological order
+def _unsorted_model(branch_sorted: bool = False) -> onnx.ModelProto:
+    """Nodes written consumers first, in the main graph and in an If branch, and a branch that reads an
+    outer value whose producer is written after the If (a dependency only the subgraph shows).
+    onnxruntime sorts the main graph but refuses an unsorted subgraph: it is given the branch sorted."""
+    one = h.make_tensor("one", T.FLOAT, [], [1.0])
+    branch = [h.make_node("Mul", ["t0", "a"], ["t1"]), h.make_node("Add", ["a", "one"], ["t0"])]
+    then_g = h.make_graph(branch[::-1] if branch_sorted else branch,
+                          "then", [], [h.make_tensor_value_info("t1", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("Sub", ["a", "one"], ["e1"])], "else", [],
+                          [h.make_tensor_value_info("e1", T.FLOAT, None)])
+    nodes = [
+        h.make_node("Tanh", ["r"], ["y"], name="last"),
+        h.make_node("If", ["c"], ["r"], name="branch", then_branch=then_g, else_branch=else_g),
+        h.make_node("ReduceSum", ["a"], ["s"], keepdims=0, name="sum"),
+        h.make_node("Greater", ["s", "zero"], ["c"], name="cond"),
+        h.make_node("Relu", ["x"], ["a"], name="first"),
+    ]
+    zero = h.make_tensor("zero", T.FLOAT, [], [0.0])
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+                  [h.make_tensor_value_info("y", T.FLOAT, None)], initializers=[one, zero])
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["then", "else"])
+def test_nodes_out_of_order_are_sorted_as_onnxruntime_does(sign):
+    feed = {"x": (sign * np.abs(RNG.standard_normal((2, 3)))).astype(np.float32)}
+    ref = onnxruntime.InferenceSession(_unsorted_model(branch_sorted=True).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(_unsorted_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(s.run(None, feed)[0], ref.run(None, feed)[0], rtol=1e-6)
+
+
+def test_a_real_cycle_is_refused_naming_its_nodes():
+    nodes = [h.make_node("Relu", ["x"], ["a"], name="head"),
+             h.make_node("Add", ["a", "c"], ["b"], name="add"),
+             h.make_node("Neg", ["b"], ["c"], name="neg"),
+             h.make_node("Abs", ["b"], ["y"], name="tail")]
+    m = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2])], [h.make_tensor_value_info("y", T.FLOAT, [2])])
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="not acyclic"):
+        onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(ort.Fail, match=r"not acyclic: it has the cycle 'add' \(Add\) -> 'neg' \(Neg\) -> 'add'"):
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------- negative dims
+def test_negative_dims_are_unknown_as_in_onnxruntime():
+    """A Paddle export declares [-1, 3, ?, ?]: every batch size runs; NodeArg.shape shows None there."""
+    nodes = [h.make_node("Relu", ["x"], ["r"]), h.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0)]
+    m = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [-1, 3, "h", -1])],
+               [h.make_tensor_value_info("y", T.FLOAT, [-1, -1])])
+    feed = {"x": RNG.standard_normal((4, 3, 5, 6)).astype(np.float32)}
+    ref, s, want, got = _both(m, feed)
+    assert s.get_inputs()[0].shape == ref.get_inputs()[0].shape == [None, 3, "h", None]
+    assert s.get_outputs()[0].shape == ref.get_outputs()[0].shape
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
