@@ -527,11 +527,13 @@ def qlinear_conv(info):
         nd = acc.ndim - 2
         if b is not None:
             acc += b.astype(np.float64).reshape((M,) + (1,) * nd)
-        ws = xp.asarray(w_scale).astype(np.float64)
+        # requantized in float32 as onnxruntime does (scale = x_scale * w_scale / y_scale in float32, the
+        # sum converted to float32): in float64 ties round differently and outputs move by one step
+        ws = xp.asarray(w_scale).astype(np.float32)
         ws = ws.reshape((M,) + (1,) * nd) if ws.size > 1 else ws.reshape(())
-        scale = xp.asarray(x_scale).astype(np.float64).reshape(()) * ws / \
-            xp.asarray(y_scale).astype(np.float64).reshape(())
-        y = xp.rint(acc * scale)
+        scale = xp.asarray(x_scale).astype(np.float32).reshape(()) * ws / \
+            xp.asarray(y_scale).astype(np.float32).reshape(())
+        y = xp.rint(acc.astype(np.float32) * scale)
         out_dt = np.dtype(y_zp.dtype) if y_zp is not None else np.dtype(np.uint8)
         if y_zp is not None:
             y += xp.asarray(y_zp).astype(np.float64).reshape(())

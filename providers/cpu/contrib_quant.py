@@ -1,0 +1,533 @@
+"""Quantized com.microsoft contrib kernels: the QOperator set that onnxruntime's static quantizer writes
+(QLinearAdd, QLinearMul, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax, QLinearConcat, QLinearWhere,
+QLinearAveragePool, QLinearGlobalAveragePool, QLinearConv, QGemm, NhwcMaxPool), the dynamic quantizer's
+DynamicQuantizeMatMul / MatMulIntegerToFloat / DynamicQuantizeLSTM, MatMulInteger16, and the contrib
+QuantizeLinear / DequantizeLinear.
+
+Numerics follow onnxruntime's CPU kernels: integer products are summed exactly (float64 GEMMs of
+integer-valued operands), requantization rounds half to even and saturates, elementwise ops compute in
+float32 as MLAS does, and 8-bit unary ops are 256-entry lookup tables built once when the scales are
+constants. Dynamic quantization of activations (DynamicQuantizeMatMul, DynamicQuantizeLSTM) uses
+onnxruntime's uint8 range rule (``_contrib.dynamic_qparams``), so the rounding of the activations is the same.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engineroom.providers.cpu._contrib import (const, delegate, dequantize, dynamic_qparams, quantize,
+                                              requantize_lut, scalar)
+from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.rnn import _activations, _reverse_index
+
+MS = "com.microsoft"
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_Q8 = (np.uint8, np.int8)
+
+
+def _zp_dtype(zp, fallback):
+    return np.dtype(zp.dtype) if zp is not None else np.dtype(fallback)
+
+
+def _out_dtype(info, i, fallback):
+    d = info.output_dtypes[i] if len(info.output_dtypes) > i else None
+    return np.dtype(d) if d is not None else np.dtype(fallback)
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+
+def _binary(info, combine):
+    """QLinearAdd / QLinearMul: inputs A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp."""
+    def run(a, sa, za, b, sb, zb, sc, zc=None):
+        out = _zp_dtype(zc, a.dtype)
+        y = combine(a, scalar(sa), scalar(za), b, scalar(sb), scalar(zb), scalar(sc), scalar(zc))
+        lim = np.iinfo(out)
+        return (np.clip(np.rint(y), lim.min, lim.max).astype(out),)
+
+    return run
+
+
+def _add(a, sa, za, b, sb, zb, sc, zc):
+    # MLAS (x86): (zc - (ra*za + rb*zb)) + a*ra + b*rb in float32, ra = sa/sc, rb = sb/sc
+    ra, rb = np.float32(sa) / np.float32(sc), np.float32(sb) / np.float32(sc)
+    fixed = np.float32(zc) - (ra * np.float32(za) + rb * np.float32(zb))
+    return (fixed + a.astype(_F32) * ra) + b.astype(_F32) * rb
+
+
+def _mul(a, sa, za, b, sb, zb, sc, zc):
+    ratio = np.float32(sa) * np.float32(sb) / np.float32(sc)
+    return (a.astype(_F32) - np.float32(za)) * (b.astype(_F32) - np.float32(zb)) * ratio + np.float32(zc)
+
+
+@kernel("QLinearAdd", domain=MS, since=1, types=_Q8)
+def qlinear_add(info):
+    return _binary(info, _add)
+
+
+@kernel("QLinearMul", domain=MS, since=1, types=_Q8)
+def qlinear_mul(info):
+    return _binary(info, _mul)
+
+
+def _unary_lut(info, fn):
+    """An 8-bit unary op y = quantize(fn(dequantize(x))): inputs X, X_scale, X_zp, Y_scale, Y_zp. The
+    table is built once when the four parameters are constants, else per run."""
+    in_dt = np.dtype(info.input_dtypes[0]) if info.input_dtypes and info.input_dtypes[0] is not None else None
+    params = [const(info, i) for i in (1, 2, 3, 4)]
+
+    def table(sx, zx, sy, zy, in_dtype):
+        return requantize_lut(fn, scalar(sx), scalar(zx), scalar(sy), scalar(zy), in_dtype, _zp_dtype(zy, in_dtype))
+
+    fixed = None
+    if in_dt is not None and all(p is not None or not info.has_input(i) for p, i in zip(params, (1, 2, 3, 4))):
+        fixed = table(*params, in_dt)
+
+    def run(x, sx, zx=None, sy=None, zy=None):
+        lut = fixed if fixed is not None and x.dtype == in_dt else table(sx, zx, sy, zy, x.dtype)
+        return (lut[x.view(np.uint8)],)
+
+    return run
+
+
+@kernel("QLinearSigmoid", domain=MS, since=1, types=_Q8)
+def qlinear_sigmoid(info):
+    def sigmoid(v):
+        with np.errstate(over="ignore"):
+            return 1 / (1 + np.exp(-v))
+    return _unary_lut(info, sigmoid)
+
+
+@kernel("QLinearLeakyRelu", domain=MS, since=1, types=_Q8)
+def qlinear_leaky_relu(info):
+    alpha = np.float32(info.attrs.get("alpha", 0.01))
+    return _unary_lut(info, lambda v: np.where(v >= 0, v, v * alpha))
+
+
+@kernel("QLinearSoftmax", domain=MS, since=1, types=_Q8)
+def qlinear_softmax(info):
+    """Softmax over ``axis`` of the dequantized input (opset < 13: over all axes from ``axis`` on, as
+    Softmax-1 flattens), exp(x - max) in float32 from the integer difference, requantized to Y."""
+    axis = int(info.attrs.get("axis", -1))
+    opset = int(info.attrs.get("opset", 13))
+
+    def run(x, sx, zx, sy, zy=None):
+        out = _zp_dtype(zy, x.dtype)
+        ax = axis + x.ndim if axis < 0 else axis
+        xi = x.astype(np.int32)
+        if opset < 13:
+            shape = x.shape
+            xi = xi.reshape(int(np.prod(shape[:ax], dtype=np.int64)), -1)
+            red = 1
+        else:
+            red = ax
+        d = (xi - xi.max(axis=red, keepdims=True)).astype(_F32) * np.float32(scalar(sx))
+        e = np.exp(d)
+        y = e / e.sum(axis=red, keepdims=True, dtype=_F32)
+        y = quantize(y, scalar(sy), scalar(zy), out)
+        return (y.reshape(x.shape),)
+
+    return run
+
+
+@kernel("QLinearConcat", domain=MS, since=1)
+def qlinear_concat(info):
+    """Inputs Y_scale, Y_zp, then (X, X_scale, X_zp) per tensor; each is requantized to Y's parameters
+    (an input already in them is copied as it is)."""
+    axis = int(info.attrs["axis"])
+
+    def run(sy, zy, *rest):
+        if len(rest) % 3:
+            raise ValueError("QLinearConcat: inputs after Y_scale, Y_zero_point must come in (X, X_scale, "
+                             f"X_zero_point) triples, got {len(rest)}")
+        s_y, z_y = scalar(sy), scalar(zy)
+        out = _zp_dtype(zy, rest[0].dtype)
+        parts = []
+        for x, sx, zx in zip(rest[0::3], rest[1::3], rest[2::3]):
+            s_x, z_x = scalar(sx), scalar(zx)
+            if np.float32(s_x) == np.float32(s_y) and z_x == z_y and x.dtype == out:
+                parts.append(x)
+            else:
+                parts.append(quantize(dequantize(x, s_x, z_x), s_y, z_y, out))
+        return (np.concatenate(parts, axis=axis),)
+
+    return run
+
+
+@kernel("QLinearWhere", domain=MS, since=1)
+def qlinear_where(info):
+    """Inputs condition, X, X_scale, X_zp, Y, Y_scale, Y_zp, Z_scale, Z_zp: where(condition, X, Y) with
+    both branches requantized to Z's parameters."""
+    def run(cond, x, sx, zx, y, sy, zy, sz, zz):
+        out = _zp_dtype(zz, x.dtype)
+        s_z, z_z = scalar(sz), scalar(zz)
+        xq = quantize(dequantize(x, scalar(sx), scalar(zx)), s_z, z_z, out)
+        yq = quantize(dequantize(y, scalar(sy), scalar(zy)), s_z, z_z, out)
+        return (np.where(cond, xq, yq),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+
+
+@kernel("QLinearGlobalAveragePool", domain=MS, since=1, types=_Q8)
+def qlinear_global_average_pool(info):
+    """The integer sum over the image, less the zero point times its size, scaled by
+    x_scale / y_scale / size in float32 and requantized (as MLAS does)."""
+    channels_last = int(info.attrs.get("channels_last", 0))
+
+    def run(x, sx, zx, sy, zy=None):
+        out = _zp_dtype(zy, x.dtype)
+        axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
+        size = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+        acc = x.sum(axis=axes, keepdims=True, dtype=np.int64) - int(scalar(zx)) * size
+        scale = np.float32(scalar(sx)) / np.float32(scalar(sy)) / np.float32(size)
+        y = np.rint(acc.astype(_F32) * scale) + np.float32(scalar(zy))
+        lim = np.iinfo(out)
+        return (np.clip(y, lim.min, lim.max).astype(out),)
+
+    return run
+
+
+@kernel("QLinearAveragePool", domain=MS, since=1, types=_Q8)
+def qlinear_average_pool(info):
+    """AveragePool of the dequantized input, requantized; ``channels_last`` reads and writes NHWC."""
+    channels_last = int(info.attrs.get("channels_last", 0))
+    attrs = {k: v for k, v in info.attrs.items() if k != "channels_last"}
+    pool = delegate(info, "AveragePool", 19, attrs, inputs=[0], dtypes=[_F32])
+
+    def run(x, sx, zx, sy, zy=None):
+        out = _zp_dtype(zy, x.dtype)
+        xf = dequantize(x, scalar(sx), scalar(zx))
+        if channels_last:
+            xf = np.moveaxis(xf, -1, 1)
+        y = pool(xf)[0]
+        if channels_last:
+            y = np.moveaxis(y, 1, -1)
+        return (quantize(y, scalar(sy), scalar(zy), out),)
+
+    return run
+
+
+@kernel("NhwcMaxPool", domain=MS, since=1, types=_Q8)
+def nhwc_max_pool(info):
+    """MaxPool over a channels-last 8-bit tensor (exact: max commutes with the layout)."""
+    pool = delegate(info, "MaxPool", 12, inputs=[0])
+
+    def run(x):
+        y = pool(np.ascontiguousarray(np.moveaxis(x, -1, 1)))[0]
+        return (np.ascontiguousarray(np.moveaxis(y, 1, -1)),)
+
+    return run
+
+
+@kernel("QLinearConv", domain=MS, since=1, types=_Q8)
+def qlinear_conv_ms(info):
+    """The ONNX QLinearConv, plus ``channels_last`` (NHWC input and output)."""
+    channels_last = int(info.attrs.get("channels_last", 0))
+    attrs = {k: v for k, v in info.attrs.items() if k != "channels_last"}
+    conv = delegate(info, "QLinearConv", 10, attrs)
+
+    def run(x, *rest):
+        if channels_last:
+            x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+        y = conv(x, *rest)[0]
+        return (np.ascontiguousarray(np.moveaxis(y, 1, -1)) if channels_last else y,)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix products
+
+
+def _centered(b, zb, axis=-1):
+    """b - zero point as float64 (integer-valued), the zero point per column where it is a vector."""
+    bf = np.asarray(b).astype(_F64)
+    if zb is not None:
+        z = np.asarray(zb).astype(_F64)
+        bf -= z.reshape(()) if z.size == 1 else z.reshape(-1)
+    return bf
+
+
+def _col_scale(s):
+    s = np.asarray(s).astype(_F32)
+    return s.reshape(()) if s.size == 1 else s.reshape(-1)
+
+
+class _PreparedB:
+    """A constant right-hand matrix: B - zero point (float64) and its scale, made once."""
+
+    def __init__(self, info, b_idx, s_idx, z_idx):
+        cb, cs = const(info, b_idx), const(info, s_idx)
+        cz = const(info, z_idx) if z_idx is not None else None
+        has_z = z_idx is not None and info.has_input(z_idx)
+        self.ready = cb is not None and cs is not None and (cz is not None or not has_z)
+        if self.ready:
+            self.b, self.s = _centered(cb, cz), _col_scale(cs)
+
+    def get(self, b, s, z):
+        if self.ready:
+            return self.b, self.s
+        return _centered(b, z), _col_scale(s)
+
+
+@kernel("MatMulIntegerToFloat", domain=MS, since=1, types=_Q8)
+def matmul_integer_to_float(info):
+    """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, float32 out; inputs A, B, a_scale, b_scale,
+    a_zero_point, b_zero_point, bias."""
+    prepared = _PreparedB(info, 1, 3, 5)
+
+    def run(a, b, sa, sb, za=None, zb=None, bias=None):
+        bc, s_b = prepared.get(b, sb, zb)
+        s_a = _col_scale(sa)
+        if s_a.ndim:
+            raise NotImplementedError("MatMulIntegerToFloat: a per-row a_scale is not supported")
+        af = a.astype(_F64)
+        if za is not None:
+            af -= scalar(za)
+        y = np.matmul(af, bc).astype(_F32) * (s_a * s_b)
+        if bias is not None:
+            y += bias
+        return (y,)
+
+    return run
+
+
+@kernel("DynamicQuantizeMatMul", domain=MS, since=1, types=(np.float32,))
+def dynamic_quantize_matmul(info):
+    """A quantized on the fly to uint8 (onnxruntime's range rule), then as MatMulIntegerToFloat; inputs A,
+    B, b_scale, b_zero_point, bias."""
+    prepared = _PreparedB(info, 1, 2, 3)
+
+    def run(a, b, sb, zb=None, bias=None):
+        bc, s_b = prepared.get(b, sb, zb)
+        s_a, z_a = dynamic_qparams(a)
+        qa = quantize(a, s_a, z_a, np.uint8)
+        y = np.matmul(qa.astype(_F64) - z_a, bc).astype(_F32) * (np.float32(s_a) * s_b)
+        if bias is not None:
+            y += bias
+        return (y,)
+
+    return run
+
+
+@kernel("MatMulInteger16", domain=MS, since=1, types=(np.int16, np.uint16))
+def matmul_integer16(a, b):
+    return np.matmul(a.astype(_F64), b.astype(_F64)).astype(np.int32)
+
+
+@kernel("QGemm", domain=MS, since=1, types=_Q8)
+def qgemm(info):
+    """alpha * (A - a_zp) @ (B - b_zp) * a_scale * b_scale, plus C (int32, in the product's scale); then
+    requantized to y_scale / y_zero_point when given, else float32. Inputs A, a_scale, a_zp, B, b_scale,
+    b_zp, C, y_scale, y_zp; attributes alpha, transA, transB."""
+    alpha = np.float32(info.attrs.get("alpha", 1.0))
+    trans_a = int(info.attrs.get("transA", 0))
+    trans_b = int(info.attrs.get("transB", 0))
+    cb, cs, cz = const(info, 3), const(info, 4), const(info, 5)
+    pre = None
+    if cb is not None and cs is not None and cz is not None:
+        pre = (_centered(cb.T if trans_b else cb, cz), _col_scale(cs))
+
+    def run(a, sa, za, b, sb, zb, c=None, sy=None, zy=None):
+        if pre is not None:
+            bc, s_b = pre
+        else:
+            bc, s_b = _centered(b.T if trans_b else b, zb), _col_scale(sb)
+        af = (a.T if trans_a else a).astype(_F64) - scalar(za)
+        acc = af @ bc
+        if c is not None:
+            acc = acc + c.astype(_F64)
+        y = acc.astype(_F32) * (alpha * np.float32(scalar(sa)) * s_b)
+        if sy is None:
+            return (y,)
+        out = _zp_dtype(zy, a.dtype)
+        return (quantize(y, scalar(sy), scalar(zy), out),)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# QuantizeLinear / DequantizeLinear (contrib versions: per-tensor or per-axis, 8/16-bit and int4)
+
+
+@kernel("QuantizeLinear", domain=MS, since=1)
+def quantize_linear_ms(info):
+    return delegate(info, "QuantizeLinear", 21)
+
+
+@kernel("DequantizeLinear", domain=MS, since=1)
+def dequantize_linear_ms(info):
+    return delegate(info, "DequantizeLinear", 21)
+
+
+# ---------------------------------------------------------------------------------------------
+# DynamicQuantizeLSTM
+
+
+class _QuantizedWeight:
+    """A quantized (K, N) weight whose ``h @ w`` quantizes h on the fly as onnxruntime's quantized LSTM
+    GEMM does: uint8 with its own range rule per product, integer sums, scaled by h_scale * w_scale per
+    column. ``__array_ufunc__ = None`` makes NumPy hand ``ndarray @ self`` to ``__rmatmul__``."""
+
+    __array_ufunc__ = None
+
+    def __init__(self, w, scale, zp):
+        self.w = _centered(w, zp)                       # (K, N) float64, integer-valued
+        self.scale = _col_scale(scale)
+
+    def __rmatmul__(self, a):
+        s_a, z_a = dynamic_qparams(a)
+        qa = quantize(a, s_a, z_a, np.uint8).astype(_F64) - z_a
+        return (qa @ self.w).astype(_F32) * (np.float32(s_a) * self.scale)
+
+
+# onnxruntime's LSTM runs its gates through MLAS's rational approximations of the logistic and tanh
+# functions (Eigen's coefficients), with fused multiply-adds. DynamicQuantizeLSTM computes the same ones
+# because the dynamic quantization of each step's h makes the model chaotic: an exact sigmoid moves h by
+# an ulp, that flips a rounding in the next step's quantization, and a 3-layer BiLSTM's output moved by 2e-2.
+_LOGISTIC_P = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
+               2.48287947061529e-01)
+_LOGISTIC_Q = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+               1.16817656904453e-01, 9.93151921023180e-01)
+_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
+_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+
+
+def _horner_fma(x2, coefs):
+    """Horner's rule over float32 coefficients, each step a fused multiply-add (exact in float64, rounded
+    once to float32)."""
+    c = [np.float32(v) for v in coefs]
+    p = (x2.astype(_F64) * c[0] + np.float64(c[1])).astype(_F32)
+    for v in c[2:]:
+        p = (p.astype(_F64) * x2 + np.float64(v)).astype(_F32)
+    return p
+
+
+def _mlas_rational(x, lo, p_coefs, q_coefs):
+    v = np.clip(x.astype(_F32, copy=False), np.float32(-lo), np.float32(lo))
+    v2 = v * v
+    return _horner_fma(v2, p_coefs) * v, _horner_fma(v2, q_coefs)
+
+
+def mlas_logistic(x):
+    p, q = _mlas_rational(x, 18.0, _LOGISTIC_P, _LOGISTIC_Q)
+    return np.clip(p / q + np.float32(0.5), np.float32(0), np.float32(1))
+
+
+def mlas_tanh(x):
+    p, q = _mlas_rational(x, 9.0, _TANH_P, _TANH_Q)
+    return p / q
+
+
+def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
+    """One direction of the LSTM in onnxruntime's order of operations: per step the gate pre-activations
+    are (x W + h R) [+ peephole * c] + bias, clipped; c = c_prev * f + i * g; h = o * h_act(c)."""
+    seq, H = xw.shape[0], h.shape[1]
+    f_act, g_act, h_act = acts
+    y = np.zeros((seq,) + h.shape, _F32)
+    bi, bo, bf, bc = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
+    cl = (lambda v: np.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
+    for t in range(seq):
+        a = xw[t] + h @ rq                               # gates i, o, f, c
+        ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        if p is not None:
+            ai = ai + c * p[:H]
+            af = af + c * p[2 * H:]
+        i = f_act(cl(ai + bi))
+        fg = np.float32(1) - i if input_forget else f_act(cl(af + bf))
+        g = g_act(cl(ac + bc))
+        c_new = c * fg + i * g
+        if p is not None:
+            ao = ao + c_new * p[H:2 * H]
+        o = f_act(cl(ao + bo))
+        h_new = h_act(c_new) * o
+        if lens is not None:
+            m = (t < lens)[:, None]
+            h, c = np.where(m, h_new, h), np.where(m, c_new, c)
+            y[t] = np.where(m, h_new, 0)
+        else:
+            h, c = h_new, c_new
+            y[t] = h_new
+    return y, h, c
+
+
+@kernel("DynamicQuantizeLSTM", domain=MS, since=1, types=(np.float32,), host_inputs=(4,))
+def dynamic_quantize_lstm(info):
+    """LSTM with int8/uint8 weights W (D, input, 4H) and R (D, H, 4H), already transposed, with scales and
+    zero points per direction (D,) or per direction and column (D, 4H). Inputs X, W, R, B, sequence_lens,
+    initial_h, initial_c, P, W_scale, W_zero_point, R_scale, R_zero_point. The input projection and each
+    step's recurrent product quantize their activations dynamically (``_QuantizedWeight``); the gates
+    follow onnxruntime's order of operations and its approximate logistic / tanh (see ``mlas_logistic``)."""
+    a = info.attrs
+    direction = a.get("direction", "forward")
+    num_dirs = 2 if direction == "bidirectional" else 1
+    hidden = int(a["hidden_size"])
+    clip = a.get("clip")
+    clip = None if clip is None else float(clip)
+    input_forget = bool(int(a.get("input_forget", 0)))
+    if int(a.get("layout", 0)):
+        raise NotImplementedError("DynamicQuantizeLSTM: layout=1 is not supported")
+    if a.get("activations"):
+        acts = _activations(info, ["Sigmoid", "Tanh", "Tanh"], num_dirs, np)
+    else:
+        acts = [[mlas_logistic, mlas_tanh, mlas_tanh]] * num_dirs
+
+    def prepare(W, R, B, P, ws, wz, rs, rz):
+        dirs = []
+        for d in range(num_dirs):
+            def per_dir(v):
+                v = np.asarray(v)
+                return v[d] if v.ndim >= 1 and v.shape[0] == num_dirs and v.size > 1 else v.reshape(-1)[:1]
+            wq = _QuantizedWeight(W[d], per_dir(ws), per_dir(wz))
+            rq = _QuantizedWeight(R[d], per_dir(rs), per_dir(rz))
+            bias = (B[d, :4 * hidden].astype(_F32) + B[d, 4 * hidden:].astype(_F32) if B is not None
+                    else np.zeros(4 * hidden, _F32))
+            p = None if P is None else P[d].astype(_F32)
+            dirs.append((wq, rq, bias, p))
+        return dirs
+
+    idx = (1, 2, 3, 7, 8, 9, 10, 11)
+    consts = [const(info, i) for i in idx]
+    prepared = None
+    if all(c is not None or not info.has_input(i) for c, i in zip(consts, idx)):
+        prepared = prepare(*consts)
+
+    def run(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
+            ws=None, wz=None, rs=None, rz=None):
+        dirs = prepared if prepared is not None else prepare(W, R, B, P, ws, wz, rs, rz)
+        seq, batch, _ = X.shape
+        Xc = X.astype(_F32, copy=False)
+        lens = None
+        if sequence_lens is not None:
+            lens = np.asarray(sequence_lens).astype(np.int64)
+            if bool(np.all(lens >= seq)):
+                lens = None
+        Y = np.zeros((seq, num_dirs, batch, hidden), _F32)
+        Y_h = np.zeros((num_dirs, batch, hidden), _F32)
+        Y_c = np.zeros((num_dirs, batch, hidden), _F32)
+        for d, (wq, rq, bias, p) in enumerate(dirs):
+            reverse = direction == "reverse" or d == 1
+            Xd, rev_idx = Xc, None
+            if reverse:
+                if lens is None:
+                    Xd = Xc[::-1]
+                else:
+                    rev_idx = _reverse_index(seq, lens, np)
+                    Xd = Xc[rev_idx, np.arange(batch)[None, :]]
+            xw = (np.ascontiguousarray(Xd).reshape(seq * batch, -1) @ wq).reshape(seq, batch, -1)
+            h = np.zeros((batch, hidden), _F32) if initial_h is None else initial_h[d].astype(_F32)
+            c = np.zeros((batch, hidden), _F32) if initial_c is None else initial_c[d].astype(_F32)
+            y, h, c = _lstm_direction(xw, h, c, rq, bias, p, acts[d], clip, input_forget, lens)
+            if reverse:
+                y = y[::-1] if rev_idx is None else y[rev_idx, np.arange(batch)[None, :]]
+            Y[:, d], Y_h[d], Y_c[d] = y, h, c
+        return (Y, Y_h, Y_c)
+
+    return run
+
