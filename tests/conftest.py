@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+# Tests must know which kernel path runs: compiled loops are built in the foreground here, not in the
+# background as for a user's first command (providers/cpu/_jit.py).
+os.environ.setdefault("ENGINEROOM_JIT", "wait")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "models"))
 ZOO_MODELS = ["resnet18", "mobilenet_v2", "bert_mini", "gpt2_tiny", "vae_decoder"]

@@ -71,3 +71,55 @@ p = _ConvPlan(np, {"group": 4, "pads": [1, 1, 1, 1]}, np.ones((4, 1, 3, 3), np.f
 print(float(p(np.ones((1, 4, 5, 5), np.float32))[0, 0, 2, 2]))
 """
     assert _run(code, ENGINEROOM_CACHE_DIR=str(blocker / "cache")).split() == ["None", "9.0"]
+
+
+def test_first_use_builds_in_the_background(tmp_path):
+    """An empty cache: the first load answers None at once (NumPy paths) and says so, one detached child
+    builds what is missing, and a load after it finished returns the compiled loops."""
+    import shutil
+    import time
+
+    cache = tmp_path / "cache"
+    (cache / "aot").mkdir(parents=True)
+    # every module but one already built (copied from this machine's cache): the child builds only that one
+    for name in _jit.module_names():
+        if name != "conv_transpose" and _jit.load(name) is not None:
+            _, _, target = _jit._paths(name)
+            shutil.copy(target, cache / "aot" / target.name)
+    code = """
+import time
+from engineroom.providers.cpu import _jit
+t0 = time.perf_counter()
+first = _jit.load("conv_transpose")
+print(first is None, time.perf_counter() - t0 < 5, (_jit.cache_dir() / ".build.lock").exists())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "ENGINEROOM_JIT": "1", "ENGINEROOM_CACHE_DIR": str(cache)})
+    assert proc.stdout.split() == ["True", "True", "True"]
+    assert "compiling the CPU provider's loops in the background" in proc.stderr and "conv_transpose" in proc.stderr
+    deadline = time.monotonic() + 600
+    while (cache / "aot" / ".build.lock").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not (cache / "aot" / ".build.lock").exists(), (cache / "aot" / "build.log").read_text()
+    code = "from engineroom.providers.cpu import _jit; print(_jit.load('conv_transpose') is not None)"
+    assert _run(code, ENGINEROOM_JIT="1", ENGINEROOM_CACHE_DIR=str(cache)).split() == ["True"]
+    assert "built engineroom.providers.cpu._jit_conv_transpose" in (cache / "aot" / "build.log").read_text()
+
+
+def test_no_c_compiler_one_notice_numpy_paths(tmp_path):
+    """No compiler on PATH: one clear notice, None from load, and sessions still run."""
+    code = """
+import numpy as np
+from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.conv import _ConvPlan
+print(_jit.load("conv"), _jit.load("pool"))
+p = _ConvPlan(np, {"group": 4, "pads": [1, 1, 1, 1]}, np.ones((4, 1, 3, 3), np.float32))
+print(float(p(np.ones((1, 4, 5, 5), np.float32))[0, 0, 2, 2]))
+"""
+    import os
+
+    env = {**os.environ, "ENGINEROOM_CACHE_DIR": str(tmp_path / "c"), "CC": "no-such-compiler",
+           "PATH": str(tmp_path)}       # no cc or gcc either
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert proc.stdout.split() == ["None", "None", "9.0"]
+    assert proc.stderr.count("no C compiler found") == 1

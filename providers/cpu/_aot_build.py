@@ -1,7 +1,8 @@
 """Builds one ``_jit_<name>`` module's kernels into a C extension with numba's ahead-of-time compiler.
 
-Run by ``_jit.load`` in a child process (``python -m engineroom.providers.cpu._aot_build MODULE STEM
-DIR``), so that numba and LLVM never load into the process that runs sessions. Every variant in the
+Run by ``_jit`` in a child process (``python -m engineroom.providers.cpu._aot_build MODULE STEM DIR``;
+or ``--all DIR LOCK MODULE STEM [MODULE STEM ...]``, the detached background build of several modules,
+one after another, which removes the LOCK file holding its pid when done), so that numba and LLVM never load into the process that runs sessions. Every variant in the
 module's ``AOT`` table is exported as ``<function>__<dtype>`` through a thin wrapper that calls the
 module's jitted function (which keeps its own options: error model, fastmath, inlining), compiled for
 the host CPU. The extension is written beside its final name and renamed into place, so concurrent
@@ -36,5 +37,36 @@ def build(modname: str, stem: str, out_dir: str) -> None:
         os.replace(os.path.join(tmp, built), os.path.join(out_dir, built))
 
 
+def build_several(out_dir: str, lock: str, pairs: list[str]) -> None:
+    """Build each (module, stem) in turn; a failure is written beside its target as ``.failed`` (the
+    process that asks next then keeps the NumPy paths, with one notice) and the next module goes on."""
+    import sysconfig
+    import time
+    import traceback
+
+    try:
+        for modname, stem in zip(pairs[::2], pairs[1::2]):
+            t0 = time.perf_counter()
+            print(f"{time.strftime('%H:%M:%S')} building {modname} ...", flush=True)
+            try:
+                build(modname, stem, out_dir)
+                print(f"{time.strftime('%H:%M:%S')} built {modname} in {time.perf_counter() - t0:.1f} s", flush=True)
+            except Exception:       # noqa: BLE001 - recorded for the process that loads it next
+                why = traceback.format_exc()
+                print(why, flush=True)
+                failed = os.path.join(out_dir, stem + sysconfig.get_config_var("EXT_SUFFIX"))
+                with open(os.path.splitext(failed)[0] + ".failed", "w") as f:
+                    f.write(why)
+    finally:
+        try:
+            if open(lock).read().strip() == str(os.getpid()):
+                os.remove(lock)
+        except OSError:
+            pass
+
+
 if __name__ == "__main__":
-    build(*sys.argv[1:4])
+    if sys.argv[1] == "--all":
+        build_several(sys.argv[2], sys.argv[3], sys.argv[4:])
+    else:
+        build(*sys.argv[1:4])

@@ -9,13 +9,22 @@ cached on disk (``ENGINEROOM_CACHE_DIR``, else ``~/.cache/engineroom``): session
 shared library and never import numba or LLVM themselves, which would cost ~120 MB of memory and
 ~150 ms per process.
 
-numba is an accelerator, never a requirement: without it (the ``jit`` extra), with
-``ENGINEROOM_JIT=0``, or where the build fails (no C compiler), ``load`` returns None and every kernel
-keeps its NumPy path, which agrees with the compiled one to float rounding.
+A first use on a new machine does not wait for the compiler (~15 s a module): one detached child
+process builds every missing module in the background, one after another (one line says so, with the
+log's path), while ``load`` answers None, so kernels take their NumPy paths; ``load`` looks again at
+most once a second, and sessions created once a module is ready use it. The child outlives a short
+command (``python -m engineroom run``), so the next command finds the loops built.
+``ENGINEROOM_JIT=wait`` builds in the foreground instead (the tests and benchmarks, which must know
+which path runs); ``build_all()`` (``python -m engineroom compile``) builds everything now.
 
-Spec of one argument in ``AOT``: ``A<ndim>`` a C-contiguous array of the variant's dtype, ``s`` a
-scalar of that dtype, ``i`` an int64. The compiled code trusts its argument types (a wrong one would
-crash the process), so each call is checked against the variants first.
+numba is an accelerator, never a requirement: without it (the ``jit`` extra), with
+``ENGINEROOM_JIT=0``, without a C compiler (one notice) or where the build fails, ``load`` returns None
+and every kernel keeps its NumPy path, which agrees with the compiled one to float rounding.
+
+Spec of one argument in ``AOT``: ``A<ndim>`` a C-contiguous array of the variant's dtype, ``U<ndim>`` a
+C-contiguous uint8 array (packed quantized weights), ``s`` a scalar of that dtype, ``i`` an int64. The
+compiled code trusts its argument types (a wrong one would crash the process), so each call is checked
+against the variants first.
 """
 from __future__ import annotations
 
@@ -27,8 +36,10 @@ import os
 import platform
 import subprocess
 import sys
+import shutil
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +49,12 @@ log = logging.getLogger("engineroom")
 _lock = threading.Lock()
 _modules: dict[str, object] = {}
 _MISSING = object()
+_PENDING = object()         # being built in the background: look again after _recheck_at[name]
+_recheck_at: dict[str, float] = {}
+_background: list[bool] = []     # a background build was started (or found running) by this process
 _usable: list[bool] = []
 _DTYPES = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64)}
+_U8 = np.dtype(np.uint8)
 
 
 def available() -> bool:
@@ -52,16 +67,29 @@ def available() -> bool:
 
 def load(name: str):
     """The compiled kernels of ``engineroom.providers.cpu._jit_<name>`` (attributes named as its
-    functions), or None where they cannot be had. Builds them on first use on this machine."""
+    functions), or None where they cannot be had (yet: see the module's docstring)."""
     mod = _modules.get(name, _MISSING)      # kernels without a factory ask on every run: no lock then
-    if mod is not _MISSING:
+    if mod is not _MISSING and mod is not _PENDING:
         return mod
     if not available():
         return None
+    if mod is _PENDING and time.monotonic() < _recheck_at[name]:
+        return None
     with _lock:
-        if name not in _modules:
+        if _modules.get(name, _MISSING) in (_MISSING, _PENDING):
             _modules[name] = _load(name)
-        return _modules[name]
+        mod = _modules[name]
+        return None if mod is _PENDING else mod
+
+
+def _mode() -> str:
+    """"wait" (build in the foreground) or "background"."""
+    return "wait" if os.environ.get("ENGINEROOM_JIT", "").strip().lower() == "wait" else "background"
+
+
+def module_names() -> list[str]:
+    """Every compiled-loop module of the CPU provider (``_jit_<name>.py`` beside this file)."""
+    return sorted(f.stem[len("_jit_"):] for f in Path(__file__).parent.glob("_jit_*.py"))
 
 
 def cache_dir() -> Path:
@@ -94,26 +122,60 @@ def _key(name: str, source: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _load(name: str):
+_paths_known: dict[str, tuple[str, str, Path]] = {}
+
+
+def _paths(name: str) -> tuple[str, str, Path]:
+    """(module name, extension stem, extension path) of one compiled-loop module (hashing the sources
+    once per process: a pending module is looked up again every second)."""
+    if name not in _paths_known or _paths_known[name][2].parent != cache_dir():
+        _paths_known[name] = _compute_paths(name)
+    return _paths_known[name]
+
+
+def _compute_paths(name: str) -> tuple[str, str, Path]:
     modname = f"engineroom.providers.cpu._jit_{name}"
     source = Path(importlib.util.find_spec(modname).origin)
     stem = f"_aot_{name}_{_key(name, source)}"
-    target = cache_dir() / (stem + sysconfig.get_config_var("EXT_SUFFIX"))
+    return modname, stem, cache_dir() / (stem + sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+_notices: set = set()
+
+
+def _notice(key: str, msg: str, *args) -> None:
+    """One warning per process for each kind of trouble."""
+    if key not in _notices:
+        _notices.add(key)
+        log.warning(msg, *args)
+
+
+def _compiler() -> str | None:
+    """The C compiler numba's ahead-of-time build calls, if there is one."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")
+
+
+def _load(name: str):
+    modname, stem, target = _paths(name)
     failed = target.with_suffix(".failed")
     if not target.exists():
         if failed.exists():
-            log.warning("engineroom: the CPU provider's %s loops failed to compile here before (%s); "
-                        "their NumPy paths serve", name, failed)
+            _notice(name, "engineroom: the CPU provider's %s loops failed to compile here before (%s); "
+                    "their NumPy paths serve", name, failed)
             return None
+        if _compiler() is None:
+            _notice("cc", "engineroom: no C compiler found (install gcc), so the CPU provider's compiled loops "
+                    "cannot be built on this machine; its NumPy paths serve (slower on convolutions and "
+                    "attention). ENGINEROOM_JIT=0 silences this.")
+            return None
+        if _mode() == "background":
+            _start_background()
+            _recheck_at[name] = time.monotonic() + 1.0
+            return _PENDING
         log.warning("engineroom: compiling the CPU provider's %s loops (once per machine, cached in %s)",
                     name, target.parent)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
-                                   str(target.parent)], capture_output=True, text=True, timeout=900)
-            why = proc.stderr if proc.returncode != 0 or not target.exists() else None
-        except (OSError, subprocess.SubprocessError) as e:     # an unwritable cache, a hung compiler
-            why = f"{type(e).__name__}: {e}"
+        why = _build(modname, stem, target)
         if why is not None:
             log.warning("engineroom: compiling %s failed; its NumPy paths serve instead:\n%s", name, why[-2000:])
             try:
@@ -125,9 +187,114 @@ def _load(name: str):
     spec = importlib.util.spec_from_file_location(stem, str(target), loader=loader)
     ext = importlib.util.module_from_spec(spec)
     loader.exec_module(ext)
-    aot = _read_aot(source)
+    aot = _read_aot(Path(importlib.util.find_spec(modname).origin))
     return _Kernels({fn: _Kernel(fn, [(getattr(ext, export_name(fn, dt)), checks(spec_, dt)) for dt in dts])
                      for fn, (spec_, dts) in aot.items()})
+
+
+def _build(modname: str, stem: str, target: Path) -> str | None:
+    """Build one module in a child process now; the reason it failed, or None."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
+                               str(target.parent)], capture_output=True, text=True, timeout=900)
+        return proc.stderr if proc.returncode != 0 or not target.exists() else None
+    except (OSError, subprocess.SubprocessError) as e:     # an unwritable cache, a hung compiler
+        return f"{type(e).__name__}: {e}"
+
+
+def missing() -> list[tuple[str, str, str, Path]]:
+    """(name, module, stem, path) of each module not built on this machine and not failed before."""
+    out = []
+    for name in module_names():
+        modname, stem, target = _paths(name)
+        if not target.exists() and not target.with_suffix(".failed").exists():
+            out.append((name, modname, stem, target))
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:         # alive, someone else's
+        return True
+    return True
+
+
+def _start_background() -> None:
+    """Start (once per process) one detached child building every missing module, unless another
+    process's child is at it already (a lock file holding its pid)."""
+    if _background:
+        return
+    _background.append(True)
+    todo = missing()
+    if not todo:
+        return
+    folder = cache_dir()
+    lock = folder / ".build.lock"
+    logfile = folder / "build.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and _pid_alive(pid):
+            _notice("bg", "engineroom: the CPU provider's compiled loops are being built by process %d "
+                    "(log: %s); NumPy paths serve until they are ready", pid, logfile)
+            return
+        args = [sys.executable, "-m", "engineroom.providers.cpu._aot_build", "--all", str(folder), str(lock)]
+        for _name, modname, stem, _target in todo:
+            args += [modname, stem]
+        with open(logfile, "ab") as out:
+            child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     start_new_session=True)     # outlives this process
+        lock.write_text(str(child.pid))
+    except OSError as e:        # an unwritable cache: NumPy paths, as for a failed build
+        _notice("bg", "engineroom: cannot build the CPU provider's compiled loops in %s (%s); NumPy paths serve",
+                folder, e)
+        return
+    _notice("bg", "engineroom: compiling the CPU provider's loops in the background, once per machine "
+            "(%s: about 15 s each; log: %s). NumPy paths serve until then; sessions created after use them. "
+            "`python -m engineroom compile` builds them now.", ", ".join(t[0] for t in todo), logfile)
+
+
+def build_all(progress: bool = True) -> dict[str, str | None]:
+    """Build every missing module now, in the foreground: {name: None if built, else why not}."""
+    if not available():
+        return {}
+    if _compiler() is None:
+        return {name: "no C compiler found" for name in module_names()}
+    todo = missing()
+    bar = None
+    if progress and todo:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="module", desc="compiling CPU loops")
+        except ImportError:
+            pass
+    result = {}
+    for name, modname, stem, target in todo:
+        if bar is not None:
+            bar.set_postfix_str(name)
+        why = result[name] = _build(modname, stem, target)
+        if why is not None:
+            try:
+                target.with_suffix(".failed").write_text(why)
+            except OSError:
+                pass
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    with _lock:     # let this process load what was built
+        for name in list(_modules):
+            if _modules[name] is _PENDING:
+                del _modules[name]
+    return result
 
 
 def _read_aot(source: Path) -> dict:
@@ -149,9 +316,9 @@ def numba_signature(spec: str, dt: str) -> str:
     """The numba signature of one variant, e.g. ("A2 A1 s", "f4") -> "void(f4[:,::1], f4[::1], f4)"."""
     args = []
     for a in spec.split():
-        if a[0] == "A":
+        if a[0] in "AU":
             nd = int(a[1:])
-            args.append(f"{dt}[{':,' * (nd - 1)}::1]")
+            args.append(f"{dt if a[0] == 'A' else 'u1'}[{':,' * (nd - 1)}::1]")
         else:
             args.append({"s": dt, "i": "i8"}[a])
     return f"void({', '.join(args)})"
@@ -159,7 +326,8 @@ def numba_signature(spec: str, dt: str) -> str:
 
 def checks(spec: str, dt: str) -> tuple:
     """Per array argument of one variant: (position, dtype, ndim)."""
-    return tuple((i, _DTYPES[dt], int(a[1:])) for i, a in enumerate(spec.split()) if a[0] == "A")
+    return tuple((i, _DTYPES[dt] if a[0] == "A" else _U8, int(a[1:])) for i, a in enumerate(spec.split())
+                 if a[0] in "AU")
 
 
 class _Kernel:
