@@ -35,6 +35,21 @@ def build(modname: str, stem: str, out_dir: str) -> None:
         cc.compile()
         (built,) = [f for f in os.listdir(tmp) if f.startswith(stem) and not f.endswith(".o")]
         os.replace(os.path.join(tmp, built), os.path.join(out_dir, built))
+    _drop_stale(stem, built, out_dir)
+
+
+def _drop_stale(stem: str, keep: str, out_dir: str) -> None:
+    """Remove this module's builds from older sources (the stem is ``_aot_<name>_<16 hex digits>``), so
+    the cache does not grow with every change; a process that loaded one keeps its mapping."""
+    import re
+
+    pattern = re.compile(re.escape(stem[:-16]) + r"[0-9a-f]{16}\.")
+    for f in os.listdir(out_dir):
+        if f != keep and pattern.match(f):
+            try:
+                os.remove(os.path.join(out_dir, f))
+            except OSError:
+                pass
 
 
 def build_several(out_dir: str, lock: str, pairs: list[str]) -> None:
