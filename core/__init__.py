@@ -21,9 +21,20 @@ from engineroom.errors import (
     NotImplemented,
     RuntimeException,
 )
-from engineroom.options import GraphOptimizationLevel, RunOptions, SessionOptions
+from engineroom.logger import set_default_logger_callback, set_default_logger_severity, set_default_logger_verbosity
+from engineroom.memory_info import (
+    OrtAllocatorType,
+    OrtArenaCfg,
+    OrtDevice,
+    OrtDeviceMemoryType,
+    OrtDeviceVendorId,
+    OrtMemoryInfo,
+    OrtMemoryInfoDeviceType,
+    OrtMemType,
+)
+from engineroom.options import ExecutionMode, ExecutionOrder, GraphOptimizationLevel, RunOptions, SessionOptions
 from engineroom.session import InferenceSession, ModelMetadata, NodeArg
-from engineroom.values import OrtValue
+from engineroom.values import IOBinding, OrtValue
 
 __version__ = "0.1.0"
 
@@ -53,7 +64,34 @@ def get_device() -> str:
     return "CPU"
 
 
+from engineroom.runtime_info import (  # noqa: E402 - the functions below import from the names above
+    copy_tensors,
+    disable_telemetry_events,
+    enable_telemetry_events,
+    get_build_info,
+    get_version_string,
+    has_collective_ops,
+    set_global_thread_pool_sizes,
+    set_seed,
+)
+
+
+def install_as_onnxruntime() -> None:
+    """Make ``import onnxruntime`` (and its ``capi`` modules) resolve to engineroom in this process:
+    see :mod:`engineroom.compat`."""
+    from engineroom.compat import install_as_onnxruntime as install
+
+    install()
+
+
+SessionIOBinding = IOBinding   # onnxruntime's binding class (the C-level one; engineroom has one IOBinding)
+
 __all__ = [
+    "ExecutionMode", "ExecutionOrder", "IOBinding", "OrtAllocatorType", "OrtArenaCfg", "OrtDevice",
+    "OrtDeviceMemoryType", "OrtDeviceVendorId", "OrtMemType", "OrtMemoryInfo", "OrtMemoryInfoDeviceType",
+    "SessionIOBinding", "copy_tensors", "disable_telemetry_events", "enable_telemetry_events", "get_build_info",
+    "get_version_string", "has_collective_ops", "install_as_onnxruntime", "set_default_logger_callback",
+    "set_default_logger_severity", "set_default_logger_verbosity", "set_global_thread_pool_sizes", "set_seed",
     "EPFail", "EngineroomError", "Fail", "GraphOptimizationLevel", "InferenceSession", "InvalidArgument",
     "InvalidGraph", "InvalidProtobuf", "ModelMetadata", "NoModel", "NoSuchFile", "NodeArg", "NotImplemented",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "get_all_providers",

@@ -93,6 +93,24 @@ class Profiler:
         return path
 
 
+class StepLogger:
+    """Stands in for a Profiler when a run's ``log_severity_level`` is 0 (VERBOSE): each step is logged at
+    DEBUG with its time and output shapes, through the same timed loop."""
+
+    active = True
+
+    def __init__(self, logid: str = "") -> None:
+        import logging
+
+        self._log = logging.getLogger("engineroom")
+        self._prefix = f"[{logid}] " if logid else ""
+
+    def node_event(self, info: tuple, index: int, start_ns: int, end_ns: int, inputs, outputs) -> None:
+        name, op_type, provider = info
+        self._log.debug("%sstep %d: %s (%s) on %s, %.3f ms, outputs %s", self._prefix, index, name, op_type, provider,
+                        (end_ns - start_ns) / 1e6, [_type_shape(v) for v in outputs])
+
+
 def run_profiled(plan, vals: list, profiler: Profiler, run_options) -> None:
     """The plan's steps over ``vals`` (inputs already placed), each timed into ``profiler``; honours
     ``run_options.terminate`` as the ordinary loop does. Raises what a step raises, with the step's index in

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -12,12 +14,14 @@ import numpy as np
 import onnx_ir as ir
 
 from engineroom import discovery
-from engineroom.errors import EPFail, Fail, InvalidArgument, NotImplemented
+from engineroom import logger as _logger
+from engineroom.errors import EPFail, Fail, InvalidArgument, InvalidProtobuf, ModelLoadCanceled, NotImplemented
 from engineroom.functions import expand_functions
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
+from engineroom.plan import running as _running
 from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
 from engineroom.values import IOBinding, OrtValue
 from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
@@ -75,9 +79,13 @@ def _elem_type_string(t) -> str:
     return str(t)
 
 
+_INFERRED_DIM = re.compile(r"unk__\d+")   # onnx shape inference's name for a dimension it cannot name
+
+
 def _node_arg(v: ir.Value) -> NodeArg:
     shape = value_shape(v)
-    return NodeArg(v.name, _type_string(v), [] if shape is None else [d for d in shape])
+    dims = [] if shape is None else [None if isinstance(d, str) and _INFERRED_DIM.fullmatch(d) else d for d in shape]
+    return NodeArg(v.name, _type_string(v), dims)
 
 
 class _InputCheck:
@@ -99,7 +107,7 @@ class _InputCheck:
         if not self.is_tensor:
             return x
         if not isinstance(x, np.ndarray) and not (on_device and hasattr(x, "dtype") and hasattr(x, "shape")):
-            x = np.asarray(x)
+            x = self._convert(x)
         if self.dtype is not None and x.dtype != self.dtype and not (self.dtype.kind == "O" and x.dtype.kind in "OUS"):
             raise InvalidArgument(f"Unexpected input data type for input '{self.name}'. "
                                   f"Actual: ({type_string(x.dtype)}) , expected: ({type_string(self.dtype)})")
@@ -115,6 +123,23 @@ class _InputCheck:
                 raise InvalidArgument(f"Got invalid dimensions for input: {self.name} for the following indices\n"
                                       f"{lines} Please fix either the inputs/outputs or the model.")
         return x
+
+    def _convert(self, x: Any) -> np.ndarray:
+        """A feed that is not an array, as onnxruntime takes it: a list becomes an array of the input's element
+        type; None, scalars and other objects are refused with onnxruntime's messages (RuntimeError kinds)."""
+        if isinstance(x, list):
+            try:
+                return np.asarray(x, dtype=self.dtype) if self.dtype is not None else np.asarray(x)
+            except (ValueError, TypeError) as e:
+                raise Fail(f"Could not create tensor from given input list for input '{self.name}': {e}") from None
+        if x is None:
+            raise Fail(f"Missing Input: {self.name} (the feed's value is None; a tensor input needs an array)")
+        if isinstance(x, (bool, int, float, complex, np.generic)):
+            raise Fail(f"Unable to handle object of type {type(x)} for input '{self.name}': pass a numpy array "
+                       f"or a list (onnxruntime takes no scalars)")
+        if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
+            return np.asarray(x)
+        raise Fail(f"Input must be a list of dictionaries or a single numpy array for input '{self.name}'.")
 
 
 _blas_threads: list[int] = []   # what intra_op_num_threads last set the BLAS pool to
@@ -140,9 +165,31 @@ class InferenceSession:
         self._sess_options = sess_options or SessionOptions()
         self._lock = threading.Lock()
         so = self._sess_options
-        self._log_level = _SEVERITY.get(int(so.log_severity_level), logging.WARNING)
+        self._model_source = path_or_bytes
+        self._fallback = True
+        self._log_level = _logger.logging_level(so.log_severity_level)
+        self._profiler = None
+        if so.enable_profiling:
+            from engineroom.profiling import Profiler
+
+            self._profiler = Profiler(so.profile_file_prefix)
+        t_load = self._profiler.now_us() if self._profiler else 0
+        if so._load_cancelled:
+            raise ModelLoadCanceled("Model loading was canceled (SessionOptions.set_load_cancellation_flag)")
+        if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isdir(path_or_bytes):
+            raise InvalidProtobuf(f"Load model from {os.fspath(path_or_bytes)} failed: it is a directory, not an "
+                                  f"ONNX model file")
         self._providers = self._create_providers(providers, provider_options)
         self._model = load_model(path_or_bytes, so._free_dims_by_name)
+        if so._initializers or so._free_dims_by_denotation:
+            from engineroom.compat.session_options import apply_to_model
+
+            apply_to_model(self._model, so)
+        if self._profiler:
+            t_init = self._profiler.now_us()
+            self._profiler.session_event(
+                "model_loading_uri" if isinstance(path_or_bytes, (str, os.PathLike)) else "model_loading_array",
+                t_load, t_init)
         graph = self._model.graph
         init_names = set(graph.initializers)
         self._inputs_all = list(graph.inputs)
@@ -163,6 +210,11 @@ class InferenceSession:
         self._in_order = [v.name for v in self._inputs_all]
         self._log_placement()
         _set_blas_threads(int(so.intra_op_num_threads))
+        from engineroom.compat.session_options import log_no_effect
+
+        log_no_effect(so, self._log_level)
+        if self._profiler:
+            self._profiler.session_event("session_initialization", t_init, self._profiler.now_us())
 
     # -- providers ------------------------------------------------------------------------------
     def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
@@ -212,7 +264,9 @@ class InferenceSession:
                 "it is not available on this machine")
         else:
             try:
-                return cls(**opts)
+                from engineroom.compat.provider_options import without_ignored
+
+                return cls(**without_ignored(name, cls.options, opts, self._log_level))
             except ProviderOptionError as e:
                 raise InvalidArgument(str(e)) from None
             except Exception as e:  # noqa: BLE001 - a provider that fails to start is reported, never hidden
@@ -289,7 +343,8 @@ class InferenceSession:
         level = logging.WARNING if len(used) > 1 or (
             self._providers and used and self._providers[0].name not in used) else logging.INFO
         if level >= self._log_level:
-            log.log(level, "%s", line)
+            logid = self._sess_options.logid
+            log.log(level, "%s%s", f"[{logid}] " if logid else "", line)
         self._placement_line = line
 
     # -- onnxruntime's API ----------------------------------------------------------------------
@@ -306,7 +361,8 @@ class InferenceSession:
         m = self._model
         return ModelMetadata(producer_name=m.producer_name or "", graph_name=m.graph.name or "",
                              domain=m.domain or "", description=m.doc_string or "",
-                             graph_description=m.graph.doc_string or "", version=m.model_version or 0,
+                             graph_description=m.graph.doc_string or "",
+                             version=m.model_version if m.model_version is not None else 2**63 - 1,  # ORT's "unset"
                              custom_metadata_map=dict(m.metadata_props))
 
     def get_providers(self) -> list[str]:
@@ -327,8 +383,83 @@ class InferenceSession:
         return self._placement_line
 
     def run(self, output_names, input_feed: dict, run_options: RunOptions | None = None) -> list:
-        outs = self._run(output_names, input_feed, run_options)
+        try:
+            outs = self._run(output_names, input_feed, run_options)
+        except EPFail:
+            if not self._retry_on_cpu():
+                raise
+            outs = self._run(output_names, input_feed, run_options)
         return [self._to_numpy(v) for v in outs]
+
+    # -- onnxruntime's session API beyond run (profiling, fallback, providers, async) --------------------------
+    def end_profiling(self) -> str:
+        """Stop profiling and write the profile; its file name, or "" when profiling is off (as onnxruntime)."""
+        if self._profiler is None or not self._profiler.active:
+            return ""
+        return self._profiler.end()
+
+    def get_profiling_start_time_ns(self) -> int:
+        return self._profiler.start_ns if self._profiler is not None else 0
+
+    def set_providers(self, providers=None, provider_options=None) -> None:
+        """Re-create the session on other providers (onnxruntime rebuilds it the same way)."""
+        self.__init__(self._model_source, self._sess_options, providers, provider_options)
+
+    def disable_fallback(self) -> None:
+        self._fallback = False
+
+    def enable_fallback(self) -> None:
+        self._fallback = True
+
+    def _retry_on_cpu(self) -> bool:
+        """After a provider failure in a run, rebuild on the CPU provider alone (onnxruntime's fallback)."""
+        if not self._fallback or [p.name for p in self._providers] == ["CPUExecutionProvider"]:
+            return False
+        log.warning("a provider failed during the run; falling back to CPUExecutionProvider and retrying "
+                    "(InferenceSession.disable_fallback() turns this off)")
+        self.set_providers(["CPUExecutionProvider"])
+        return True
+
+    def run_async(self, output_names, input_feed: dict, callback, user_data, run_options=None) -> None:
+        """Run on another thread, then call ``callback(outputs, user_data, error_text)`` ("" on success)."""
+        def work():
+            try:
+                outs = self.run(output_names, input_feed, run_options)
+            except Exception as e:  # noqa: BLE001 - reported to the callback, as onnxruntime does
+                callback([], user_data, str(e))
+                return
+            callback(outs, user_data, "")
+
+        threading.Thread(target=work, name="engineroom-run-async", daemon=True).start()
+
+    def run_with_ortvaluevector(self, run_options, feed_names, feeds, fetch_names, fetches, fetch_devices) -> None:
+        """onnxruntime's low-level run: ``feeds`` OrtValues in ``feed_names`` order; results appended to
+        ``fetches`` (an OrtValueVector or list)."""
+        if len(feed_names) != len(feeds):
+            raise InvalidArgument(f"{len(feed_names)} feed names for {len(feeds)} feeds")
+        outs = self.run_with_ort_values(list(fetch_names), dict(zip(feed_names, feeds)), run_options)
+        for v in outs:
+            fetches.append(v)
+
+    def get_input_memory_infos(self) -> list:
+        from engineroom.memory_info import OrtMemoryInfo
+
+        reads = dict(zip(self._in_order, self._plan.input_devices))
+        return [OrtMemoryInfo.for_devices(reads[v.name]) for v in self._inputs]
+
+    def get_output_memory_infos(self) -> list:
+        from engineroom.memory_info import OrtMemoryInfo
+
+        return [OrtMemoryInfo.for_devices({d}) for d in self._plan.output_devices]
+
+    def get_tuning_results(self) -> list:
+        """onnxruntime's TunableOp results: engineroom's kernels are not tuned per run, so there are none."""
+        return []
+
+    def set_tuning_results(self, results, error_on_invalid: bool = False) -> None:
+        """Accepted with no effect: no engineroom kernel is a TunableOp (see the compatibility table)."""
+        if error_on_invalid and results:
+            raise InvalidArgument("engineroom has no TunableOp kernels to apply tuning results to")
 
     def run_with_ort_values(self, output_names, input_dict_ort_values: dict,
                             run_options: RunOptions | None = None) -> list[OrtValue]:
@@ -361,7 +492,8 @@ class InferenceSession:
                 on_device.pop(i, None)
         plan = self._plan_with_outputs_on(on_device) if on_device else self._plan
         feeds = self._feeds(iobinding._inputs, plan)
-        outs = plan.run(feeds)
+        outs = self._execute(plan, feeds, run_options) if (
+            run_options is not None or self._profiler is not None) else plan.run(feeds)
         results = []
         for i, (nm, (prov, target)) in zip(idx, bound_out.items()):
             v = outs[i]
@@ -462,8 +594,32 @@ class InferenceSession:
         if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
             bad = next(k for k in input_feed if k not in self._checks)
             raise InvalidArgument(f"Invalid input name: {bad}")
-        outs = self._plan.run(feeds)
+        outs = self._execute(self._plan, feeds, run_options) if (
+            run_options is not None or self._profiler is not None) else self._plan.run(feeds)
         return [outs[i] for i in idx]
+
+    def _execute(self, plan: Plan, feeds: list, run_options) -> list:
+        """``plan.run`` with the run's options (terminate, verbose step log) and the profiler in the thread's
+        run context, where the plan and its subgraph plans read them."""
+        prof = self._profiler if self._profiler is not None and self._profiler.active else None
+        if prof is None and run_options is not None and _logger.logging_level(run_options.log_severity_level) \
+                <= logging.DEBUG and log.isEnabledFor(logging.DEBUG):
+            from engineroom.profiling import StepLogger
+
+            prof = StepLogger(run_options.logid or self._sess_options.logid)
+        prev = getattr(_running, "options", None), getattr(_running, "profiler", None)
+        _running.options, _running.profiler = run_options, prof
+        try:
+            if prof is None or not hasattr(prof, "session_event"):
+                return plan.run(feeds)
+            t0 = prof.now_us()
+            outs = plan.run(feeds)
+            t1 = prof.now_us()
+            prof.session_event("SequentialExecutor::Execute", t0, t1)
+            prof.session_event("model_run", t0, t1)
+            return outs
+        finally:
+            _running.options, _running.profiler = prev
 
     def _missing(self, given) -> None:
         missing = [n for n in self._in_order if n not in given and n not in self._defaults]

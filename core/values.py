@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from engineroom.errors import InvalidArgument
-from engineroom.plugin_sdk import onnx_elem_type, ort_type_name
+from engineroom.plugin_sdk import np_dtype, onnx_elem_type, ort_type_name
 
 
 class OrtValue:
@@ -29,8 +29,49 @@ class OrtValue:
 
     @staticmethod
     def ortvalue_from_shape_and_type(shape, element_type=np.float32, device_type: str = "cpu",
-                                     device_id: int = 0) -> "OrtValue":
+                                     device_id: int = 0, vendor_id: int = -1) -> "OrtValue":
+        if isinstance(element_type, int) and not isinstance(element_type, bool):  # an ONNX element type number
+            element_type = np_dtype(element_type)
         return OrtValue.ortvalue_from_numpy(np.empty(tuple(shape), dtype=element_type), device_type, device_id)
+
+    @staticmethod
+    def ortvalue_from_numpy_with_onnx_type(data: np.ndarray, onnx_element_type: int) -> "OrtValue":
+        """A host OrtValue over ``data``'s bytes taken as ONNX element type ``onnx_element_type`` (e.g. uint8 bytes
+        as float8 / float4), as onnxruntime does; the item sizes must agree."""
+        dtype = np.dtype(np_dtype(int(onnx_element_type)))
+        data = np.ascontiguousarray(data)
+        if dtype.itemsize != data.dtype.itemsize:
+            raise InvalidArgument(f"ortvalue_from_numpy_with_onnx_type: {data.dtype} items are {data.dtype.itemsize} "
+                                  f"bytes, ONNX type {onnx_element_type} ({dtype}) needs {dtype.itemsize}")
+        return OrtValue(data.view(dtype))
+
+    @staticmethod
+    def from_dlpack(data, is_bool_tensor: bool = False) -> "OrtValue":
+        """An OrtValue over a DLPack capsule or an object with ``__dlpack__`` (host memory)."""
+        if not hasattr(data, "__dlpack__"):
+            raise InvalidArgument("from_dlpack expects an object with __dlpack__ (a NumPy or DLPack array)")
+        arr = np.from_dlpack(data)
+        return OrtValue(arr.astype(np.bool_) if is_bool_tensor else arr)
+
+    def update_inplace(self, np_arr: np.ndarray) -> None:
+        """Copy ``np_arr`` into this value's buffer (same shape and element type), on whatever device holds it."""
+        src = np.asarray(np_arr)
+        if tuple(src.shape) != tuple(self._value.shape) or src.dtype != np.dtype(self._value.dtype):
+            raise InvalidArgument(f"update_inplace: got {src.dtype} {list(src.shape)}, the OrtValue is "
+                                  f"{np.dtype(self._value.dtype)} {list(self._value.shape)}")
+        if self._provider is None:
+            self._value[...] = src
+        else:
+            self._value[...] = self._provider.to_device(src)
+
+    def tensor_size_in_bytes(self) -> int:
+        return int(np.prod(self._value.shape, dtype=np.int64)) * np.dtype(self._value.dtype).itemsize
+
+    def is_tensor_sequence(self) -> bool:
+        return isinstance(self._value, list)
+
+    def is_sparse_tensor(self) -> bool:
+        return False
 
     def numpy(self) -> np.ndarray:
         v = self._provider.to_host(self._value) if self._provider is not None else self._value
@@ -45,8 +86,9 @@ class OrtValue:
     def shape(self) -> list[int]:
         return list(self._value.shape)
 
-    def element_type(self):
-        return np.dtype(self._value.dtype).type
+    def element_type(self) -> int:
+        """The ONNX element type number (1 for float32), as onnxruntime returns it."""
+        return int(onnx_elem_type(self._value.dtype))
 
     def data_type(self) -> str:
         if isinstance(self._value, list):

@@ -1,6 +1,7 @@
 """The onnxruntime-compatible surface: NodeArg, metadata, options, OrtValue, provider lists, CLI."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -72,9 +73,22 @@ def test_unknown_provider_is_reported_and_cpu_used(caplog):
     assert s.get_providers() == ["CPUExecutionProvider"]
 
 
-def test_provider_options_for_cpu_are_checked():
-    with pytest.raises(ort.InvalidArgument, match="nonsense"):
-        ort.InferenceSession(_model(), providers=[("CPUExecutionProvider", {"nonsense": "1"})])
+def test_provider_options_for_cpu_are_taken_as_onnxruntime_takes_them(caplog):
+    """onnxruntime's CPU provider accepts any option (code passes arena settings to it): so does engineroom,
+    with one INFO line naming what it ignores and why."""
+    import onnxruntime
+
+    opts = {"nonsense": "1", "arena_extend_strategy": "kSameAsRequested"}
+    onnxruntime.InferenceSession(_model().SerializeToString(), providers=[("CPUExecutionProvider", opts)])
+    with caplog.at_level(logging.INFO, logger="engineroom"):
+        so = ort.SessionOptions()
+        so.log_severity_level = 1
+        s = ort.InferenceSession(_model(), so, providers=[("CPUExecutionProvider", opts)])
+    lines = [r.getMessage() for r in caplog.records if "with no effect" in r.getMessage()]
+    assert len(lines) == 1 and "nonsense=1" in lines[0] and "arena_extend_strategy=kSameAsRequested" in lines[0]
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(s.run(None, {s.get_inputs()[0].name: x})[0],
+                                  ort.InferenceSession(_model()).run(None, {s.get_inputs()[0].name: x})[0])
 
 
 def test_cli_run_and_inspect(tmp_path):

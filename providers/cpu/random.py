@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
+from engineroom.plugin_sdk.seeding import node_seed
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -23,7 +24,7 @@ class _NodeRng:
 
     def __init__(self, seed):
         if seed is None:
-            self.rng = np.random.default_rng()
+            self.rng = np.random.default_rng(node_seed())   # set_seed's sequence, else fresh entropy
         else:
             # The seed is a float attribute; its bit pattern keeps e.g. 1.5 and 1.0 distinct.
             self.rng = np.random.default_rng(int(np.float64(seed).view(np.uint64)))

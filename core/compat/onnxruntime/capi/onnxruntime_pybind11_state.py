@@ -1,0 +1,25 @@
+"""``onnxruntime.capi.onnxruntime_pybind11_state``: the same names as ``onnxruntime.capi._pybind_state``."""
+from engineroom.compat.onnxruntime.capi._pybind_state import *  # noqa: F403
+from engineroom.compat.onnxruntime.capi._pybind_state import (  # noqa: F401 - names star-import leaves out
+    ArenaExtendStrategy,
+    DeviceReset,
+    EngineError,
+    EPFail,
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    ModelLoadCanceled,
+    ModelLoaded,
+    ModelRequiresCompilation,
+    NoModel,
+    NoSuchFile,
+    NotFound,
+    NotImplemented,
+    OrtValueVector,
+    RuntimeException,
+    get_default_session_options,
+    get_version_string,
+    kNextPowerOfTwo,
+    kSameAsRequested,
+)
