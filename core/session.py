@@ -23,6 +23,7 @@ from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
 from engineroom.plan import running as _running
 from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
+from engineroom.plugin_sdk.binding import bound_outputs
 from engineroom.values import IOBinding, OrtValue
 from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
 
@@ -140,6 +141,14 @@ class _InputCheck:
         if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
             return np.asarray(x)
         raise Fail(f"Input must be a list of dictionaries or a single numpy array for input '{self.name}'.")
+
+
+def _same_memory(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are one array's memory (same start, shape, dtype, strides)."""
+    if a is b:
+        return True
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            and a.strides == b.strides and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 _blas_threads: list[int] = []   # what intra_op_num_threads last set the BLAS pool to
@@ -492,8 +501,13 @@ class InferenceSession:
                 on_device.pop(i, None)
         plan = self._plan_with_outputs_on(on_device) if on_device else self._plan
         feeds = self._feeds(iobinding._inputs, plan)
-        outs = self._execute(plan, feeds, run_options) if (
-            run_options is not None or self._profiler is not None) else plan.run(feeds)
+        # host buffers bound to outputs are shown to the kernels, which may write them in place
+        # (GroupQueryAttention's KV cache shared by past and present: plugin_sdk.binding)
+        in_place = {nm: t._value for nm, (p, t) in bound_out.items()
+                    if t is not None and (p is None or p.device.is_host) and isinstance(t._value, np.ndarray)}
+        with bound_outputs(in_place):
+            outs = self._execute(plan, feeds, run_options) if (
+                run_options is not None or self._profiler is not None) else plan.run(feeds)
         results = []
         for i, (nm, (prov, target)) in zip(idx, bound_out.items()):
             v = outs[i]
@@ -508,7 +522,8 @@ class InferenceSession:
             if tuple(dst.shape) != tuple(v.shape) or np.dtype(dst.dtype) != np.dtype(v.dtype):
                 raise InvalidArgument(f"output '{nm}' is {type_string(v.dtype)} of shape {list(v.shape)}; the "
                                       f"bound buffer is {type_string(dst.dtype)} of shape {list(dst.shape)}")
-            dst[...] = v
+            if not _same_memory(dst, v):       # a kernel that wrote the bound buffer left nothing to copy
+                dst[...] = v
             results.append(target)
         if run_options is None or run_options._config.get("disable_synchronize_execution_providers") != "1":
             for p in {id(p): p for p, _ in bound_out.values() if p is not None}.values():

@@ -1,0 +1,102 @@
+"""Compiled (numba) loops for the decoder kernels of ``contrib_llm``: MatMulNBits' 4-bit GEMM with each
+weight block dequantized inside the loop (never a float copy of the whole matrix), the dequantization of
+a tile of weight rows for the BLAS path of many-row inputs, and the RMS normalizations
+(SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization), float32 only.
+
+Single-threaded on the calling thread, as the other ``_jit_*`` modules.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_f = np.float32
+F0, F1 = _f(0.0), _f(1.0)
+_FM = {"reassoc", "nsz", "contract"}
+
+
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def matmul_nbits_rows(a, b, scales, zp, y):  # pragma: no cover (compiled)
+    """y (M, N) = a (M, K) @ dequant(b)ᵀ for few rows M: b (N, K/bs, bs/2) packed 4-bit (low nibble = even
+    k), scales and zero points (N, K/bs) as floats. Each weight row is dequantized block by block,
+    (q - zp) * scale as onnxruntime's float path does, into a K-float buffer that stays in L1 and serves
+    every row of a; even and odd k are kept apart (a is split the same way once) so that the nibbles of
+    one byte land in two contiguous streams and both loops vectorize."""
+    M, K = a.shape
+    N, nb, half = b.shape
+    H = nb * half
+    ae = np.empty((M, H), np.float32)
+    ao = np.empty((M, H), np.float32)
+    for m in range(M):
+        for i in range(H):
+            ae[m, i] = a[m, 2 * i]
+            ao[m, i] = a[m, 2 * i + 1]
+    we = np.empty(H, np.float32)
+    wo = np.empty(H, np.float32)
+    for n in range(N):
+        _dequant_row(b, scales, zp, n, we, wo)
+        for m in range(M):
+            t = F0
+            for i in range(H):
+                t += we[i] * ae[m, i] + wo[i] * ao[m, i]
+            y[m, n] = t
+
+
+@njit(inline="always", nogil=True, boundscheck=False, fastmath=_FM)
+def _dequant_row(b, scales, zp, n, we, wo):  # pragma: no cover (compiled)
+    """Weight row n dequantized: even k into we, odd k into wo (int32 nibbles: int64 has no SIMD convert)."""
+    _, nb, half = b.shape
+    for blk in range(nb):
+        s = scales[n, blk]
+        zs = zp[n, blk] * s
+        k0 = blk * half
+        for j in range(half):
+            byte = np.int32(b[n, blk, j])
+            we[k0 + j] = _f(byte & np.int32(15)) * s - zs
+            wo[k0 + j] = _f(byte >> np.int32(4)) * s - zs
+
+
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def dequant_nbits(b, scales, zp, n0, w):  # pragma: no cover (compiled)
+    """Rows n0 .. n0 + len(w) of the 4-bit weights as floats into w (rows, K), each row laid out as
+    [even k | odd k] (the caller orders a's columns the same way): one tile for BLAS."""
+    _, nb, half = b.shape
+    H = nb * half
+    for r in range(w.shape[0]):
+        _dequant_row(b, scales, zp, n0 + r, w[r, :H], w[r, H:])
+
+
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def rms_norm(x, skip, bias, gamma, eps, y, inv, total):  # pragma: no cover (compiled)
+    """Per row r of x (R, h): v = x + skip + bias (skip/bias/total absent when empty), total[r] = v where
+    asked, inv[r] = 1 / sqrt(mean(v²) + eps), y[r] = v * inv[r] * gamma."""
+    R, h = x.shape
+    has_skip = skip.shape[0] > 0
+    has_bias = bias.shape[0] > 0
+    keep = total.shape[0] > 0
+    v = np.empty(h, np.float32)
+    for r in range(R):
+        for j in range(h):
+            t = x[r, j]
+            if has_skip:
+                t += skip[r, j]
+            if has_bias:
+                t += bias[j]
+            v[j] = t
+        ss = F0
+        for j in range(h):
+            ss += v[j] * v[j]
+        d = F1 / np.sqrt(ss / _f(h) + eps)
+        inv[r] = d
+        for j in range(h):
+            y[r, j] = v[j] * d * gamma[j]
+        if keep:
+            for j in range(h):
+                total[r, j] = v[j]
+
+
+AOT = {
+    "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
+    "dequant_nbits": ("U3 A2 A2 i A2", ("f4",)),
+    "rms_norm": ("A2 A2 A1 A1 s A2 A1 A2", ("f4",)),
+}
