@@ -433,6 +433,7 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
     y = np.zeros((seq,) + h.shape, _F32)
     bi, bo, bf, bc = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
     cl = (lambda v: np.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
+    h_last, c_last = h, c
     for t in range(seq):
         a = xw[t] + h @ rq                               # gates i, o, f, c
         ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
@@ -448,13 +449,16 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
         o = f_act(cl(ao + bo))
         h_new = h_act(c_new) * o
         if lens is not None:
+            # a finished sequence keeps its last state as its final one, but (as in onnxruntime) enters
+            # the next steps' products as zeros, which moves the range the step's h is quantized over
             m = (t < lens)[:, None]
-            h, c = np.where(m, h_new, h), np.where(m, c_new, c)
-            y[t] = np.where(m, h_new, 0)
+            h_last, c_last = np.where(m, h_new, h_last), np.where(m, c_new, c_last)
+            h, c = np.where(m, h_new, 0), np.where(m, c_new, 0)
+            y[t] = h
         else:
             h, c = h_new, c_new
             y[t] = h_new
-    return y, h, c
+    return (y, h, c) if lens is None else (y, h_last, c_last)
 
 
 @kernel("DynamicQuantizeLSTM", domain=MS, since=1, types=(np.float32,), host_inputs=(4,))

@@ -198,8 +198,9 @@ def _mask_bias(mask, B, S, T, past, dtype, filt):
 def attention_ms(info):
     """Multi-head self-attention with the Q/K/V projection: input (B, S, in) @ weights (in, Hq+Hk+Hv)
     + bias, heads of ``num_heads``; optional mask_index, past (2, B, heads, P, D) with the present
-    output, attention_bias (B|1, heads|1, S, P+S), ``unidirectional`` (causal) and ``scale``. Masked
-    logits get ``mask_filter_value`` (default -10000) as onnxruntime adds it."""
+    output, attention_bias (B|1, heads|1, S, P+S), ``unidirectional`` (causal) and ``scale``. As in
+    onnxruntime, masked logits get ``mask_filter_value`` (default -10000) added and future keys of a
+    causal attention are set to the lowest float."""
     a = info.attrs
     heads = int(a["num_heads"])
     causal = bool(int(a.get("unidirectional", 0)))
@@ -236,9 +237,9 @@ def attention_ms(info):
         s = np.matmul(q, np.swapaxes(k, -1, -2)) * dt.type(scale)          # (B, heads, S, T)
         if mask is not None:
             s = s + _mask_bias(mask, B, S, T, P, dt, filt)
-        if causal:
+        if causal:        # future keys get the lowest float (as onnxruntime), not mask_filter_value
             future = np.arange(T)[None, :] > (P + np.arange(S))[:, None]
-            s = np.where(future, dt.type(filt), s) if mask is None else s + np.where(future, dt.type(filt), 0)
+            s = np.where(future, np.finfo(dt).min, s)
         if attention_bias is not None:
             s = s + attention_bias.astype(dt, copy=False)
         p = softmax_array(np, s, -1, None)
