@@ -158,3 +158,48 @@ def test_negative_dims_are_unknown_as_in_onnxruntime():
     assert s.get_inputs()[0].shape == ref.get_inputs()[0].shape == [None, 3, "h", None]
     assert s.get_outputs()[0].shape == ref.get_outputs()[0].shape
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------- T5's GELU in an int8 model
+def _t5_ffn() -> onnx.ModelProto:
+    """A dynamic-int8 MatMul, then GELU written out as T5's export writes it (0.5 x (1 + tanh(0.7978846
+    (x + 0.044715 x^3)))), then the next layer's DynamicQuantizeLinear: what re-quantizes each ulp."""
+    w = RNG.integers(-127, 128, (32, 64)).astype(np.int8)
+    consts = {"w": w, "wz": np.int8(0), "ws": np.float32(0.02), "half": np.float32(0.5), "three": np.float32(3.0),
+              "k": np.float32(0.044715), "c": np.float32(0.7978846), "one": np.float32(1.0)}
+    inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    nodes = [
+        h.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        h.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
+        h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
+        h.make_node("Mul", ["xs", "ws"], ["scale"]),
+        h.make_node("Mul", ["accf", "scale"], ["v"]),
+        h.make_node("Mul", ["v", "half"], ["hv"]),
+        h.make_node("Pow", ["v", "three"], ["v3"]),
+        h.make_node("Mul", ["v3", "k"], ["kv3"]),
+        h.make_node("Add", ["v", "kv3"], ["inner"]),
+        h.make_node("Mul", ["inner", "c"], ["u"]),
+        h.make_node("Tanh", ["u"], ["t"]),
+        h.make_node("Add", ["t", "one"], ["t1"]),
+        h.make_node("Mul", ["hv", "t1"], ["g"]),
+        h.make_node("DynamicQuantizeLinear", ["g"], ["gq", "gs", "gz"]),
+        h.make_node("Neg", ["g"], ["neg_g"]),
+    ]
+    # onnxruntime fuses only where the GELU's own output is no graph output: it is seen through an exact Neg
+    outs = [h.make_tensor_value_info("gq", T.UINT8, None), h.make_tensor_value_info("neg_g", T.FLOAT, None)]
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [None, None, 32])], outs, initializers=inits)
+
+
+def test_t5_gelu_fused_as_onnxruntime_fuses_it(tmp_path):
+    """At the default level both engines fuse the GELU into com.microsoft FastGelu; onnxruntime's kernel
+    cancels in 1 + tanh u and uses MLAS's tanh, and ours does the same arithmetic: the GELU comes out
+    bit for bit, so the next layer's uint8 quantization does too (the cancellation-free form moved a
+    dynamic-int8 T5 encoder's output by 0.15)."""
+    m = _t5_ffn()
+    feed = {"x": (RNG.standard_normal((2, 48, 32)) * 2).astype(np.float32)}
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    _, _, want, got = _both(m, feed, sess_options=so)
+    assert [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node].count("FastGelu") == 1
+    np.testing.assert_array_equal(got[1], want[1])       # the GELU, bit for bit
+    np.testing.assert_array_equal(got[0], want[0])       # and so its quantization

@@ -1,4 +1,4 @@
-"""Compiled (numba) loops for the transformer kernels: Gelu / BiasGelu (exact, erf), FastGelu,
+"""Compiled (numba) loops for the transformer kernels: Gelu / BiasGelu (exact, erf), Gelu (tanh), FastGelu,
 Softmax and LayerNormalization over the last axis, and MultiHeadAttention's scaled, biased softmax,
 float32 only.
 
@@ -160,31 +160,92 @@ def _fast_gelu1(v):  # pragma: no cover (compiled)
     return v / (F1 + e)
 
 
+# com.microsoft FastGelu as onnxruntime's kernel computes it, which is the op's definition: float32
+# u = x (C x x + B), MLAS's tanh (a rational function, clamped to +-9, Horner steps as fused multiply-adds),
+# then 0.5 x (1 + tanh u), cancelling in the negative tail exactly as the unfused graph it replaces does.
+# Bit-exact with onnxruntime: int8 models re-quantize every activation, and an ulp moved here flips
+# roundings there (a dynamic-int8 T5 encoder moved by 0.15 with the cancellation-free form above).
+FG_C, FG_B1 = _f(0.035677408136300125), _f(0.7978845608028654)
+# MLAS's tanh coefficients (the NumPy path has them as contrib_quant._TANH_P/_Q; repeated here because
+# the compiled modules' cache key covers only the _jit_*.py sources)
+TP = tuple(_f(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                           5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+TQ = tuple(_f(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+TP0, TP1, TP2, TP3, TP4, TP5, TP6 = TP
+TQ0, TQ1, TQ2, TQ3 = TQ
+TANH_MAX = _f(9.0)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _fma(a, b, c):  # pragma: no cover (compiled)
+    """a b + c rounded once to float32 (the product is exact in float64)."""
+    return _f(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _mlas_tanh1(v):  # pragma: no cover (compiled)
+    c = _fmax(_fmin(v, TANH_MAX), -TANH_MAX)
+    c2 = c * c
+    p = _fma(c2, TP0, TP1)
+    p = _fma(p, c2, TP2)
+    p = _fma(p, c2, TP3)
+    p = _fma(p, c2, TP4)
+    p = _fma(p, c2, TP5)
+    p = _fma(p, c2, TP6)
+    q = _fma(c2, TQ0, TQ1)
+    q = _fma(q, c2, TQ2)
+    q = _fma(q, c2, TQ3)
+    return (p * c) / q
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _ort_fast_gelu1(v):  # pragma: no cover (compiled)
+    t = _mlas_tanh1(v * (FG_C * v * v + FG_B1))
+    g = (HALF * v) * (t + F1)
+    return v if v != v else g
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
+def _gelu_of(v, kind):  # pragma: no cover (compiled)
+    if kind == 1:
+        return _fast_gelu1(v)
+    if kind == 2:
+        return _ort_fast_gelu1(v)
+    return _gelu1(v)
+
+
 @njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
-def _gelu_rows(x, b, y, tanh):  # pragma: no cover (compiled)
-    """y[r] = Gelu(x[r] + b), tanh a literal after inlining (its branch folds away)."""
+def _gelu_rows(x, b, y, kind):  # pragma: no cover (compiled)
+    """y[r] = Gelu(x[r] + b); kind (0 exact, 1 tanh, 2 onnxruntime's FastGelu) a literal after
+    inlining (its branches fold away)."""
     R, H = x.shape
     for r in range(R):
         xr = x[r]
         yr = y[r]
         if b.shape[0]:
             for i in range(H):
-                yr[i] = _fast_gelu1(xr[i] + b[i]) if tanh else _gelu1(xr[i] + b[i])
+                yr[i] = _gelu_of(xr[i] + b[i], kind)
         else:
             for i in range(H):
-                yr[i] = _fast_gelu1(xr[i]) if tanh else _gelu1(xr[i])
+                yr[i] = _gelu_of(xr[i], kind)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
 def gelu(x, b, y):  # pragma: no cover (compiled)
     """y[r] = Gelu(x[r] + b) (exact). x, y (R, H) C-contiguous float32; b (H,), or (0,) for no bias."""
-    _gelu_rows(x, b, y, False)
+    _gelu_rows(x, b, y, 0)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
 def fast_gelu(x, b, y):  # pragma: no cover (compiled)
-    """y[r] = FastGelu(x[r] + b), the tanh approximation. Shapes as in ``gelu``."""
-    _gelu_rows(x, b, y, True)
+    """y[r] = Gelu(x[r] + b), the tanh approximation without cancellation. Shapes as in ``gelu``."""
+    _gelu_rows(x, b, y, 1)
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def ort_fast_gelu(x, b, y):  # pragma: no cover (compiled)
+    """y[r] = com.microsoft FastGelu(x[r] + b), bit-exact with onnxruntime's kernel. Shapes as in ``gelu``."""
+    _gelu_rows(x, b, y, 2)
 
 
 # Row sums: reassociation (fastmath) lets LLVM keep one partial sum per SIMD lane. Separate functions,
@@ -322,6 +383,7 @@ def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv, total):  # pr
 AOT = {
     "gelu": ("A2 A1 A2", ("f4",)),
     "fast_gelu": ("A2 A1 A2", ("f4",)),
+    "ort_fast_gelu": ("A2 A1 A2", ("f4",)),
     "softmax": ("A2 A2", ("f4",)),
     "attention_softmax": ("A3 A4 i s", ("f4",)),
     "layer_norm": ("A2 A1 A1 s A2 A1 A1", ("f4",)),

@@ -446,10 +446,10 @@ def _gelu_erf_f32(x, xp):
 _NO_BIAS = np.empty(0, np.float32)
 
 
-def gelu_compiled(x, bias=None, tanh=False):
-    """Gelu(x + bias) (tanh: the approximation) in one compiled pass, for float32 NumPy arrays where numba
-    is installed; None where that path does not apply (the caller runs its NumPy path).
-    ``bias``, if given, is a float32 vector over the last axis."""
+def gelu_compiled(x, bias=None, tanh=False, ort=False):
+    """Gelu(x + bias) (tanh: the approximation; ort: com.microsoft FastGelu as onnxruntime computes it)
+    in one compiled pass, for float32 NumPy arrays where numba is installed; None where that path does
+    not apply (the caller runs its NumPy path). ``bias``, if given, is a float32 vector over the last axis."""
     if x.dtype != _F32 or not x.ndim or x.__class__ is not np.ndarray:
         return None
     jit = _jit.load("transformer")
@@ -466,7 +466,7 @@ def gelu_compiled(x, bias=None, tanh=False):
     y = np.empty(x.shape, _F32)
     if x.size:
         rows = (1, x.size) if bias is None else (x.size // h, h)   # one long row vectorizes best
-        (jit.fast_gelu if tanh else jit.gelu)(x.reshape(rows), b, y.reshape(rows))
+        (jit.ort_fast_gelu if ort else jit.fast_gelu if tanh else jit.gelu)(x.reshape(rows), b, y.reshape(rows))
     return y
 
 

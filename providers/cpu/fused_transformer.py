@@ -1,6 +1,6 @@
 """Fused transformer kernels the level-2 optimizer may use (onnxruntime's contrib names, domain
-com.microsoft): BiasGelu = Gelu(x + bias), FastGelu = Gelu-tanh(x + bias), SkipLayerNormalization
-= LayerNormalization(x + bias + skip) and MultiHeadAttention.
+com.microsoft): BiasGelu = Gelu(x + bias), FastGelu = Gelu-tanh(x + bias) as onnxruntime computes it,
+SkipLayerNormalization = LayerNormalization(x + bias + skip) and MultiHeadAttention.
 
 For float32 on NumPy with numba installed each runs as one compiled pass (``_jit_transformer``): the
 adds and the Gelu or the normalization in the same loop. Otherwise BiasGelu adds the bias into a fresh buffer that the
@@ -12,6 +12,7 @@ import numpy as np
 
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import gelu_compiled
+from engineroom.providers.cpu.contrib_quant import mlas_tanh
 from engineroom.providers.cpu.norm import _normalize
 from engineroom.providers.cpu.registry import kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
@@ -43,23 +44,27 @@ def bias_gelu(info):
 
 
 def _fast_gelu_numpy(info):
-    """FastGelu in NumPy passes (any xp): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """FastGelu in NumPy passes (any xp) as onnxruntime's kernel computes it, which defines this
+    contrib op: u = x (C x x + B) with float32 constants, then 0.5 x (1 + tanh u), MLAS's tanh on NumPy
+    float32 (bit-exact; see _jit_transformer's note on why int8 models need that). The standard Gelu op
+    (approximate="tanh") keeps the answer without the negative tail's cancellation."""
     xp = info.xp
-    c = np.sqrt(2 / np.pi)
+    tanh = mlas_tanh if xp is np else xp.tanh
 
     def run(x, bias=None):
         if bias is not None:
             x = x + bias
         dt = x.dtype
         xf = x.astype(np.float32) if dt == np.float16 else x
-        t = xf * xf
-        t *= 0.044715 * c
-        t += c
+        c, b = (_F32.type(0.035677408136300125), _F32.type(0.7978845608028654)) if xf.dtype == _F32 else \
+            (0.044715 * np.sqrt(2 / np.pi), np.sqrt(2 / np.pi))
+        t = xf * c
         t *= xf
-        xp.tanh(t, out=t)
+        t += b
+        t *= xf
+        t = tanh(t) if xf.dtype == _F32 else xp.tanh(t)
         t += 1
-        t *= xf
-        t *= 0.5
+        t *= xf * 0.5
         return (t.astype(dt, copy=False),)
 
     return run
@@ -72,7 +77,7 @@ def fast_gelu(info):
         return run
 
     def run_compiled(x, bias=None):
-        y = gelu_compiled(x, bias, tanh=True)
+        y = gelu_compiled(x, bias, ort=True)
         return (y,) if y is not None else run(x, bias)
 
     return run_compiled
