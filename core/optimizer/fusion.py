@@ -3,7 +3,8 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 ``com.microsoft``), so an optimized model saved with ``optimized_model_filepath`` reads the same way.
 
 - Conv + activation (+ a residual Add before it) → ``FusedConv`` (activation, activation_params, Z)
-- the tanh form of GELU (x·0.5·(1+tanh(√(2/π)(x+0.044715x³)))) → ``FastGelu``
+- the tanh form of GELU (x·0.5·(1+tanh(√(2/π)(x+0.044715x³))), or with (√(2/π)x)(1+0.044715x·x) inside,
+  the two forms onnxruntime fuses) → ``FastGelu``, computed as onnxruntime's kernel computes it
 - Add(x, constant bias) + Gelu → ``BiasGelu``
 - MatMul(2-D, constant) + Add(constant bias) → ONNX ``Gemm``
 - the decomposed layer norm (ReduceMean, Sub, Pow/Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β)
@@ -354,8 +355,34 @@ def _mul_by(node: ir.Node | None, value: float, tol: float = 1e-4):
 
 
 def _match_tanh_gelu(tanh: ir.Node):
-    """x·0.5·(1 + tanh(c·(x + k·x³))): returns (x, nodes, y)."""
+    """x·0.5·(1 + tanh(u)) with u written as onnxruntime's FastGeluFusion knows it: c·(x + k·Pow(x, 3))
+    (GPT-2's and T5's export) or (c·x)·(1 + (k·x)·x) (Hugging Face's FastGELUActivation). Where
+    onnxruntime fuses it, its FastGelu kernel computes the model's output; so must ours. Returns
+    (x, nodes, y)."""
     m1 = producer(tanh.inputs[0], "Mul")
+    got = _pow_form(m1) or _product_form(m1)
+    if got is None:
+        return None
+    x, arg_nodes = got
+    a1 = only_use(tanh.outputs[0])
+    if a1 is None or a1.op_type != "Add" or (scalar(other_input(a1, tanh.outputs[0])) or 0) != 1.0:
+        return None
+    out = only_use(a1.outputs[0])
+    if out is None or out.op_type != "Mul":
+        return None
+    half = other_input(out, a1.outputs[0])
+    hm = producer(half, "Mul")
+    if hm is None or _mul_by(hm, 0.5) is not x or len(half.uses()) != 1:
+        return None
+    for nd in arg_nodes:
+        if len(nd.outputs[0].uses()) != 1 or nd.outputs[0].is_graph_output():
+            return None
+    fused = {*arg_nodes, tanh, a1, hm, out}
+    return x, [nd for nd in tanh.graph if nd in fused], out.outputs[0]
+
+
+def _pow_form(m1: ir.Node | None):
+    """m1 = c·(x + k·Pow(x, 3)): (x, the nodes computing it)."""
     inner = _mul_by(m1, math.sqrt(2 / math.pi))
     add = producer(inner, "Add")
     if add is None or len(add.inputs) != 2:
@@ -363,26 +390,31 @@ def _match_tanh_gelu(tanh: ir.Node):
     for k in (0, 1):
         x, cube_term = add.inputs[k], add.inputs[1 - k]
         m2 = producer(cube_term, "Mul")
-        pv = _mul_by(m2, 0.044715)
-        pw = producer(pv, "Pow")
-        if pw is None or pw.inputs[0] is not x or scalar(pw.inputs[1]) != 3.0:
+        pw = producer(_mul_by(m2, 0.044715), "Pow")
+        if pw is not None and pw.inputs[0] is x and scalar(pw.inputs[1]) == 3.0:
+            return x, [pw, m2, add, m1]
+    return None
+
+
+def _product_form(m1: ir.Node | None):
+    """m1 = (c·x)·(1 + (k·x)·x): (x, the nodes computing it)."""
+    if m1 is None or m1.op_type != "Mul" or len(m1.inputs) != 2:
+        return None
+    for k in (0, 1):
+        cx, poly = producer(m1.inputs[k], "Mul"), producer(m1.inputs[1 - k], "Add")
+        x = _mul_by(cx, math.sqrt(2 / math.pi))
+        if x is None or poly is None or len(poly.inputs) != 2:
             continue
-        a1 = only_use(tanh.outputs[0])
-        if a1 is None or a1.op_type != "Add" or (scalar(other_input(a1, tanh.outputs[0])) or 0) != 1.0:
-            return None
-        out = only_use(a1.outputs[0])
-        if out is None or out.op_type != "Mul":
-            return None
-        half = other_input(out, a1.outputs[0])
-        hm = producer(half, "Mul")
-        if hm is None or _mul_by(hm, 0.5) is not x or len(half.uses()) != 1:
-            return None
-        inner_nodes = [pw, m2, add, m1, tanh, a1, hm, out]
-        for v in (pw.outputs[0], m2.outputs[0], add.outputs[0], m1.outputs[0]):
-            if len(v.uses()) != 1 or v.is_graph_output():
-                return None
-        order = [nd for nd in tanh.graph if nd in set(inner_nodes)]
-        return x, order, out.outputs[0]
+        for j in (0, 1):
+            if scalar(poly.inputs[j]) != 1.0:
+                continue
+            kxx = producer(poly.inputs[1 - j], "Mul")
+            if kxx is None or len(kxx.inputs) != 2:
+                continue
+            for i in (0, 1):
+                kx = producer(kxx.inputs[i], "Mul")
+                if kxx.inputs[1 - i] is x and kx is not None and _mul_by(kx, 0.044715) is x:
+                    return x, [kx, kxx, poly, cx, m1]
     return None
 
 
