@@ -10,7 +10,9 @@ tiles (``winograd.py``). Depthwise convolutions (one input channel per group) sk
 accumulate ``tap view * per-channel weight`` over the K kernel taps, channels-first over long rows or,
 for small images, channels-last. Where the compiled loops are available (``_jit_conv.py``, the ``jit``
 extra) 2-D depthwise convs run one pass per channel, 2-D im2col is compiled, and the bias, FusedConv's
-residual and its Relu/Clip are one pass after the GEMM. ConvTranspose is in ``conv_transpose.py``.
+residual and its Relu/Clip are one pass after the GEMM. 1-D convolutions run as 2-D ones of height 1
+(every 2-D path serves them); on the NumPy path, strides with many phases (an STFT's hop of 160, a patch
+embedding) copy their windows pixel-major in one pass. ConvTranspose is in ``conv_transpose.py``.
 
 The window helpers (geometry, padding, tap slices) are shared with ``pool.py`` and ``conv_transpose.py``.
 """
@@ -137,6 +139,18 @@ def _ints(v, n, default):
     return [int(t) for t in v] if v else [default] * n
 
 
+def _lift_attrs(attrs):
+    """A 1-D conv's attributes as those of the same conv over a height-1 image (a new dict)."""
+    a = dict(attrs)
+    for name in ("kernel_shape", "strides", "dilations"):
+        if a.get(name):
+            a[name] = [1] + [int(t) for t in a[name]]
+    if a.get("pads"):
+        b, e = a["pads"]
+        a["pads"] = [0, int(b), 0, int(e)]
+    return a
+
+
 # ---------------------------------------------------------------------------------------------
 # Conv
 
@@ -148,6 +162,9 @@ _DW_MIN_ROW = 1024
 # depthwise rows (one channel's output at the padded pitch) shorter than this run channels-last (measured:
 # 800-pixel rows are still faster channels-first, 220-pixel rows 1.5x faster channels-last)
 _DW_NCHW_MIN_ROW = 512
+# strided im2col on the NumPy path: at most this many stride-phase combinations go through the phase
+# planes (a stride-2 3x3 conv has 4), more (an STFT's hop of 160) take one pixel-major copy
+_MAX_PHASE_COMBOS = 16
 
 
 class _ufunc_buffer:
@@ -175,6 +192,13 @@ class _ConvPlan:
 
     def __init__(self, xp, attrs, w, geo_cache=None, winograd=False, spatial=None):
         self.xp = xp
+        # a 1-D conv runs as a 2-D one of height 1, so the 2-D paths (the compiled im2col and depthwise
+        # loops among them) serve it; x, z and y are reshaped at the edges (views where contiguous)
+        self.lifted = w.ndim == 3
+        if self.lifted:
+            attrs = _lift_attrs(attrs)
+            w = w.reshape(w.shape[:2] + (1,) + w.shape[2:])
+            spatial = None if spatial is None else (1,) + tuple(spatial)
         self.attrs = attrs
         self.group = int(attrs.get("group", 1))
         self.auto_pad = attrs.get("auto_pad", "NOTSET")
@@ -234,6 +258,10 @@ class _ConvPlan:
         self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape)) \
             if self.jit is not None and self.depthwise and n == 2 else None
         self.taps = tap_offsets(self.kshape, self.dilations)
+        # im2col through the stride phases costs a Python step per phase combination: past a few, the
+        # NumPy path copies the windows pixel-major instead (one copy)
+        self.many_phases = math.prod(len(_phase_taps(k, s, d)) for k, s, d in
+                                     zip(self.kshape, self.strides, self.dilations)) > _MAX_PHASE_COMBOS
         self.pointwise = all(k == 1 for k in self.kshape) and all(s == 1 for s in self.strides)
         # a strided 1x1 conv (ResNet's downsample): its columns are the input's strided pixels, one copy
         self.subsample = None if self.pointwise or any(k != 1 for k in self.kshape) else \
@@ -250,13 +278,17 @@ class _ConvPlan:
     def __call__(self, x, b=None, clip=None, z=None):
         """The conv of x (and bias b), then, as FusedConv asks: ``+ z`` (a residual of the output's shape)
         and ``clip=(lo, hi)`` (its Relu/Clip), fused into the conv's last pass where a path can."""
+        if self.lifted:
+            x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
+            z = None if z is None else z.reshape(z.shape[:2] + (1,) + z.shape[2:])
         y, fused = self._conv(x, b, clip, z)
         if not fused:
             if z is not None:
                 y += z
             if clip is not None:
                 self.xp.clip(y, clip[0], clip[1], out=y)
-        return y.astype(x.dtype, copy=False)
+        y = y.astype(x.dtype, copy=False)
+        return y.reshape(y.shape[:2] + y.shape[3:]) if self.lifted else y
 
     def _conv(self, x, b, clip, z):
         """The convolution in the compute dtype (a fresh array), and whether ``z`` and ``clip`` were applied."""
@@ -302,6 +334,15 @@ class _ConvPlan:
             self.jit.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
                                   pb[0], pb[1], *out)
             cols = cols.reshape(N, g, Cg * K, P)
+        elif self.many_phases:
+            # wide strides (an STFT's hop, a patch embedding): the windows copied pixel-major, each one
+            # contiguous run along the last kernel axis, and the GEMM reads that matrix transposed
+            xpad = pad_spatial(xp, xc, pb, pe)
+            view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
+                               self.dilations, out)                  # (N, g, Cg, k..., o...)
+            nd = len(out)
+            perm = (0, 1) + tuple(range(3 + nd, 3 + 2 * nd)) + (2,) + tuple(range(3, 3 + nd))
+            cols = xp.ascontiguousarray(view.transpose(perm)).reshape(N, g, P, Cg * K).swapaxes(-1, -2)
         elif any(s > 1 and k > 1 for s, k in zip(self.strides, self.kshape)):
             Q = tuple(-(-(sz + b_ + e) // s) for sz, b_, e, s in zip(spatial, pb, pe, self.strides))
             phases = _phase_planes(xp, xc, pb, self.strides, Q)
