@@ -70,7 +70,8 @@ def build_gpt2(cfg=GPT2, seed=SEED):
     wte = w(V, C)
     g.init("transformer.wte.weight", wte)
     g.init("transformer.wpe.weight", w(P, C, std=0.01))
-    g.init("lm_head.weight_T", (wte.T * 10.0).astype(f32))          # logits of a useful spread
+    # an untied head: tied to wte, a random model's greedy choice is its input token, forever
+    g.init("lm_head.weight_T", w(C, V, std=0.15))
     tok = g.op("Gather", ["transformer.wte.weight", "input_ids"])
     pos = g.op("Gather", ["transformer.wpe.weight", "position_ids"])
     h = g.op("Add", [tok, pos])
