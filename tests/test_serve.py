@@ -339,7 +339,8 @@ def test_repository_config_errors_name_the_field(tmp_path):
     mlp_model(str(tmp_path / "m" / "1" / "model.onnx"))
     for cfg, text in (({"max_batch_sise": 4}, "max_batch_sise"),
                       ({"dynamic_batching": {}}, "needs 'max_batch_size' >= 1"),
-                      ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}}, "preferred_batch_size"),
+                      ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}},
+                       "preferred_batch_size"),
                       ({"instance_group": [{"count": 2, "gpus": [0]}]}, "instance_group"),
                       ({"version_policy": {"specific": {"versions": [3]}}}, "version(s) [3]")):
         write_config(str(tmp_path), "m", cfg)
