@@ -262,6 +262,21 @@ def _cycle(nodes: list, deps: list[set[int]], waiting: list[int]) -> str:
     return " -> ".join(label(k) for k in [*loop, loop[0]])
 
 
+# Graphs nested in graphs (If/Loop/Scan bodies) are walked recursively here and in the planner; protobuf's
+# parser stops at 100 message levels (~32 graph levels), and a ModelProto built in Python is held to the same.
+MAX_GRAPH_DEPTH = 32
+
+
+def _check_depth(g: onnx.GraphProto) -> None:
+    todo = [(g, 1)]
+    while todo:
+        g, depth = todo.pop()
+        if depth > MAX_GRAPH_DEPTH:
+            raise InvalidGraph(f"This is an invalid model: subgraphs are nested more than {MAX_GRAPH_DEPTH} levels "
+                               f"deep (graph '{g.name}')")
+        todo.extend((sg, depth + 1) for n in g.node for sg in _subgraphs(n))
+
+
 def _unknown_output_dims(proto: onnx.ModelProto) -> list[tuple[int, int]]:
     return [(k, j) for k, o in enumerate(proto.graph.output) for j, d in enumerate(_tensor_dims(o.type))
             if not d.HasField("dim_value") and not d.HasField("dim_param")]
@@ -292,6 +307,7 @@ def load_model(model: Any, free_dims: dict[str, int] | None = None) -> ir.Model:
             t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto)):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # external data is loaded into it: never into the caller's proto
+    _check_depth(proto.graph)
     _resolve_external_data(proto, base_dir)
     _check(proto)
     light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's

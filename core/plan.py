@@ -32,6 +32,7 @@ from engineroom.plugin_sdk import (
     NodeView,
     ort_type_name,
 )
+from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES
 from engineroom.views import node_view, tensor_to_numpy
 
 NONE_SLOT = 0
@@ -51,6 +52,38 @@ def terminated() -> Fail:
     err = Fail("Exiting due to terminate flag being set to true.")
     err._located = True
     return err
+
+
+RUN_TIMEOUT_KEY = "run.timeout_ms"
+
+
+class Deadline:
+    """A run's RunOptions with a time limit (run config ``run.timeout_ms``): the plan reads ``terminate``
+    before every step, and past the deadline that read raises the timeout error."""
+
+    __slots__ = ("_options", "_at", "_ms")
+
+    def __init__(self, options, ms: float):
+        import time
+
+        self._options, self._ms = options, ms
+        self._at = time.monotonic() + ms / 1000.0
+
+    def __getattr__(self, name: str):
+        return getattr(self._options, name)
+
+    @property
+    def terminate(self) -> bool:
+        import time
+
+        if self._options.terminate:
+            return True
+        if time.monotonic() > self._at:
+            err = Fail(f"Exiting because the run took longer than its time limit of {self._ms:g} ms "
+                       f"(run config '{RUN_TIMEOUT_KEY}')")
+            err._located = True
+            raise err
+        return False
 
 
 class Unclaimed(Exception):
@@ -194,6 +227,10 @@ class Subgraph:
         self.outer_names = outer_names
 
     def __call__(self, inputs: list, outer: list = ()) -> list:
+        if not self.plan.steps:  # a body with no steps still stops (a Loop over it can run 2**63 times)
+            stop = getattr(running, "options", None)
+            if stop is not None and stop.terminate:
+                raise terminated()
         return self.plan.run([*inputs, *outer])
 
 
@@ -233,6 +270,7 @@ class PlanBuilder:
         self.ir_version = ir_version
         self.host = host  # the provider that owns host memory (CPU provider, or a plain one)
         self._assigned: tuple | None = None   # (graph, assignment) from the last owners() call
+        self.max_tensor_bytes = DEFAULT_MAX_TENSOR_BYTES   # session.max_tensor_bytes, told to every kernel
         self.by_device: dict[Device, ExecutionProvider] = {CPU: host}
         for p in providers:
             self.by_device.setdefault(p.device, p)
@@ -407,7 +445,8 @@ class PlanBuilder:
             if graphs:
                 subs = [Subgraph(self._sub_plan(g, outer_nm), outer_nm) for g in graphs]
                 extra[name] = subs[0] if a.type == ir.AttributeType.GRAPH else subs
-        info = KernelInfo.from_view(v, num_outer=len(outer_nm), outer_names=tuple(outer_nm))
+        info = KernelInfo.from_view(v, num_outer=len(outer_nm), outer_names=tuple(outer_nm),
+                                    max_tensor_bytes=self.max_tensor_bytes)
         if extra:
             info.attrs = {**info.attrs, **extra}
         if not isinstance(prov, KernelProvider):
@@ -420,7 +459,9 @@ class PlanBuilder:
             raise Fail(f"{prov.name} could not create a kernel for {v.describe()}: {type(e).__name__}: {e}") from e
 
     def _sub_plan(self, g: ir.Graph, outer_nm: list[str]) -> Plan:
-        return PlanBuilder(self.providers, self.opsets, self.ir_version, self.host).build(g, outer_nm)
+        sub = PlanBuilder(self.providers, self.opsets, self.ir_version, self.host)
+        sub.max_tensor_bytes = self.max_tensor_bytes
+        return sub.build(g, outer_nm)
 
 
 def _copy_fn(src: ExecutionProvider, dst: ExecutionProvider) -> Callable:

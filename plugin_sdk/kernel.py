@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES
+
 
 @dataclass
 class NodeView:
@@ -68,6 +70,8 @@ class KernelInfo(NodeView):
     provider: Any = None
     num_outer: int = 0
     outer_names: tuple[str, ...] = ()
+    # bytes a kernel may allocate for one tensor whose size comes from data (plugin_sdk.limits)
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
 
     @classmethod
     def from_view(cls, view: NodeView, **extra) -> "KernelInfo":

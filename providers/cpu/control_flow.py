@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.limits import MAX_TENSOR_BYTES_KEY, TensorTooLarge
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -55,6 +56,7 @@ def loop(info):
     n_carried = n - 2
     n_scan = len(body.output_names) - 1 - n_carried
     int64_max = np.iinfo(np.int64).max
+    limit = info.max_tensor_bytes
 
     def run(*inputs):
         m, cond = inputs[0], inputs[1]
@@ -65,13 +67,19 @@ def loop(info):
         scans: list[list] = [[] for _ in range(n_scan)]
         cond_t = np.array(True)
         i = 0
+        held = 0   # bytes the scan outputs hold so far: a huge trip count stops at the tensor limit
         while go and i < trip:
             # iter_num and cond are fresh 0-d arrays each iteration: the body may return them as outputs.
             outs = body([np.array(i, dtype=np.int64), cond_t, *carried], outer)
             go = _truth(outs[0])
             carried = list(outs[1:1 + n_carried])
             for k in range(n_scan):
-                scans[k].append(outs[1 + n_carried + k])
+                o = outs[1 + n_carried + k]
+                scans[k].append(o)
+                held += getattr(o, "nbytes", 0) + 64
+            if held > limit > 0:
+                raise TensorTooLarge(f"Loop's scan outputs hold {held} bytes after {i + 1} iterations, over the "
+                                     f"limit of {limit} bytes (session config '{MAX_TENSOR_BYTES_KEY}')")
             i += 1
         res = list(carried)
         for k in range(n_scan):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
+from engineroom.plugin_sdk.limits import check_tensor_size
 from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 
@@ -233,6 +234,8 @@ def _resize_factory(info, cfg, roi_i, scales_i, sizes_i):
 
     def plan(shape, roi, scales, sizes):
         out_shape, plans = _plan(shape, cfg, roi, scales, sizes)
+        check_tensor_size(out_shape, info.output_dtypes[0] if info.output_dtypes else np.float32,
+                          info.max_tensor_bytes)
         fast = _integer_upscale(shape, out_shape, plans) if jit is not None else None
         return out_shape, plans, fast
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
+from engineroom.plugin_sdk.limits import check_tensor_size
 from engineroom.providers.cpu.registry import kernel
 
 # --- helpers
@@ -270,10 +271,13 @@ def slice_(info):
 def expand(info):
     xp = info.xp
 
+    limit = info.max_tensor_bytes
+
     def run(x, shape):
         out_shape = np.broadcast_shapes(x.shape, tuple(_ints(shape)))
         if out_shape == x.shape:
             return (x.copy(),)
+        check_tensor_size(out_shape, x.dtype, limit)
         # A real (writable, contiguous) tensor, not a read-only broadcast view.
         out = xp.empty(out_shape, dtype=x.dtype)
         out[...] = x
@@ -455,12 +459,17 @@ def constant_of_shape(info):
     dtype, fill = v.dtype, v.reshape(-1)[0]
     c = _const(info, 0)
 
+    limit = info.max_tensor_bytes
+
     def run(shape):
-        return (xp.full(tuple(_ints(shape)), fill, dtype=dtype),)
+        dims = tuple(_ints(shape))
+        check_tensor_size(dims, dtype, limit)
+        return (xp.full(dims, fill, dtype=dtype),)
     if c is not None:
         fixed = tuple(_ints(c))
 
         def run_const(_shape=None):
+            check_tensor_size(fixed, dtype, limit)
             return (xp.full(fixed, fill, dtype=dtype),)
         return run_const
     return run
@@ -470,6 +479,7 @@ def constant_of_shape(info):
 
 def _range(info, stash_float):
     xp = info.xp
+    max_bytes = info.max_tensor_bytes
 
     def run(start, limit, delta):
         dtype = np.dtype(start.dtype)
@@ -479,10 +489,15 @@ def _range(info, stash_float):
             if d == 0:
                 raise ValueError("Range: delta cannot be 0")
             n = max(-(-(lim - s) // d), 0)
+            check_tensor_size((n,), dtype, max_bytes)
             return (xp.asarray((s + np.arange(n, dtype=np.int64) * d).astype(dtype)),)
         if float(d) == 0:
             raise ValueError("Range: delta cannot be 0")
-        n = max(math.ceil((float(lim) - float(s)) / float(d)), 0)
+        span = (float(lim) - float(s)) / float(d)
+        if not math.isfinite(span):
+            raise ValueError(f"Range: the number of elements (limit - start) / delta = {span} is not finite")
+        n = max(math.ceil(span), 0)
+        check_tensor_size((n,), dtype, max_bytes)
         # output[i] = start + i * delta, in float32 for 16-bit floats when stash_type asks for it.
         cdt = np.float32 if (stash_float and dtype.itemsize == 2) else dtype
         cs, cd = np.asarray(s, dtype=cdt), np.asarray(d, dtype=cdt)
@@ -556,6 +571,7 @@ def tile_v1(info):
     def run(x, tiles, axis):
         reps = [1] * x.ndim
         reps[_axis(_ints(axis)[0], x.ndim)] = _ints(tiles)[0]
+        check_tensor_size([d * r for d, r in zip(x.shape, reps)], x.dtype, info.max_tensor_bytes)
         return (xp.tile(x, reps),)
     return run
 
@@ -568,6 +584,7 @@ def tile(info):
         reps = _ints(repeats)
         if len(reps) != x.ndim:
             raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
+        check_tensor_size([d * r for d, r in zip(x.shape, reps)], x.dtype, info.max_tensor_bytes)
         return (xp.tile(x, reps),)
     return run
 
@@ -650,7 +667,7 @@ def space_to_depth(info):
 
 # --- Pad / CenterCropPad
 
-def _pad(xp, x, pads, mode, value):
+def _pad(xp, x, pads, mode, value, limit=None):
     """ONNX Pad: ``pads`` is [begin_0..begin_{r-1}, end_0..end_{r-1}]; negative entries crop."""
     r = x.ndim
     if len(pads) != 2 * r:
@@ -664,8 +681,9 @@ def _pad(xp, x, pads, mode, value):
         ends = [max(e, 0) for e in ends]
     if not any(begins) and not any(ends):
         return x.copy()
+    out_shape = tuple(d + b + e for d, b, e in zip(x.shape, begins, ends))
+    check_tensor_size(out_shape, x.dtype, limit)
     if mode == "constant":
-        out_shape = tuple(d + b + e for d, b, e in zip(x.shape, begins, ends))
         out = xp.empty(out_shape, dtype=x.dtype)
         out[...] = value
         out[tuple(slice(b, b + d) for b, d in zip(begins, x.shape))] = x
@@ -697,7 +715,7 @@ def pad_v1(info):
     value = float(info.attrs.get("value", 0.0))
 
     def run(x):
-        return (_pad(xp, x, pads, mode, value),)
+        return (_pad(xp, x, pads, mode, value, info.max_tensor_bytes),)
     return run
 
 
@@ -716,7 +734,7 @@ def pad(info):
                 full[a] = p[i]
                 full[x.ndim + a] = p[n + i]
             p = full
-        return (_pad(xp, x, p, mode, _pad_value(x, constant_value)),)
+        return (_pad(xp, x, p, mode, _pad_value(x, constant_value), info.max_tensor_bytes),)
     return run
 
 
@@ -797,6 +815,7 @@ def one_hot(info):
         d = int(_host(depth).reshape(-1)[0])
         rank = indices.ndim + 1
         a = _axis(axis, rank)
+        check_tensor_size((*indices.shape[:a], d, *indices.shape[a:]), values.dtype, info.max_tensor_bytes)
         idx = indices.astype(np.int64)
         idx = xp.where(idx < 0, idx + d, idx)
         # Out-of-range indices give an all-off row (they match no position).
