@@ -83,6 +83,13 @@ class OrtEpDevice:
     def __repr__(self) -> str:
         return f"OrtEpDevice(ep_name='{self.ep_name}', ep_vendor='{self.ep_vendor}', device={self.device!r})"
 
+    def memory_info(self, memory_type=0):
+        """The OrtMemoryInfo of this device's memory (``OrtDeviceMemoryType.DEFAULT``; engineroom's providers have
+        no separate host-accessible memory)."""
+        from engineroom.memory_info import OrtMemoryInfo
+
+        return OrtMemoryInfo.for_devices({self._device} if self._device is not None else set())
+
 
 # PCI vendor ids of the CPU vendors /proc/cpuinfo names (what onnxruntime reports for the CPU device)
 _CPU_VENDORS = {"GenuineIntel": ("Intel", 0x8086), "AuthenticAMD": ("AMD", 0x1022),

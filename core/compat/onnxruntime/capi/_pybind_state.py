@@ -32,6 +32,13 @@ def get_default_session_options():
     return SessionOptions()
 
 
+def get_hardware_devices() -> list:
+    """The hardware devices of the available providers (each once)."""
+    from engineroom import get_ep_devices
+
+    return list(dict.fromkeys(d.device for d in get_ep_devices()))
+
+
 def get_version_string() -> str:
     from engineroom.compat import ORT_API_VERSION
 

@@ -19,6 +19,7 @@ from engineroom.compat.onnxruntime.capi._pybind_state import (  # noqa: F401 - n
     OrtValueVector,
     RuntimeException,
     get_default_session_options,
+    get_hardware_devices,
     get_version_string,
     kNextPowerOfTwo,
     kSameAsRequested,
