@@ -21,7 +21,9 @@ from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
+from engineroom.plan import RUN_TIMEOUT_KEY, Deadline
 from engineroom.plan import running as _running
+from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
 from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
 from engineroom.plugin_sdk.binding import bound_outputs
 from engineroom.values import IOBinding, OrtValue
@@ -152,6 +154,28 @@ def _same_memory(a: Any, b: Any) -> bool:
 
 
 _blas_threads: list[int] = []   # what intra_op_num_threads last set the BLAS pool to
+
+
+def _config_int(options, key: str, default: int) -> int:
+    """A config entry that must be an integer (>= 0; 0 for no limit), or ``default`` where it is unset."""
+    raw = options._config.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(float(raw)) if raw.strip().lower() not in ("inf", "nan") else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidArgument(f"config entry '{key}' must be a number >= 0 (0: no limit), got '{raw}'")
+    return value
+
+
+def _with_deadline(run_options):
+    """The run options the plan reads ``terminate`` from: with a deadline when ``run.timeout_ms`` is set."""
+    if run_options is None or RUN_TIMEOUT_KEY not in run_options._config:
+        return run_options
+    ms = _config_int(run_options, RUN_TIMEOUT_KEY, 0)
+    return Deadline(run_options, ms) if ms > 0 else run_options
 
 
 def _set_blas_threads(threads: int) -> None:
@@ -315,6 +339,7 @@ class InferenceSession:
             # the graph changed: providers are asked again (the builder's assignment is stale)
             opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
+        builder.max_tensor_bytes = _config_int(self._sess_options, MAX_TENSOR_BYTES_KEY, DEFAULT_MAX_TENSOR_BYTES)
         return builder.build(self._model.graph)
 
     def _unclaimed_error(self, views) -> Exception:
@@ -460,35 +485,6 @@ class InferenceSession:
         from engineroom.memory_info import OrtMemoryInfo
 
         return [OrtMemoryInfo.for_devices({d}) for d in self._plan.output_devices]
-
-    def get_input_epdevices(self) -> list:
-        """Per input (``get_inputs()`` order), the OrtEpDevice of the provider that reads it."""
-        from engineroom.devices import get_ep_devices
-
-        eps = get_ep_devices()
-        reads = dict(zip(self._in_order, self._plan.input_devices))
-        out = []
-        for v in self._inputs:
-            dev = next((d for d in reads[v.name] if not d.is_host), None)
-            prov = self._plan.devices.get(dev) if dev is not None else self._cpu
-            out.append(next((e for e in eps if prov is not None and e.ep_name == prov.name
-                             and (dev is None or e._device == dev)), None))
-        return out
-
-    def create_ortvalue_from_shape_and_type(self, shape, element_type, device_type: str, device_id: int = 0,
-                                            vendor_id: int = -1) -> OrtValue:
-        """An uninitialised OrtValue on one of this session's devices (the host, or a provider's device)."""
-        prov = self._provider_on(device_type, device_id)
-        if isinstance(element_type, int) and not isinstance(element_type, bool):
-            from engineroom.plugin_sdk import np_dtype
-
-            element_type = np_dtype(element_type)
-        arr = np.empty(tuple(int(d) for d in shape), dtype=element_type)
-        return OrtValue(arr) if prov is None else OrtValue(prov.to_device(arr), prov)
-
-    def release_captured_graph(self, graph_annotation_id: int = 0) -> None:
-        """onnxruntime frees a captured CUDA graph here; "EPs without captured-graph release support treat this
-        as a no-op" - engineroom's CUDA provider keeps its graphs with the plan, freed with the session."""
 
     def get_tuning_results(self) -> list:
         """onnxruntime's TunableOp results: engineroom's kernels are not tuned per run, so there are none."""
@@ -652,7 +648,7 @@ class InferenceSession:
 
             prof = StepLogger(run_options.logid or self._sess_options.logid)
         prev = getattr(_running, "options", None), getattr(_running, "profiler", None)
-        _running.options, _running.profiler = run_options, prof
+        _running.options, _running.profiler = _with_deadline(run_options), prof
         try:
             if prof is None or not hasattr(prof, "session_event"):
                 return plan.run(feeds)
