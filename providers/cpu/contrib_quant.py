@@ -49,11 +49,21 @@ def _binary(info, combine):
     return run
 
 
+def _fma(x, r, c):
+    """float32 x * r + c with one rounding, as the FMA instruction (exact in float64, then rounded)."""
+    return (x.astype(_F64) * np.float64(r) + np.asarray(c, _F64)).astype(_F32)
+
+
 def _add(a, sa, za, b, sb, zb, sc, zc):
-    # MLAS (x86): (zc - (ra*za + rb*zb)) + a*ra + b*rb in float32, ra = sa/sc, rb = sb/sc
+    # MLAS's AVX2 kernel: fixed = zc - (ra*za + rb*zb) with ra = sa/sc, rb = sb/sc in float32, then
+    # fma(a, ra, fma(b, rb, fixed)); a one-element operand is folded into ``fixed`` first (mul, add)
     ra, rb = np.float32(sa) / np.float32(sc), np.float32(sb) / np.float32(sc)
     fixed = np.float32(zc) - (ra * np.float32(za) + rb * np.float32(zb))
-    return (fixed + a.astype(_F32) * ra) + b.astype(_F32) * rb
+    if b.size == 1 and a.size != 1:
+        return _fma(a, ra, fixed + np.float32(b.reshape(())) * rb)
+    if a.size == 1 and b.size != 1:
+        return _fma(b, rb, fixed + np.float32(a.reshape(())) * ra)
+    return _fma(a, ra, _fma(b, rb, fixed))
 
 
 def _mul(a, sa, za, b, sb, zb, sc, zc):
