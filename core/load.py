@@ -46,10 +46,19 @@ def load_proto(model: Any) -> tuple[onnx.ModelProto, str | None]:
     raise NoModel(f"a model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
 
 
-def _resolve_external_data(proto: onnx.ModelProto, base_dir: str | None) -> None:
+def _resolve_external_data(proto: onnx.ModelProto, base_dir: str | None, supplied=frozenset()) -> None:
+    """Load external data from ``base_dir``; tensors named in ``supplied`` (SessionOptions.add_external_initializers)
+    are not read: they become zeros here and the session puts the supplied arrays in their place."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    tensors = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    tensors = []
+    for t in _get_all_tensors(proto):
+        if uses_external_data(t) and t.name in supplied:
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+            t.raw_data = bytes(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+        elif uses_external_data(t):
+            tensors.append(t)
     if not tensors:
         return
     if base_dir is None:
@@ -299,16 +308,21 @@ def _override_free_dims(proto: onnx.ModelProto, dims: dict[str, int]) -> None:
                     d.dim_value = dims[d.dim_param]
 
 
-def load_model(model: Any, free_dims: dict[str, int] | None = None) -> ir.Model:
+def load_model(model: Any, free_dims: dict[str, int] | None = None, external_data_dir: str | None = None,
+               supplied=frozenset()) -> ir.Model:
     """Load, resolve external data, check, inline local functions and infer shapes: an ``ir.Model``
-    whose initializers are NumPy arrays (one copy of the weights; the proto is not kept)."""
+    whose initializers are NumPy arrays (one copy of the weights; the proto is not kept). External data of a
+    model given as bytes is read from ``external_data_dir`` (onnxruntime's
+    ``session.model_external_initializers_file_folder_path``); tensors named in ``supplied`` are not read."""
     proto, base_dir = load_proto(model)
+    if base_dir is None and external_data_dir:
+        base_dir = external_data_dir
     if isinstance(model, onnx.ModelProto) and any(
             t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto)):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # external data is loaded into it: never into the caller's proto
     _check_depth(proto.graph)
-    _resolve_external_data(proto, base_dir)
+    _resolve_external_data(proto, base_dir, supplied)
     _check(proto)
     light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's
     _repair(light)

@@ -213,7 +213,9 @@ class InferenceSession:
             raise InvalidProtobuf(f"Load model from {os.fspath(path_or_bytes)} failed: it is a directory, not an "
                                   f"ONNX model file")
         self._providers = self._create_providers(providers, provider_options)
-        self._model = load_model(path_or_bytes, so._free_dims_by_name)
+        self._model = load_model(path_or_bytes, so._free_dims_by_name,
+                                 so.config("session.model_external_initializers_file_folder_path") or None,
+                                 frozenset(so._initializers))
         if so._initializers or so._free_dims_by_denotation:
             from engineroom.compat.session_options import apply_to_model
 
