@@ -104,3 +104,119 @@ def test_conv2d_wide_stride(conv_path, k, s):
     ref, got = both(m, {"x": x})
     assert rel_err(ref[0], got[0]) < 1e-5
     conv_path.expect("im2col2d")
+
+
+# ---------------------------------------------------------------------------------------------
+# integer GEMMs: exact on float BLAS (float32 where the sums fit, chunked / split where they do not)
+
+
+def _u8(shape):
+    return RNG.integers(0, 256, shape).astype(np.uint8)
+
+
+def _i8(shape):
+    return RNG.integers(-128, 128, shape).astype(np.int8)
+
+
+@pytest.mark.parametrize("K", [64, 512, 1536, 4100])     # one float32 GEMM; 3 and 8 chunks of K
+@pytest.mark.parametrize("weights", ["int8", "uint8_zp", "uint8_percol_zp"])
+@pytest.mark.parametrize("const_b", [True, False])
+def test_matmul_integer(K, weights, const_b):
+    a = _u8((2, 24, K))
+    if weights == "int8":
+        b, bz = _i8((K, 40)), np.int8(0)
+    elif weights == "uint8_zp":
+        b, bz = _u8((K, 40)), np.uint8(131)
+    else:
+        b, bz = _u8((K, 40)), RNG.integers(0, 256, 40).astype(np.uint8)
+    ins = [vi("a", TensorProto.UINT8, list(a.shape)), vi("az", TensorProto.UINT8, [])]
+    inits = [("bz", np.asarray(bz))]
+    feed = {"a": a, "az": np.asarray(117, np.uint8)}
+    if const_b:
+        inits.append(("b", b))
+    else:
+        ins.append(vi("b", onnx.helper.np_dtype_to_tensor_dtype(b.dtype), list(b.shape)))
+        feed["b"] = b
+    node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+    m = model([node], ins, [vi("y", TensorProto.INT32, None)], inits)
+    ref, got = both(m, feed)
+    assert got[0].dtype == np.int32
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_intgemm_float32_bound():
+    """Right at the bound: 255 * 128 * K products summed in float32 must still be exact."""
+    from engineroom.providers.cpu import intgemm
+
+    K = intgemm.chunk_size(255, 128)
+    a = np.full((3, K), 255.0, np.float32)
+    b = np.full((K, 2), -128.0)
+    m = intgemm.IntMatrix(b)
+    assert m.f.dtype == np.float32 and m.chunk == K
+    np.testing.assert_array_equal(m.matmul(a), np.full((3, 2), -255.0 * 128 * K))
+    a2 = np.full((3, 3 * K + 5), 255.0, np.float32)           # chunked: 4 float32 GEMMs
+    m2 = intgemm.IntMatrix(np.full((3 * K + 5, 2), -128.0))
+    np.testing.assert_array_equal(m2.matmul(a2), np.full((3, 2), -255.0 * 128 * (3 * K + 5)))
+
+
+@pytest.mark.parametrize("const_b", [True, False])
+@pytest.mark.parametrize("K", [96, 1100])
+def test_qlinear_matmul(const_b, K):
+    a, b = _u8((3, 20, K)), _i8((K, 33))
+    sa, za, sb, zb, sy, zy = np.float32(0.02), np.uint8(120), np.float32(0.003), np.int8(0), np.float32(0.4), \
+        np.uint8(128)
+    names = ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"]
+    inits = [("sa", np.asarray(sa)), ("za", np.asarray(za)), ("sb", np.asarray(sb)), ("zb", np.asarray(zb)),
+             ("sy", np.asarray(sy)), ("zy", np.asarray(zy))]
+    ins = [vi("a", TensorProto.UINT8, list(a.shape))]
+    feed = {"a": a}
+    if const_b:
+        inits.append(("b", b))
+    else:
+        ins.append(vi("b", TensorProto.INT8, list(b.shape)))
+        feed["b"] = b
+    m = model([helper.make_node("QLinearMatMul", names, ["y"])], ins, [vi("y", TensorProto.UINT8, None)], inits)
+    ref, got = both(m, feed)
+    assert got[0].dtype == np.uint8
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("C,k,group", [(8, 3, 1),        # 255*255*72: one float32 GEMM
+                                       (64, 3, 1),       # 255*255*576: weight split in two
+                                       (600, 3, 1),      # K = 5400: float64
+                                       (16, 3, 16),      # depthwise
+                                       (32, 1, 2)])      # grouped 1x1
+def test_conv_integer(conv_path, C, k, group):
+    x, w = _u8((1, C, 12, 11)), _u8((32, C // group, k, k))
+    node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[k // 2] * 4, group=group)
+    m = model([node], [vi("x", TensorProto.UINT8, list(x.shape))], [vi("y", TensorProto.INT32, None)],
+              [("w", w), ("xz", np.asarray(np.uint8(121))), ("wz", np.asarray(np.uint8(133)))])
+    ref, got = both(m, {"x": x})
+    assert got[0].dtype == np.int32
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("C,per_channel,bias", [(16, False, True), (64, True, True), (64, True, False)])
+def test_qlinear_conv(conv_path, C, per_channel, bias):
+    M = 24
+    x, w = _u8((2, C, 10, 9)), _i8((M, C, 3, 3))
+    ws = (RNG.uniform(0.001, 0.01, M) if per_channel else np.asarray(0.004)).astype(np.float32)
+    wz = np.zeros(M if per_channel else (), np.int8)
+    names = ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"] + (["b"] if bias else [])
+    inits = [("xs", np.asarray(np.float32(0.05))), ("xz", np.asarray(np.uint8(110))), ("w", w), ("ws", ws),
+             ("wz", wz), ("ys", np.asarray(np.float32(0.9))), ("yz", np.asarray(np.uint8(125)))]
+    if bias:
+        inits.append(("b", RNG.integers(-20000, 20000, M).astype(np.int32)))
+    node = helper.make_node("QLinearConv", names, ["y"], pads=[1, 1, 1, 1])
+    m = model([node], [vi("x", TensorProto.UINT8, list(x.shape))], [vi("y", TensorProto.UINT8, None)], inits)
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("C,dtype,split", [(8, np.float32, False), (64, np.float32, True), (600, np.float64, False)])
+def test_int_conv_plan_choice(C, dtype, split):
+    """The exact conv's arithmetic: float32 as is, float32 with the weight split in two, float64."""
+    from engineroom.providers.cpu.conv import _IntConvPlan
+
+    p = _IntConvPlan(np, {"pads": [1, 1, 1, 1]}, _u8((32, C, 3, 3)), np.uint8(133), {}, True)
+    assert (p.dtype, p.split) == (np.dtype(dtype), split)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu import _jit, intgemm
 from engineroom.providers.cpu.registry import kernel
 from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv, winograd_conv_compiled
 
@@ -514,12 +514,12 @@ def conv(info):
 # ConvInteger / QLinearConv
 
 
-def _zero_point_shift(xp, v, zp, per_channel_axis0):
-    """v - zero_point in float64 (exact for 8-bit data); zp is a scalar or, for weights, per output channel."""
-    f = xp.asarray(v).astype(np.float64)
+def _zero_point_shift(xp, v, zp, per_channel_axis0, dtype=np.float64):
+    """v - zero_point in ``dtype`` (exact for 8-bit data); zp is a scalar or, for weights, per output channel."""
+    f = xp.asarray(v).astype(dtype)
     if zp is None:
         return f
-    z = xp.asarray(zp).astype(np.float64)
+    z = xp.asarray(zp).astype(dtype)
     if z.size == 1:
         return f - z.reshape(())
     if per_channel_axis0:
@@ -527,22 +527,47 @@ def _zero_point_shift(xp, v, zp, per_channel_axis0):
     return f - z.reshape((1, -1) + (1,) * (f.ndim - 2))
 
 
-def _int_conv_factory(info, w_idx, wzp_idx):
-    """An exact integer convolution (x - x_zp) * (w - w_zp) in float64 BLAS: fn(x, x_zp, w, w_zp) -> float64.
+class _IntConvPlan:
+    """An exact integer conv (x - x_zp) * (w - w_zp) on float BLAS (see ``intgemm``): its weight in float32
+    where the sums fit (as it is, or split in two parts stacked as extra output channels), else float64."""
 
-    The shifted weight is prepacked once when the weight and its zero point are both constants.
+    def __init__(self, xp, attrs, w, w_zp, geo, measure: bool):
+        wc = _zero_point_shift(xp, w, w_zp, True)
+        group = int(attrs.get("group", 1))
+        K = math.prod(wc.shape[1:])                  # Cg x taps: the terms of each output's sum
+        bmax = int(xp.abs(wc).max()) if measure and wc.size else intgemm.int_bound(w.dtype, w_zp)
+        self.split = False
+        if xp is np and K <= intgemm.chunk_size(255, bmax):
+            wc = wc.astype(np.float32)
+        elif xp is np and K <= intgemm.chunk_size(255, 2 ** intgemm.SPLIT_SHIFT):
+            wc, self.split = intgemm.split_weight(wc, group).astype(np.float32), True
+        self.group = group
+        self.dtype = wc.dtype
+        self.plan = _ConvPlan(xp, attrs, wc, geo)
+
+    def __call__(self, xs):
+        y = self.plan(xs)
+        return intgemm.join_split(y, self.group) if self.split else y
+
+
+def _int_conv_factory(info, w_idx, wzp_idx):
+    """An exact integer convolution: fn(x, x_zp, w, w_zp) -> (x - x_zp) * (w - w_zp), integer-valued float32
+    (where the sums fit its significand) or float64. The plan is made once when the weight and its zero
+    point are both constants, its bound then measured on the weight itself.
     """
     xp = info.xp
     consts = tuple(info.const_inputs) + (None,) * 9
     has_wzp = len(info.input_names) > wzp_idx and info.input_names[wzp_idx] != ""
     static = consts[w_idx] is not None and (not has_wzp or consts[wzp_idx] is not None)
     geo = {}
-    plan0 = _ConvPlan(xp, info.attrs, _zero_point_shift(np, consts[w_idx], consts[wzp_idx] if has_wzp else None,
-                                                       True), geo) if static else None
+    plan0 = _IntConvPlan(np, info.attrs, consts[w_idx], consts[wzp_idx] if has_wzp else None, geo, True) \
+        if static and xp is np else None
 
     def conv_int(x, x_zp, w, w_zp):
-        plan = plan0 if plan0 is not None else _ConvPlan(xp, info.attrs, _zero_point_shift(xp, w, w_zp, True), geo)
-        return plan(_zero_point_shift(xp, x, x_zp, False))
+        plan = plan0 if plan0 is not None else _IntConvPlan(xp, info.attrs, w, w_zp, geo, False)
+        if plan.dtype == np.float32 and intgemm.int_bound(x.dtype, x_zp) > 255:
+            plan = _IntConvPlan(xp, info.attrs, w, w_zp, geo, False)   # not 8-bit data: float64
+        return plan(_zero_point_shift(xp, x, x_zp, False, plan.dtype))
 
     return conv_int
 
@@ -563,11 +588,11 @@ def qlinear_conv(info):
     conv_int = _int_conv_factory(info, 3, 5)
 
     def run(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
-        acc = conv_int(x, x_zp, w, w_zp)          # (N, M, o...) float64, integer-valued
+        acc = conv_int(x, x_zp, w, w_zp)          # (N, M, o...) float32 or float64, integer-valued
         M = acc.shape[1]
         nd = acc.ndim - 2
-        if b is not None:
-            acc += b.astype(np.float64).reshape((M,) + (1,) * nd)
+        if b is not None:       # int32 bias: the exact sum in float64, rounded once below as before
+            acc = acc.astype(np.float64, copy=False) + b.astype(np.float64).reshape((M,) + (1,) * nd)
         # requantized in float32 as onnxruntime does (scale = x_scale * w_scale / y_scale in float32, the
         # sum converted to float32): in float64 ties round differently and outputs move by one step
         ws = xp.asarray(w_scale).astype(np.float32)

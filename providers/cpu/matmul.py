@@ -1,14 +1,16 @@
 """Matrix kernels: MatMul, Gemm, MatMulInteger, QLinearMatMul, Einsum, Dropout, Attention, RotaryEmbedding.
 
 Everything that multiplies matrices runs through BLAS: float32/float64 as they are, narrower floats
-(float16, bfloat16, float8) in float32 and cast back, and the integer/quantized ops exactly in float64
-(products of 8-bit values summed over any realistic K stay far below 2**53). Gemm folds a constant
+(float16, bfloat16, float8) in float32 and cast back, and the integer/quantized ops exactly on float BLAS
+(``intgemm``: float32 where the sum fits its 24-bit significand, in chunks of K where it does not, with
+the constant weight prepared once). Gemm folds a constant
 ``alpha * op(B)`` into one contiguous matrix, and ``beta * C`` likewise, once in the factory.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import intgemm
 from engineroom.providers.cpu.registry import kernel
 from engineroom.providers.cpu.softmax import softmax_array, storage_rounder
 
@@ -123,21 +125,53 @@ def gemm(info):
 # integer / quantized matmul
 
 
+def _a_centered(xp, A, a_zp, dtype):
+    """A - a_zp as integer-valued floats; a_zp per tensor or per row of A ((M,) or (..., M, 1))."""
+    af = A.astype(dtype)
+    if a_zp is not None:
+        z = xp.asarray(a_zp).astype(dtype)
+        af -= z.reshape(()) if z.size == 1 else (z.reshape(-1, 1) if z.ndim == 1 else z)
+    return af
+
+
+def _int_product(info, b_idx, bzp_idx):
+    """fn(A, a_zp, B, b_zp) -> (A - a_zp) @ (B - b_zp), exact and integer-valued (float32 or float64; see
+    ``intgemm``); a constant B (and zero point) is prepared once."""
+    xp = info.xp
+    consts = tuple(info.const_inputs) + (None,) * 9
+    has_bzp = info.has_input(bzp_idx)
+    prepared = None
+    if xp is np and consts[b_idx] is not None and (not has_bzp or consts[bzp_idx] is not None) \
+            and np.dtype(consts[b_idx].dtype).kind in "iu":
+        prepared = intgemm.IntMatrix(consts[b_idx], consts[bzp_idx] if has_bzp else None)
+
+    def product(A, a_zp, B, b_zp):
+        if xp is not np or A.dtype.kind not in "iu" or B.dtype.kind not in "iu":
+            # other array modules, float8 operands (QLinearMatMul-21): float64, as the values are
+            return xp.matmul(_a_centered(xp, A, a_zp, np.float64), _b_centered(xp, B, b_zp))
+        amax = intgemm.int_bound(A.dtype, a_zp)
+        bm = prepared
+        if bm is None or amax > 255:        # a run-time B: bounded by its dtype, not measured
+            bm = intgemm.IntMatrix(B, b_zp, amax, intgemm.int_bound(B.dtype, b_zp))
+        return bm.matmul(_a_centered(xp, A, a_zp, bm.f.dtype))
+
+    return product
+
+
+def _b_centered(xp, B, b_zp):
+    bf = B.astype(np.float64)
+    if b_zp is not None:
+        z = xp.asarray(b_zp).astype(np.float64)
+        bf -= z.reshape(()) if z.size == 1 else z.reshape(-1)     # per column: (N,) on the last axis
+    return bf
+
+
 @kernel("MatMulInteger", since=10)
 def matmul_integer(info):
-    xp = info.xp
+    product = _int_product(info, 1, 3)
 
     def run(A, B, a_zp=None, b_zp=None):
-        af = A.astype(np.float64)
-        if a_zp is not None:
-            z = xp.asarray(a_zp).astype(np.float64)
-            # per-row zero point of A: shape (M,) or (..., M, 1)
-            af -= z.reshape(()) if z.size == 1 else (z.reshape(-1, 1) if z.ndim == 1 else z)
-        bf = B.astype(np.float64)
-        if b_zp is not None:
-            z = xp.asarray(b_zp).astype(np.float64)
-            bf -= z.reshape(()) if z.size == 1 else z        # per-column: shape (N,) broadcasts on the last axis
-        return (xp.matmul(af, bf).astype(np.int32),)
+        return (product(A, a_zp, B, b_zp).astype(np.int32),)
 
     return run
 
@@ -172,23 +206,16 @@ def _finfo_max(dt):
 @kernel("QLinearMatMul", since=10)
 def qlinear_matmul(info):
     xp = info.xp
+    product = _int_product(info, 3, 5)
 
     def run(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
-        af = a.astype(np.float64)
-        if a_zp is not None:
-            z = xp.asarray(a_zp).astype(np.float64)
-            af -= z.reshape(()) if z.size == 1 else z.reshape(-1, 1)
-        bf = b.astype(np.float64)
-        if b_zp is not None:
-            z = xp.asarray(b_zp).astype(np.float64)
-            bf -= z.reshape(()) if z.size == 1 else z.reshape(-1)
-        acc = xp.matmul(af, bf)
+        acc = product(a, a_zp, b, b_zp)
         sa = xp.asarray(a_scale).astype(np.float64)
         sb = xp.asarray(b_scale).astype(np.float64)
         sa = sa.reshape(()) if sa.size == 1 else sa.reshape(-1, 1)
         sb = sb.reshape(()) if sb.size == 1 else sb.reshape(-1)
         sy = xp.asarray(y_scale).astype(np.float64).reshape(())
-        y = acc * (sa * sb / sy)
+        y = acc * (sa * sb / sy)        # float64 (acc is exact, the scale float64): as before the fast path
         out_dt = y_zp.dtype if y_zp is not None else a.dtype
         return (_quant_out(xp, y, y_zp, out_dt),)
 

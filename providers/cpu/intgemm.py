@@ -1,0 +1,134 @@
+"""Exact integer matrix products on float BLAS, for the quantized ops (MatMulInteger, QLinearMatMul,
+ConvInteger, QLinearConv; the com.microsoft ones may use it too).
+
+An 8-bit product ``(a - a_zp) @ (b - b_zp)`` is a sum of K products of integers of at most 255 in
+magnitude. float32 represents every integer up to 2**24 exactly, so when ``amax * bmax * K < 2**24``
+every partial sum BLAS forms, in any order and with or without fused multiply-adds, is exact: one
+float32 GEMM gives the exact result at float32 speed (float64 GEMMs run at half the rate on twice
+the bytes). Where the bound is larger, the sum is split so each part fits:
+
+- a matrix product splits K into chunks that fit, one float32 GEMM each, the chunks summed in float64
+  (no extra multiplications);
+- a convolution (whose K is channels x taps, inside the conv's own GEMM) splits its weight instead:
+  ``w = hi * 16 + lo`` with ``lo`` in [0, 16), both parts stacked as extra output channels of one
+  conv, recombined in float64 after it (see :func:`split_weight`).
+
+``bmax`` of a constant weight is measured once when it is prepared (``IntMatrix``); an activation's
+bound comes from its dtype and zero point. Where even a split cannot fit (16-bit operands, huge K),
+float64 BLAS serves: exact while the bound stays under 2**53.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EXACT_F32 = 2 ** 24
+# K chunks shorter than this are not worth their GEMM calls: float64 instead
+_MIN_CHUNK = 64
+SPLIT_SHIFT = 4             # split_weight's lo part holds the low 4 bits
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
+def int_bound(dtype, zp=None) -> int:
+    """The largest |v - zp| for values v of an integer ``dtype`` and a zero point of the same type
+    (``zp`` None: zero): the operand bound of an exact product."""
+    info = np.iinfo(np.dtype(dtype))
+    if zp is None:
+        return max(abs(int(info.min)), int(info.max))
+    z = np.asarray(zp)
+    if z.size == 0:
+        return max(abs(int(info.min)), int(info.max))
+    zlo, zhi = int(z.min()), int(z.max())
+    return max(int(info.max) - zlo, zhi - int(info.min))
+
+
+def centered(v, zp, dtype=_F32, axis=-1):
+    """v - zp as floats (integer-valued): ``zp`` a scalar, or one value per index of ``axis`` of v."""
+    f = np.asarray(v).astype(dtype)
+    if zp is None:
+        return f
+    z = np.asarray(zp).astype(dtype)
+    if z.size == 1:
+        f -= z.reshape(())
+    else:
+        shape = [1] * f.ndim
+        shape[axis] = -1
+        f -= z.reshape(shape)
+    return f
+
+
+def chunk_size(amax: int, bmax: int) -> int:
+    """The longest K for which a float32 sum of K products of integers bounded by amax and bmax is exact."""
+    return EXACT_F32 // max(1, int(amax) * int(bmax))
+
+
+class IntMatrix:
+    """A right-hand integer matrix (..., K, N) minus its zero point (per tensor or per column), prepared
+    once for a constant weight: float32 copy where products fit float32 (in chunks of K), else float64."""
+
+    __slots__ = ("f", "bmax", "chunk", "K")
+
+    def __init__(self, b, zp=None, amax: int = 255, bmax: int | None = None):
+        """``amax``: the bound of the left operands it will meet; ``bmax``: this matrix's bound where
+        known (its dtype's, for a matrix used once), else measured (a constant weight's own)."""
+        b64 = centered(b, zp, _F64)
+        self.K = b64.shape[-2] if b64.ndim >= 2 else b64.shape[0]
+        self.bmax = bmax if bmax is not None else (int(np.abs(b64).max()) if b64.size else 0)
+        self.chunk = chunk_size(amax, self.bmax)
+        self.f = b64.astype(_F32) if self.chunk >= min(self.K, _MIN_CHUNK) else b64
+
+    def matmul(self, a):
+        """``a @ self`` exactly, for an integer-valued float ``a`` (..., M, K) whose |values| are at most the
+        ``amax`` this matrix was prepared for: float32 or float64, integer-valued."""
+        return exact_matmul(a, self.f, self.chunk)
+
+
+def exact_matmul(a, b, chunk: int):
+    """a @ b for integer-valued a, b whose products fit float32 over ``chunk`` terms (see ``chunk_size``).
+
+    ``b`` float64 (a bound past float32) runs in float64; else one float32 GEMM per chunk of K, chunks
+    summed in float64. N-D ``a`` times a 2-D ``b`` is one 2-D GEMM."""
+    if b.dtype == _F64:
+        return _mm(a.astype(_F64, copy=False), b)
+    a = a.astype(_F32, copy=False)
+    K = a.shape[-1]
+    if K <= chunk:
+        return _mm(a, b)
+    acc = None
+    for k0 in range(0, K, chunk):
+        part = _mm(a[..., k0:k0 + chunk], b[..., k0:k0 + chunk, :])
+        if acc is None:
+            acc = part.astype(_F64)
+        else:
+            acc += part
+    return acc
+
+
+def _mm(a, b):
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
+        return np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+    return np.matmul(a, b)
+
+
+def split_weight(w, group: int):
+    """A conv weight (M, Cg, k...) of integers as (2M, Cg, k...): per group, its ``hi`` rows then its ``lo``
+    rows, ``w = hi * 2**SPLIT_SHIFT + lo`` with ``0 <= lo < 2**SPLIT_SHIFT`` (so each part is at most 16
+    in magnitude for 8-bit weights). :func:`join_split` recombines the conv's output."""
+    w = np.asarray(w, dtype=_F64)
+    hi = np.floor(w / 2 ** SPLIT_SHIFT)
+    lo = w - hi * 2 ** SPLIT_SHIFT
+    M = w.shape[0]
+    parts = np.stack([hi.reshape((group, M // group) + w.shape[1:]), lo.reshape((group, M // group) + w.shape[1:])],
+                     axis=1)                         # (group, 2, M/group, Cg, k...)
+    return parts.reshape((2 * M,) + w.shape[1:])
+
+
+def join_split(y, group: int):
+    """The output (N, 2M, o...) of a conv with a :func:`split_weight` weight as the original conv's
+    (N, M, o...), in float64 (exact)."""
+    N, M2 = y.shape[:2]
+    v = y.reshape((N, group, 2, M2 // (2 * group)) + y.shape[2:])
+    out = v[:, :, 0].astype(_F64)
+    out *= 2 ** SPLIT_SHIFT
+    out += v[:, :, 1]
+    return out.reshape((N, M2 // 2) + y.shape[2:])
