@@ -68,9 +68,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m engineroom serve`` in a subprocess on free ports; waits until /v2/health/ready answers."""
+    """``python -m engineroom serve`` in a subprocess on free ports; waits until /v2/health/ready answers.
 
-    def __init__(self, repo: str, extra_args=(), timeout: float = 180.0, log_path: str | None = None):
+    The wait is long because the server inherits ENGINEROOM_JIT=wait (tests/conftest.py): on a machine whose
+    compiled-loop cache is cold, its first sessions build it in the foreground."""
+
+    def __init__(self, repo: str, extra_args=(), timeout: float = 600.0, log_path: str | None = None):
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"

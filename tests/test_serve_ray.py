@@ -32,9 +32,8 @@ class PidPredictor(SessionPredictor):
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__)] + sys.path)}})
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # PidPredictor travels by value
     yield
     from ray import serve
 
