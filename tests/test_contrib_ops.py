@@ -94,8 +94,10 @@ def check(case: Case):
             d = np.abs(g.astype(np.int64) - w.astype(np.int64))
             assert d.max(initial=0) <= case.lsb, f"{name}: {int(d.max())} steps off onnxruntime"
         else:
-            scale = max(float(np.abs(w).max(initial=0)), 1e-6)
-            err = float(np.abs(g.astype(np.float64) - w).max(initial=0)) / scale
+            finite = np.isfinite(w)
+            assert np.array_equal(g[~finite], w[~finite], equal_nan=True), f"{name}: non-finite values differ"
+            scale = max(float(np.abs(w[finite]).max(initial=0)), 1e-6)
+            err = float(np.abs(g[finite].astype(np.float64) - w[finite]).max(initial=0)) / scale
             assert err <= case.tol, f"{name}: relative error {err:.2e} > {case.tol:.0e}"
 
 
@@ -285,7 +287,80 @@ def _nchwc_cases():
     return [Case("nchwc-reorder-pool-upsample", "", [("x", x, False)], outputs=("y", "g"), nodes=nodes, tol=1e-6)]
 
 
-CASES = _quant_cases() + _lstm_cases() + _transformer_cases() + _text_cases() + _nchwc_cases()
+def _misc_cases():
+    rng = np.random.default_rng(5)
+    cases = []
+
+    def f(*shape):
+        return rng.standard_normal(shape).astype(F32)
+
+    for k in (0, 2, -1):
+        for upper in (0, 1):
+            cases.append(Case(f"Trilu-k{k}-upper{upper}", "Trilu", [("x", f(2, 4, 5), False),
+                                                                   ("k", np.array(k, I64), True)], {"upper": upper}))
+    cases.append(Case("Range-int", "Range", [("a", np.array(2, I32), False), ("b", np.array(17, I32), False),
+                                             ("d", np.array(3, I32), False)]))
+    cases.append(Case("Range-float-nodelta", "Range", [("a", np.array(0.5, F32), False),
+                                                       ("b", np.array(4.2, F32), False)]))
+    cases.append(Case("GatherND", "GatherND", [("x", f(3, 4, 5), False),
+                                               ("i", rng.integers(0, 3, (2, 2)).astype(I64), False)]))
+    for mode in ("constant", "reflect", "edge"):
+        cases.append(Case(f"Pad-{mode}", "Pad", [("x", f(2, 3, 4), False),
+                                                 ("pads", np.array([0, 1, 2, 0, 1, 1], I64), True),
+                                                 ("v", np.array(1.5, F32) if mode == "constant" else None, True)],
+                          {"mode": mode}))
+    cases.append(Case("GridSample", "GridSample", [("x", f(1, 2, 5, 6), False),
+                                                   ("g", rng.uniform(-1.1, 1.1, (1, 3, 4, 2)).astype(F32), False)],
+                      {"mode": "bilinear", "padding_mode": "zeros", "align_corners": 0}, tol=1e-5))
+    cases.append(Case("Unique", "Unique", [("x", rng.integers(0, 6, 15).astype(F32), False)],
+                      outputs=("y", "idx", "counts")))
+    cases.append(Case("ExpandDims", "ExpandDims", [("x", f(2, 3), False), ("axis", np.array(-1, I32), True)]))
+    cases.append(Case("Inverse", "Inverse", [("x", f(2, 4, 4) + 4 * np.eye(4, dtype=F32), False)], tol=1e-5))
+    for metric in ("sqeuclidean", "euclidean"):
+        cases.append(Case(f"CDist-{metric}", "CDist", [("a", f(5, 3), False), ("b", f(4, 3), False)],
+                          {"metric": metric}, tol=1e-5))
+    for dt, tag in ((np.int32, "int32"), (np.uint32, "uint32"), (np.int64, "int64")):
+        for positive in (0, 1):
+            cases.append(Case(f"MurmurHash3-{tag}-pos{positive}", "MurmurHash3",
+                              [("x", rng.integers(0, 2 ** 31 - 1, 9).astype(dt), False)],
+                              {"seed": 42, "positive": positive}))
+    cases.append(Case("MurmurHash3-string", "MurmurHash3",
+                      [("x", np.array(["", "a", "abcd", "hello world", "héllo"], dtype=object), False)],
+                      {"seed": 0, "positive": 1}))
+    for mode in ("bilinear", "nearest"):
+        cases.append(Case(f"CropAndResize-{mode}", "CropAndResize", [
+            ("x", f(2, 3, 8, 9), False),
+            ("rois", np.array([[0.1, 0.2, 0.7, 0.9], [-0.2, 0.0, 0.5, 1.2], [0.3, 0.3, 0.3, 0.8]], F32), False),
+            ("bi", np.array([0, 1, 1], I32), False), ("cs", np.array([4, 5], I32), True)],
+            {"mode": mode, "extrapolation_value": 0.5}, tol=1e-5))
+    cases.append(Case("UnfoldTensor", "UnfoldTensor", [("x", f(2, 11, 3), False)], {"dim": 1, "size": 4, "step": 3}))
+    cases.append(Case("ScaledSiLU", "ScaledSiLU", [("x", f(3, 5), False)], {"alpha": 1.7}))
+    ids = np.array([[1, 2, 3, 1, 2], [4, 4, 4, 4, 4]], I64)
+    cases.append(Case("NGramRepeatBlock", "NGramRepeatBlock", [("ids", ids, False), ("scores", f(2, 6), False)],
+                      {"ngram_size": 3}))
+    cases.append(Case("ConvTransposeWithDynamicPads", "ConvTransposeWithDynamicPads", [
+        ("x", f(1, 2, 4, 5), False), ("w", f(2, 3, 3, 3), True), ("pads", np.array([1, 0, 1, 1], I64), False),
+        ("b", f(3), True)], {"strides": [2, 2]}, tol=1e-5))
+    B, S, Hin, heads, Hh = 2, 3, 8, 2, 8
+    for dt in (U8,):            # onnxruntime's CPU QAttention takes uint8 input only
+        cases.append(Case(f"QAttention-{np.dtype(dt).name}", "QAttention", [
+            ("x", _q(rng, (B, S, Hin), dt), False), ("w", _q(rng, (Hin, 3 * Hh), I8), True),
+            ("bias", f(3 * Hh), True), ("sx", _s(0.02), True), ("sw", _s(0.01), True),
+            ("mask", np.array([3, 2], I32), False), ("zx", _zp(3 if dt == I8 else 128, dt), True),
+            ("zw", _zp(0, I8), True)], {"num_heads": heads}, tol=1e-5))
+    V, P, H = 20, 8, 6
+    qe = [("ids", rng.integers(0, V, (2, 4)).astype(I32), False), ("seg", rng.integers(0, 2, (2, 4)).astype(I32), False),
+          ("we", _q(rng, (V, H), U8), True), ("pe", _q(rng, (P, H), U8), True), ("se", _q(rng, (2, H), U8), True),
+          ("g", _q(rng, (H,), U8), True), ("bb", _q(rng, (H,), U8), True),
+          ("mask", np.array([[1, 1, 1, 0], [1, 1, 1, 1]], I32), False)]
+    qe += [(f"s{i}", _s(0.01 + 0.005 * i), True) for i in range(5)]
+    qe += [(f"z{i}", _zp(120 + i, U8), True) for i in range(5)]
+    cases.append(Case("QEmbedLayerNormalization", "QEmbedLayerNormalization", qe, {"epsilon": 1e-5},
+                      outputs=("y", "mask_index"), tol=1e-5))
+    return cases
+
+
+CASES = _quant_cases() + _lstm_cases() + _transformer_cases() + _text_cases() + _nchwc_cases() + _misc_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

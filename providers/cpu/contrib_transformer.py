@@ -194,6 +194,53 @@ def _mask_bias(mask, B, S, T, past, dtype, filt):
     return np.where(keep, dtype.type(0), dtype.type(filt))
 
 
+def attention_options(info) -> dict:
+    """Attention's / QAttention's attributes, as ``attend`` takes them."""
+    a = info.attrs
+    if int(a.get("do_rotary", 0)):
+        raise NotImplementedError(f"{info.op_type}: do_rotary=1 is not supported by the CPU provider")
+    return {"heads": int(a["num_heads"]), "causal": bool(int(a.get("unidirectional", 0))),
+            "filt": float(a.get("mask_filter_value", -10000.0)), "scale_attr": float(a.get("scale", 0.0) or 0.0),
+            "sizes": [int(v) for v in (a.get("qkv_hidden_sizes") or [])],
+            "want_present": len(info.output_names) > 1 and bool(info.output_names[1])}
+
+
+def attend(qkv, mask, past, attention_bias, *, sizes, heads, causal, filt, scale_attr, want_present):
+    """Attention's heads over the packed projection ``qkv`` (B, S, Hq+Hk+Hv): the outputs (y[, present])."""
+    B, S, total = qkv.shape
+    hq, hk, hv = sizes if sizes else (total // 3,) * 3
+    if hq + hk + hv != total or hq != hk or hq % heads or hv % heads:
+        raise ValueError(f"Attention: a projection of width {total} does not split into Q/K/V hidden sizes "
+                         f"{hq, hk, hv} for num_heads={heads}")
+    D, Dv = hq // heads, hv // heads
+    q = qkv[..., :hq].reshape(B, S, heads, D).transpose(0, 2, 1, 3)
+    k = qkv[..., hq:hq + hk].reshape(B, S, heads, D).transpose(0, 2, 1, 3)
+    v = qkv[..., hq + hk:].reshape(B, S, heads, Dv).transpose(0, 2, 1, 3)
+    P = 0
+    if past is not None and past.size:
+        P = past.shape[3]
+        k = np.concatenate([past[0], k], axis=2)
+        v = np.concatenate([past[1], v], axis=2)
+    T = P + S
+    dt = qkv.dtype
+    scale = scale_attr or 1.0 / np.sqrt(D)
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * dt.type(scale)          # (B, heads, S, T)
+    if mask is not None:
+        s = s + _mask_bias(mask, B, S, T, P, dt, filt)
+    if causal:        # future keys get the lowest float (as onnxruntime), not mask_filter_value
+        future = np.arange(T)[None, :] > (P + np.arange(S))[:, None]
+        s = np.where(future, np.finfo(dt).min, s)
+    if attention_bias is not None:
+        s = s + attention_bias.astype(dt, copy=False)
+    p = softmax_array(np, s, -1, None)
+    y = np.matmul(p, v).transpose(0, 2, 1, 3).reshape(B, S, hv)
+    if not want_present:
+        return (y,)
+    if hk != hv:
+        raise NotImplementedError("Attention: the present output needs equal K and V hidden sizes")
+    return (y, np.stack([k, v]))
+
+
 @kernel("Attention", domain=MS, since=1, types=(np.float32, np.float64), host_inputs=(6,))
 def attention_ms(info):
     """Multi-head self-attention with the Q/K/V projection: input (B, S, in) @ weights (in, Hq+Hk+Hv)
@@ -201,54 +248,15 @@ def attention_ms(info):
     output, attention_bias (B|1, heads|1, S, P+S), ``unidirectional`` (causal) and ``scale``. As in
     onnxruntime, masked logits get ``mask_filter_value`` (default -10000) added and future keys of a
     causal attention are set to the lowest float."""
-    a = info.attrs
-    heads = int(a["num_heads"])
-    causal = bool(int(a.get("unidirectional", 0)))
-    filt = float(a.get("mask_filter_value", -10000.0))
-    scale_attr = float(a.get("scale", 0.0) or 0.0)
-    sizes = [int(v) for v in (a.get("qkv_hidden_sizes") or [])]
-    if int(a.get("do_rotary", 0)):
-        raise NotImplementedError("Attention: do_rotary=1 is not supported by the CPU provider")
+    opts = attention_options(info)
     cw = const(info, 1)
     w_pre = None if cw is None else np.ascontiguousarray(cw)
 
     def run(x, w, bias=None, mask=None, past=None, attention_bias=None, past_seq_len=None):
         W = w_pre if w_pre is not None and w_pre.dtype == x.dtype else w
-        hq, hk, hv = sizes if sizes else (W.shape[1] // 3,) * 3
-        if hq + hk + hv != W.shape[1] or hq != hk or hq % heads or hv % heads:
-            raise ValueError(f"Attention: weights {W.shape} do not split into Q/K/V hidden sizes {hq, hk, hv} "
-                             f"for num_heads={heads}")
-        B, S, _ = x.shape
         qkv = np.matmul(x, W)
         if bias is not None:
             qkv = qkv + bias
-        D, Dv = hq // heads, hv // heads
-        q = qkv[..., :hq].reshape(B, S, heads, D).transpose(0, 2, 1, 3)
-        k = qkv[..., hq:hq + hk].reshape(B, S, heads, D).transpose(0, 2, 1, 3)
-        v = qkv[..., hq + hk:].reshape(B, S, heads, Dv).transpose(0, 2, 1, 3)
-        P = 0
-        if past is not None and past.size:
-            P = past.shape[3]
-            k = np.concatenate([past[0], k], axis=2)
-            v = np.concatenate([past[1], v], axis=2)
-        T = P + S
-        dt = x.dtype
-        scale = scale_attr or 1.0 / np.sqrt(D)
-        s = np.matmul(q, np.swapaxes(k, -1, -2)) * dt.type(scale)          # (B, heads, S, T)
-        if mask is not None:
-            s = s + _mask_bias(mask, B, S, T, P, dt, filt)
-        if causal:        # future keys get the lowest float (as onnxruntime), not mask_filter_value
-            future = np.arange(T)[None, :] > (P + np.arange(S))[:, None]
-            s = np.where(future, np.finfo(dt).min, s)
-        if attention_bias is not None:
-            s = s + attention_bias.astype(dt, copy=False)
-        p = softmax_array(np, s, -1, None)
-        y = np.matmul(p, v).transpose(0, 2, 1, 3).reshape(B, S, hv)
-        outs = (y,)
-        if len(info.output_names) > 1 and info.output_names[1]:
-            if hk != hv:
-                raise NotImplementedError("Attention: the present output needs equal K and V hidden sizes")
-            outs += (np.stack([k, v]),)
-        return outs
+        return attend(qkv, mask, past, attention_bias, **opts)
 
     return run
