@@ -95,10 +95,10 @@ def _input_dims(proto) -> dict[str, list]:
     inits = {t.name for t in proto.graph.initializer} | {t.name for t in proto.graph.sparse_initializer}
     out = {}
     for vi in proto.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
+        if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             out[vi.name] = None
             continue
         out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
@@ -147,12 +147,13 @@ def _load_npz(path: str, input_names: list[str]) -> dict[str, tuple[np.ndarray, 
     names = set(input_names)
     out: dict[str, tuple[np.ndarray, str]] = {}
     used: set[str] = set()
-    for k, name in enumerate(input_names):
-        for key in (name, f"in_{k}", f"in{k}"):
-            if key in keys and key not in used and (key == name or key not in names):
-                out[name] = (z[key], key)
-                used.add(key)
-                break
+    with z:
+        for k, name in enumerate(input_names):
+            for key in (name, f"in_{k}", f"in{k}"):
+                if key in keys and key not in used and (key == name or key not in names):
+                    out[name] = (z[key], key)
+                    used.add(key)
+                    break
     unused = [k for k in keys if k not in used and not re.fullmatch(r"out_?\d+", k)]
     if unused:
         raise CliError(f"--inputs {path}: {', '.join(repr(k) for k in unused)} name(s) no input of the model "
@@ -165,7 +166,7 @@ def _elem_dtype(type_str: str) -> np.dtype:
     from engineroom.plugin_sdk.dtypes import _ORT_NAMES
 
     if not type_str.startswith("tensor("):
-        raise CliError(f"cannot make a random value of type {type_str}: pass it with --inputs")
+        raise CliError(f"cannot make a random value of type {type_str}: the CLI feeds tensors only")
     by_name = {v: k for k, v in _ORT_NAMES.items()}
     return np_dtype(by_name[type_str[len("tensor("):-1]])
 
@@ -200,6 +201,7 @@ def _make_feed(sess, declared: dict[str, list], dims: dict[str, int], npz: str |
                 if not isinstance(d, int) and k < arr.ndim:
                     chosen.setdefault(d or f"{a.name}[{k}]", f"{arr.shape[k]} (from --inputs)")
         else:
+            dtype = _elem_dtype(a.type)
             if shape is None:
                 raise CliError(f"input '{a.name}' has no declared shape: pass it with --inputs FILE.npz")
             concrete = []
@@ -212,7 +214,7 @@ def _make_feed(sess, declared: dict[str, list], dims: dict[str, int], npz: str |
                 else:
                     concrete.append(1)
                     chosen.setdefault(d or f"{a.name}[{k}]", "1 (default)")
-            arr, how = _random(_elem_dtype(a.type), concrete, rng)
+            arr, how = _random(dtype, concrete, rng)
             feed[a.name] = arr
         dt = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
         lines.append(f"input  {a.name}: shape {tuple(arr.shape)}, dtype {dt}, {how}")

@@ -204,17 +204,39 @@ def _layout(g: _Graph) -> tuple[dict[int, tuple[float, float]], list[list[tuple[
                 for k, i in enumerate(row):
                     pos[i] = float(k)
     xs: dict[int, float] = {}
-    widths = [sum(items[i]["w"] for i in row) + _GAP * max(len(row) - 1, 0) for row in rows]
-    total_w = max(widths, default=0) + 40
-    for row, w in zip(rows, widths):
-        x = (total_w - w) / 2
+    for row in rows:   # start packed from the left, then pull each item over its neighbours
+        x = 0.0
         for i in row:
             xs[i] = x + items[i]["w"] / 2
             x += items[i]["w"] + _GAP
+    for _ in range(3):
+        for sweep, adj in ((range(1, n_layers), adj_up), (range(n_layers - 2, -1, -1), adj_down)):
+            for lay in sweep:
+                _place_row(rows[lay], items, xs, adj)
+    left = min((xs[i] - items[i]["w"] / 2 for i in xs), default=0.0)
+    for i in xs:
+        xs[i] += 20 - left
+    total_w = max((xs[i] + items[i]["w"] / 2 for i in xs), default=0.0) + 20
     y = {i: 30 + item_layer[i] * _LAYER_H for i in range(len(items))}
     centres = {nd["id"]: (xs[nd["id"]], y[nd["id"]]) for nd in g.nodes}
     lines = [[(xs[i], y[i]) for i in chain] for chain in chains]
     return centres, lines, total_w, 30 + n_layers * _LAYER_H
+
+
+def _place_row(row: list[int], items: list[dict], xs: dict[int, float], adj: dict[int, list[int]]) -> None:
+    """Put each item of a row as near as its order allows to the mean x of its neighbours in the row
+    before: packed once from the left and once from the right, and the two averaged (both keep the
+    order and the gaps, so their mean does too)."""
+    want = [sum(xs[j] for j in adj[i]) / len(adj[i]) if adj.get(i) else xs[i] for i in row]
+    half = [items[i]["w"] / 2 for i in row]
+    lo = list(want)
+    for k in range(1, len(row)):
+        lo[k] = max(want[k], lo[k - 1] + half[k - 1] + half[k] + _GAP)
+    hi = list(want)
+    for k in range(len(row) - 2, -1, -1):
+        hi[k] = min(want[k], hi[k + 1] - half[k + 1] - half[k] - _GAP)
+    for k, i in enumerate(row):
+        xs[i] = (lo[k] + hi[k]) / 2
 
 
 def _path(points: list[tuple[float, float]]) -> str:
@@ -222,7 +244,11 @@ def _path(points: list[tuple[float, float]]) -> str:
     (x0, y0), (x1, y1) = points[0], points[-1]
     pts = [(x0, y0 + _NODE_H / 2), *points[1:-1], (x1, y1 - _NODE_H / 2 - 3)]
     d = f"M{pts[0][0]:.1f},{pts[0][1]:.1f}"
-    for (ax, ay), (bx, by) in zip(pts, pts[1:]):
+    last = len(pts) - 2
+    for k, ((ax, ay), (bx, by)) in enumerate(zip(pts, pts[1:])):
+        if 0 < k < last:   # between bend points: straight, so a long edge reads as one line
+            d += f" L{bx:.1f},{by:.1f}"
+            continue
         my = (ay + by) / 2
         d += f" C{ax:.1f},{my:.1f} {bx:.1f},{my:.1f} {bx:.1f},{by:.1f}"
     return d
