@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from engineroom.optimizer.attention_fusion import fuse_attention
 from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
+from engineroom.optimizer.float16_compute import compute_float16_in_float32
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.optimizer.upsample_conv import fuse_upsample_conv
 from engineroom.views import node_view
@@ -420,8 +421,10 @@ def _product_form(m1: ir.Node | None):
 
 def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:
     """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them."""
+    # float16 regions become float32 first, so the float32 fusions below apply to them
+    done = {"Float16InFloat32": compute_float16_in_float32(model, owner)}
     f = Fuser(model, owner)
-    done = {"ConvTranspose": fuse_upsample_conv(f)}          # before FusedConv takes the Conv
+    done["ConvTranspose"] = fuse_upsample_conv(f)          # before FusedConv takes the Conv
     done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
     done.update(_fuse_more(f))
     if level >= 99:

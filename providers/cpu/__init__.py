@@ -28,3 +28,6 @@ class CPUExecutionProvider(KernelProvider):
     device_kind: ClassVar[str] = "CPU"
     registry: ClassVar[KernelRegistry] = _registry
     xp = np
+    # its float16 kernels compute in float32: at level 2 the optimizer widens its float16 regions once
+    # (engineroom.optimizer.float16_compute) instead of every kernel casting its inputs and outputs
+    computes_float16_in_float32: ClassVar[bool] = True
