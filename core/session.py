@@ -488,6 +488,35 @@ class InferenceSession:
 
         return [OrtMemoryInfo.for_devices({d}) for d in self._plan.output_devices]
 
+    def get_input_epdevices(self) -> list:
+        """Per input (``get_inputs()`` order), the OrtEpDevice of the provider that reads it."""
+        from engineroom.devices import get_ep_devices
+
+        eps = get_ep_devices()
+        reads = dict(zip(self._in_order, self._plan.input_devices))
+        out = []
+        for v in self._inputs:
+            dev = next((d for d in reads[v.name] if not d.is_host), None)
+            prov = self._plan.devices.get(dev) if dev is not None else self._cpu
+            out.append(next((e for e in eps if prov is not None and e.ep_name == prov.name
+                             and (dev is None or e._device == dev)), None))
+        return out
+
+    def create_ortvalue_from_shape_and_type(self, shape, element_type, device_type: str, device_id: int = 0,
+                                            vendor_id: int = -1) -> OrtValue:
+        """An uninitialised OrtValue on one of this session's devices (the host, or a provider's device)."""
+        prov = self._provider_on(device_type, device_id)
+        if isinstance(element_type, int) and not isinstance(element_type, bool):
+            from engineroom.plugin_sdk import np_dtype
+
+            element_type = np_dtype(element_type)
+        arr = np.empty(tuple(int(d) for d in shape), dtype=element_type)
+        return OrtValue(arr) if prov is None else OrtValue(prov.to_device(arr), prov)
+
+    def release_captured_graph(self, graph_annotation_id: int = 0) -> None:
+        """onnxruntime frees a captured CUDA graph here; "EPs without captured-graph release support treat this
+        as a no-op" - engineroom's CUDA provider keeps its graphs with the plan, freed with the session."""
+
     def get_tuning_results(self) -> list:
         """onnxruntime's TunableOp results: engineroom's kernels are not tuned per run, so there are none."""
         return []
