@@ -181,6 +181,49 @@ def test_explicit_version(server, repo):
         np.testing.assert_array_equal(v2["sum"], v1["sum"] + 1)
 
 
+def test_grpc_typed_contents_with_the_checked_in_stubs(server, repo):
+    """A client generated from core/serve/proto (as one in another language would be), sending typed contents."""
+    import grpc
+
+    from engineroom.serve.proto import grpc_predict_v2_pb2 as pb
+    from engineroom.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    rng = np.random.default_rng(5)
+    feed = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.integers(0, 9, (3, 4)).astype(np.int64)}
+    mine, ref = _local(repo, "two_in", feed, version="1")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest()).live
+        req = pb.ModelInferRequest(model_name="two_in", model_version="1", id="req-7")
+        req.inputs.add(name="a", datatype="FP32", shape=[3, 4]).contents.fp32_contents.extend(feed["a"].ravel())
+        req.inputs.add(name="b", datatype="INT64", shape=[3, 4]).contents.int64_contents.extend(feed["b"].ravel())
+        req.outputs.add(name="count")
+        resp = stub.ModelInfer(req)
+        assert resp.id == "req-7" and resp.model_version == "1" and [o.name for o in resp.outputs] == ["count"]
+        got = np.frombuffer(resp.raw_output_contents[0], np.int64).reshape(resp.outputs[0].shape)
+        _check({"count": got}, mine[1:], ref[1:], ["count"])
+        bad = pb.ModelInferRequest(model_name="two_in")
+        bad.inputs.add(name="a", datatype="FP32", shape=[1, 4])
+        bad.inputs.add(name="b", datatype="INT64", shape=[1, 4])
+        bad.raw_input_contents.extend([bytes(12), bytes(32)])
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.ModelInfer(bad)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "12 bytes of data" in ei.value.details()
+
+
+def test_gzip_request_body(server, repo):
+    import gzip
+
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
+    body = gzip.compress(json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [2, 16], "data": x.ravel().tolist()}]}).encode())
+    status, body = _post(server, "/v2/models/mlp/infer", body=body, headers={"Content-Encoding": "gzip"})
+    assert status == 200, body
+    mine, ref = _local(repo, "mlp", {"x": x})
+    y = np.array(body["outputs"][0]["data"], np.float32).reshape(2, 32)
+    _check({"y": y}, mine, ref, ["y"])
+
+
 def _post(server, path, doc=None, body=None, headers=None):
     if body is None:
         body = json.dumps(doc).encode()
