@@ -388,12 +388,23 @@ class _QuantizedWeight:
 
     def __init__(self, w, scale, zp):
         self.w = _centered(w, zp)                       # (K, N) float64, integer-valued
+        self.w32 = self.w.astype(_F32)
+        # |any partial sum| <= K * max|a - za| * max|w - zw|: below 2**24 float32 sums integers exactly
+        self.bound = self.w.shape[0] * float(np.abs(self.w).max(initial=0))
         self.scale = _col_scale(scale)
 
     def __rmatmul__(self, a):
         s_a, z_a = dynamic_qparams(a)
-        qa = quantize(a, s_a, z_a, np.uint8).astype(_F64) - z_a
-        return (qa @ self.w).astype(_F32) * (np.float32(s_a) * self.scale)
+        # the uint8 values less their zero point, in float32: clip(rint(a / s) + z, 0, 255) - z
+        qa = np.rint(np.divide(a, s_a, dtype=_F32))
+        qa += np.float32(z_a)
+        np.clip(qa, 0, 255, out=qa)
+        qa -= np.float32(z_a)
+        if self.bound * max(z_a, 255 - z_a) < 2 ** 24:
+            acc = qa @ self.w32
+        else:
+            acc = (qa.astype(_F64) @ self.w).astype(_F32)
+        return acc * (np.float32(s_a) * self.scale)
 
 
 # onnxruntime's LSTM runs its gates through MLAS's rational approximations of the logistic and tanh
@@ -444,20 +455,29 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
     bi, bo, bf, bc = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
     cl = (lambda v: np.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
     h_last, c_last = h, c
+    # without peepholes the three sigmoid gates (i, o, f: the first 3H columns) go through one call
+    merged = p is None and not input_forget
+    b3 = bias[:3 * H]
     for t in range(seq):
         a = xw[t] + h @ rq                               # gates i, o, f, c
-        ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        if p is not None:
-            ai = ai + c * p[:H]
-            af = af + c * p[2 * H:]
-        i = f_act(cl(ai + bi))
-        fg = np.float32(1) - i if input_forget else f_act(cl(af + bf))
-        g = g_act(cl(ac + bc))
-        c_new = c * fg + i * g
-        if p is not None:
-            ao = ao + c_new * p[H:2 * H]
-        o = f_act(cl(ao + bo))
-        h_new = h_act(c_new) * o
+        if merged:
+            iof = f_act(cl(a[:, :3 * H] + b3))
+            i, o, fg = iof[:, :H], iof[:, H:2 * H], iof[:, 2 * H:]
+            c_new = c * fg + i * g_act(cl(a[:, 3 * H:] + bc))
+            h_new = h_act(c_new) * o
+        else:
+            ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            if p is not None:
+                ai = ai + c * p[:H]
+                af = af + c * p[2 * H:]
+            i = f_act(cl(ai + bi))
+            fg = np.float32(1) - i if input_forget else f_act(cl(af + bf))
+            g = g_act(cl(ac + bc))
+            c_new = c * fg + i * g
+            if p is not None:
+                ao = ao + c_new * p[H:2 * H]
+            o = f_act(cl(ao + bo))
+            h_new = h_act(c_new) * o
         if lens is not None:
             # a finished sequence keeps its last state as its final one, but (as in onnxruntime) enters
             # the next steps' products as zeros, which moves the range the step's h is quantized over
