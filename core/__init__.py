@@ -89,7 +89,8 @@ def install_as_onnxruntime() -> None:
 SessionIOBinding = IOBinding   # onnxruntime's binding class (the C-level one; engineroom has one IOBinding)
 
 __all__ = [
-    "ExecutionMode", "ExecutionOrder", "IOBinding", "OrtEpAssignedNode", "OrtEpAssignedSubgraph", "OrtAllocatorType", "OrtArenaCfg", "OrtDevice",
+    "ExecutionMode", "ExecutionOrder", "IOBinding", "OrtEpAssignedNode", "OrtEpAssignedSubgraph", "OrtAllocatorType",
+    "OrtArenaCfg", "OrtDevice",
     "OrtDeviceMemoryType", "OrtDeviceVendorId", "OrtMemType", "OrtMemoryInfo", "OrtMemoryInfoDeviceType",
     "SessionIOBinding", "copy_tensors", "disable_telemetry_events", "enable_telemetry_events", "get_build_info",
     "get_version_string", "has_collective_ops", "install_as_onnxruntime", "set_default_logger_callback",

@@ -44,7 +44,8 @@ def _run(package: str, body: str, mode: str) -> dict:
     env.pop("ENGINEROOM_AS_ONNXRUNTIME", None)
     p = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=600, env=env)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("ANSWER ")), None)
-    assert p.returncode == 0 and line is not None, f"{package} on {mode} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    assert p.returncode == 0 and line is not None, \
+        f"{package} on {mode} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     out = json.loads(line[len("ANSWER "):])
     if mode == "engineroom":
         assert out["module"] == "engineroom.compat.onnxruntime", out["module"]
