@@ -12,6 +12,7 @@ from numba import njit
 
 _f = np.float32
 F0, F1 = _f(0.0), _f(1.0)
+SIXTEEN, SIXTEENTH = _f(16.0), _f(0.0625)
 _FM = {"reassoc", "nsz", "contract"}
 
 
@@ -44,16 +45,19 @@ def matmul_nbits_rows(a, b, scales, zp, y):  # pragma: no cover (compiled)
 
 @njit(inline="always", nogil=True, boundscheck=False, fastmath=_FM)
 def _dequant_row(b, scales, zp, n, we, wo):  # pragma: no cover (compiled)
-    """Weight row n dequantized: even k into we, odd k into wo (int32 nibbles: int64 has no SIMD convert)."""
+    """Weight row n dequantized: even k into we, odd k into wo. The nibbles are split in float32 (byte =
+    16 hi + lo, exact): numba widens integer arithmetic to int64, whose conversion to float has no
+    vector instruction before AVX-512DQ, and the loop would stay half as wide (3.4x slower, measured)."""
     _, nb, half = b.shape
     for blk in range(nb):
         s = scales[n, blk]
         zs = zp[n, blk] * s
         k0 = blk * half
         for j in range(half):
-            byte = np.int32(b[n, blk, j])
-            we[k0 + j] = _f(byte & np.int32(15)) * s - zs
-            wo[k0 + j] = _f(byte >> np.int32(4)) * s - zs
+            fb = _f(b[n, blk, j])
+            hi = np.floor(fb * SIXTEENTH)
+            we[k0 + j] = (fb - hi * SIXTEEN) * s - zs
+            wo[k0 + j] = hi * s - zs
 
 
 @njit(nogil=True, boundscheck=False, fastmath=_FM)
