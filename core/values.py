@@ -17,7 +17,8 @@ class OrtValue:
         self._provider = provider
 
     @staticmethod
-    def ortvalue_from_numpy(numpy_obj: np.ndarray, device_type: str = "cpu", device_id: int = 0) -> "OrtValue":
+    def ortvalue_from_numpy(numpy_obj: np.ndarray, device_type: str = "cpu", device_id: int = 0,
+                            vendor_id: int = -1) -> "OrtValue":
         """A copy of ``numpy_obj`` on the device (a NumPy array itself on "cpu"). An array the device's
         provider already holds (a CuPy array for "cuda") is wrapped without a copy."""
         if device_type.lower() == "cpu":
@@ -29,7 +30,11 @@ class OrtValue:
 
     @staticmethod
     def ortvalue_from_shape_and_type(shape, element_type=np.float32, device_type: str = "cpu",
-                                     device_id: int = 0, vendor_id: int = -1) -> "OrtValue":
+                                     device_id: int = 0, vendor_id: int = -1, memory_info=None) -> "OrtValue":
+        if memory_info is not None:   # an OrtMemoryInfo names the device instead
+            device_type = "cpu" if memory_info.name.lower() in ("cpu", "cpu_input", "cpu_output") else \
+                memory_info.name.lower()
+            device_id = memory_info.device_id
         if isinstance(element_type, int) and not isinstance(element_type, bool):  # an ONNX element type number
             element_type = np_dtype(element_type)
         return OrtValue.ortvalue_from_numpy(np.empty(tuple(shape), dtype=element_type), device_type, device_id)
@@ -53,9 +58,9 @@ class OrtValue:
         arr = np.from_dlpack(data)
         return OrtValue(arr.astype(np.bool_) if is_bool_tensor else arr)
 
-    def update_inplace(self, np_arr: np.ndarray) -> None:
-        """Copy ``np_arr`` into this value's buffer (same shape and element type), on whatever device holds it."""
-        src = np.asarray(np_arr)
+    def update_inplace(self, data: np.ndarray) -> None:
+        """Copy ``data`` into this value's buffer (same shape and element type), on whatever device holds it."""
+        src = np.asarray(data)
         if tuple(src.shape) != tuple(self._value.shape) or src.dtype != np.dtype(self._value.dtype):
             raise InvalidArgument(f"update_inplace: got {src.dtype} {list(src.shape)}, the OrtValue is "
                                   f"{np.dtype(self._value.dtype)} {list(self._value.shape)}")
