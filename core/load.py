@@ -15,8 +15,11 @@ import onnx_ir as ir
 from engineroom.autodiff import expand_gradients
 from engineroom.errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoModel, NoSuchFile
 
+# Checker complaints onnxruntime does not make: unknown ops (reported by the partitioner, which names
+# the providers asked) and values declared without a type or shape (inference supplies them)
 _SKIPPED_CHECKS = ("No Op registered", "No opset import for domain", "is not a registered function/op",
-                   "Unrecognized attribute", "Field 'shape' of 'type' is required but missing")
+                   "Unrecognized attribute", "Field 'shape' of 'type' is required but missing",
+                   "Field 'type' of 'value_info' is required but missing")
 
 
 def load_proto(model: Any) -> tuple[onnx.ModelProto, str | None]:

@@ -7,6 +7,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from engineroom.plugin_sdk.device import CPU, Device
+from engineroom.plugin_sdk.dynamic_quantization import describe as describe_declined
+from engineroom.plugin_sdk.dynamic_quantization import upstream_of_dynamic_quantization
 from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
 
 
@@ -100,6 +102,13 @@ class ExecutionProvider:
         """Devices this provider can run on (for ``get_ep_devices``)."""
         return [CPU] if cls.is_available() else []
 
+    @classmethod
+    def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
+        """Build now, once per machine, what the provider would otherwise build on first use (compiled
+        kernels, caches): ``python -m engineroom compile`` calls it. Returns {item: None when ready,
+        else why not}. The default: nothing to build."""
+        return {}
+
     def get_capability(self, view: GraphView) -> list[Capability]:
         raise NotImplementedError
 
@@ -159,13 +168,16 @@ class KernelProvider(ExecutionProvider):
     def device_claims(self, view: GraphView) -> list[NodeView]:
         """The nodes a provider with its own memory should take: those its kernels handle, except
         shape arithmetic (every tensor int32/int64/bool: it feeds host-resident inputs, so computing
-        it on the device only adds copies, as onnxruntime's GPU providers leave it too) and
-        Shape/Size of a value not produced here (they read metadata; the host has it)."""
+        it on the device only adds copies, as onnxruntime's GPU providers leave it too),
+        Shape/Size of a value not produced here (they read metadata; the host has it), and the float
+        arithmetic upstream of a dynamic quantizer, which needs the CPU provider's rounding to the ulp
+        (``plugin_sdk.dynamic_quantization``; ``dynamic_quantization_note`` says so)."""
         claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
         producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
+        near_dq = upstream_of_dynamic_quantization(view.all_nodes or view.nodes)
         take = []
         for v in view.nodes:
-            if v.index not in claimed:
+            if v.index not in claimed or v.index in near_dq:
                 continue
             if v.op_type in ("Shape", "Size") and not v.domain:
                 if producer.get(v.input_names[0]) not in claimed:
@@ -174,6 +186,14 @@ class KernelProvider(ExecutionProvider):
                 continue
             take.append(v)
         return take
+
+    def dynamic_quantization_note(self, view: GraphView) -> list[Capability]:
+        """A claim of no nodes whose note names those ``device_claims`` left for being upstream of a
+        dynamic quantizer (see ``plugin_sdk.dynamic_quantization``), for the placement line."""
+        near_dq = upstream_of_dynamic_quantization(view.all_nodes or view.nodes)
+        left = [v for v in view.nodes if v.index in near_dq and not _shape_arithmetic(v)
+                and self.kernel_for(v) is not None]
+        return [Capability([], kind="group", note=describe_declined(left))] if left else []
 
     def create_kernel(self, info: KernelInfo) -> Callable:
         """The callable that runs ``info``'s node: ``fn(*inputs) -> tuple``."""

@@ -147,6 +147,16 @@ def test_a_real_cycle_is_refused_naming_its_nodes():
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def test_an_output_declared_without_a_type_is_inferred_as_onnxruntime_does():
+    m = _model([h.make_node("Relu", ["x"], ["a"]), h.make_node("Neg", ["a"], ["y"])],
+               [h.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+               [h.make_tensor_value_info("y", T.FLOAT, [2, 3]), h.make_empty_tensor_value_info("a")])
+    feed = {"x": RNG.standard_normal((2, 3)).astype(np.float32)}
+    ref, s, want, got = _both(m, feed)
+    assert s.get_outputs()[1].type == ref.get_outputs()[1].type == "tensor(float)"
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 # ---------------------------------------------------------------------------------- negative dims
 def test_negative_dims_are_unknown_as_in_onnxruntime():
     """A Paddle export declares [-1, 3, ?, ?]: every batch size runs; NodeArg.shape shows None there."""
@@ -215,3 +225,71 @@ def test_t5_gelu_fused_as_onnxruntime_fuses_it(tmp_path, form):
         assert [n.op_type for n in onnx.load(path).graph.node].count("FastGelu") == 1, path
     np.testing.assert_array_equal(got[1], want[1])       # the GELU, bit for bit
     np.testing.assert_array_equal(got[0], want[0])       # and so its quantization
+
+
+# ----------------------------------------------------- other providers ahead of dynamic quantization
+def _device_ready(name: str) -> str | None:
+    """None if provider ``name`` can run here, else why not."""
+    import importlib.util
+
+    if name == "OpenVINOExecutionProvider" and importlib.util.find_spec("openvino") is None:
+        return "the openvino package is not installed (pip install engineroom[openvino])"
+    if name == "OpenCLExecutionProvider":
+        if importlib.util.find_spec("pyopencl") is None:
+            return "pyopencl is not installed (pip install engineroom[opencl])"
+        from engineroom.providers.opencl import OpenCLExecutionProvider
+
+        if not OpenCLExecutionProvider.is_available():
+            return f"no OpenCL device: {OpenCLExecutionProvider.unavailable_reason()}"
+    return None
+
+
+def _rmsnorm_then_dynamic_int8() -> onnx.ModelProto:
+    """A T5 block's head: RMSNorm in float, DynamicQuantizeLinear, MatMulInteger, rescale; then a float
+    tail (Softmax) that no quantizer reads."""
+    w = RNG.integers(-127, 128, (64, 48)).astype(np.int8)
+    consts = {"w": w, "wz": np.int8(0), "ws": np.float32(0.01), "two": np.float32(2.0), "eps": np.float32(1e-6),
+              "g": RNG.uniform(0.5, 1.5, 64).astype(np.float32)}
+    inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    nodes = [
+        h.make_node("Pow", ["x", "two"], ["x2"]),
+        h.make_node("ReduceMean", ["x2"], ["ms"], axes=[-1], keepdims=1),
+        h.make_node("Add", ["ms", "eps"], ["mse"]),
+        h.make_node("Sqrt", ["mse"], ["rms"]),
+        h.make_node("Div", ["x", "rms"], ["xn"]),
+        h.make_node("Mul", ["xn", "g"], ["y"]),
+        h.make_node("DynamicQuantizeLinear", ["y"], ["yq", "ys", "yz"]),
+        h.make_node("MatMulInteger", ["yq", "w", "yz", "wz"], ["acc"]),
+        h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
+        h.make_node("Mul", ["ys", "ws"], ["scale"]),
+        h.make_node("Mul", ["accf", "scale"], ["v"]),
+        h.make_node("Softmax", ["v"], ["p"], axis=-1),
+    ]
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [None, 16, 64])],
+                  [h.make_tensor_value_info("p", T.FLOAT, None), h.make_tensor_value_info("yq", T.UINT8, None)],
+                  opset=17, initializers=inits)
+
+
+@pytest.mark.parametrize("provider", ["OpenVINOExecutionProvider", "OpenCLExecutionProvider"])
+def test_float_arithmetic_ahead_of_dynamic_quantization_stays_on_the_cpu(provider):
+    """Another provider's float kernels round differently by an ulp here and there, and dynamic
+    quantization makes an ulp a quantization step (T5 int8: 0.25 off on OpenVINO, 0.24 on OpenCL): the
+    nodes up to each quantizer stay on the CPU provider, the placement line says why, and the
+    quantized values equal onnxruntime's exactly; what follows the last quantizer may still go there."""
+    why = _device_ready(provider)
+    if why:
+        pytest.skip(why)
+    from engineroom.plugin_sdk.dynamic_quantization import REASON
+
+    m = _rmsnorm_then_dynamic_int8()
+    feed = {"x": (RNG.standard_normal((3, 16, 64)) * 3).astype(np.float32)}
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(m.SerializeToString(), providers=[provider, "CPUExecutionProvider"])
+    placed = {n.op_type: p.ep_name for p in s.get_provider_graph_assignment_info() for n in p.get_nodes()}
+    for op in ("Pow", "ReduceMean", "Sqrt", "Div", "DynamicQuantizeLinear"):
+        assert placed[op] == "CPUExecutionProvider", (op, s.placement)
+    assert placed["Softmax"] == provider, s.placement
+    assert REASON in s.placement
+    want, got = ref.run(None, feed), s.run(None, feed)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-7)

@@ -54,6 +54,7 @@ from engineroom.plugin_sdk import (
     NodeView,
     ProviderOptionError,
 )
+from engineroom.providers.cpu._contrib import HOST_ONLY as _CPU_HOST_ONLY
 from engineroom.providers.cpu.registry import registry as _cpu_registry
 from engineroom.providers.cuda import runtime
 from engineroom.providers.cuda.registry import registry as _overrides
@@ -88,6 +89,7 @@ NOT_ON_CUDA: dict[tuple[str, str], str] = {
     **{("", op): "computed on the host per region by the CPU kernel" for op in ("MaxRoiPool", "RoiAlign")},
     ("com.engineroom", "DepthwiseSeparableBlock"): "a CPU layout fusion (channels-last loops); on CUDA the "
                                                    "three convs stay separate",
+    **{key: "a NumPy-only contrib kernel of the CPU provider (contrib_*.py)" for key in _CPU_HOST_ONLY},
 }
 HOST_DOMAINS: dict[str, str] = {
     "ai.onnx.ml": "traditional-ML operators run on the host (NumPy, Python loops over trees and strings)",
@@ -209,13 +211,13 @@ class CUDAExecutionProvider(KernelProvider, CompilingProvider):
         :class:`~.graphs.CapturedGroup`), except nodes reading a computed host input, claimed alone."""
         take = self.device_claims(view)
         if not self.cuda_graphs:
-            return [Capability([v]) for v in take]
+            return [Capability([v]) for v in take] + self.dynamic_quantization_note(view)
         alone = [v for v in take if self._reads_computed_host_input(v)]
         grouped = [v for v in take if not self._reads_computed_host_input(v)]
         caps = [Capability([v]) for v in alone]
         if grouped:
             caps.append(Capability(grouped, kind="group", note="CUDA graphs"))
-        return caps
+        return caps + self.dynamic_quantization_note(view)
 
     def _reads_computed_host_input(self, v: NodeView) -> bool:
         const = v.const_inputs or ()

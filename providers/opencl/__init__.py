@@ -168,9 +168,11 @@ class OpenCLExecutionProvider(KernelProvider):
         feed host-resident inputs (Reshape's shape, Slice's starts); computing them here would only
         add copies, so they are left to the CPU provider, as onnxruntime's GPU providers do. Shape
         and Size read only metadata: they are claimed when their input is produced on this device
-        (the CPU provider would need the whole tensor copied back to read its shape), else left.
+        (the CPU provider would need the whole tensor copied back to read its shape), else left. Float
+        arithmetic upstream of a dynamic quantizer is left too, with a note: OpenCL's float kernels are
+        not the CPU provider's to the ulp, and that quantization grows an ulp into a wrong result.
         """
-        return [Capability([v]) for v in self.device_claims(view)]
+        return [Capability([v]) for v in self.device_claims(view)] + self.dynamic_quantization_note(view)
 
     # -- data transfer -------------------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Any:

@@ -1,8 +1,9 @@
 """Which nodes OpenVINO takes, and in which groups.
 
 1. Candidates: the unassigned nodes whose values are all tensors of types OpenVINO holds, without
-   graph attributes (control flow stays with the kernel providers), and not on the list of nodes
-   OpenVINO converts but computes differently (``rules.py``).
+   graph attributes (control flow stays with the kernel providers), not on the list of nodes
+   OpenVINO converts but computes differently (``rules.py``), and not upstream of a dynamic quantizer
+   (``plugin_sdk.dynamic_quantization``: OpenVINO's float arithmetic is not the CPU provider's to the ulp).
 2. Support: the candidates are built into one ONNX model (boundary values as inputs, constants as
    initializers, values read outside as outputs) and handed to OpenVINO's ONNX frontend with
    ``convert_partially``; what it cannot convert comes back as framework nodes, which are traced to
@@ -23,7 +24,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engineroom.plugin_sdk import Capability, GraphView, NodeView
+from engineroom.plugin_sdk import Capability, GraphView, NodeView, dynamic_quantization
+from engineroom.plugin_sdk.dynamic_quantization import upstream_of_dynamic_quantization
 from engineroom.providers.openvino import rules
 
 # dtypes OpenVINO's ONNX frontend maps to its element types
@@ -111,8 +113,9 @@ def _key(view: GraphView) -> tuple:
 def _analyze(view: GraphView, core: Any, device: str, key: tuple) -> Support:
     reasons: dict[int, str] = {}
     cands = []
+    near_dq = upstream_of_dynamic_quantization(view.all_nodes or view.nodes)
     for v in view.nodes:
-        why = _why_not_candidate(v)
+        why = _why_not_candidate(v) or (dynamic_quantization.REASON if v.index in near_dq else None)
         if why:
             reasons[v.index] = why
         else:
