@@ -65,6 +65,35 @@ def test_zipmap_returns_a_list_of_dicts_as_onnxruntime(labels):
         np.testing.assert_allclose([g[k] for k in w], [w[k] for k in w], rtol=1e-5, atol=1e-6)
 
 
+def _map_in_model(node, key, value, out_type):
+    mt = h.make_map_type_proto(key, h.make_tensor_type_proto(value, None))
+    return _model([node], [h.make_value_info("x", mt)], [h.make_tensor_value_info("y", out_type, None)], extra=[ML])
+
+
+@pytest.mark.parametrize("case", ["string_vocabulary", "int64_vocabulary", "cast_dense", "cast_sparse",
+                                  "cast_int64", "cast_string"])
+def test_a_map_input_is_a_dict_as_in_onnxruntime(case):
+    """DictVectorizer (skl2onnx's for sklearn's DictVectorizer) and CastMap take one map: a dict."""
+    if case == "string_vocabulary":
+        m = _map_in_model(h.make_node("DictVectorizer", ["x"], ["y"], domain="ai.onnx.ml",
+                                      string_vocabulary=["b", "a", "c"]), T.STRING, T.FLOAT, T.FLOAT)
+        x = {"a": 1.5, "c": -2.0, "unseen": 7.0}
+    elif case == "int64_vocabulary":
+        m = _map_in_model(h.make_node("DictVectorizer", ["x"], ["y"], domain="ai.onnx.ml",
+                                      int64_vocabulary=[5, 2, 9]), T.INT64, T.FLOAT, T.FLOAT)
+        x = {9: 0.25, 5: -1.0}
+    else:
+        kw = {"cast_dense": {}, "cast_sparse": {"map_form": "SPARSE", "max_map": 6},
+              "cast_int64": {"cast_to": "TO_INT64"}, "cast_string": {"cast_to": "TO_STRING"}}[case]
+        out = {"cast_int64": T.INT64, "cast_string": T.STRING}.get(case, T.FLOAT)
+        m = _map_in_model(h.make_node("CastMap", ["x"], ["y"], domain="ai.onnx.ml", **kw), T.INT64, T.FLOAT, out)
+        x = {3: 1.5, 1: 2.25, 0: -3.7}
+    ref, s, want, got = _both(m, {"x": x})
+    assert s.get_inputs()[0].type == ref.get_inputs()[0].type
+    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_zipmap_output_as_ortvalue_names_its_map_type():
     m = _classifier({"classlabels_int64s": [0, 1, 2]})
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -1,7 +1,7 @@
 """Classic ML ops of the ``ai.onnx.ml`` domain: ArrayFeatureExtractor, Binarizer, CategoryMapper,
 FeatureVectorizer, Imputer, LabelEncoder (1, 2, 4), LinearClassifier, LinearRegressor, Normalizer,
 OneHotEncoder, Scaler, TreeEnsemble (5), TreeEnsembleClassifier / TreeEnsembleRegressor (1, 3), ZipMap
-(a sequence of Python dicts, as onnxruntime returns it).
+(a sequence of Python dicts, as onnxruntime returns it), DictVectorizer and CastMap (a dict in).
 
 Trees: every tree format is converted once, in the factory, to one flat layout (interior nodes with
 feature, threshold, comparison and two children; leaves as CSR lists of (target, weight)). Evaluation
@@ -722,5 +722,74 @@ def zip_map(info):
             raise ValueError(f"Zipmap: the input has {rows.shape[1]} columns but there are {len(keys)} class labels")
         # As onnxruntime returns them: Python int or str keys, Python float values.
         return ([dict(zip(sorted_keys, r)) for r in rows[:, order].tolist()],)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Maps in: DictVectorizer, CastMap (a map input is a Python dict, as onnxruntime takes it)
+
+
+def _map_values_dtype(info):
+    tp = info.input_types[0] if info.input_types else None
+    if tp is not None and tp.WhichOneof("value") == "map_type":
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        return np.dtype(tensor_dtype_to_np_dtype(tp.map_type.value_type.tensor_type.elem_type))
+    return None
+
+
+@kernel("DictVectorizer", domain=ML, since=1)
+def dict_vectorizer(info):
+    """One row [1, len(vocabulary)]: each key's value at its vocabulary position, 0 elsewhere; keys
+    outside the vocabulary are ignored (as onnxruntime)."""
+    vocab = info.attrs.get("string_vocabulary")
+    keys = [_text(k) for k in vocab] if vocab else [int(k) for k in info.attrs.get("int64_vocabulary") or []]
+    where = {k: i for i, k in enumerate(keys)}
+    declared = _map_values_dtype(info)
+
+    def run(m):
+        if not isinstance(m, dict):
+            raise TypeError(f"DictVectorizer takes one map (a dict), got {type(m).__name__}")
+        dt = declared or np.asarray(next(iter(m.values()), 0.0)).dtype
+        out = np.full((1, len(keys)), "" if dt.kind in "OUS" else 0, dtype=object if dt.kind in "OUS" else dt)
+        for k, v in m.items():
+            i = where.get(_text(k) if vocab else k)
+            if i is not None:
+                out[0, i] = v
+        return (out,)
+
+    return run
+
+
+@kernel("CastMap", domain=ML, since=1)
+def cast_map(info):
+    """A map int64 -> string | float to one row: the values in key order (DENSE), or at their keys up to
+    max_map with the rest 0 (SPARSE), cast to float, int64 (truncated) or string ("%f", as onnxruntime)."""
+    to = info.attrs.get("cast_to", "TO_FLOAT")
+    dense = info.attrs.get("map_form", "DENSE") == "DENSE"
+    max_map = int(info.attrs.get("max_map", 1))
+    dt = {"TO_FLOAT": np.dtype(np.float32), "TO_INT64": np.dtype(np.int64), "TO_STRING": np.dtype(object)}[to]
+
+    def cast(v):
+        if to == "TO_STRING":
+            return v if isinstance(v, str) else f"{float(v):f}"
+        f = float(v)
+        return np.float32(f) if to == "TO_FLOAT" else np.int64(int(f))
+
+    def run(m):
+        if not isinstance(m, dict):
+            raise TypeError(f"CastMap takes one map (a dict), got {type(m).__name__}")
+        if dense:
+            items = sorted(m.items())
+            out = np.empty((1, len(items)), dt)
+            for i, (_, v) in enumerate(items):
+                out[0, i] = cast(v)
+        else:
+            out = np.full((1, max_map), "0" if to == "TO_STRING" else 0, dt)
+            for k, v in m.items():
+                if 0 <= k < max_map:
+                    out[0, k] = cast(v)
+        return (out,)
 
     return run
