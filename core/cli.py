@@ -435,6 +435,31 @@ def _feed_options(sp: argparse.ArgumentParser) -> None:
                     help="input arrays by input name (or in_0, in_1... by position); others are random")
 
 
+def cmd_compile(args) -> int:
+    from engineroom import discovery
+
+    names = args.providers.split(",") if args.providers else discovery.available_provider_names()
+    failed = 0
+    for name in names:
+        cls = discovery.provider_class(name)
+        if cls is None or not cls.is_available():
+            print(f"{name}: not available here ({discovery.unavailable_reason(name) or 'not installed'})")
+            failed += 1
+            continue
+        t0 = time.perf_counter()
+        result = cls.prepare_machine(progress=True)
+        bad = {k: v for k, v in result.items() if v is not None}
+        for item, why in bad.items():
+            last = why.strip().splitlines()[-1] if why.strip() else "unknown reason"
+            print(f"{name}: {item} could not be built: {last}")
+        if result:
+            print(f"{name}: {len(result) - len(bad)} built now, {len(bad)} failed ({time.perf_counter() - t0:.1f} s)")
+        else:
+            print(f"{name}: nothing to build")
+        failed += bool(bad)
+    return 1 if failed else 0
+
+
 def _add_commands(sub) -> None:
     """Every subcommand: its parser, its options and the function it runs (``set_defaults(fn=...)``)."""
     sp = sub.add_parser("run", help="run once on random (or given) inputs: what was fed, outputs, latency")
@@ -460,6 +485,11 @@ def _add_commands(sub) -> None:
                     help="untimed runs after the first, before timing (default 5)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(fn=cmd_bench)
+
+    sp = sub.add_parser("compile", help="build now what providers would build on first use (the CPU "
+                                         "provider's compiled loops), with a progress bar")
+    sp.add_argument("--providers", help="comma-separated provider names (default: every available one)")
+    sp.set_defaults(fn=cmd_compile)
 
     from engineroom.serve.server import add_parser as add_serve_parser  # argparse only; the stack loads on use
 

@@ -31,3 +31,11 @@ class CPUExecutionProvider(KernelProvider):
     # its float16 kernels compute in float32: at level 2 the optimizer widens its float16 regions once
     # (engineroom.optimizer.float16_compute) instead of every kernel casting its inputs and outputs
     computes_float16_in_float32: ClassVar[bool] = True
+
+    @classmethod
+    def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
+        """Build the compiled-loop modules now (in the foreground, with a progress bar) instead of in
+        the background on first use."""
+        from engineroom.providers.cpu import _jit
+
+        return _jit.build_all(progress=progress)
