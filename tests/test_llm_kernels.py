@@ -230,7 +230,7 @@ def _quantize(w, bits, bs, zp_kind):
     return packed, scale.astype(np.float32), zps
 
 
-@pytest.mark.parametrize("M", [1, 3, 8, 33])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 33])
 @pytest.mark.parametrize("bs,K,N", [(32, 128, 96), (16, 64, 40), (64, 256, 72), (128, 256, 24), (32, 72, 48)])
 @pytest.mark.parametrize("zp_kind", ["packed", "none"])
 def test_matmul_nbits(path, M, bs, K, N, zp_kind):
@@ -246,7 +246,8 @@ def test_matmul_nbits(path, M, bs, K, N, zp_kind):
     ref, got = _run_both(model, {"A": A})
     _close(got[0], ref[0], what="Y")
     if K % bs == 0:
-        path.expect("matmul_nbits_rows" if A.size // K <= 8 else "dequant_nbits")
+        rows = A.size // K
+        path.expect("matmul_nbits_kmajor" if rows <= 2 else "matmul_nbits_rows" if rows <= 8 else "dequant_nbits")
 
 
 @pytest.mark.parametrize("bits", [8, 2])
@@ -289,10 +290,10 @@ def test_matmul_quantized_by_onnxruntimes_quantizer(path, symmetric):
     q.process()
     qm = q.model.model
     assert [n.op_type for n in qm.graph.node] == ["MatMulNBits"]
-    for rows in (1, 4, 20):
+    for rows in (20, 4, 1):
         ref, got = _run_both(qm.SerializeToString(), {"A": _f32(rows, K)})
         _close(got[0], ref[0], what=f"Y ({rows} rows)")
-    path.expect("matmul_nbits_rows")
+    path.expect("matmul_nbits_kmajor")
 
 
 # -- errors -----------------------------------------------------------------------------------------------

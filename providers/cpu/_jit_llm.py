@@ -1,6 +1,7 @@
 """Compiled (numba) loops for the decoder kernels of ``contrib_llm``: MatMulNBits' 4-bit GEMM with each
-weight block dequantized inside the loop (never a float copy of the whole matrix), the dequantization of
-a tile of weight rows for the BLAS path of many-row inputs, and the RMS normalizations
+weight block dequantized inside the loop (never a float copy of the whole matrix) -- K-major for one or
+two rows (token-by-token decoding), row by row for a few more --, the dequantization of a tile of weight
+rows for the BLAS path of many-row inputs, and the RMS normalizations
 (SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization), float32 only.
 
 Single-threaded on the calling thread, as the other ``_jit_*`` modules.
@@ -41,6 +42,46 @@ def matmul_nbits_rows(a, b, scales, zp, y):  # pragma: no cover (compiled)
             for i in range(H):
                 t += we[i] * ae[m, i] + wo[i] * ao[m, i]
             y[m, n] = t
+
+
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def matmul_nbits_kmajor(a, bk, se, so, ze, zo, y):  # pragma: no cover (compiled)
+    """y (M, 2 N2) = a (M, K) @ dequant(W)ᵀ for one or two rows, from the weights repacked K-major:
+    bk (K, N2) bytes whose low / high nibble is output column 2c / 2c + 1, se / so the even / odd
+    columns' scales and ze / zo their zero point * scale, (K/bs, N2). The loop over c is long and
+    contiguous for every k (no per-block loop setup, which dominates a row-by-row loop at block 32):
+    per block, te / to gather sum_k a_k q_k, then y += scale * t - zp * scale * sum_k a_k."""
+    M, K = a.shape
+    N2 = bk.shape[1]
+    nb = se.shape[0]
+    bs = K // nb
+    te = np.empty((M, N2), np.float32)
+    to = np.empty((M, N2), np.float32)
+    ye = np.zeros((M, N2), np.float32)
+    yo = np.zeros((M, N2), np.float32)
+    for blk in range(nb):
+        te[:, :] = F0
+        to[:, :] = F0
+        for kk in range(bs):
+            k = blk * bs + kk
+            for m in range(M):
+                ak = a[m, k]
+                for c in range(N2):
+                    fb = _f(bk[k, c])
+                    hi = np.floor(fb * SIXTEENTH)
+                    te[m, c] += ak * (fb - hi * SIXTEEN)
+                    to[m, c] += ak * hi
+        for m in range(M):
+            asum = F0
+            for kk in range(bs):
+                asum += a[m, blk * bs + kk]
+            for c in range(N2):
+                ye[m, c] += se[blk, c] * te[m, c] - ze[blk, c] * asum
+                yo[m, c] += so[blk, c] * to[m, c] - zo[blk, c] * asum
+    for m in range(M):
+        for c in range(N2):
+            y[m, 2 * c] = ye[m, c]
+            y[m, 2 * c + 1] = yo[m, c]
 
 
 @njit(inline="always", nogil=True, boundscheck=False, fastmath=_FM)
@@ -101,6 +142,7 @@ def rms_norm(x, skip, bias, gamma, eps, y, inv, total):  # pragma: no cover (com
 
 AOT = {
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
+    "matmul_nbits_kmajor": ("A2 U2 A2 A2 A2 A2 A2", ("f4",)),
     "dequant_nbits": ("U3 A2 A2 i A2", ("f4",)),
     "rms_norm": ("A2 A2 A1 A1 s A2 A1 A2", ("f4",)),
 }
