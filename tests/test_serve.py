@@ -59,6 +59,7 @@ def server(repo):
     s = ServerProcess(repo, ["--max-request-bytes", str(LIMIT)])
     yield s
     s.stop()
+    assert s.proc.returncode == 0, f"the server did not stop cleanly on SIGTERM:\n{s.log()}"
 
 
 def _local(repo, name, feed, version="1"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engineroom.serve import tensors
-from engineroom.serve.errors import BadRequest, ConfigError, ServeError
+from engineroom.serve.errors import BadRequest, ConfigError, ServeError, Unavailable
 from engineroom.serve.repository import ModelVersionSource
 
 
@@ -159,6 +159,10 @@ class ServedModel:
         self._dispatcher.cancel()
         for t in list(self._tasks):
             await asyncio.gather(t, return_exceptions=True)
+        while self._waiting:                      # nothing will run them now: say so rather than hang
+            r = self._waiting.popleft()
+            if not r.future.done():
+                r.future.set_exception(Unavailable(f"model '{self.name}' is stopping"))
         self._executor.shutdown(wait=True)
 
     async def infer(self, req: Request) -> list[np.ndarray]:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 
 
 async def serve(repository: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
@@ -31,11 +33,19 @@ async def serve(repository: str, host: str = "127.0.0.1", http_port: int = 8000,
             print(f"model {name} version {v}: {len(m.sessions)} instance(s) on {', '.join(m.providers)}; {batching}",
                   flush=True)
     print(f"serving {repository}: HTTP on {host}:{http_port}, gRPC on {host}:{bound}", flush=True)
+    # uvicorn catches SIGINT / SIGTERM, drains HTTP, then re-raises the signal to the handler it found: this one
+    # only notes it, so that gRPC and the model queues are shut down too and the process exits with 0.
+    noted = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda s, f: noted.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         await http.serve()                               # returns on SIGINT / SIGTERM
     finally:
         await grpc_server.stop(grace=2)
         await registry.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args) -> int:
