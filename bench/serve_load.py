@@ -3,17 +3,17 @@
 
 usage: python bench/serve_load.py [--clients 32] [--requests 200] [--bad-every 10] [--rounds 2] [--delay-us 2000]
 
-One server process (sessions with intra_op_num_threads 1: on a loaded machine a 2-thread BLAS call stalls
-for a scheduler quantum whenever one of its threads is descheduled) serves the same MLP (128 -> 1024 x 4, FP32; about 13 MB of weights, so a 1-row run is
-bound by reading them) twice: `mlp` (max_batch_size 32, no dynamic batching: one run per request) and
-`mlp_batched` (dynamic batching up to 32 rows, max_queue_delay_microseconds --delay-us). For each, in
-alternating rounds, --clients concurrent clients (aiohttp, one process) each send --requests REST infer
-requests of 1 row; every --bad-every-th request is malformed (in turn: wrong shape, malformed JSON, unknown
-model, wrong datatype, binary payload shorter than declared). Every answer is checked: good ones against a
-local engineroom run of the same rows (rtol 1e-4), bad ones for their HTTP status and error body. Printed:
-requests/s, p50/p99 latency of the good requests, lost / wrong / unanswered counts, and the mean batch size
-from the server's /metrics; then the model alone in-process at 1 and 32 rows beside onnxruntime (each engine
-in its own process, alternating rounds, one thread each) for scale.
+One server process (sessions with intra_op_num_threads 1: on a loaded machine a 2-thread BLAS call stalls for a
+scheduler quantum whenever one of its threads is descheduled) serves the same MLP (128 -> 1024 x 4, FP32; about
+13 MB of weights, so a 1-row run is bound by reading them) twice: `mlp` (max_batch_size 32, no dynamic batching:
+one run per request) and `mlp_batched` (dynamic batching up to 32 rows, max_queue_delay_microseconds
+--delay-us). For each, in alternating rounds, --clients concurrent clients (aiohttp, one process) each send
+--requests REST infer requests of 1 row; every --bad-every-th request is malformed (in turn: wrong shape,
+malformed JSON, unknown model, wrong datatype, binary payload shorter than declared). Every answer is checked:
+good ones against a local engineroom run of the same rows (rtol 1e-4), bad ones for their HTTP status and error
+body. Printed: requests/s, p50/p99 latency of the good requests, lost / wrong / unanswered counts, and the mean
+batch size from the server's /metrics; then the model alone in-process at 1 and 32 rows beside onnxruntime (each
+engine in its own process, alternating rounds, one thread each) for scale.
 
 The server and the in-process runs go without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, and the BLAS kernel in
 use is printed. On a shared machine the figures are noisy: compare the two modes of one run, not runs.
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
