@@ -282,3 +282,97 @@ def test_float16_level1_keeps_per_op_rounding():
     got2 = er.InferenceSession(m, so2, providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert got[0].dtype == np.float16 == got2[0].dtype
     assert rel_err(got[0], got2[0]) < 2e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent layers: one GEMM per step, then the compiled gate loop (jit) or in-place NumPy passes
+
+
+@pytest.fixture(params=JIT_PATHS)
+def rnn_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "rnn")
+
+
+def _rnn_case(op, direction, lens, H=24, I=10, S=7, Bt=5, extra=None, peephole=False, layout=0):
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    D = 2 if direction == "bidirectional" else 1
+    W = (RNG.standard_normal((D, G * H, I)) * 0.4).astype(np.float32)
+    R = (RNG.standard_normal((D, G * H, H)) * 0.4).astype(np.float32)
+    Bb = (RNG.standard_normal((D, 2 * G * H)) * 0.3).astype(np.float32)
+    ins = ["x", "W", "R", "B", "lens" if lens is not None else "", "h0"]
+    inits = [("W", W), ("R", R), ("B", Bb)]
+    xs = [Bt, S, I] if layout else [S, Bt, I]
+    hs = [Bt, D, H] if layout else [D, Bt, H]
+    feed = {"x": RNG.standard_normal(xs).astype(np.float32), "h0": RNG.standard_normal(hs).astype(np.float32)}
+    inputs = [vi("x", TensorProto.FLOAT, xs), vi("h0", TensorProto.FLOAT, hs)]
+    outs = ["y", "yh"]
+    if lens is not None:
+        inits.append(("lens", np.asarray(lens, np.int32)))
+    if op == "LSTM":
+        ins.append("c0")
+        feed["c0"] = RNG.standard_normal(hs).astype(np.float32)
+        inputs.append(vi("c0", TensorProto.FLOAT, hs))
+        outs.append("yc")
+        if peephole:
+            ins.append("P")
+            inits.append(("P", (RNG.standard_normal((D, 3 * H)) * 0.3).astype(np.float32)))
+    attrs = dict(direction=direction, hidden_size=H, **(extra or {}))
+    if layout:
+        attrs["layout"] = 1
+    node = helper.make_node(op, ins, outs, **attrs)
+    m = model([node], inputs, [vi(o, TensorProto.FLOAT, None) for o in outs], inits, opset=14)
+    return m, feed
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("lens", [None, [7, 3, 5, 1, 7]])
+@pytest.mark.parametrize("extra,peephole", [({}, False), ({}, True), ({"clip": 0.9}, True),
+                                            ({"input_forget": 1}, False)])
+def test_lstm(rnn_path, direction, lens, extra, peephole):
+    m, feed = _rnn_case("LSTM", direction, lens, extra=extra, peephole=peephole)
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape and g.dtype == np.float32
+        assert np.abs(r - g).max() < 2e-5
+    rnn_path.expect("lstm_step")
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("lens", [None, [2, 7, 4, 7, 6]])
+@pytest.mark.parametrize("extra", [{}, {"linear_before_reset": 1}, {"clip": 0.7}])
+def test_gru(rnn_path, direction, lens, extra):
+    m, feed = _rnn_case("GRU", direction, lens, extra=extra)
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape
+        assert np.abs(r - g).max() < 2e-5
+    rnn_path.expect("gru_step_lbr" if extra.get("linear_before_reset") else "gru_update")
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("lens", [None, [3, 7, 7, 1, 5]])
+def test_rnn(rnn_path, direction, lens):
+    m, feed = _rnn_case("RNN", direction, lens)
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert np.abs(r - g).max() < 2e-5
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_rnn_layout1_and_custom_activations(rnn_path, op):
+    """Batch-major layout (which onnxruntime's CPU kernels refuse: onnx.reference is the oracle there);
+    non-default activations take the generic loop (no compiled gates)."""
+    from onnx.reference import ReferenceEvaluator
+
+    m, feed = _rnn_case(op, "bidirectional", None, layout=1)
+    ref = ReferenceEvaluator(onnx.load_from_string(m)).run(None, feed)
+    got = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feed)
+    for r, g in zip(ref, got):
+        assert np.abs(r - g).max() < 2e-5
+    rnn_path.expect("lstm_step" if op == "LSTM" else "gru_update")
+    acts = {"LSTM": ["HardSigmoid", "Tanh", "Softsign"] * 2, "GRU": ["HardSigmoid", "Softsign"] * 2}[op]
+    m, feed = _rnn_case(op, "bidirectional", [7, 2, 5, 7, 3], extra={"activations": acts})
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert np.abs(r - g).max() < 2e-5
+    rnn_path.expect("lstm_step" if op == "LSTM" else "gru_update", taken=False)

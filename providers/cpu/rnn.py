@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 
 # name -> (uses alpha, uses beta, default alpha, default beta)
@@ -137,6 +138,10 @@ def _factory(info):
         prepacked = (np.dtype(x_dt), prepare(xp.asarray(cW), xp.asarray(cR), None if cB is None else xp.asarray(cB),
                                               None if cP is None else xp.asarray(cP), _calc(x_dt)))
 
+    # the default activations run through the lean loops below (compiled with the jit extra, float32)
+    default_acts = _activation_names(info, defaults, num_dirs) == [[n.lower() for n in defaults]] * num_dirs
+    jit = _jit.load("rnn") if xp is np and default_acts and op != "RNN" else None
+
     def run(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *_):
         dtype = X.dtype
         calc = _calc(dtype)
@@ -158,29 +163,44 @@ def _factory(info):
             lens = xp.asarray(sequence_lens).astype(np.int64)
             if bool(xp.all(lens >= seq)):
                 lens = None
-        Y = xp.zeros((seq, num_dirs, batch, hidden), calc)
+        Y = (xp.zeros if lens is not None else xp.empty)((seq, num_dirs, batch, hidden), calc)
         Y_h = xp.zeros((num_dirs, batch, hidden), calc)
         Y_c = xp.zeros((num_dirs, batch, hidden), calc)
+        lean = xp is np and default_acts
+        kern = jit if calc == np.float32 else None
         for d, (wt, rt, in_bias, step_bias, p) in enumerate(dirs):
             reverse = direction == "reverse" or d == 1
             Xd = Xc
             rev_idx = None
-            if reverse:
-                if lens is None:
-                    Xd = Xc[::-1]
-                else:
-                    rev_idx = _reverse_index(seq, lens, xp)
-                    Xd = Xc[rev_idx, xp.arange(batch)[None, :]]
-            xw = (Xd.reshape(seq * batch, -1) @ wt + in_bias).reshape(seq, batch, -1)
+            if reverse and lens is not None:
+                # ragged: each sequence reversed within its own length, run forward, put back after
+                rev_idx = _reverse_index(seq, lens, xp)
+                Xd = Xc[rev_idx, xp.arange(batch)[None, :]]
+            xw = Xd.reshape(seq * batch, -1) @ wt
+            xw += in_bias
+            xw = xw.reshape(seq, batch, -1)
             h = xp.zeros((batch, hidden), calc) if initial_h is None else initial_h[d].astype(calc)
             c = None
             if op == "LSTM":
                 c = xp.zeros((batch, hidden), calc) if initial_c is None else initial_c[d].astype(calc)
-            ys = _loop(op, xp, xw, h, c, rt, step_bias, p, acts[d], clip, lbr, input_forget, hidden, lens)
-            y, h, c = ys
-            if reverse:
-                y = y[::-1] if rev_idx is None else y[rev_idx, xp.arange(batch)[None, :]]
-            Y[:, d] = y
+            if lean:
+                # a reverse direction without ragged lengths runs its steps last to first, in place
+                steps = range(seq - 1, -1, -1) if reverse and rev_idx is None else range(seq)
+                out = Y[:, d] if rev_idx is None else xp.zeros((seq, batch, hidden), calc)
+                lean_loop = _lean_lstm if op == "LSTM" else (_lean_gru if op == "GRU" else _lean_rnn)
+                lean_loop(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out)
+                y = out
+            else:
+                Xr = Xd[::-1] if reverse and rev_idx is None else Xd
+                if Xr is not Xd:
+                    xw = xw[::-1]
+                y, h, c = _loop(op, xp, xw, h, c, rt, step_bias, p, acts[d], clip, lbr, input_forget, hidden, lens)
+                if rev_idx is None and reverse:
+                    y = y[::-1]
+            if rev_idx is not None:
+                y = y[rev_idx, xp.arange(batch)[None, :]]
+            if not (lean and rev_idx is None):      # else written in place
+                Y[:, d] = y
             Y_h[d] = h
             if c is not None:
                 Y_c[d] = c
@@ -195,6 +215,153 @@ def _factory(info):
         return outs
 
     return run
+
+
+def _activation_names(info, defaults: list[str], num_dirs: int) -> list[list[str]]:
+    """The activation names per direction (lower case), as ``_activations`` reads them."""
+    names = list(info.attrs.get("activations") or [])
+    if not names:
+        names = defaults * num_dirs
+    elif len(names) == len(defaults) and num_dirs == 2:
+        names = names * 2
+    k = len(defaults)
+    return [[n.lower() for n in names[d * k:(d + 1) * k]] for d in range(num_dirs)]
+
+
+def _masks(lens, seq, batch, dtype):
+    """Per step, 1.0 for the sequences still running, 0.0 for those past their length: (seq, batch)."""
+    if lens is None:
+        return np.ones((seq, batch), dtype)
+    return (np.arange(seq)[:, None] < lens[None, :]).astype(dtype)
+
+
+def _sigmoid_(x):
+    """The logistic function in place, 1 / (1 + e^-x) (the caller holds errstate(over="ignore"): e^-x
+    overflows to inf for very negative x, and 1 / inf is the right limit)."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    np.reciprocal(x, out=x)
+
+
+def _lean_lstm(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+    """An LSTM direction (default activations) over ``steps``, h and c in place, outputs into out[t]:
+    per step one GEMM into a preallocated buffer, then the compiled gate loop or in-place NumPy passes."""
+    B, H = h.shape
+    a = np.empty((B, 4 * H), h.dtype)
+    if kern is not None:
+        masks = _masks(lens, xw.shape[0], B, h.dtype)
+        pp = p if p is not None else np.zeros(3 * H, h.dtype)
+        flags = (1 if input_forget else 0) | (2 if p is not None else 0)
+        cl = h.dtype.type(np.inf if clip is None else clip)
+        for t in steps:
+            np.matmul(h, rt, out=a)
+            kern.lstm_step(a, xw[t], pp, masks[t], c, h, out[t], cl, flags)
+        return
+    ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+    tmp = np.empty((B, H), h.dtype)
+    with np.errstate(over="ignore"):
+        for t in steps:
+            np.matmul(h, rt, out=a)
+            a += xw[t]                          # gates i, o, f, c
+            if p is not None:
+                ai += p[:H] * c
+                af += p[2 * H:] * c
+            if clip is not None:        # o's pre-activation is clipped after its peephole term, below
+                for v in ((a,) if p is None else (ai, af, ac)):
+                    np.clip(v, -clip, clip, out=v)
+            _sigmoid_(ai)
+            if input_forget:
+                np.subtract(1, ai, out=af)
+            else:
+                _sigmoid_(af)
+            np.tanh(ac, out=ac)
+            c_new = af * c
+            np.multiply(ai, ac, out=tmp)
+            c_new += tmp
+            if p is not None:
+                ao += p[H:2 * H] * c_new
+                if clip is not None:
+                    np.clip(ao, -clip, clip, out=ao)
+            _sigmoid_(ao)
+            np.tanh(c_new, out=tmp)
+            h_new = ao * tmp
+            _commit(t, lens, h, h_new, c, c_new, out)
+
+
+def _commit(t, lens, h, h_new, c, c_new, out):
+    """The step's new state into h (and c) and its output row: everywhere, or where sequences still run."""
+    if lens is None:
+        h[...] = h_new
+        if c is not None:
+            c[...] = c_new
+        out[t] = h_new
+        return
+    m = (t < lens)[:, None]
+    np.copyto(h, h_new, where=m)
+    if c is not None:
+        np.copyto(c, c_new, where=m)
+    out[t] = np.where(m, h_new, 0)
+
+
+def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+    """A GRU direction (default activations), as :func:`_lean_lstm`."""
+    B, H = h.shape
+    dt = h.dtype
+    if kern is not None:
+        masks = _masks(lens, xw.shape[0], B, dt)
+        cl = dt.type(np.inf if clip is None else clip)
+        if lbr:
+            a = np.empty((B, 3 * H), dt)
+            for t in steps:
+                np.matmul(h, rt, out=a)
+                kern.gru_step_lbr(a, xw[t], step_bias, masks[t], h, out[t], cl)
+        else:
+            a = np.empty((B, 2 * H), dt)
+            ah = np.empty((B, H), dt)
+            z = np.empty((B, H), dt)
+            rh = np.empty((B, H), dt)
+            for t in steps:
+                np.matmul(h, rt[:, :2 * H], out=a)
+                kern.gru_reset(a, xw[t], h, z, rh, cl)
+                np.matmul(rh, rt[:, 2 * H:], out=ah)
+                kern.gru_update(ah, xw[t], z, masks[t], h, out[t], cl)
+        return
+    cl = (lambda v: np.clip(v, -clip, clip, out=v)) if clip is not None else (lambda v: v)
+    with np.errstate(over="ignore"):
+        for t in steps:
+            g = xw[t]
+            if lbr:
+                hr = h @ rt
+                zr = hr[:, :2 * H]
+                zr += g[:, :2 * H]
+                _sigmoid_(cl(zr))
+                z, r = zr[:, :H], zr[:, H:]
+                hh = hr[:, 2 * H:]
+                hh += step_bias
+                hh *= r
+                hh += g[:, 2 * H:]
+            else:
+                zr = h @ rt[:, :2 * H]
+                zr += g[:, :2 * H]
+                _sigmoid_(cl(zr))
+                z, r = zr[:, :H], zr[:, H:]
+                hh = (r * h) @ rt[:, 2 * H:]
+                hh += g[:, 2 * H:]
+            np.tanh(cl(hh), out=hh)
+            h_new = (1 - z) * hh + z * h
+            _commit(t, lens, h, h_new, None, None, out)
+
+
+def _lean_rnn(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+    """A simple RNN direction (Tanh), as :func:`_lean_lstm` (NumPy: one GEMM and one tanh a step)."""
+    for t in steps:
+        a = h @ rt
+        a += xw[t]
+        if clip is not None:
+            np.clip(a, -clip, clip, out=a)
+        np.tanh(a, out=a)
+        _commit(t, lens, h, a, None, None, out)
 
 
 def _loop(op, xp, xw, h, c, rt, step_bias, p, acts, clip, lbr, input_forget, hidden, lens):
