@@ -133,3 +133,20 @@ def test_text2tashkeel_diacritizes():
         answer = [d.diacritize(t) for t in ["بسم الله الرحمن الرحيم", "ذهب الولد الى المدرسة", "العلم نور"]]
     """)
     assert got == ref
+
+
+def test_ddddocr_reads_and_finds_text():
+    """ddddocr's captcha OCR and text detector (both models in the wheel) on a rendered image."""
+    ref, got = _both("ddddocr", """
+        import io
+        import ddddocr
+        from PIL import Image, ImageDraw, ImageFont
+        img = Image.new("RGB", (160, 60), "white")
+        ImageDraw.Draw(img).text((10, 10), "ab12", fill="black", font=ImageFont.load_default(size=36))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        ocr = ddddocr.DdddOcr(show_ad=False)
+        det = ddddocr.DdddOcr(det=True, ocr=False, show_ad=False)
+        answer = [ocr.classification(buf.getvalue()), [list(map(int, b)) for b in det.detection(buf.getvalue())]]
+    """)
+    assert ref[0] and got == ref
