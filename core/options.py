@@ -71,8 +71,8 @@ def _as_enum(enum_cls):
                 return enum_cls(value)
             except ValueError:
                 pass
-        elif isinstance(value, enum.Enum) and value.name in enum_cls.__members__:  # onnxruntime's own enum
-            return enum_cls[value.name]
+        elif isinstance(getattr(value, "name", None), str) and value.name in enum_cls.__members__:
+            return enum_cls[value.name]   # onnxruntime's own enum (a pybind11 enum: not a Python Enum)
         raise TypeError(f"{owner}.{name} must be an {enum_cls.__name__} "
                         f"({', '.join(m.name for m in enum_cls)}), got {type(value).__name__} {value!r}")
     return convert
