@@ -33,6 +33,7 @@ class Case:
     tol: float = 2e-6
     lsb: int = 0
     nodes: list | None = None          # a chain instead of one node
+    opset: int = 17                    # of the default domain
 
 
 def _q(rng, shape, dt):
@@ -67,7 +68,7 @@ def _model(case: Case, out_types=None) -> bytes:
     else:
         outs = [helper.make_tensor_value_info(o, t, None) for o, t in zip(case.outputs, out_types)]
     graph = helper.make_graph(nodes, case.id, graph_inputs, outs, inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1), helper.make_opsetid(NCHWC, 1)]
+    opsets = [helper.make_opsetid("", case.opset), helper.make_opsetid(MS, 1), helper.make_opsetid(NCHWC, 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
 
 
@@ -155,7 +156,8 @@ def _quant_cases():
         cases.append(Case(f"QLinearConv-nhwc-{t}", "QLinearConv", [
             ("x", _q(rng, (1, 7, 8, 4), dt), False), ("sx", _s(0.02), True), ("zx", _zp(mid + 3, dt), True),
             ("w", w, True), ("sw", _s(np.linspace(0.003, 0.006, 6)), True), ("zw", np.zeros(6, I8), True),
-            ("sy", _s(0.05), True), ("zy", _zp(mid - 2, dt), True), ("bias", rng.integers(-500, 500, 6).astype(I32), True)],
+            ("sy", _s(0.05), True), ("zy", _zp(mid - 2, dt), True),
+            ("bias", rng.integers(-500, 500, 6).astype(I32), True)],
             {"channels_last": 1, "pads": [1, 1, 1, 1], "strides": [1, 2]}))
         for with_y in (True, False):
             ins = [("a", _q(rng, (5, 12), dt), False), ("sa", _s(0.02), True), ("za", _zp(mid + 1, dt), True),
@@ -173,7 +175,8 @@ def _quant_cases():
         cases.append(Case(f"DynamicQuantizeMatMul-{np.dtype(dt).name}", "DynamicQuantizeMatMul", [
             ("a", rng.standard_normal((2, 4, 24)).astype(F32), False), ("b", _q(rng, (24, 10), dt), True),
             ("sb", _s(np.linspace(0.01, 0.02, 10)), True),
-            ("zb", np.full(10, 0 if dt == I8 else 128, dt), True), ("bias", rng.standard_normal(10).astype(F32), True)]))
+            ("zb", np.full(10, 0 if dt == I8 else 128, dt), True),
+            ("bias", rng.standard_normal(10).astype(F32), True)]))
     cases.append(Case("MatMulInteger16", "MatMulInteger16", [
         ("a", rng.integers(-3000, 3000, (3, 8)).astype(np.int16), False),
         ("b", rng.integers(-3000, 3000, (8, 5)).astype(np.int16), False)]))
@@ -200,7 +203,8 @@ def _lstm_cases():
                        ("c0", rng.standard_normal((nd, B, H)).astype(F32), False), ("p", None, False),
                        ("ws", _s(rng.uniform(0.005, 0.02, sshape)), True), ("wz", np.zeros(sshape, I8), True),
                        ("rs", _s(rng.uniform(0.005, 0.02, sshape)), True), ("rz", np.zeros(sshape, I8), True)]
-                tag = f"{direction}-{'perchannel' if per_channel else 'pertensor'}-{'lens' if lens is not None else 'full'}"
+                tag = (f"{direction}-{'perchannel' if per_channel else 'pertensor'}-"
+                       f"{'lens' if lens is not None else 'full'}")
                 cases.append(Case(f"DynamicQuantizeLSTM-{tag}", "DynamicQuantizeLSTM", ins,
                                   {"hidden_size": H, "direction": direction}, outputs=("Y", "Y_h", "Y_c"), tol=1e-6))
     return cases
@@ -231,7 +235,7 @@ def _transformer_cases():
     cases.append(Case("Gelu", "Gelu", [("x", f(3, 7) * 3, False)]))
     cases.append(Case("LayerNormalization-opset13", "LayerNormalization",
                       [("x", f(2, 3, 8), False), ("g", f(8), True), ("bb", f(8), True)],
-                      {"axis": -1, "epsilon": 1e-5}, domain="", tol=1e-5))
+                      {"axis": -1, "epsilon": 1e-5}, domain="", tol=1e-5, opset=13))
     V, P, H, B, S = 30, 16, 8, 2, 5
     for with_seg, with_mask in ((True, True), (False, False)):
         ins = [("ids", rng.integers(0, V, (B, S)).astype(I32), False),
@@ -349,7 +353,8 @@ def _misc_cases():
             ("mask", np.array([3, 2], I32), False), ("zx", _zp(3 if dt == I8 else 128, dt), True),
             ("zw", _zp(0, I8), True)], {"num_heads": heads}, tol=1e-5))
     V, P, H = 20, 8, 6
-    qe = [("ids", rng.integers(0, V, (2, 4)).astype(I32), False), ("seg", rng.integers(0, 2, (2, 4)).astype(I32), False),
+    qe = [("ids", rng.integers(0, V, (2, 4)).astype(I32), False),
+          ("seg", rng.integers(0, 2, (2, 4)).astype(I32), False),
           ("we", _q(rng, (V, H), U8), True), ("pe", _q(rng, (P, H), U8), True), ("se", _q(rng, (2, H), U8), True),
           ("g", _q(rng, (H,), U8), True), ("bb", _q(rng, (H,), U8), True),
           ("mask", np.array([[1, 1, 1, 0], [1, 1, 1, 1]], I32), False)]

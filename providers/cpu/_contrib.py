@@ -1,13 +1,25 @@
-"""Helpers shared by the com.microsoft contrib kernel modules (``contrib_*.py``): building the kernel of a
-default-domain op for a contrib node (the contrib op is that op plus something), and linear
-(de)quantization with onnxruntime's rounding (round half to even, saturate)."""
+"""Helpers shared by the com.microsoft contrib kernel modules (``contrib_*.py``): their registration as
+NumPy-only kernels (``host_kernel``), building the kernel of a default-domain op for a contrib node (the
+contrib op is that op plus something), and linear (de)quantization with onnxruntime's rounding (round
+half to even, saturate)."""
 from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import registry
+from engineroom.providers.cpu.registry import kernel, registry
 
 _F32 = np.dtype(np.float32)
+
+# (domain, op) of the kernels registered through ``host_kernel``: written for NumPy arrays only (not
+# against ``xp``), so a provider reusing the CPU kernel set with another array module (CUDA) leaves them
+# to the CPU provider.
+HOST_ONLY: set[tuple[str, str]] = set()
+
+
+def host_kernel(op_type: str, domain: str, since: int = 1, **kw):
+    """``@kernel`` for a NumPy-only kernel (recorded in ``HOST_ONLY``)."""
+    HOST_ONLY.add((domain, op_type))
+    return kernel(op_type, domain=domain, since=since, **kw)
 
 
 def delegate(info, op_type: str, opset: int, attrs: dict | None = None, inputs=None, dtypes=None, domain: str = ""):

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._contrib import const, delegate, dequantize, scalar
+from engineroom.providers.cpu._contrib import const, delegate, dequantize, host_kernel, scalar
 from engineroom.providers.cpu.contrib_transformer import attend, attention_options
 from engineroom.providers.cpu.norm import _normalize
-from engineroom.providers.cpu.registry import kernel
 
 MS = "com.microsoft"
 _F32 = np.dtype(np.float32)
@@ -20,12 +19,12 @@ _F64 = np.dtype(np.float64)
 # contrib versions of standard ops
 
 
-@kernel("Trilu", domain=MS, since=1, host_inputs=(1,))
+@host_kernel("Trilu", MS, since=1, host_inputs=(1,))
 def trilu_ms(info):
     return delegate(info, "Trilu", 14)
 
 
-@kernel("Range", domain=MS, since=1, host_inputs=(0, 1, 2))
+@host_kernel("Range", MS, since=1, host_inputs=(0, 1, 2))
 def range_ms(start, limit, delta=None):
     """Range with an optional delta (default 1)."""
     d = np.asarray(1, start.dtype) if delta is None else delta
@@ -33,23 +32,23 @@ def range_ms(start, limit, delta=None):
     return (start.reshape(()) + np.arange(n, dtype=start.dtype) * d.reshape(())).astype(start.dtype)
 
 
-@kernel("GatherND", domain=MS, since=1)
+@host_kernel("GatherND", MS, since=1)
 def gather_nd_ms(info):
     return delegate(info, "GatherND", 11)
 
 
-@kernel("Pad", domain=MS, since=1, host_inputs=(1, 2))
+@host_kernel("Pad", MS, since=1, host_inputs=(1, 2))
 def pad_ms(info):
     """Pad with pads (and the constant value) as inputs, ``mode`` constant / reflect / edge."""
     return delegate(info, "Pad", 11)
 
 
-@kernel("GridSample", domain=MS, since=1)
+@host_kernel("GridSample", MS, since=1)
 def grid_sample_ms(info):
     return delegate(info, "GridSample", 16)
 
 
-@kernel("Unique", domain=MS, since=1)
+@host_kernel("Unique", MS, since=1)
 def unique_ms(x):
     """Of a 1-D tensor: the unique values in order of first occurrence, each element's index into them,
     and their counts."""
@@ -61,7 +60,7 @@ def unique_ms(x):
     return flat[first[order]], rank[inverse.reshape(-1)].astype(np.int64), counts[order].astype(np.int64)
 
 
-@kernel("ExpandDims", domain=MS, since=1, host_inputs=(1,))
+@host_kernel("ExpandDims", MS, since=1, host_inputs=(1,))
 def expand_dims(x, axis):
     a = int(np.asarray(axis).reshape(()))
     if not -x.ndim - 1 <= a <= x.ndim:
@@ -73,14 +72,14 @@ def expand_dims(x, axis):
 # math
 
 
-@kernel("Inverse", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
+@host_kernel("Inverse", MS, since=1, types=(np.float32, np.float64, np.float16))
 def inverse(x):
     """The inverse of each matrix of the last two axes (float16 inverted in float32)."""
     work = x.astype(_F32) if x.dtype == np.float16 else x
     return np.linalg.inv(work).astype(x.dtype, copy=False)
 
 
-@kernel("CDist", domain=MS, since=1, types=(np.float32, np.float64))
+@host_kernel("CDist", MS, since=1, types=(np.float32, np.float64))
 def cdist(info):
     """Pairwise distances of the rows of A (N, D) and B (M, D): ``metric`` sqeuclidean or euclidean."""
     metric = info.attrs.get("metric", "sqeuclidean")
@@ -96,7 +95,7 @@ def cdist(info):
     return run
 
 
-@kernel("ScaledSiLU", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
+@host_kernel("ScaledSiLU", MS, since=1, types=(np.float32, np.float64, np.float16))
 def scaled_silu(info):
     """z = scale · x, y = z · sigmoid(z), each step rounded to the input's type; the scale is the scalar
     input when given, else ``alpha``."""
@@ -141,7 +140,7 @@ def _murmur3_32(blocks, tail, length, seed):
     return h
 
 
-@kernel("MurmurHash3", domain=MS, since=1)
+@host_kernel("MurmurHash3", MS, since=1)
 def murmur_hash3(info):
     """MurmurHash3 (x86, 32-bit) of each element's bytes (4 or 8 for integers, UTF-8 for strings) with
     ``seed``; uint32 out when ``positive`` is 1, else int32."""
@@ -173,7 +172,7 @@ def murmur_hash3(info):
 # image / sequence helpers
 
 
-@kernel("CropAndResize", domain=MS, since=1, types=(np.float32,))
+@host_kernel("CropAndResize", MS, since=1, types=(np.float32,))
 def crop_and_resize(info):
     """Crops (y1, x1, y2, x2 in normalized coordinates) of X's images, resized to ``crop_size`` with
     ``mode`` bilinear or nearest; samples outside the image get ``extrapolation_value``."""
@@ -218,7 +217,7 @@ def crop_and_resize(info):
     return run
 
 
-@kernel("UnfoldTensor", domain=MS, since=1)
+@host_kernel("UnfoldTensor", MS, since=1)
 def unfold_tensor(info):
     """Windows of ``size`` every ``step`` along ``dim``: that axis becomes the window count and the
     windows' elements a new last axis (torch.Tensor.unfold)."""
@@ -238,7 +237,7 @@ def unfold_tensor(info):
     return run
 
 
-@kernel("NGramRepeatBlock", domain=MS, since=1, types=(np.int64,))
+@host_kernel("NGramRepeatBlock", MS, since=1, types=(np.int64,))
 def ngram_repeat_block(info):
     """Scores (B, V) with -inf for every token that would complete an ``ngram_size``-gram already in
     input_ids (B, L)."""
@@ -260,7 +259,7 @@ def ngram_repeat_block(info):
     return run
 
 
-@kernel("ConvTransposeWithDynamicPads", domain=MS, since=1, types=(np.float32,))
+@host_kernel("ConvTransposeWithDynamicPads", MS, since=1, types=(np.float32,))
 def conv_transpose_dynamic_pads(info):
     """ConvTranspose whose pads come as an input (X, W, Pads, B): one ConvTranspose kernel per pads seen."""
     kernels = {}
@@ -285,7 +284,7 @@ def conv_transpose_dynamic_pads(info):
 # quantized transformer ops
 
 
-@kernel("QAttention", domain=MS, since=1, types=(np.uint8,))
+@host_kernel("QAttention", MS, since=1, types=(np.uint8,))
 def qattention(info):
     """Attention with a quantized projection: (input - zp) @ (weight - zp) · input_scale · weight_scale
     + bias, then Attention's heads (inputs input, weight, bias, input_scale, weight_scale, mask_index,
@@ -307,7 +306,7 @@ def qattention(info):
     return run
 
 
-@kernel("QEmbedLayerNormalization", domain=MS, since=1, types=(np.int32,))
+@host_kernel("QEmbedLayerNormalization", MS, since=1, types=(np.int32,))
 def qembed_layer_normalization(info):
     """EmbedLayerNormalization over dequantized embeddings, gamma and beta; outputs the normalized
     embeddings and mask_index (the count of mask's ones per row)."""

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._contrib import delegate
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu._contrib import delegate, host_kernel
 
 NCHWC = "com.microsoft.nchwc"
 _F32 = (np.float32,)
@@ -25,7 +24,7 @@ def block_size() -> int:
     """MLAS's NCHWc block: 16 channels where the CPU has AVX-512F, else 8. It is not recorded in the saved
     model, whose weights are stored blocked: a model is read with the block of the machine reading it,
     which is the machine onnxruntime's warning says it must be used on (the one that saved it)."""
-    feats = getattr(getattr(np, "_core", np.core), "_multiarray_umath").__cpu_features__
+    feats = getattr(np, "_core", np.core)._multiarray_umath.__cpu_features__
     return 16 if feats.get("AVX512F") else 8
 
 
@@ -48,7 +47,7 @@ def unblock_filter(w, group: int, block: int):
     return np.ascontiguousarray(plain.reshape(O, I, kh, kw))
 
 
-@kernel("Conv", domain=NCHWC, since=1, types=_F32)
+@host_kernel("Conv", NCHWC, since=1, types=_F32)
 def nchwc_conv(info):
     """Conv + bias + ``Sum`` (a residual added before the activation) + ``activation``: FusedConv, on the
     filter restored from its blocked layout (``unblock_filter``); the bias is zero-padded to the
@@ -69,7 +68,6 @@ def nchwc_conv(info):
         raise NotImplementedError("nchwc Conv: the bias must be an initializer")
     names = tuple(info.input_names) + ("",) * (4 - len(info.input_names))
     dts = tuple(info.input_dtypes) + (None,) * (4 - len(info.input_dtypes))
-    shapes = tuple(info.input_shapes) + (None,) * (4 - len(info.input_shapes))
     sub = info.with_(input_names=(names[0], names[1], names[2] or ("" if b is None else "bias"), names[3]),
                      input_dtypes=(dts[0], np.dtype(np.float32), None if b is None else np.dtype(np.float32), dts[3]),
                      input_shapes=(None, w.shape, None if b is None else b.shape, None),
@@ -85,27 +83,27 @@ def nchwc_conv(info):
     return run
 
 
-@kernel("MaxPool", domain=NCHWC, since=1, types=_F32)
+@host_kernel("MaxPool", NCHWC, since=1, types=_F32)
 def nchwc_max_pool(info):
     return delegate(info, "MaxPool", 12)
 
 
-@kernel("AveragePool", domain=NCHWC, since=1, types=_F32)
+@host_kernel("AveragePool", NCHWC, since=1, types=_F32)
 def nchwc_average_pool(info):
     return delegate(info, "AveragePool", 19)
 
 
-@kernel("GlobalMaxPool", domain=NCHWC, since=1, types=_F32)
+@host_kernel("GlobalMaxPool", NCHWC, since=1, types=_F32)
 def nchwc_global_max_pool(info):
     return delegate(info, "GlobalMaxPool", 1)
 
 
-@kernel("GlobalAveragePool", domain=NCHWC, since=1, types=_F32)
+@host_kernel("GlobalAveragePool", NCHWC, since=1, types=_F32)
 def nchwc_global_average_pool(info):
     return delegate(info, "GlobalAveragePool", 1)
 
 
-@kernel("Upsample", domain=NCHWC, since=1, types=_F32)
+@host_kernel("Upsample", NCHWC, since=1, types=_F32)
 def nchwc_upsample(info):
     """Integer ``scales`` per axis (N, C, H, W), ``mode`` nearest or linear, ``transformation_mode`` as
     Resize's (default asymmetric)."""
@@ -128,7 +126,7 @@ def nchwc_upsample(info):
     return run
 
 
-@kernel("ReorderInput", domain=NCHWC, since=1, types=_F32)
+@host_kernel("ReorderInput", NCHWC, since=1, types=_F32)
 def reorder_input(info):
     """Into the (here plain NCHW) nchwc layout: NHWC input when ``channels_last`` is 1."""
     channels_last = int(info.attrs.get("channels_last", 0))
@@ -139,7 +137,7 @@ def reorder_input(info):
     return run
 
 
-@kernel("ReorderOutput", domain=NCHWC, since=1, types=_F32)
+@host_kernel("ReorderOutput", NCHWC, since=1, types=_F32)
 def reorder_output(info):
     """Out of the nchwc layout: the first ``channels`` channels, NHWC when ``channels_last`` is 1."""
     channels = int(info.attrs.get("channels", 0))

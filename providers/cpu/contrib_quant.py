@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._contrib import (const, delegate, dequantize, dynamic_qparams, quantize,
-                                              requantize_lut, scalar)
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu._contrib import (
+    const,
+    delegate,
+    dequantize,
+    dynamic_qparams,
+    host_kernel,
+    quantize,
+    requantize_lut,
+    scalar,
+)
 from engineroom.providers.cpu.rnn import _activations, _reverse_index
 
 MS = "com.microsoft"
@@ -71,12 +78,12 @@ def _mul(a, sa, za, b, sb, zb, sc, zc):
     return (a.astype(_F32) - np.float32(za)) * (b.astype(_F32) - np.float32(zb)) * ratio + np.float32(zc)
 
 
-@kernel("QLinearAdd", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearAdd", MS, since=1, types=_Q8)
 def qlinear_add(info):
     return _binary(info, _add)
 
 
-@kernel("QLinearMul", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearMul", MS, since=1, types=_Q8)
 def qlinear_mul(info):
     return _binary(info, _mul)
 
@@ -101,7 +108,7 @@ def _unary_lut(info, fn):
     return run
 
 
-@kernel("QLinearSigmoid", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearSigmoid", MS, since=1, types=_Q8)
 def qlinear_sigmoid(info):
     def sigmoid(v):
         with np.errstate(over="ignore"):
@@ -109,13 +116,13 @@ def qlinear_sigmoid(info):
     return _unary_lut(info, sigmoid)
 
 
-@kernel("QLinearLeakyRelu", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearLeakyRelu", MS, since=1, types=_Q8)
 def qlinear_leaky_relu(info):
     alpha = np.float32(info.attrs.get("alpha", 0.01))
     return _unary_lut(info, lambda v: np.where(v >= 0, v, v * alpha))
 
 
-@kernel("QLinearSoftmax", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearSoftmax", MS, since=1, types=_Q8)
 def qlinear_softmax(info):
     """Softmax over ``axis`` of the dequantized input (opset < 13: over all axes from ``axis`` on, as
     Softmax-1 flattens), exp(x - max) in float32 from the integer difference, requantized to Y."""
@@ -141,7 +148,7 @@ def qlinear_softmax(info):
     return run
 
 
-@kernel("QLinearConcat", domain=MS, since=1)
+@host_kernel("QLinearConcat", MS, since=1)
 def qlinear_concat(info):
     """Inputs Y_scale, Y_zp, then (X, X_scale, X_zp) per tensor; each is requantized to Y's parameters
     (an input already in them is copied as it is)."""
@@ -165,7 +172,7 @@ def qlinear_concat(info):
     return run
 
 
-@kernel("QLinearWhere", domain=MS, since=1)
+@host_kernel("QLinearWhere", MS, since=1)
 def qlinear_where(info):
     """Inputs condition, X, X_scale, X_zp, Y, Y_scale, Y_zp, Z_scale, Z_zp: where(condition, X, Y) with
     both branches requantized to Z's parameters."""
@@ -183,7 +190,7 @@ def qlinear_where(info):
 # pooling
 
 
-@kernel("QLinearGlobalAveragePool", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearGlobalAveragePool", MS, since=1, types=_Q8)
 def qlinear_global_average_pool(info):
     """The integer sum over the image, less the zero point times its size, scaled by
     x_scale / y_scale / size in float32 and requantized (as MLAS does)."""
@@ -202,7 +209,7 @@ def qlinear_global_average_pool(info):
     return run
 
 
-@kernel("QLinearAveragePool", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearAveragePool", MS, since=1, types=_Q8)
 def qlinear_average_pool(info):
     """AveragePool of the dequantized input, requantized; ``channels_last`` reads and writes NHWC."""
     channels_last = int(info.attrs.get("channels_last", 0))
@@ -222,7 +229,7 @@ def qlinear_average_pool(info):
     return run
 
 
-@kernel("NhwcMaxPool", domain=MS, since=1, types=_Q8)
+@host_kernel("NhwcMaxPool", MS, since=1, types=_Q8)
 def nhwc_max_pool(info):
     """MaxPool over a channels-last 8-bit tensor (exact: max commutes with the layout)."""
     pool = delegate(info, "MaxPool", 12, inputs=[0])
@@ -234,7 +241,7 @@ def nhwc_max_pool(info):
     return run
 
 
-@kernel("QLinearConv", domain=MS, since=1, types=_Q8)
+@host_kernel("QLinearConv", MS, since=1, types=_Q8)
 def qlinear_conv_ms(info):
     """The ONNX QLinearConv, plus ``channels_last`` (NHWC input and output)."""
     channels_last = int(info.attrs.get("channels_last", 0))
@@ -285,7 +292,7 @@ class _PreparedB:
         return _centered(b, z), _col_scale(s)
 
 
-@kernel("MatMulIntegerToFloat", domain=MS, since=1, types=_Q8)
+@host_kernel("MatMulIntegerToFloat", MS, since=1, types=_Q8)
 def matmul_integer_to_float(info):
     """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, float32 out; inputs A, B, a_scale, b_scale,
     a_zero_point, b_zero_point, bias."""
@@ -307,7 +314,7 @@ def matmul_integer_to_float(info):
     return run
 
 
-@kernel("DynamicQuantizeMatMul", domain=MS, since=1, types=(np.float32,))
+@host_kernel("DynamicQuantizeMatMul", MS, since=1, types=(np.float32,))
 def dynamic_quantize_matmul(info):
     """A quantized on the fly to uint8 (onnxruntime's range rule), then as MatMulIntegerToFloat; inputs A,
     B, b_scale, b_zero_point, bias."""
@@ -325,12 +332,12 @@ def dynamic_quantize_matmul(info):
     return run
 
 
-@kernel("MatMulInteger16", domain=MS, since=1, types=(np.int16, np.uint16))
+@host_kernel("MatMulInteger16", MS, since=1, types=(np.int16, np.uint16))
 def matmul_integer16(a, b):
     return np.matmul(a.astype(_F64), b.astype(_F64)).astype(np.int32)
 
 
-@kernel("QGemm", domain=MS, since=1, types=_Q8)
+@host_kernel("QGemm", MS, since=1, types=_Q8)
 def qgemm(info):
     """alpha * (A - a_zp) @ (B - b_zp) * a_scale * b_scale, plus C (int32, in the product's scale); then
     requantized to y_scale / y_zero_point when given, else float32. Inputs A, a_scale, a_zp, B, b_scale,
@@ -365,12 +372,12 @@ def qgemm(info):
 # QuantizeLinear / DequantizeLinear (contrib versions: per-tensor or per-axis, 8/16-bit and int4)
 
 
-@kernel("QuantizeLinear", domain=MS, since=1)
+@host_kernel("QuantizeLinear", MS, since=1)
 def quantize_linear_ms(info):
     return delegate(info, "QuantizeLinear", 21)
 
 
-@kernel("DequantizeLinear", domain=MS, since=1)
+@host_kernel("DequantizeLinear", MS, since=1)
 def dequantize_linear_ms(info):
     return delegate(info, "DequantizeLinear", 21)
 
@@ -491,7 +498,13 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
     return (y, h, c) if lens is None else (y, h_last, c_last)
 
 
-@kernel("DynamicQuantizeLSTM", domain=MS, since=1, types=(np.float32,), host_inputs=(4,))
+def _per_dir(v, d, num_dirs):
+    """Direction d's scale or zero point: (D,) or (D, 4H) per direction, else one for all."""
+    v = np.asarray(v)
+    return v[d] if v.ndim >= 1 and v.shape[0] == num_dirs and v.size > 1 else v.reshape(-1)[:1]
+
+
+@host_kernel("DynamicQuantizeLSTM", MS, since=1, types=(np.float32,), host_inputs=(4,))
 def dynamic_quantize_lstm(info):
     """LSTM with int8/uint8 weights W (D, input, 4H) and R (D, H, 4H), already transposed, with scales and
     zero points per direction (D,) or per direction and column (D, 4H). Inputs X, W, R, B, sequence_lens,
@@ -515,11 +528,8 @@ def dynamic_quantize_lstm(info):
     def prepare(W, R, B, P, ws, wz, rs, rz):
         dirs = []
         for d in range(num_dirs):
-            def per_dir(v):
-                v = np.asarray(v)
-                return v[d] if v.ndim >= 1 and v.shape[0] == num_dirs and v.size > 1 else v.reshape(-1)[:1]
-            wq = _QuantizedWeight(W[d], per_dir(ws), per_dir(wz))
-            rq = _QuantizedWeight(R[d], per_dir(rs), per_dir(rz))
+            wq = _QuantizedWeight(W[d], _per_dir(ws, d, num_dirs), _per_dir(wz, d, num_dirs))
+            rq = _QuantizedWeight(R[d], _per_dir(rs, d, num_dirs), _per_dir(rz, d, num_dirs))
             bias = (B[d, :4 * hidden].astype(_F32) + B[d, 4 * hidden:].astype(_F32) if B is not None
                     else np.zeros(4 * hidden, _F32))
             p = None if P is None else P[d].astype(_F32)

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu._contrib import host_kernel
 
 MS = "com.microsoft"
 _START, _END = "\x02", "\x03"
@@ -16,7 +16,7 @@ def _text(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-@kernel("Tokenizer", domain=MS, since=1)
+@host_kernel("Tokenizer", MS, since=1)
 def tokenizer(info):
     """Splits each string of a [C] or [N, C] tensor into tokens; the output adds an axis of the longest
     row's token count, rows padded with ``pad_value`` (after the end marker when ``mark`` is set).

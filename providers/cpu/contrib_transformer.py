@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._contrib import const, delegate
+from engineroom.providers.cpu._contrib import const, delegate, host_kernel
 from engineroom.providers.cpu.norm import _normalize
 from engineroom.providers.cpu.registry import kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
@@ -62,14 +62,14 @@ def _fused_matmul(info):
     return run
 
 
-@kernel("FusedMatMul", domain=MS, since=1, types=_FLOATS)
+@host_kernel("FusedMatMul", MS, since=1, types=_FLOATS)
 def fused_matmul(info):
     """alpha · op(A) @ op(B): op transposes the last two axes (transA/transB) and, with transBatchA/B,
     first moves the leading axis behind the batch axes."""
     return _fused_matmul(info)
 
 
-@kernel("TransposeMatMul", domain=MS, since=1, types=_FLOATS)
+@host_kernel("TransposeMatMul", MS, since=1, types=_FLOATS)
 def transpose_matmul(info):
     return _fused_matmul(info)
 
@@ -103,7 +103,7 @@ _ACT_DEFAULTS = {"LeakyRelu": (0.01, 0.0, 0.0), "Elu": (1.0, 0.0, 0.0),
                  "ScaledTanh": (1.0, 1.0, 0.0), "ParametricSoftplus": (1.0, 1.0, 0.0)}
 
 
-@kernel("FusedGemm", domain=MS, since=1, types=_FLOATS)
+@host_kernel("FusedGemm", MS, since=1, types=_FLOATS)
 def fused_gemm(info):
     """Gemm followed by ``activation`` (with activation_alpha / _beta / _gamma)."""
     a = info.attrs
@@ -126,7 +126,7 @@ def fused_gemm(info):
 # activations and normalizations
 
 
-@kernel("Gelu", domain=MS, since=1, types=_FLOATS)
+@host_kernel("Gelu", MS, since=1, types=_FLOATS)
 def gelu_ms(info):
     """The exact (erf) GELU, as the ONNX Gelu-20 computes it."""
     return delegate(info, "Gelu", 20, {"approximate": "none"})
@@ -139,7 +139,7 @@ def layer_normalization_contrib(info):
     return registry.lookup("", "LayerNormalization", 17).factory(info.with_(opset=17))
 
 
-@kernel("EmbedLayerNormalization", domain=MS, since=1, types=(np.int32,))
+@host_kernel("EmbedLayerNormalization", MS, since=1, types=(np.int32,))
 def embed_layer_normalization(info):
     """LayerNorm(word[input_ids] + position[position_ids or 0..S-1] + segment[segment_ids]) * gamma + beta.
     Inputs: input_ids, segment_ids, word_embedding, position_embedding, segment_embedding, gamma, beta,
@@ -241,7 +241,7 @@ def attend(qkv, mask, past, attention_bias, *, sizes, heads, causal, filt, scale
     return (y, np.stack([k, v]))
 
 
-@kernel("Attention", domain=MS, since=1, types=(np.float32, np.float64), host_inputs=(6,))
+@host_kernel("Attention", MS, since=1, types=(np.float32, np.float64), host_inputs=(6,))
 def attention_ms(info):
     """Multi-head self-attention with the Q/K/V projection: input (B, S, in) @ weights (in, Hq+Hk+Hv)
     + bias, heads of ``num_heads``; optional mask_index, past (2, B, heads, P, D) with the present

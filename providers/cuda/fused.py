@@ -179,6 +179,8 @@ def _supports_layernorm(view) -> str | None:
     return None
 
 
+# since 1 too: onnxruntime's contrib LayerNormalization of models before opset 17 is the same op
+@kernel("LayerNormalization", since=1, types=_FLOATS, supports=_supports_layernorm)
 @kernel("LayerNormalization", since=17, types=_FLOATS, supports=_supports_layernorm)
 def layer_normalization(info):
     xp = info.xp
