@@ -273,3 +273,18 @@ def test_zoo_resnet18_page(tmp_path):
     if shutil.which(CHROMIUM):
         dom, log = _chromium_dom(str(page))
         assert re.search(r'<html[^>]*data-ready="1"', dom) and ":CONSOLE" not in log
+
+
+def test_compile_builds_what_is_missing_and_names_unknown_providers():
+    """`compile` with everything built already has nothing to do; a provider that is not installed is
+    named and makes the exit status non-zero."""
+    from engineroom.providers.cpu import _jit
+
+    if not _jit.available():
+        pytest.skip("numba is not installed (jit extra)")
+    for name in _jit.module_names():        # this process waits for them (ENGINEROOM_JIT=wait in conftest)
+        _jit.load(name)
+    r = cli("compile", "--providers", "CPUExecutionProvider")
+    assert "CPUExecutionProvider: nothing to build" in r.stdout
+    r = cli("compile", "--providers", "NoSuchExecutionProvider", check=False)
+    assert r.returncode == 1 and "NoSuchExecutionProvider: not available here" in r.stdout

@@ -113,13 +113,35 @@ def _cpu_model() -> str:
 def _key(name: str, source: Path) -> str:
     from importlib.metadata import version
 
-    # every kernel module's source: one may import loops from another
+    # the module's source and those of the _jit_* modules it imports loops from (transitively): a change
+    # elsewhere does not rebuild it
     h = hashlib.sha256(name.encode())
-    for f in sorted(source.parent.glob("_jit_*.py")):
+    for f in (*_sources(source), source.parent / "_aot_build.py"):     # the build's wrappers too
         h.update(f.read_bytes())
     for part in (version("numba"), sys.version, np.__version__, platform.machine(), _cpu_model()):
         h.update(part.encode())
     return h.hexdigest()[:16]
+
+
+def _sources(source: Path) -> list[Path]:
+    """``source`` and every ``_jit_*`` module it imports, directly or not, in a stable order."""
+    import ast
+
+    seen: dict[Path, None] = {}
+    todo = [source]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen[f] = None
+        for node in ast.walk(ast.parse(f.read_text())):
+            mods = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for m in mods:
+                leaf = m.rsplit(".", 1)[-1]
+                if leaf.startswith("_jit_") and (source.parent / f"{leaf}.py").exists():
+                    todo.append(source.parent / f"{leaf}.py")
+    return sorted(seen)
 
 
 _paths_known: dict[str, tuple[str, str, Path]] = {}
