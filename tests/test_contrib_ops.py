@@ -279,6 +279,10 @@ def _text_cases():
 
 def _nchwc_cases():
     rng = np.random.default_rng(3)
+
+    def f(*shape):
+        return rng.standard_normal(shape).astype(F32)
+
     x = rng.standard_normal((1, 5, 6, 16)).astype(F32)
     nodes = [helper.make_node("ReorderInput", ["x"], ["t0"], domain=NCHWC, channels_last=1),
              helper.make_node("MaxPool", ["t0"], ["t1"], domain=NCHWC, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
@@ -288,7 +292,15 @@ def _nchwc_cases():
              helper.make_node("ReorderOutput", ["t3"], ["y"], domain=NCHWC, channels=16, channels_last=1),
              helper.make_node("GlobalAveragePool", ["t2"], ["t4"], domain=NCHWC),
              helper.make_node("ReorderOutput", ["t4"], ["g"], domain=NCHWC, channels=16)]
-    return [Case("nchwc-reorder-pool-upsample", "", [("x", x, False)], outputs=("y", "g"), nodes=nodes, tol=1e-6)]
+    cases = [Case("nchwc-reorder-pool-upsample", "", [("x", x, False)], outputs=("y", "g"), nodes=nodes, tol=1e-6)]
+    for mode, ctm in (("linear", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners"),
+                      ("nearest", "asymmetric")):
+        chain = [helper.make_node("ReorderInput", ["x"], ["t0"], domain=NCHWC),
+                 helper.make_node("Upsample", ["t0"], ["t1"], domain=NCHWC, scales=[1, 1, 2, 3], mode=mode,
+                                  coordinate_transformation_mode=ctm),
+                 helper.make_node("ReorderOutput", ["t1"], ["y"], domain=NCHWC, channels=16)]
+        cases.append(Case(f"nchwc-upsample-{mode}-{ctm}", "", [("x", f(1, 16, 5, 4), False)], nodes=chain, tol=1e-6))
+    return cases
 
 
 def _misc_cases():

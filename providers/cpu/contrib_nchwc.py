@@ -105,13 +105,13 @@ def nchwc_global_average_pool(info):
 
 @host_kernel("Upsample", NCHWC, since=1, types=_F32)
 def nchwc_upsample(info):
-    """Integer ``scales`` per axis (N, C, H, W), ``mode`` nearest or linear, ``transformation_mode`` as
-    Resize's (default asymmetric)."""
+    """Integer ``scales`` per axis (N, C, H, W), ``mode`` nearest or linear, ``coordinate_transformation_mode``
+    as Resize's (default asymmetric)."""
     a = info.attrs
     scales = np.asarray([float(s) for s in a.get("scales", [])], np.float32)
     mode = a.get("mode", "nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    tmode = a.get("transformation_mode", "asymmetric")
+    tmode = a.get("coordinate_transformation_mode", "asymmetric")
     tmode = tmode.decode() if isinstance(tmode, bytes) else tmode
     attrs = {"mode": mode, "coordinate_transformation_mode": tmode, "nearest_mode": "floor"}
     resize = delegate(info.with_(const_inputs=(None, None, scales), input_names=(info.input_names[0], "", "s"),
