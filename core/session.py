@@ -199,8 +199,12 @@ class InferenceSession:
         self._lock = threading.Lock()
         so = self._sess_options
         self._model_source = path_or_bytes
-        self._fallback = True
+        self._fallback = int(kwargs.pop("enable_fallback", 1)) == 1   # onnxruntime's keyword arguments
         self._log_level = _logger.logging_level(so.log_severity_level)
+        if kwargs and self._log_level <= logging.INFO:
+            log.info("InferenceSession keyword arguments accepted with no effect in engineroom: %s (onnxruntime's "
+                     "disabled_optimizers names its own optimizers; read_config_from_model reads onnxruntime's "
+                     "session config from model metadata, which engineroom does not)", ", ".join(sorted(kwargs)))
         self._profiler = None
         if so.enable_profiling:
             from engineroom.profiling import Profiler
@@ -439,7 +443,8 @@ class InferenceSession:
 
     def set_providers(self, providers=None, provider_options=None) -> None:
         """Re-create the session on other providers (onnxruntime rebuilds it the same way)."""
-        self.__init__(self._model_source, self._sess_options, providers, provider_options)
+        self.__init__(self._model_source, self._sess_options, providers, provider_options,
+                      enable_fallback=int(self._fallback))
 
     def disable_fallback(self) -> None:
         self._fallback = False
