@@ -15,7 +15,15 @@ import onnx_ir as ir
 
 from engineroom import discovery
 from engineroom import logger as _logger
-from engineroom.errors import EPFail, Fail, InvalidArgument, InvalidProtobuf, ModelLoadCanceled, NotImplemented
+from engineroom.errors import (
+    EPFail,
+    Fail,
+    InvalidArgument,
+    InvalidProtobuf,
+    ModelLoadCanceled,
+    NotImplemented,
+    RuntimeException,
+)
 from engineroom.functions import expand_functions
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
@@ -425,8 +433,8 @@ class InferenceSession:
     def run(self, output_names, input_feed: dict, run_options: RunOptions | None = None) -> list:
         try:
             outs = self._run(output_names, input_feed, run_options)
-        except EPFail:
-            if not self._retry_on_cpu():
+        except (EPFail, RuntimeException) as e:   # a provider's failure (EPFail), raised or as a step's cause
+            if not (isinstance(e, EPFail) or isinstance(e.__cause__, EPFail)) or not self._retry_on_cpu():
                 raise
             outs = self._run(output_names, input_feed, run_options)
         return [self._to_numpy(v) for v in outs]

@@ -311,3 +311,30 @@ def test_logger_severity_and_unknown_session_option_logging(caplog):
     lines = [r.getMessage() for r in caplog.records if "accepted with no effect" in r.getMessage()]
     assert len(lines) == 1 and "execution_mode" in lines[0] and "inter_op_num_threads=4" in lines[0]
     assert onnx  # the module is used to build models above
+
+
+def _fail_device_steps(session):
+    """Make the steps of a non-CPU provider raise EPFail, as a device lost mid-run would."""
+    def lost(*_):
+        raise ort.EPFail("the device was lost")
+
+    plan = session._plan
+    plan._fast = [(lost if info[2] != "CPUExecutionProvider" else fn, *rest)
+                  for (fn, *rest), info in zip(plan._fast, plan.infos)]
+
+
+def test_provider_failure_in_a_run_falls_back_to_cpu_unless_disabled(test_plugins, caplog):
+    model = _model([helper.make_node("Add", ["x", "x"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    x = np.arange(3, dtype=np.float32)
+    s = ort.InferenceSession(model, providers=["AddMulExecutionProvider", "CPUExecutionProvider"])
+    assert s.get_providers()[0] == "AddMulExecutionProvider"
+    s.disable_fallback()
+    _fail_device_steps(s)
+    with pytest.raises(ort.RuntimeException, match="the device was lost"):
+        s.run(None, {"x": x})
+    s.enable_fallback()
+    with caplog.at_level(logging.WARNING, logger="engineroom"):
+        np.testing.assert_array_equal(s.run(None, {"x": x})[0], x + x)
+    assert s.get_providers() == ["CPUExecutionProvider"] and "falling back to CPUExecutionProvider" in caplog.text
