@@ -63,6 +63,8 @@ def _static_shape(node, opsets, consts):
         return None
     view = node_view(node, 0, opsets, consts)
     start, end = view.attrs.get("start", 0), view.attrs.get("end", None)
+    if not all(v is None or isinstance(v, (int, np.integer)) for v in (start, end)):
+        return None   # an attribute of the wrong type is the Shape kernel's to report, naming the node
     return [np.array(shape[slice(start, end)], dtype=np.int64)]
 
 
