@@ -374,6 +374,35 @@ def _misc_cases():
     qe += [(f"z{i}", _zp(120 + i, U8), True) for i in range(5)]
     cases.append(Case("QEmbedLayerNormalization", "QEmbedLayerNormalization", qe, {"epsilon": 1e-5},
                       outputs=("y", "mask_index"), tol=1e-5))
+    cases += _gather_block_quantized_cases(rng)
+    return cases
+
+
+def _gather_block_quantized_cases(rng):
+    import ml_dtypes
+
+    cases = []
+    V, H, blk = 7, 64, 16
+    ids = np.array([[0, 6, 3], [2, 2, 5]], I64)
+    for bits in (4, 8):
+        per = 8 // bits
+        data = rng.integers(0, 256, (V, H // per)).astype(U8)
+        for with_zp in (False, True):
+            for sdt in (F32, np.float16):
+                ins = [("data", data, True), ("ids", ids, False),
+                       ("scales", rng.uniform(0.01, 0.05, (V, H // blk)).astype(sdt), True),
+                       ("zp", rng.integers(0, 256, (V, H // blk // per)).astype(U8) if with_zp else None, True)]
+                cases.append(Case(f"GatherBlockQuantized-u8-bits{bits}-zp{int(with_zp)}-{np.dtype(sdt).name}",
+                                  "GatherBlockQuantized", ins,
+                                  {"bits": bits, "block_size": blk, "gather_axis": 0, "quantize_axis": 1},
+                                  tol=1e-3 if sdt == np.float16 else 1e-6))
+    data4 = rng.integers(-8, 8, (V, H)).astype(ml_dtypes.int4)
+    for g_axis, q_axis in ((0, 1), (1, 0), (0, 0)):
+        sshape = (V, H // blk) if q_axis == 1 else ((V + blk - 1) // blk, H)
+        cases.append(Case(f"GatherBlockQuantized-int4-g{g_axis}-q{q_axis}", "GatherBlockQuantized", [
+            ("data", data4, True), ("ids", np.array([1, 0, 5], I32), False),
+            ("scales", rng.uniform(0.01, 0.05, sshape).astype(F32), True)],
+            {"block_size": blk, "gather_axis": g_axis, "quantize_axis": q_axis}))
     return cases
 
 

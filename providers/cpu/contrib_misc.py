@@ -1,7 +1,8 @@
 """The remaining com.microsoft CPU contrib kernels a converted model can contain: the contrib versions of
 ops that were later standardized (Trilu, Range, GatherND, Pad, GridSample, Unique), ExpandDims,
 Inverse, CDist, MurmurHash3, CropAndResize, UnfoldTensor, ScaledSiLU, NGramRepeatBlock,
-ConvTransposeWithDynamicPads, and the quantized QAttention / QEmbedLayerNormalization."""
+ConvTransposeWithDynamicPads, the quantized QAttention / QEmbedLayerNormalization and the
+GatherBlockQuantized of LLM exports' quantized embedding tables."""
 from __future__ import annotations
 
 import numpy as np
@@ -325,5 +326,80 @@ def qembed_layer_normalization(info):
         mask_index = (mask.sum(axis=1, dtype=np.int64).astype(np.int32) if mask is not None
                       else np.zeros((B,), np.int32))
         return (y, mask_index)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# GatherBlockQuantized (quantized embedding tables of LLM exports)
+
+
+def _unpack_bits(packed, bits: int):
+    """uint8 values packed along the last axis, low-order bits first, as one integer per element."""
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    vals = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return vals.reshape(packed.shape[:-1] + (packed.shape[-1] * per,))
+
+
+@host_kernel("GatherBlockQuantized", MS, types=None)
+def gather_block_quantized(info):
+    """Gather of a block-quantized table: the rows are gathered first, then dequantized
+    ((q - zero_point) · scale, a scale per ``block_size`` elements along ``quantize_axis``), so the
+    table stays quantized in memory. uint8 data packs ``bits`` (2, 4, 8) per value along the last axis
+    (default zero point 2^(bits-1)); int4 / uint4 data default to zero point 0; float8 / float4 data are
+    scaled only."""
+    a = info.attrs
+    bits = int(a.get("bits", 4))
+    block = int(a.get("block_size", 128))
+    g_axis = int(a.get("gather_axis", 0))
+    q_axis = int(a.get("quantize_axis", 1))
+    data_dt = np.dtype(info.input_dtypes[0]) if info.input_dtypes and info.input_dtypes[0] is not None else None
+    packed = data_dt == np.uint8 and bits < 8
+    if data_dt == np.uint8 and bits not in (2, 4, 8):
+        raise ValueError(f"GatherBlockQuantized: bits must be 2, 4 or 8, got {bits}")
+
+    def values(x):
+        if x.dtype == np.uint8:
+            return (_unpack_bits(x, bits) if packed else x).astype(_F32)
+        return x.astype(_F32)
+
+    cdata, czp = const(info, 0), const(info, 3)
+    table = None if cdata is None else values(np.asarray(cdata))
+    zps = None if czp is None else values(np.asarray(czp))
+
+    def run(data, indices, scales, zero_points=None):
+        t = table if table is not None else values(data)
+        nd = t.ndim
+        ga, qa = g_axis % nd, q_axis % nd
+        blk = block if block > 0 else t.shape[qa]
+        if packed and ga == qa:
+            raise ValueError("GatherBlockQuantized: gather_axis and quantize_axis must differ for packed uint8 data")
+        idx = np.asarray(indices).astype(np.int64)
+        idx = np.where(idx < 0, idx + t.shape[ga], idx)
+        if np.any((idx < 0) | (idx >= t.shape[ga])):
+            raise IndexError(f"GatherBlockQuantized: an index is out of range for axis {ga} of size {t.shape[ga]}")
+        g = np.take(t, idx, axis=ga)
+
+        def spread(p):
+            """A per-block parameter gathered and expanded to g's shape."""
+            if ga == qa:
+                pidx = idx // blk
+            else:
+                pidx = idx if p.shape[ga] != 1 else np.zeros_like(idx)
+            p = np.take(p, pidx, axis=ga)
+            if ga != qa:
+                pos = qa if qa < ga else qa + idx.ndim - 1
+                if p.shape[pos] != 1 or g.shape[pos] == 1:
+                    p = np.repeat(p, blk, axis=pos)
+                    p = np.take(p, np.arange(g.shape[pos]), axis=pos)
+            return p
+
+        s = spread(np.asarray(scales).astype(_F32))
+        if zero_points is not None or zps is not None:
+            g = g - spread(zps if zps is not None else values(zero_points))
+        elif data_dt == np.uint8:
+            g = g - np.float32(1 << (bits - 1))
+        return ((g * s).astype(scales.dtype),)
 
     return run
