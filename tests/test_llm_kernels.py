@@ -85,7 +85,7 @@ def test_skip_simplified_layer_norm(path, with_bias, outputs):
 # -- RotaryEmbedding ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("interleaved", [0, 1])
 @pytest.mark.parametrize("layout", ["bsh", "bnsh", "offset", "partial"])
-def test_rotary_embedding(interleaved, layout):
+def test_rotary_embedding(path, interleaved, layout):
     B, S, N, H, M = 2, 5, 3, 32, 40
     attrs = {"interleaved": interleaved}
     half = H // 2
@@ -101,6 +101,7 @@ def test_rotary_embedding(interleaved, layout):
                    [_vi("y", F, None)], [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")])
     ref, got = _run_both(model, {"x": x, "pos": pos})
     _close(got[0], ref[0], what="rotary")
+    path.expect("rope_rows", taken=layout != "bnsh")       # the compiled loop takes the 3-D layout
 
 
 # -- GroupQueryAttention ---------------------------------------------------------------------------------
@@ -147,22 +148,24 @@ GQA_CASES = {
 
 @pytest.mark.parametrize("case", list(GQA_CASES))
 @pytest.mark.parametrize("packed", [False, True])
-def test_group_query_attention(case, packed):
+def test_group_query_attention(path, case, packed):
     B, S, Hq, Hkv, D, P, lens, total, attrs = GQA_CASES[case]
     model = _gqa_model(B, S, Hq, Hkv, D, P, attrs, packed)
     ref, got = _run_both(model, _gqa_feed(B, S, Hq, Hkv, D, P, lens, total, packed))
     for r, o, nm in zip(ref, got, ("output", "present_key", "present_value")):
         _close(o, r, what=nm)
+    path.expect("gqa_decode", taken=S == 1 and len(set(lens)) == 1)   # one token, equal lengths: compiled
 
 
 @pytest.mark.parametrize("interleaved", [0, 1])
 @pytest.mark.parametrize("case", ["prompt", "decode", "decode_shared_buffer_lengths_differ", "subsequent_prompt"])
-def test_group_query_attention_rotary(case, interleaved):
+def test_group_query_attention_rotary(path, case, interleaved):
     B, S, Hq, Hkv, D, P, lens, total, attrs = GQA_CASES[case]
     model = _gqa_model(B, S, Hq, Hkv, D, P, {"rotary_interleaved": interleaved}, rotary=True)
     ref, got = _run_both(model, _gqa_feed(B, S, Hq, Hkv, D, P, lens, total))
     for r, o, nm in zip(ref, got, ("output", "present_key", "present_value")):
         _close(o, r, what=nm)
+    path.expect("gqa_decode", taken=S == 1 and len(set(lens)) == 1)
 
 
 def test_group_query_attention_cache_shared_through_iobinding():

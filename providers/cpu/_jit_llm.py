@@ -1,8 +1,9 @@
 """Compiled (numba) loops for the decoder kernels of ``contrib_llm``: MatMulNBits' 4-bit GEMM with each
 weight block dequantized inside the loop (never a float copy of the whole matrix) -- K-major for one or
 two rows (token-by-token decoding), row by row for a few more --, the dequantization of a tile of weight
-rows for the BLAS path of many-row inputs, and the RMS normalizations
-(SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization), float32 only.
+rows for the BLAS path of many-row inputs, GroupQueryAttention's one-token step over the cache,
+RotaryEmbedding, and the RMS normalizations (SimplifiedLayerNormalization,
+SkipSimplifiedLayerNormalization), float32 only.
 
 Single-threaded on the calling thread, as the other ``_jit_*`` modules.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from engineroom.providers.cpu._jit_transformer import _exp
 
 _f = np.float32
 F0, F1 = _f(0.0), _f(1.0)
@@ -140,7 +143,80 @@ def rms_norm(x, skip, bias, gamma, eps, y, inv, total):  # pragma: no cover (com
                 total[r, j] = v[j]
 
 
+@njit(inline="always", nogil=True, boundscheck=False, fastmath=_FM)
+def _dot(x, y):  # pragma: no cover (compiled)
+    t = F0
+    for i in range(x.shape[0]):
+        t += x[i] * y[i]
+    return t
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def gqa_decode(q, ck, cv, L, start, scale, softcap, out):  # pragma: no cover (compiled)
+    """One new token per batch entry attends its cache: q (B, Hq, D), ck / cv (B, Hkv, Lp, D) holding
+    the keys and values 0 .. L-1 (the new one included); query head h reads key head h // (Hq / Hkv),
+    keys start .. L-1 (a local window starts past 0). softmax(q k * scale [softcapped]) v into out
+    (B, Hq, D)."""
+    B, Hq, D = q.shape
+    G = Hq // ck.shape[1]
+    p = np.empty(L, np.float32)
+    for b in range(B):
+        for h in range(Hq):
+            kh = h // G
+            qv = q[b, h]
+            m = -np.inf
+            for j in range(start, L):
+                v = _dot(qv, ck[b, kh, j]) * scale
+                if softcap > F0:
+                    v = softcap * np.tanh(v / softcap)
+                p[j] = v
+                m = max(m, v)
+            t = F0
+            for j in range(start, L):
+                e = _exp(p[j] - m)
+                p[j] = e
+                t += e
+            o = out[b, h]
+            for d in range(D):
+                o[d] = F0
+            for j in range(start, L):
+                w = p[j] / t
+                vj = cv[b, kh, j]
+                for d in range(D):
+                    o[d] += w * vj[d]
+
+
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def rope_rows(x, cos, sin, interleaved, y):  # pragma: no cover (compiled)
+    """RoPE per row r of x (R, H, D) with that row's angles cos / sin (R, rd/2), into y; dimensions past
+    rd copied. Halves (x1, x2) = (x[:rd/2], x[rd/2:rd]), or even / odd pairs when interleaved."""
+    R, H, D = x.shape
+    half = cos.shape[1]
+    for r in range(R):
+        c = cos[r]
+        s = sin[r]
+        for h in range(H):
+            xv = x[r, h]
+            yv = y[r, h]
+            if interleaved:
+                for i in range(half):
+                    x1 = xv[2 * i]
+                    x2 = xv[2 * i + 1]
+                    yv[2 * i] = x1 * c[i] - x2 * s[i]
+                    yv[2 * i + 1] = x2 * c[i] + x1 * s[i]
+            else:
+                for i in range(half):
+                    x1 = xv[i]
+                    x2 = xv[half + i]
+                    yv[i] = x1 * c[i] - x2 * s[i]
+                    yv[half + i] = x2 * c[i] + x1 * s[i]
+            for i in range(2 * half, D):
+                yv[i] = xv[i]
+
+
 AOT = {
+    "gqa_decode": ("A3 A4 A4 i i s s A3", ("f4",)),
+    "rope_rows": ("A3 A2 A2 i A3", ("f4",)),
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
     "matmul_nbits_kmajor": ("A2 U2 A2 A2 A2 A2 A2", ("f4",)),
     "dequant_nbits": ("U3 A2 A2 i A2", ("f4",)),

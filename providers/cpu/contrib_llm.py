@@ -144,6 +144,7 @@ def rotary_embedding_ms(info):
         raise ValueError("RotaryEmbedding: num_heads must be provided if rotary_embedding_dim is specified")
     if int(a.get("is_packed_batching", 0)):
         raise NotImplementedError("RotaryEmbedding: is_packed_batching=1 is not supported by the CPU provider")
+    jit = _jit.load("llm") if xp is np else None
 
     def run(x, position_ids, cos_cache, sin_cache):
         if x.ndim not in (3, 4):
@@ -163,6 +164,12 @@ def rotary_embedding_ms(info):
             raise ValueError(f"RotaryEmbedding: a position id is outside the caches' {cos_cache.shape[0]} rows")
         cos = cos_cache[pos].astype(x.dtype, copy=False)               # (B, S, rd/2)
         sin = sin_cache[pos].astype(x.dtype, copy=False)
+        if jit is not None and x.ndim == 3 and x.dtype == _F32:
+            xv = np.ascontiguousarray(x).reshape(B * S, hidden // head, head)
+            y = np.empty(xv.shape, _F32)
+            jit.rope_rows(xv, np.ascontiguousarray(cos).reshape(B * S, -1),
+                          np.ascontiguousarray(sin).reshape(B * S, -1), int(interleaved), y)
+            return (y.reshape(x.shape),)
         if x.ndim == 4:                                                # (B, N, S, H)
             return (_rotate(xp, x, cos[:, None], sin[:, None], rd, interleaved),)
         xv = x.reshape(B, S, hidden // head, head)
@@ -219,6 +226,7 @@ def group_query_attention(info):
     if len(info.output_names) > 3 and info.output_names[3]:
         raise NotImplementedError("GroupQueryAttention: the output_qk output is not supported by the CPU provider")
     present_k_name, present_v_name = outs[1], outs[2]
+    jit = _jit.load("llm") if xp is np else None
 
     def run(query, key=None, value=None, past_key=None, past_value=None, seqlens_k=None, total_seqlen=None,
             cos_cache=None, sin_cache=None, *_):
@@ -320,6 +328,14 @@ def group_query_attention(info):
             Lk = max(Lk, S)
         Lk = min(Lk, Lp)
         scale = scale_attr or 1.0 / np.sqrt(D)
+        if (jit is not None and S == 1 and uniform and Lk == int(total_b[0]) and query.dtype == _F32
+                and ck.flags.c_contiguous and cv.flags.c_contiguous):
+            # decoding: one compiled pass per query head over its key head's cache
+            out = np.empty((B, 1, Hq * D), _F32)
+            jit.gqa_decode(np.ascontiguousarray(qh).reshape(B, Hq, D), ck, cv, Lk,
+                           max(0, Lk - window) if window > 0 else 0, np.float32(scale), np.float32(softcap),
+                           out.reshape(B, Hq, D))
+            return out, ck, cv
         kk = ck[:, :, None, :Lk]                                         # (B, Hkv, 1, Lk, D)
         s = xp.matmul(qh, kk.swapaxes(-1, -2))                           # (B, Hkv, G, S, Lk)
         s *= np.float32(scale)
