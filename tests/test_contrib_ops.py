@@ -375,6 +375,18 @@ def _misc_cases():
     cases.append(Case("QEmbedLayerNormalization", "QEmbedLayerNormalization", qe, {"epsilon": 1e-5},
                       outputs=("y", "mask_index"), tol=1e-5))
     cases += _gather_block_quantized_cases(rng)
+    N, K, blk = 6, 40, 16
+    for qt in (0, 1):
+        # transB=1 only: onnxruntime's CPU kernel does not compute the documented A @ dequant(B) for
+        # transB=0 (the backward-pass form); its output there has the first N columns filled, the rest zero
+        for tb in (1,):
+            ins = [("a", f(3, K if tb else N), False), ("b", rng.integers(0, 256, (N * K + 1) // 2).astype(U8), True),
+                   ("absmax", rng.uniform(0.5, 2, (N * K + blk - 1) // blk).astype(F32), True)]
+            cases.append(Case(f"MatMulBnb4-qt{qt}-transB{tb}", "MatMulBnb4", ins,
+                              {"N": N, "K": K, "block_size": blk, "quant_type": qt, "transB": tb}, tol=1e-5))
+    for shape in ((5, 7), (9, 4), (1, 6)):
+        cases.append(Case(f"DynamicTimeWarping-{shape[0]}x{shape[1]}", "DynamicTimeWarping",
+                          [("cost", rng.random(shape).astype(F32), False)]))
     return cases
 
 

@@ -403,3 +403,84 @@ def gather_block_quantized(info):
         return ((g * s).astype(scales.dtype),)
 
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# MatMulBnb4 (bitsandbytes' 4-bit FP4 / NF4 weights) and DynamicTimeWarping (Whisper's alignment)
+
+# the 16 code values of bitsandbytes' FP4 and NF4 data types (arXiv 2305.14314)
+_BNB4_CODES = {
+    0: np.array([0.0, 0.005208333333, 0.66666667, 1.0, 0.33333333, 0.5, 0.16666667, 0.25,
+                 -0.0, -0.005208333333, -0.66666667, -1.0, -0.33333333, -0.5, -0.16666667, -0.25], _F32),
+    1: np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                 0.7229568362236023, 1.0], _F32),
+}
+
+
+@host_kernel("MatMulBnb4", MS, types=(np.float32, np.float16))
+def matmul_bnb4(info):
+    """A @ dequant(B)ᵀ (``transB`` 1, the default) or A @ dequant(B): B (N, K) flattened, two 4-bit codes
+    per byte (high nibble first), each code a value of the ``quant_type`` table (0 FP4, 1 NF4) times its
+    block's absmax. A constant B is dequantized once, in the factory."""
+    a = info.attrs
+    N, K, blk = int(a["N"]), int(a["K"]), int(a["block_size"])
+    trans_b = int(a.get("transB", 1))
+    qt = int(a.get("quant_type", 1))
+    if qt not in _BNB4_CODES:
+        raise ValueError(f"MatMulBnb4: quant_type must be 0 (FP4) or 1 (NF4), got {qt}")
+    codes = _BNB4_CODES[qt]
+
+    def dequant(b, absmax):
+        b = np.asarray(b).reshape(-1)
+        q = np.stack([b >> 4, b & 0x0F], axis=-1).reshape(-1)[:N * K]
+        scale = np.repeat(np.asarray(absmax, _F32).reshape(-1), blk)[:N * K]
+        w = (codes[q] * scale).reshape(N, K)
+        return np.ascontiguousarray(w.T if trans_b else w)
+
+    cb, cm = const(info, 1), const(info, 2)
+    pre = dequant(cb, cm) if cb is not None and cm is not None else None
+
+    def run(x, b, absmax):
+        w = pre if pre is not None else dequant(b, absmax)
+        return (np.matmul(x.astype(_F32, copy=False), w).astype(x.dtype, copy=False),)
+
+    return run
+
+
+@host_kernel("DynamicTimeWarping", MS, types=(np.float32,))
+def dynamic_time_warping(cost):
+    """The lowest-cost monotone path from (0, 0) to (M-1, N-1) through ``cost`` (M, N), moving to (r+1, c),
+    (r+1, c+1) or (r, c+1), as a (2, length) int32 tensor of (row, column) indices. Ties prefer the
+    diagonal, then the step down (Whisper's alignment rule)."""
+    if cost.ndim != 2:
+        raise ValueError(f"DynamicTimeWarping: input must be a 2-D cost matrix, got shape {cost.shape}")
+    M, N = cost.shape
+    acc = np.full((M + 1, N + 1), np.inf, np.float32)
+    acc[0, 0] = 0
+    trace = np.full((M + 1, N + 1), -1, np.int8)
+    for j in range(1, N + 1):
+        for i in range(1, M + 1):
+            c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+            if c0 < c1 and c0 < c2:
+                c, t = c0, 0
+            elif c1 < c0 and c1 < c2:
+                c, t = c1, 1
+            else:
+                c, t = c2, 2
+            acc[i, j] = cost[i - 1, j - 1] + c
+            trace[i, j] = t
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    i, j, path = M, N, []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        t = trace[i, j]
+        if t == 0:
+            i, j = i - 1, j - 1
+        elif t == 1:
+            i -= 1
+        else:
+            j -= 1
+    return np.array(path[::-1], np.int32).T.copy()
