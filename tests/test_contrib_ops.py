@@ -415,6 +415,12 @@ def _gather_block_quantized_cases(rng):
             ("data", data4, True), ("ids", np.array([1, 0, 5], I32), False),
             ("scales", rng.uniform(0.01, 0.05, sshape).astype(F32), True)],
             {"block_size": blk, "gather_axis": g_axis, "quantize_axis": q_axis}))
+    data8 = rng.standard_normal((V, H)).astype(ml_dtypes.float8_e4m3fn)
+    for sshape in ((V, H // blk), (1, H // blk)):
+        cases.append(Case(f"GatherBlockQuantized-fp8-scales{sshape[0]}", "GatherBlockQuantized", [
+            ("data", data8, True), ("ids", np.array([[4, 1]], I64), False),
+            ("scales", rng.uniform(0.5, 2, sshape).astype(F32), True)],
+            {"block_size": blk, "gather_axis": 0, "quantize_axis": 1}))
     return cases
 
 
