@@ -22,23 +22,40 @@ from engineroom.errors import (
     RuntimeException,
 )
 from engineroom.logger import set_default_logger_callback, set_default_logger_severity, set_default_logger_verbosity
-from engineroom.memory_info import (
-    OrtAllocatorType,
-    OrtArenaCfg,
-    OrtDevice,
-    OrtDeviceMemoryType,
-    OrtDeviceVendorId,
-    OrtMemoryInfo,
-    OrtMemoryInfoDeviceType,
-    OrtMemType,
-)
 from engineroom.options import ExecutionMode, ExecutionOrder, GraphOptimizationLevel, RunOptions, SessionOptions
-from engineroom.partition import AssignedNode as OrtEpAssignedNode
-from engineroom.partition import Partition as OrtEpAssignedSubgraph
-from engineroom.session import InferenceSession, ModelMetadata, NodeArg
-from engineroom.values import IOBinding, OrtValue
 
 __version__ = "0.1.0"
+
+# Names whose modules need onnx / onnx_ir (with ml_dtypes and sympy: ~0.7 s of CPU at import) are
+# imported on first use, so `import engineroom` costs about what `import onnxruntime` does.
+_LAZY = {
+    **{n: ("engineroom.memory_info", n) for n in (
+        "OrtAllocatorType", "OrtArenaCfg", "OrtDevice", "OrtDeviceMemoryType", "OrtDeviceVendorId",
+        "OrtMemoryInfo", "OrtMemoryInfoDeviceType", "OrtMemType")},
+    "OrtEpAssignedNode": ("engineroom.partition", "AssignedNode"),
+    "OrtEpAssignedSubgraph": ("engineroom.partition", "Partition"),
+    "InferenceSession": ("engineroom.session", "InferenceSession"),
+    "ModelMetadata": ("engineroom.session", "ModelMetadata"),
+    "NodeArg": ("engineroom.session", "NodeArg"),
+    "IOBinding": ("engineroom.values", "IOBinding"),
+    "SessionIOBinding": ("engineroom.values", "IOBinding"),  # onnxruntime's C-level binding class
+    "OrtValue": ("engineroom.values", "OrtValue"),
+}
+
+
+def __getattr__(name: str):
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'engineroom' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(where[0]), where[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def get_all_providers() -> list[str]:
@@ -85,8 +102,6 @@ def install_as_onnxruntime() -> None:
 
     install()
 
-
-SessionIOBinding = IOBinding   # onnxruntime's binding class (the C-level one; engineroom has one IOBinding)
 
 __all__ = [
     "ExecutionMode", "ExecutionOrder", "IOBinding", "OrtEpAssignedNode", "OrtEpAssignedSubgraph", "OrtAllocatorType",
