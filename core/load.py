@@ -200,7 +200,7 @@ def _outer_names(g: onnx.GraphProto) -> set[str]:
     defined = {v.name for v in g.input} | {t.name for t in g.initializer}
     defined |= {t.values.name for t in g.sparse_initializer}
     used: set[str] = set()
-    for n in g.node:
+    for n in g.node:   # in any order: the subgraph may be unsorted yet
         used.update(x for x in n.input if x)
         for sg in _subgraphs(n):
             used |= _outer_names(sg)
@@ -317,6 +317,14 @@ def load_model(model: Any, free_dims: dict[str, int] | None = None, external_dat
     whose initializers are NumPy arrays (one copy of the weights; the proto is not kept). External data of a
     model given as bytes is read from ``external_data_dir`` (onnxruntime's
     ``session.model_external_initializers_file_folder_path``); tensors named in ``supplied`` are not read."""
+    try:
+        return _load_model(model, free_dims, external_data_dir, supplied)
+    except UnicodeDecodeError as e:   # protobuf reads string fields lazily: a damaged one fails when read
+        raise InvalidProtobuf(f"Load model failed: a string field of the model is not valid UTF-8 ({e})") from None
+
+
+def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir: str | None,
+                supplied) -> ir.Model:
     proto, base_dir = load_proto(model)
     if base_dir is None and external_data_dir:
         base_dir = external_data_dir
