@@ -376,3 +376,21 @@ def test_rnn_layout1_and_custom_activations(rnn_path, op):
     for r, g in zip(ref, got):
         assert np.abs(r - g).max() < 2e-5
     rnn_path.expect("lstm_step" if op == "LSTM" else "gru_update", taken=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# TopK with k = 1 (a CTC decoder's best path): argmax / argmin
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_topk_k1(largest, axis, dtype):
+    x = RNG.integers(-3, 4, (2, 37, 223)).astype(dtype)     # many ties: the lower index must win
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=axis, largest=largest)
+    m = model([node], [vi("x", elem, list(x.shape))], [vi("v", elem, None), vi("i", TensorProto.INT64, None)],
+              [("k", np.array([1], np.int64))])
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

@@ -872,7 +872,10 @@ def _topk(xp, x, k, axis, largest):
     n = x.shape[a]
     if k < 0 or k > n:
         raise ValueError(f"TopK: k={k} is out of range for dimension {n}")
-    if 0 < k * 8 <= n and n >= 256 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
+    if k == 1 and n > 0 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
+        # the best of each row (a CTC decoder's TopK): argmax/argmin, whose ties go to the lower index
+        idx = xp.expand_dims(xp.argmax(x, axis=a) if largest else xp.argmin(x, axis=a), a)
+    elif 0 < k * 8 <= n and n >= 256 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
         xm = xp.moveaxis(x, a, -1)
         lead = xm.shape[:-1]
         idx = _topk_partition(xp, xm.reshape(-1, n), k, largest)
