@@ -72,12 +72,20 @@ def nchwc_conv(info):
                      input_dtypes=(dts[0], np.dtype(np.float32), None if b is None else np.dtype(np.float32), dts[3]),
                      input_shapes=(None, w.shape, None if b is None else b.shape, None),
                      const_inputs=(None, w, b, None), input_types=())
-    conv = delegate(sub, "FusedConv", 1, domain="com.microsoft")
     cin = I * group
+    # onnxruntime saves no shapes for the tensors between nchwc ops, and the conv plan picks its
+    # algorithm (Winograd, direct, im2col) by image size: the FusedConv is built for the first image
+    # size seen, rebuilt only when it changes
+    conv, spatial = None, None
 
     def run(x, _w=None, _b=None, z=None):
+        nonlocal conv, spatial
         if x.shape[1] > cin:          # padding channels of a rounded-up producer meet zero weights
             x = x[:, :cin]
+        if x.shape[2:] != spatial:
+            spatial = x.shape[2:]
+            shapes = ((x.shape[0], cin) + spatial, w.shape, None if b is None else b.shape, None)
+            conv = delegate(sub.with_(input_shapes=shapes), "FusedConv", 1, domain="com.microsoft")
         return conv(x, w, b, z)
 
     return run

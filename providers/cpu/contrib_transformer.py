@@ -197,8 +197,9 @@ def _mask_bias(mask, B, S, T, past, dtype, filt):
 def attention_options(info) -> dict:
     """Attention's / QAttention's attributes, as ``attend`` takes them."""
     a = info.attrs
-    if int(a.get("do_rotary", 0)):
-        raise NotImplementedError(f"{info.op_type}: do_rotary=1 is not supported by the CPU provider")
+    for name in ("do_rotary", "past_present_share_buffer"):
+        if int(a.get(name, 0)):
+            raise NotImplementedError(f"{info.op_type}: {name}=1 is not supported by the CPU provider")
     return {"heads": int(a["num_heads"]), "causal": bool(int(a.get("unidirectional", 0))),
             "filt": float(a.get("mask_filter_value", -10000.0)), "scale_attr": float(a.get("scale", 0.0) or 0.0),
             "sizes": [int(v) for v in (a.get("qkv_hidden_sizes") or [])],
