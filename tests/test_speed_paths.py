@@ -394,3 +394,43 @@ def test_topk_k1(largest, axis, dtype):
     ref, got = both(m, {"x": x})
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# DynamicQuantizeLinear: two compiled passes (range, quantization) or NumPy's
+
+
+@pytest.fixture(params=JIT_PATHS)
+def quant_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "quant")
+
+
+@pytest.mark.parametrize("case", ["normal", "positive", "negative", "zeros", "ties", "wide"])
+def test_dynamic_quantize_linear(quant_path, case):
+    shape = (2, 64, 33, 17)
+    x = {"normal": lambda: RNG.standard_normal(shape) * 3,
+         "positive": lambda: RNG.uniform(0.5, 2.0, shape),
+         "negative": lambda: -RNG.uniform(0.5, 2.0, shape),
+         "zeros": lambda: np.zeros(shape),
+         "ties": lambda: RNG.integers(-255, 256, shape) * 0.5,      # many x / scale exactly at .5
+         "wide": lambda: RNG.standard_normal(shape) * 1e30}[case]().astype(np.float32)
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = model([node], [vi("x", TensorProto.FLOAT, list(shape))],
+              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
+    ref, got = both(m, {"x": x})
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype
+        np.testing.assert_array_equal(g, r)
+    if case != "zeros":
+        quant_path.expect("quantize_u8")
+
+
+def test_dynamic_quantize_linear_nan_takes_numpy(quant_path):
+    x = RNG.standard_normal((4, 50)).astype(np.float32)
+    x[1, 3] = np.nan
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = model([node], [vi("x", TensorProto.FLOAT, [4, 50])],
+              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
+    got = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.isnan(got[1]) or got[1].dtype == np.float32
+    quant_path.expect("quantize_u8", taken=False)

@@ -7,6 +7,7 @@ newer attributes simply default to the older behaviour.
 
 Integer targets round half to even and clip to the type's range; float8/float4 targets are cast
 by ml_dtypes (round to nearest even), clipped first to +-max when ``saturate`` asks for it.
+DynamicQuantizeLinear runs as two compiled passes with the ``jit`` extra (``_jit_quant``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -164,19 +166,34 @@ def dequantize_linear(info):
 
 
 @kernel("DynamicQuantizeLinear", since=11)
-def dynamic_quantize_linear(x, *, xp):
-    # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
-    xf = x.astype(np.float32, copy=False)
-    if xf.size:
-        rmin = min(float(xp.min(xf)), 0.0)
-        rmax = max(float(xp.max(xf)), 0.0)
-    else:
-        rmin = rmax = 0.0
-    scale = np.float32((rmax - rmin) / np.float32(255.0))
-    if scale == 0 or not np.isfinite(scale):
-        zp = np.uint8(0)
-        y = xp.zeros(x.shape, dtype=np.uint8)
-    else:
-        zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
-        y = xp.clip(xp.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
-    return y, xp.asarray(scale, dtype=np.float32), xp.asarray(zp, dtype=np.uint8)
+def dynamic_quantize_linear(info):
+    xp = info.xp
+    jit = _jit.load("quant") if xp is np else None
+
+    def run(x):
+        # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
+        xf = x.astype(np.float32, copy=False)
+        flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
+        if xf.size:
+            lo, hi = float(xp.min(xf)), float(xp.max(xf))
+            rmin, rmax = min(lo, 0.0), max(hi, 0.0)
+            if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
+                flat = None
+        else:
+            rmin = rmax = 0.0
+        scale = np.float32((rmax - rmin) / np.float32(255.0))
+        if scale == 0 or not np.isfinite(scale):
+            if scale == 0:              # an all-zero input: scale 1 (not 0, which divides by zero), as onnxruntime
+                scale = np.float32(1.0)
+            zp = np.uint8(0)
+            y = xp.zeros(x.shape, dtype=np.uint8)
+        else:
+            zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
+            if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
+                y = np.empty(x.shape, np.uint8)
+                jit.quantize_u8(flat, y.reshape(-1), scale, np.float32(zp))
+            else:
+                y = xp.clip(xp.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+        return y, xp.asarray(scale, dtype=np.float32), xp.asarray(zp, dtype=np.uint8)
+
+    return run
