@@ -75,7 +75,10 @@ def _resolve_external_data(proto: onnx.ModelProto, base_dir: str | None, supplie
             raise InvalidGraph(f"external data '{loc}' of tensor '{t.name}' lies outside the model's folder {root}")
         if not os.path.isfile(full):
             raise NoSuchFile(f"external data file '{loc}' of tensor '{t.name}' not found in {root}")
-    onnx.external_data_helper.load_external_data_for_model(proto, root)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, root)
+    except (ValueError, OSError) as e:   # offset/length outside the file, a bad offset, ...
+        raise InvalidGraph(f"This is an invalid model: external data cannot be read: {e}") from None
 
 
 # Initializers above this many bytes travel by name only through checking and shape inference
