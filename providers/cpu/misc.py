@@ -111,6 +111,8 @@ def tfidf_vectorizer(info):
             key = tuple(pool[p:p + n]) if is_str else tuple(int(v) for v in pool[p:p + n])
             t[key] = gram_no
             gram_no += 1
+    # no pool n-gram is longer than the tables' largest n: a huge max_gram_length loops no further
+    max_n = min(max_n, max(tables, default=0))
 
     def run(x):
         xh = x if xp is np else x.get()

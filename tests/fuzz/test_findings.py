@@ -8,10 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
+from jit_paths import JIT_PATHS, choose_path
 
 
-def _model(nodes, inputs=(), outputs=("y",), inits=(), opset=17):
-    g = helper.make_graph(nodes, "g", list(inputs), [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None)
+def _model(nodes, inputs=(), outputs=("y",), inits=(), opset=17, out_type=TensorProto.FLOAT):
+    g = helper.make_graph(nodes, "g", list(inputs), [helper.make_tensor_value_info(o, out_type, None)
                                                      for o in outputs], list(inits))
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -19,6 +20,73 @@ def _model(nodes, inputs=(), outputs=("y",), inits=(), opset=17):
 def test_shape_with_a_tensor_end_attribute_is_an_engineroom_error():
     # seed 19 case 244: Shape's 'end' retyped as a tensor made constant folding raise TypeError
     shape = helper.make_node("Shape", ["x"], ["y"], end=numpy_helper.from_array(np.array([1.5], np.float32)))
-    m = _model([shape], inits=[numpy_helper.from_array(np.ones((2, 3), np.float32), "x")])
+    m = _model([shape], inits=[numpy_helper.from_array(np.ones((2, 3), np.float32), "x")], out_type=TensorProto.INT64)
     with pytest.raises(ort.EngineroomError, match="Shape"):
         ort.InferenceSession(m.SerializeToString()).run(None, {})
+
+
+def test_bytes_with_a_string_field_that_is_not_utf8():
+    # seed 7 cases 50, 80: bit flips inside a name made protobuf raise UnicodeDecodeError when load read it
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "graph_name_xyz",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    data = bytearray(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    k = data.find(b"graph_name_xyz")
+    data[k + 3] = 0xE2   # a lead byte without its continuation bytes
+    with pytest.raises(ort.InvalidProtobuf, match="UTF-8"):
+        ort.InferenceSession(bytes(data))
+
+
+def test_tfidf_with_a_huge_max_gram_length_does_not_hang():
+    # seed 7 case 625: max_gram_length = 2**31 - 1 looped over every n up to it (a hang)
+    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], domain="", mode="TF", min_gram_length=1,
+                            max_gram_length=2 ** 31 - 1, max_skip_count=0, ngram_counts=[0, 2],
+                            ngram_indexes=[0, 1, 2], pool_int64s=[2, 3, 2, 3])
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT64, [6])], opset=17)
+    x = np.array([2, 3, 2, 3, 5, 2], np.int64)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, [3, 2, 2])   # 1-grams 2 and 3, the 2-gram (2, 3)
+
+
+def _onnxruntime():
+    return pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle")
+
+
+@pytest.fixture(params=JIT_PATHS)
+def rnn_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "rnn")
+
+
+@pytest.fixture(params=JIT_PATHS)
+def pool_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "pool")
+
+
+def test_lstm_recurrent_weights_with_nan_propagate_it(rnn_path):
+    # seed 7 case 1284: the compiled LSTM gates clamped with LLVM's maxnum/minnum, which drop a NaN
+    rt = _onnxruntime()
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=3)
+    m = _model([node], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "XWR"], ["Y"], opset=14)
+    x = np.array([[[1, 2], [3, 4], [5, 6]]], np.float32)
+    w = np.full((1, 12, 2), 0.1, np.float32)
+    r = np.full((1, 12, 3), 0.1, np.float32)
+    r[0, 7, 0] = np.nan
+    feed = {"X": x, "W": w, "R": r}
+    got = ort.InferenceSession(m.SerializeToString()).run(None, feed)[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert np.isnan(ref).any()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, equal_nan=True)
+    rnn_path.expect("lstm_step")
+
+
+def test_maxpool_window_with_nan_takes_the_numbers(pool_path):
+    # seed 7 case 539: a NaN won its windows (np.maximum semantics); onnxruntime and onnx.reference skip it
+    rt = _onnxruntime()
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])], opset=12)
+    x = np.arange(1, 26, dtype=np.float32).reshape(1, 1, 5, 5)
+    x[0, 0, 4, 4] = x[0, 0, 0, 1] = np.nan
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ref)
+    pool_path.expect("maxpool2d")
