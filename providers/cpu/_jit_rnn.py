@@ -34,8 +34,6 @@ from engineroom.providers.cpu._jit_transformer import (
     TQ1,
     TQ2,
     TQ3,
-    _fmax,
-    _fmin,
 )
 
 _f = np.float32
@@ -63,8 +61,14 @@ def _fma(typingctx, a, b, c):
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
+def _clamp(v, lo, hi):  # pragma: no cover (compiled)
+    """v clamped to [lo, hi], a NaN kept (as MLAS's max/min do; LLVM's maxnum/minnum would drop it)."""
+    return lo if v < lo else (hi if v > hi else v)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
 def _logistic(v):  # pragma: no cover (compiled)
-    c = _fmax(_fmin(v, LOGISTIC_MAX), -LOGISTIC_MAX)
+    c = _clamp(v, -LOGISTIC_MAX, LOGISTIC_MAX)
     c2 = c * c
     p = _fma(c2, LP0, LP1)
     p = _fma(p, c2, LP2)
@@ -75,12 +79,12 @@ def _logistic(v):  # pragma: no cover (compiled)
     q = _fma(q, c2, LQ3)
     q = _fma(q, c2, LQ4)
     q = _fma(q, c2, LQ5)
-    return _fmax(_fmin((p * c) / q + HALF, F1), F0)
+    return _clamp((p * c) / q + HALF, F0, F1)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
 def _tanh(v):  # pragma: no cover (compiled)
-    c = _fmax(_fmin(v, TANH_MAX), -TANH_MAX)
+    c = _clamp(v, -TANH_MAX, TANH_MAX)
     c2 = c * c
     p = _fma(c2, TP0, TP1)
     p = _fma(p, c2, TP2)
@@ -96,7 +100,7 @@ def _tanh(v):  # pragma: no cover (compiled)
 
 @njit(inline="always", nogil=True, error_model="numpy")
 def _clip(v, clip):  # pragma: no cover (compiled)
-    return _fmax(_fmin(v, clip), -clip)
+    return _clamp(v, -clip, clip)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
