@@ -17,10 +17,10 @@ from numba import njit
 
 @njit(nogil=True, boundscheck=False, inline="always")
 def _red(a, v, is_max):  # pragma: no cover (compiled)
-    """max that propagates NaN from either side, as np.maximum does (a plain a >= v test drops a NaN a),
-    or a sum. is_max is a constant after inlining, so the branch folds away."""
+    """max in which a NaN never wins over a number, as onnxruntime's MaxPool (``if (x > y) y = x`` from the
+    lowest value), or a sum. is_max is a constant after inlining, so the branch folds away."""
     if is_max:
-        return a if (a >= v) | (a != a) else v
+        return v if (v > a) | (a != a) else a
     return a + v
 
 
@@ -141,7 +141,7 @@ def _pool2d(x, y, inv, kh_, kw_, sh, sw, dh, dw, pt, pl, is_max):  # pragma: no 
 
 @njit(nogil=True, boundscheck=False)
 def maxpool2d(x, y, kh, kw, sh, sw, dh, dw, pt, pl):  # pragma: no cover (compiled)
-    """y[n, c, oh, ow] = max over the window of x padded with -inf (NaN wins); x (N, C, H, W),
+    """y[n, c, oh, ow] = max over the window of x padded with -inf (a NaN loses to any number); x (N, C, H, W),
     y (N, C, OH, OW) written in full; pt/pl are the leading pads (the trailing ones and ceil_mode's
     overhang follow from y's size)."""
     # the common strides as literals: no integer division by a runtime stride per row (as _jit_conv)

@@ -126,7 +126,8 @@ def max_pool(info):
         pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
         xpad = pad_spatial(xp, x, pb, pe2, _min_value(x.dtype))
         if not want_indices:
-            return (_separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.maximum),)
+            # fmax: a NaN loses to any number in the window, as in onnxruntime's MaxPool
+            return (_separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.fmax),)
         return _max_with_indices(xp, x, xpad, plan, pb, out, storage_order)
 
     return run
