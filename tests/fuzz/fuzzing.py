@@ -290,7 +290,8 @@ def m_init_data(m, rng):
     elif arr.dtype.kind in "iu" and arr.size:
         arr = arr.copy()
         info = np.iinfo(arr.dtype)
-        arr.reshape(-1)[int(rng.integers(arr.size))] = _pick(rng, [info.max, info.min, 0, -1, 1, 2 ** 20 if info.bits > 16 else 3])
+        v = _pick(rng, [info.max, info.min, 0, -1, 1, 2 ** 20])
+        arr.reshape(-1)[int(rng.integers(arr.size))] = min(max(v, info.min), info.max)
     else:
         raise NotApplicable
     t.CopyFrom(numpy_helper.from_array(arr, t.name))
@@ -459,7 +460,8 @@ def f_ints(feeds, rng):
     k = _pick(rng, [k for k in sorted(feeds) if feeds[k].dtype.kind in "iu" and feeds[k].size])
     x = feeds[k].copy()
     info = np.iinfo(x.dtype)
-    x.reshape(-1)[int(rng.integers(x.size))] = _pick(rng, [info.max, info.min, -1, 0, 1000, min(info.max, 2 ** 31 - 1)])
+    v = _pick(rng, [info.max, info.min, -1, 0, 1000, 2 ** 31 - 1])
+    x.reshape(-1)[int(rng.integers(x.size))] = min(max(v, info.min), info.max)
     feeds[k] = x
     return f"feed {k} extreme integer"
 
