@@ -46,10 +46,19 @@ def _out_dtype(info, i, fallback):
 
 
 def _binary(info, combine):
-    """QLinearAdd / QLinearMul: inputs A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp."""
+    """QLinearAdd / QLinearMul: inputs A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp. Constant scales
+    and zero points (what the quantizer writes) are read once, here."""
+    idx = (1, 2, 4, 5, 6, 7)
+    consts = [const(info, i) for i in idx]
+    fixed = None
+    if all(c is not None or not info.has_input(i) for c, i in zip(consts, idx)):
+        fixed = tuple(scalar(c) for c in consts)
+    out_fixed = _out_dtype(info, 0, np.uint8) if info.output_dtypes and info.output_dtypes[0] is not None else None
+
     def run(a, sa, za, b, sb, zb, sc, zc=None):
-        out = _zp_dtype(zc, a.dtype)
-        y = combine(a, scalar(sa), scalar(za), b, scalar(sb), scalar(zb), scalar(sc), scalar(zc))
+        out = out_fixed or _zp_dtype(zc, a.dtype)
+        p = fixed or (scalar(sa), scalar(za), scalar(sb), scalar(zb), scalar(sc), scalar(zc))
+        y = combine(a, p[0], p[1], b, p[2], p[3], p[4], p[5])
         lim = np.iinfo(out)
         return (np.clip(np.rint(y), lim.min, lim.max).astype(out),)
 
