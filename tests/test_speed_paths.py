@@ -434,3 +434,23 @@ def test_dynamic_quantize_linear_nan_takes_numpy(quant_path):
     got = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.isnan(got[1]) or got[1].dtype == np.float32
     quant_path.expect("quantize_u8", taken=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# HardSwish: one compiled pass
+
+
+@pytest.fixture(params=JIT_PATHS)
+def vision_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "vision")
+
+
+def test_hard_swish(vision_path):
+    x = np.concatenate([RNG.standard_normal(5000) * 4, [-3.0, 3.0, 0.0, -0.0, 1e30, -1e30, np.inf, -np.inf, np.nan]])
+    x = x.astype(np.float32).reshape(1, -1, 1)
+    m = model([helper.make_node("HardSwish", ["x"], ["y"])], [vi("x", TensorProto.FLOAT, list(x.shape))],
+              [vi("y", TensorProto.FLOAT, None)])
+    ref, got = both(m, {"x": x})
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6, atol=1e-7)
+    assert np.isnan(got[0][0, -1, 0])
+    vision_path.expect("hard_swish")

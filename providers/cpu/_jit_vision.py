@@ -1,4 +1,4 @@
-"""Compiled (numba) loops for the small kernels of image models, float32 only: Sigmoid and QuickGelu
+"""Compiled (numba) loops for the small kernels of image models, float32 only: Sigmoid, HardSwish and QuickGelu
 (x * sigmoid(alpha x), SiLU when alpha = 1), InstanceNormalization and nearest Resize by integer factors.
 
 On the small tensors of a VAE decoder or a detector head NumPy spends most of its time between passes
@@ -22,6 +22,8 @@ from engineroom.providers.cpu._jit_transformer import (
     _row_sum,
 )
 
+SIXTH, HALF_ = np.float32(1.0 / 6.0), np.float32(0.5)
+
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
 def sigmoid(x, y):  # pragma: no cover (compiled)
@@ -43,6 +45,15 @@ def quick_gelu(x, alpha, y):  # pragma: no cover (compiled)
         # is below float32's range: a signed zero, as x * sigmoid(alpha x) in float32
         q = v / (F1 + _exp_core(_fmax(_fmin(t, EXP_HI), EXP_LO)))
         y[i] = v * F0 if t > EXP_HI else q
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def hard_swish(x, y):  # pragma: no cover (compiled)
+    """y = x * clip(x / 6 + 1/2, 0, 1) (x times float32(1/6), as the NumPy path: bit for bit the same),
+    x and y (n,) C-contiguous float32; a NaN x gives NaN (0 or 1 times NaN)."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        y[i] = _fmax(_fmin(v * SIXTH + HALF_, F1), F0) * v
 
 
 @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"})
@@ -123,6 +134,7 @@ def resize_nearest(x, sh, sw, y):  # pragma: no cover (compiled)
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
     "sigmoid": ("A1 A1", ("f4",)),
+    "hard_swish": ("A1 A1", ("f4",)),
     "quick_gelu": ("A1 s A1", ("f4",)),
     "instance_norm": ("A2 A1 A1 s A2", ("f4",)),
     "resize_nearest": ("A2 i i A2", ("f4",)),

@@ -181,6 +181,12 @@ _float_kernel("HardSigmoid", 1, _hard_sigmoid)
 
 
 def _hard_swish(x, xp, a):
+    jit = _vision_jit(x, xp)
+    if jit is not None:         # one pass instead of four (PP-LCNet has 28 HardSwish)
+        x = np.ascontiguousarray(x)
+        y = np.empty(x.shape, _F32)
+        jit.hard_swish(x.reshape(-1), y.reshape(-1))
+        return y
     r = _hard_sigmoid_of(x, xp, 1.0 / 6.0, 0.5)
     r *= x
     return r
