@@ -77,10 +77,13 @@ class IntMatrix:
         self.chunk = chunk_size(amax, self.bmax)
         self.f = b64.astype(_F32) if self.chunk >= min(self.K, _MIN_CHUNK) else b64
 
-    def matmul(self, a):
-        """``a @ self`` exactly, for an integer-valued float ``a`` (..., M, K) whose |values| are at most the
-        ``amax`` this matrix was prepared for: float32 or float64, integer-valued."""
-        return exact_matmul(a, self.f, self.chunk)
+    def matmul(self, a, amax: int | None = None):
+        """``a @ self`` exactly, for an integer-valued float ``a`` (..., M, K) whose |values| are at most
+        ``amax`` (default: the bound this matrix was prepared for, which ``amax`` may only lower; a
+        tighter one, e.g. from the zero point a dynamic quantization chose, means fewer K chunks):
+        float32 or float64, integer-valued."""
+        chunk = self.chunk if amax is None else max(self.chunk, chunk_size(amax, self.bmax))
+        return exact_matmul(a, self.f, chunk)
 
 
 def exact_matmul(a, b, chunk: int):

@@ -153,7 +153,7 @@ def _int_product(info, b_idx, bzp_idx):
         bm = prepared
         if bm is None or amax > 255:        # a run-time B: bounded by its dtype, not measured
             bm = intgemm.IntMatrix(B, b_zp, amax, intgemm.int_bound(B.dtype, b_zp))
-        return bm.matmul(_a_centered(xp, A, a_zp, bm.f.dtype))
+        return bm.matmul(_a_centered(xp, A, a_zp, bm.f.dtype), amax)
 
     return product
 
