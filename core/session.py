@@ -354,7 +354,10 @@ class InferenceSession:
             opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
         builder.max_tensor_bytes = _config_int(self._sess_options, MAX_TENSOR_BYTES_KEY, DEFAULT_MAX_TENSOR_BYTES)
-        return builder.build(self._model.graph)
+        try:
+            return builder.build(self._model.graph)
+        except Unclaimed as u:   # a node of a subgraph (If/Loop/Scan body) that no provider claims
+            raise self._unclaimed_error(u.views) from None
 
     def _unclaimed_error(self, views) -> Exception:
         v = views[0]
