@@ -116,7 +116,7 @@ def _reduce_attr_axes(info):
     """Old form: ``axes`` attribute (absent: all axes)."""
     kind = _KINDS[info.op_type]
     xp = info.xp
-    keepdims = bool(info.attrs.get("keepdims", 1))
+    keepdims = int(info.attrs.get("keepdims", 1)) == 1   # as onnxruntime: any other value is false
     axes_attr = info.attrs.get("axes")
 
     def run(x):
@@ -130,7 +130,7 @@ def _reduce_input_axes(info):
     """New form: optional ``axes`` input; empty/absent axes reduce all, or nothing with noop_with_empty_axes."""
     kind = _KINDS[info.op_type]
     xp = info.xp
-    keepdims = bool(info.attrs.get("keepdims", 1))
+    keepdims = int(info.attrs.get("keepdims", 1)) == 1   # as onnxruntime: any other value is false
     noop = bool(info.attrs.get("noop_with_empty_axes", 0))
     const = info.const_inputs[1] if len(info.const_inputs) > 1 else None
     fixed = None if const is None else [int(a) for a in np.asarray(const).ravel()]
@@ -156,7 +156,7 @@ def _arg_factory(info):
     xp = info.xp
     is_max = info.op_type == "ArgMax"
     axis = int(info.attrs.get("axis", 0))
-    keepdims = bool(info.attrs.get("keepdims", 1))
+    keepdims = int(info.attrs.get("keepdims", 1)) == 1   # as onnxruntime: any other value is false
     last = bool(info.attrs.get("select_last_index", 0))
     fn = xp.argmax if is_max else xp.argmin
 
