@@ -187,6 +187,12 @@ def dynamic_quantize_linear(info):
                 scale = np.float32(1.0)
             zp = np.uint8(0)
             y = xp.zeros(x.shape, dtype=np.uint8)
+            if np.isinf(scale):         # an infinite range: onnxruntime's arithmetic, clamps that let NaN through
+                with np.errstate(invalid="ignore"):
+                    z = np.float32(0.0) - np.float32(rmin) / scale  # NaN when rmin is -inf
+                    zp = np.uint8(255 if z != z else np.clip(np.rint(z), 0, 255))
+                    v = xp.rint(xf / scale) + np.float32(zp)          # finite x: zp; +-inf x: NaN -> 0
+                    y = xp.where(v != v, 0, xp.clip(v, 0, 255)).astype(np.uint8)
         else:
             zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
             if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
