@@ -505,7 +505,7 @@ def make_case(corpus: list[Seed], seed: int, i: int) -> Case:
             mut = FEED_MUTATIONS[int(rng.integers(len(FEED_MUTATIONS)))]
             try:
                 steps.append(mut(feeds, rng))
-            except NotApplicable:
+            except (NotApplicable, ValueError, TypeError):   # e.g. strings that are no numbers
                 pass
     data = m.SerializeToString()
     if rng.random() < 0.08:

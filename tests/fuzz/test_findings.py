@@ -90,3 +90,42 @@ def test_maxpool_window_with_nan_takes_the_numbers(pool_path):
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, ref)
     pool_path.expect("maxpool2d")
+
+
+def test_unclaimed_node_inside_a_subgraph_is_named():
+    # seed 11 case 223: a node of a Loop/If body in an unknown domain escaped as the planner's internal Unclaimed
+    branch = helper.make_graph([helper.make_node("Neg", ["x"], ["b"], domain="com.bogus")], "branch", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    m = _model([node], [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    m.opset_import.add(domain="com.bogus", version=1)
+    with pytest.raises(ort.NotImplemented, match="Neg"):
+        ort.InferenceSession(m.SerializeToString())
+
+
+def test_reduce_keepdims_other_than_one_is_false():
+    # seed 11 case 1936: keepdims = 2**62 kept the dims; onnxruntime reads keepdims == 1
+    rt = _onnxruntime()
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=2 ** 62)
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+               inits=[numpy_helper.from_array(np.array([2], np.int64), "axes")], opset=18)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == ref.shape == (2, 3)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_dynamic_quantize_linear_with_an_infinite_range():
+    # seed 11 case 1597: -inf in x (scale inf) gave zero point 0 and all zeros; onnxruntime gives 255 / 255s
+    rt = _onnxruntime()
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])], ["y", "s", "z"], opset=11)
+    m.graph.output[0].type.tensor_type.elem_type = m.graph.output[2].type.tensor_type.elem_type = TensorProto.UINT8
+    for x in (np.array([-np.inf, -2.1, -1.3, -2.5, -3.34, -4.0], np.float32),
+              np.array([1.0, np.inf, 0.5, -2.0, 3.0, 0.0], np.float32)):
+        got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+        ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
