@@ -22,7 +22,8 @@ numba is an accelerator, never a requirement: without it (the ``jit`` extra), wi
 and every kernel keeps its NumPy path, which agrees with the compiled one to float rounding.
 
 Spec of one argument in ``AOT``: ``A<ndim>`` a C-contiguous array of the variant's dtype, ``U<ndim>`` a
-C-contiguous uint8 array (packed quantized weights), ``s`` a scalar of that dtype, ``i`` an int64. The
+C-contiguous uint8 array (packed quantized weights), ``I<ndim>`` int64 and ``D<ndim>`` float64 ones
+(indices, accumulators), ``s`` a scalar of that dtype, ``i`` an int64. The
 compiled code trusts its argument types (a wrong one would crash the process), so each call is checked
 against the variants first.
 """
@@ -54,7 +55,6 @@ _recheck_at: dict[str, float] = {}
 _background: list[bool] = []     # a background build was started (or found running) by this process
 _usable: list[bool] = []
 _DTYPES = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64)}
-_U8 = np.dtype(np.uint8)
 
 
 def available() -> bool:
@@ -334,13 +334,18 @@ def export_name(fn: str, dt: str) -> str:
     return f"{fn}__{dt}"
 
 
+# array kinds whose dtype does not follow the variant: U uint8 (packed weights), I int64 (indices),
+# D float64 (accumulators)
+_FIXED = {"U": "u1", "I": "i8", "D": "f8"}
+
+
 def numba_signature(spec: str, dt: str) -> str:
     """The numba signature of one variant, e.g. ("A2 A1 s", "f4") -> "void(f4[:,::1], f4[::1], f4)"."""
     args = []
     for a in spec.split():
-        if a[0] in "AU":
+        if a[0] in "AUID":
             nd = int(a[1:])
-            args.append(f"{dt if a[0] == 'A' else 'u1'}[{':,' * (nd - 1)}::1]")
+            args.append(f"{dt if a[0] == 'A' else _FIXED[a[0]]}[{':,' * (nd - 1)}::1]")
         else:
             args.append({"s": dt, "i": "i8"}[a])
     return f"void({', '.join(args)})"
@@ -348,8 +353,8 @@ def numba_signature(spec: str, dt: str) -> str:
 
 def checks(spec: str, dt: str) -> tuple:
     """Per array argument of one variant: (position, dtype, ndim)."""
-    return tuple((i, _DTYPES[dt] if a[0] == "A" else _U8, int(a[1:])) for i, a in enumerate(spec.split())
-                 if a[0] in "AU")
+    return tuple((i, _DTYPES[dt] if a[0] == "A" else np.dtype(_FIXED[a[0]]), int(a[1:]))
+                 for i, a in enumerate(spec.split()) if a[0] in "AUID")
 
 
 class _Kernel:

@@ -4,9 +4,10 @@ OneHotEncoder, Scaler, TreeEnsemble (5), TreeEnsembleClassifier / TreeEnsembleRe
 (a sequence of Python dicts, as onnxruntime returns it), DictVectorizer and CastMap (a dict in).
 
 Trees: every tree format is converted once, in the factory, to one flat layout (interior nodes with
-feature, threshold, comparison and two children; leaves as CSR lists of (target, weight)). Evaluation
-walks all samples down all trees together, one tree level per vectorized step, so the Python loop
-runs depth times, never per sample or per tree.
+feature, threshold, comparison and two children; leaves as CSR lists of (target, weight)). With the
+``jit`` extra a compiled loop walks each (sample, tree) to its leaf and sums the votes (``_jit_trees``);
+the NumPy path walks all samples down all trees together, one tree level per vectorized step, so the
+Python loop runs depth times, never per sample or per tree.
 
 These ops are host-side by nature (string labels, small models), so they compute with NumPy.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.registry import kernel
 
 ML = "ai.onnx.ml"
@@ -423,14 +425,53 @@ class _Forest:
             vals = np.unique(np.concatenate([v for _, v in members]))
             keys = np.concatenate([node * vals.size + np.searchsorted(vals, v) for node, v in members])
             self.member_values, self.member_keys = vals, np.sort(keys)
+        self._thr = {np.dtype(np.float64): self.thr, np.dtype(np.float32): self.thr.astype(np.float32)}
+        self.jit = _jit.load("trees") if self._walkable() else None
+        if self.jit is not None:
+            self.j_mode = np.ascontiguousarray(self.mode)
+            self.j_miss = np.ascontiguousarray(self.missing_true.astype(np.int64))
+            self.j_feat, self.j_tc, self.j_fc, self.j_roots = (
+                np.ascontiguousarray(a) for a in (self.feat, self.true_c, self.false_c, self.roots))
+            self.n_feat = int(self.feat.max()) + 1 if self.feat.size else 0
+            self.j_ptr, self.j_target = np.ascontiguousarray(self.leaf_ptr), np.ascontiguousarray(self.leaf_target)
+            self.j_weight = {np.dtype(np.float64): np.ascontiguousarray(self.leaf_weight),
+                             np.dtype(np.float32): self.leaf_weight.astype(np.float32)}
+            self.max_target = int(self.leaf_target.max()) if self.leaf_target.size else -1
+
+    def _walkable(self) -> bool:
+        """Whether the compiled walk may run: comparisons only, every index in range, every interior
+        node reached from one place at most (so no walk loops); the compiled code trusts all of that."""
+        n_int, n_leaf = self.mode.size, self.leaf_ptr.size - 1
+        if (self.mode < 0).any() or (self.mode > 5).any() or (self.feat < 0).any():
+            return False
+        if self.feat.size != n_int or self.thr.size != n_int or self.missing_true.size != n_int:
+            return False
+        if self.true_c.size != n_int or self.false_c.size != n_int or n_leaf < 0:
+            return False
+        kids = np.concatenate([self.true_c, self.false_c, self.roots])
+        if kids.size and ((kids >= n_int).any() or (kids < -n_leaf).any()):
+            return False
+        if self.leaf_target.size and (self.leaf_target < 0).any():
+            return False
+        if self.leaf_ptr.size and (self.leaf_ptr[0] != 0 or (np.diff(self.leaf_ptr) < 0).any()
+                                   or self.leaf_ptr[-1] > min(self.leaf_target.size, self.leaf_weight.size)):
+            return False
+        interior = kids[kids >= 0]
+        return np.unique(interior).size == interior.size
 
     def thresholds(self, dtype):
         """Thresholds in the comparison dtype (float32 inputs compare against float32 thresholds)."""
-        return self.thr.astype(dtype)
+        return self._thr.get(np.dtype(dtype)) if np.dtype(dtype) in self._thr else self.thr.astype(dtype)
 
     def leaves(self, x, calc):
         """Leaf index reached by every (sample, tree): shape (N, T)."""
         n = x.shape[0]
+        if self.jit is not None and x.ndim == 2 and x.shape[1] >= self.n_feat:
+            x = np.ascontiguousarray(x, dtype=calc)
+            out = np.empty((n, self.roots.size), np.int64)
+            self.jit.forest_leaves(x, self._thr[np.dtype(calc)], self.j_feat, self.j_mode, self.j_tc, self.j_fc,
+                                   self.j_miss, self.j_roots, out)
+            return out
         thr = self.thresholds(calc)
         cur = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
         rows = np.broadcast_to(np.arange(n)[:, None], cur.shape)
@@ -466,9 +507,19 @@ class _Forest:
         k = np.minimum(np.searchsorted(self.member_keys, keys), self.member_keys.size - 1)
         return hit & (self.member_keys[k] == keys)
 
-    def aggregate(self, leaves, n_targets: int, agg: str):
-        """Per-sample, per-target aggregate of the reached leaves' weights: (N, n_targets), and hit mask."""
+    def aggregate(self, leaves, n_targets: int, agg: str, calc=np.float64):
+        """Per-sample, per-target aggregate of the reached leaves' weights: (N, n_targets), and hit mask
+        (sums in ``calc``, onnxruntime's precision)."""
         n, t = leaves.shape
+        if self.jit is not None and agg in ("SUM", "AVERAGE") and self.max_target < n_targets:
+            calc = np.dtype(calc)
+            out = np.zeros((n, n_targets), calc)
+            hits = np.zeros((n, n_targets), calc)
+            self.jit.leaf_sums(np.ascontiguousarray(leaves), self.j_ptr, self.j_target, self.j_weight[calc], out,
+                               hits)
+            if agg == "AVERAGE":
+                out /= max(self.roots.size, 1)
+            return out, hits > 0
         flat = leaves.reshape(-1)
         start = self.leaf_ptr[flat]
         cnt = self.leaf_ptr[flat + 1] - start
@@ -481,7 +532,12 @@ class _Forest:
         key = sample * n_targets + target
         hits = np.bincount(key, minlength=n * n_targets).reshape(n, n_targets) > 0
         if agg in ("SUM", "AVERAGE"):
-            out = np.bincount(key, weights=weight, minlength=n * n_targets).reshape(n, n_targets)
+            if np.dtype(calc) == np.float32:     # in order and in float32, as onnxruntime (ties break alike)
+                out = np.zeros(n * n_targets, np.float32)
+                np.add.at(out, key, weight.astype(np.float32))
+                out = out.reshape(n, n_targets)
+            else:
+                out = np.bincount(key, weights=weight, minlength=n * n_targets).reshape(n, n_targets)
             if agg == "AVERAGE":
                 out /= max(self.roots.size, 1)
         elif agg == "MIN":
@@ -561,7 +617,7 @@ def tree_ensemble(info):
         xh = _host(x)
         calc = _calc_dtype(xh.dtype)
         rows = xh.reshape(xh.shape[0], -1).astype(calc, copy=False)
-        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg)
+        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg, calc)
         if post is not None:
             out = post(out)
         return (xp.asarray(out.astype(xh.dtype if xh.dtype.kind == "f" else np.float32)),)
@@ -641,7 +697,7 @@ def tree_ensemble_regressor(info):
 
     def run(x):
         rows, calc = _x_rows(x)
-        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg)
+        out, _ = forest.aggregate(forest.leaves(rows, calc), n_targets, agg, calc)
         if base is not None:
             out = out + base.astype(np.float64)
         # A single target gets no post transform but PROBIT, as in onnxruntime (softmax over one
@@ -669,7 +725,7 @@ def tree_ensemble_classifier(info):
 
     def run(x):
         rows, calc = _x_rows(x)
-        scores, hits = forest.aggregate(forest.leaves(rows, calc), n_classes, "SUM")
+        scores, hits = forest.aggregate(forest.leaves(rows, calc), n_classes, "SUM", calc)
         if binary_single:
             s = scores[:, int(np.unique(class_ids)[0])]
             if base is not None and base.size == 2:
