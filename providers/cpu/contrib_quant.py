@@ -507,6 +507,59 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
     return (y, h, c) if lens is None else (y, h_last, c_last)
 
 
+class _StackedRecurrence:
+    """The recurrent weights of several directions, for one batched ``h @ R`` per step: each direction's
+    h quantized with its own range (as ``_QuantizedWeight`` does), the integer products of all directions
+    in one matmul."""
+
+    def __init__(self, weights):
+        self.w32 = np.stack([q.w32 for q in weights])
+        self.w64 = np.stack([q.w for q in weights])
+        self.bounds = [q.bound for q in weights]
+        n = self.w32.shape[2]
+        self.scale = np.stack([np.broadcast_to(q.scale, (n,)) for q in weights])[:, None, :]
+
+    def __call__(self, h):
+        params = [dynamic_qparams(hd) for hd in h]
+        s = np.array([p[0] for p in params], _F32).reshape(-1, 1, 1)
+        z = np.array([p[1] for p in params], _F32).reshape(-1, 1, 1)
+        qa = np.rint(np.divide(h, s, dtype=_F32))
+        qa += z
+        np.clip(qa, 0, 255, out=qa)
+        qa -= z
+        if all(b * max(zp, 255 - zp) < 2 ** 24 for b, (_, zp) in zip(self.bounds, params)):
+            acc = np.matmul(qa, self.w32)
+        else:
+            acc = np.matmul(qa.astype(_F64), self.w64).astype(_F32)
+        return acc * (s * self.scale)
+
+
+def _lstm_directions_together(xw, h, c, rec, bias, clip, lens):
+    """``_lstm_direction`` for all directions at once (default gates, no peepholes): xw (D, seq, B, 4H),
+    h and c (D, B, H), bias (D, 1, 4H)."""
+    D, seq, B, G = xw.shape
+    H = G // 4
+    y = np.zeros((D, seq, B, H), _F32)
+    b3, bc = bias[..., :3 * H], bias[..., 3 * H:]
+    cl = (lambda v: np.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
+    h_last, c_last = h, c
+    for t in range(seq):
+        a = xw[:, t] + rec(h)
+        iof = mlas_logistic(cl(a[..., :3 * H] + b3))
+        i, o, fg = iof[..., :H], iof[..., H:2 * H], iof[..., 2 * H:]
+        c_new = c * fg + i * mlas_tanh(cl(a[..., 3 * H:] + bc))
+        h_new = mlas_tanh(c_new) * o
+        if lens is not None:
+            m = (t < lens)[None, :, None]
+            h_last, c_last = np.where(m, h_new, h_last), np.where(m, c_new, c_last)
+            h, c = np.where(m, h_new, 0), np.where(m, c_new, 0)
+            y[:, t] = h
+        else:
+            h, c = h_new, c_new
+            y[:, t] = h_new
+    return (y, h, c) if lens is None else (y, h_last, c_last)
+
+
 def _per_dir(v, d, num_dirs):
     """Direction d's scale or zero point: (D,) or (D, 4H) per direction, else one for all."""
     v = np.asarray(v)
@@ -545,6 +598,19 @@ def dynamic_quantize_lstm(info):
             dirs.append((wq, rq, bias, p))
         return dirs
 
+    # both directions step together (one batched product, one pass of gate math per step) where their
+    # gates are the default ones and there are no peepholes: the same float32 operations, element by element
+    together = num_dirs == 2 and not a.get("activations") and not input_forget and not info.has_input(7)
+    cache = {}
+
+    def stacked(dirs):
+        got = cache.get(id(dirs))
+        if got is None:
+            got = _StackedRecurrence([rq for _, rq, _, _ in dirs])
+            if dirs is prepared:
+                cache[id(dirs)] = got
+        return got
+
     idx = (1, 2, 3, 7, 8, 9, 10, 11)
     consts = [const(info, i) for i in idx]
     prepared = None
@@ -564,7 +630,8 @@ def dynamic_quantize_lstm(info):
         Y = np.zeros((seq, num_dirs, batch, hidden), _F32)
         Y_h = np.zeros((num_dirs, batch, hidden), _F32)
         Y_c = np.zeros((num_dirs, batch, hidden), _F32)
-        for d, (wq, rq, bias, p) in enumerate(dirs):
+        xws, h0s, c0s, revs = [], [], [], []
+        for d, (wq, _rq, _bias, _p) in enumerate(dirs):
             reverse = direction == "reverse" or d == 1
             Xd, rev_idx = Xc, None
             if reverse:
@@ -573,13 +640,21 @@ def dynamic_quantize_lstm(info):
                 else:
                     rev_idx = _reverse_index(seq, lens, np)
                     Xd = Xc[rev_idx, np.arange(batch)[None, :]]
-            xw = (np.ascontiguousarray(Xd).reshape(seq * batch, -1) @ wq).reshape(seq, batch, -1)
-            h = np.zeros((batch, hidden), _F32) if initial_h is None else initial_h[d].astype(_F32)
-            c = np.zeros((batch, hidden), _F32) if initial_c is None else initial_c[d].astype(_F32)
-            y, h, c = _lstm_direction(xw, h, c, rq, bias, p, acts[d], clip, input_forget, lens)
+            xws.append((np.ascontiguousarray(Xd).reshape(seq * batch, -1) @ wq).reshape(seq, batch, -1))
+            h0s.append(np.zeros((batch, hidden), _F32) if initial_h is None else initial_h[d].astype(_F32))
+            c0s.append(np.zeros((batch, hidden), _F32) if initial_c is None else initial_c[d].astype(_F32))
+            revs.append((reverse, rev_idx))
+        if together:
+            ys, hs, cs = _lstm_directions_together(np.stack(xws), np.stack(h0s), np.stack(c0s), stacked(dirs),
+                                                   np.stack([b for _, _, b, _ in dirs])[:, None, :], clip, lens)
+        else:
+            ys, hs, cs = zip(*(_lstm_direction(xws[d], h0s[d], c0s[d], rq, bias, p, acts[d], clip, input_forget,
+                                               lens) for d, (_wq, rq, bias, p) in enumerate(dirs)))
+        for d, (reverse, rev_idx) in enumerate(revs):
+            y = ys[d]
             if reverse:
                 y = y[::-1] if rev_idx is None else y[rev_idx, np.arange(batch)[None, :]]
-            Y[:, d], Y_h[d], Y_c[d] = y, h, c
+            Y[:, d], Y_h[d], Y_c[d] = y, hs[d], cs[d]
         return (Y, Y_h, Y_c)
 
     return run
