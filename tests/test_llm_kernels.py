@@ -299,6 +299,18 @@ def test_matmul_quantized_by_onnxruntimes_quantizer(path, symmetric):
     path.expect("matmul_nbits_kmajor")
 
 
+# -- MatMul by a constant weight, a few rows (batched decoding) --------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 64), (2, 64), (4, 1, 64), (8, 64), (9, 64), (3, 2, 64)])
+def test_matmul_few_rows(path, shape):
+    w = numpy_helper.from_array(_f32(64, 40), "W")
+    node = helper.make_node("MatMul", ["A", "W"], ["Y"])
+    model = _model(node, [_vi("A", F, list(shape))], [_vi("Y", F, None)], [w])
+    ref, got = _run_both(model, {"A": _f32(*shape)})
+    _close(got[0], ref[0], what="Y")
+    rows = int(np.prod(shape[:-1]))
+    path.expect("gemm_few_rows", taken=2 <= rows <= 8)
+
+
 # -- errors -----------------------------------------------------------------------------------------------
 def test_group_query_attention_unsupported_input_is_named():
     node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "sl", "t", "", "", "", "bias"], ["o"],

@@ -1,7 +1,8 @@
 """Compiled (numba) loops for the decoder kernels of ``contrib_llm``: MatMulNBits' 4-bit GEMM with each
 weight block dequantized inside the loop (never a float copy of the whole matrix) -- K-major for one or
 two rows (token-by-token decoding), row by row for a few more --, the dequantization of a tile of weight
-rows for the BLAS path of many-row inputs, GroupQueryAttention's one-token step over the cache,
+rows for the BLAS path of many-row inputs, a float GEMM for 2-8 rows by a constant weight (MatMul in
+batched decoding), GroupQueryAttention's one-token step over the cache,
 RotaryEmbedding, and the RMS normalizations (SimplifiedLayerNormalization,
 SkipSimplifiedLayerNormalization), float32 only.
 
@@ -214,7 +215,23 @@ def rope_rows(x, cos, sin, interleaved, y):  # pragma: no cover (compiled)
                 yv[i] = xv[i]
 
 
+@njit(nogil=True, boundscheck=False, fastmath=_FM)
+def gemm_few_rows(a, wt, y):  # pragma: no cover (compiled)
+    """y (M, N) = a (M, K) @ wtᵀ for a few rows (batched token-by-token decoding): wt (N, K) is a constant
+    weight transposed once; each of its rows is read once for every row of a (BLAS packs the whole
+    weight anew on every call, which dominates at a few rows)."""
+    M, K = a.shape
+    N = wt.shape[0]
+    for n in range(N):
+        for m in range(M):
+            t = F0
+            for k in range(K):
+                t += a[m, k] * wt[n, k]
+            y[m, n] = t
+
+
 AOT = {
+    "gemm_few_rows": ("A2 A2 A2", ("f4",)),
     "gqa_decode": ("A3 A4 A4 i i s s A3", ("f4",)),
     "rope_rows": ("A3 A2 A2 i A3", ("f4",)),
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),

@@ -66,7 +66,34 @@ def matmul(info):
     def run(a, b):
         return (matmul_any(xp, a, b),)
 
+    if bc is not None and bc.ndim == 2 and np.dtype(bc.dtype) == np.float32 and xp is np:
+        return _matmul_few_rows(bc, run)
     return run
+
+
+def _matmul_few_rows(b, run):
+    """MatMul by a constant float32 weight: 2-8 rows of A (batched token-by-token decoding) go through a
+    compiled loop over the weight transposed (``_jit_llm.gemm_few_rows``), made on the first such call so
+    that models never run with a few rows keep one copy (GPT-2 batch-4 decode step 2.85 -> 2.14 ms CPU
+    time; OpenBLAS packs the whole weight on every call). One row stays with BLAS's GEMV, as fast."""
+    from engineroom.providers.cpu import _jit
+
+    jit = _jit.load("llm")
+    if jit is None:
+        return run
+    wt: list = []
+
+    def run_few(a, b_):
+        rows = a.size // a.shape[-1] if a.ndim >= 2 and a.shape[-1] else 0
+        if not (2 <= rows <= 8 and b_ is b and a.dtype == np.float32 and a.flags.c_contiguous):
+            return run(a, b_)
+        if not wt:
+            wt.append(np.ascontiguousarray(b.T))
+        y = np.empty(a.shape[:-1] + (b.shape[1],), np.float32)
+        jit.gemm_few_rows(a.reshape(rows, a.shape[-1]), wt[0], y.reshape(rows, b.shape[1]))
+        return (y,)
+
+    return run_few
 
 
 @kernel("Gemm", since=1)
