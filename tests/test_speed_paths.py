@@ -454,3 +454,21 @@ def test_hard_swish(vision_path):
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6, atol=1e-7)
     assert np.isnan(got[0][0, -1, 0])
     vision_path.expect("hard_swish")
+
+
+@pytest.mark.parametrize("k,stride,dil,H", [((5, 5), 1, 1, 14), ((5, 5), 2, 1, 15), ((5, 5), 1, 2, 12),
+                                            ((3, 5), 1, 1, 9), ((5, 5), 1, 1, 60)])
+def test_depthwise_kernel_rows_of_five(conv_path, k, stride, dil, H):
+    """Depthwise convs whose kernel rows have five taps: one pass per row in the compiled loop."""
+    C = 24
+    w = RNG.standard_normal((C, 1) + k).astype(np.float32)
+    b = RNG.standard_normal(C).astype(np.float32)
+    pads = [k[0] // 2 * dil, k[1] // 2 * dil] * 2
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, dilations=[dil] * 2, group=C,
+                            pads=pads)
+    m = model([node], [vi("x", TensorProto.FLOAT, [2, C, H, H + 3])], [vi("y", TensorProto.FLOAT, None)],
+              [("w", w), ("b", b)])
+    x = RNG.standard_normal((2, C, H, H + 3)).astype(np.float32)
+    ref, got = both(m, {"x": x})
+    assert rel_err(ref[0], got[0]) < 1e-5
+    conv_path.expect("depthwise2d")

@@ -49,6 +49,20 @@ def _taps3x3(planes, w, acc, bo, sh, sw, dh, dw, PL, Qw, L):  # pragma: no cover
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
+def _taps_row5(planes, wr, acc, a, sh, sw, dw, PL, Qw, L):  # pragma: no cover (compiled)
+    """acc += the five taps of one kernel row (padded row offset a), summed in registers in one pass
+    (five read-modify-write passes over acc cost 1.4x the time on 14x14 images)."""
+    s0 = planes[_tap_start(a, 0, sh, sw, PL, Qw):][:L]
+    s1 = planes[_tap_start(a, dw, sh, sw, PL, Qw):][:L]
+    s2 = planes[_tap_start(a, 2 * dw, sh, sw, PL, Qw):][:L]
+    s3 = planes[_tap_start(a, 3 * dw, sh, sw, PL, Qw):][:L]
+    s4 = planes[_tap_start(a, 4 * dw, sh, sw, PL, Qw):][:L]
+    w0, w1, w2, w3, w4 = wr[0], wr[1], wr[2], wr[3], wr[4]
+    for p in range(L):
+        acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
 def _split2(xr, planes, d_even, d_odd):  # pragma: no cover (compiled)
     """planes[d_even + k] = xr[2k], planes[d_odd + k] = xr[2k + 1]: a row split into its two stride
     phases, both read in one loop (an interleaved pair of loads vectorizes; one strided load does not)."""
@@ -231,6 +245,9 @@ def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cove
                     acc[p] = bo
                 for kh in range(KH):
                     a = kh * dh
+                    if KW == 5:                   # PP-LCNet's 5x5: one pass per kernel row, not per tap
+                        _taps_row5(planes, w[o, kh], acc, a, sh, sw, dw, PLs, Qw, L)
+                        continue
                     for kw in range(KW):
                         s0 = _tap_start(a, kw * dw, sh, sw, PLs, Qw)
                         src = planes[s0:s0 + L]
