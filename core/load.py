@@ -292,6 +292,21 @@ def _check_depth(g: onnx.GraphProto) -> None:
         todo.extend((sg, depth + 1) for n in g.node for sg in _subgraphs(n))
 
 
+def _check_fields(proto: onnx.ModelProto) -> None:
+    """What protobuf and the checker let through and the IR cannot hold: a name that is not valid UTF-8
+    (protobuf hands a repeated string over as bytes) and an attribute of no type."""
+    nodes = [n for g in _graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    for n in nodes:
+        for nm in (*n.input, *n.output):
+            if not isinstance(nm, str):
+                raise InvalidProtobuf(f"Load model failed: the name {nm!r} of a {n.op_type} node's input or output "
+                                      f"is not valid UTF-8")
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.UNDEFINED:
+                raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) "
+                                   f"has no type")
+
+
 def _unknown_output_dims(proto: onnx.ModelProto) -> list[tuple[int, int]]:
     return [(k, j) for k, o in enumerate(proto.graph.output) for j, d in enumerate(_tensor_dims(o.type))
             if not d.HasField("dim_value") and not d.HasField("dim_param")]
@@ -336,6 +351,7 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # external data is loaded into it: never into the caller's proto
     _check_depth(proto.graph)
+    _check_fields(proto)
     _resolve_external_data(proto, base_dir, supplied)
     _check(proto)
     light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's
