@@ -157,7 +157,8 @@ def _gelu1(v):  # pragma: no cover (compiled)
 def _fast_gelu1(v):  # pragma: no cover (compiled)
     # e^(-2u) clamped to e^88: beyond, v / (1 + e) is 0 to float32 precision anyway (and NaN stays NaN)
     e = _exp_core(_fmax(_fmin(v * (FG_A + FG_B * (v * v)), EXP_HI), EXP_LO))
-    return v / (F1 + e)
+    # at -inf the definition 0.5 x (1 + tanh u) is -inf * 0 = NaN (onnxruntime's and onnx.reference's answer)
+    return np.float32(np.nan) if v == -np.inf else v / (F1 + e)
 
 
 # com.microsoft FastGelu as onnxruntime's kernel computes it, which is the op's definition: float32
