@@ -129,3 +129,45 @@ def test_dynamic_quantize_linear_with_an_infinite_range():
         ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
         for a, b in zip(got, ref):
             np.testing.assert_array_equal(a, b)
+
+
+def test_node_names_that_are_not_utf8_and_attributes_of_no_type():
+    # seed 23 cases 4718 and 680: a name protobuf handed over as bytes, an attribute whose type a bit flip
+    # zeroed: both reached onnx_ir's serializer, which raised SerdeError
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], alpha=1.0)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.graph.node[0].attribute[0].type = 0
+    with pytest.raises(ort.InvalidGraph, match="attribute 'alpha' .* has no type"):
+        ort.InferenceSession(m.SerializeToString())
+    del m.graph.node[0].attribute[:]
+    m.graph.node[0].input[0] = "xq_name"
+    m.graph.input[0].name = "xq_name"
+    data = bytearray(m.SerializeToString())
+    k = data.find(b"xq_name")
+    data[k + 1] = 0xE5   # a lead byte without its continuation bytes, in the node's input and the graph input
+    k = data.find(b"xq_name", k + 1)
+    data[k + 1] = 0xE5
+    with pytest.raises(ort.InvalidProtobuf, match="UTF-8"):
+        ort.InferenceSession(bytes(data))
+
+
+@pytest.fixture(params=JIT_PATHS)
+def transformer_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "transformer")
+
+
+def test_gelu_tanh_of_minus_infinity_is_nan(transformer_path):
+    # seed 23 case 2386: the compiled tanh-Gelu gave -inf at -inf; 0.5 x (1 + tanh u) is -inf * 0 = NaN there
+    rt = _onnxruntime()
+    node = helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])], opset=20)
+    x = np.linspace(-6, 6, 64).astype(np.float32)
+    x[[3, 40]] = -np.inf
+    x[10] = np.inf
+    x[20] = np.nan
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    transformer_path.expect("fast_gelu")
