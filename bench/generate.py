@@ -9,8 +9,9 @@ usage: python bench/generate.py [--models gpt2_kv,llama_kv] [--batches 1,4] [--p
 
 Each engine runs in its own process, in alternating rounds (A B A B), with the same thread count
 (intra_op_num_threads) and the same prompt; the processes run without OPENBLAS_CORETYPE /
-OPENBLAS_L2_SIZE and the BLAS kernel in use is printed. Per model and batch: prefill latency (the
-prompt's step), per-token latency p50 / p99 (the 127 steps after it), tokens per second (batch x new
+OPENBLAS_L2_SIZE and the BLAS kernel in use is printed. After a warm-up generation, per model and
+batch: prefill latency (the prompt's step: median of 4 per process), per-token latency p50 / p99 (the
+127 steps after it), tokens per second (batch x new
 tokens / the whole generation), the engineroom / onnxruntime ratios, peak RSS of each process, the
 per-token p50 of the first and last 16 steps (growth with the cache's length), and whether both
 engines generated the same token ids.
@@ -56,7 +57,12 @@ def worker(engine: str, path: str, batch: int, prompt_len: int, new: int, thread
     created = time.perf_counter() - t0
     dec = GreedyDecoder(s, mod, uses_shared_cache(path))
     prompt = np.random.default_rng(1234 + batch).integers(0, 8192, (batch, prompt_len))
-    dec.generate(prompt[:, :8], 4)                                      # warm-up: first-run costs out
+    dec.generate(prompt, 2)                                             # warm-up: first-run costs out
+    prefills = []
+    for _ in range(3):                                                  # the prompt's step alone, 3 more samples
+        t = time.perf_counter()
+        next(dec.steps(prompt, 1))
+        prefills.append(time.perf_counter() - t)
     times, ids = [], []
     t = time.perf_counter()
     for _, nxt in dec.steps(prompt, new):
@@ -65,7 +71,8 @@ def worker(engine: str, path: str, batch: int, prompt_len: int, new: int, thread
         ids.append(nxt.tolist())
         t = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "ids": ids, "create": created, "rss": rss, "blas": _blas()}))
+    print(json.dumps({"times": times, "prefills": prefills + times[:1], "ids": ids, "create": created, "rss": rss,
+                      "blas": _blas()}))
 
 
 def measure(path: str, batch: int, args) -> dict:
@@ -90,7 +97,7 @@ def _pct(xs, q):
 
 
 def summarize(runs: list, batch: int, new: int) -> dict:
-    prefill = statistics.median(r["times"][0] for r in runs) * 1e3
+    prefill = statistics.median(t for r in runs for t in r["prefills"]) * 1e3
     tokens = [t * 1e3 for r in runs for t in r["times"][1:]]
     first = statistics.median(t * 1e3 for r in runs for t in r["times"][1:17])
     last = statistics.median(t * 1e3 for r in runs for t in r["times"][-16:])

@@ -320,3 +320,16 @@ def test_group_query_attention_unsupported_input_is_named():
                           _vi("bias", F, [1, 2, 1, 1])], [_vi("o", F, None)])
     with pytest.raises(Exception, match="attention_bias"):
         er.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def test_rotary_embedding_position_past_the_caches_is_named():
+    cos = numpy_helper.from_array(np.ones((4, 8), np.float32), "cos")
+    sin = numpy_helper.from_array(np.zeros((4, 8), np.float32), "sin")
+    node = helper.make_node("RotaryEmbedding", ["x", "pos", "cos", "sin"], ["y"], domain=MS)
+    model = _model(node, [_vi("x", F, [1, 2, 16]), _vi("pos", TensorProto.INT64, [1, 2])], [_vi("y", F, None)],
+                   [cos, sin])
+    s = er.InferenceSession(model, providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="outside the caches"):
+        s.run(None, {"x": _f32(1, 2, 16), "pos": np.array([[3, 4]], np.int64)})
+    assert s.run(None, {"x": _f32(1, 2, 16), "pos": np.array([[2, 3]], np.int64)})[0].shape == (1, 2, 16)
+

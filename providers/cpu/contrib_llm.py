@@ -273,6 +273,9 @@ def group_query_attention(info):
         if S > 1 and not first_prompt and B != 1:
             raise ValueError("GroupQueryAttention: batch_size must be 1 when sequence_length > 1 and past context "
                              "is given")
+        if B == 0:
+            empty = xp.zeros((0, Hkv, max(T, P), D), query.dtype)
+            return xp.zeros((0, S, Hq * D), query.dtype), empty, empty.copy()
         total_b = seqlens_k.astype(np.int64) + 1                       # tokens in the cache after this step
         past_b = xp.zeros(B, np.int64) if first_prompt else total_b - S
         Lp = max(T, P)
