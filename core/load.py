@@ -297,10 +297,10 @@ def _check_fields(proto: onnx.ModelProto) -> None:
     (protobuf hands a repeated string over as bytes) and an attribute of no type."""
     nodes = [n for g in _graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
     for n in nodes:
-        for nm in (*n.input, *n.output):
+        for nm in (n.op_type, n.domain, n.name, *n.input, *n.output):
             if not isinstance(nm, str):
-                raise InvalidProtobuf(f"Load model failed: the name {nm!r} of a {n.op_type} node's input or output "
-                                      f"is not valid UTF-8")
+                raise InvalidProtobuf(f"Load model failed: the name {nm!r} of a node, its op type, domain, input or "
+                                      f"output is not valid UTF-8")
         for a in n.attribute:
             if a.type == onnx.AttributeProto.UNDEFINED:
                 raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) "
