@@ -100,6 +100,9 @@ def tfidf_vectorizer(info):
     pool = list(a["pool_strings"]) if a.get("pool_strings") is not None else \
         np.asarray(a["pool_int64s"], dtype=np.int64)
     is_str = a.get("pool_strings") is not None
+    if any(not 0 <= s <= len(pool) for s in starts) or starts != sorted(starts):
+        raise ValueError(f"TfIdfVectorizer: ngram_counts {starts} must be increasing offsets into the pool of "
+                         f"{len(pool)} entries")
     # n-gram -> its pool position, one table per n (the pool is laid out 1-grams, 2-grams, ...).
     tables: dict[int, dict] = {}
     gram_no = 0
