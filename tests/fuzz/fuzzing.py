@@ -395,6 +395,19 @@ def m_ext_data(m, rng):
     return f"initializer {t.name} external at {loc!r}"
 
 
+def free_input_dims(m) -> None:
+    """Every graph input's dims made symbolic, and shapes inferred inside dropped, so that feeds of other
+    shapes reach the kernels (not the session's shape check)."""
+    for vi in m.graph.input:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for k, d in enumerate(vi.type.tensor_type.shape.dim):
+                d.dim_param = f"free_{vi.name}_{k}"
+    del m.graph.value_info[:]
+    for vi in m.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+
+
 MODEL_MUTATIONS = [m_attr_value, m_attr_type, m_axis, m_dims, m_init_dims, m_init_data, m_dangling, m_duplicate,
                    m_cycle, m_opset, m_op_type, m_arity, m_remove_node, m_types, m_ext_data]
 
@@ -501,6 +514,9 @@ def make_case(corpus: list[Seed], seed: int, i: int) -> Case:
             except (NotApplicable, ValueError, TypeError):
                 pass
     else:
+        if rng.random() < 0.5:   # feeds of other shapes reach the kernels
+            free_input_dims(m)
+            steps.append("input dims freed")
         for _ in range(int(rng.integers(1, 3))):
             mut = FEED_MUTATIONS[int(rng.integers(len(FEED_MUTATIONS)))]
             try:

@@ -171,3 +171,23 @@ def test_gelu_tanh_of_minus_infinity_is_nan(transformer_path):
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
     transformer_path.expect("fast_gelu")
+
+
+def test_op_type_that_is_not_utf8():
+    # seed 31 case 2459: an op type protobuf handed over as bytes reached onnx.defs.get_schema (TypeError)
+    m = _model([helper.make_node("Reluq", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    data = bytearray(m.SerializeToString())
+    k = data.find(b"Reluq")
+    data[k + 4] = 0xE5
+    with pytest.raises(ort.InvalidProtobuf, match="UTF-8"):
+        ort.InferenceSession(bytes(data))
+
+
+def test_tfidf_with_negative_ngram_counts_is_refused_not_hung():
+    # seed 31 case 3738: ngram_counts [0, -1, -2**62] made the pool walk run over 10**18 positions
+    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], mode="TF", min_gram_length=1, max_gram_length=3,
+                            max_skip_count=0, ngram_counts=[0, -1, -2 ** 62], ngram_indexes=[0, 1],
+                            pool_int64s=[2, 3])
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT64, [6])])
+    with pytest.raises(ort.Fail, match="ngram_counts"):
+        ort.InferenceSession(m.SerializeToString())
