@@ -176,9 +176,11 @@ def dynamic_quantize_linear(info):
         flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
         if xf.size:
             lo, hi = float(xp.min(xf)), float(xp.max(xf))
-            rmin, rmax = min(lo, 0.0), max(hi, 0.0)
             if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
                 flat = None
+                # the range skips them, as MLAS's min/max pass in onnxruntime does (a NaN quantizes to 0)
+                lo, hi = float(xp.fmin.reduce(xf, axis=None)), float(xp.fmax.reduce(xf, axis=None))
+            rmin, rmax = min(lo, 0.0), max(hi, 0.0)
         else:
             rmin = rmax = 0.0
         scale = np.float32((rmax - rmin) / np.float32(255.0))
