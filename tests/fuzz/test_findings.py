@@ -191,3 +191,16 @@ def test_tfidf_with_negative_ngram_counts_is_refused_not_hung():
     m = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT64, [6])])
     with pytest.raises(ort.Fail, match="ngram_counts"):
         ort.InferenceSession(m.SerializeToString())
+
+
+def test_dynamic_quantize_linear_skips_nan_in_its_range():
+    # seed 31 case 4651: a NaN in x made the scale NaN and every output 0; onnxruntime's range skips NaN
+    rt = _onnxruntime()
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])], ["y", "s", "z"], opset=11)
+    m.graph.output[0].type.tensor_type.elem_type = m.graph.output[2].type.tensor_type.elem_type = TensorProto.UINT8
+    x = np.array([0.0, np.nan, -3.0, -2.5, 1.34, np.nan], np.float32)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
