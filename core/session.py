@@ -349,7 +349,14 @@ class InferenceSession:
                         continue
                 raise self._unclaimed_error(u.views) from None
         level = int(self._sess_options.graph_optimization_level)
-        if level >= 2 and any(optimize_extended(self._model, owners.get, level).values()):
+
+        def body_owners(body):   # who takes each node of an If/Loop/Scan body: fusions run there too
+            try:
+                return PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host).owners(body)
+            except Unclaimed:
+                return None
+
+        if level >= 2 and any(optimize_extended(self._model, owners.get, level, body_owners).values()):
             # the graph changed: providers are asked again (the builder's assignment is stale)
             opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)

@@ -18,7 +18,8 @@ from engineroom.optimizer.eliminate import (
     eliminate_redundant_cast,
     eliminate_transpose_pairs,
 )
-from engineroom.optimizer.fusion import fuse
+from engineroom.optimizer.fusion import fuse, fuse_body
+from engineroom.optimizer.subgraphs import all_bodies, optimize_bodies
 
 
 def optimize_basic(model: ir.Model, cpu_provider) -> None:
@@ -33,8 +34,28 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     eliminate_common_subexpressions(g)
     fold_conv_affine(g)
 
+    def in_body(body: ir.Graph) -> None:
+        eliminate_identity(body)
+        eliminate_dropout(body)
+        eliminate_redundant_cast(body)
+        eliminate_transpose_pairs(body)
+        if cpu_provider is not None:
+            fold_constants(model, cpu_provider, body)
+        eliminate_common_subexpressions(body)
+        fold_conv_affine(body)
 
-def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:
+    optimize_bodies(model, g, in_body)   # If/Loop/Scan bodies, with the constants they read made theirs
+
+
+def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2,
+                      body_owners: Callable[[ir.Graph], dict | None] | None = None) -> dict[str, int]:
     """Level 2: fusions where the provider that owns the nodes has the fused kernel; level 3 (99) adds
-    the layout fusions."""
-    return fuse(model, owner, level)
+    the layout fusions. ``body_owners(body)``, where given, assigns an If/Loop/Scan body's nodes
+    (None: leave that body as it is), and the level-2 fusions run inside the bodies too."""
+    done = fuse(model, owner, level)
+    for body in list(all_bodies(model.graph)) if body_owners is not None else ():
+        owners = body_owners(body)
+        if owners:
+            for k, v in fuse_body(model, body, owners.get).items():
+                done[k] = done.get(k, 0) + v
+    return done

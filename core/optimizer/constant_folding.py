@@ -13,8 +13,9 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 _MAX_ELEMENTS = 1 << 22   # don't bloat the model with huge folded tensors
 
 
-def fold_constants(model: ir.Model, cpu) -> int:
-    graph = model.graph
+def fold_constants(model: ir.Model, cpu, graph: ir.Graph | None = None) -> int:
+    """Fold the constant nodes of ``graph`` (the main graph by default, else a control-flow body)."""
+    graph = model.graph if graph is None else graph
     opsets = {normalize_domain(d): v for d, v in model.opset_imports.items()}
     inputs = {v.name for v in graph.inputs}
     consts: dict[str, np.ndarray] = {n: tensor_to_numpy(v.const_value) for n, v in graph.initializers.items()

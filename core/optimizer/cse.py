@@ -31,11 +31,11 @@ def eliminate_common_subexpressions(graph: ir.Graph) -> int:
             continue
         try:
             key = _key(node)
-        except TypeError:  # unhashable attribute value: leave the node alone
+            first = seen.get(key) if key is not None else None
+        except TypeError:  # unhashable attribute value (a type proto): leave the node alone
             continue
         if key is None:
             continue
-        first = seen.get(key)
         if first is None:
             seen[key] = node
             continue

@@ -10,8 +10,9 @@ def _bypass(graph: ir.Graph, node: ir.Node) -> bool:
     if src is None or dst in graph.outputs and (src in graph.outputs or src in graph.inputs or src.is_initializer()):
         return False
     if dst in graph.outputs:
-        # keep the graph output's name: rename through the producer instead when we can
-        if src.producer() is None or len(src.uses()) != 1:
+        # keep the graph output's name: rename through the producer instead when we can (a body's
+        # producer, never a value of an enclosing graph: renaming that would break the outer graph)
+        if src.producer() is None or len(src.uses()) != 1 or src.graph is not graph:
             return False
         idx = graph.outputs.index(dst)
         graph.outputs[idx] = src

@@ -210,8 +210,8 @@ def _last_axis_mean(node: ir.Node | None, rank: int | None) -> bool:
 
 
 def _layer_norm(f: "Fuser") -> int:
-    if f.opsets.get("", 1) < 17:
-        return 0
+    # at any opset, as onnxruntime's fusion: the fused node is kept only where the owning provider
+    # serves LayerNormalization at the model's opset (the CPU provider does from opset 1, as onnxruntime)
     n = 0
     for mean in list(f.graph):
         x = mean.inputs[0] if _onnx_op(mean, "ReduceMean") else None
@@ -417,6 +417,15 @@ def _product_form(m1: ir.Node | None):
                 if kxx.inputs[1 - i] is x and kx is not None and _mul_by(kx, 0.044715) is x:
                     return x, [kx, kxx, poly, cx, m1]
     return None
+
+
+def fuse_body(model: ir.Model, body: ir.Graph, owner: Callable[[ir.Node], object]) -> dict[str, int]:
+    """The level-2 fusions inside one If/Loop/Scan body (``owner``: the provider of each of its nodes)."""
+    f = Fuser(model, owner)
+    f.graph = body
+    done = {"ConvTranspose": fuse_upsample_conv(f), "FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
+    done.update(_fuse_more(f))
+    return done
 
 
 def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:

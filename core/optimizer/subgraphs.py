@@ -1,0 +1,124 @@
+"""Optimizations inside control-flow bodies (If branches, Loop and Scan bodies), which the passes
+written for the main graph do not see on their own.
+
+Before the level-1 passes run on a body, the constants it reads are made its own:
+- an initializer of an enclosing graph read by the body becomes an initializer of the body (the same
+  tensor under a new name), so folding, fusions and the kernels' weight preparation see a constant;
+- a Loop-carried value that the body hands back unchanged (output ``k`` is input ``k``) and that enters
+  the Loop as a constant is that constant in every iteration: the body reads it as an initializer
+  (exporters such as paddle2onnx carry a recurrent cell's weights this way, so every iteration
+  transposed them again).
+Bodies are visited outer to inner, so a constant folded in a body reaches the bodies nested in it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import onnx_ir as ir
+
+
+def nested_graphs(graph: ir.Graph) -> Iterator[tuple[ir.Node, ir.Graph]]:
+    """(node, body) for every graph attribute of the nodes of ``graph`` (not deeper)."""
+    for node in list(graph):
+        yield from nested_graphs_of(node)
+
+
+def _names(graph: ir.Graph, out: set) -> set:
+    out.update(v.name for v in (*graph.inputs, *graph.outputs) if v.name)
+    out.update(graph.initializers)
+    for node in graph:
+        out.update(v.name for v in node.outputs if v.name)
+        for _, g in nested_graphs_of(node):
+            _names(g, out)
+    return out
+
+
+def nested_graphs_of(node: ir.Node) -> Iterator[tuple[ir.Node, ir.Graph]]:
+    for a in node.attributes.values():
+        if a.type == ir.AttributeType.GRAPH:
+            yield node, a.value
+        elif a.type == ir.AttributeType.GRAPHS:
+            for g in a.value:
+                yield node, g
+
+
+class _Namer:
+    """Fresh value names, none used anywhere in the model."""
+
+    def __init__(self, model: ir.Model):
+        self.used = _names(model.graph, set())
+
+    def __call__(self, base: str) -> str:
+        k = 0
+        name = f"{base}__body"
+        while name in self.used:
+            k += 1
+            name = f"{base}__body{k}"
+        self.used.add(name)
+        return name
+
+
+def _outer_constant(v: ir.Value | None, body: ir.Graph) -> bool:
+    return (v is not None and v.const_value is not None and v.is_initializer() and v.graph is not body
+            and not v.is_graph_input())
+
+
+def _own_copy(body: ir.Graph, v: ir.Value, namer: _Namer) -> ir.Value:
+    new = ir.Value(name=namer(v.name or "const"), type=v.type, shape=v.shape, const_value=v.const_value)
+    body.register_initializer(new)
+    return new
+
+
+def inline_outer_constants(body: ir.Graph, namer: _Namer) -> int:
+    """Make the enclosing graphs' initializers read by ``body``'s nodes initializers of ``body``."""
+    copies: dict[ir.Value, ir.Value] = {}
+    for node in list(body):
+        for i, v in enumerate(node.inputs):
+            if _outer_constant(v, body):
+                if v not in copies:
+                    copies[v] = _own_copy(body, v, namer)
+                node.replace_input_with(i, copies[v])
+    return len(copies)
+
+
+def loop_invariant_constants(loop: ir.Node, body: ir.Graph, namer: _Namer) -> int:
+    """Loop-carried values passed through unchanged whose initial value is a constant: read as one."""
+    if loop.op_type != "Loop" or loop.domain not in ("", "ai.onnx"):
+        return 0
+    n = 0
+    carried = len(loop.inputs) - 2
+    for j in range(carried):
+        if 2 + j >= len(body.inputs) or 1 + j >= len(body.outputs):
+            break
+        b_in, b_out, init = body.inputs[2 + j], body.outputs[1 + j], loop.inputs[2 + j]
+        if b_out is not b_in or init is None or not _outer_constant(init, body):
+            continue
+        uses = [(u.node, u.idx) for u in b_in.uses() if u.node.graph is body]
+        if not uses:
+            continue
+        const = _own_copy(body, init, namer)
+        for node, idx in uses:
+            node.replace_input_with(idx, const)
+        n += 1
+    return n
+
+
+def optimize_bodies(model: ir.Model, graph: ir.Graph, level1: Callable[[ir.Graph], None],
+                    namer: _Namer | None = None) -> int:
+    """Run ``level1(body)`` on every body nested in ``graph``, outer to inner, after making the
+    constants it reads its own. Returns the number of bodies visited."""
+    namer = namer or _Namer(model)
+    n = 0
+    for node, body in nested_graphs(graph):
+        loop_invariant_constants(node, body, namer)
+        inline_outer_constants(body, namer)
+        level1(body)
+        n += 1 + optimize_bodies(model, body, level1, namer)
+    return n
+
+
+def all_bodies(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """Every body nested in ``graph``, at any depth, outer to inner."""
+    for _, body in nested_graphs(graph):
+        yield body
+        yield from all_bodies(body)
