@@ -7,6 +7,8 @@ import onnx_ir as ir
 def _bypass(graph: ir.Graph, node: ir.Node) -> bool:
     """Make the consumers of node's first output read its first input instead, and drop the node."""
     src, dst = node.inputs[0], node.outputs[0]
+    if dst in graph.outputs and dst.uses():   # a node reads the graph output too: keep it as it is
+        return False
     if src is None or dst in graph.outputs and (src in graph.outputs or src in graph.inputs or src.is_initializer()):
         return False
     if dst in graph.outputs:
