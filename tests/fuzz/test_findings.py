@@ -204,3 +204,15 @@ def test_dynamic_quantize_linear_skips_nan_in_its_range():
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
+
+
+def test_identity_into_a_graph_output_that_another_node_reads():
+    # seed 31 case 2769: Identity -> graph output Y, read again by another Identity: eliminating the first
+    # removed a node whose output was still used (onnx_ir ValueError)
+    nodes = [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Identity", ["n"], ["Y"]),
+             helper.make_node("Identity", ["Y"], ["Z"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])], ["Y", "Z"])
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    y, z = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(y, -x)
+    np.testing.assert_array_equal(z, -x)
