@@ -11,7 +11,7 @@ Each engine runs in its own process, in alternating rounds (A B A B), with the s
 (intra_op_num_threads) and the same prompt; the processes run without OPENBLAS_CORETYPE /
 OPENBLAS_L2_SIZE and the BLAS kernel in use is printed. After a warm-up generation, per model and
 batch: prefill latency (the prompt's step: median of 4 per process), per-token latency p50 / p99 (the
-127 steps after it), tokens per second (batch x new
+127 steps after it) and the per-token CPU time p50 of the calling thread, tokens per second (batch x new
 tokens / the whole generation), the engineroom / onnxruntime ratios, peak RSS of each process, the
 per-token p50 of the first and last 16 steps (growth with the cache's length), and whether both
 engines generated the same token ids.
@@ -63,16 +63,17 @@ def worker(engine: str, path: str, batch: int, prompt_len: int, new: int, thread
         t = time.perf_counter()
         next(dec.steps(prompt, 1))
         prefills.append(time.perf_counter() - t)
-    times, ids = [], []
-    t = time.perf_counter()
+    times, cpu, ids = [], [], []
+    t, c = time.perf_counter(), time.thread_time()
     for _, nxt in dec.steps(prompt, new):
-        now = time.perf_counter()
+        now, cnow = time.perf_counter(), time.thread_time()
         times.append(now - t)
+        cpu.append(cnow - c)
         ids.append(nxt.tolist())
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "prefills": prefills + times[:1], "ids": ids, "create": created, "rss": rss,
-                      "blas": _blas()}))
+    print(json.dumps({"times": times, "cpu": cpu, "prefills": prefills + times[:1], "ids": ids, "create": created,
+                      "rss": rss, "blas": _blas()}))
 
 
 def measure(path: str, batch: int, args) -> dict:
@@ -99,10 +100,11 @@ def _pct(xs, q):
 def summarize(runs: list, batch: int, new: int) -> dict:
     prefill = statistics.median(t for r in runs for t in r["prefills"]) * 1e3
     tokens = [t * 1e3 for r in runs for t in r["times"][1:]]
+    cpu = [t * 1e3 for r in runs for t in r["cpu"][1:]]
     first = statistics.median(t * 1e3 for r in runs for t in r["times"][1:17])
     last = statistics.median(t * 1e3 for r in runs for t in r["times"][-16:])
     tps = statistics.median(batch * new / sum(r["times"]) for r in runs)
-    return {"prefill": prefill, "p50": _pct(tokens, 50), "p99": _pct(tokens, 99), "tps": tps,
+    return {"prefill": prefill, "p50": _pct(tokens, 50), "p99": _pct(tokens, 99), "tps": tps, "cpu": _pct(cpu, 50),
             "rss": max(r["rss"] for r in runs), "first": first, "last": last, "blas": runs[0]["blas"],
             "ids": runs[0]["ids"], "same_ids_across_rounds": all(r["ids"] == runs[0]["ids"] for r in runs)}
 
@@ -136,7 +138,7 @@ def main() -> int:
                 print(f"# BLAS in the engineroom process: {s['project']['blas']}")
                 print(f"{'model':9s} {'B':>2s} | {'prefill ms':>17s} {'x':>5s} | {'token p50 ms':>15s} {'x':>5s} | "
                       f"{'token p99 ms':>15s} | {'tokens/s':>13s} | {'peak RSS MB':>11s} {'x':>5s} | "
-                      f"{'p50 first/last 16':>23s} | ids")
+                      f"{'p50 first/last 16':>23s} | {'token CPU p50 ms':>20s} | ids")
                 blas_shown = True
             o, p = s["ort"], s["project"]
             same = o["ids"] == p["ids"] and o["same_ids_across_rounds"] and p["same_ids_across_rounds"]
@@ -146,8 +148,11 @@ def main() -> int:
                   f"{o['p50']:6.3f} / {p['p50']:6.3f} {p['p50'] / o['p50']:5.2f} | {o['p99']:6.3f} / {p['p99']:6.3f} | "
                   f"{o['tps']:5.0f} / {p['tps']:5.0f} | {o['rss']:4.0f} / {p['rss']:4.0f} {p['rss'] / o['rss']:5.2f} | "
                   f"ort {o['first']:5.2f}/{o['last']:5.2f} er {p['first']:5.2f}/{p['last']:5.2f} | "
+                  f"{o['cpu']:6.3f} / {p['cpu']:6.3f} {p['cpu'] / o['cpu']:5.2f} | "
                   f"{'same' if same else 'DIFFERENT'}", flush=True)
-    print("# columns: onnxruntime / engineroom, then the ratio engineroom / onnxruntime")
+    print("# columns: onnxruntime / engineroom, then the ratio engineroom / onnxruntime; token CPU: the thread's "
+          "CPU time per step (both engines compute on the calling thread at 1 thread), steadier than wall time "
+          "on a shared machine")
     return 0 if ok else 1
 
 
