@@ -356,7 +356,8 @@ class InferenceSession:
             except Unclaimed:
                 return None
 
-        if level >= 2 and any(optimize_extended(self._model, owners.get, level, body_owners).values()):
+        if level >= 2 and any(optimize_extended(self._model, owners.get, level, body_owners,
+                                                providers=self._providers).values()):
             # the graph changed: providers are asked again (the builder's assignment is stale)
             opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
             builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)

@@ -48,11 +48,14 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
 
 
 def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2,
-                      body_owners: Callable[[ir.Graph], dict | None] | None = None) -> dict[str, int]:
+                      body_owners: Callable[[ir.Graph], dict | None] | None = None,
+                      providers: list | None = None) -> dict[str, int]:
     """Level 2: fusions where the provider that owns the nodes has the fused kernel; level 3 (99) adds
     the layout fusions. ``body_owners(body)``, where given, assigns an If/Loop/Scan body's nodes
-    (None: leave that body as it is), and the level-2 fusions run inside the bodies too."""
-    done = fuse(model, owner, level)
+    (None: leave that body as it is), and the level-2 fusions run inside the bodies too.
+    ``providers``: the session's, in priority order (passes that change which provider could claim a
+    node run only where that cannot move it, see ``float16_compute``)."""
+    done = fuse(model, owner, level, providers)
     for body in list(all_bodies(model.graph)) if body_owners is not None else ():
         owners = body_owners(body)
         if owners:

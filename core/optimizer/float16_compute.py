@@ -6,7 +6,9 @@ most of a float16 model's time (73% in ``astype`` on PP-LCNet). A provider asks 
 class attribute ``computes_float16_in_float32 = True``; the pass then rewrites the graph, once at session
 creation:
 
-- the float16 nodes the provider owns, of the ops listed in ``_WIDENABLE`` (ops whose float32 form
+- the float16 nodes the provider owns (it must be the session's first provider: the rewritten graph is
+  offered to the providers again, and one before it would take widened nodes it had left), of the ops
+  listed in ``_WIDENABLE`` (ops whose float32 form
   computes the same function: arithmetic, convolutions, GEMMs, pools, normalizations, data movement),
   form the region; their float16 values become float32;
 - float16 initializers read only inside the region are converted once (a float32 copy where they are
@@ -66,12 +68,17 @@ def _cast(value: ir.Value, to: ir.DataType, name: str) -> ir.Node:
     return ir.Node("", "Cast", [value], [ir.AttrInt64("to", int(to))], num_outputs=1, name=name)
 
 
-def compute_float16_in_float32(model: ir.Model, owner) -> int:
+def compute_float16_in_float32(model: ir.Model, owner, providers: list | None = None) -> int:
     """Rewrite the float16 regions of providers that ask for it (see the module docstring); the number
-    of nodes widened."""
+    of nodes widened. ``providers``: the session's in priority order; unknown (None), nothing is done."""
+    # the rewritten graph is offered to the providers again in priority order: a provider before the
+    # asking one that has float32 kernels but no float16 ones (OpenCL) would then take the widened nodes
+    # from it. So the pass runs only for the provider of highest priority.
+    if not providers or not getattr(providers[0], "computes_float16_in_float32", False):
+        return 0
+    first = providers[0]
     graph = model.graph
-    region = [n for n in graph
-              if _widenable(n) and getattr(owner(n), "computes_float16_in_float32", False)]
+    region = [n for n in graph if _widenable(n) and owner(n) is first]
     if not region:
         return 0
     inside = set(region)

@@ -428,10 +428,11 @@ def fuse_body(model: ir.Model, body: ir.Graph, owner: Callable[[ir.Node], object
     return done
 
 
-def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2) -> dict[str, int]:
+def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2,
+         providers: list | None = None) -> dict[str, int]:
     """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them."""
     # float16 regions become float32 first, so the float32 fusions below apply to them
-    done = {"Float16InFloat32": compute_float16_in_float32(model, owner)}
+    done = {"Float16InFloat32": compute_float16_in_float32(model, owner, providers)}
     f = Fuser(model, owner)
     done["ConvTranspose"] = fuse_upsample_conv(f)          # before FusedConv takes the Conv
     done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
