@@ -21,6 +21,16 @@ def window_geometry(spatial, kshape, strides, dilations, pads, auto_pad: str = "
     ``pads`` is ONNX's [begin..., end...]; ``ceil_mode`` rounds the output size up, but a window
     may not start inside the end padding (onnxruntime's rule)."""
     n = len(spatial)
+    if len(kshape) < n or len(strides) < n or len(dilations) < n or (auto_pad not in ("SAME_UPPER", "SAME_LOWER",
+                                                                                      "VALID") and len(pads) < 2 * n):
+        raise ValueError(f"kernel_shape {list(kshape)}, strides {list(strides)}, dilations {list(dilations)} or "
+                         f"pads {list(pads)} do not cover the {n} spatial axes")
+    # checked here because compiled loops index memory with these numbers (a negative pad wrote out of bounds)
+    bad = [f"{name} {list(v)}" for name, v, lo in (("kernel_shape", kshape, 1), ("strides", strides, 1),
+                                                    ("dilations", dilations, 1), ("pads", pads, 0))
+           if any(int(x) < lo for x in v)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: kernel sizes, strides and dilations must be >= 1, pads >= 0")
     pb, pe, out = [], [], []
     for i in range(n):
         in_sz, k, s, d = spatial[i], kshape[i], strides[i], dilations[i]
