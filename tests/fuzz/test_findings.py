@@ -216,3 +216,19 @@ def test_identity_into_a_graph_output_that_another_node_reads():
     y, z = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
     np.testing.assert_array_equal(y, -x)
     np.testing.assert_array_equal(z, -x)
+
+
+@pytest.mark.parametrize("attr, value", [("pads", [1, -2 ** 62, 1, 1]), ("pads", [0, -3, 0, 0]), ("strides", [0, 1]),
+                                         ("dilations", [1, -1])])
+def test_conv_with_negative_pads_is_refused_not_a_crash(attr, value, conv_path):
+    # seed 47 case 162: Conv pads [1, -2**62, 1, 1] made the compiled loops write out of bounds (SIGSEGV)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **{attr: value}, name="bad_conv")
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 7, 5])],
+               inits=[numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
+    with pytest.raises((ort.Fail, ort.RuntimeException), match=f"'bad_conv'.*{attr}"):   # at creation or run
+        ort.InferenceSession(m.SerializeToString()).run(None, {"x": np.ones((1, 1, 7, 5), np.float32)})
+
+
+@pytest.fixture(params=JIT_PATHS)
+def conv_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "conv")
