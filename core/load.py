@@ -296,6 +296,7 @@ def _check_fields(proto: onnx.ModelProto) -> None:
     """What protobuf and the checker let through and the IR cannot hold: a name that is not valid UTF-8
     (protobuf hands a repeated string over as bytes) and an attribute of no type."""
     nodes = [n for g in _graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    opsets = {imp.domain if imp.domain != "ai.onnx" else "": imp.version for imp in proto.opset_import}
     for n in nodes:
         for nm in (n.op_type, n.domain, n.name, *n.input, *n.output):
             if not isinstance(nm, str):
@@ -305,6 +306,24 @@ def _check_fields(proto: onnx.ModelProto) -> None:
             if a.type == onnx.AttributeProto.UNDEFINED:
                 raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) "
                                    f"has no type")
+        _check_attribute_types(n, opsets)
+
+
+def _check_attribute_types(n: onnx.NodeProto, opsets: dict[str, int]) -> None:
+    """Each attribute of the type the op's schema declares. The checker says so too, but its first complaint
+    about an unknown op or attribute (which the partitioner reports better) hides the rest."""
+    domain = n.domain if n.domain != "ai.onnx" else ""
+    if domain not in opsets or not n.attribute:
+        return
+    try:
+        spec = onnx.defs.get_schema(n.op_type, opsets[domain], domain).attributes
+    except onnx.defs.SchemaError:
+        return
+    for a in n.attribute:
+        want = spec.get(a.name)
+        if want is not None and a.type != int(want.type.value) and not a.ref_attr_name:
+            raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) must "
+                               f"be {want.type.name}, got {onnx.AttributeProto.AttributeType.Name(a.type)}")
 
 
 def _unknown_output_dims(proto: onnx.ModelProto) -> list[tuple[int, int]]:
