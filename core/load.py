@@ -306,6 +306,12 @@ def _check_fields(proto: onnx.ModelProto) -> None:
             if a.type == onnx.AttributeProto.UNDEFINED:
                 raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) "
                                    f"has no type")
+            for t in (a.t,) if a.type == onnx.AttributeProto.TENSOR else a.tensors:
+                try:   # data that disagrees with its dims fails here, not in a pass that reads it later
+                    onnx.numpy_helper.to_array(t)
+                except Exception as e:  # noqa: BLE001 - numpy_helper raises several kinds
+                    raise InvalidGraph(f"This is an invalid model: tensor attribute '{a.name}' of node '{n.name}' "
+                                       f"({n.op_type}) cannot be read: {e}") from None
         _check_attribute_types(n, opsets)
 
 
