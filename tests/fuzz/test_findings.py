@@ -232,3 +232,22 @@ def test_conv_with_negative_pads_is_refused_not_a_crash(attr, value, conv_path):
 @pytest.fixture(params=JIT_PATHS)
 def conv_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "conv")
+
+
+def test_attribute_of_the_wrong_type_behind_an_unknown_attribute():
+    # seed 47 case 1113: Cast.to retyped as a tensor went unchecked (the checker stopped at an unknown attribute
+    # of another node, which load lets the partitioner report) and eliminate_redundant_cast raised TypeError
+    cast = helper.make_node("Cast", ["x"], ["c"], to=numpy_helper.from_array(np.array([1.5], np.float32)))
+    relu = helper.make_node("Relu", ["c"], ["y"], axis=-5)
+    m = _model([cast, relu], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    with pytest.raises(ort.InvalidGraph, match="attribute 'to' .*Cast.* must be INT, got TENSOR"):
+        ort.InferenceSession(m.SerializeToString())
+
+
+def test_tensor_attribute_whose_data_disagrees_with_its_dims():
+    # seed 47 case 6: a tensor attribute with 3 bytes of data for 35 elements reached CSE, which raised ValueError
+    t = numpy_helper.from_array(np.arange(35, dtype=np.uint8), "v")
+    t.raw_data = t.raw_data[:3]
+    m = _model([helper.make_node("Constant", [], ["c"], value=t), helper.make_node("Cast", ["c"], ["y"], to=1)])
+    with pytest.raises(ort.InvalidGraph, match="tensor attribute 'value'"):
+        ort.InferenceSession(m.SerializeToString())
