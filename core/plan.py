@@ -282,7 +282,8 @@ class PlanBuilder:
         for nm in input_names:  # overridable initializers are inputs, not constants
             consts.pop(nm, None)
         nodes = list(graph)
-        views = [node_view(n, i, self.opsets, consts) for i, n in enumerate(nodes)]
+        protos = any(getattr(p, "reads_node_protos", True) for p in self.providers)
+        views = [node_view(n, i, self.opsets, consts, protos) for i, n in enumerate(nodes)]
         outer: dict[int, list[str]] = {}
         for i, n in enumerate(nodes):
             names: dict[str, None] = {}

@@ -134,7 +134,10 @@ def type_proto_string(tp: onnx.TypeProto | None) -> str:
     return "unknown"
 
 
-def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[str, np.ndarray]) -> NodeView:
+def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[str, np.ndarray],
+              protos: bool = True) -> NodeView:
+    """The provider-facing view of ``node``; ``protos`` False leaves out the ONNX protos of its types
+    and of the node (``input_types``, ``output_types``, ``proto``), which only some providers read."""
     domain = normalize_domain(node.domain)
     opset = opsets.get(domain, opsets.get("ai.onnx", 1) if domain == "" else 1)
     attrs = dict(_attr_defaults(node.op_type, domain, opset))
@@ -152,7 +155,8 @@ def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[st
         output_shapes=tuple(value_shape(v) for v in outs),
         attrs=attrs,
         const_inputs=tuple(consts.get(v.name) if v is not None else None for v in ins),
-        input_types=tuple(value_type_proto(v) for v in ins),
-        output_types=tuple(value_type_proto(v) for v in outs),
-        proto=ir.serde.serialize_node(node),  # what GroupView.to_model() builds compiled groups from
+        input_types=tuple(value_type_proto(v) for v in ins) if protos else (),
+        output_types=tuple(value_type_proto(v) for v in outs) if protos else (),
+        # what GroupView.to_model() builds compiled groups from
+        proto=ir.serde.serialize_node(node) if protos else None,
     )

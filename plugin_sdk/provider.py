@@ -77,6 +77,9 @@ class ExecutionProvider:
     sdk_version: ClassVar[str] = "1.0"      # the plugin SDK version this provider was built for
     options: ClassVar[dict[str, Any]] = {}  # option name -> default (as strings, like ORT)
     xp: Any = np
+    # whether get_capability / compile / kernels read NodeView.input_types, output_types and proto (ONNX
+    # protos made per node); a session whose providers all say False builds its views without them
+    reads_node_protos: ClassVar[bool] = True
 
     def __init__(self, **provider_options: Any) -> None:
         unknown = sorted(set(provider_options) - set(self.options))

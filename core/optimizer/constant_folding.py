@@ -41,7 +41,7 @@ def _evaluate(node, opsets, consts, cpu):
         return _static_shape(node, opsets, consts)
     if not all(v is None or v.name in consts for v in node.inputs):
         return None
-    view = node_view(node, 0, opsets, consts)
+    view = node_view(node, 0, opsets, consts, protos=False)   # the CPU kernels read no protos
     if cpu.kernel_for(view) is None:
         return None
     try:
@@ -62,7 +62,7 @@ def _static_shape(node, opsets, consts):
         shape = tuple(v.shape)
     else:
         return None
-    view = node_view(node, 0, opsets, consts)
+    view = node_view(node, 0, opsets, consts, protos=False)   # the CPU kernels read no protos
     start, end = view.attrs.get("start", 0), view.attrs.get("end", None)
     if not all(v is None or isinstance(v, (int, np.integer)) for v in (start, end)):
         return None   # an attribute of the wrong type is the Shape kernel's to report, naming the node

@@ -31,6 +31,8 @@ class CPUExecutionProvider(KernelProvider):
     # its float16 kernels compute in float32: at level 2 the optimizer widens its float16 regions once
     # (engineroom.optimizer.float16_compute) instead of every kernel casting its inputs and outputs
     computes_float16_in_float32: ClassVar[bool] = True
+    # its kernels never read a node's ONNX protos: sessions on it alone skip making them (~25% of creation)
+    reads_node_protos: ClassVar[bool] = False
 
     @classmethod
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
