@@ -271,7 +271,7 @@ def _target(to) -> np.dtype:
 def cast(info):
     a = info.attrs
     src = info.input_dtypes[0] if info.input_dtypes else None
-    fn = _caster(_target(a["to"]), bool(a.get("saturate", 1)), a.get("round_mode", "up"), info.opset, info.xp, src)
+    fn = _caster(_target(a["to"]), int(a.get("saturate", 1)) == 1, a.get("round_mode", "up"), info.opset, info.xp, src)
 
     def run(x):
         return (fn(x),)
@@ -283,7 +283,7 @@ def cast(info):
 def cast_like(info):
     """CastLike: Cast to the element type of the second input (known from the model, else read per run)."""
     a = info.attrs
-    saturate = bool(a.get("saturate", 1))
+    saturate = int(a.get("saturate", 1)) == 1
     round_mode = a.get("round_mode", "up")
     xp = info.xp
     src = info.input_dtypes[0] if info.input_dtypes else None
