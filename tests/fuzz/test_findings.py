@@ -251,3 +251,15 @@ def test_tensor_attribute_whose_data_disagrees_with_its_dims():
     m = _model([helper.make_node("Constant", [], ["c"], value=t), helper.make_node("Cast", ["c"], ["y"], to=1)])
     with pytest.raises(ort.InvalidGraph, match="tensor attribute 'value'"):
         ort.InferenceSession(m.SerializeToString())
+
+
+def test_cast_saturate_other_than_one_is_false():
+    # seed 47 case 1693: saturate = 2**62 saturated float8 casts; onnxruntime reads saturate == 1
+    rt = _onnxruntime()
+    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN, saturate=2 ** 62)
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])], opset=19)
+    m.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT8E4M3FN
+    x = np.array([1e6, -1e6, 448.0, 500.0, 0.5], np.float32)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got.view(np.uint8), ref)   # onnxruntime hands float8 over as its bytes
