@@ -87,13 +87,19 @@ def tensor_to_numpy(t) -> np.ndarray:
     return arr
 
 
+_NP_DTYPES: dict = {}     # ir.DataType -> NumPy dtype or None (DataType.numpy() costs ~20 us a call)
+
+
 def value_dtype(v: ir.Value | None):
     if v is None or v.type is None or not isinstance(v.type, ir.TensorType):
         return None
-    try:
-        return np.dtype(v.dtype.numpy())
-    except Exception:  # noqa: BLE001 - types NumPy cannot hold
-        return None
+    dt = v.dtype
+    if dt not in _NP_DTYPES:
+        try:
+            _NP_DTYPES[dt] = np.dtype(dt.numpy())
+        except Exception:  # noqa: BLE001 - types NumPy cannot hold
+            _NP_DTYPES[dt] = None
+    return _NP_DTYPES[dt]
 
 
 def value_shape(v: ir.Value | None):

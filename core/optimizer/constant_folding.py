@@ -74,7 +74,9 @@ def _replace_with_constants(graph: ir.Graph, node: ir.Node, outs: list[np.ndarra
     news = []
     for old, arr in zip(olds, outs):
         name = old.name
-        new = ir.Value(name=None, type=old.type, shape=ir.Shape(arr.shape), const_value=ir.tensor(arr))
+        # ir.Tensor directly for numbers: ir.tensor's protocol checks cost more than the fold itself
+        t = ir.Tensor(arr) if arr.dtype.kind in "biufc" else ir.tensor(arr)
+        new = ir.Value(name=None, type=old.type, shape=ir.Shape(arr.shape), const_value=t)
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
         news.append((old, new, name, arr))
     graph.remove(node, safe=True)
