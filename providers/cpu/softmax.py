@@ -194,6 +194,8 @@ def nll_loss(xp, logp, target, weight, reduction, ignore_index):
     if ignored is not None:
         w = xp.where(ignored, xp.zeros((), logp.dtype), w)
     loss = -picked * w
+    if ignored is not None:   # an ignored position adds 0, even where its log-probability is NaN or inf
+        loss = xp.where(ignored, xp.zeros((), logp.dtype), loss)
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -202,10 +204,18 @@ def nll_loss(xp, logp, target, weight, reduction, ignore_index):
     return xp.asarray(loss.sum(dtype=logp.dtype) / den)
 
 
+def _reduction(info) -> str:
+    r = info.attrs.get("reduction", "mean")
+    r = r.decode() if isinstance(r, bytes) else r
+    if r not in ("none", "sum", "mean"):
+        raise ValueError(f"{info.op_type}: reduction must be 'none', 'sum' or 'mean', got {r!r}")
+    return r
+
+
 @kernel("NegativeLogLikelihoodLoss", since=12)
 def negative_log_likelihood_loss(info):
     xp = info.xp
-    reduction = info.attrs.get("reduction", "mean")
+    reduction = _reduction(info)
     ignore_index = info.attrs.get("ignore_index")
 
     def run(x, target, weight=None):
@@ -219,7 +229,7 @@ def negative_log_likelihood_loss(info):
 @kernel("SoftmaxCrossEntropyLoss", since=12)
 def softmax_cross_entropy_loss(info):
     xp = info.xp
-    reduction = info.attrs.get("reduction", "mean")
+    reduction = _reduction(info)
     ignore_index = info.attrs.get("ignore_index")
 
     def run(scores, labels, weights=None):
