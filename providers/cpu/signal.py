@@ -133,6 +133,8 @@ def mel_weight_matrix(num_mel_bins, dft_length, sample_rate, lower_edge_hertz, u
     rate = _scalar(sample_rate)
     lo = np.asarray(lower_edge_hertz).reshape(())[()]
     hi = np.asarray(upper_edge_hertz).reshape(())[()]
+    if n_dft < 1 or n_mel < 1:
+        raise ValueError(f"MelWeightMatrix: dft_length ({n_dft}) and num_mel_bins ({n_mel}) must be >= 1")
     n_bins = n_dft // 2 + 1
     # n_mel + 2 points on the mel scale, mapped back to hertz, then to DFT bin indices. The step is
     # (hi - lo) / (n_mel + 2), as onnxruntime and the ONNX tests define it (the last point stays below hi).
