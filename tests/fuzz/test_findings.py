@@ -263,3 +263,40 @@ def test_cast_saturate_other_than_one_is_false():
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got.view(np.uint8), ref)   # onnxruntime hands float8 over as its bytes
+
+
+def test_softmax_cross_entropy_skips_ignored_rows_holding_nan():
+    # seed 53 case 1218: a NaN score in a row whose label is ignore_index made the mean NaN (NaN * weight 0)
+    rt = _onnxruntime()
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "y"], ["loss"], ignore_index=2, reduction="mean")
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
+                        helper.make_tensor_value_info("y", TensorProto.INT64, [4])], ["loss"], opset=13)
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    x[1, 3] = np.nan
+    y = np.array([0, 2, 4, 1], np.int64)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x, "y": y})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "y": y})[0]
+    assert np.isfinite(ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_loss_with_an_unknown_reduction_is_refused():
+    # seed 53 cases 1312, 3415: reduction 'bogus' ran as some reduction; it is refused, naming the attribute
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "y"], ["loss"], reduction="bogus")
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
+                        helper.make_tensor_value_info("y", TensorProto.INT64, [4])], ["loss"], opset=13)
+    with pytest.raises(ort.Fail, match="reduction must be"):
+        ort.InferenceSession(m.SerializeToString())
+
+
+def test_mel_weight_matrix_with_a_negative_dft_length_is_refused():
+    # seed 53 case 3821: dft_length -1 gave a (0, 8) matrix (Python's floor division; onnxruntime's C++ gives 1 row)
+    names = ["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz"]
+    node = helper.make_node("MelWeightMatrix", names, ["y"])
+    m = _model([node], [helper.make_tensor_value_info(n, TensorProto.INT32 if k < 3 else TensorProto.FLOAT, [])
+                        for k, n in enumerate(names)], opset=17)
+    feed = {"num_mel_bins": np.array(8, np.int32), "dft_length": np.array(-1, np.int32),
+            "sample_rate": np.array(8192, np.int32), "lower_edge_hertz": np.array(0, np.float32),
+            "upper_edge_hertz": np.array(4096, np.float32)}
+    with pytest.raises(ort.RuntimeException, match="dft_length"):
+        ort.InferenceSession(m.SerializeToString()).run(None, feed)
