@@ -5,9 +5,12 @@ bidirectional), ``sequence_lens`` (per-batch lengths; steps past a sequence's en
 keep its state), ``clip`` (on gate pre-activations) and configurable activations.
 
 Speed: the input projection ``X @ W^T + biases`` of every time step is one GEMM before the loop, so
-the per-step work is a single ``H @ R^T`` and elementwise gate math. A reverse direction with
-ragged lengths is run forward over each sequence reversed within its own length (one gather before,
-one after), so every direction uses the same masked forward loop.
+the per-step work is a single ``H @ R^T`` (into a preallocated buffer) and the gate math. With the
+default activations that math is one compiled loop per step (``_jit_rnn``, float32, the ``jit`` extra)
+or a few in-place NumPy passes (``errstate`` entered once per direction, not per sigmoid); other
+activations take the generic loop. A reverse direction runs its steps last to first, writing Y in
+place; with ragged lengths it runs forward over each sequence reversed within its own length (one
+gather before, one after), so every direction uses the same masked loop.
 """
 from __future__ import annotations
 
