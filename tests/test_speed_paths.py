@@ -472,3 +472,23 @@ def test_depthwise_kernel_rows_of_five(conv_path, k, stride, dil, H):
     ref, got = both(m, {"x": x})
     assert rel_err(ref[0], got[0]) < 1e-5
     conv_path.expect("depthwise2d")
+
+
+def test_float16_region_read_by_a_subgraph():
+    """A widened value read inside an If branch (outer scope) is handed to it rounded to float16."""
+    k = RNG.standard_normal((1, 4)).astype(np.float16)
+    then_g = helper.make_graph([helper.make_node("Neg", ["m"], ["t"])], "then", [],
+                               [vi("t", TensorProto.FLOAT16, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Abs", ["m"], ["e"])], "else", [],
+                               [vi("e", TensorProto.FLOAT16, [1, 4])])
+    nodes = [helper.make_node("Mul", ["x", "k"], ["m"]),
+             helper.make_node("If", ["c"], ["z"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["m", "x"], ["y"])]
+    m = model(nodes, [vi("x", TensorProto.FLOAT16, [1, 4]), vi("c", TensorProto.BOOL, [])],
+              [vi("z", TensorProto.FLOAT16, None), vi("y", TensorProto.FLOAT16, None)], [("k", k)], opset=17)
+    x = RNG.standard_normal((1, 4)).astype(np.float16)
+    for c in (True, False):
+        ref, got = both(m, {"x": x, "c": np.array(c)})
+        for r, g in zip(ref, got):
+            assert g.dtype == np.float16
+            assert rel_err(r, g) < 2e-3

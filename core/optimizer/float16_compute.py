@@ -61,7 +61,9 @@ def _widenable(node: ir.Node) -> bool:
         return False            # its indices are a discrete result: keep it on float16 values
     if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
         return False
-    return any(_is_f16(v) for v in list(node.inputs) + list(node.outputs))
+    values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
+    # every type known: an output of unknown type would leave the region as float32 unnoticed
+    return all(v.dtype is not None for v in values) and any(_is_f16(v) for v in values)
 
 
 def _cast(value: ir.Value, to: ir.DataType, name: str) -> ir.Node:
