@@ -297,6 +297,10 @@ def _check_fields(proto: onnx.ModelProto) -> None:
     (protobuf hands a repeated string over as bytes) and an attribute of no type."""
     nodes = [n for g in _graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
     opsets = {imp.domain if imp.domain != "ai.onnx" else "": imp.version for imp in proto.opset_import}
+    for dom, version in opsets.items():
+        if not 0 <= version < 2 ** 31:
+            raise InvalidGraph(f"This is an invalid model: opset import of domain '{dom or 'ai.onnx'}' has version "
+                               f"{version}")
     for n in nodes:
         for nm in (n.op_type, n.domain, n.name, *n.input, *n.output):
             if not isinstance(nm, str):
