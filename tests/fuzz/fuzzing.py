@@ -725,7 +725,8 @@ class _Worker:
                    ENGINEROOM_JIT=os.environ.get("ENGINEROOM_JIT", "wait"))
         args = [sys.executable, os.path.abspath(__file__), "--worker", str(seed), json.dumps(node_tests),
                 json.dumps(list(zoo)), str(mem_gib)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        self.log = tempfile.TemporaryFile()   # the worker's stderr: what a crash printed last
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, env=env, cwd=HERE)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -741,6 +742,13 @@ class _Worker:
         except queue.Empty:
             return "timeout"
         return None if line is None else json.loads(line)
+
+    def stderr_tail(self, n: int = 1500) -> str:
+        try:
+            self.log.seek(0)
+            return self.log.read().decode(errors="replace")[-n:]
+        except Exception:  # noqa: BLE001
+            return ""
 
     def kill(self):
         try:
@@ -802,7 +810,7 @@ def fuzz(cases, seed: int, workers: int = 2, case_timeout: float = 60.0, node_te
                                 "oracle": "crashed" if msg is None else "hung"})
                     else:
                         record({**info, "outcome": "hang" if msg == "timeout" else "crash",
-                                "detail": f"worker exit code {code}"})
+                                "detail": f"worker exit code {code}; its stderr ended: {w.stderr_tail()}"})
                     w = start()
                     break
                 if msg.get("stage") == "start":

@@ -300,3 +300,13 @@ def test_mel_weight_matrix_with_a_negative_dft_length_is_refused():
             "upper_edge_hertz": np.array(4096, np.float32)}
     with pytest.raises(ort.RuntimeException, match="dft_length"):
         ort.InferenceSession(m.SerializeToString()).run(None, feed)
+
+
+@pytest.mark.parametrize("version", [-1, 2 ** 40])
+def test_opset_version_out_of_range_is_refused(version):
+    # seed 19 cases 602, 4758: opset -1 reached onnx.defs.get_schema (TypeError) and let a Cast without inputs
+    # (no schema, so no arity check) reach the cast elimination (IndexError)
+    m = _model([helper.make_node("Cast", [], ["y"], to=1)])
+    m.opset_import[0].version = version
+    with pytest.raises(ort.InvalidGraph, match="opset import of domain 'ai.onnx' has version"):
+        ort.InferenceSession(m.SerializeToString())
