@@ -208,3 +208,30 @@ def test_optimized_model_with_bodies_loads_in_onnxruntime(tmp_path):
     ref = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     check(ref, got, 1e-4)
     check(ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x}), got, 1e-4)
+
+
+@pytest.mark.parametrize("use_iter", ["none", "read", "returned"])
+def test_loop_iteration_number_made_only_when_read(use_iter):
+    """The Loop hands the body no iteration number where it reads none; where it is read or returned as a
+    scan output (a fresh array each iteration), the answers stay onnxruntime's."""
+    nodes = [helper.make_node("Add", ["a_in", "one"], ["a_out"]),
+             helper.make_node("Less", ["a_out", "limit"], ["c_vec"]),
+             helper.make_node("Squeeze", ["c_vec"], ["c_out"])]
+    outs = [vi("c_out", TensorProto.BOOL, []), vi("a_out", F, [1])]
+    if use_iter == "read":
+        nodes[0] = helper.make_node("Cast", ["i"], ["i_f"], to=F)
+        nodes.insert(1, helper.make_node("Add", ["a_in", "i_f"], ["a_out"]))
+    elif use_iter == "returned":
+        nodes.append(helper.make_node("Identity", ["i"], ["i_out"]))
+        outs.append(vi("i_out", TensorProto.INT64, []))
+    body = helper.make_graph(nodes, "b", [vi("i", TensorProto.INT64, []), vi("c_in", TensorProto.BOOL, []),
+                                          vi("a_in", F, [1])], outs)
+    graph_outs = [vi("a", F, [1])] + ([vi("iters", TensorProto.INT64, [None])] if use_iter == "returned" else [])
+    m = model([helper.make_node("Loop", ["n", "c0", "a0"], ["a"] + (["iters"] if use_iter == "returned" else []),
+                                body=body)],
+              [vi("n", TensorProto.INT64, []), vi("c0", TensorProto.BOOL, []), vi("a0", F, [1])], graph_outs,
+              [init("one", np.array([1.0], np.float32)), init("limit", np.array([40.0], np.float32))])
+    for n in (0, 7, 100):
+        feed = {"n": np.array(n, np.int64), "c0": np.array(True), "a0": np.zeros(1, np.float32)}
+        ref, got, _ = both(m, feed)
+        check(ref, got)

@@ -17,6 +17,8 @@ from engineroom.providers.cpu.registry import kernel
 
 def _truth(c) -> bool:
     # Conditions are 0-d or single-element bool tensors; read once on the host.
+    if type(c) is np.ndarray and c.size == 1:
+        return bool(c)      # every Loop iteration: no reshape, no indexing
     return bool(np.asarray(c).reshape(-1)[0])
 
 
@@ -57,6 +59,9 @@ def loop(info):
     n_scan = len(body.output_names) - 1 - n_carried
     int64_max = np.iinfo(np.int64).max
     limit = info.max_tensor_bytes
+    reads = getattr(body, "reads_input", None)
+    # the iteration number as a fresh 0-d array only where the body reads it (the body may return it)
+    needs_iter = reads is None or len(reads) < 1 or reads[0]
 
     def run(*inputs):
         m, cond = inputs[0], inputs[1]
@@ -70,7 +75,7 @@ def loop(info):
         held = 0   # bytes the scan outputs hold so far: a huge trip count stops at the tensor limit
         while go and i < trip:
             # iter_num and cond are fresh 0-d arrays each iteration: the body may return them as outputs.
-            outs = body([np.array(i, dtype=np.int64), cond_t, *carried], outer)
+            outs = body([np.array(i, dtype=np.int64) if needs_iter else None, cond_t, *carried], outer)
             go = _truth(outs[0])
             carried = list(outs[1:1 + n_carried])
             for k in range(n_scan):
