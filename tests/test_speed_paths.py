@@ -492,3 +492,16 @@ def test_float16_region_read_by_a_subgraph():
         for r, g in zip(ref, got):
             assert g.dtype == np.float16
             assert rel_err(r, g) < 2e-3
+
+
+@pytest.mark.parametrize("ash,bsh", [((3000,), (3000,)), ((5, 3000), (3000,)), ((3000,), (3000, 4)),
+                                     ((2, 5, 3000), (2, 3000, 4))])
+def test_intgemm_chunked_shapes(ash, bsh):
+    """K split in chunks for 1-D and batched operands: exact against int64 arithmetic."""
+    from engineroom.providers.cpu import intgemm
+
+    a, b = RNG.integers(0, 256, ash), RNG.integers(-128, 128, bsh)
+    m = intgemm.IntMatrix(b, None, 255)
+    assert m.chunk < 3000
+    np.testing.assert_array_equal(np.asarray(m.matmul(a.astype(np.float32))).astype(np.int64),
+                                  np.matmul(a.astype(np.int64), b.astype(np.int64)))

@@ -99,7 +99,7 @@ def exact_matmul(a, b, chunk: int):
         return _mm(a, b)
     acc = None
     for k0 in range(0, K, chunk):
-        part = _mm(a[..., k0:k0 + chunk], b[..., k0:k0 + chunk, :])
+        part = _mm(a[..., k0:k0 + chunk], b[k0:k0 + chunk] if b.ndim == 1 else b[..., k0:k0 + chunk, :])
         if acc is None:
             acc = part.astype(_F64)
         else:
