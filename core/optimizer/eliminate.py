@@ -58,8 +58,8 @@ def eliminate_redundant_cast(graph: ir.Graph) -> int:
     """Cast to the type its input already has."""
     n = 0
     for node in list(graph):
-        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
-            continue
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+            continue   # a malformed Cast is its kernel's to report, naming the node
         src = node.inputs[0]
         to = node.attributes.get("to")
         if src is None or to is None or src.type is None or not isinstance(src.type, ir.TensorType):
