@@ -310,3 +310,13 @@ def test_opset_version_out_of_range_is_refused(version):
     m.opset_import[0].version = version
     with pytest.raises(ort.InvalidGraph, match="opset import of domain 'ai.onnx' has version"):
         ort.InferenceSession(m.SerializeToString())
+
+
+def test_cast_without_inputs_beside_an_unknown_op():
+    # seed 19 case 602 again, at a valid opset: the checker stops at the unknown op (which the partitioner
+    # reports), so the arity of the Cast went unchecked into the cast elimination (IndexError)
+    nodes = [helper.make_node("Cast", [], ["c"], to=1), helper.make_node("Frob", ["c"], ["y"], domain="com.bogus")]
+    m = _model(nodes)
+    m.opset_import.add(domain="com.bogus", version=1)
+    with pytest.raises(ort.EngineroomError):
+        ort.InferenceSession(m.SerializeToString())
