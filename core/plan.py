@@ -45,7 +45,14 @@ class _NotStopped:
 _NOT_STOPPED = _NotStopped()
 # What the run in progress on this thread was given (RunOptions, Profiler), read once per plan run, so
 # subgraph plans (Loop / Scan / If bodies) see them too. Set by the session around a run.
-running = threading.local()
+class _Running(threading.local):
+    # defaults as class attributes: measured ~0.7 us less per plan run (every Loop iteration) than reading
+    # a plain threading.local's attributes with getattr(..., None)
+    options = None
+    profiler = None
+
+
+running = _Running()
 
 
 def terminated() -> Fail:
