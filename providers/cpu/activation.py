@@ -126,6 +126,8 @@ def relu(info):
 
 def _leaky_relu(x, xp, a):
     alpha = a.get("alpha", 0.01)
+    if not np.isfinite(alpha):   # x * inf is NaN at 0: onnxruntime's x >= 0 ? x : alpha x
+        return xp.where(x >= 0, x, x * alpha)
     r = x * alpha
     # for alpha <= 1, max(x, alpha x) is x where x > 0 and alpha x elsewhere; for alpha > 1, min
     (xp.maximum if alpha <= 1.0 else xp.minimum)(r, x, out=r)
