@@ -105,8 +105,9 @@ def _cosine_window(size, periodic: int, coeffs: tuple[float, ...], output_dataty
     for k, a in enumerate(coeffs):
         if k == 0:
             w += a
-        else:
-            w += (-1) ** k * a * np.cos(2 * np.pi * k * n / denom) if denom else 0.0
+        else:   # a symmetric window of size 1 divides 0 by 0: NaN, as onnxruntime computes it
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w += (-1) ** k * a * np.cos(2 * np.pi * k * n / np.float64(denom))
     return xp.asarray(w.astype(np_dtype(int(output_datatype))))
 
 
