@@ -320,3 +320,27 @@ def test_cast_without_inputs_beside_an_unknown_op():
     m.opset_import.add(domain="com.bogus", version=1)
     with pytest.raises(ort.EngineroomError):
         ort.InferenceSession(m.SerializeToString())
+
+
+def test_leaky_relu_with_an_infinite_alpha():
+    # seed 19 case 187: alpha = inf gave NaN at x = 0 (0 * inf); onnxruntime computes x >= 0 ? x : alpha x
+    rt = _onnxruntime()
+    m = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("inf"))],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])], opset=16)
+    x = np.array([-1.0, 0.0, 1.0], np.float32)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("op", ["BlackmanWindow", "HannWindow", "HammingWindow"])
+def test_symmetric_window_of_size_one(op):
+    # seed 19 case 2504: a symmetric window of size 1 gave a0; onnxruntime's formula divides 0 by 0 (NaN)
+    rt = _onnxruntime()
+    m = _model([helper.make_node(op, ["n"], ["y"], periodic=0)],
+               [helper.make_tensor_value_info("n", TensorProto.INT32, [])], opset=17)
+    for n in (1, 2, 5):
+        feed = {"n": np.array(n, np.int32)}
+        got = ort.InferenceSession(m.SerializeToString()).run(None, feed)[0]
+        ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7, equal_nan=True)
