@@ -21,11 +21,16 @@ class EngineroomBackendRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs) -> list:
         if isinstance(inputs, dict):
-            feed = inputs
+            feed = dict(inputs)
         else:
             if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
             feed = dict(zip(self._names, inputs))
+        # the ONNX backend API hands scalar inputs as NumPy scalars (np.float32(-1) for Clip's min), which
+        # InferenceSession.run refuses as onnxruntime's does: here they are the 0-d tensors they stand for
+        for k, v in feed.items():
+            if isinstance(v, np.generic):
+                feed[k] = np.asarray(v)
         return self.session.run(None, feed)
 
 
