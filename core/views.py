@@ -151,17 +151,21 @@ def node_view(node: ir.Node, index: int, opsets: dict[str, int], consts: dict[st
         attrs[name] = attr_value(a)
     ins = node.inputs
     outs = node.outputs
+    in_dtypes = tuple(value_dtype(v) for v in ins)
+    # a value with no tensor dtype (a map, a sequence) is described only by its type proto: kernels taking
+    # one (DictVectorizer, CastMap, the sequence ops) read it even where the provider needs no protos
+    in_types = protos or any(d is None and v is not None for d, v in zip(in_dtypes, ins))
     return NodeView(
         index=index, op_type=node.op_type, domain=domain, opset=opset, name=node.name or "",
         input_names=tuple(v.name if v is not None else "" for v in ins),
         output_names=tuple(v.name for v in outs),
-        input_dtypes=tuple(value_dtype(v) for v in ins),
+        input_dtypes=in_dtypes,
         output_dtypes=tuple(value_dtype(v) for v in outs),
         input_shapes=tuple(value_shape(v) for v in ins),
         output_shapes=tuple(value_shape(v) for v in outs),
         attrs=attrs,
         const_inputs=tuple(consts.get(v.name) if v is not None else None for v in ins),
-        input_types=tuple(value_type_proto(v) for v in ins) if protos else (),
+        input_types=tuple(value_type_proto(v) for v in ins) if in_types else (),
         output_types=tuple(value_type_proto(v) for v in outs) if protos else (),
         # what GroupView.to_model() builds compiled groups from
         proto=ir.serde.serialize_node(node) if protos else None,
