@@ -235,3 +235,43 @@ def test_loop_iteration_number_made_only_when_read(use_iter):
         feed = {"n": np.array(n, np.int64), "c0": np.array(True), "a0": np.zeros(1, np.float32)}
         ref, got, _ = both(m, feed)
         check(ref, got)
+
+
+def _loop_over_encoder(trip_const: bool):
+    """A decoder step as exporters write it: each iteration multiplies the encoder's output (a value of
+    the main graph) by a weight, though that product is the same in every iteration."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["enc", "Wk"], ["keys"]),               # loop-invariant
+         helper.make_node("MatMul", ["h_in", "keys"], ["scores"]),          # depends on the iteration
+         helper.make_node("Tanh", ["scores"], ["h_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body", [vi("i", TensorProto.INT64, []), vi("c_in", TensorProto.BOOL, []), vi("h_in", F, [1, 6])],
+        [vi("c_out", TensorProto.BOOL, []), vi("h_out", F, [1, 6]), vi("scores", F, [1, 6])])
+    nodes = [helper.make_node("Relu", ["x"], ["enc"]),
+             helper.make_node("Loop", ["trip" if trip_const else "n", "", "h0"], ["h", "all"], body=body)]
+    inputs = [vi("x", F, [6, 5]), vi("h0", F, [1, 6])] + ([] if trip_const else [vi("n", TensorProto.INT64, [])])
+    return model(nodes, inputs, [vi("h", F, [1, 6]), vi("all", F, [None, 1, 6])],
+                 [init("Wk", RNG.standard_normal((5, 6)).astype(np.float32)), init("trip", np.array(4, np.int64))])
+
+
+def test_loop_invariant_nodes_hoisted_where_the_loop_surely_runs():
+    m = _loop_over_encoder(trip_const=True)
+    feed = {"x": RNG.standard_normal((6, 5)).astype(np.float32), "h0": RNG.standard_normal((1, 6)).astype(np.float32)}
+    ref, got, s = both(m, feed)
+    check(ref, got)
+    (ops,) = body_ops(s)
+    assert ops.count("MatMul") == 1, ops      # enc @ Wk runs once, in front of the Loop
+    assert "MatMul" in [i[1] for i in s._plan.infos]
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_loop_invariant_nodes_stay_where_the_trip_count_is_a_feed(n):
+    """With a trip count known only at run time the body may never run: nothing is hoisted (a hoisted
+    node could fail or cost time where onnxruntime runs nothing)."""
+    m = _loop_over_encoder(trip_const=False)
+    feed = {"x": RNG.standard_normal((6, 5)).astype(np.float32), "h0": RNG.standard_normal((1, 6)).astype(np.float32),
+            "n": np.array(n, np.int64)}
+    ref, got, s = both(m, feed)
+    check(ref, got)
+    (ops,) = body_ops(s)
+    assert ops.count("MatMul") == 2, ops

@@ -9,12 +9,23 @@ Before the level-1 passes run on a body, the constants it reads are made its own
   (exporters such as paddle2onnx carry a recurrent cell's weights this way, so every iteration
   transposed them again).
 Bodies are visited outer to inner, so a constant folded in a body reaches the bodies nested in it.
+
+After the level-1 passes, a Loop that surely runs its body at least once (constant trip count > 0 and
+constant true condition) has its loop-invariant nodes hoisted in front of it: nodes that read only
+constants, values of enclosing graphs and carried values the body hands back unchanged compute the same
+thing in every iteration (slanet_table's decoder multiplied its encoder features by a weight 501 times).
+The guard keeps onnxruntime's behaviour: a body that never runs never raises, and hoisted nodes run once
+where they would have run in the first iteration anyway.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import onnx_ir as ir
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                     "Multinomial", "Dropout"}
 
 
 def nested_graphs(graph: ir.Graph) -> Iterator[tuple[ir.Node, ir.Graph]]:
@@ -103,6 +114,59 @@ def loop_invariant_constants(loop: ir.Node, body: ir.Graph, namer: _Namer) -> in
     return n
 
 
+def _const_truth(v: ir.Value | None, default: bool) -> bool | None:
+    """The truth of a constant scalar input (``default`` when the input is absent), None when not constant."""
+    if v is None:
+        return default
+    if v.const_value is None or v.is_graph_input():
+        return None
+    arr = np.asarray(v.const_value.numpy()).reshape(-1)
+    return bool(arr[0]) if arr.size == 1 else None
+
+
+def hoist_loop_invariants(loop: ir.Node, body: ir.Graph, namer: _Namer) -> int:
+    """Move the loop-invariant nodes of a Loop that surely iterates in front of it (see the module's
+    docstring); their outputs become values of the enclosing scope the body reads."""
+    if loop.op_type != "Loop" or loop.domain not in ("", "ai.onnx") or loop.graph is None:
+        return 0
+    trip = loop.inputs[0] if len(loop.inputs) > 0 else None
+    trip_ok = trip is not None and trip.const_value is not None and not trip.is_graph_input() and \
+        np.asarray(trip.const_value.numpy()).size == 1 and int(np.asarray(trip.const_value.numpy()).reshape(-1)[0]) > 0
+    if not trip_ok or not _const_truth(loop.inputs[1] if len(loop.inputs) > 1 else None, True):
+        return 0
+    outer = loop.graph
+    fixed: dict[ir.Value, ir.Value] = {}     # body value -> the enclosing value it always equals
+    for j in range(len(loop.inputs) - 2):
+        if 2 + j < len(body.inputs) and 1 + j < len(body.outputs) and body.outputs[1 + j] is body.inputs[2 + j] \
+                and loop.inputs[2 + j] is not None:
+            fixed[body.inputs[2 + j]] = loop.inputs[2 + j]
+    copies: dict[ir.Value, ir.Value] = {}
+    moved = 0
+    for node in list(body):
+        if (node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or not node.outputs
+                or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+                or any(o.is_graph_output() for o in node.outputs)):
+            continue
+        if not all(v is None or v in fixed or v.graph is not body or (v.is_initializer() and v.const_value is not None)
+                   for v in node.inputs):
+            continue
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                continue
+            if v in fixed:
+                node.replace_input_with(i, fixed[v])
+            elif v.graph is body:      # a body initializer: the enclosing graph gets its own
+                if v not in copies:
+                    copies[v] = ir.Value(name=namer(v.name or "const"), type=v.type, shape=v.shape,
+                                         const_value=v.const_value)
+                    outer.register_initializer(copies[v])
+                node.replace_input_with(i, copies[v])
+        body.remove(node)
+        outer.insert_before(loop, node)
+        moved += 1
+    return moved
+
+
 def optimize_bodies(model: ir.Model, graph: ir.Graph, level1: Callable[[ir.Graph], None],
                     namer: _Namer | None = None) -> int:
     """Run ``level1(body)`` on every body nested in ``graph``, outer to inner, after making the
@@ -113,6 +177,7 @@ def optimize_bodies(model: ir.Model, graph: ir.Graph, level1: Callable[[ir.Graph
         loop_invariant_constants(node, body, namer)
         inline_outer_constants(body, namer)
         level1(body)
+        hoist_loop_invariants(node, body, namer)
         n += 1 + optimize_bodies(model, body, level1, namer)
     return n
 
