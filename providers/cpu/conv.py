@@ -278,6 +278,10 @@ class _ConvPlan:
     def __call__(self, x, b=None, clip=None, z=None):
         """The conv of x (and bias b), then, as FusedConv asks: ``+ z`` (a residual of the output's shape)
         and ``clip=(lo, hi)`` (its Relu/Clip), fused into the conv's last pass where a path can."""
+        # checked before any loop runs: the compiled loops index memory with these sizes
+        if x.ndim < 3 or x.shape[1] != self.Cg * self.group or (b is not None and b.size != self.M):
+            raise ValueError(f"Conv: input of shape {tuple(x.shape)} (and bias of {None if b is None else b.size} "
+                             f"values) does not fit weights of shape {self.w_shape} with group {self.group}")
         if self.lifted:
             x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
             z = None if z is None else z.reshape(z.shape[:2] + (1,) + z.shape[2:])
