@@ -344,3 +344,23 @@ def test_symmetric_window_of_size_one(op):
         got = ort.InferenceSession(m.SerializeToString()).run(None, feed)[0]
         ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("w_shape, b_size", [((4, 0, 4), None), ((4, 2, 3), None), ((4, 1, 3), 3)])
+def test_conv_whose_weights_do_not_fit_its_input(w_shape, b_size, conv_path):
+    # seed 2026 case 486 (the suite's run): a grouped Conv with weight (4, 0, 4) over 4 input channels ran the
+    # compiled loops with inconsistent sizes: heap corruption ("double free or corruption", SIGABRT)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, None)]
+    ins = ["x", "w"]
+    if b_size is not None:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, None))
+        ins.append("b")
+    m = _model([helper.make_node("Conv", ins, ["y"], group=4, name="misfit")], inputs)
+    feed = {"x": np.ones((3, 4, 12), np.float32), "w": np.ones(w_shape, np.float32)}
+    if b_size is not None:
+        feed["b"] = np.ones(b_size, np.float32)
+    s = ort.InferenceSession(m.SerializeToString())
+    for _ in range(3):
+        with pytest.raises(ort.RuntimeException, match="'misfit'.*does not fit weights"):
+            s.run(None, feed)
