@@ -317,6 +317,12 @@ def _check_fields(proto: onnx.ModelProto) -> None:
                     raise InvalidGraph(f"This is an invalid model: tensor attribute '{a.name}' of node '{n.name}' "
                                        f"({n.op_type}) cannot be read: {e}") from None
         _check_attribute_types(n, opsets)
+        if n.op_type == "Split" and n.domain in ("", "ai.onnx"):
+            # onnx's shape inference indexes past the outputs (an assertion that aborts the process)
+            k = next((a.i for a in n.attribute if a.name == "num_outputs"), None)
+            if k is not None and k != len(n.output):
+                raise InvalidGraph(f"This is an invalid model: Split node '{n.name}' has num_outputs {k} but "
+                                   f"{len(n.output)} outputs")
 
 
 def _check_attribute_types(n: onnx.NodeProto, opsets: dict[str, int]) -> None:
