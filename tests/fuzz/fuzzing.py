@@ -721,7 +721,10 @@ def worker_main(seed: int, node_tests: int | None, zoo: list[str], mem_gib: floa
 
 class _Worker:
     def __init__(self, seed, node_tests, zoo, mem_gib):
+        # glibc checks its heap on every free and fills freed memory: an out-of-bounds write by a compiled
+        # loop then aborts in the case that made it, rather than cases later or never
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   MALLOC_CHECK_="3", MALLOC_PERTURB_="165",
                    ENGINEROOM_JIT=os.environ.get("ENGINEROOM_JIT", "wait"))
         args = [sys.executable, os.path.abspath(__file__), "--worker", str(seed), json.dumps(node_tests),
                 json.dumps(list(zoo)), str(mem_gib)]

@@ -364,3 +364,25 @@ def test_conv_whose_weights_do_not_fit_its_input(w_shape, b_size, conv_path):
     for _ in range(3):
         with pytest.raises(ort.RuntimeException, match="'misfit'.*does not fit weights"):
             s.run(None, feed)
+
+
+def test_split_whose_num_outputs_disagrees_with_its_outputs():
+    # seed 61 case 6100: num_outputs 1 with 3 outputs aborted the process inside onnx's shape inference
+    # (a C++ assertion, SIGABRT); load refuses it first
+    import subprocess
+    import sys
+
+    code = """
+import engineroom as ort
+from onnx import TensorProto, helper
+node = helper.make_node("Split", ["x"], ["a", "b", "c"], num_outputs=1)
+g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+                      [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in "abc"])
+try:
+    ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+except ort.InvalidGraph as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)   # a regression aborts
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "num_outputs 1 but 3 outputs" in r.stdout
