@@ -84,6 +84,8 @@ def batch_normalization(info):
         y = y.astype(dt, copy=False)
         if n_out == 1:
             return (y,)
+        if info.opset >= 14:   # running mean/var exist in training mode only: absent, as onnxruntime returns them
+            return (y,) + (None,) * (n_out - 1)
         return (y, mean, var, mean, var)
 
     return run
