@@ -386,3 +386,19 @@ except ort.InvalidGraph as e:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)   # a regression aborts
     assert r.returncode == 0, r.stderr[-2000:]
     assert "num_outputs 1 but 3 outputs" in r.stdout
+
+
+@pytest.mark.parametrize("mode", [2, 3])   # 0 with three outputs: onnxruntime refuses the model
+def test_batchnorm_outside_training_mode_returns_no_running_stats(mode):
+    # seed 71 case 320, seed 83 case 4081: training_mode 3 (not 1: inference) returned the input mean and var
+    # as outputs 1 and 2; onnxruntime returns them absent (None)
+    rt = _onnxruntime()
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=mode)
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])], ["y", "rm", "rv"],
+               inits=[numpy_helper.from_array(np.full(3, k, np.float32), n) for k, n in enumerate("sbmv", 1)],
+               opset=15)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert [o is None for o in got] == [o is None for o in ref] == [False, True, True]
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
