@@ -275,3 +275,30 @@ def test_loop_invariant_nodes_stay_where_the_trip_count_is_a_feed(n):
     check(ref, got)
     (ops,) = body_ops(s)
     assert ops.count("MatMul") == 2, ops
+
+
+@pytest.mark.parametrize("hand_back", ["unsqueeze_squeeze", "float_add_zero"])
+def test_carried_value_handed_back_unchanged(hand_back):
+    """A carried value the body hands back through Unsqueeze + Squeeze (paddle2onnx's way) is the same in
+    every iteration, so what reads only it is hoisted; through a float x + 0 it is not (-0.0 becomes +0.0)."""
+    back = [helper.make_node("Unsqueeze", ["e_in", "ax0"], ["e_u"]),
+            helper.make_node("Squeeze", ["e_u", "ax0"], ["e_out"])] if hand_back == "unsqueeze_squeeze" else \
+        [helper.make_node("Add", ["e_in", "zero"], ["e_out"])]
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["e_in", "Wk"], ["keys"]),
+         helper.make_node("MatMul", ["h_in", "keys"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["h_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"]), *back],
+        "body", [vi("i", TensorProto.INT64, []), vi("c_in", TensorProto.BOOL, []), vi("h_in", F, [1, 6]),
+                 vi("e_in", F, [6, 5])],
+        [vi("c_out", TensorProto.BOOL, []), vi("h_out", F, [1, 6]), vi("e_out", F, [6, 5])])
+    m = model([helper.make_node("Relu", ["x"], ["enc"]),
+               helper.make_node("Loop", ["trip", "", "h0", "enc"], ["h", "e_last"], body=body)],
+              [vi("x", F, [6, 5]), vi("h0", F, [1, 6])], [vi("h", F, [1, 6]), vi("e_last", F, [6, 5])],
+              [init("Wk", RNG.standard_normal((5, 6)).astype(np.float32)), init("trip", np.array(5, np.int64)),
+               init("ax0", np.array([0], np.int64)), init("zero", np.array([0.0], np.float32))])
+    x = RNG.standard_normal((6, 5)).astype(np.float32)
+    ref, got, s = both(m, {"x": x, "h0": RNG.standard_normal((1, 6)).astype(np.float32)})
+    check(ref, got)
+    (ops,) = body_ops(s)
+    assert ops.count("MatMul") == (1 if hand_back == "unsqueeze_squeeze" else 2), ops

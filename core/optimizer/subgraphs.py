@@ -124,6 +124,47 @@ def _const_truth(v: ir.Value | None, default: bool) -> bool | None:
     return bool(arr[0]) if arr.size == 1 else None
 
 
+def _axes(node: ir.Node):
+    a = node.attributes.get("axes")
+    if a is not None:
+        return tuple(a.value)
+    v = node.inputs[1] if len(node.inputs) > 1 else None
+    if v is None or v.const_value is None:
+        return None
+    return tuple(np.asarray(v.const_value.numpy()).reshape(-1).tolist())
+
+
+def _int_zero(v: ir.Value | None) -> bool:
+    if v is None or v.const_value is None:
+        return False
+    arr = np.asarray(v.const_value.numpy())
+    return arr.dtype.kind in "iub" and arr.size == 1 and not arr.any()
+
+
+def _same_value(out: ir.Value, inp: ir.Value, depth: int = 8) -> bool:
+    """Whether ``out`` always equals ``inp``: the same value, or it through Identity, an integer Add of a
+    one-element zero, or an Unsqueeze that a Squeeze of the same axes undoes (paddle2onnx hands carried
+    values back that way). A float x + 0 is not taken: it turns -0.0 into +0.0."""
+    for _ in range(depth):
+        if out is inp:
+            return True
+        p = out.producer()
+        if p is None or p.domain not in ("", "ai.onnx") or not p.inputs or p.inputs[0] is None:
+            return False
+        if p.op_type == "Identity" or (p.op_type == "Add" and len(p.inputs) == 2 and _int_zero(p.inputs[1])
+                                       and p.inputs[0].dtype == p.inputs[1].dtype):
+            out = p.inputs[0]
+            continue
+        q = p.inputs[0].producer() if p.op_type == "Squeeze" else None
+        if q is None or q.op_type != "Unsqueeze" or q.domain not in ("", "ai.onnx") or not q.inputs:
+            return False
+        axes = _axes(p)
+        if axes is None or axes != _axes(q) or q.inputs[0] is None:
+            return False
+        out = q.inputs[0]
+    return False
+
+
 def hoist_loop_invariants(loop: ir.Node, body: ir.Graph, namer: _Namer) -> int:
     """Move the loop-invariant nodes of a Loop that surely iterates in front of it (see the module's
     docstring); their outputs become values of the enclosing scope the body reads."""
@@ -137,8 +178,8 @@ def hoist_loop_invariants(loop: ir.Node, body: ir.Graph, namer: _Namer) -> int:
     outer = loop.graph
     fixed: dict[ir.Value, ir.Value] = {}     # body value -> the enclosing value it always equals
     for j in range(len(loop.inputs) - 2):
-        if 2 + j < len(body.inputs) and 1 + j < len(body.outputs) and body.outputs[1 + j] is body.inputs[2 + j] \
-                and loop.inputs[2 + j] is not None:
+        if 2 + j < len(body.inputs) and 1 + j < len(body.outputs) and loop.inputs[2 + j] is not None \
+                and _same_value(body.outputs[1 + j], body.inputs[2 + j]):
             fixed[body.inputs[2 + j]] = loop.inputs[2 + j]
     copies: dict[ir.Value, ir.Value] = {}
     moved = 0
