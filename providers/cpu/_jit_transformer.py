@@ -150,7 +150,8 @@ def _gelu1(v):  # pragma: no cover (compiled)
     r -= k * LN2_LO
     e = _expm_small(r + yl) * _pow2(np.int32(k))
     g = _fmax(v, F0) - t * e * (p / q)
-    return v if v != v else g
+    # at -inf the definition 0.5 x (1 + erf(x / sqrt 2)) is -inf * 0 = NaN (onnxruntime's and onnx.reference's answer)
+    return v if v != v else (np.float32(np.nan) if v == -np.inf else g)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")

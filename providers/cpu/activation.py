@@ -448,6 +448,7 @@ def _gelu_erf_f32(x, xp):
     p *= t                        # |x| Phi(-|x|)
     r = clip(x, 0.0, _INF, out=e)
     r -= p
+    r[x == -np.inf] = np.nan      # the definition's -inf * 0 there, as onnxruntime and onnx.reference
     return r
 
 
