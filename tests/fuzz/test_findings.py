@@ -402,3 +402,18 @@ def test_batchnorm_outside_training_mode_returns_no_running_stats(mode):
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert [o is None for o in got] == [o is None for o in ref] == [False, True, True]
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_erf_of_minus_infinity_is_nan(transformer_path):
+    # seed 19 case 2581: Gelu (erf) gave -2e-36 at -inf; 0.5 x (1 + erf(x / sqrt 2)) is -inf * 0 = NaN there
+    rt = _onnxruntime()
+    m = _model([helper.make_node("Gelu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+               opset=20)
+    x = np.linspace(-6, 6, 64).astype(np.float32)
+    x[[3, 40]] = -np.inf
+    x[10] = np.inf
+    x[20] = np.nan
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    transformer_path.expect("gelu")
