@@ -139,7 +139,7 @@ _float_kernel("LeakyRelu", 1, _leaky_relu)
 
 @kernel("PRelu", since=1)
 def prelu(info):
-    """PRelu: max(x, 0) + slope * min(x, 0), the slope broadcasting to X; float and (opset 16) int types."""
+    """PRelu: x >= 0 ? x : slope x, the slope broadcasting to X; float and (opset 16) int types."""
     xp = info.xp
     per_channel = info.opset < 7  # before opset 7 a 1-D slope runs along the channel axis (1)
 
@@ -150,11 +150,9 @@ def prelu(info):
         if dt in _UPCAST:
             x = x.astype(np.float32)
             slope = slope.astype(np.float32)
-        r = xp.asarray(_neg(x, xp) * slope)
-        if r.shape == x.shape:
-            r += _pos(x, xp)
-        else:                    # a slope of higher rank than X (not allowed, but be safe)
-            r = r + _pos(x, xp)
+        # onnxruntime's x >= 0 ? x : slope x: a NaN or infinite slope stays out of x >= 0 (0 * it is NaN)
+        with np.errstate(invalid="ignore"):
+            r = xp.where(x >= 0, x, x * slope)
         return (r.astype(dt, copy=False),)
 
     return run
