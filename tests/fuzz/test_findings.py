@@ -417,3 +417,16 @@ def test_gelu_erf_of_minus_infinity_is_nan(transformer_path):
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
     transformer_path.expect("gelu")
+
+
+def test_prelu_with_a_nan_slope_keeps_positive_x():
+    # seed 19 case 5346: a NaN slope made positive x NaN (max(x, 0) + slope * min(x, 0) = x + NaN * 0)
+    rt = _onnxruntime()
+    m = _model([helper.make_node("PRelu", ["x", "s"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
+                                                             helper.make_tensor_value_info("s", TensorProto.FLOAT, [5])],
+               opset=16)
+    x = np.array([[-2, -0.5, 0, 0.5, 2], [np.inf, -np.inf, 1, -1, np.nan]], np.float32)
+    s = np.array([0.1, np.nan, np.inf, np.nan, 2], np.float32)
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x, "s": s})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "s": s})[0]
+    np.testing.assert_array_equal(got, ref)
