@@ -32,7 +32,8 @@ def sigmoid(x, y):  # pragma: no cover (compiled)
         v = x[i]
         # e^-v clamped: beyond +-88 the result is 0 or 1 to float32 precision anyway; NaN put back after
         s = F1 / (F1 + _exp_core(_fmax(_fmin(-v, EXP_HI), EXP_LO)))
-        y[i] = v if v != v else s
+        # -inf: exactly 0, as the NumPy path and onnxruntime (the clamp would leave 6e-39, and x * it -inf not NaN)
+        y[i] = v if v != v else (F0 if v == -np.inf else s)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
