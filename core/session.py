@@ -28,12 +28,11 @@ from engineroom.functions import expand_functions
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
-from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
-from engineroom.plan import RUN_TIMEOUT_KEY, Deadline
+from engineroom.plan import RUN_TIMEOUT_KEY, Deadline, Plan, PlanBuilder, Unclaimed, type_string
 from engineroom.plan import running as _running
-from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
 from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
 from engineroom.plugin_sdk.binding import bound_outputs
+from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
 from engineroom.values import IOBinding, OrtValue
 from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
 
