@@ -8,6 +8,7 @@ A finding is a crash (the worker died on a signal), a hang (past --timeout), an 
 one of engineroom's, or a result that differs from onnxruntime's where onnxruntime runs the same case.
 Not a timed benchmark: no ratio to onnxruntime is printed (onnxruntime is the oracle of each case).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ of different models used at once from 8 threads, 1,000 sessions created and drop
 
 The short forms are tests/fuzz/test_soak.py. Linux only (RSS, files and threads read from /proc).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "fuzz"))
-for _v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):   # benchmarks run on the BLAS the machine picks
+for _v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # benchmarks run on the BLAS the machine picks
     os.environ.pop(_v, None)
 
 import numpy as np  # noqa: E402
@@ -30,8 +31,14 @@ def _blas() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        return ", ".join(f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()
-                         if i.get("user_api") == "blas") or "unknown"
+        return (
+            ", ".join(
+                f"{i.get('internal_api')} {i.get('architecture')}"
+                for i in threadpool_info()
+                if i.get("user_api") == "blas"
+            )
+            or "unknown"
+        )
     except Exception:  # noqa: BLE001
         return "unknown"
 
@@ -68,8 +75,12 @@ def soak_child(engine: str, model: str, runs: int, warmup: int) -> None:
 def rss_soak(model: str, runs: int, warmup: int) -> None:
     res = {}
     for engine in ("engineroom", "onnxruntime"):
-        r = subprocess.run([sys.executable, __file__, "--child", engine, model, str(runs), str(warmup)],
-                           capture_output=True, text=True, env=dict(os.environ, ENGINEROOM_JIT="wait"))
+        r = subprocess.run(
+            [sys.executable, __file__, "--child", engine, model, str(runs), str(warmup)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ENGINEROOM_JIT="wait"),
+        )
         if r.returncode:
             print(r.stderr[-2000:])
             raise SystemExit(f"{engine} soak failed")
@@ -77,15 +88,20 @@ def rss_soak(model: str, runs: int, warmup: int) -> None:
     print(f"{runs} runs of {model} after {warmup} warm-up runs, 1 intra-op thread (BLAS: {res['engineroom']['blas']}):")
     for engine, r in res.items():
         g = 100 * (r["after"] - r["before"]) / r["before"]
-        print(f"  {engine:12s} RSS {r['before'] / 2**20:.1f} -> {r['mid'] / 2**20:.1f} (half-way) -> "
-              f"{r['after'] / 2**20:.1f} MiB: growth {g:+.3f}%; {r['mean_ms']:.2f} ms a run")
-    print(f"  latency ratio engineroom / onnxruntime: {res['engineroom']['mean_ms'] / res['onnxruntime']['mean_ms']:.2f}"
-          " (noisy: shared machine)")
+        print(
+            f"  {engine:12s} RSS {r['before'] / 2**20:.1f} -> {r['mid'] / 2**20:.1f} (half-way) -> "
+            f"{r['after'] / 2**20:.1f} MiB: growth {g:+.3f}%; {r['mean_ms']:.2f} ms a run"
+        )
+    print(
+        f"  latency ratio engineroom / onnxruntime: {res['engineroom']['mean_ms'] / res['onnxruntime']['mean_ms']:.2f}"
+        " (noisy: shared machine)"
+    )
 
 
 def threads_one_session(n_threads: int, per_thread: int) -> None:
-    import engineroom as ort
     from soak_support import run_threads, same, small_models
+
+    import engineroom as ort
 
     model, feed = small_models()["matmul_softmax_ln"]
     s = ort.InferenceSession(model)
@@ -95,29 +111,37 @@ def threads_one_session(n_threads: int, per_thread: int) -> None:
     t0 = time.perf_counter()
     got = run_threads(n_threads, feeds, lambda f: s.run(None, f))
     bad = sum(not same(a, b) for a, b in zip(got, expected))
-    print(f"{n_threads} threads x {per_thread} runs on one session, each its own input: {len(got) - bad} of "
-          f"{len(got)} outputs bitwise equal to the single-threaded run ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"{n_threads} threads x {per_thread} runs on one session, each its own input: {len(got) - bad} of "
+        f"{len(got)} outputs bitwise equal to the single-threaded run ({time.perf_counter() - t0:.1f} s)"
+    )
 
 
 def four_sessions(n_threads: int, jobs_per_model: int) -> None:
-    import engineroom as ort
     from soak_support import run_threads, same, small_models
+
+    import engineroom as ort
 
     models = small_models()
     sessions = {name: (ort.InferenceSession(m), f) for name, (m, f) in models.items()}
     rng = np.random.default_rng(12)
     names = sorted(sessions)
-    jobs = [(names[k % len(names)], sessions[names[k % len(names)]][1](rng)) for k in range(jobs_per_model * len(names))]
+    jobs = [
+        (names[k % len(names)], sessions[names[k % len(names)]][1](rng)) for k in range(jobs_per_model * len(names))
+    ]
     expected = [sessions[n][0].run(None, f) for n, f in jobs]
     got = run_threads(n_threads, jobs, lambda j: sessions[j[0]][0].run(None, j[1]))
     bad = sum(not same(a, b) for a, b in zip(got, expected))
-    print(f"{len(names)} sessions ({', '.join(names)}) from {n_threads} threads, {len(jobs)} runs: "
-          f"{len(jobs) - bad} equal to single-threaded")
+    print(
+        f"{len(names)} sessions ({', '.join(names)}) from {n_threads} threads, {len(jobs)} runs: "
+        f"{len(jobs) - bad} equal to single-threaded"
+    )
 
 
 def create_and_drop(n: int) -> None:
-    import engineroom as ort
     from soak_support import open_files, os_threads, rss_bytes, small_models
+
+    import engineroom as ort
 
     model, feed = small_models()["conv_relu_pool"]
     x = feed(np.random.default_rng(13))
@@ -133,9 +157,11 @@ def create_and_drop(n: int) -> None:
     before = rss_bytes(), open_files(), os_threads()
     cycle(n)
     after = rss_bytes(), open_files(), os_threads()
-    print(f"{n} sessions created, run and dropped: RSS {before[0] / 2**20:.1f} -> {after[0] / 2**20:.1f} MiB "
-          f"({100 * (after[0] - before[0]) / before[0]:+.2f}%), open files {before[1]} -> {after[1]}, "
-          f"OS threads {before[2]} -> {after[2]}")
+    print(
+        f"{n} sessions created, run and dropped: RSS {before[0] / 2**20:.1f} -> {after[0] / 2**20:.1f} MiB "
+        f"({100 * (after[0] - before[0]) / before[0]:+.2f}%), open files {before[1]} -> {after[1]}, "
+        f"OS threads {before[2]} -> {after[2]}"
+    )
 
 
 def main() -> None:

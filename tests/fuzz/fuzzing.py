@@ -15,6 +15,7 @@ outcomes: ``ran``, ``error:<Kind>`` (an engineroom error), and the findings ``cr
 a signal), ``hang`` (past the time limit), ``foreign:<Type>`` (an exception that is not engineroom's) and
 ``mismatch`` (it ran, onnxruntime ran the same case, the outputs differ).
 """
+
 from __future__ import annotations
 
 import glob
@@ -39,11 +40,19 @@ NODE_TESTS = os.environ.get("ENGINEROOM_NODE_TESTS", os.path.join(CHECKOUT, ".."
 ZOO = os.path.join(CHECKOUT, "..", "shared", "models")
 FINDINGS = ("crash", "hang", "foreign", "mismatch")
 # outputs of these are random, or depend on what onnxruntime leaves unspecified: run, not compared
-_NOT_COMPARED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                 "Multinomial", "Dropout"}
+_NOT_COMPARED = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Bernoulli",
+    "Multinomial",
+    "Dropout",
+}
 
 
 # --- seeds ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Seed:
@@ -67,61 +76,120 @@ def _built_seeds() -> list[Seed]:
         out.append(Seed(name, helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), feeds))
 
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    add("conv_relu_pool", [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-                           helper.make_node("Relu", ["c"], ["r"]),
-                           helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-                           helper.make_node("ReduceMean", ["p"], ["y"], axes=[2, 3], keepdims=0)],
-        [_vi("x", f, ["n", 3, 8, 8])], [_vi("y", f, None)], [w],
-        {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)})
+    add(
+        "conv_relu_pool",
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("ReduceMean", ["p"], ["y"], axes=[2, 3], keepdims=0),
+        ],
+        [_vi("x", f, ["n", 3, 8, 8])],
+        [_vi("y", f, None)],
+        [w],
+        {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)},
+    )
     wq = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "wq")
     b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
-    add("matmul_softmax_ln", [helper.make_node("MatMul", ["x", "wq"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
-                              helper.make_node("Softmax", ["a"], ["s"], axis=-1),
-                              helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1)],
-        [_vi("x", f, ["n", 5, 8])], [_vi("y", f, None)],
+    add(
+        "matmul_softmax_ln",
+        [
+            helper.make_node("MatMul", ["x", "wq"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["a"]),
+            helper.make_node("Softmax", ["a"], ["s"], axis=-1),
+            helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1),
+        ],
+        [_vi("x", f, ["n", 5, 8])],
+        [_vi("y", f, None)],
         [wq, b, numpy_helper.from_array(np.ones(8, np.float32), "g")],
-        {"x": rng.standard_normal((2, 5, 8)).astype(np.float32)})
-    body = helper.make_graph([helper.make_node("Add", ["v", "x"], ["v2"]), helper.make_node("Mul", ["v2", "v2"], ["sq"])],
-                             "body", [_vi("i", TensorProto.INT64, []), _vi("c", TensorProto.BOOL, []), _vi("v", f, [3])],
-                             [_vi("c", TensorProto.BOOL, []), _vi("v2", f, [3]), _vi("sq", f, [3])])
-    add("loop_scan", [helper.make_node("Loop", ["m", "", "v0"], ["y", "s"], body=body)],
-        [_vi("m", TensorProto.INT64, []), _vi("v0", f, [3]), _vi("x", f, [3])], [_vi("y", f, None), _vi("s", f, None)],
-        [], {"m": np.array(4, np.int64), "v0": np.zeros(3, np.float32), "x": np.array([1, 2, 3], np.float32)})
+        {"x": rng.standard_normal((2, 5, 8)).astype(np.float32)},
+    )
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v", "x"], ["v2"]), helper.make_node("Mul", ["v2", "v2"], ["sq"])],
+        "body",
+        [_vi("i", TensorProto.INT64, []), _vi("c", TensorProto.BOOL, []), _vi("v", f, [3])],
+        [_vi("c", TensorProto.BOOL, []), _vi("v2", f, [3]), _vi("sq", f, [3])],
+    )
+    add(
+        "loop_scan",
+        [helper.make_node("Loop", ["m", "", "v0"], ["y", "s"], body=body)],
+        [_vi("m", TensorProto.INT64, []), _vi("v0", f, [3]), _vi("x", f, [3])],
+        [_vi("y", f, None), _vi("s", f, None)],
+        [],
+        {"m": np.array(4, np.int64), "v0": np.zeros(3, np.float32), "x": np.array([1, 2, 3], np.float32)},
+    )
     then_g = helper.make_graph([helper.make_node("Neg", ["x"], ["t"])], "then", [], [_vi("t", f, None)])
     else_g = helper.make_graph([helper.make_node("Abs", ["x"], ["e"])], "else", [], [_vi("e", f, None)])
-    add("if_branches", [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-                        helper.make_node("Greater", ["s", "zero"], ["c"]),
-                        helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
-        [_vi("x", f, ["n"])], [_vi("y", f, None)], [numpy_helper.from_array(np.array(0, np.float32), "zero")],
-        {"x": rng.standard_normal(6).astype(np.float32)})
-    add("shape_ops", [helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Reshape", ["x", "r"], ["xr"]),
-                      helper.make_node("Transpose", ["xr"], ["t"], perm=[1, 0]),
-                      helper.make_node("Gather", ["t", "idx"], ["g"], axis=0),
-                      helper.make_node("Slice", ["g", "st", "en"], ["sl"]),
-                      helper.make_node("Concat", ["sl", "sl"], ["cc"], axis=1),
-                      helper.make_node("Expand", ["cc", "es"], ["y"])],
-        [_vi("x", f, [2, 3, 4]), _vi("idx", TensorProto.INT64, [2])], [_vi("y", f, None)],
-        [numpy_helper.from_array(np.array([6, 4], np.int64), "r"), numpy_helper.from_array(np.array([0, 1], np.int64), "st"),
-         numpy_helper.from_array(np.array([2, 5], np.int64), "en"), numpy_helper.from_array(np.array([2, 1, 1], np.int64), "es")],
-        {"x": rng.standard_normal((2, 3, 4)).astype(np.float32), "idx": np.array([3, -1], np.int64)})
-    add("resize_pad", [helper.make_node("Resize", ["x", "", "sc"], ["r"], mode="linear"),
-                       helper.make_node("Pad", ["r", "p"], ["y"], mode="reflect")],
-        [_vi("x", f, [1, 2, 4, 4])], [_vi("y", f, None)],
-        [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"),
-         numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p")],
-        {"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)})
+    add(
+        "if_branches",
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["c"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+        ],
+        [_vi("x", f, ["n"])],
+        [_vi("y", f, None)],
+        [numpy_helper.from_array(np.array(0, np.float32), "zero")],
+        {"x": rng.standard_normal(6).astype(np.float32)},
+    )
+    add(
+        "shape_ops",
+        [
+            helper.make_node("Shape", ["x"], ["sh"]),
+            helper.make_node("Reshape", ["x", "r"], ["xr"]),
+            helper.make_node("Transpose", ["xr"], ["t"], perm=[1, 0]),
+            helper.make_node("Gather", ["t", "idx"], ["g"], axis=0),
+            helper.make_node("Slice", ["g", "st", "en"], ["sl"]),
+            helper.make_node("Concat", ["sl", "sl"], ["cc"], axis=1),
+            helper.make_node("Expand", ["cc", "es"], ["y"]),
+        ],
+        [_vi("x", f, [2, 3, 4]), _vi("idx", TensorProto.INT64, [2])],
+        [_vi("y", f, None)],
+        [
+            numpy_helper.from_array(np.array([6, 4], np.int64), "r"),
+            numpy_helper.from_array(np.array([0, 1], np.int64), "st"),
+            numpy_helper.from_array(np.array([2, 5], np.int64), "en"),
+            numpy_helper.from_array(np.array([2, 1, 1], np.int64), "es"),
+        ],
+        {"x": rng.standard_normal((2, 3, 4)).astype(np.float32), "idx": np.array([3, -1], np.int64)},
+    )
+    add(
+        "resize_pad",
+        [
+            helper.make_node("Resize", ["x", "", "sc"], ["r"], mode="linear"),
+            helper.make_node("Pad", ["r", "p"], ["y"], mode="reflect"),
+        ],
+        [_vi("x", f, [1, 2, 4, 4])],
+        [_vi("y", f, None)],
+        [
+            numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"),
+            numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p"),
+        ],
+        {"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)},
+    )
     wl = numpy_helper.from_array(rng.standard_normal((1, 16, 3)).astype(np.float32), "W")
     rl = numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R")
-    add("lstm", [helper.make_node("LSTM", ["x", "W", "R"], ["y", "h"], hidden_size=4)],
-        [_vi("x", f, [5, 2, 3])], [_vi("y", f, None), _vi("h", f, None)], [wl, rl],
-        {"x": rng.standard_normal((5, 2, 3)).astype(np.float32)})
-    add("topk_cumsum_where", [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1),
-                              helper.make_node("CumSum", ["v", "ax"], ["cs"]),
-                              helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
-                              helper.make_node("Where", ["cnd", "cs", "fi"], ["y"])],
-        [_vi("x", f, [3, 6]), _vi("cnd", TensorProto.BOOL, [3, 3])], [_vi("y", f, None), _vi("i", TensorProto.INT64, None)],
+    add(
+        "lstm",
+        [helper.make_node("LSTM", ["x", "W", "R"], ["y", "h"], hidden_size=4)],
+        [_vi("x", f, [5, 2, 3])],
+        [_vi("y", f, None), _vi("h", f, None)],
+        [wl, rl],
+        {"x": rng.standard_normal((5, 2, 3)).astype(np.float32)},
+    )
+    add(
+        "topk_cumsum_where",
+        [
+            helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1),
+            helper.make_node("CumSum", ["v", "ax"], ["cs"]),
+            helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+            helper.make_node("Where", ["cnd", "cs", "fi"], ["y"]),
+        ],
+        [_vi("x", f, [3, 6]), _vi("cnd", TensorProto.BOOL, [3, 3])],
+        [_vi("y", f, None), _vi("i", TensorProto.INT64, None)],
         [numpy_helper.from_array(np.array([3], np.int64), "k"), numpy_helper.from_array(np.array(1, np.int64), "ax")],
-        {"x": rng.standard_normal((3, 6)).astype(np.float32), "cnd": rng.random((3, 3)) > 0.5})
+        {"x": rng.standard_normal((3, 6)).astype(np.float32), "cnd": rng.random((3, 3)) > 0.5},
+    )
     return out
 
 
@@ -136,7 +204,7 @@ def _node_test_seeds(folder: str, only: int | None = None) -> list[Seed]:
     """The node tests' models and first data sets (tensor inputs only), sorted by name."""
     seeds = []
     dirs = sorted(glob.glob(os.path.join(folder, "test_*")))
-    if only is not None and len(dirs) > only:   # evenly spread over the ops
+    if only is not None and len(dirs) > only:  # evenly spread over the ops
         dirs = [dirs[int(k * len(dirs) / only)] for k in range(only)]
     for d in dirs:
         mp = os.path.join(d, "model.onnx")
@@ -147,8 +215,10 @@ def _node_test_seeds(folder: str, only: int | None = None) -> list[Seed]:
             inputs = [vi for vi in m.graph.input if vi.name not in {t.name for t in m.graph.initializer}]
             if any(vi.type.WhichOneof("value") != "tensor_type" for vi in inputs):
                 continue
-            feeds = {vi.name: _read_tensor(os.path.join(d, "test_data_set_0", f"input_{k}.pb"))
-                     for k, vi in enumerate(inputs)}
+            feeds = {
+                vi.name: _read_tensor(os.path.join(d, "test_data_set_0", f"input_{k}.pb"))
+                for k, vi in enumerate(inputs)
+            }
         except Exception:  # noqa: BLE001 - a seed that does not read is left out
             continue
         seeds.append(Seed(os.path.basename(d), m, feeds))
@@ -178,11 +248,12 @@ def load_corpus(node_tests: int | None = None, zoo=()) -> list[Seed]:
 
 # --- mutations --------------------------------------------------------------------------------------
 
+
 class NotApplicable(Exception):
     pass
 
 
-_EXTREME_INTS = [-1, 0, 1, 2, -2, 7, -7, 2 ** 31 - 1, -2 ** 31, 2 ** 62, -2 ** 62, 2 ** 63 - 1, 1000]
+_EXTREME_INTS = [-1, 0, 1, 2, -2, 7, -7, 2**31 - 1, -(2**31), 2**62, -(2**62), 2**63 - 1, 1000]
 _EXTREME_FLOATS = [float("nan"), float("inf"), float("-inf"), 0.0, -1.0, 1e30, -1e-30, 1e-45]
 
 
@@ -236,15 +307,21 @@ def m_attr_type(m, rng):
     kind = _pick(rng, ["i", "f", "s", "ints", "floats", "t"])
     name = a.name
     n.attribute.remove(a)
-    value = {"i": 3, "f": 0.5, "s": b"bogus", "ints": [1, -1], "floats": [0.5],
-             "t": numpy_helper.from_array(np.array([1.5], np.float32))}[kind]
+    value = {
+        "i": 3,
+        "f": 0.5,
+        "s": b"bogus",
+        "ints": [1, -1],
+        "floats": [0.5],
+        "t": numpy_helper.from_array(np.array([1.5], np.float32)),
+    }[kind]
     n.attribute.append(helper.make_attribute(name, value))
     return f"attr {n.op_type}.{name} retyped as {kind}"
 
 
 def m_axis(m, rng):
     g, n = _pick(rng, _nodes(m))
-    k = _pick(rng, [-9, -5, -3, 3, 4, 5, 9, 2 ** 40])
+    k = _pick(rng, [-9, -5, -3, 3, 4, 5, 9, 2**40])
     name = _pick(rng, ["axis", "axes"]) if any(a.name == "axes" for a in n.attribute) else "axis"
     for a in list(n.attribute):
         if a.name == name:
@@ -254,15 +331,18 @@ def m_axis(m, rng):
 
 
 def m_dims(m, rng):
-    vis = [vi for vi in (*m.graph.input, *m.graph.output, *m.graph.value_info)
-           if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
+    vis = [
+        vi
+        for vi in (*m.graph.input, *m.graph.output, *m.graph.value_info)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+    ]
     vi = _pick(rng, vis)
     dims = vi.type.tensor_type.shape.dim
     if not len(dims) or rng.random() < 0.2:
         dims.add().dim_value = _pick(rng, [0, 1, 5])
         return f"dim added to {vi.name}"
     d = dims[int(rng.integers(len(dims)))]
-    v = _pick(rng, [0, -1, -5, 2 ** 31, 10 ** 12, 1, "sym"])
+    v = _pick(rng, [0, -1, -5, 2**31, 10**12, 1, "sym"])
     if v == "sym":
         d.dim_param = "fuzz_dim"
     else:
@@ -275,7 +355,7 @@ def m_init_dims(m, rng):
     if rng.random() < 0.3:
         t.dims.append(_pick(rng, [2, 0, 7]))
     elif len(t.dims):
-        t.dims[int(rng.integers(len(t.dims)))] = _pick(rng, [0, 1, 3, 2 ** 20, -1])
+        t.dims[int(rng.integers(len(t.dims)))] = _pick(rng, [0, 1, 3, 2**20, -1])
     else:
         t.dims.append(3)
     return f"initializer {t.name} dims -> {list(t.dims)}"
@@ -290,7 +370,7 @@ def m_init_data(m, rng):
     elif arr.dtype.kind in "iu" and arr.size:
         arr = arr.copy()
         info = np.iinfo(arr.dtype)
-        v = _pick(rng, [info.max, info.min, 0, -1, 1, 2 ** 20])
+        v = _pick(rng, [info.max, info.min, 0, -1, 1, 2**20])
         arr.reshape(-1)[int(rng.integers(arr.size))] = min(max(v, info.min), info.max)
     else:
         raise NotApplicable
@@ -339,11 +419,52 @@ def m_opset(m, rng):
     return f"bogus domain import, ir_version {m.ir_version}"
 
 
-_OP_TYPES = ["Add", "Relu", "Conv", "MatMul", "Gather", "Reshape", "Concat", "Slice", "Softmax", "Transpose",
-             "ReduceSum", "Split", "Squeeze", "Unsqueeze", "Where", "Expand", "Tile", "Pad", "Resize", "TopK",
-             "GatherElements", "ScatterND", "Einsum", "Gemm", "MaxPool", "Cast", "Range", "OneHot", "CumSum",
-             "NonZero", "Unique", "LSTM", "If", "Loop", "ConstantOfShape", "Identity", "Flatten", "ArgMax",
-             "InstanceNormalization", "LayerNormalization", "DepthToSpace", "GridSample", "RoiAlign", "Trilu"]
+_OP_TYPES = [
+    "Add",
+    "Relu",
+    "Conv",
+    "MatMul",
+    "Gather",
+    "Reshape",
+    "Concat",
+    "Slice",
+    "Softmax",
+    "Transpose",
+    "ReduceSum",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+    "Where",
+    "Expand",
+    "Tile",
+    "Pad",
+    "Resize",
+    "TopK",
+    "GatherElements",
+    "ScatterND",
+    "Einsum",
+    "Gemm",
+    "MaxPool",
+    "Cast",
+    "Range",
+    "OneHot",
+    "CumSum",
+    "NonZero",
+    "Unique",
+    "LSTM",
+    "If",
+    "Loop",
+    "ConstantOfShape",
+    "Identity",
+    "Flatten",
+    "ArgMax",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "DepthToSpace",
+    "GridSample",
+    "RoiAlign",
+    "Trilu",
+]
 
 
 def m_op_type(m, rng):
@@ -381,8 +502,19 @@ def m_types(m, rng):
 def m_ext_data(m, rng):
     """Mark an initializer as external data with an odd location; the case is loaded from a file."""
     t = _pick(rng, [t for t in m.graph.initializer])
-    loc = _pick(rng, ["../outside.bin", "/etc/hostname", "sub/../../outside.bin", "missing.bin", "",
-                      "link_out.bin", ".", "data.bin"])
+    loc = _pick(
+        rng,
+        [
+            "../outside.bin",
+            "/etc/hostname",
+            "sub/../../outside.bin",
+            "missing.bin",
+            "",
+            "link_out.bin",
+            ".",
+            "data.bin",
+        ],
+    )
     t.ClearField("raw_data")
     for fld in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
         t.ClearField(fld)
@@ -390,8 +522,8 @@ def m_ext_data(m, rng):
     del t.external_data[:]
     t.external_data.add(key="location", value=loc)
     if rng.random() < 0.5:
-        t.external_data.add(key="offset", value=str(_pick(rng, [0, 3, 10 ** 9, -4])))
-        t.external_data.add(key="length", value=str(_pick(rng, [0, 1, 10 ** 12, -1])))
+        t.external_data.add(key="offset", value=str(_pick(rng, [0, 3, 10**9, -4])))
+        t.external_data.add(key="length", value=str(_pick(rng, [0, 1, 10**12, -1])))
     return f"initializer {t.name} external at {loc!r}"
 
 
@@ -408,8 +540,23 @@ def free_input_dims(m) -> None:
             vi.type.tensor_type.ClearField("shape")
 
 
-MODEL_MUTATIONS = [m_attr_value, m_attr_type, m_axis, m_dims, m_init_dims, m_init_data, m_dangling, m_duplicate,
-                   m_cycle, m_opset, m_op_type, m_arity, m_remove_node, m_types, m_ext_data]
+MODEL_MUTATIONS = [
+    m_attr_value,
+    m_attr_type,
+    m_axis,
+    m_dims,
+    m_init_dims,
+    m_init_data,
+    m_dangling,
+    m_duplicate,
+    m_cycle,
+    m_opset,
+    m_op_type,
+    m_arity,
+    m_remove_node,
+    m_types,
+    m_ext_data,
+]
 
 
 def f_dtype(feeds, rng):
@@ -449,7 +596,7 @@ def f_shape(feeds, rng):
         shape = list(x.shape[1:])
     elif r < 0.85 and x.ndim:
         shape = [1] * x.ndim
-        shape[int(rng.integers(x.ndim))] = 4096   # broadcast-hostile against the other feeds
+        shape[int(rng.integers(x.ndim))] = 4096  # broadcast-hostile against the other feeds
     else:
         shape = []
     flat = x.reshape(-1)
@@ -473,7 +620,7 @@ def f_ints(feeds, rng):
     k = _pick(rng, [k for k in sorted(feeds) if feeds[k].dtype.kind in "iu" and feeds[k].size])
     x = feeds[k].copy()
     info = np.iinfo(x.dtype)
-    v = _pick(rng, [info.max, info.min, -1, 0, 1000, 2 ** 31 - 1])
+    v = _pick(rng, [info.max, info.min, -1, 0, 1000, 2**31 - 1])
     x.reshape(-1)[int(rng.integers(x.size))] = min(max(v, info.min), info.max)
     feeds[k] = x
     return f"feed {k} extreme integer"
@@ -504,7 +651,7 @@ def make_case(corpus: list[Seed], seed: int, i: int) -> Case:
     from_file = False
     kind = rng.random()
     if kind < 0.1:
-        pass   # the seed as is: a differential check against onnxruntime
+        pass  # the seed as is: a differential check against onnxruntime
     elif kind < 0.55:
         for _ in range(int(rng.integers(1, 4))):
             mut = MODEL_MUTATIONS[int(rng.integers(len(MODEL_MUTATIONS)))]
@@ -514,14 +661,14 @@ def make_case(corpus: list[Seed], seed: int, i: int) -> Case:
             except (NotApplicable, ValueError, TypeError):
                 pass
     else:
-        if rng.random() < 0.5:   # feeds of other shapes reach the kernels
+        if rng.random() < 0.5:  # feeds of other shapes reach the kernels
             free_input_dims(m)
             steps.append("input dims freed")
         for _ in range(int(rng.integers(1, 3))):
             mut = FEED_MUTATIONS[int(rng.integers(len(FEED_MUTATIONS)))]
             try:
                 steps.append(mut(feeds, rng))
-            except (NotApplicable, ValueError, TypeError):   # e.g. strings that are no numbers
+            except (NotApplicable, ValueError, TypeError):  # e.g. strings that are no numbers
                 pass
     data = m.SerializeToString()
     if rng.random() < 0.08:
@@ -539,6 +686,7 @@ def make_case(corpus: list[Seed], seed: int, i: int) -> Case:
 
 
 # --- running one case -------------------------------------------------------------------------------
+
 
 def _write_model_dir(case: Case, folder: str) -> str:
     """The case's model in ``folder`` with the files its odd external-data paths might reach."""
@@ -574,7 +722,7 @@ def _outputs_equal(a, b) -> str | None:
             continue
         x, y = np.asarray(x), np.asarray(y)
         if x.dtype != y.dtype and y.dtype == np.uint8 and x.dtype.itemsize == 1 and x.dtype.kind == "V":
-            x = x.view(np.uint8)   # onnxruntime's Python API returns float8 tensors as their bytes
+            x = x.view(np.uint8)  # onnxruntime's Python API returns float8 tensors as their bytes
         if x.shape != y.shape:
             return f"output {k}: shape {x.shape} vs {y.shape}"
         if x.dtype != y.dtype and not (x.dtype.kind in "OUS" and y.dtype.kind in "OUS"):
@@ -590,7 +738,9 @@ def _outputs_equal(a, b) -> str | None:
             scale = float(np.max(np.abs(yf[fin]))) if fin.any() else 1.0
             if not np.allclose(xf, yf, rtol=rtol, atol=rtol * max(scale, 1e-6), equal_nan=True):
                 bad = ~np.isclose(xf, yf, rtol=rtol, atol=rtol * max(scale, 1e-6), equal_nan=True)
-                return f"output {k}: {int(bad.sum())} of {x.size} values differ (first at {np.argwhere(bad)[0].tolist()})"
+                return (
+                    f"output {k}: {int(bad.sum())} of {x.size} values differ (first at {np.argwhere(bad)[0].tolist()})"
+                )
             continue
         if not np.array_equal(x, y):
             return f"output {k}: {int((x != y).sum())} of {x.size} values differ"
@@ -676,6 +826,7 @@ def _reference_agrees(case: Case, outs) -> bool:
 
 # --- worker processes ------------------------------------------------------------------------------
 
+
 def _limit_memory(gib: float) -> None:
     try:
         import resource
@@ -723,14 +874,28 @@ class _Worker:
     def __init__(self, seed, node_tests, zoo, mem_gib):
         # glibc checks its heap on every free and fills freed memory: an out-of-bounds write by a compiled
         # loop then aborts in the case that made it, rather than cases later or never
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   MALLOC_CHECK_="3", MALLOC_PERTURB_="165",
-                   ENGINEROOM_JIT=os.environ.get("ENGINEROOM_JIT", "wait"))
-        args = [sys.executable, os.path.abspath(__file__), "--worker", str(seed), json.dumps(node_tests),
-                json.dumps(list(zoo)), str(mem_gib)]
-        self.log = tempfile.TemporaryFile()   # the worker's stderr: what a crash printed last
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, env=env, cwd=HERE)
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            MALLOC_CHECK_="3",
+            MALLOC_PERTURB_="165",
+            ENGINEROOM_JIT=os.environ.get("ENGINEROOM_JIT", "wait"),
+        )
+        args = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            str(seed),
+            json.dumps(node_tests),
+            json.dumps(list(zoo)),
+            str(mem_gib),
+        ]
+        self.log = tempfile.TemporaryFile()  # the worker's stderr: what a crash printed last
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=HERE
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -761,14 +926,22 @@ class _Worker:
             pass
 
 
-def fuzz(cases, seed: int, workers: int = 2, case_timeout: float = 60.0, node_tests: int | None = None,
-         zoo=(), mem_gib: float = 6.0, progress=None) -> dict:
+def fuzz(
+    cases,
+    seed: int,
+    workers: int = 2,
+    case_timeout: float = 60.0,
+    node_tests: int | None = None,
+    zoo=(),
+    mem_gib: float = 6.0,
+    progress=None,
+) -> dict:
     """Run case indices ``cases`` (an int n means range(n)) of ``seed`` in ``workers`` processes.
 
     Returns counts by outcome and the findings (crash / hang / foreign / mismatch), each with the case
     index that replays it."""
     todo: queue.Queue = queue.Queue()
-    for i in (range(cases) if isinstance(cases, int) else cases):
+    for i in range(cases) if isinstance(cases, int) else cases:
         todo.put(i)
     counts: dict[str, int] = {}
     findings: list[dict] = []
@@ -808,12 +981,22 @@ def fuzz(cases, seed: int, workers: int = 2, case_timeout: float = 60.0, node_te
                 if msg == "timeout" or msg is None:
                     w.kill()
                     code = w.proc.returncode
-                    if ran_engine:   # engineroom was done: onnxruntime, the oracle, died or hung
-                        record({**info, "outcome": info.get("outcome", "ran"),
-                                "oracle": "crashed" if msg is None else "hung"})
+                    if ran_engine:  # engineroom was done: onnxruntime, the oracle, died or hung
+                        record(
+                            {
+                                **info,
+                                "outcome": info.get("outcome", "ran"),
+                                "oracle": "crashed" if msg is None else "hung",
+                            }
+                        )
                     else:
-                        record({**info, "outcome": "hang" if msg == "timeout" else "crash",
-                                "detail": f"worker exit code {code}; its stderr ended: {w.stderr_tail()}"})
+                        record(
+                            {
+                                **info,
+                                "outcome": "hang" if msg == "timeout" else "crash",
+                                "detail": f"worker exit code {code}; its stderr ended: {w.stderr_tail()}",
+                            }
+                        )
                     w = start()
                     break
                 if msg.get("stage") == "start":

@@ -1,5 +1,6 @@
 """What the soak tests (tests/fuzz/test_soak.py) and the long soak (bench/soak.py) share: RSS, open files
 and threads of this process, and the four small models used at once from many threads."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,10 @@ def small_models() -> dict:
             continue
 
         def feed(rng, base=s.feeds):
-            return {k: (v + rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
-                    for k, v in base.items()}
+            return {
+                k: (v + rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
+                for k, v in base.items()
+            }
 
         res[s.name] = (s.model.SerializeToString(), feed)
     return res
@@ -58,5 +61,7 @@ def run_threads(n_threads: int, jobs: list, fn) -> list:
 
 def same(a, b) -> bool:
     """Bitwise equality of two lists of outputs."""
-    return len(a) == len(b) and all(np.asarray(x).dtype == np.asarray(y).dtype and
-                                    np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(a, b)
+    )

@@ -1,5 +1,6 @@
 """Determinism on the CPU provider: outputs are bitwise identical across runs, threads, sessions and
 processes (same machine, same thread settings)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from soak_support import run_threads, same, small_models
 
 import engineroom as ort
-from soak_support import run_threads, same, small_models
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,8 +52,13 @@ def test_bitwise_identical_across_runs_threads_sessions_processes(name):
     assert all(same(o, first) for o in run_threads(8, [feed] * 16, lambda f: s.run(None, f))), "threads differ"
     s2 = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     assert same(s2.run(None, feed), first), "sessions differ"
-    r = subprocess.run([sys.executable, "-c", f"import test_determinism as t; print(t.digest_of({name!r}))"],
-                       capture_output=True, text=True, cwd=HERE, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)])))
+    r = subprocess.run(
+        [sys.executable, "-c", f"import test_determinism as t; print(t.digest_of({name!r}))"],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)])),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == _digest(first), "processes differ"

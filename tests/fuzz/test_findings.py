@@ -1,19 +1,21 @@
 """Regression tests for the fuzzer's findings (tests/fuzz/fuzzing.py, bench/fuzz.py): each reproduces one
 case that crashed, hung, raised an exception that was not engineroom's, or differed from onnxruntime,
 and checks the behaviour fixed at its root."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
-from jit_paths import JIT_PATHS, choose_path
 
 
 def _model(nodes, inputs=(), outputs=("y",), inits=(), opset=17, out_type=TensorProto.FLOAT):
-    g = helper.make_graph(nodes, "g", list(inputs), [helper.make_tensor_value_info(o, out_type, None)
-                                                     for o in outputs], list(inits))
+    g = helper.make_graph(
+        nodes, "g", list(inputs), [helper.make_tensor_value_info(o, out_type, None) for o in outputs], list(inits)
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -27,25 +29,38 @@ def test_shape_with_a_tensor_end_attribute_is_an_engineroom_error():
 
 def test_bytes_with_a_string_field_that_is_not_utf8():
     # seed 7 cases 50, 80: bit flips inside a name made protobuf raise UnicodeDecodeError when load read it
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "graph_name_xyz",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "graph_name_xyz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     data = bytearray(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     k = data.find(b"graph_name_xyz")
-    data[k + 3] = 0xE2   # a lead byte without its continuation bytes
+    data[k + 3] = 0xE2  # a lead byte without its continuation bytes
     with pytest.raises(ort.InvalidProtobuf, match="UTF-8"):
         ort.InferenceSession(bytes(data))
 
 
 def test_tfidf_with_a_huge_max_gram_length_does_not_hang():
     # seed 7 case 625: max_gram_length = 2**31 - 1 looped over every n up to it (a hang)
-    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], domain="", mode="TF", min_gram_length=1,
-                            max_gram_length=2 ** 31 - 1, max_skip_count=0, ngram_counts=[0, 2],
-                            ngram_indexes=[0, 1, 2], pool_int64s=[2, 3, 2, 3])
+    node = helper.make_node(
+        "TfIdfVectorizer",
+        ["x"],
+        ["y"],
+        domain="",
+        mode="TF",
+        min_gram_length=1,
+        max_gram_length=2**31 - 1,
+        max_skip_count=0,
+        ngram_counts=[0, 2],
+        ngram_indexes=[0, 1, 2],
+        pool_int64s=[2, 3, 2, 3],
+    )
     m = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT64, [6])], opset=17)
     x = np.array([2, 3, 2, 3, 5, 2], np.int64)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
-    np.testing.assert_array_equal(got, [3, 2, 2])   # 1-grams 2 and 3, the 2-gram (2, 3)
+    np.testing.assert_array_equal(got, [3, 2, 2])  # 1-grams 2 and 3, the 2-gram (2, 3)
 
 
 def _onnxruntime():
@@ -94,11 +109,20 @@ def test_maxpool_window_with_nan_takes_the_numbers(pool_path):
 
 def test_unclaimed_node_inside_a_subgraph_is_named():
     # seed 11 case 223: a node of a Loop/If body in an unknown domain escaped as the planner's internal Unclaimed
-    branch = helper.make_graph([helper.make_node("Neg", ["x"], ["b"], domain="com.bogus")], "branch", [],
-                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    branch = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["b"], domain="com.bogus")],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+    )
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
-    m = _model([node], [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-                        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    m = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+        ],
+    )
     m.opset_import.add(domain="com.bogus", version=1)
     with pytest.raises(ort.NotImplemented, match="Neg"):
         ort.InferenceSession(m.SerializeToString())
@@ -107,9 +131,13 @@ def test_unclaimed_node_inside_a_subgraph_is_named():
 def test_reduce_keepdims_other_than_one_is_false():
     # seed 11 case 1936: keepdims = 2**62 kept the dims; onnxruntime reads keepdims == 1
     rt = _onnxruntime()
-    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=2 ** 62)
-    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
-               inits=[numpy_helper.from_array(np.array([2], np.int64), "axes")], opset=18)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=2**62)
+    m = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        inits=[numpy_helper.from_array(np.array([2], np.int64), "axes")],
+        opset=18,
+    )
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -123,8 +151,10 @@ def test_dynamic_quantize_linear_with_an_infinite_range():
     node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
     m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])], ["y", "s", "z"], opset=11)
     m.graph.output[0].type.tensor_type.elem_type = m.graph.output[2].type.tensor_type.elem_type = TensorProto.UINT8
-    for x in (np.array([-np.inf, -2.1, -1.3, -2.5, -3.34, -4.0], np.float32),
-              np.array([1.0, np.inf, 0.5, -2.0, 3.0, 0.0], np.float32)):
+    for x in (
+        np.array([-np.inf, -2.1, -1.3, -2.5, -3.34, -4.0], np.float32),
+        np.array([1.0, np.inf, 0.5, -2.0, 3.0, 0.0], np.float32),
+    ):
         got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
         ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
         for a, b in zip(got, ref):
@@ -134,9 +164,12 @@ def test_dynamic_quantize_linear_with_an_infinite_range():
 def test_node_names_that_are_not_utf8_and_attributes_of_no_type():
     # seed 23 cases 4718 and 680: a name protobuf handed over as bytes, an attribute whose type a bit flip
     # zeroed: both reached onnx_ir's serializer, which raised SerdeError
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], alpha=1.0)], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], alpha=1.0)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.graph.node[0].attribute[0].type = 0
     with pytest.raises(ort.InvalidGraph, match="attribute 'alpha' .* has no type"):
@@ -146,7 +179,7 @@ def test_node_names_that_are_not_utf8_and_attributes_of_no_type():
     m.graph.input[0].name = "xq_name"
     data = bytearray(m.SerializeToString())
     k = data.find(b"xq_name")
-    data[k + 1] = 0xE5   # a lead byte without its continuation bytes, in the node's input and the graph input
+    data[k + 1] = 0xE5  # a lead byte without its continuation bytes, in the node's input and the graph input
     k = data.find(b"xq_name", k + 1)
     data[k + 1] = 0xE5
     with pytest.raises(ort.InvalidProtobuf, match="UTF-8"):
@@ -185,9 +218,18 @@ def test_op_type_that_is_not_utf8():
 
 def test_tfidf_with_negative_ngram_counts_is_refused_not_hung():
     # seed 31 case 3738: ngram_counts [0, -1, -2**62] made the pool walk run over 10**18 positions
-    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], mode="TF", min_gram_length=1, max_gram_length=3,
-                            max_skip_count=0, ngram_counts=[0, -1, -2 ** 62], ngram_indexes=[0, 1],
-                            pool_int64s=[2, 3])
+    node = helper.make_node(
+        "TfIdfVectorizer",
+        ["x"],
+        ["y"],
+        mode="TF",
+        min_gram_length=1,
+        max_gram_length=3,
+        max_skip_count=0,
+        ngram_counts=[0, -1, -(2**62)],
+        ngram_indexes=[0, 1],
+        pool_int64s=[2, 3],
+    )
     m = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT64, [6])])
     with pytest.raises(ort.Fail, match="ngram_counts"):
         ort.InferenceSession(m.SerializeToString())
@@ -209,8 +251,11 @@ def test_dynamic_quantize_linear_skips_nan_in_its_range():
 def test_identity_into_a_graph_output_that_another_node_reads():
     # seed 31 case 2769: Identity -> graph output Y, read again by another Identity: eliminating the first
     # removed a node whose output was still used (onnx_ir ValueError)
-    nodes = [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Identity", ["n"], ["Y"]),
-             helper.make_node("Identity", ["Y"], ["Z"])]
+    nodes = [
+        helper.make_node("Neg", ["x"], ["n"]),
+        helper.make_node("Identity", ["n"], ["Y"]),
+        helper.make_node("Identity", ["Y"], ["Z"]),
+    ]
     m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])], ["Y", "Z"])
     x = np.array([1.0, -2.0, 3.0], np.float32)
     y, z = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
@@ -218,14 +263,18 @@ def test_identity_into_a_graph_output_that_another_node_reads():
     np.testing.assert_array_equal(z, -x)
 
 
-@pytest.mark.parametrize("attr, value", [("pads", [1, -2 ** 62, 1, 1]), ("pads", [0, -3, 0, 0]), ("strides", [0, 1]),
-                                         ("dilations", [1, -1])])
+@pytest.mark.parametrize(
+    "attr, value", [("pads", [1, -(2**62), 1, 1]), ("pads", [0, -3, 0, 0]), ("strides", [0, 1]), ("dilations", [1, -1])]
+)
 def test_conv_with_negative_pads_is_refused_not_a_crash(attr, value, conv_path):
     # seed 47 case 162: Conv pads [1, -2**62, 1, 1] made the compiled loops write out of bounds (SIGSEGV)
     node = helper.make_node("Conv", ["x", "w"], ["y"], **{attr: value}, name="bad_conv")
-    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 7, 5])],
-               inits=[numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
-    with pytest.raises((ort.Fail, ort.RuntimeException), match=f"'bad_conv'.*{attr}"):   # at creation or run
+    m = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 7, 5])],
+        inits=[numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")],
+    )
+    with pytest.raises((ort.Fail, ort.RuntimeException), match=f"'bad_conv'.*{attr}"):  # at creation or run
         ort.InferenceSession(m.SerializeToString()).run(None, {"x": np.ones((1, 1, 7, 5), np.float32)})
 
 
@@ -256,21 +305,28 @@ def test_tensor_attribute_whose_data_disagrees_with_its_dims():
 def test_cast_saturate_other_than_one_is_false():
     # seed 47 case 1693: saturate = 2**62 saturated float8 casts; onnxruntime reads saturate == 1
     rt = _onnxruntime()
-    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN, saturate=2 ** 62)
+    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN, saturate=2**62)
     m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])], opset=19)
     m.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT8E4M3FN
     x = np.array([1e6, -1e6, 448.0, 500.0, 0.5], np.float32)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_array_equal(got.view(np.uint8), ref)   # onnxruntime hands float8 over as its bytes
+    np.testing.assert_array_equal(got.view(np.uint8), ref)  # onnxruntime hands float8 over as its bytes
 
 
 def test_softmax_cross_entropy_skips_ignored_rows_holding_nan():
     # seed 53 case 1218: a NaN score in a row whose label is ignore_index made the mean NaN (NaN * weight 0)
     rt = _onnxruntime()
     node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "y"], ["loss"], ignore_index=2, reduction="mean")
-    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
-                        helper.make_tensor_value_info("y", TensorProto.INT64, [4])], ["loss"], opset=13)
+    m = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, [4]),
+        ],
+        ["loss"],
+        opset=13,
+    )
     x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
     x[1, 3] = np.nan
     y = np.array([0, 2, 4, 1], np.int64)
@@ -283,8 +339,15 @@ def test_softmax_cross_entropy_skips_ignored_rows_holding_nan():
 def test_loss_with_an_unknown_reduction_is_refused():
     # seed 53 cases 1312, 3415: reduction 'bogus' ran as some reduction; it is refused, naming the attribute
     node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "y"], ["loss"], reduction="bogus")
-    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
-                        helper.make_tensor_value_info("y", TensorProto.INT64, [4])], ["loss"], opset=13)
+    m = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, [4]),
+        ],
+        ["loss"],
+        opset=13,
+    )
     with pytest.raises(ort.Fail, match="reduction must be"):
         ort.InferenceSession(m.SerializeToString())
 
@@ -293,16 +356,26 @@ def test_mel_weight_matrix_with_a_negative_dft_length_is_refused():
     # seed 53 case 3821: dft_length -1 gave a (0, 8) matrix (Python's floor division; onnxruntime's C++ gives 1 row)
     names = ["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz"]
     node = helper.make_node("MelWeightMatrix", names, ["y"])
-    m = _model([node], [helper.make_tensor_value_info(n, TensorProto.INT32 if k < 3 else TensorProto.FLOAT, [])
-                        for k, n in enumerate(names)], opset=17)
-    feed = {"num_mel_bins": np.array(8, np.int32), "dft_length": np.array(-1, np.int32),
-            "sample_rate": np.array(8192, np.int32), "lower_edge_hertz": np.array(0, np.float32),
-            "upper_edge_hertz": np.array(4096, np.float32)}
+    m = _model(
+        [node],
+        [
+            helper.make_tensor_value_info(n, TensorProto.INT32 if k < 3 else TensorProto.FLOAT, [])
+            for k, n in enumerate(names)
+        ],
+        opset=17,
+    )
+    feed = {
+        "num_mel_bins": np.array(8, np.int32),
+        "dft_length": np.array(-1, np.int32),
+        "sample_rate": np.array(8192, np.int32),
+        "lower_edge_hertz": np.array(0, np.float32),
+        "upper_edge_hertz": np.array(4096, np.float32),
+    }
     with pytest.raises(ort.RuntimeException, match="dft_length"):
         ort.InferenceSession(m.SerializeToString()).run(None, feed)
 
 
-@pytest.mark.parametrize("version", [-1, 2 ** 40])
+@pytest.mark.parametrize("version", [-1, 2**40])
 def test_opset_version_out_of_range_is_refused(version):
     # seed 19 cases 602, 4758: opset -1 reached onnx.defs.get_schema (TypeError) and let a Cast without inputs
     # (no schema, so no arity check) reach the cast elimination (IndexError)
@@ -325,8 +398,11 @@ def test_cast_without_inputs_beside_an_unknown_op():
 def test_leaky_relu_with_an_infinite_alpha():
     # seed 19 case 187: alpha = inf gave NaN at x = 0 (0 * inf); onnxruntime computes x >= 0 ? x : alpha x
     rt = _onnxruntime()
-    m = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("inf"))],
-               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])], opset=16)
+    m = _model(
+        [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("inf"))],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        opset=16,
+    )
     x = np.array([-1.0, 0.0, 1.0], np.float32)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -337,8 +413,11 @@ def test_leaky_relu_with_an_infinite_alpha():
 def test_symmetric_window_of_size_one(op):
     # seed 19 case 2504: a symmetric window of size 1 gave a0; onnxruntime's formula divides 0 by 0 (NaN)
     rt = _onnxruntime()
-    m = _model([helper.make_node(op, ["n"], ["y"], periodic=0)],
-               [helper.make_tensor_value_info("n", TensorProto.INT32, [])], opset=17)
+    m = _model(
+        [helper.make_node(op, ["n"], ["y"], periodic=0)],
+        [helper.make_tensor_value_info("n", TensorProto.INT32, [])],
+        opset=17,
+    )
     for n in (1, 2, 5):
         feed = {"n": np.array(n, np.int32)}
         got = ort.InferenceSession(m.SerializeToString()).run(None, feed)[0]
@@ -350,8 +429,10 @@ def test_symmetric_window_of_size_one(op):
 def test_conv_whose_weights_do_not_fit_its_input(w_shape, b_size, conv_path):
     # seed 2026 case 486 (the suite's run): a grouped Conv with weight (4, 0, 4) over 4 input channels ran the
     # compiled loops with inconsistent sizes: heap corruption ("double free or corruption", SIGABRT)
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT, None)]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+    ]
     ins = ["x", "w"]
     if b_size is not None:
         inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, None))
@@ -383,20 +464,24 @@ try:
 except ort.InvalidGraph as e:
     print(e)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)   # a regression aborts
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)  # a regression aborts
     assert r.returncode == 0, r.stderr[-2000:]
     assert "num_outputs 1 but 3 outputs" in r.stdout
 
 
-@pytest.mark.parametrize("mode", [2, 3])   # 0 with three outputs: onnxruntime refuses the model
+@pytest.mark.parametrize("mode", [2, 3])  # 0 with three outputs: onnxruntime refuses the model
 def test_batchnorm_outside_training_mode_returns_no_running_stats(mode):
     # seed 71 case 320, seed 83 case 4081: training_mode 3 (not 1: inference) returned the input mean and var
     # as outputs 1 and 2; onnxruntime returns them absent (None)
     rt = _onnxruntime()
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=mode)
-    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])], ["y", "rm", "rv"],
-               inits=[numpy_helper.from_array(np.full(3, k, np.float32), n) for k, n in enumerate("sbmv", 1)],
-               opset=15)
+    m = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        ["y", "rm", "rv"],
+        inits=[numpy_helper.from_array(np.full(3, k, np.float32), n) for k, n in enumerate("sbmv", 1)],
+        opset=15,
+    )
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
@@ -407,8 +492,11 @@ def test_batchnorm_outside_training_mode_returns_no_running_stats(mode):
 def test_gelu_erf_of_minus_infinity_is_nan(transformer_path):
     # seed 19 case 2581: Gelu (erf) gave -2e-36 at -inf; 0.5 x (1 + erf(x / sqrt 2)) is -inf * 0 = NaN there
     rt = _onnxruntime()
-    m = _model([helper.make_node("Gelu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
-               opset=20)
+    m = _model(
+        [helper.make_node("Gelu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+        opset=20,
+    )
     x = np.linspace(-6, 6, 64).astype(np.float32)
     x[[3, 40]] = -np.inf
     x[10] = np.inf
@@ -422,11 +510,37 @@ def test_gelu_erf_of_minus_infinity_is_nan(transformer_path):
 def test_prelu_with_a_nan_slope_keeps_positive_x():
     # seed 19 case 5346: a NaN slope made positive x NaN (max(x, 0) + slope * min(x, 0) = x + NaN * 0)
     rt = _onnxruntime()
-    m = _model([helper.make_node("PRelu", ["x", "s"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
-                                                             helper.make_tensor_value_info("s", TensorProto.FLOAT, [5])],
-               opset=16)
+    m = _model(
+        [helper.make_node("PRelu", ["x", "s"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [5]),
+        ],
+        opset=16,
+    )
     x = np.array([[-2, -0.5, 0, 0.5, 2], [np.inf, -np.inf, 1, -1, np.nan]], np.float32)
     s = np.array([0.1, np.nan, np.inf, np.nan, 2], np.float32)
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x, "s": s})[0]
     ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "s": s})[0]
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.fixture(params=JIT_PATHS)
+def vision_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "vision")
+
+
+def test_sigmoid_of_minus_infinity_is_zero_on_both_paths(vision_path):
+    # seed 19 case 5326: x * Sigmoid(x) at -inf gave -inf on the compiled path (sigmoid(-inf) = 6e-39 through
+    # the exp clamp) and NaN on the NumPy path and in onnxruntime
+    rt = _onnxruntime()
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], opset=17)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # Sigmoid itself, not a fusion
+    x = np.array([-np.inf, -100.0, 3.0, np.inf], np.float32)
+    got = ort.InferenceSession(m.SerializeToString(), so).run(None, {"x": x})[0]
+    ref = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.isnan(got[0]) and np.isnan(ref[0])
+    np.testing.assert_allclose(got[1:], ref[1:], rtol=1e-6, atol=1e-30)
+    vision_path.expect("sigmoid")

@@ -1,12 +1,13 @@
 """The fuzzer's seeded short run (the long one is bench/fuzz.py): every case runs or raises one of
 engineroom's errors; no crash, hang, foreign exception or difference from onnxruntime."""
+
 from __future__ import annotations
 
 import os
 
 import fuzzing
 
-CASES = int(os.environ.get("ENGINEROOM_FUZZ_CASES", "600"))   # ~30 s on 2 shared cores
+CASES = int(os.environ.get("ENGINEROOM_FUZZ_CASES", "600"))  # ~30 s on 2 shared cores
 SEED = int(os.environ.get("ENGINEROOM_FUZZ_SEED", "2026"))
 
 
@@ -27,5 +28,7 @@ def test_seeded_fuzz_run_has_no_findings():
     print(f"{CASES} cases, seed {SEED}: {counts}")
     assert sum(v for k, v in counts.items() if not k.startswith("oracle:")) == CASES
     assert not rep["findings"], "\n".join(
-        f"case {f['i']} ({f['outcome']}) on {f.get('seed')} {f.get('steps')}: {f.get('detail')}" for f in rep["findings"])
-    assert counts.get("ran", 0) > CASES // 5   # the mutations leave many runnable cases
+        f"case {f['i']} ({f['outcome']}) on {f.get('seed')} {f.get('steps')}: {f.get('detail')}"
+        for f in rep["findings"]
+    )
+    assert counts.get("ran", 0) > CASES // 5  # the mutations leave many runnable cases

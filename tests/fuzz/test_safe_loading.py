@@ -1,5 +1,6 @@
 """Loading is safe: external data may come only from inside the model's folder (``../``, absolute paths
 and symlinks that leave the folder are refused), and nothing in a model is evaluated or unpickled."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,13 @@ def _model_with_external(location: str, offset: int | None = None, length: int |
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
     if in_subgraph:
-        branch = helper.make_graph([helper.make_node("Add", ["x", "w"], ["b"])], "branch", [],
-                                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])], [w])
+        branch = helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["b"])],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])],
+            [w],
+        )
         nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)]
         g = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(np.array(True), "c")])
     else:
@@ -100,7 +106,7 @@ def test_missing_file_and_bytes_without_a_folder(folders):
         ort.InferenceSession(_model_with_external("weights.bin").SerializeToString())
 
 
-@pytest.mark.parametrize("offset, length", [(4096, None), (0, 10 ** 12), (8, 4)])
+@pytest.mark.parametrize("offset, length", [(4096, None), (0, 10**12), (8, 4)])
 def test_offset_and_length_outside_the_file_are_refused(folders, offset, length):
     model_dir, _ = folders
     (model_dir / "weights.bin").write_bytes(W.tobytes())
@@ -115,13 +121,20 @@ class _Boom:
 
 def test_nothing_is_unpickled_or_evaluated(tmp_path):
     # a string initializer and the metadata hold a pickle and Python source: they stay bytes and text
-    payload = pickle.dumps(_Boom(), protocol=0)   # ASCII: a valid UTF-8 string element
+    payload = pickle.dumps(_Boom(), protocol=0)  # ASCII: a valid UTF-8 string element
     marker = "/tmp/engineroom_unpickled_marker_must_not_exist"
     if os.path.exists(marker):
         os.remove(marker)
-    t = helper.make_tensor("s", TensorProto.STRING, [2], [payload, b"__import__('os').system('touch " + marker.encode() + b"')"])
-    g = helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "g", [],
-                          [helper.make_tensor_value_info("y", TensorProto.STRING, [2])], [t])
+    t = helper.make_tensor(
+        "s", TensorProto.STRING, [2], [payload, b"__import__('os').system('touch " + marker.encode() + b"')"]
+    )
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [2])],
+        [t],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     helper.set_model_props(m, {"pickle": payload.hex(), "code": f"open('{marker}', 'w')"})
     s = ort.InferenceSession(_save(m, tmp_path))
