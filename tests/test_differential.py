@@ -144,7 +144,7 @@ def _tolerance(dtype: np.dtype, acc: bool) -> tuple[float, float]:
 
 
 def _feed(case: Case) -> dict:
-    # a scalar value is fed as the 0-d array it stands for (InferenceSession.run refuses NumPy scalars, as onnxruntime's)
+    # a scalar is fed as the 0-d array it stands for (InferenceSession.run refuses NumPy scalars, as onnxruntime's)
     return {f"x{i}": np.asarray(inp.value) if isinstance(inp.value, np.generic) else inp.value
             for i, inp in enumerate(case.inputs) if inp.value is not None and not inp.const}
 

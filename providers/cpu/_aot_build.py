@@ -2,11 +2,12 @@
 
 Run by ``_jit`` in a child process (``python -m engineroom.providers.cpu._aot_build MODULE STEM DIR``;
 or ``--all DIR LOCK MODULE STEM [MODULE STEM ...]``, the detached background build of several modules,
-one after another, which removes the LOCK file holding its pid when done), so that numba and LLVM never load into the process that runs sessions. Every variant in the
-module's ``AOT`` table is exported as ``<function>__<dtype>`` through a thin wrapper that calls the
-module's jitted function (which keeps its own options: error model, fastmath, inlining), compiled for
-the host CPU. The extension is written beside its final name and renamed into place, so concurrent
-builds never expose a half-written file.
+one after another, which removes the LOCK file holding its pid when done), so that numba and LLVM
+never load into the process that runs sessions. Every variant in the module's ``AOT`` table is
+exported as ``<function>__<dtype>`` through a thin wrapper that calls the module's jitted function
+(which keeps its own options: error model, fastmath, inlining), compiled for the host CPU. The
+extension is written beside its final name and renamed into place, so concurrent builds never expose
+a half-written file.
 """
 from __future__ import annotations
 

@@ -35,9 +35,9 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import shutil
 import sysconfig
 import threading
 import time
