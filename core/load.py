@@ -325,6 +325,28 @@ def _check_fields(proto: onnx.ModelProto) -> None:
                                    f"{len(n.output)} outputs")
 
 
+def _check_arity(proto: onnx.ModelProto) -> None:
+    """Each node of a known op has as many inputs and outputs as its schema allows, as onnxruntime checks.
+    The checker says so too, but stops at its first complaint, which may be one we skip (an output with
+    no shape), and a pass that trusts the arity (a fusion unpacking MatMul's two inputs) then fails."""
+    opsets = {imp.domain if imp.domain != "ai.onnx" else "": imp.version for imp in proto.opset_import}
+    for g in _graphs(proto.graph):
+        for n in g.node:
+            domain = n.domain if n.domain != "ai.onnx" else ""
+            if domain not in opsets:
+                continue
+            try:
+                sc = onnx.defs.get_schema(n.op_type, opsets[domain], domain)
+            except onnx.defs.SchemaError:
+                continue        # an unknown op: the partitioner names it and the providers asked
+            for what, k, lo, hi in (("input", len(n.input), sc.min_input, sc.max_input),
+                                    ("output", len(n.output), sc.min_output, sc.max_output)):
+                if not lo <= k <= hi:
+                    raise InvalidGraph(f"This is an invalid model: node '{n.name}' ({n.op_type}) has {k} {what}s, "
+                                       f"its schema ({domain or 'ai.onnx'} opset {sc.since_version}) allows "
+                                       f"{lo} to {hi}")
+
+
 def _check_attribute_types(n: onnx.NodeProto, opsets: dict[str, int]) -> None:
     """Each attribute of the type the op's schema declares. The checker says so too, but its first complaint
     about an unknown op or attribute (which the partitioner reports better) hides the rest."""
@@ -387,6 +409,7 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
         proto.CopyFrom(model)  # external data is loaded into it: never into the caller's proto
     _check_depth(proto.graph)
     _check_fields(proto)
+    _check_arity(proto)
     _resolve_external_data(proto, base_dir, supplied)
     _check(proto)
     light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's

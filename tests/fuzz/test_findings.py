@@ -544,3 +544,16 @@ def test_sigmoid_of_minus_infinity_is_zero_on_both_paths(vision_path):
     assert np.isnan(got[0]) and np.isnan(ref[0])
     np.testing.assert_allclose(got[1:], ref[1:], rtol=1e-6, atol=1e-30)
     vision_path.expect("sigmoid")
+
+
+def test_a_node_with_fewer_inputs_than_its_schema_is_an_invalid_graph():
+    # seed 2026 case 182 without node-test seeds (a fresh clone): Cast retyped to MatMul kept one input; the
+    # checker's first complaint (an output with no shape) is one we skip, so it said nothing of the arity,
+    # and the MatMul+Add fusion failed unpacking two inputs (ValueError). onnxruntime: INVALID_GRAPH.
+    m = _model([helper.make_node("MatMul", ["x"], ["y"], name="mm")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])])
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        with pytest.raises(ort.InvalidGraph, match=r"node 'mm' \(MatMul\) has 1 inputs, .* allows 2 to 2"):
+            ort.InferenceSession(m.SerializeToString(), so)
