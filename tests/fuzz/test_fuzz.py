@@ -27,8 +27,15 @@ def test_seeded_fuzz_run_has_no_findings():
     counts = rep["counts"]
     print(f"{CASES} cases, seed {SEED}: {counts}")
     assert sum(v for k, v in counts.items() if not k.startswith("oracle:")) == CASES
-    assert not rep["findings"], "\n".join(
-        f"case {f['i']} ({f['outcome']}) on {f.get('seed')} {f.get('steps')}: {f.get('detail')}"
-        for f in rep["findings"]
+    # A difference only where a feed holds NaN/Inf is listed, not failed: there the order of IEEE operations
+    # decides (onnxruntime multiplies an unused interpolation tap of weight 0 by inf and returns NaN where
+    # the exact answer is the other tap; its MaxPool's NaN result depends on where the NaN sits). We keep
+    # the exact answer (as issue 22 asks where onnxruntime is inexact); bench/fuzz.py counts these apart.
+    non_finite = [f for f in rep["findings"] if f["outcome"] == "mismatch:non-finite feed"]
+    for f in non_finite:
+        print(f"listed: case {f['i']} on {f.get('seed')} {f.get('steps')}: {f.get('detail')}")
+    findings = [f for f in rep["findings"] if f not in non_finite]
+    assert not findings, "\n".join(
+        f"case {f['i']} ({f['outcome']}) on {f.get('seed')} {f.get('steps')}: {f.get('detail')}" for f in findings
     )
     assert counts.get("ran", 0) > CASES // 5  # the mutations leave many runnable cases
