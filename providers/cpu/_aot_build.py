@@ -61,6 +61,10 @@ def build_several(out_dir: str, lock: str, pairs: list[str]) -> None:
     import traceback
 
     try:
+        os.nice(10)     # a background job: the user's own work comes first
+    except OSError:
+        pass
+    try:
         for modname, stem in zip(pairs[::2], pairs[1::2]):
             t0 = time.perf_counter()
             print(f"{time.strftime('%H:%M:%S')} building {modname} ...", flush=True)
