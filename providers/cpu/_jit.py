@@ -200,10 +200,6 @@ def _load(name: str):
         why = _build(modname, stem, target)
         if why is not None:
             log.warning("engineroom: compiling %s failed; its NumPy paths serve instead:\n%s", name, why[-2000:])
-            try:
-                failed.write_text(why)
-            except OSError:
-                pass
             return None
     loader = importlib.machinery.ExtensionFileLoader(stem, str(target))
     spec = importlib.util.spec_from_file_location(stem, str(target), loader=loader)
@@ -215,14 +211,21 @@ def _load(name: str):
 
 
 def _build(modname: str, stem: str, target: Path) -> str | None:
-    """Build one module in a child process now; the reason it failed, or None."""
+    """Build one module in a child process now; the reason it failed (also written beside the target as
+    ``.failed``, so later processes keep the NumPy paths without trying again), or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
                                str(target.parent)], capture_output=True, text=True, timeout=900)
-        return proc.stderr if proc.returncode != 0 or not target.exists() else None
+        why = proc.stderr if proc.returncode != 0 or not target.exists() else None
     except (OSError, subprocess.SubprocessError) as e:     # an unwritable cache, a hung compiler
-        return f"{type(e).__name__}: {e}"
+        why = f"{type(e).__name__}: {e}"
+    if why is not None:
+        try:
+            target.with_suffix(".failed").write_text(why)
+        except OSError:
+            pass
+    return why
 
 
 def missing() -> list[tuple[str, str, str, Path]]:
@@ -289,29 +292,15 @@ def build_all(progress: bool = True) -> dict[str, str | None]:
         return {}
     if _compiler() is None:
         return {name: "no C compiler found" for name in module_names()}
-    todo = missing()
-    bar = None
-    if progress and todo:
-        try:
-            from tqdm import tqdm
+    from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), unit="module", desc="compiling CPU loops")
-        except ImportError:
-            pass
+    todo = missing()
     result = {}
-    for name, modname, stem, target in todo:
-        if bar is not None:
+    with tqdm(total=len(todo), unit="module", desc="compiling CPU loops", disable=not (progress and todo)) as bar:
+        for name, modname, stem, target in todo:
             bar.set_postfix_str(name)
-        why = result[name] = _build(modname, stem, target)
-        if why is not None:
-            try:
-                target.with_suffix(".failed").write_text(why)
-            except OSError:
-                pass
-        if bar is not None:
+            result[name] = _build(modname, stem, target)
             bar.update(1)
-    if bar is not None:
-        bar.close()
     with _lock:     # let this process load what was built
         for name in list(_modules):
             if _modules[name] is _PENDING:
