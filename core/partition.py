@@ -57,6 +57,7 @@ def assign(views: list[NodeView], providers: list[ExecutionProvider], graph: Gra
             break
         graph.nodes = free
         graph.all_nodes = views
+        graph.notes = []
         for cap in p.get_capability(graph) or ():
             idxs = [v.index for v in cap.nodes if owner[v.index] is None]
             for i in idxs:
@@ -67,6 +68,7 @@ def assign(views: list[NodeView], providers: list[ExecutionProvider], graph: Gra
                 next_group += 1
             if cap.note:
                 notes.append(f"{p.name}: {cap.note}")
+        notes += [f"{p.name}: {t}" for t in graph.notes]
     return owner, group_of, notes
 
 

@@ -30,7 +30,7 @@ from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
 from engineroom.plan import RUN_TIMEOUT_KEY, Deadline, Plan, PlanBuilder, Unclaimed, type_string
 from engineroom.plan import running as _running
-from engineroom.plugin_sdk import Device, ExecutionProvider, ProviderOptionError
+from engineroom.plugin_sdk import Device, ExecutionProvider
 from engineroom.plugin_sdk.binding import bound_outputs
 from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
 from engineroom.values import IOBinding, OrtValue
@@ -313,8 +313,8 @@ class InferenceSession:
                 from engineroom.compat.provider_options import without_ignored
 
                 return cls(**without_ignored(name, cls.options, opts, self._log_level))
-            except ProviderOptionError as e:
-                raise InvalidArgument(str(e)) from None
+            except InvalidArgument:   # a bad option (ProviderOptionError is one): the user's error, not a fallback
+                raise
             except Exception as e:  # noqa: BLE001 - a provider that fails to start is reported, never hidden
                 reason = f"it failed to start: {type(e).__name__}: {e}"
         msg = f"{name} cannot be used: {reason}"

@@ -25,7 +25,7 @@ walks from an empty folder to a published wheel, with the code of ``examples/thi
 from __future__ import annotations
 
 from engineroom.plugin_sdk.device import CPU, Device
-from engineroom.plugin_sdk.dtypes import np_dtype, onnx_elem_type, ort_type_name
+from engineroom.plugin_sdk.errors import EngineroomError, Fail, InvalidArgument
 from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
 from engineroom.plugin_sdk.provider import (
     Capability,
@@ -38,6 +38,17 @@ from engineroom.plugin_sdk.provider import (
 )
 
 SDK_VERSION = "1.0"
+# resolved on first use: they need onnx, and `import engineroom` (whose errors live here) does not load it
+_LAZY = {"np_dtype": "dtypes", "onnx_elem_type": "dtypes", "ort_type_name": "dtypes"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 ENTRY_POINT_GROUP = "engineroom.providers"
 
 
@@ -50,8 +61,8 @@ def sdk_compatible(version: str) -> bool:
 
 
 __all__ = [
-    "CPU", "Capability", "CompilingProvider", "Device", "ENTRY_POINT_GROUP", "ExecutionProvider",
-    "GraphView", "GroupView", "KernelDef", "KernelInfo", "KernelProvider", "KernelRegistry",
-    "NodeView", "ProviderOptionError", "SDK_VERSION", "np_dtype", "onnx_elem_type", "ort_type_name",
-    "sdk_compatible",
+    "CPU", "Capability", "CompilingProvider", "Device", "ENTRY_POINT_GROUP", "EngineroomError",
+    "ExecutionProvider", "Fail", "GraphView", "GroupView", "InvalidArgument", "KernelDef", "KernelInfo",
+    "KernelProvider", "KernelRegistry", "NodeView", "ProviderOptionError", "SDK_VERSION", "np_dtype",
+    "onnx_elem_type", "ort_type_name", "sdk_compatible",
 ]

@@ -92,6 +92,10 @@ class KernelDef:
     types: frozenset | None = None          # allowed dtypes of input 0 (None: any)
     host_inputs: tuple[int, ...] = ()       # inputs read on the host (shape tensors, axes)
     supports: Callable[[NodeView], str | None] | None = None  # returns why not, or None
+    # inputs the factory prepares and uploads itself when they are constant (weights): left on the host
+    prepack: tuple[int, ...] = ()
+    # runs only on host (NumPy) arrays: a provider on a device does not claim it from a shared kernel set
+    host_only: bool = False
 
     def why_not(self, view: NodeView) -> str | None:
         """None if this kernel can run the node, else a short reason."""
@@ -140,15 +144,23 @@ class KernelRegistry:
 
     def kernel(self, op_type: str | Iterable[str], domain: str = "", since: int = 1, *,
                types: Iterable | None = None, host_inputs: Iterable[int] = (),
-               supports: Callable[[NodeView], str | None] | None = None):
-        """Decorator registering a factory (``def f(info)``) or a plain kernel for one or more ops."""
+               supports: Callable[[NodeView], str | None] | None = None,
+               prepack: Iterable[int] = (), host_only: bool = False):
+        """Decorator registering a factory (``def f(info)``) or a plain kernel for one or more ops.
+
+        ``types``: allowed dtypes of input 0; ``host_inputs``: inputs always read on the host;
+        ``supports(view)``: why the kernel cannot run a node, or None; ``prepack``: inputs the factory
+        transforms and uploads itself when constant (``info.const_inputs``), so the core leaves those
+        constants on the host; ``host_only``: the kernel takes NumPy arrays only, so a provider on a
+        device that shares this registry does not claim it."""
         ops = [op_type] if isinstance(op_type, str) else list(op_type)
         tset = None if types is None else frozenset(np.dtype(t) for t in types)
 
         def deco(fn):
             factory = fn if _is_factory(fn) else _wrap_plain(fn)
             for op in ops:
-                self.register(KernelDef(op, domain, since, factory, tset, tuple(host_inputs), supports))
+                self.register(KernelDef(op, domain, since, factory, tset, tuple(host_inputs), supports,
+                                        tuple(prepack), bool(host_only)))
             return fn
 
         return deco

@@ -9,11 +9,13 @@ import numpy as np
 from engineroom.plugin_sdk.device import CPU, Device
 from engineroom.plugin_sdk.dynamic_quantization import describe as describe_declined
 from engineroom.plugin_sdk.dynamic_quantization import upstream_of_dynamic_quantization
+from engineroom.plugin_sdk.errors import InvalidArgument
 from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
 
 
-class ProviderOptionError(ValueError):
-    """A provider option that the provider does not know or cannot accept."""
+class ProviderOptionError(InvalidArgument):
+    """A provider option that the provider does not know or cannot accept (an ``InvalidArgument``, so
+    a ``ValueError``): the session raises it to the user instead of falling back to another provider."""
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Capability:
 
     nodes: list[NodeView]
     kind: str = "kernel"          # "kernel" | "group"
-    note: str = ""                # shown in the placement line when useful
+    note: str = ""                # about these nodes, shown in the placement line (else GraphView.add_note)
 
 
 @dataclass
@@ -37,6 +39,13 @@ class GraphView:
     graph_outputs: tuple[str, ...] = ()
     value_types: dict[str, Any] = field(default_factory=dict)  # name -> onnx.TypeProto
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    # what the provider being asked wants the user told (nodes it leaves and why): the placement line
+    notes: list[str] = field(default_factory=list)
+
+    def add_note(self, text: str) -> None:
+        """Tell the user something about this provider's placement (the core adds the provider's name)."""
+        if text:
+            self.notes.append(text)
 
 
 @dataclass
@@ -115,6 +124,11 @@ class ExecutionProvider:
     def get_capability(self, view: GraphView) -> list[Capability]:
         raise NotImplementedError
 
+    def kernel_for(self, view: NodeView) -> KernelDef | None:
+        """The kernel that would run ``view`` on this provider, or None: the level-2 optimizer fuses a
+        pattern only where its owner has a kernel for the fused node. None here (no kernels)."""
+        return None
+
     # data transfer; the host defaults suit providers whose memory is the host's
     def to_device(self, array: np.ndarray) -> Any:
         return array
@@ -159,14 +173,23 @@ class KernelProvider(ExecutionProvider):
         kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
         if kdef is None or kdef.why_not(view) is not None:
             return None
+        if kdef.host_only and not self.device.is_host:
+            return None     # a NumPy-only kernel in a kernel set shared with a device (registered host_only)
         return kdef
 
     def get_capability(self, view: GraphView) -> list[Capability]:
         return [Capability([n]) for n in view.nodes if self.kernel_for(n) is not None]
 
     def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
+        """The kernel's ``host_inputs``, plus its ``prepack`` inputs where they are constant (the
+        factory prepares and uploads those itself, so the core does not upload the raw constant)."""
         kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
-        return kdef.host_inputs if kdef is not None else ()
+        if kdef is None:
+            return ()
+        const = view.const_inputs or ()
+        packed = tuple(i for i in kdef.prepack
+                       if i < len(const) and const[i] is not None and i not in kdef.host_inputs)
+        return tuple(kdef.host_inputs) + packed
 
     def device_claims(self, view: GraphView) -> list[NodeView]:
         """The nodes a provider with its own memory should take: those its kernels handle, except
@@ -174,7 +197,7 @@ class KernelProvider(ExecutionProvider):
         it on the device only adds copies, as onnxruntime's GPU providers leave it too),
         Shape/Size of a value not produced here (they read metadata; the host has it), and the float
         arithmetic upstream of a dynamic quantizer, which needs the CPU provider's rounding to the ulp
-        (``plugin_sdk.dynamic_quantization``; ``dynamic_quantization_note`` says so)."""
+        (``plugin_sdk.dynamic_quantization``; ``note_dynamic_quantization`` says so)."""
         claimed = {v.index for v in view.nodes if self.kernel_for(v) is not None}
         producer = {o: v.index for v in (view.all_nodes or view.nodes) for o in v.output_names if o}
         near_dq = upstream_of_dynamic_quantization(view.all_nodes or view.nodes)
@@ -190,13 +213,14 @@ class KernelProvider(ExecutionProvider):
             take.append(v)
         return take
 
-    def dynamic_quantization_note(self, view: GraphView) -> list[Capability]:
-        """A claim of no nodes whose note names those ``device_claims`` left for being upstream of a
-        dynamic quantizer (see ``plugin_sdk.dynamic_quantization``), for the placement line."""
+    def note_dynamic_quantization(self, view: GraphView) -> None:
+        """Add to ``view``'s notes the nodes ``device_claims`` left for being upstream of a dynamic
+        quantizer (see ``plugin_sdk.dynamic_quantization``), for the placement line."""
         near_dq = upstream_of_dynamic_quantization(view.all_nodes or view.nodes)
         left = [v for v in view.nodes if v.index in near_dq and not _shape_arithmetic(v)
                 and self.kernel_for(v) is not None]
-        return [Capability([], kind="group", note=describe_declined(left))] if left else []
+        if left:
+            view.add_note(describe_declined(left))
 
     def create_kernel(self, info: KernelInfo) -> Callable:
         """The callable that runs ``info``'s node: ``fn(*inputs) -> tuple``."""

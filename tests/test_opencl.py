@@ -324,15 +324,18 @@ def test_shape_inputs_stay_on_the_host_and_shape_arithmetic_stays_on_cpu():
 
 
 @needs_opencl
-def test_bad_device_id_is_reported_not_silently_replaced(caplog):
+def test_bad_device_id_is_an_invalid_argument_not_a_fallback(caplog):
+    """The provider raises the SDK's InvalidArgument (engineroom.InvalidArgument, the same class); the
+    session hands it to the user as onnxruntime does for a bad device_id, instead of falling back."""
     m, feed = _single("Relu", [f32(2, 2)])
     with caplog.at_level("WARNING", logger="engineroom"):
-        s = _session(m, [(OCL, {"device_id": 99}), CPU])
-    assert "OpenCLExecutionProvider" in caplog.text and "no OpenCL device 99" in caplog.text
-    assert s.get_providers() == [CPU]
+        with pytest.raises(ort.InvalidArgument, match="no OpenCL device 99") as e:
+            _session(m, [(OCL, {"device_id": 99}), CPU])
+    assert "falling back" not in caplog.text
+    assert "INVALID_ARGUMENT" in str(e.value) and "devices: 0: " in str(e.value)
     so = ort.SessionOptions()
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    with pytest.raises(ort.EPFail, match="no OpenCL device 99"):
+    with pytest.raises(ort.InvalidArgument, match="no OpenCL device 99"):
         ort.InferenceSession(m.SerializeToString(), so, providers=[(OCL, {"device_id": 99})])
     with pytest.raises(ort.InvalidArgument, match="device_type"):
         _session(m, [(OCL, {"device_type": "quantum"}), CPU])

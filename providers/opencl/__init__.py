@@ -26,8 +26,8 @@ from engineroom.plugin_sdk import (
     NodeView,
     ProviderOptionError,
 )
+from engineroom.plugin_sdk.errors import InvalidArgument
 from engineroom.providers.opencl.common import STORABLE
-from engineroom.providers.opencl.registry import PREPACK
 from engineroom.providers.opencl.registry import registry as _registry
 
 _NOT_KERNELS = {"registry", "runtime", "strided", "common"}
@@ -101,8 +101,8 @@ class OpenCLExecutionProvider(KernelProvider):
             raise ProviderOptionError(f"{self.name}: {e}") from None
         if not 0 <= dev_id < len(devices):
             names = ", ".join(f"{i}: {d.name.strip()} ({d.platform.name.strip()})" for i, d in enumerate(devices))
-            raise RuntimeError(f"no OpenCL device {dev_id} (platform filter {opts['platform']!r}, "
-                               f"device_type {opts['device_type']!r}); devices: {names or 'none'}")
+            raise InvalidArgument(f"{self.name}: no OpenCL device {dev_id} (platform filter {opts['platform']!r}, "
+                                  f"device_type {opts['device_type']!r}); devices: {names or 'none'}")
         self.rt = runtime.runtime_for(devices[dev_id])
         self._kind = runtime.device_kind(devices[dev_id])
         self.device = Device("opencl", dev_id)
@@ -138,15 +138,6 @@ class OpenCLExecutionProvider(KernelProvider):
         return desc
 
     # -- capability ----------------------------------------------------------------------------
-    def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
-        kdef = self.registry.lookup(view.domain, view.op_type, view.opset)
-        if kdef is None:
-            return ()
-        pre = PREPACK.get((kdef.domain, kdef.op_type, kdef.since), ())
-        const = view.const_inputs or ()
-        packed = tuple(i for i in pre if i < len(const) and const[i] is not None and i not in kdef.host_inputs)
-        return tuple(kdef.host_inputs) + packed
-
     def kernel_for(self, view: NodeView):
         kdef = super().kernel_for(view)
         if kdef is None:
@@ -172,7 +163,8 @@ class OpenCLExecutionProvider(KernelProvider):
         arithmetic upstream of a dynamic quantizer is left too, with a note: OpenCL's float kernels are
         not the CPU provider's to the ulp, and that quantization grows an ulp into a wrong result.
         """
-        return [Capability([v]) for v in self.device_claims(view)] + self.dynamic_quantization_note(view)
+        self.note_dynamic_quantization(view)
+        return [Capability([v]) for v in self.device_claims(view)]
 
     # -- data transfer -------------------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Any:

@@ -90,16 +90,14 @@ def claim(view: GraphView, core: Any, device: str, previous: Support | None = No
     caps = [Capability([by_index[i] for i in run], kind="group") for run in sup.runs]
     if sup.declined:
         ops = ", ".join(dict.fromkeys(by_index[i].op_type for i in sup.declined))
-        caps.append(Capability([], kind="group", note=(
-            f"declined {len(sup.declined)} node(s) ({ops}) in groups of fewer than {MIN_LIGHT_GROUP} light ops: "
-            f"an OpenVINO call there costs more than it saves")))
+        view.add_note(f"declined {len(sup.declined)} node(s) ({ops}) in groups of fewer than {MIN_LIGHT_GROUP} "
+                      "light ops: an OpenVINO call there costs more than it saves")
     left = [v for v in view.nodes if v.index in sup.reasons]
     if left:
         ops = Counter(f"{v.domain + '::' if v.domain else ''}{v.op_type}" for v in left)
         why = dict.fromkeys(sup.reasons[v.index] for v in left)
-        caps.append(Capability([], kind="group", note=(
-            f"cannot run {', '.join(f'{op} x{n}' if n > 1 else op for op, n in ops.items())} "
-            f"({'; '.join(list(why)[:3])})")))
+        view.add_note(f"cannot run {', '.join(f'{op} x{n}' if n > 1 else op for op, n in ops.items())} "
+                      f"({'; '.join(list(why)[:3])})")
     return caps, sup
 
 
