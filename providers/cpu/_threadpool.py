@@ -1,0 +1,216 @@
+"""The CPU provider's own worker pool: large GEMMs split into chunks that the calling thread and the
+pool's workers claim one at a time, each chunk a single-threaded BLAS call.
+
+Why not OpenBLAS's own threads: OpenBLAS splits a GEMM statically, one equal share per thread, and
+its threads spin while they wait. When another process holds one of the cores, the share scheduled
+there finishes late and every GEMM waits for it (mobilenet_v2 went from 25 ms to 710 ms with a busy
+process on the second core). Here the caller starts on the first chunk at once, a worker joins when
+it wakes, and whichever thread is free takes the next chunk, so a descheduled thread delays at most
+the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
+
+The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
+default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). While one of
+our GEMMs runs, OpenBLAS is held at one thread (restored after, counted so that concurrent runs do
+not fight over it): every BLAS call the provider makes above OpenBLAS's own single-thread size is
+then single-threaded, and the parallelism is the pool's.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+import numpy as np
+
+# OpenBLAS runs GEMMs below this many multiply-adds on one thread by itself (its SMP_THRESHOLD_MIN *
+# GEMM_MULTITHREAD_THRESHOLD): nothing to hold or split there
+BLAS_SINGLE_MACS = 65536 * 4
+# below this many multiply-adds one BLAS call on the caller's thread is cheaper than waking a worker
+# (tens of microseconds) and splitting
+MIN_PARALLEL_MACS = 1 << 21
+# chunks per thread: enough that a late thread holds a small share, few enough that each chunk stays
+# a large BLAS call (B is packed once per chunk)
+CHUNKS_PER_THREAD = 4
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):      # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Blas:
+    """OpenBLAS's thread count through threadpoolctl's handles (looked up once; a call costs ~1 us)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: list[int] = []
+        self.libs = None
+
+    def _lookup(self) -> None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            self.libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: nothing to hold
+            self.libs = []
+
+    def hold_single(self) -> int:
+        """Set BLAS to one thread; returns its thread count outside our calls (the pool's size)."""
+        with self.lock:
+            if self.libs is None:
+                self._lookup()
+            if self.depth == 0:
+                self.saved = [lib.num_threads for lib in self.libs]
+                for lib, n in zip(self.libs, self.saved):
+                    if n != 1:
+                        lib.set_num_threads(1)
+            self.depth += 1
+            return max(self.saved, default=_default_threads())
+
+    def release(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                for lib, n in zip(self.libs, self.saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
+
+
+_blas = _Blas()
+
+
+class _Task:
+    __slots__ = ("fn", "args", "claim", "left", "lock", "done", "error")
+
+    def __init__(self, fn, args) -> None:
+        self.fn = fn
+        self.args = args
+        self.claim = itertools.count()          # next() is atomic under the GIL
+        self.left = len(args)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def drain(self) -> None:
+        n = len(self.args)
+        for i in self.claim:
+            if i >= n:
+                return
+            try:
+                self.fn(*self.args[i])
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, who re-raises it
+                self.error = e
+            with self.lock:
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+
+class WorkerPool:
+    """``threads - 1`` daemon workers; the caller is the last thread."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._cv = threading.Condition()
+        self._tasks: list[_Task] = []
+        self._started = 0
+
+    def _start(self) -> None:
+        while self._started < self.threads - 1:
+            threading.Thread(target=self._work, name=f"engineroom-cpu-{self._started}", daemon=True).start()
+            self._started += 1
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._tasks:
+                    self._cv.wait()
+                task = self._tasks[-1]
+            task.drain()
+            with self._cv:
+                if task in self._tasks:
+                    self._tasks.remove(task)
+
+    def run(self, fn, args: list[tuple]) -> None:
+        """Call ``fn(*a)`` for every ``a`` in ``args``, spread over the pool; re-raise the first error."""
+        if self.threads <= 1 or len(args) <= 1:
+            for a in args:
+                fn(*a)
+            return
+        if self._started < self.threads - 1:
+            self._start()
+        task = _Task(fn, args)
+        with self._cv:
+            self._tasks.append(task)
+            self._cv.notify_all()
+        task.drain()
+        task.done.wait()
+        with self._cv:
+            if task in self._tasks:
+                self._tasks.remove(task)
+        if task.error is not None:
+            raise task.error
+
+
+_pools: dict[int, WorkerPool] = {}
+
+
+def _pool(threads: int) -> WorkerPool:
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools.setdefault(threads, WorkerPool(threads))
+    return pool
+
+
+def _mm(a, b, out) -> None:
+    np.matmul(a, b, out=out)
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-n // parts)
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
+    thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
+    if a.ndim < 2 or b.ndim < 2:
+        return np.matmul(a, b, out=out)
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    macs = batch * M * N * K
+    if macs < BLAS_SINGLE_MACS:
+        return np.matmul(a, b, out=out)
+    threads = _blas.hold_single()
+    try:
+        if threads <= 1 or macs < MIN_PARALLEL_MACS:
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty(batch_shape + (M, N), dtype=np.result_type(a, b))
+        _pool(threads).run(_mm, _chunks(a, b, out, batch_shape, threads * CHUNKS_PER_THREAD))
+        return out
+    finally:
+        _blas.release()
+
+
+def _chunks(a, b, out, batch_shape, parts) -> list[tuple]:
+    """Chunks along the batch when it has enough items (a 2-D operand shared by all), else along the
+    rows of ``a`` or the columns of ``b``, whichever is longer; each chunk writes its slice of ``out``."""
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    batch = int(np.prod(batch_shape)) if batch_shape else 1
+    if batch >= parts and (a.ndim == 2 or a.shape[:-2] == batch_shape) \
+            and (b.ndim == 2 or b.shape[:-2] == batch_shape) and out.flags.c_contiguous:
+        a3 = a if a.ndim == 2 else a.reshape((batch, M, K))
+        b3 = b if b.ndim == 2 else b.reshape((batch, K, N))
+        o3 = out.reshape((batch, M, N))
+        return [(a3 if a.ndim == 2 else a3[i:j], b3 if b.ndim == 2 else b3[i:j], o3[i:j])
+                for i, j in _split(batch, parts)]
+    if M >= N:
+        return [(a[..., i:j, :], b, out[..., i:j, :]) for i, j in _split(M, parts)]
+    return [(a, b[..., :, i:j], out[..., :, i:j]) for i, j in _split(N, parts)]

@@ -1,0 +1,100 @@
+"""The CPU provider's worker pool (providers/cpu/_threadpool.py): chunked GEMMs give what one BLAS call
+gives, errors reach the caller, concurrent callers do not mix their chunks, and the process's BLAS
+thread count is back where it was after every call."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engineroom.providers.cpu import _threadpool as tp
+
+threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is needed to read BLAS's thread count")
+
+
+def _blas_threads() -> list[int]:
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+SHAPES = [
+    ((64, 576), (576, 3136)),          # a wide conv: split along the columns
+    ((3136, 64), (64, 96)),            # a tall one: split along the rows
+    ((16, 64, 96), (16, 96, 200)),     # a batch of equal GEMMs (Winograd): split along the batch
+    ((16, 64, 96), (96, 300)),         # a batch times one 2-D weight
+    ((2, 1, 300, 80), (3, 80, 90)),    # broadcast batch: split along the rows
+    ((1, 7), (7, 5)),                  # tiny: one BLAS call
+]
+
+
+@pytest.mark.parametrize("sa,sb", SHAPES)
+@pytest.mark.parametrize("with_out", [False, True])
+def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    before = _blas_threads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        out = np.empty(want.shape, np.float32) if with_out else None
+        got = tp.matmul(a, b, out)
+        assert _blas_threads() == [2] * len(before)
+    if with_out:
+        assert got is out
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4 * np.sqrt(sa[-1]))
+    assert _blas_threads() == before
+
+
+def test_strided_output_slices():
+    """Column chunks write into a row-strided slice of a bigger buffer."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((96, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 900)).astype(np.float32)
+    big = np.zeros((96, 1000), np.float32)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        tp.matmul(a, b, big[:, 50:950])
+    np.testing.assert_allclose(big[:, 50:950], a.astype(np.float64) @ b, rtol=2e-5, atol=1e-2)
+    assert not big[:, :50].any() and not big[:, 950:].any()
+
+
+def test_error_in_a_chunk_reaches_the_caller_and_the_pool_keeps_working():
+    pool = tp.WorkerPool(2)
+    seen = []
+
+    def fn(i):
+        if i == 5:
+            raise ValueError("chunk 5")
+        seen.append(i)
+
+    with pytest.raises(ValueError, match="chunk 5"):
+        pool.run(fn, [(i,) for i in range(8)])
+    assert sorted(seen) == [0, 1, 2, 3, 4, 6, 7]
+    seen.clear()
+    pool.run(fn, [(i,) for i in range(5)])
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+
+
+def test_concurrent_callers():
+    rng = np.random.default_rng(2)
+    pairs = [(rng.standard_normal((200, 300)).astype(np.float32), rng.standard_normal((300, 400)).astype(np.float32))
+             for _ in range(4)]
+    want = [a.astype(np.float64) @ b for a, b in pairs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                np.testing.assert_allclose(tp.matmul(*pairs[i]), want[i], rtol=2e-5, atol=1e-2)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    before = _blas_threads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert _blas_threads() == [2] * len(before)
+    assert not errors, errors[0]
+    assert _blas_threads() == before
