@@ -7,7 +7,7 @@ import sys
 import pytest
 
 # Tests must know which kernel path runs: compiled loops are built in the foreground here, not in the
-# background as for a user's first command (providers/cpu/_jit.py).
+# background as for a user's first command (providers/cpu/compiled/jit.py).
 os.environ.setdefault("ENGINEROOM_JIT", "wait")
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 
 # "jit" where numba is installed (else skipped with the reason), "numpy" always
 JIT_PATHS = [pytest.param(True, id="jit", marks=pytest.mark.skipif(not _jit.available(),

@@ -278,7 +278,7 @@ def test_zoo_resnet18_page(tmp_path):
 def test_compile_builds_what_is_missing_and_names_unknown_providers():
     """`compile` with everything built already has nothing to do; a provider that is not installed is
     named and makes the exit status non-zero."""
-    from engineroom.providers.cpu import _jit
+    from engineroom.providers.cpu.compiled import jit as _jit
 
     if not _jit.available():
         pytest.skip("numba is not installed (jit extra)")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jit_paths import JIT_PATHS, spy_on
 
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 from engineroom.providers.cpu.conv import _ConvPlan
 from engineroom.providers.cpu.winograd import choose_tile
 

@@ -102,18 +102,88 @@ def test_good_options_without_a_device_fail_to_start_with_the_reason():
 
 
 # -- the kernel set ---------------------------------------------------------------------------------
-def test_registry_is_the_cpu_kernel_set_plus_the_overrides():
+def test_registry_is_the_declared_kernel_set_plus_the_overrides():
     reg = CUDAExecutionProvider.registry
-    assert set(cpu_registry.ops()) <= set(reg.ops())
     for dom, op in cpu_registry.ops():
-        assert set(cpu_registry.versions(dom, op)) <= set(reg.versions(dom, op)), (dom, op)
         for since in cpu_registry.versions(dom, op):
-            ours = reg.lookup(dom, op, since).factory.__module__
+            ours = reg.lookup(dom, op, since)
             if (dom, op) in OVERRIDES:
-                assert ours.startswith("engineroom.providers.cuda."), (dom, op, since)
+                assert ours.factory.__module__.startswith("engineroom.providers.cuda."), (dom, op, since)
+            elif cpu_registry.runs_on_any_array_module(dom, op, since):
+                assert ours.factory is cpu_registry.lookup(dom, op, since).factory, (dom, op, since)
             else:
-                assert reg.lookup(dom, op, since).factory is cpu_registry.lookup(dom, op, since).factory
+                assert ours is None or ours.since != since, (dom, op, since)
     assert cpu_registry.lookup("", "MatMul", 13).factory.__module__.startswith("engineroom.providers.cpu")
+
+
+# Ops whose CPU kernels are NumPy-only (reviewed: Python or compiled loops over host arrays, NumPy's random
+# generators, host lists and strings, Pillow, np functions CuPy lacks): the CUDA provider must leave them.
+NUMPY_ONLY = {
+    ("", op) for op in (
+        "If", "Loop", "Scan", "ConcatFromSequence", "Optional", "OptionalGetElement", "OptionalHasElement",
+        "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
+        "SequenceMap", "SplitToSequence", "StringNormalizer", "StringSplit", "StringConcat", "RegexFullMatch",
+        "ImageDecoder", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+        "Multinomial", "Dropout", "NonMaxSuppression", "TfIdfVectorizer", "Unique", "HannWindow", "HammingWindow",
+        "BlackmanWindow", "MelWeightMatrix", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv",
+        "MaxRoiPool", "RoiAlign")} | {
+    ("com.engineroom", "DepthwiseSeparableBlock"), ("com.microsoft", "QLinearConv"), ("com.microsoft", "QGemm"),
+    ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "Attention"), ("com.microsoft", "FusedGemm")}
+NUMPY_ONLY_DOMAINS = {"ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft.nchwc"}
+
+
+def test_claims_come_from_the_declarations_and_leave_every_numpy_only_kernel():
+    """Without CuPy: the ops the CUDA provider would claim, computed from the kernels' declarations
+    (its registry and kernel_for on a NumPy-backed instance), exclude every NumPy-only kernel."""
+    reg = CUDAExecutionProvider.registry
+    claimed = {(dom, op) for dom, op in reg.ops()}
+    assert not claimed & NUMPY_ONLY
+    assert not {dom for dom, _ in claimed} & NUMPY_ONLY_DOMAINS
+    p = _numpy_cuda()
+    for dom, op in cpu_registry.ops():
+        for since in cpu_registry.versions(dom, op):
+            view = _view(dom, op, since)
+            declared = cpu_registry.runs_on_any_array_module(dom, op, since) or (dom, op) in OVERRIDES
+            assert (p.registry.lookup(dom, op, since) is not None and
+                    p.registry.lookup(dom, op, since).since == since) == declared, (dom, op, since)
+            if not declared and reg.lookup(dom, op, since) is None:
+                assert p.kernel_for(view) is None, (dom, op, since)
+                assert "NumPy-only" in p.why_not_on_cuda(view), (dom, op, since)
+    # every kernel that calls the compiled loops or a NumPy-only path reaches them through the shim only
+    # (``arrays(xp)``), which offers them for NumPy arrays alone; nothing under providers/cpu names CuPy
+    import pathlib
+
+    import engineroom.providers.cpu as cpu_pkg
+
+    root = pathlib.Path(cpu_pkg.__file__).parent
+    for f in root.rglob("*.py"):
+        text = f.read_text()
+        assert "cupy" not in text.lower(), f
+        assert "xp is np" not in text and "xp is not np" not in text, f
+        if f.parent == root and f.name not in ("array_module.py", "__init__.py"):
+            assert "compiled import jit" not in text and "_jit.load" not in text, f
+
+
+def test_a_new_kernel_is_numpy_only_until_it_says_otherwise():
+    from engineroom.providers.cpu.registry import KernelSet
+
+    ks = KernelSet()
+    ks.kernel("Plain")(lambda x: x)
+    ks.array_kernel("Generic")(lambda x, *, xp: xp.negative(x))
+    ks.array_kernel("Both", since=1)(lambda x: x)
+    ks.kernel("Both", since=1)(lambda x: x)             # re-registered without the declaration
+    assert ks.array_kernels().ops() == [("", "Generic")]
+
+
+def test_numpy_shim_and_a_registered_shim():
+    from engineroom.providers.cpu.array_module import NUMPY, ArrayModule, arrays, register
+
+    assert arrays(np) is NUMPY and NUMPY.host and NUMPY.special.erf(0.0) == 0.0
+    fake = type("fake_xp", (), {"__name__": "fake_xp"})()
+    with pytest.raises(LookupError, match="fake_xp"):
+        arrays(fake)
+    register(ArrayModule(fake, host=False, special="scipy.special", to_host=np.asarray))
+    assert arrays(fake).compiled("conv") is None and not arrays(fake).host
 
 
 def _numpy_init(p, graphs: bool = False, **options) -> None:
@@ -195,15 +265,15 @@ def test_claims_leave_control_flow_strings_and_shape_arithmetic_to_the_cpu():
 
 def test_ml_domain_and_random_ops_stay_on_the_cpu():
     p = _numpy_cuda()
-    assert "traditional-ML" in p.why_not_on_cuda(_view("ai.onnx.ml", "Scaler"))
-    assert "NumPy's generators" in p.why_not_on_cuda(_view("", "RandomNormal"))
+    assert "NumPy-only" in p.why_not_on_cuda(_view("ai.onnx.ml", "Scaler"))
+    assert "NumPy-only" in p.why_not_on_cuda(_view("", "RandomNormal"))
     assert p.why_not_on_cuda(_view("", "Relu")) is None
 
 
-def _view(domain, op):
+def _view(domain, op, opset=18):
     from engineroom.plugin_sdk import NodeView
 
-    return NodeView(0, op, domain, 18, "n", ("x",), ("y",), (np.dtype(np.float32),), (np.dtype(np.float32),),
+    return NodeView(0, op, domain, opset, "n", ("x",), ("y",), (np.dtype(np.float32),), (np.dtype(np.float32),),
                     ((2,),), ((2,),), {}, (None,))
 
 

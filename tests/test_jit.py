@@ -1,4 +1,4 @@
-"""The CPU provider's compiled loops (_jit): built ahead of time out of process, loaded without numba,
+"""The CPU provider's compiled loops (compiled.jit): built ahead of time out of process, loaded without numba,
 argument types checked before the compiled code runs, and switched off by ENGINEROOM_JIT=0."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 
 pytestmark = pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
 
@@ -47,14 +47,14 @@ g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], group=8, pads
                       [onnx.numpy_helper.from_array(w, "w")])
 s = ort.InferenceSession(helper.make_model(g).SerializeToString())
 s.run(None, {"x": np.ones((1, 8, 16, 16), np.float32)})
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 print(_jit._modules["conv"] is not None, "numba" in sys.modules, "llvmlite" in sys.modules)
 """
     assert _run(code).split() == ["True", "False", "False"]
 
 
 def test_switched_off_by_environment():
-    code = "from engineroom.providers.cpu import _jit; print(_jit.available(), _jit.load('conv'))"
+    code = "from engineroom.providers.cpu.compiled import jit as _jit; print(_jit.available(), _jit.load('conv'))"
     assert _run(code, ENGINEROOM_JIT="0").split() == ["False", "None"]
 
 
@@ -64,7 +64,7 @@ def test_unwritable_cache_falls_back_to_numpy(tmp_path):
     blocker.write_text("not a folder")
     code = """
 import numpy as np
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 from engineroom.providers.cpu.conv import _ConvPlan
 print(_jit.load("conv"))
 p = _ConvPlan(np, {"group": 4, "pads": [1, 1, 1, 1]}, np.ones((4, 1, 3, 3), np.float32))
@@ -88,7 +88,7 @@ def test_first_use_builds_in_the_background(tmp_path):
             shutil.copy(target, cache / "aot" / target.name)
     code = """
 import time
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 t0 = time.perf_counter()
 first = _jit.load("conv_transpose")
 print(first is None, time.perf_counter() - t0 < 5, (_jit.cache_dir() / ".build.lock").exists())
@@ -101,16 +101,16 @@ print(first is None, time.perf_counter() - t0 < 5, (_jit.cache_dir() / ".build.l
     while (cache / "aot" / ".build.lock").exists() and time.monotonic() < deadline:
         time.sleep(1)
     assert not (cache / "aot" / ".build.lock").exists(), (cache / "aot" / "build.log").read_text()
-    code = "from engineroom.providers.cpu import _jit; print(_jit.load('conv_transpose') is not None)"
+    code = "from engineroom.providers.cpu.compiled import jit as _jit; print(_jit.load('conv_transpose') is not None)"
     assert _run(code, ENGINEROOM_JIT="1", ENGINEROOM_CACHE_DIR=str(cache)).split() == ["True"]
-    assert "built engineroom.providers.cpu._jit_conv_transpose" in (cache / "aot" / "build.log").read_text()
+    assert "built engineroom.providers.cpu.compiled._jit_conv_transpose" in (cache / "aot" / "build.log").read_text()
 
 
 def test_no_c_compiler_one_notice_numpy_paths(tmp_path):
     """No compiler on PATH: one clear notice, None from load, and sessions still run."""
     code = """
 import numpy as np
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.compiled import jit as _jit
 from engineroom.providers.cpu.conv import _ConvPlan
 print(_jit.load("conv"), _jit.load("pool"))
 p = _ConvPlan(np, {"group": 4, "pads": [1, 1, 1, 1]}, np.ones((4, 1, 3, 3), np.float32))

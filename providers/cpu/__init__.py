@@ -14,7 +14,7 @@ import numpy as np
 from engineroom.plugin_sdk import KernelProvider, KernelRegistry
 from engineroom.providers.cpu.registry import registry as _registry
 
-_NOT_KERNELS = {"registry"}
+_NOT_KERNELS = {"registry", "array_module", "compiled"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _NOT_KERNELS and not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
@@ -38,6 +38,6 @@ class CPUExecutionProvider(KernelProvider):
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
         """Build the compiled-loop modules now (in the foreground, with a progress bar) instead of in
         the background on first use."""
-        from engineroom.providers.cpu import _jit
+        from engineroom.providers.cpu.compiled import jit
 
-        return _jit.build_all(progress=progress)
+        return jit.build_all(progress=progress)

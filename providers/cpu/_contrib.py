@@ -10,15 +10,9 @@ from engineroom.providers.cpu.registry import kernel, registry
 
 _F32 = np.dtype(np.float32)
 
-# (domain, op) of the kernels registered through ``host_kernel``: written for NumPy arrays only (not
-# against ``xp``), so a provider reusing the CPU kernel set with another array module (CUDA) leaves them
-# to the CPU provider.
-HOST_ONLY: set[tuple[str, str]] = set()
-
 
 def host_kernel(op_type: str, domain: str, since: int = 1, **kw):
-    """``@kernel`` for a NumPy-only kernel (recorded in ``HOST_ONLY``)."""
-    HOST_ONLY.add((domain, op_type))
+    """``@kernel`` (NumPy-only, as every kernel not declared ``array_kernel``), with the domain second."""
     return kernel(op_type, domain=domain, since=since, **kw)
 
 

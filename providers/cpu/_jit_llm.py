@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engineroom.providers.cpu._jit_transformer import _exp
+from engineroom.providers.cpu.compiled._jit_transformer import _exp
 
 _f = np.float32
 F0, F1 = _f(0.0), _f(1.0)

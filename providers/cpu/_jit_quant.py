@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engineroom.providers.cpu._jit_transformer import F0, ROUND, _fmax, _fmin
+from engineroom.providers.cpu.compiled._jit_transformer import F0, ROUND, _fmax, _fmin
 
 _f = np.float32
 # |x / scale| past this quantizes to 0 or 255 whatever the zero point (0..255): clamping there first keeps

@@ -18,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engineroom.providers.cpu._jit_transformer import (
+from engineroom.providers.cpu.compiled._jit_transformer import (
     F0,
     F1,
     HALF,

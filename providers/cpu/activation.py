@@ -20,8 +20,8 @@ import warnings
 import ml_dtypes
 import numpy as np
 
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import NUMPY, arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 # IEEE results (log(0) = -inf, 0/0 = NaN, overflow to inf, NaN cast to int) are what ONNX specifies and
 # what onnxruntime returns silently; NumPy would warn from inside these kernels, so not from here.
@@ -41,11 +41,10 @@ except ImportError:     # NumPy 1.x
 
 _NP_CLIP = getattr(_umath, "clip", None)   # the ufunc behind np.clip, without its Python wrapper
 _INF = float("inf")
-_SPECIAL: dict = {}
 
 
 def _clipper(xp):
-    return _NP_CLIP if xp is np and _NP_CLIP is not None else xp.clip
+    return _NP_CLIP if arrays(xp).host and _NP_CLIP is not None else xp.clip
 
 
 def _pos(x, xp):
@@ -60,18 +59,6 @@ def _neg(x, xp):
     if x.dtype.kind == "f":
         return _clipper(xp)(x, -_INF, 0.0)
     return xp.minimum(x, 0)
-
-
-def _special(xp):
-    """scipy.special for NumPy, cupyx.scipy.special for CuPy (imported lazily: CuPy is optional)."""
-    mod = _SPECIAL.get(xp)
-    if mod is None:
-        if xp is np:
-            import scipy.special as mod
-        else:
-            import cupyx.scipy.special as mod
-        _SPECIAL[xp] = mod
-    return mod
 
 
 def _float_kernel(op: str, since: int, compute, domain: str = "", types=None):
@@ -104,13 +91,13 @@ def _float_kernel(op: str, since: int, compute, domain: str = "", types=None):
         return run
 
     factory.__name__ = f"{op.lower()}_{since}"
-    kernel(op, domain=domain, since=since, types=types)(factory)
+    array_kernel(op, domain=domain, since=since, types=types)(factory)
     return compute
 
 
 # ----- piecewise linear -------------------------------------------------------------------------
 
-@kernel("Relu", since=1)
+@array_kernel("Relu", since=1)
 def relu(info):
     xp = info.xp
     nd = xp.ndarray
@@ -137,7 +124,7 @@ def _leaky_relu(x, xp, a):
 _float_kernel("LeakyRelu", 1, _leaky_relu)
 
 
-@kernel("PRelu", since=1)
+@array_kernel("PRelu", since=1)
 def prelu(info):
     """PRelu: x >= 0 ? x : slope x, the slope broadcasting to X; float and (opset 16) int types."""
     xp = info.xp
@@ -257,9 +244,9 @@ _SMALL = 4096   # below this many elements, per-call overhead beats per-element 
 
 def _sigmoid_of(x, xp, scale=1.0):
     """sigmoid(scale * x) as a new array."""
-    if x.size < _SMALL or xp is not np:
+    if x.size < _SMALL or not arrays(xp).host:
         r = x * scale if scale != 1.0 else x.copy()
-        return _special(xp).expit(r, out=r)
+        return arrays(xp).special.expit(r, out=r)
     r = x * -scale
     with np.errstate(over="ignore"):    # exp(-x) overflows to inf for x < -88; 1 / (1 + inf) = 0 is right
         xp.exp(r, out=r)
@@ -271,9 +258,9 @@ def _sigmoid_of(x, xp, scale=1.0):
 def _vision_jit(x, xp):
     """The compiled loops of ``_jit_vision`` where they take ``x`` (a float32 NumPy array, numba
     installed), else None."""
-    if xp is not np or x.dtype != _F32 or x.__class__ is not np.ndarray:
+    if not arrays(xp).host or x.dtype != _F32 or x.__class__ is not np.ndarray:
         return None
-    return _jit.load("vision")
+    return arrays(xp).compiled("vision")
 
 
 def _sigmoid(x, xp, a):
@@ -398,9 +385,9 @@ def _erf_f32(x, xp):
 
 
 def _erf(x, xp, a=None):
-    if x.dtype == np.float32 and xp is np:
+    if x.dtype == np.float32 and arrays(xp).host:
         return _erf_f32(x, xp)
-    return _special(xp).erf(x)
+    return arrays(xp).special.erf(x)
 
 
 _float_kernel("Erf", 9, _erf)
@@ -459,7 +446,7 @@ def gelu_compiled(x, bias=None, tanh=False, ort=False):
     not apply (the caller runs its NumPy path). ``bias``, if given, is a float32 vector over the last axis."""
     if x.dtype != _F32 or not x.ndim or x.__class__ is not np.ndarray:
         return None
-    jit = _jit.load("transformer")
+    jit = NUMPY.compiled("transformer")
     if jit is None:
         return None
     h = x.shape[-1]
@@ -479,7 +466,7 @@ def gelu_compiled(x, bias=None, tanh=False, ort=False):
 
 def _gelu(x, xp, a):
     tanh = a.get("approximate", "none") == "tanh"
-    if xp is np:
+    if arrays(xp).host:
         y = gelu_compiled(x, None, tanh)
         if y is not None:
             return y
@@ -495,11 +482,11 @@ def _gelu(x, xp, a):
         r *= x
         r *= 0.5
         return r
-    if x.dtype == np.float32 and xp is np:
+    if x.dtype == np.float32 and arrays(xp).host:
         return _gelu_erf_f32(x, xp)
     # x Phi(x) = 0.5 x erfc(-x / sqrt 2): erfc has no cancellation for negative x
     r = x * -_SQRT_HALF
-    _special(xp).erfc(r, out=r)
+    arrays(xp).special.erfc(r, out=r)
     r *= x
     r *= 0.5
     return r

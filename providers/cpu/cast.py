@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel
 
 # IEEE results (log(0) = -inf, 0/0 = NaN, overflow to inf, NaN cast to int) are what ONNX specifies and
 # what onnxruntime returns silently; NumPy would warn from inside these kernels, so not from here.
@@ -267,7 +267,7 @@ def _target(to) -> np.dtype:
     return np_dtype(int(to))
 
 
-@kernel("Cast", since=1)
+@array_kernel("Cast", since=1)
 def cast(info):
     a = info.attrs
     src = info.input_dtypes[0] if info.input_dtypes else None
@@ -279,7 +279,7 @@ def cast(info):
     return run
 
 
-@kernel("CastLike", since=15)
+@array_kernel("CastLike", since=15)
 def cast_like(info):
     """CastLike: Cast to the element type of the second input (known from the model, else read per run)."""
     a = info.attrs
@@ -302,7 +302,7 @@ def cast_like(info):
     return run
 
 
-@kernel("BitCast", since=26)
+@array_kernel("BitCast", since=26)
 def bit_cast(info):
     """BitCast: the same bits read as another type of the same width (ml_dtypes keep sub-byte codes in
     the low bits of one byte, so a plain ``view`` is a bit cast for them too)."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.plugin_sdk.binding import bound_output
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 MS = "com.microsoft"
 _F32 = np.dtype(np.float32)
@@ -35,14 +35,14 @@ def _rms_numpy(xp, v, axes, eps):
     return vc * inv, inv
 
 
-@kernel("SimplifiedLayerNormalization", since=1, types=(np.float32, np.float64, np.float16))
+@array_kernel("SimplifiedLayerNormalization", since=1, types=(np.float32, np.float64, np.float16))
 def simplified_layer_normalization(info):
     """RMSNorm: x / sqrt(mean(x²) + epsilon) * scale over axes ``axis``..; outputs Y and inv_std_var."""
     xp = info.xp
     axis = int(info.attrs.get("axis", -1))
     eps = float(info.attrs.get("epsilon", 1e-5))
     n_out = max(1, len(info.output_names))
-    jit = _jit.load("llm") if xp is np else None
+    jit = arrays(xp).compiled("llm")
 
     def run(x, scale):
         ax = axis + x.ndim if axis < 0 else axis
@@ -62,7 +62,7 @@ def simplified_layer_normalization(info):
     return run
 
 
-@kernel("SkipSimplifiedLayerNormalization", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
+@array_kernel("SkipSimplifiedLayerNormalization", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
 def skip_simplified_layer_normalization(info):
     """RMSNorm(input + skip + bias) * gamma over the last axis; outputs: output, mean (unused: RMSNorm has
     none, left empty as onnxruntime does), inv_std_var and the sum input + skip + bias."""
@@ -71,7 +71,7 @@ def skip_simplified_layer_normalization(info):
     outs = tuple(info.output_names) + ("",) * 4
     want_inv, want_sum = bool(outs[2]), bool(outs[3])
     n_out = max(1, len(info.output_names))
-    jit = _jit.load("llm") if xp is np else None
+    jit = arrays(xp).compiled("llm")
     no_mean = np.empty(0, np.float32)
 
     def run_numpy(x, skip, gamma, bias=None):
@@ -130,7 +130,7 @@ def _positions(xp, position_ids, B, S):
     return pid
 
 
-@kernel("RotaryEmbedding", domain=MS, since=1, types=(np.float32, np.float16, np.float64))
+@array_kernel("RotaryEmbedding", domain=MS, since=1, types=(np.float32, np.float16, np.float64))
 def rotary_embedding_ms(info):
     """onnxruntime's RotaryEmbedding: input (B, S, N*H) or (B, N, S, H), position_ids (1) (a start offset)
     or (B, S), cos/sin caches (max_positions, rotary_dim/2). Without ``rotary_embedding_dim`` the head
@@ -144,7 +144,7 @@ def rotary_embedding_ms(info):
         raise ValueError("RotaryEmbedding: num_heads must be provided if rotary_embedding_dim is specified")
     if int(a.get("is_packed_batching", 0)):
         raise NotImplementedError("RotaryEmbedding: is_packed_batching=1 is not supported by the CPU provider")
-    jit = _jit.load("llm") if xp is np else None
+    jit = arrays(xp).compiled("llm")
 
     def run(x, position_ids, cos_cache, sin_cache):
         if x.ndim not in (3, 4):
@@ -183,7 +183,7 @@ _UNSUPPORTED_GQA_INPUTS = {9: "position_ids", 10: "attention_bias", 11: "head_si
                            13: "v_scale", 14: "q_norm_weight", 15: "k_norm_weight", 16: "query_seqlens"}
 
 
-@kernel("GroupQueryAttention", domain=MS, since=1, types=(np.float32,))
+@array_kernel("GroupQueryAttention", domain=MS, since=1, types=(np.float32,))
 def group_query_attention(info):
     """Causal grouped-query attention with a BNSH key/value cache (onnxruntime's semantics).
 
@@ -226,7 +226,7 @@ def group_query_attention(info):
     if len(info.output_names) > 3 and info.output_names[3]:
         raise NotImplementedError("GroupQueryAttention: the output_qk output is not supported by the CPU provider")
     present_k_name, present_v_name = outs[1], outs[2]
-    jit = _jit.load("llm") if xp is np else None
+    jit = arrays(xp).compiled("llm")
 
     def run(query, key=None, value=None, past_key=None, past_value=None, seqlens_k=None, total_seqlen=None,
             cos_cache=None, sin_cache=None, *_):
@@ -386,7 +386,7 @@ _ROWS_FUSED = 8          # up to this many, the row-by-row one (4 rows: equal; 8
 _TILE_BYTES = 1 << 20    # a dequantized tile of weight rows for BLAS: 1 MB (256 KB tiles: llama_kv prefill +12%)
 
 
-@kernel("MatMulNBits", domain=MS, since=1, types=(np.float32,))
+@array_kernel("MatMulNBits", domain=MS, since=1, types=(np.float32,))
 def matmul_nbits(info):
     """Y = A @ dequant(B)ᵀ (+ bias) with B block-quantized along K: (N, K/block, block*bits/8) uint8, per
     block a scale and a zero point (packed uint8, or float; default 2^(bits-1)).
@@ -441,7 +441,7 @@ def matmul_nbits(info):
         if zps.size != N * nb:
             raise ValueError(f"MatMulNBits: zero_points must have {N} x {nb} elements, got {zps.shape}")
         zp = np.ascontiguousarray(zps.reshape(N, nb), dtype=np.float32)
-    jit = _jit.load("llm") if (xp is np and bits == 4) else None
+    jit = arrays(xp).compiled("llm") if bits == 4 else None
     kmajor = None
     if jit is not None and K == nb * bs:
         # one or two rows: the weights again, K-major (K, ceil(N/2)) with columns 2c, 2c+1 in one byte,

@@ -11,7 +11,7 @@ import numpy as np
 
 from engineroom.providers.cpu._contrib import const, delegate, host_kernel
 from engineroom.providers.cpu.norm import _normalize
-from engineroom.providers.cpu.registry import kernel, registry
+from engineroom.providers.cpu.registry import array_kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
 
 MS = "com.microsoft"
@@ -132,7 +132,7 @@ def gelu_ms(info):
     return delegate(info, "Gelu", 20, {"approximate": "none"})
 
 
-@kernel("LayerNormalization", since=1, types=_FLOATS)
+@array_kernel("LayerNormalization", since=1, types=_FLOATS)
 def layer_normalization_contrib(info):
     """LayerNormalization in a model of opset < 17: onnxruntime's contrib registration of the op later
     standardized as LayerNormalization-17 (same inputs, attributes and outputs)."""

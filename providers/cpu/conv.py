@@ -24,8 +24,9 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
-from engineroom.providers.cpu import _jit, intgemm
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu import intgemm
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel, kernel
 from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv, winograd_conv_compiled
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class _ufunc_buffer:
         self.xp = xp
 
     def __enter__(self):
-        self.old = self.xp.setbufsize(_DW_MIN_ROW) if self.xp is np else None
+        self.old = self.xp.setbufsize(_DW_MIN_ROW) if arrays(self.xp).host else None
 
     def __exit__(self, *exc):
         if self.old is not None:
@@ -216,7 +217,7 @@ class _ConvPlan:
                 if m:
                     self.winograd_weights(m)
         # its compiled transforms, which also apply FusedConv's bias, residual and clip
-        self.wino_jit = _jit.load("winograd") if self._w is not None and self.jit is not None else None
+        self.wino_jit = arrays(self.xp).compiled("winograd") if self._w is not None and self.jit is not None else None
 
     def winograd_weights(self, m):
         ww = self._wino.get(m)
@@ -253,7 +254,7 @@ class _ConvPlan:
             self.wm = xp.ascontiguousarray(wc.reshape(g, M // g, Cg * K))
         # the compiled loops (numba installed, NumPy arrays): 2-D depthwise (weights (M, KH, KW)), im2col,
         # and the bias/residual/clip pass after the GEMM paths
-        self.jit = _jit.load("conv") if xp is np else None
+        self.jit = arrays(xp).compiled("conv")
         self.zero_bias = np.zeros(M, dtype=cdt) if self.jit is not None else None
         self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape)) \
             if self.jit is not None and self.depthwise and n == 2 else None
@@ -492,7 +493,7 @@ class _ConvPlan:
             yt[...] = view
 
 
-@kernel("Conv", since=1)
+@array_kernel("Conv", since=1)
 def conv(info):
     xp = info.xp
     attrs = info.attrs
@@ -541,9 +542,9 @@ class _IntConvPlan:
         K = math.prod(wc.shape[1:])                  # Cg x taps: the terms of each output's sum
         bmax = int(xp.abs(wc).max()) if measure and wc.size else intgemm.int_bound(w.dtype, w_zp)
         self.split = False
-        if xp is np and K <= intgemm.chunk_size(255, bmax):
+        if arrays(xp).host and K <= intgemm.chunk_size(255, bmax):
             wc = wc.astype(np.float32)
-        elif xp is np and K <= intgemm.chunk_size(255, 2 ** intgemm.SPLIT_SHIFT):
+        elif arrays(xp).host and K <= intgemm.chunk_size(255, 2 ** intgemm.SPLIT_SHIFT):
             wc, self.split = intgemm.split_weight(wc, group).astype(np.float32), True
         self.group = group
         self.dtype = wc.dtype
@@ -565,7 +566,7 @@ def _int_conv_factory(info, w_idx, wzp_idx):
     static = consts[w_idx] is not None and (not has_wzp or consts[wzp_idx] is not None)
     geo = {}
     plan0 = _IntConvPlan(np, info.attrs, consts[w_idx], consts[wzp_idx] if has_wzp else None, geo, True) \
-        if static and xp is np else None
+        if static and arrays(xp).host else None
 
     def conv_int(x, x_zp, w, w_zp):
         plan = plan0 if plan0 is not None else _IntConvPlan(xp, info.attrs, w, w_zp, geo, False)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import _ints, compute_dtype
 from engineroom.providers.cpu.registry import kernel
 
@@ -25,7 +25,7 @@ def conv_transpose(info):
     g = int(a.get("group", 1))
     auto_pad = a.get("auto_pad", "NOTSET")
     geo_cache = {}
-    jit = _jit.load("conv_transpose") if xp is np else None
+    jit = arrays(xp).compiled("conv_transpose")
 
     def prepack(w):
         """Everything that depends on the weight only; a plain dict never written after it is built."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import _ConvPlan, compute_dtype
 from engineroom.providers.cpu.registry import kernel
 
@@ -65,8 +65,8 @@ def depthwise_separable_block(info):
         t = plans[1](t, bd, clip_args[1])
         return plans[2](t, b2, clip_args[2], z)
 
-    conv_jit = _jit.load("conv") if xp is np else None
-    nhwc = _jit.load("nhwc") if conv_jit is not None else None
+    conv_jit = arrays(xp).compiled("conv")
+    nhwc = arrays(xp).compiled("nhwc") if conv_jit is not None else None
     if nhwc is None:
         def run_chain(x, w1_, b1=None, wd_=None, bd=None, w2_=None, b2=None, z=None):
             return (chain(x, b1, bd, b2, z),)

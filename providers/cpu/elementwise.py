@@ -1,8 +1,8 @@
 """Elementwise kernels: unary math, binary arithmetic, comparisons, logical and bitwise ops, variadic
 Sum/Mean/Max/Min, Where, Clip, Mod, Pow, BitShift.
 
-Everything is a direct call into the array module ``xp`` (NumPy here, CuPy on CUDA). Two things NumPy
-does differently from ONNX are handled explicitly:
+Everything is a direct call into the array module ``xp`` (NumPy here, a device array module on a
+device provider). Two things NumPy does differently from ONNX are handled explicitly:
 
 * a ufunc over 0-d arrays returns a NumPy *scalar*; the kernel contract wants arrays, so results go
   through :func:`_nd`;
@@ -17,7 +17,8 @@ import warnings
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 # IEEE results (log(0) = -inf, 0/0 = NaN, overflow to inf, NaN cast to int) are what ONNX specifies and
 # what onnxruntime returns silently; NumPy would warn from inside these kernels, so not from here.
@@ -74,7 +75,7 @@ def _binary_factory(name: str):
 def _register_binary(ops_and_ufuncs, since_versions=(1, 7)):
     for op, name in ops_and_ufuncs:
         for since in since_versions:
-            kernel(op, since=since)(_binary_factory(name))
+            array_kernel(op, since=since)(_binary_factory(name))
 
 
 _register_binary([
@@ -115,17 +116,17 @@ def _div_factory(info):
     return run
 
 
-@kernel("Div", since=1)
+@array_kernel("Div", since=1)
 def div_legacy(info):
     return _div_factory(info)
 
 
-@kernel("Div", since=7)
+@array_kernel("Div", since=7)
 def div(info):
     return _div_factory(info)
 
 
-@kernel("Pow", since=1)
+@array_kernel("Pow", since=1)
 def pow_(info):
     """Pow: the result has the base's dtype (opset 12+ allows an exponent of another dtype)."""
     xp = info.xp
@@ -154,7 +155,7 @@ def pow_(info):
     return run
 
 
-@kernel("Mod", since=10)
+@array_kernel("Mod", since=10)
 def mod(info):
     """Mod: fmod=1 is C's fmod (sign of A), fmod=0 is Python's modulo (sign of B)."""
     xp = info.xp
@@ -169,7 +170,7 @@ def mod(info):
     return run
 
 
-@kernel("BitShift", since=11)
+@array_kernel("BitShift", since=11)
 def bit_shift(info):
     """BitShift: NumPy already gives 0 (or -1 for negative X right-shifted) for shifts >= width or < 0."""
     xp = info.xp
@@ -211,10 +212,10 @@ for _op, _name in [
     ("Sin", "sin"), ("Cos", "cos"), ("Tan", "tan"), ("Asin", "arcsin"), ("Acos", "arccos"), ("Atan", "arctan"),
     ("Sinh", "sinh"), ("Cosh", "cosh"), ("Asinh", "arcsinh"), ("Acosh", "arccosh"), ("Atanh", "arctanh"),
 ]:
-    kernel(_op, since=1)(_unary_factory(_name))
+    array_kernel(_op, since=1)(_unary_factory(_name))
 
 
-@kernel("IsInf", since=10)
+@array_kernel("IsInf", since=10)
 def is_inf(x, *, xp, detect_positive=1, detect_negative=1):
     if detect_positive and detect_negative:
         r = xp.isinf(x)
@@ -257,14 +258,14 @@ def _variadic_factory(name: str, mean: bool = False):
 
 for _op, _name, _mean in [("Sum", "add", False), ("Mean", "add", True), ("Max", "maximum", False),
                           ("Min", "minimum", False)]:
-    kernel(_op, since=1)(_variadic_factory(_name, _mean))
+    array_kernel(_op, since=1)(_variadic_factory(_name, _mean))
 
 
 # ---------------------------------------------------------------------------------------------
 # Where, Clip
 # ---------------------------------------------------------------------------------------------
 
-@kernel("Where", since=9)
+@array_kernel("Where", since=9)
 def where(cond, x, y, *, xp):
     return xp.where(cond, x, y)
 
@@ -283,7 +284,7 @@ _F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
 def _clip(xp, x, lo, hi):
     if lo is None and hi is None:
         return x
-    if xp is np and _NP_CLIP is not None and x.dtype in _F32_F64:
+    if arrays(xp).host and _NP_CLIP is not None and x.dtype in _F32_F64:
         r = _NP_CLIP(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
         return r if r.__class__ is np.ndarray else np.asarray(r)
     r = x
@@ -297,7 +298,7 @@ def _clip(xp, x, lo, hi):
     return r
 
 
-@kernel("Clip", since=1)
+@array_kernel("Clip", since=1)
 def clip_attr(info):
     """Clip before opset 11: bounds are float attributes (defaults: the whole float range)."""
     xp = info.xp
@@ -310,7 +311,7 @@ def clip_attr(info):
     return run
 
 
-@kernel("Clip", since=11)
+@array_kernel("Clip", since=11)
 def clip(info):
     """Clip from opset 11: optional 0-d ``min``/``max`` inputs; with min > max every element becomes max."""
     xp = info.xp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel, registry
+from engineroom.providers.cpu.registry import array_kernel, registry
 
 MS = "com.microsoft"
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -52,7 +52,7 @@ def _supports_activation(view) -> str | None:
     return None
 
 
-@kernel("FusedConv", domain=MS, since=1, supports=_supports_activation)
+@array_kernel("FusedConv", domain=MS, since=1, supports=_supports_activation)
 def fused_conv(info):
     conv_def = registry.lookup("", "Conv", 11)
     n_conv = min(3, len(info.input_names))

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
 from engineroom.providers.cpu.activation import gelu_compiled
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.contrib_quant import mlas_tanh
 from engineroom.providers.cpu.norm import _normalize
-from engineroom.providers.cpu.registry import kernel, registry
+from engineroom.providers.cpu.registry import array_kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
 
 MS = "com.microsoft"
 _F32 = np.dtype(np.float32)
 
 
-@kernel("BiasGelu", domain=MS, since=1, types=(np.float32, np.float64))
+@array_kernel("BiasGelu", domain=MS, since=1, types=(np.float32, np.float64))
 def bias_gelu(info):
     gelu_info = info.with_(op_type="Gelu", domain="", opset=20, attrs={"approximate": "none"},
                            input_names=info.input_names[:1], input_dtypes=info.input_dtypes[:1],
@@ -33,7 +33,7 @@ def bias_gelu(info):
     def run(x, bias):
         return gelu(xp.add(x, bias))
 
-    if xp is not np:
+    if not arrays(xp).host:
         return run
 
     def run_compiled(x, bias):
@@ -49,7 +49,7 @@ def _fast_gelu_numpy(info):
     float32 (bit-exact; see _jit_transformer's note on why int8 models need that). The standard Gelu op
     (approximate="tanh") keeps the answer without the negative tail's cancellation."""
     xp = info.xp
-    tanh = mlas_tanh if xp is np else xp.tanh
+    tanh = mlas_tanh if arrays(xp).host else xp.tanh
 
     def run(x, bias=None):
         if bias is not None:
@@ -70,10 +70,10 @@ def _fast_gelu_numpy(info):
     return run
 
 
-@kernel("FastGelu", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
+@array_kernel("FastGelu", domain=MS, since=1, types=(np.float32, np.float64, np.float16))
 def fast_gelu(info):
     run = _fast_gelu_numpy(info)
-    if info.xp is not np:
+    if not arrays(info.xp).host:
         return run
 
     def run_compiled(x, bias=None):
@@ -83,7 +83,7 @@ def fast_gelu(info):
     return run_compiled
 
 
-@kernel("SkipLayerNormalization", domain=MS, since=1, types=(np.float32, np.float64))
+@array_kernel("SkipLayerNormalization", domain=MS, since=1, types=(np.float32, np.float64))
 def skip_layer_normalization(info):
     """LayerNorm(input + skip + bias) * gamma + beta over the last axis; outputs: y, then (if asked) mean,
     1/std and the sum input + skip + bias. The sum is (input + bias) + skip, the order of the Adds the
@@ -91,7 +91,7 @@ def skip_layer_normalization(info):
     xp = info.xp
     eps = float(info.attrs.get("epsilon", 1e-12))
     n_out = max(1, len(info.output_names))
-    jit = _jit.load("transformer") if xp is np else None
+    jit = arrays(xp).compiled("transformer")
     none = np.empty(0, np.float32)
     no_total = np.empty((0, 0), np.float32)
 
@@ -125,7 +125,7 @@ def skip_layer_normalization(info):
     return run
 
 
-@kernel("MultiHeadAttention", domain=MS, since=1, types=(np.float32, np.float64))
+@array_kernel("MultiHeadAttention", domain=MS, since=1, types=(np.float32, np.float64))
 def multi_head_attention(info):
     """softmax(Q Kᵀ · scale + attention_bias [+ key padding]) V per head, for 3-D query, key and value
     (B, S, heads·D): the heads are strided views, never transposed copies of the activations, and
@@ -148,7 +148,7 @@ def multi_head_attention(info):
     if any(n for n in info.input_names[6:]) or any(n for n in info.output_names[1:]):
         raise NotImplementedError("MultiHeadAttention: the past/present key-value inputs and outputs are not "
                                   "supported by the CPU provider")
-    jit = _jit.load("transformer") if xp is np else None
+    jit = arrays(xp).compiled("transformer")
     no_bias = np.zeros((0, 0, 0, 0), np.float32)
 
     def run(q, k, v, bias=None, key_padding_mask=None, attention_bias=None, *_):
@@ -194,7 +194,7 @@ def multi_head_attention(info):
                 s += add
             p = softmax_array(xp, s, -1, None, zero_dead_rows=True)
         vh = v.reshape(B, Sk, heads, Dv).transpose(0, 2, 1, 3)
-        if xp is not np:        # other array modules: no strided out=, one transposing copy instead
+        if not arrays(xp).host:        # other array modules: no strided out=, one transposing copy instead
             return (xp.ascontiguousarray(xp.matmul(p, vh).transpose(0, 2, 1, 3)).reshape(B, Sq, HDv),)
         out = np.empty((B, Sq, HDv), dtype=dt)
         np.matmul(p, vh, out=out.reshape(B, Sq, heads, Dv).transpose(0, 2, 1, 3))

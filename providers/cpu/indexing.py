@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel
 
 
 def _axis(a: int, rank: int) -> int:
@@ -24,7 +24,7 @@ def _check_range(xp, idx, dim, op):
 
 # --- Gather
 
-@kernel("Gather", since=1)
+@array_kernel("Gather", since=1)
 def gather(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 0))
@@ -66,7 +66,7 @@ def _elements_index(xp, indices, axis):
     return tuple(idx)
 
 
-@kernel("GatherElements", since=11)
+@array_kernel("GatherElements", since=11)
 def gather_elements(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 0))
@@ -81,7 +81,7 @@ def gather_elements(info):
 
 # --- GatherND
 
-@kernel("GatherND", since=11)
+@array_kernel("GatherND", since=11)
 def gather_nd(info):
     xp = info.xp
     batch_dims = int(info.attrs.get("batch_dims", 0))
@@ -131,17 +131,17 @@ def _scatter_elements(info, reduction):
     return run
 
 
-@kernel("Scatter", since=9)
+@array_kernel("Scatter", since=9)
 def scatter(info):
     return _scatter_elements(info, "none")
 
 
-@kernel("ScatterElements", since=11)
+@array_kernel("ScatterElements", since=11)
 def scatter_elements(info):
     return _scatter_elements(info, str(info.attrs.get("reduction", "none")))
 
 
-@kernel("ScatterND", since=11)
+@array_kernel("ScatterND", since=11)
 def scatter_nd(info):
     xp = info.xp
     reduction = str(info.attrs.get("reduction", "none"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel
 
 
-@kernel("TensorScatter", since=24)
+@array_kernel("TensorScatter", since=24)
 def tensor_scatter(info):
     axis = int(info.attrs.get("axis", -2))
     circular = info.attrs.get("mode", "linear") == "circular"
@@ -31,7 +31,7 @@ def tensor_scatter(info):
     return run
 
 
-@kernel("CausalConvWithState", since=27)
+@array_kernel("CausalConvWithState", since=27)
 def causal_conv_with_state(info):
     act = info.attrs.get("activation", "none")
     if act not in ("none", "silu", "swish"):

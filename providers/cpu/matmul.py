@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.providers.cpu import intgemm
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel, kernel
 from engineroom.providers.cpu.softmax import softmax_array, storage_rounder
 
 
@@ -50,7 +51,7 @@ def matmul_any(xp, a, b):
     return _matmul_2d_b(xp, a.astype(np.float32), b.astype(np.float32)).astype(dt)
 
 
-@kernel("MatMul", since=1)
+@array_kernel("MatMul", since=1)
 def matmul(info):
     xp = info.xp
     bc = info.const_inputs[1] if len(info.const_inputs) > 1 else None
@@ -66,7 +67,7 @@ def matmul(info):
     def run(a, b):
         return (matmul_any(xp, a, b),)
 
-    if bc is not None and bc.ndim == 2 and np.dtype(bc.dtype) == np.float32 and xp is np:
+    if bc is not None and bc.ndim == 2 and np.dtype(bc.dtype) == np.float32 and arrays(xp).host:
         return _matmul_few_rows(bc, run)
     return run
 
@@ -76,9 +77,9 @@ def _matmul_few_rows(b, run):
     compiled loop over the weight transposed (``_jit_llm.gemm_few_rows``), made on the first such call so
     that models never run with a few rows keep one copy (GPT-2 batch-4 decode step 2.85 -> 2.14 ms CPU
     time; OpenBLAS packs the whole weight on every call). One row stays with BLAS's GEMV, as fast."""
-    from engineroom.providers.cpu import _jit
+    from engineroom.providers.cpu.array_module import NUMPY
 
-    jit = _jit.load("llm")
+    jit = NUMPY.compiled("llm")
     if jit is None:
         return run
     wt: list = []
@@ -102,7 +103,7 @@ def _broadcasts_into(small: tuple, big: tuple) -> bool:
     return len(small) <= len(big) and all(s == 1 or s == b for s, b in zip(reversed(small), reversed(big)))
 
 
-@kernel("Gemm", since=1)
+@array_kernel("Gemm", since=1)
 def gemm(info):
     xp = info.xp
     a = info.attrs
@@ -174,12 +175,12 @@ def _int_product(info, b_idx, bzp_idx):
     consts = tuple(info.const_inputs) + (None,) * 9
     has_bzp = info.has_input(bzp_idx)
     prepared = None
-    if xp is np and consts[b_idx] is not None and (not has_bzp or consts[bzp_idx] is not None) \
+    if arrays(xp).host and consts[b_idx] is not None and (not has_bzp or consts[bzp_idx] is not None) \
             and np.dtype(consts[b_idx].dtype).kind in "iu":
         prepared = intgemm.IntMatrix(consts[b_idx], consts[bzp_idx] if has_bzp else None)
 
     def product(A, a_zp, B, b_zp):
-        if xp is not np or A.dtype.kind not in "iu" or B.dtype.kind not in "iu":
+        if not arrays(xp).host or A.dtype.kind not in "iu" or B.dtype.kind not in "iu":
             # other array modules, float8 operands (QLinearMatMul-21): float64, as the values are
             return xp.matmul(_a_centered(xp, A, a_zp, np.float64), _b_centered(xp, B, b_zp))
         amax = intgemm.int_bound(A.dtype, a_zp)
@@ -199,7 +200,7 @@ def _b_centered(xp, B, b_zp):
     return bf
 
 
-@kernel("MatMulInteger", since=10)
+@array_kernel("MatMulInteger", since=10)
 def matmul_integer(info):
     product = _int_product(info, 1, 3)
 
@@ -236,7 +237,7 @@ def _finfo_max(dt):
         return None
 
 
-@kernel("QLinearMatMul", since=10)
+@array_kernel("QLinearMatMul", since=10)
 def qlinear_matmul(info):
     xp = info.xp
     product = _int_product(info, 3, 5)
@@ -259,7 +260,7 @@ def qlinear_matmul(info):
 # Einsum / Dropout
 
 
-@kernel("Einsum", since=12)
+@array_kernel("Einsum", since=12)
 def einsum(info):
     xp = info.xp
     eq = info.attrs["equation"].replace(" ", "")
@@ -343,7 +344,7 @@ def _mm(xp, a, b, dt):
     return xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
 
 
-@kernel("Attention", since=23)
+@array_kernel("Attention", since=23)
 def attention(info):
     """Scaled dot-product attention: MHA/GQA/MQA, 3-D or 4-D layout, KV cache, masks, causal/window, softcap.
 
@@ -470,7 +471,7 @@ def _attention_bias(xp, attn_mask, B, S, T, cdt, is_causal, past_key, nonpad, le
     return bias
 
 
-@kernel("RotaryEmbedding", since=23)
+@array_kernel("RotaryEmbedding", since=23)
 def rotary_embedding(info):
     """RoPE on (B, H, S, D) or (B, S, H*D) input: halves (or even/odd pairs) rotated by the cached angles.
 

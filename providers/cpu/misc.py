@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel, kernel
 
 _TRAINING = "ai.onnx.preview.training"
 
@@ -53,8 +53,6 @@ def _nms_one(ymin, xmin, ymax, xmax, area, scores, max_out: int, iou_thr: float,
 def non_max_suppression(boxes, scores, max_output_boxes_per_class=None, iou_threshold=None, score_threshold=None,
                         *, xp, center_point_box=0):
     # Greedy selection is sequential by nature and the inputs are small: run it on the host.
-    to_host = (lambda a: a) if xp is np else (lambda a: a.get())
-    boxes, scores = to_host(boxes), to_host(scores)
     max_out = 0 if max_output_boxes_per_class is None else int(np.asarray(max_output_boxes_per_class).reshape(-1)[0])
     iou_thr = 0.0 if iou_threshold is None else float(np.asarray(iou_threshold).reshape(-1)[0])
     score_thr = None if score_threshold is None else float(np.asarray(score_threshold).reshape(-1)[0])
@@ -75,7 +73,7 @@ def non_max_suppression(boxes, scores, max_output_boxes_per_class=None, iou_thre
 # Det
 
 
-@kernel("Det", since=11)
+@array_kernel("Det", since=11)
 def det(x, *, xp):
     calc = np.float32 if x.dtype.itemsize < 4 else x.dtype
     return xp.asarray(xp.linalg.det(x.astype(calc, copy=False))).astype(x.dtype, copy=False)
@@ -118,7 +116,7 @@ def tfidf_vectorizer(info):
     max_n = min(max_n, max(tables, default=0))
 
     def run(x):
-        xh = x if xp is np else x.get()
+        xh = x
         one_d = xh.ndim == 1
         rows = xh.reshape(1, -1) if one_d else xh
         counts = np.zeros((rows.shape[0], out_idx.size), dtype=np.float32)
@@ -162,7 +160,7 @@ def image_decoder(encoded_stream, *, xp, pixel_format="RGB"):
     except ImportError as e:  # pragma: no cover - depends on the installed extras
         raise RuntimeError("ImageDecoder needs Pillow: pip install engineroom[image]") from e
     channels = 1 if pixel_format == "Grayscale" else 3
-    data = np.asarray(encoded_stream if xp is np else encoded_stream.get(), dtype=np.uint8).tobytes()
+    data = np.asarray(encoded_stream, dtype=np.uint8).tobytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
             arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)

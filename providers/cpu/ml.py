@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.array_module import NUMPY
 from engineroom.providers.cpu.registry import kernel
 
 ML = "ai.onnx.ml"
@@ -426,7 +426,7 @@ class _Forest:
             keys = np.concatenate([node * vals.size + np.searchsorted(vals, v) for node, v in members])
             self.member_values, self.member_keys = vals, np.sort(keys)
         self._thr = {np.dtype(np.float64): self.thr, np.dtype(np.float32): self.thr.astype(np.float32)}
-        self.jit = _jit.load("trees") if self._walkable() else None
+        self.jit = NUMPY.compiled("trees") if self._walkable() else None
         if self.jit is not None:
             self.j_mode = np.ascontiguousarray(self.mode)
             self.j_miss = np.ascontiguousarray(self.missing_true.astype(np.int64))

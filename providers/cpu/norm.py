@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 _F32 = np.dtype(np.float32)
 
@@ -46,7 +46,7 @@ def _bn_fold(xp, scale, bias, mean, var, eps, cdt):
     return a, b
 
 
-@kernel("BatchNormalization", since=1)
+@array_kernel("BatchNormalization", since=1)
 def batch_normalization(info):
     xp = info.xp
     a = info.attrs
@@ -121,11 +121,11 @@ def _normalize(xp, xc, axes, eps):
     return d.reshape(shape), mean.reshape(kd), inv.reshape(kd)
 
 
-@kernel("InstanceNormalization", since=1)
+@array_kernel("InstanceNormalization", since=1)
 def instance_normalization(info):
     xp = info.xp
     eps = float(info.attrs.get("epsilon", 1e-5))
-    jit = _jit.load("vision") if xp is np else None
+    jit = arrays(xp).compiled("vision")
     eps32 = np.float32(eps)
 
     def run_compiled(x, scale, bias):
@@ -181,7 +181,7 @@ def instance_normalization(info):
     return run
 
 
-@kernel("LayerNormalization", since=17)
+@array_kernel("LayerNormalization", since=17)
 def layer_normalization(info):
     xp = info.xp
     a = info.attrs
@@ -190,7 +190,7 @@ def layer_normalization(info):
     stash = int(a.get("stash_type", 1))
     out_dts = tuple(info.output_dtypes) + (None, None, None)
     # the compiled loop writes float32 statistics (mean, 1/std), what the op gives float32 input unless told
-    jit = _jit.load("transformer") if xp is np and all(d in (None, _F32) for d in out_dts[1:3]) else None
+    jit = arrays(xp).compiled("transformer") if all(d in (None, _F32) for d in out_dts[1:3]) else None
     no_bias = np.empty(0, np.float32)
 
     def run_compiled(x, scale, bias=None):
@@ -257,17 +257,17 @@ def _group_norm(info, per_channel):
     return run
 
 
-@kernel("GroupNormalization", since=18)
+@array_kernel("GroupNormalization", since=18)
 def group_normalization_18(info):
     return _group_norm(info, per_channel=False)
 
 
-@kernel("GroupNormalization", since=21)
+@array_kernel("GroupNormalization", since=21)
 def group_normalization_21(info):
     return _group_norm(info, per_channel=True)
 
 
-@kernel("RMSNormalization", since=23)
+@array_kernel("RMSNormalization", since=23)
 def rms_normalization(info):
     xp = info.xp
     a = info.attrs
@@ -292,7 +292,7 @@ def rms_normalization(info):
 # Lp / MVN / LRN
 
 
-@kernel("LpNormalization", since=1)
+@array_kernel("LpNormalization", since=1)
 def lp_normalization(x, *, xp, axis=-1, p=2):
     dt = x.dtype
     xc = x.astype(_cdt(dt), copy=False)
@@ -305,7 +305,7 @@ def lp_normalization(x, *, xp, axis=-1, p=2):
     return y.astype(dt, copy=False)
 
 
-@kernel("MeanVarianceNormalization", since=1)
+@array_kernel("MeanVarianceNormalization", since=1)
 def mean_variance_normalization(x, *, xp, axes=(0, 2, 3)):
     dt = x.dtype
     xc = x.astype(_cdt(dt), copy=False)
@@ -316,7 +316,7 @@ def mean_variance_normalization(x, *, xp, axes=(0, 2, 3)):
     return y.astype(dt, copy=False)
 
 
-@kernel("LRN", since=1)
+@array_kernel("LRN", since=1)
 def lrn(x, *, xp, size, alpha=1e-4, beta=0.75, bias=1.0):
     dt = x.dtype
     cdt = _cdt(dt)

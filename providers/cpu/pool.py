@@ -17,9 +17,9 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry
-from engineroom.providers.cpu import _jit
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, tap_slice
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel, kernel
 
 
 def _host(a):
@@ -80,7 +80,7 @@ class _PoolPlan:
         self.dilations = tuple(_ints(a.get("dilations"), n, 1))
         self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
         self._geo = {}
-        self.jit = _jit.load("pool") if n == 2 and self.xp is np else None
+        self.jit = arrays(self.xp).compiled("pool") if n == 2 else None
 
     def jit_args(self, x, pb, out):
         """The compiled loop's input (C-contiguous), output buffer and integer arguments, or None where it
@@ -108,7 +108,7 @@ def _min_value(dt):
     return -np.inf
 
 
-@kernel("MaxPool", since=1)
+@array_kernel("MaxPool", since=1)
 def max_pool(info):
     xp = info.xp
     plan = _PoolPlan(info)
@@ -192,7 +192,7 @@ def _avg_divisor(spatial, plan, pb, pe, out, include_pad):
     return div
 
 
-@kernel("AveragePool", since=1)
+@array_kernel("AveragePool", since=1)
 def average_pool(info):
     xp = info.xp
     plan = _PoolPlan(info)
@@ -222,7 +222,7 @@ def average_pool(info):
     return run
 
 
-@kernel("LpPool", since=1)
+@array_kernel("LpPool", since=1)
 def lp_pool(info):
     xp = info.xp
     plan = _PoolPlan(info)
@@ -243,19 +243,19 @@ def lp_pool(info):
     return run
 
 
-@kernel("GlobalAveragePool", since=1)
+@array_kernel("GlobalAveragePool", since=1)
 def global_average_pool(x, *, xp):
     axes = tuple(range(2, x.ndim))
     cdt = compute_dtype(x.dtype)
     return xp.mean(x, axis=axes, keepdims=True, dtype=cdt).astype(x.dtype, copy=False)
 
 
-@kernel("GlobalMaxPool", since=1)
+@array_kernel("GlobalMaxPool", since=1)
 def global_max_pool(x, *, xp):
     return xp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 
 
-@kernel("GlobalLpPool", since=1)
+@array_kernel("GlobalLpPool", since=1)
 def global_lp_pool(x, *, xp, p=2):
     p = float(p)
     cdt = compute_dtype(x.dtype)
@@ -264,7 +264,7 @@ def global_lp_pool(x, *, xp, p=2):
     return y.astype(x.dtype, copy=False)
 
 
-@kernel("MaxUnpool", since=9, host_inputs=(2,))
+@array_kernel("MaxUnpool", since=9, host_inputs=(2,))
 def max_unpool(info):
     xp = info.xp
     a = info.attrs

@@ -15,8 +15,8 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 
 def _is_int(dtype: np.dtype) -> bool:
@@ -85,7 +85,7 @@ def _dtype_of(info, i):
     return None if c is None else c.dtype
 
 
-@kernel("QuantizeLinear", since=10)
+@array_kernel("QuantizeLinear", since=10)
 def quantize_linear(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 1))
@@ -135,7 +135,7 @@ def quantize_linear(info):
     return run
 
 
-@kernel("DequantizeLinear", since=10)
+@array_kernel("DequantizeLinear", since=10)
 def dequantize_linear(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 1))
@@ -165,10 +165,10 @@ def dequantize_linear(info):
     return run
 
 
-@kernel("DynamicQuantizeLinear", since=11)
+@array_kernel("DynamicQuantizeLinear", since=11)
 def dynamic_quantize_linear(info):
     xp = info.xp
-    jit = _jit.load("quant") if xp is np else None
+    jit = arrays(xp).compiled("quant")
 
     def run(x):
         # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.

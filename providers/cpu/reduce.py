@@ -15,7 +15,7 @@ import math
 import ml_dtypes
 import numpy as np
 
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel
 
 _LOW_FLOATS = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 
@@ -147,8 +147,8 @@ def _reduce_input_axes(info):
 
 
 for _op in _KINDS:
-    kernel(_op, since=1)(_reduce_attr_axes)
-    kernel(_op, since=13 if _op == "ReduceSum" else 18, host_inputs=(1,))(_reduce_input_axes)
+    array_kernel(_op, since=1)(_reduce_attr_axes)
+    array_kernel(_op, since=13 if _op == "ReduceSum" else 18, host_inputs=(1,))(_reduce_input_axes)
 
 
 def _arg_factory(info):
@@ -173,4 +173,4 @@ def _arg_factory(info):
     return run
 
 
-kernel(["ArgMax", "ArgMin"], since=1)(_arg_factory)
+array_kernel(["ArgMax", "ArgMin"], since=1)(_arg_factory)

@@ -14,8 +14,8 @@ import numpy as np
 
 from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
 from engineroom.plugin_sdk.limits import check_tensor_size
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 _F32 = np.dtype(np.float32)
 
@@ -230,7 +230,7 @@ def _resize_factory(info, cfg, roi_i, scales_i, sizes_i):
         return roi, scales, sizes
 
     static_lists = lists(roi_c, sc_c, sz_c) if static else None
-    jit = _jit.load("vision") if xp is np and cfg["mode"] == "nearest" else None
+    jit = arrays(xp).compiled("vision") if cfg["mode"] == "nearest" else None
 
     def plan(shape, roi, scales, sizes):
         out_shape, plans = _plan(shape, cfg, roi, scales, sizes)
@@ -278,19 +278,19 @@ def _cfg(attrs, **over):
     return cfg
 
 
-@kernel("Resize", since=10, host_inputs=(1,))
+@array_kernel("Resize", since=10, host_inputs=(1,))
 def resize_v10(info):
     # Resize-10 behaves as Upsample-9: asymmetric coordinates, nearest truncates (ceil when downscaling).
     cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
     return _resize_factory(info, cfg, None, 1, None)
 
 
-@kernel("Resize", since=11, host_inputs=(1, 2, 3))
+@array_kernel("Resize", since=11, host_inputs=(1, 2, 3))
 def resize(info):
     return _resize_factory(info, _cfg(info.attrs), 1, 2, 3)
 
 
-@kernel("Upsample", since=1)
+@array_kernel("Upsample", since=1)
 def upsample_v1(info):
     cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
     scales = [1.0, 1.0, float(info.attrs.get("height_scale", 1.0)), float(info.attrs.get("width_scale", 1.0))]
@@ -302,7 +302,7 @@ def upsample_v1(info):
     return run
 
 
-@kernel("Upsample", since=7)
+@array_kernel("Upsample", since=7)
 def upsample_v7(info):
     cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
     sc = np.asarray(info.attrs.get("scales", []), dtype=np.float32)
@@ -313,7 +313,7 @@ def upsample_v7(info):
     return run
 
 
-@kernel("Upsample", since=9, host_inputs=(1,))
+@array_kernel("Upsample", since=9, host_inputs=(1,))
 def upsample_v9(info):
     cfg = _cfg(info.attrs, ctm="asymmetric", nearest_mode="simple")
     return _resize_factory(info, cfg, None, 1, None)
@@ -418,12 +418,12 @@ def _grid_sample(info, mode_map):
     return run
 
 
-@kernel("GridSample", since=16)
+@array_kernel("GridSample", since=16)
 def grid_sample_v16(info):
     return _grid_sample(info, {"bilinear": "linear", "bicubic": "cubic"})
 
 
-@kernel("GridSample", since=20)
+@array_kernel("GridSample", since=20)
 def grid_sample(info):
     return _grid_sample(info, {})
 
@@ -438,7 +438,7 @@ def _base_coords(n, align_corners):
     return (np.arange(n, dtype=np.float64) * 2 + 1) / n - 1
 
 
-@kernel("AffineGrid", since=20, host_inputs=(1,))
+@array_kernel("AffineGrid", since=20, host_inputs=(1,))
 def affine_grid(info):
     xp = info.xp
     align_corners = int(info.attrs.get("align_corners", 0))
@@ -460,7 +460,7 @@ def affine_grid(info):
 
 # --- Col2Im
 
-@kernel("Col2Im", since=18, host_inputs=(1, 2))
+@array_kernel("Col2Im", since=18, host_inputs=(1, 2))
 def col2im(info):
     xp = info.xp
     attrs = info.attrs

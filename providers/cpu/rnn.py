@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 # name -> (uses alpha, uses beta, default alpha, default beta)
 _ACT_PARAMS = {
@@ -143,7 +143,7 @@ def _factory(info):
 
     # the default activations run through the lean loops below (compiled with the jit extra, float32)
     default_acts = _activation_names(info, defaults, num_dirs) == [[n.lower() for n in defaults]] * num_dirs
-    jit = _jit.load("rnn") if xp is np and default_acts and op != "RNN" else None
+    jit = arrays(xp).compiled("rnn") if default_acts and op != "RNN" else None
 
     def run(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *_):
         dtype = X.dtype
@@ -169,7 +169,7 @@ def _factory(info):
         Y = (xp.zeros if lens is not None else xp.empty)((seq, num_dirs, batch, hidden), calc)
         Y_h = xp.zeros((num_dirs, batch, hidden), calc)
         Y_c = xp.zeros((num_dirs, batch, hidden), calc)
-        lean = xp is np and default_acts
+        lean = arrays(xp).host and default_acts
         kern = jit if calc == np.float32 else None
         for d, (wt, rt, in_bias, step_bias, p) in enumerate(dirs):
             reverse = direction == "reverse" or d == 1
@@ -420,4 +420,4 @@ def _loop(op, xp, xw, h, c, rt, step_bias, p, acts, clip, lbr, input_forget, hid
 
 
 for _op in ("RNN", "GRU", "LSTM"):
-    kernel(_op, since=1, host_inputs=(4,))(_factory)
+    array_kernel(_op, since=1, host_inputs=(4,))(_factory)

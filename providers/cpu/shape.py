@@ -14,12 +14,12 @@ import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
 from engineroom.plugin_sdk.limits import check_tensor_size
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel, kernel
 
 # --- helpers
 
 def _host(a) -> np.ndarray:
-    """A host NumPy array from a host input (CuPy arrays are brought back; they should not arrive here)."""
+    """A host NumPy array from a host input (a device array is brought back; it should not arrive here)."""
     if a is None or isinstance(a, np.ndarray):
         return a
     if hasattr(a, "get"):
@@ -70,7 +70,7 @@ def _reshape_target(in_shape, shape, allowzero):
     return tuple(out)
 
 
-@kernel("Reshape", since=1)
+@array_kernel("Reshape", since=1)
 def reshape_v1(info):
     shape = list(info.attrs.get("shape", []))
 
@@ -79,7 +79,7 @@ def reshape_v1(info):
     return run
 
 
-@kernel("Reshape", since=5, host_inputs=(1,))
+@array_kernel("Reshape", since=5, host_inputs=(1,))
 def reshape(info):
     allowzero = int(info.attrs.get("allowzero", 0))
     c = _const(info, 1)
@@ -103,7 +103,7 @@ def reshape(info):
 
 # --- Transpose
 
-@kernel("Transpose", since=1)
+@array_kernel("Transpose", since=1)
 def transpose(info):
     xp = info.xp
     perm = info.attrs.get("perm")
@@ -118,7 +118,7 @@ def transpose(info):
 
 # --- Concat
 
-@kernel("Concat", since=1)
+@array_kernel("Concat", since=1)
 def concat(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 1))  # opset 1 defaults to 1; opset 4+ requires it
@@ -167,7 +167,7 @@ def _make_split(info, split_const, axis, num_outputs=None, split_input=None):
     return run
 
 
-@kernel("Split", since=1, host_inputs=(1,))
+@array_kernel("Split", since=1, host_inputs=(1,))
 def split_v1(info):
     split = info.attrs.get("split")
     c = _const(info, 1)
@@ -176,13 +176,13 @@ def split_v1(info):
     return _make_split(info, None if split is None else list(split), int(info.attrs.get("axis", 0)))
 
 
-@kernel("Split", since=2)
+@array_kernel("Split", since=2)
 def split_v2(info):
     split = info.attrs.get("split")
     return _make_split(info, None if split is None else list(split), int(info.attrs.get("axis", 0)))
 
 
-@kernel("Split", since=13, host_inputs=(1,))
+@array_kernel("Split", since=13, host_inputs=(1,))
 def split_v13(info):
     c = _const(info, 1)
     split = _ints(c) if c is not None and c.size else None
@@ -221,7 +221,7 @@ def _slice_index(shape, starts, ends, axes, steps):
     return tuple(idx)
 
 
-@kernel("Slice", since=1)
+@array_kernel("Slice", since=1)
 def slice_v1(info):
     starts = list(info.attrs.get("starts", []))
     ends = list(info.attrs.get("ends", []))
@@ -237,7 +237,7 @@ def slice_v1(info):
     return run
 
 
-@kernel("Slice", since=10, host_inputs=(1, 2, 3, 4))
+@array_kernel("Slice", since=10, host_inputs=(1, 2, 3, 4))
 def slice_(info):
     consts = [_const(info, i) if _has(info, i) else None for i in range(1, 5)]
     all_const = all(consts[i] is not None for i in range(2)) and all(
@@ -267,7 +267,7 @@ def slice_(info):
 
 # --- Expand
 
-@kernel("Expand", since=8, host_inputs=(1,))
+@array_kernel("Expand", since=8, host_inputs=(1,))
 def expand(info):
     xp = info.xp
 
@@ -299,7 +299,7 @@ def _squeeze(x, axes):
     return x.reshape(shape)
 
 
-@kernel("Squeeze", since=1)
+@array_kernel("Squeeze", since=1)
 def squeeze_v1(info):
     axes = info.attrs.get("axes")
 
@@ -308,7 +308,7 @@ def squeeze_v1(info):
     return run
 
 
-@kernel("Squeeze", since=13, host_inputs=(1,))
+@array_kernel("Squeeze", since=13, host_inputs=(1,))
 def squeeze(info):
     c = _const(info, 1)
     if c is not None:
@@ -334,7 +334,7 @@ def _unsqueeze(x, axes):
     return x.reshape(shape)
 
 
-@kernel("Unsqueeze", since=1)
+@array_kernel("Unsqueeze", since=1)
 def unsqueeze_v1(info):
     axes = list(info.attrs.get("axes", []))
 
@@ -343,7 +343,7 @@ def unsqueeze_v1(info):
     return run
 
 
-@kernel("Unsqueeze", since=13, host_inputs=(1,))
+@array_kernel("Unsqueeze", since=13, host_inputs=(1,))
 def unsqueeze(info):
     c = _const(info, 1)
     if c is not None:
@@ -358,7 +358,7 @@ def unsqueeze(info):
     return run
 
 
-@kernel("Flatten", since=1)
+@array_kernel("Flatten", since=1)
 def flatten(info):
     axis = int(info.attrs.get("axis", 1))
 
@@ -372,7 +372,7 @@ def flatten(info):
 
 # --- Shape / Size
 
-@kernel("Shape", since=1)
+@array_kernel("Shape", since=1)
 def shape(info):
     xp = info.xp
     start = int(info.attrs.get("start", 0))
@@ -385,7 +385,7 @@ def shape(info):
     return run
 
 
-@kernel("Size", since=1)
+@array_kernel("Size", since=1)
 def size(x, *, xp):
     return xp.asarray(np.array(x.size, dtype=np.int64))
 
@@ -432,7 +432,7 @@ def _constant_value(attrs) -> np.ndarray:
     raise ValueError("Constant: no value attribute")
 
 
-@kernel("Constant", since=1)
+@array_kernel("Constant", since=1)
 def constant(info):
     value = _constant_value(info.attrs)
     if value.dtype.kind in "US":
@@ -449,7 +449,7 @@ def constant(info):
     return run
 
 
-@kernel("ConstantOfShape", since=9, host_inputs=(0,))
+@array_kernel("ConstantOfShape", since=9, host_inputs=(0,))
 def constant_of_shape(info):
     xp = info.xp
     v = info.attrs.get("value")
@@ -506,19 +506,19 @@ def _range(info, stash_float):
     return run
 
 
-@kernel("Range", since=11, host_inputs=(0, 1, 2))
+@array_kernel("Range", since=11, host_inputs=(0, 1, 2))
 def range_v11(info):
     return _range(info, stash_float=False)
 
 
-@kernel("Range", since=27, host_inputs=(0, 1, 2))
+@array_kernel("Range", since=27, host_inputs=(0, 1, 2))
 def range_(info):
     return _range(info, stash_float=int(info.attrs.get("stash_type", 1)) == 1)
 
 
 # --- Identity
 
-@kernel("Identity", since=1)
+@array_kernel("Identity", since=1)
 def identity(info):
     # Tensors, sequences and optionals pass through unchanged (values are never mutated in place).
     def run(x):
@@ -552,19 +552,19 @@ def _cumulative(info, op: str, identity: int):
     return run
 
 
-@kernel("CumSum", since=11, host_inputs=(1,))
+@array_kernel("CumSum", since=11, host_inputs=(1,))
 def cumsum(info):
     return _cumulative(info, "cumsum", 0)
 
 
-@kernel("CumProd", since=26, host_inputs=(1,))
+@array_kernel("CumProd", since=26, host_inputs=(1,))
 def cumprod(info):
     return _cumulative(info, "cumprod", 1)
 
 
 # --- Tile
 
-@kernel("Tile", since=1, host_inputs=(1, 2))
+@array_kernel("Tile", since=1, host_inputs=(1, 2))
 def tile_v1(info):
     xp = info.xp
 
@@ -576,7 +576,7 @@ def tile_v1(info):
     return run
 
 
-@kernel("Tile", since=6, host_inputs=(1,))
+@array_kernel("Tile", since=6, host_inputs=(1,))
 def tile(info):
     xp = info.xp
 
@@ -591,7 +591,7 @@ def tile(info):
 
 # --- EyeLike / Trilu
 
-@kernel("EyeLike", since=9)
+@array_kernel("EyeLike", since=9)
 def eye_like(info):
     xp = info.xp
     k = int(info.attrs.get("k", 0))
@@ -605,7 +605,7 @@ def eye_like(info):
     return run
 
 
-@kernel("Trilu", since=14, host_inputs=(1,))
+@array_kernel("Trilu", since=14, host_inputs=(1,))
 def trilu(info):
     xp = info.xp
     upper = int(info.attrs.get("upper", 1))
@@ -633,12 +633,12 @@ def _depth_to_space(info, mode):
     return run
 
 
-@kernel("DepthToSpace", since=1)
+@array_kernel("DepthToSpace", since=1)
 def depth_to_space_v1(info):
     return _depth_to_space(info, "DCR")
 
 
-@kernel("DepthToSpace", since=11)
+@array_kernel("DepthToSpace", since=11)
 def depth_to_space(info):
     return _depth_to_space(info, str(info.attrs.get("mode", "DCR")))
 
@@ -655,12 +655,12 @@ def _space_to_depth(info, mode):
     return run
 
 
-@kernel("SpaceToDepth", since=1)
+@array_kernel("SpaceToDepth", since=1)
 def space_to_depth_v1(info):
     return _space_to_depth(info, "DCR")
 
 
-@kernel("SpaceToDepth", since=28)
+@array_kernel("SpaceToDepth", since=28)
 def space_to_depth(info):
     return _space_to_depth(info, str(info.attrs.get("mode", "DCR")))
 
@@ -707,7 +707,7 @@ def _pad_value(x, v):
     return v[0]
 
 
-@kernel("Pad", since=1)
+@array_kernel("Pad", since=1)
 def pad_v1(info):
     xp = info.xp
     pads = [int(p) for p in info.attrs.get("pads", info.attrs.get("paddings", []))]
@@ -719,7 +719,7 @@ def pad_v1(info):
     return run
 
 
-@kernel("Pad", since=11, host_inputs=(1, 2, 3))
+@array_kernel("Pad", since=11, host_inputs=(1, 2, 3))
 def pad(info):
     xp = info.xp
     mode = str(info.attrs.get("mode", "constant"))
@@ -738,7 +738,7 @@ def pad(info):
     return run
 
 
-@kernel("CenterCropPad", since=18, host_inputs=(1,))
+@array_kernel("CenterCropPad", since=18, host_inputs=(1,))
 def center_crop_pad(info):
     xp = info.xp
     axes_attr = info.attrs.get("axes")
@@ -766,7 +766,7 @@ def center_crop_pad(info):
 
 # --- Compress / ReverseSequence
 
-@kernel("Compress", since=9)
+@array_kernel("Compress", since=9)
 def compress(info):
     xp = info.xp
     axis = info.attrs.get("axis")
@@ -783,7 +783,7 @@ def compress(info):
     return run
 
 
-@kernel("ReverseSequence", since=10)
+@array_kernel("ReverseSequence", since=10)
 def reverse_sequence(info):
     xp = info.xp
     batch_axis = int(info.attrs.get("batch_axis", 1))
@@ -806,7 +806,7 @@ def reverse_sequence(info):
 
 # --- OneHot / NonZero
 
-@kernel("OneHot", since=9, host_inputs=(1,))
+@array_kernel("OneHot", since=9, host_inputs=(1,))
 def one_hot(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", -1))
@@ -827,7 +827,7 @@ def one_hot(info):
     return run
 
 
-@kernel("NonZero", since=9)
+@array_kernel("NonZero", since=9)
 def non_zero(info):
     xp = info.xp
 
@@ -886,7 +886,7 @@ def _topk(xp, x, k, axis, largest):
     return xp.take_along_axis(x, idx, axis=a), idx
 
 
-@kernel("TopK", since=1)
+@array_kernel("TopK", since=1)
 def topk_v1(info):
     xp = info.xp
     k = int(info.attrs["k"])
@@ -897,7 +897,7 @@ def topk_v1(info):
     return run
 
 
-@kernel("TopK", since=10, host_inputs=(1,))
+@array_kernel("TopK", since=10, host_inputs=(1,))
 def topk(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", -1))

@@ -2,14 +2,15 @@
 windows and MelWeightMatrix.
 
 Complex values travel as a trailing dimension of 2 (real, imaginary); real signals have a trailing 1.
-Transforms use ``xp.fft`` (pocketfft on NumPy, cuFFT on CuPy) and cast back to the input's dtype.
+Transforms use ``xp.fft`` (pocketfft on NumPy, the device FFT on a device array
+module) and cast back to the input's dtype.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.registry import array_kernel, kernel
 
 
 def _scalar(v) -> int:
@@ -58,18 +59,18 @@ def _dft(x, axis: int, length, inverse: bool, onesided: bool, xp):
     return _from_complex(out, dtype, xp)
 
 
-@kernel("DFT", since=17, host_inputs=(1,))
+@array_kernel("DFT", since=17, host_inputs=(1,))
 def dft_17(input, dft_length=None, *, xp, axis=1, inverse=0, onesided=0):
     return _dft(input, int(axis), dft_length, bool(inverse), bool(onesided), xp)
 
 
-@kernel("DFT", since=20, host_inputs=(1, 2))
+@array_kernel("DFT", since=20, host_inputs=(1, 2))
 def dft_20(input, dft_length=None, axis=None, *, xp, inverse=0, onesided=0):
     ax = -2 if axis is None else _scalar(axis)
     return _dft(input, ax, dft_length, bool(inverse), bool(onesided), xp)
 
 
-@kernel("STFT", since=17, host_inputs=(1, 3))
+@array_kernel("STFT", since=17, host_inputs=(1, 3))
 def stft(signal, frame_step, window=None, frame_length=None, *, xp, onesided=1):
     dtype = signal.dtype
     step = _scalar(frame_step)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _jit
-from engineroom.providers.cpu.registry import kernel
+from engineroom.providers.cpu.array_module import NUMPY, arrays
+from engineroom.providers.cpu.registry import array_kernel
 
 _F32 = np.dtype(np.float32)
 
@@ -128,7 +128,7 @@ def _softmax_compiled(x, axis):
     None where that does not apply."""
     if x.dtype != _F32 or x.__class__ is not np.ndarray or not x.size:
         return None
-    jit = _jit.load("transformer")
+    jit = NUMPY.compiled("transformer")
     if jit is None:
         return None
     x = np.ascontiguousarray(x)
@@ -138,9 +138,9 @@ def _softmax_compiled(x, axis):
     return y
 
 
-@kernel("Softmax", since=1)
+@array_kernel("Softmax", since=1)
 def softmax_1(x, *, xp, axis=1):
-    if xp is np:
+    if arrays(xp).host:
         ax = int(axis) + x.ndim if int(axis) < 0 else int(axis)
         y = _softmax_compiled(x, ax) if 0 <= ax < x.ndim else None
         if y is not None:
@@ -148,31 +148,31 @@ def softmax_1(x, *, xp, axis=1):
     return _softmax_old(x, xp=xp, axis=axis)
 
 
-@kernel("Softmax", since=13)
+@array_kernel("Softmax", since=13)
 def softmax_13(x, *, xp, axis=-1):
-    if xp is np and x.ndim and int(axis) in (-1, x.ndim - 1):
+    if arrays(xp).host and x.ndim and int(axis) in (-1, x.ndim - 1):
         y = _softmax_compiled(x, x.ndim - 1)
         if y is not None:
             return y
     return _softmax_new(x, xp=xp, axis=axis)
 
 
-@kernel("LogSoftmax", since=1)
+@array_kernel("LogSoftmax", since=1)
 def log_softmax_1(x, *, xp, axis=1):
     return _logsoftmax_old(x, xp=xp, axis=axis)
 
 
-@kernel("LogSoftmax", since=13)
+@array_kernel("LogSoftmax", since=13)
 def log_softmax_13(x, *, xp, axis=-1):
     return _logsoftmax_new(x, xp=xp, axis=axis)
 
 
-@kernel("Hardmax", since=1)
+@array_kernel("Hardmax", since=1)
 def hardmax_1(x, *, xp, axis=1):
     return _hardmax_old(x, xp=xp, axis=axis)
 
 
-@kernel("Hardmax", since=13)
+@array_kernel("Hardmax", since=13)
 def hardmax_13(x, *, xp, axis=-1):
     return _hardmax_new(x, xp=xp, axis=axis)
 
@@ -212,7 +212,7 @@ def _reduction(info) -> str:
     return r
 
 
-@kernel("NegativeLogLikelihoodLoss", since=12)
+@array_kernel("NegativeLogLikelihoodLoss", since=12)
 def negative_log_likelihood_loss(info):
     xp = info.xp
     reduction = _reduction(info)
@@ -226,7 +226,7 @@ def negative_log_likelihood_loss(info):
     return run
 
 
-@kernel("SoftmaxCrossEntropyLoss", since=12)
+@array_kernel("SoftmaxCrossEntropyLoss", since=12)
 def softmax_cross_entropy_loss(info):
     xp = info.xp
     reduction = _reduction(info)

@@ -1,9 +1,11 @@
 """CUDAExecutionProvider: the CPU provider's kernel set on an NVIDIA GPU through CuPy, with cuBLAS
 GEMMs, im2col + GEMM convolutions, single-kernel softmax and layer normalization, and CUDA graphs.
 
-**Kernel set.** The CPU provider's kernels are written against the NumPy API through the module they
-are handed (``xp``), and CuPy mirrors that API; this provider's registry is that kernel set
-(``engineroom.providers.cpu.registry.registry``, the one reuse DESIGN.md allows) with this package's
+**Kernel set.** The shared kernel set (``engineroom.providers.cpu.registry``) declares which of its kernels
+are written against the array module they are handed (``xp``) rather than NumPy itself (``array_kernel``);
+CuPy mirrors NumPy's API, and what differs (``scipy.special``, copies to the host, no compiled loops) is
+answered by CuPy's shim (``array_module.cupy_arrays``), which this provider registers when it starts.
+This provider's registry is those declared kernels (``registry.array_kernels()``), with this package's
 kernels registered over it: MatMul and Gemm (``matmul``: cuBLAS through ``cupy.matmul``, constant
 weights uploaded and transposed once), Conv and com.microsoft FusedConv (``conv``: im2col + one
 batched GEMM, bias/residual/activation in one fused elementwise kernel), Softmax, LogSoftmax and
@@ -11,8 +13,9 @@ LayerNormalization (``fused``: one kernel per op). Kernels run with ``xp = cupy`
 declares host-resident (shapes, axes, sizes) stay on the host, as on every provider.
 
 **Not claimed** (left to the CPU provider, copies at the boundary): nodes with a tensor CuPy cannot
-hold (strings, bfloat16, float8, int4) or a non-tensor value (sequences, optionals); the ops in
-``NOT_ON_CUDA`` and the domains in ``HOST_DOMAINS``, each with its reason; and shape arithmetic (nodes
+hold (strings, bfloat16, float8, int4) or a non-tensor value (sequences, optionals); ops whose shared
+kernel is NumPy-only (control flow, sequences, strings, random draws, the traditional-ML and training
+domains, the contrib kernels, ...: every kernel not declared ``array_kernel``); and shape arithmetic (nodes
 whose tensors are all int32/int64/bool, which feed host-resident inputs) — Shape and Size are
 claimed when their input is produced here, so a tensor is never copied back only to read its shape.
 
@@ -55,47 +58,20 @@ from engineroom.plugin_sdk import (
     ProviderOptionError,
 )
 from engineroom.plugin_sdk.errors import InvalidArgument
-from engineroom.providers.cpu._contrib import HOST_ONLY as _CPU_HOST_ONLY
+from engineroom.providers.cpu.array_module import register as _register_arrays
 from engineroom.providers.cpu.registry import registry as _cpu_registry
 from engineroom.providers.cuda import runtime
+from engineroom.providers.cuda.array_module import cupy_arrays
 from engineroom.providers.cuda.registry import registry as _overrides
 
 for _m in ("matmul", "conv", "fused"):
     importlib.import_module(f"{__name__}.{_m}")
 
-# The CPU kernel set, then this package's kernels over it.
+# The shared kernels declared for any array module, then this package's kernels over them.
 _registry = KernelRegistry()
-_registry.update(_cpu_registry)
+_registry.update(_cpu_registry.array_kernels())
 _registry.update(_overrides)
 
-# Ops left to the CPU provider, with why.
-NOT_ON_CUDA: dict[tuple[str, str], str] = {
-    **{("", op): "control flow: its subgraphs are planned over every provider, the node itself runs on the host"
-       for op in ("If", "Loop", "Scan")},
-    **{("", op): "sequences and optionals are host lists" for op in (
-        "ConcatFromSequence", "Optional", "OptionalGetElement", "OptionalHasElement", "SequenceAt",
-        "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
-        "SequenceMap", "SplitToSequence")},
-    **{("", op): "strings live on the host" for op in (
-        "StringNormalizer", "StringSplit", "StringConcat", "RegexFullMatch")},
-    ("", "ImageDecoder"): "decodes bytes on the host with Pillow",
-    **{("", op): "draws from NumPy's generators (seeded streams match NumPy's, not cuRAND's)" for op in (
-        "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial",
-        "Dropout")},
-    **{("", op): "data-dependent host loops" for op in ("NonMaxSuppression", "TfIdfVectorizer", "Unique")},
-    **{("", op): "window and filter-bank generators read host scalars; their outputs are constants in practice"
-       for op in ("HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix")},
-    **{("", op): "the CPU convolution plan's NumPy internals; no CUDA kernel yet" for op in (
-        "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv")},
-    **{("", op): "computed on the host per region by the CPU kernel" for op in ("MaxRoiPool", "RoiAlign")},
-    ("com.engineroom", "DepthwiseSeparableBlock"): "a CPU layout fusion (channels-last loops); on CUDA the "
-                                                   "three convs stay separate",
-    **{key: "a NumPy-only contrib kernel of the CPU provider (contrib_*.py)" for key in _CPU_HOST_ONLY},
-}
-HOST_DOMAINS: dict[str, str] = {
-    "ai.onnx.ml": "traditional-ML operators run on the host (NumPy, Python loops over trees and strings)",
-    "ai.onnx.preview.training": "training operators run on the host",
-}
 # What CuPy arrays can hold (no strings, bfloat16, float8 or int4).
 DEVICE_DTYPES = frozenset(np.dtype(t) for t in (
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
@@ -151,6 +127,7 @@ class CUDAExecutionProvider(KernelProvider, CompilingProvider):
         if dev_id >= count:
             raise InvalidArgument(f"{self.name}: no CUDA device {dev_id}: this machine has {count}")
         cp = runtime.cupy_module()
+        _register_arrays(cupy_arrays(cp))
         self.xp = cp
         self.device = Device("cuda", dev_id)
         self._cuda_device = cp.cuda.Device(dev_id)
@@ -186,11 +163,9 @@ class CUDAExecutionProvider(KernelProvider, CompilingProvider):
     @staticmethod
     def why_not_on_cuda(view: NodeView) -> str | None:
         """Why this provider leaves ``view`` to another, or None (before kernel lookup)."""
-        if view.domain in HOST_DOMAINS:
-            return HOST_DOMAINS[view.domain]
-        reason = NOT_ON_CUDA.get((view.domain, view.op_type))
-        if reason is not None:
-            return reason
+        if _registry.lookup(view.domain, view.op_type, view.opset) is None and \
+                _cpu_registry.lookup(view.domain, view.op_type, view.opset) is not None:
+            return "the shared kernel is NumPy-only (not declared for other array modules)"
         present = [d for i, d in enumerate(view.input_dtypes) if view.has_input(i)]
         present += [d for i, d in enumerate(view.output_dtypes) if view.output_names[i]]
         for dt in present:
@@ -266,4 +241,4 @@ class CUDAExecutionProvider(KernelProvider, CompilingProvider):
         self._cuda_device.synchronize()
 
 
-__all__ = ["CUDAExecutionProvider", "DEVICE_DTYPES", "HOST_DOMAINS", "NOT_ON_CUDA"]
+__all__ = ["CUDAExecutionProvider", "DEVICE_DTYPES"]

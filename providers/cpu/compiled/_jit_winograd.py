@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engineroom.providers.cpu._jit_conv import _fill_planes
+from engineroom.providers.cpu.compiled._jit_conv import _fill_planes
 
 _2 = np.float32(2)
 _4 = np.float32(4)
@@ -164,7 +164,7 @@ def output_transform(O, y, b, z, has_z, lo, hi, m, th, tw):  # pragma: no cover 
         _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, 2)
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "input_transform": ("A4 A3 i i i i i", ("f4",)),
     "output_transform": ("A3 A4 A1 A4 i s s i i i", ("f4",)),

@@ -4,14 +4,14 @@
 On the small tensors of a VAE decoder or a detector head NumPy spends most of its time between passes
 (a sigmoid is four, an instance norm eight, nearest x2 two gathers); here every element is read once
 and written once. exp is ``_jit_transformer``'s vectorizable one, so the loops run at full SIMD width.
-Single-threaded on the calling thread, as the other ``_jit`` modules.
+Single-threaded on the calling thread, as the other ``_jit_`` modules.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from engineroom.providers.cpu._jit_transformer import (
+from engineroom.providers.cpu.compiled._jit_transformer import (
     EXP_HI,
     EXP_LO,
     F0,
@@ -132,7 +132,7 @@ def resize_nearest(x, sh, sw, y):  # pragma: no cover (compiled)
                 yf[yb + t * Wo + j] = yf[yb + j]
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "sigmoid": ("A1 A1", ("f4",)),
     "hard_swish": ("A1 A1", ("f4",)),

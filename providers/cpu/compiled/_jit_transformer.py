@@ -381,7 +381,7 @@ def skip_layer_norm(x, skip, bias, scale, beta, eps, y, mean, inv, total):  # pr
                 yr[i] = (yr[i] - m) * iv * scale[i]
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "gelu": ("A2 A1 A2", ("f4",)),
     "fast_gelu": ("A2 A1 A2", ("f4",)),

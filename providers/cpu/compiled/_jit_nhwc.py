@@ -78,7 +78,7 @@ def bias_clip_rows(y, b, lo, hi):  # pragma: no cover (compiled)
             y[r, c] = min(max(y[r, c] + b[c], lo), hi)
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "depthwise_nhwc": ("A4 A3 A1 A4 i i i i s s", ("f4", "f8")),
     "bias_clip_rows": ("A2 A1 s s", ("f4", "f8")),

@@ -106,7 +106,7 @@ def col2im_rows(cols, b, y, s1, s2, d1, d2, p1, p2):  # pragma: no cover (compil
                         yr[o2 + c * s2] = pr[c] + bm
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "col2im_channels_last": ("A6 A2 A4 i i i i i i", ("f4", "f8")),
     "col2im_rows": ("A6 A2 A4 i i i i i i", ("f4", "f8")),

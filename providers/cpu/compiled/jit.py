@@ -2,7 +2,8 @@
 
 NumPy runs one whole-array pass per operation; a few kernels (depthwise convolution, Gelu, softmax,
 col2im, ...) need many passes over small arrays and lose most of their time there. Their loops are
-written once, with numba, in the ``_jit_<name>`` modules of this package, each declaring the argument
+written once, with numba, in the ``_jit_<name>`` modules of this package (a few still sit in the kernel
+package above, ``providers/cpu``, and are found there alike), each declaring the argument
 types it is compiled for (``AOT``). ``load(name)`` hands back those kernels compiled into a plain C
 extension module, built once per machine by numba's ahead-of-time compiler in a child process and
 cached on disk (``ENGINEROOM_CACHE_DIR``, else ``~/.cache/engineroom``): sessions then load a small
@@ -66,7 +67,7 @@ def available() -> bool:
 
 
 def load(name: str):
-    """The compiled kernels of ``engineroom.providers.cpu._jit_<name>`` (attributes named as its
+    """The compiled kernels of the ``_jit_<name>`` loop module (attributes named as its
     functions), or None where they cannot be had (yet: see the module's docstring)."""
     mod = _modules.get(name, _MISSING)      # kernels without a factory ask on every run: no lock then
     if mod is not _MISSING and mod is not _PENDING:
@@ -87,9 +88,22 @@ def _mode() -> str:
     return "wait" if os.environ.get("ENGINEROOM_JIT", "").strip().lower() == "wait" else "background"
 
 
+# where the loop modules live: this package, and the kernel package above it for those not moved yet
+_HERE = Path(__file__).parent
+_FOLDERS = ((_HERE, __name__.rsplit(".", 1)[0]), (_HERE.parent, __name__.rsplit(".", 2)[0]))
+
+
 def module_names() -> list[str]:
-    """Every compiled-loop module of the CPU provider (``_jit_<name>.py`` beside this file)."""
-    return sorted(f.stem[len("_jit_"):] for f in Path(__file__).parent.glob("_jit_*.py"))
+    """Every compiled-loop module of the CPU provider (``_jit_<name>.py`` in either folder)."""
+    return sorted({f.stem[len("_jit_"):] for folder, _ in _FOLDERS for f in folder.glob("_jit_*.py")})
+
+
+def _module(name: str) -> str:
+    """The import name of the loop module ``_jit_<name>``."""
+    for folder, package in _FOLDERS:
+        if (folder / f"_jit_{name}.py").exists():
+            return f"{package}._jit_{name}"
+    raise ModuleNotFoundError(f"no compiled-loop module _jit_{name}")
 
 
 def cache_dir() -> Path:
@@ -116,7 +130,7 @@ def _key(name: str, source: Path) -> str:
     # the module's source and those of the _jit_* modules it imports loops from (transitively): a change
     # elsewhere does not rebuild it
     h = hashlib.sha256(name.encode())
-    for f in (*_sources(source), source.parent / "_aot_build.py"):     # the build's wrappers too
+    for f in (*_sources(source), _HERE / "aot_build.py"):     # the build's wrappers too
         h.update(f.read_bytes())
     for part in (version("numba"), sys.version, np.__version__, platform.machine(), _cpu_model()):
         h.update(part.encode())
@@ -139,8 +153,8 @@ def _sources(source: Path) -> list[Path]:
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             for m in mods:
                 leaf = m.rsplit(".", 1)[-1]
-                if leaf.startswith("_jit_") and (source.parent / f"{leaf}.py").exists():
-                    todo.append(source.parent / f"{leaf}.py")
+                if leaf.startswith("_jit_"):
+                    todo += [folder / f"{leaf}.py" for folder, _ in _FOLDERS if (folder / f"{leaf}.py").exists()]
     return sorted(seen)
 
 
@@ -156,13 +170,14 @@ def _paths(name: str) -> tuple[str, str, Path]:
 
 
 def _compute_paths(name: str) -> tuple[str, str, Path]:
-    modname = f"engineroom.providers.cpu._jit_{name}"
+    modname = _module(name)
     source = Path(importlib.util.find_spec(modname).origin)
     stem = f"_aot_{name}_{_key(name, source)}"
     return modname, stem, cache_dir() / (stem + sysconfig.get_config_var("EXT_SUFFIX"))
 
 
 _notices: set = set()
+_BUILDER = f"{__name__.rsplit('.', 1)[0]}.aot_build"     # the child process's module
 
 
 def _notice(key: str, msg: str, *args) -> None:
@@ -215,7 +230,7 @@ def _build(modname: str, stem: str, target: Path) -> str | None:
     ``.failed``, so later processes keep the NumPy paths without trying again), or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "engineroom.providers.cpu._aot_build", modname, stem,
+        proc = subprocess.run([sys.executable, "-m", _BUILDER, modname, stem,
                                str(target.parent)], capture_output=True, text=True, timeout=900)
         why = proc.stderr if proc.returncode != 0 or not target.exists() else None
     except (OSError, subprocess.SubprocessError) as e:     # an unwritable cache, a hung compiler
@@ -270,7 +285,7 @@ def _start_background() -> None:
             _notice("bg", "engineroom: the CPU provider's compiled loops are being built by process %d "
                     "(log: %s); NumPy paths serve until they are ready", pid, logfile)
             return
-        args = [sys.executable, "-m", "engineroom.providers.cpu._aot_build", "--all", str(folder), str(lock)]
+        args = [sys.executable, "-m", _BUILDER, "--all", str(folder), str(lock)]
         for _name, modname, stem, _target in todo:
             args += [modname, stem]
         with open(logfile, "ab") as out:

@@ -319,7 +319,7 @@ def _im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no co
                             dst[k] = src[k]
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "im2col2d": ("A4 A3 i i i i i i i i i i", ("f4", "f8")),
     "depthwise2d": ("A4 A3 A1 A4 i i i i i i s s", ("f4", "f8")),

@@ -165,7 +165,7 @@ def avgpool2d(x, y, inv, kh, kw, sh, sw, dh, dw, pt, pl):  # pragma: no cover (c
         _pool2d(x, y, inv, kh, kw, sh, sw, dh, dw, pt, pl, False)
 
 
-# the variants compiled ahead of time (see _jit): argument kinds, dtypes
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "maxpool2d": ("A4 A4 i i i i i i i i", ("f4", "f8")),
     "avgpool2d": ("A4 A4 A2 i i i i i i i i", ("f4", "f8")),

@@ -1,6 +1,6 @@
 """Builds one ``_jit_<name>`` module's kernels into a C extension with numba's ahead-of-time compiler.
 
-Run by ``_jit`` in a child process (``python -m engineroom.providers.cpu._aot_build MODULE STEM DIR``;
+Run by ``jit`` in a child process (``python -m engineroom.providers.cpu.compiled.aot_build MODULE STEM DIR``;
 or ``--all DIR LOCK MODULE STEM [MODULE STEM ...]``, the detached background build of several modules,
 one after another, which removes the LOCK file holding its pid when done), so that numba and LLVM
 never load into the process that runs sessions. Every variant in the module's ``AOT`` table is
@@ -20,7 +20,7 @@ import tempfile
 def build(modname: str, stem: str, out_dir: str) -> None:
     from numba.pycc import CC
 
-    from engineroom.providers.cpu._jit import export_name, numba_signature
+    from engineroom.providers.cpu.compiled.jit import export_name, numba_signature
 
     mod = importlib.import_module(modname)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
