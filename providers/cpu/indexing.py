@@ -1,4 +1,5 @@
-"""Gather / scatter kernels: Gather, GatherElements, GatherND, Scatter, ScatterElements, ScatterND.
+"""Gather / scatter kernels: Gather, GatherElements, GatherND, Scatter, ScatterElements, ScatterND; and the
+index-producing OneHot and NonZero.
 
 Indices may be negative (counted from the end of the axis); NumPy fancy indexing accepts them as they are
 and raises IndexError for anything out of range. Scatter kernels copy the data input and update the copy.
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.limits import check_tensor_size
 from engineroom.providers.cpu.registry import array_kernel
+from engineroom.providers.cpu.shape import _host
 
 
 def _axis(a: int, rank: int) -> int:
@@ -153,4 +156,39 @@ def scatter_nd(info):
         idx = tuple(indices[..., j] for j in range(k))
         _reduce_at(xp, out, idx, updates.astype(x.dtype, copy=False), reduction)
         return (out,)
+    return run
+
+
+# --- OneHot / NonZero
+
+@array_kernel("OneHot", since=9, host_inputs=(1,))
+def one_hot(info):
+    xp = info.xp
+    axis = int(info.attrs.get("axis", -1))
+
+    def run(indices, depth, values):
+        d = int(_host(depth).reshape(-1)[0])
+        rank = indices.ndim + 1
+        a = _axis(axis, rank)
+        check_tensor_size((*indices.shape[:a], d, *indices.shape[a:]), values.dtype, info.max_tensor_bytes)
+        idx = indices.astype(np.int64)
+        idx = xp.where(idx < 0, idx + d, idx)
+        # Out-of-range indices give an all-off row (they match no position).
+        shp = [1] * rank
+        shp[a] = d
+        hot = xp.expand_dims(idx, a) == xp.arange(d, dtype=np.int64).reshape(shp)
+        off, on = values.reshape(-1)[0], values.reshape(-1)[1]
+        return (xp.where(hot, on, off).astype(values.dtype, copy=False),)
+    return run
+
+
+@array_kernel("NonZero", since=9)
+def non_zero(info):
+    xp = info.xp
+
+    def run(x):
+        if x.ndim == 0:
+            return (xp.zeros((1, 1 if bool(x) else 0), dtype=np.int64),)
+        nz = xp.nonzero(x)
+        return (xp.stack(nz).astype(np.int64, copy=False) if nz else xp.zeros((0, 0), dtype=np.int64),)
     return run

@@ -1,4 +1,5 @@
-"""Random generators: RandomNormal, RandomUniform, RandomNormalLike, RandomUniformLike, Bernoulli, Multinomial.
+"""Random generators: RandomNormal, RandomUniform, RandomNormalLike, RandomUniformLike, Bernoulli, Multinomial,
+and Dropout (its training-mode mask).
 
 As in onnxruntime, each node owns one generator created with the node (seeded by the ``seed``
 attribute when given, else from fresh entropy), so a seeded session reproduces the same sequence
@@ -16,6 +17,7 @@ import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
 from engineroom.plugin_sdk.seeding import node_seed
+from engineroom.providers.cpu.matmul import _fdt
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -139,5 +141,47 @@ def multinomial(info):
         idx = np.searchsorted((cdf + rows).ravel(), u.ravel(), side="right").reshape(batch, n)
         idx -= np.arange(batch)[:, None] * classes
         return (xp.asarray(np.clip(idx, 0, classes - 1).astype(dtype)),)
+
+    return run
+
+
+@kernel("Dropout", since=1)
+def dropout_old(info):
+    """Dropout before opset 12: ratio is an attribute; in inference (the engine's case) an identity.
+
+    The mask is of the input's type before opset 10 and boolean from 10 on.
+    """
+    xp = info.xp
+    bool_mask = info.opset >= 10
+
+    def run(x):
+        return x, xp.ones(x.shape, dtype=bool if bool_mask else x.dtype)
+
+    return run
+
+
+@kernel("Dropout", since=12, host_inputs=(1, 2))
+def dropout(info):
+    """Identity unless training_mode is true; then the mask keeps each element with probability 1 - ratio.
+
+    With a ``seed`` attribute the mask is reproducible: every run draws from NumPy's legacy generator
+    seeded with it (the same stream ``np.random.seed(seed); np.random.uniform`` gives).
+    """
+    xp = info.xp
+    seed = info.attrs.get("seed")
+    rng = np.random.default_rng() if seed is None else None
+
+    def run(x, ratio=None, training_mode=None):
+        training = training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0])
+        r = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+        if not training or r == 0.0:
+            return x, xp.ones(x.shape, dtype=bool)
+        u = np.random.RandomState(int(seed)).uniform(0.0, 1.0, x.shape) if seed is not None else \
+            rng.uniform(0.0, 1.0, x.shape)
+        mask = xp.asarray(u >= r)
+        scale = 1.0 / (1.0 - r)
+        cdt = _fdt(x.dtype)
+        y = (x.astype(cdt) * mask * cdt.type(scale)).astype(x.dtype)
+        return y, mask
 
     return run

@@ -1,4 +1,5 @@
-"""Reductions: ReduceSum/Mean/Max/Min/Prod/L1/L2/LogSum/LogSumExp/SumSquare, ArgMax/ArgMin.
+"""Reductions: ReduceSum/Mean/Max/Min/Prod/L1/L2/LogSum/LogSumExp/SumSquare, ArgMax/ArgMin, and the running
+forms CumSum/CumProd.
 
 Every Reduce* op exists in two forms: ``axes`` as an attribute (old opsets) and ``axes`` as an
 optional second input with ``noop_with_empty_axes`` (ReduceSum since 13, the others since 18).
@@ -16,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.providers.cpu.registry import array_kernel
+from engineroom.providers.cpu.shape import _axis, _ints
 
 _LOW_FLOATS = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 
@@ -174,3 +176,39 @@ def _arg_factory(info):
 
 
 array_kernel(["ArgMax", "ArgMin"], since=1)(_arg_factory)
+
+
+# --- CumSum / CumProd
+
+def _cumulative(info, op: str, identity: int):
+    xp = info.xp
+    exclusive = int(info.attrs.get("exclusive", 0))
+    reverse = int(info.attrs.get("reverse", 0))
+    scan = getattr(xp, op)
+
+    def run(x, axis):
+        a = _axis(_ints(axis)[0], x.ndim)
+        src = xp.flip(x, axis=a) if reverse else x
+        cs = scan(src, axis=a, dtype=x.dtype)
+        if exclusive:  # shift by one along the axis, the op's identity coming in first
+            out = xp.full_like(cs, identity)
+            dst = [slice(None)] * x.ndim
+            srcs = [slice(None)] * x.ndim
+            dst[a] = slice(1, None)
+            srcs[a] = slice(None, -1)
+            out[tuple(dst)] = cs[tuple(srcs)]
+            cs = out
+        if reverse:
+            cs = xp.ascontiguousarray(xp.flip(cs, axis=a))
+        return (cs,)
+    return run
+
+
+@array_kernel("CumSum", since=11, host_inputs=(1,))
+def cumsum(info):
+    return _cumulative(info, "cumsum", 0)
+
+
+@array_kernel("CumProd", since=26, host_inputs=(1,))
+def cumprod(info):
+    return _cumulative(info, "cumprod", 1)

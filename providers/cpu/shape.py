@@ -1,6 +1,7 @@
 """Shape and layout kernels: Reshape, Transpose, Concat, Split, Slice, Expand, Squeeze/Unsqueeze, Flatten,
 Shape, Size, Constant, ConstantOfShape, Range, Tile, Identity, EyeLike, Trilu, DepthToSpace/SpaceToDepth,
-CenterCropPad, Pad, Compress, ReverseSequence, CumSum, CumProd, OneHot, NonZero, TopK, Unique.
+CenterCropPad, Pad, Compress, ReverseSequence (CumSum/CumProd are in ``reduce``, OneHot/NonZero in ``indexing``,
+TopK/Unique in ``sorting``).
 
 Shape-like inputs (shape, axes, pads, starts, repeats, k, ...) are declared host inputs: they are read as
 Python ints here, and a GPU provider reusing these kernels must not copy them to the device.
@@ -14,7 +15,7 @@ import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
 from engineroom.plugin_sdk.limits import check_tensor_size
-from engineroom.providers.cpu.registry import array_kernel, kernel
+from engineroom.providers.cpu.registry import array_kernel
 
 # --- helpers
 
@@ -526,42 +527,6 @@ def identity(info):
     return run
 
 
-# --- CumSum / CumProd
-
-def _cumulative(info, op: str, identity: int):
-    xp = info.xp
-    exclusive = int(info.attrs.get("exclusive", 0))
-    reverse = int(info.attrs.get("reverse", 0))
-    scan = getattr(xp, op)
-
-    def run(x, axis):
-        a = _axis(_ints(axis)[0], x.ndim)
-        src = xp.flip(x, axis=a) if reverse else x
-        cs = scan(src, axis=a, dtype=x.dtype)
-        if exclusive:  # shift by one along the axis, the op's identity coming in first
-            out = xp.full_like(cs, identity)
-            dst = [slice(None)] * x.ndim
-            srcs = [slice(None)] * x.ndim
-            dst[a] = slice(1, None)
-            srcs[a] = slice(None, -1)
-            out[tuple(dst)] = cs[tuple(srcs)]
-            cs = out
-        if reverse:
-            cs = xp.ascontiguousarray(xp.flip(cs, axis=a))
-        return (cs,)
-    return run
-
-
-@array_kernel("CumSum", since=11, host_inputs=(1,))
-def cumsum(info):
-    return _cumulative(info, "cumsum", 0)
-
-
-@array_kernel("CumProd", since=26, host_inputs=(1,))
-def cumprod(info):
-    return _cumulative(info, "cumprod", 1)
-
-
 # --- Tile
 
 @array_kernel("Tile", since=1, host_inputs=(1, 2))
@@ -801,134 +766,4 @@ def reverse_sequence(info):
         src = src_t.transpose(order).reshape(shp)
         src = xp.broadcast_to(src, x.shape)
         return (xp.take_along_axis(x, src, axis=ta),)
-    return run
-
-
-# --- OneHot / NonZero
-
-@array_kernel("OneHot", since=9, host_inputs=(1,))
-def one_hot(info):
-    xp = info.xp
-    axis = int(info.attrs.get("axis", -1))
-
-    def run(indices, depth, values):
-        d = int(_host(depth).reshape(-1)[0])
-        rank = indices.ndim + 1
-        a = _axis(axis, rank)
-        check_tensor_size((*indices.shape[:a], d, *indices.shape[a:]), values.dtype, info.max_tensor_bytes)
-        idx = indices.astype(np.int64)
-        idx = xp.where(idx < 0, idx + d, idx)
-        # Out-of-range indices give an all-off row (they match no position).
-        shp = [1] * rank
-        shp[a] = d
-        hot = xp.expand_dims(idx, a) == xp.arange(d, dtype=np.int64).reshape(shp)
-        off, on = values.reshape(-1)[0], values.reshape(-1)[1]
-        return (xp.where(hot, on, off).astype(values.dtype, copy=False),)
-    return run
-
-
-@array_kernel("NonZero", since=9)
-def non_zero(info):
-    xp = info.xp
-
-    def run(x):
-        if x.ndim == 0:
-            return (xp.zeros((1, 1 if bool(x) else 0), dtype=np.int64),)
-        nz = xp.nonzero(x)
-        return (xp.stack(nz).astype(np.int64, copy=False) if nz else xp.zeros((0, 0), dtype=np.int64),)
-    return run
-
-
-# --- TopK / Unique
-
-def _topk_sorted(xp, x, k, a, largest):
-    """Top k along axis ``a`` by a full stable sort; ties go to the lower index."""
-    n = x.shape[a]
-    sl = [slice(None)] * x.ndim
-    sl[a] = slice(0, k)
-    if largest:
-        # Stable sort of the reversed axis, read backwards: descending values, ties by lower index.
-        order = xp.flip(xp.argsort(xp.flip(x, axis=a), axis=a, kind="stable"), axis=a)
-        return (n - 1) - order[tuple(sl)]
-    return xp.argsort(x, axis=a, kind="stable")[tuple(sl)]
-
-
-def _topk_partition(xp, x2, k, largest):
-    """Top k of each row of a 2-D array in O(n): partition for the k-th value, then keep everything
-    beyond it plus the lowest-index ties, and sort only those k."""
-    m, n = x2.shape
-    kth = xp.partition(x2, n - k if largest else k - 1, axis=1)[:, n - k if largest else k - 1][:, None]
-    beyond = x2 > kth if largest else x2 < kth
-    tie = x2 == kth
-    need = k - beyond.sum(axis=1, keepdims=True)
-    sel = beyond | (tie & (xp.cumsum(tie, axis=1) <= need))
-    cols = xp.nonzero(sel)[1].reshape(m, k)  # row-major: each row's k columns, ascending
-    vals = xp.take_along_axis(x2, cols, axis=1)
-    return xp.take_along_axis(cols, _topk_sorted(xp, vals, k, 1, largest), axis=1)
-
-
-def _topk(xp, x, k, axis, largest):
-    a = _axis(axis, x.ndim)
-    n = x.shape[a]
-    if k < 0 or k > n:
-        raise ValueError(f"TopK: k={k} is out of range for dimension {n}")
-    if k == 1 and n > 0 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
-        # the best of each row (a CTC decoder's TopK): argmax/argmin, whose ties go to the lower index
-        idx = xp.expand_dims(xp.argmax(x, axis=a) if largest else xp.argmin(x, axis=a), a)
-    elif 0 < k * 8 <= n and n >= 256 and np.dtype(x.dtype).kind in "fiu" and not xp.isnan(x).any():
-        xm = xp.moveaxis(x, a, -1)
-        lead = xm.shape[:-1]
-        idx = _topk_partition(xp, xm.reshape(-1, n), k, largest)
-        idx = xp.moveaxis(idx.reshape(lead + (k,)), -1, a)
-    else:
-        idx = _topk_sorted(xp, x, k, a, largest)
-    idx = idx.astype(np.int64, copy=False)
-    return xp.take_along_axis(x, idx, axis=a), idx
-
-
-@array_kernel("TopK", since=1)
-def topk_v1(info):
-    xp = info.xp
-    k = int(info.attrs["k"])
-    axis = int(info.attrs.get("axis", -1))
-
-    def run(x):
-        return _topk(xp, x, k, axis, True)
-    return run
-
-
-@array_kernel("TopK", since=10, host_inputs=(1,))
-def topk(info):
-    xp = info.xp
-    axis = int(info.attrs.get("axis", -1))
-    largest = int(info.attrs.get("largest", 1))
-
-    def run(x, k):
-        # sorted=0 leaves the order undefined; a sorted result is a valid answer.
-        return _topk(xp, x, _ints(k)[0], axis, largest)
-    return run
-
-
-@kernel("Unique", since=11)
-def unique(info):
-    xp = info.xp
-    axis = info.attrs.get("axis")
-    sorted_ = int(info.attrs.get("sorted", 1))
-
-    def run(x):
-        xh = _host(x)
-        a = None if axis is None else _axis(axis, xh.ndim)
-        src = xh.reshape(-1) if a is None else xh
-        y, first, inverse, counts = np.unique(src, return_index=True, return_inverse=True, return_counts=True, axis=a)
-        inverse = inverse.reshape(-1)
-        if not sorted_:
-            # Order of first occurrence instead of sorted order.
-            order = np.argsort(first, kind="stable")
-            y = np.take(y, order, axis=0 if a is None else a)
-            first, counts = first[order], counts[order]
-            remap = np.empty_like(order)
-            remap[order] = np.arange(order.shape[0])
-            inverse = remap[inverse]
-        i64 = np.int64
-        return tuple(xp.asarray(v) for v in (y, first.astype(i64), inverse.astype(i64), counts.astype(i64)))
     return run

@@ -1,4 +1,5 @@
-"""String ops over object arrays: StringNormalizer, RegexFullMatch, StringConcat, StringSplit.
+"""String and text ops: StringNormalizer, RegexFullMatch, StringConcat, StringSplit over object arrays, and
+TfIdfVectorizer (n-gram counts over integer or string tokens).
 
 Strings are Python ``str`` objects in object arrays (bytes are decoded as UTF-8 on the way in);
 they only ever live on the host, so these kernels use NumPy directly.
@@ -83,5 +84,74 @@ def string_split(info):
         for i, p in enumerate(parts):
             out[i, :len(p)] = p
         return out.reshape(x.shape + (width,)), counts
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# TfIdfVectorizer
+
+
+@kernel("TfIdfVectorizer", since=9)
+def tfidf_vectorizer(info):
+    xp = info.xp
+    a = info.attrs
+    mode = a.get("mode", "TF")
+    min_n, max_n = int(a["min_gram_length"]), int(a["max_gram_length"])
+    max_skip = int(a["max_skip_count"])
+    starts = [int(s) for s in a["ngram_counts"]]
+    out_idx = np.asarray(a["ngram_indexes"], dtype=np.int64)
+    width = int(out_idx.max()) + 1 if out_idx.size else 0
+    weights = np.asarray(a["weights"], dtype=np.float32) if a.get("weights") is not None else \
+        np.ones(out_idx.size, dtype=np.float32)
+    pool = list(a["pool_strings"]) if a.get("pool_strings") is not None else \
+        np.asarray(a["pool_int64s"], dtype=np.int64)
+    is_str = a.get("pool_strings") is not None
+    if any(not 0 <= s <= len(pool) for s in starts) or starts != sorted(starts):
+        raise ValueError(f"TfIdfVectorizer: ngram_counts {starts} must be increasing offsets into the pool of "
+                         f"{len(pool)} entries")
+    # n-gram -> its pool position, one table per n (the pool is laid out 1-grams, 2-grams, ...).
+    tables: dict[int, dict] = {}
+    gram_no = 0
+    for k, s in enumerate(starts):
+        n = k + 1
+        end = starts[k + 1] if k + 1 < len(starts) else len(pool)
+        t = tables.setdefault(n, {})
+        for p in range(s, end, n):
+            key = tuple(pool[p:p + n]) if is_str else tuple(int(v) for v in pool[p:p + n])
+            t[key] = gram_no
+            gram_no += 1
+    # no pool n-gram is longer than the tables' largest n: a huge max_gram_length loops no further
+    max_n = min(max_n, max(tables, default=0))
+
+    def run(x):
+        xh = x
+        one_d = xh.ndim == 1
+        rows = xh.reshape(1, -1) if one_d else xh
+        counts = np.zeros((rows.shape[0], out_idx.size), dtype=np.float32)
+        for n in range(max(min_n, 1), max_n + 1):
+            t = tables.get(n)
+            if not t:
+                continue
+            # 1-grams are counted once: skipping changes nothing about a single item.
+            for skip in range(0, (max_skip if n > 1 else 0) + 1):
+                step = skip + 1
+                span = (n - 1) * step + 1
+                if span > rows.shape[1]:
+                    break
+                for r in range(rows.shape[0]):
+                    row = rows[r].tolist()
+                    for st in range(0, rows.shape[1] - span + 1):
+                        g = t.get(tuple(row[st:st + span:step]))
+                        if g is not None:
+                            counts[r, g] += 1
+        if mode == "IDF":
+            counts = np.minimum(counts, 1) * weights
+        elif mode == "TFIDF":
+            counts = counts * weights
+        out = np.zeros((rows.shape[0], width), dtype=np.float32)
+        # Several pool entries may share an output coordinate: accumulate.
+        np.add.at(out, (slice(None), out_idx), counts)
+        return (xp.asarray(out[0] if one_d else out),)
 
     return run
