@@ -37,8 +37,8 @@ _LAZY = {
     "InferenceSession": ("engineroom.session", "InferenceSession"),
     "ModelMetadata": ("engineroom.session", "ModelMetadata"),
     "NodeArg": ("engineroom.session", "NodeArg"),
-    "IOBinding": ("engineroom.values", "IOBinding"),
-    "SessionIOBinding": ("engineroom.values", "IOBinding"),  # onnxruntime's C-level binding class
+    "IOBinding": ("engineroom.iobinding", "IOBinding"),
+    "SessionIOBinding": ("engineroom.iobinding", "IOBinding"),  # onnxruntime's C-level binding class
     "OrtValue": ("engineroom.values", "OrtValue"),
 }
 

@@ -1,8 +1,10 @@
-"""Stages 6–7: copies across devices, kernels created once, and the flat plan the executor walks.
+"""Stages 6–7: copies across devices, kernels created once, and the flat plan the executor
+(``engineroom.executor``) walks.
 
-A plan is a list of steps ``(callable, input slots, output slots, slots to release)`` over one list
-of value slots. Slot 0 always holds None (absent optional inputs); constants are prefilled in the
-template; every other slot is released right after its last use.
+A plan is a list of :class:`Step` records (callable, input slots, output slots, slots to release,
+kind: kernel, compiled group or copy) over one list of value slots. Slot 0 always holds None (absent
+optional inputs); constants are prefilled in the template; every other slot is released right after
+its last use.
 
 Copy steps pass a value through when the target provider already ``holds`` it, so a graph input fed
 already on the device that reads it (IOBinding) is not copied. A plan whose outputs end on devices
@@ -11,15 +13,14 @@ rather than on the host (IOBinding outputs bound to a device) is derived from th
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import onnx_ir as ir
 
-from engineroom.errors import Fail, InvalidGraph, NotImplemented, RuntimeException
+from engineroom.errors import Fail, InvalidGraph, NotImplemented
+from engineroom.executor import Executor, Subgraph
 from engineroom.partition import Partition, assign, group
 from engineroom.plugin_sdk import (
     CPU,
@@ -38,61 +39,6 @@ from engineroom.views import node_view, tensor_to_numpy
 NONE_SLOT = 0
 
 
-class _NotStopped:
-    terminate = False
-
-
-_NOT_STOPPED = _NotStopped()
-# What the run in progress on this thread was given (RunOptions, Profiler), read once per plan run, so
-# subgraph plans (Loop / Scan / If bodies) see them too. Set by the session around a run.
-class _Running(threading.local):
-    # defaults as class attributes: measured ~0.7 us less per plan run (every Loop iteration) than reading
-    # a plain threading.local's attributes with getattr(..., None)
-    options = None
-    profiler = None
-
-
-running = _Running()
-
-
-def terminated() -> Fail:
-    err = Fail("Exiting due to terminate flag being set to true.")
-    err._located = True
-    return err
-
-
-RUN_TIMEOUT_KEY = "run.timeout_ms"
-
-
-class Deadline:
-    """A run's RunOptions with a time limit (run config ``run.timeout_ms``): the plan reads ``terminate``
-    before every step, and past the deadline that read raises the timeout error."""
-
-    __slots__ = ("_options", "_at", "_ms")
-
-    def __init__(self, options, ms: float):
-        import time
-
-        self._options, self._ms = options, ms
-        self._at = time.monotonic() + ms / 1000.0
-
-    def __getattr__(self, name: str):
-        return getattr(self._options, name)
-
-    @property
-    def terminate(self) -> bool:
-        import time
-
-        if self._options.terminate:
-            return True
-        if time.monotonic() > self._at:
-            err = Fail(f"Exiting because the run took longer than its time limit of {self._ms:g} ms "
-                       f"(run config '{RUN_TIMEOUT_KEY}')")
-            err._located = True
-            raise err
-        return False
-
-
 class Unclaimed(Exception):
     """Nodes no provider claimed (the session may expand function ops and try again)."""
 
@@ -102,17 +48,37 @@ class Unclaimed(Exception):
         self.views = views
 
 
+# What a step is, for what reads the plan (errors, profiles, IOBinding's device reads, `inspect --html`).
+KERNEL = "kernel"       # one node, run by its provider's kernel
+COMPILED = "compiled"   # a group of nodes a compiling provider made into one callable
+COPY = "copy"           # a value moved between devices (``route``: source and target providers)
+
+
+class Step(NamedTuple):
+    """One step of a plan: ``fn(*values of ins)`` returns the values of ``outs`` (a tuple); the slots in
+    ``release`` are emptied after it (their last reader)."""
+
+    fn: Callable
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    release: tuple[int, ...]
+    kind: str                               # KERNEL, COMPILED or COPY
+    label: str                              # names the step in error messages
+    info: tuple[str, str, str]              # (node name, op type, provider) as profiles name it
+    route: tuple | None = None              # a COPY's (source provider, target provider)
+
+
 @dataclass
 class Plan:
-    """The flat program of one graph (the main graph or a subgraph)."""
+    """The flat program of one graph (the main graph or a subgraph); :meth:`run` hands it to its
+    :class:`~engineroom.executor.Executor`, made once here."""
 
     template: list
     input_names: list[str]
     input_slots: list[int]
     output_names: list[str]
     output_slots: list[int]
-    steps: list[tuple]                  # (fn, in_slots, out_slots, release_slots)
-    labels: list[str]                   # per step, for error messages
+    steps: list[Step]
     partitions: list[Partition]
     n_copies: int
     notes: list[str] = field(default_factory=list)
@@ -121,27 +87,32 @@ class Plan:
     output_homes: list[Device] = field(default_factory=list)
     output_devices: list[Device] = field(default_factory=list)
     devices: dict[Device, ExecutionProvider] = field(default_factory=dict)   # a provider per device
-    infos: list[tuple[str, str, str]] = field(default_factory=list)   # per step (name, op type, provider), profiling
 
     def __post_init__(self) -> None:
-        # The executor's form of each step: an itemgetter for the inputs, the single output slot
-        # when there is one, the releases or None. Half the per-step cost of the plain form.
-        self._fast = [(fn, itemgetter(*ins) if ins else _no_inputs, len(ins) != 1,
-                       outs[0] if len(outs) == 1 else None, outs, rel or None)
-                      for fn, ins, outs, rel in self.steps]
         if not self.output_devices:
             self.output_devices = [CPU] * len(self.output_slots)
         self.input_devices = self._input_devices()
+        self.executor = Executor(self.template, self.input_slots, self.output_slots, self.steps)
+
+    @property
+    def labels(self) -> list[str]:
+        return [st.label for st in self.steps]
+
+    @property
+    def infos(self) -> list[tuple[str, str, str]]:
+        return [st.info for st in self.steps]
+
+    def run(self, feeds: list) -> list:
+        return self.executor.run(feeds)
 
     def _input_devices(self) -> list[frozenset[Device]]:
         """Per input, the devices it is read on: a copy step's target, the host for any other step
         (and for an input returned as an output, the device that output is returned on)."""
         reads: dict[int, set[Device]] = {s: set() for s in self.input_slots}
-        for fn, ins, _, _ in self.steps:
-            route = getattr(fn, "route", None)
-            for s in ins:
+        for st in self.steps:
+            for s in st.ins:
                 if s in reads:
-                    reads[s].add(route[1].device if route is not None else CPU)
+                    reads[s].add(st.route[1].device if st.kind == COPY else CPU)
         for s, dev in zip(self.output_slots, self.output_devices):
             if s in reads:
                 reads[s].add(dev)
@@ -152,9 +123,7 @@ class Plan:
         on that device when there is one (its copy to the host is dropped if nothing else reads it),
         else one copy from where the output is produced. Kernels are shared with this plan."""
         template = list(self.template)
-        steps = [(fn, ins, outs) for fn, ins, outs, _ in self.steps]
-        labels = list(self.labels)
-        infos = list(self.infos)
+        steps = list(self.steps)
         out_slots = list(self.output_slots)
         out_devs = list(self.output_devices)
         for i, dev in devices.items():
@@ -165,83 +134,16 @@ class Plan:
                 home = self.output_homes[i]
                 template.append(None)
                 s = len(template) - 1
-                steps.append((_copy_fn(self.devices[home], self.devices[dev]), (places[home],), (s,)))
-                labels.append(f"copy of output '{self.output_names[i]}' from {home} to {dev}")
-                infos.append(_copy_info(self.output_names[i], self.devices[home], self.devices[dev]))
+                steps.append(_copy_step(self.devices[home], self.devices[dev], places[home], s,
+                                        self.output_names[i], f"copy of output '{self.output_names[i]}'"))
             out_slots[i] = s
             out_devs[i] = dev
-        read = {s for _, ins, _ in steps for s in ins} | set(out_slots)
-        kept = [k for k, (fn, _, outs) in enumerate(steps)
-                if getattr(fn, "route", None) is None or any(o in read for o in outs)]
-        steps = _with_releases([(*steps[k], ()) for k in kept], set(out_slots))
+        read = {s for st in steps for s in st.ins} | set(out_slots)
+        steps = _with_releases([st for st in steps if st.kind != COPY or any(o in read for o in st.outs)],
+                               set(out_slots))
         return Plan(template, self.input_names, self.input_slots, self.output_names, out_slots, steps,
-                    [labels[k] for k in kept], self.partitions,
-                    sum(getattr(fn, "route", None) is not None for fn, *_ in steps), self.notes,
-                    self.output_places, self.output_homes, out_devs, self.devices, [infos[k] for k in kept])
-
-    def run(self, feeds: list) -> list:
-        vals = self.template.copy()
-        for s, v in zip(self.input_slots, feeds):
-            vals[s] = v
-        # RunOptions.terminate is read before every step (a plain attribute read), so another thread can stop
-        # a run in progress; profiling takes its own timed loop, so this one stays as it is when it is off
-        stop = getattr(running, "options", None) or _NOT_STOPPED
-        i = -1
-        try:
-            profiler = getattr(running, "profiler", None)
-            if profiler is not None:
-                from engineroom.profiling import run_profiled
-
-                try:
-                    run_profiled(self, vals, profiler, stop)
-                except Exception as e:
-                    i = getattr(e, "_step", -1)
-                    raise
-                return [vals[s] for s in self.output_slots]
-            for i, (fn, get, many, out1, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
-                if stop.terminate:
-                    raise terminated()
-                res = fn(*get(vals)) if many else fn(get(vals))
-                if out1 is not None:
-                    vals[out1] = res[0]
-                else:
-                    for s, r in zip(outs, res):
-                        vals[s] = r
-                if rel is not None:
-                    for s in rel:
-                        vals[s] = None
-        except Exception as e:
-            if isinstance(e, (RuntimeException, Fail, NotImplemented)) and getattr(e, "_located", False):
-                raise
-            err = RuntimeException(f"Non-zero status code returned while running {self.labels[i]}: "
-                                   f"{type(e).__name__}: {e}")
-            err._located = True
-            raise err from e
-        return [vals[s] for s in self.output_slots]
-
-
-def _no_inputs(vals) -> tuple:
-    return ()
-
-
-class Subgraph:
-    """A planned graph attribute of a control-flow node: ``sub(inputs, outer) -> outputs``."""
-
-    def __init__(self, plan: Plan, outer_names: list[str]):
-        self.plan = plan
-        self.input_names = plan.input_names[: len(plan.input_names) - len(outer_names)]
-        self.output_names = plan.output_names
-        self.outer_names = outer_names
-        # per input, whether the body reads it (a Loop need not make an iteration number nobody reads)
-        read = {s for _, ins, _, _ in plan.steps for s in ins} | set(plan.output_slots)
-        self.reads_input = [s in read for s in plan.input_slots]
-
-    def __call__(self, inputs: list, outer: list = ()) -> list:
-        if not self.plan.steps:  # a body with no steps still stops (a Loop over it can run 2**63 times)
-            stop = getattr(running, "options", None)
-            if stop is not None and stop.terminate:
-                raise terminated()
-        return self.plan.run([*inputs, *outer])
+                    self.partitions, sum(st.kind == COPY for st in steps), self.notes,
+                    self.output_places, self.output_homes, out_devs, self.devices)
 
 
 def free_names(graph: ir.Graph) -> list[str]:
@@ -350,9 +252,7 @@ class PlanBuilder:
             loc[name] = {CPU: s}
             home[name] = CPU
 
-        steps: list[tuple] = []
-        labels: list[str] = []
-        infos: list[tuple[str, str, str]] = []
+        steps: list[Step] = []
         n_copies = 0
         graph_outs = {v.name for v in graph.outputs}
         readers: dict[str, set[int]] = {}
@@ -377,9 +277,7 @@ class PlanBuilder:
                 s = new_slot(dst.to_device(consts[name]))
             else:
                 s = new_slot()
-                steps.append((_copy_fn(src, dst), (places[src_dev],), (s,), ()))
-                labels.append(f"copy of '{name}' from {src_dev} to {dev}")
-                infos.append(_copy_info(name, src, dst))
+                steps.append(_copy_step(src, dst, places[src_dev], s, name, f"copy of '{name}'"))
                 n_copies += 1
             places[dev] = s
             return s
@@ -398,8 +296,7 @@ class PlanBuilder:
             if part.compiled:
                 needed = {nm for v in part.nodes for nm in v.output_names
                           if nm in graph_outs or readers.get(nm, set()) - {k}}
-                self._emit_compiled(part, prov, consts, needed, slot_on, define, steps, labels)
-                infos.append((f"{prov.name}_subgraph_{k}", f"{prov.name}_subgraph", prov.name))
+                self._emit_compiled(part, k, prov, consts, needed, slot_on, define, steps)
                 continue
             for v in part.nodes:
                 host_in = set(prov.host_input_indices(v))
@@ -408,18 +305,17 @@ class PlanBuilder:
                 ins += tuple(slot_on(nm, CPU) for nm in outer_nm)
                 fn = self._kernel(prov, v, nodes[v.index], outer_nm)
                 outs = tuple(define(nm, dev) for nm in v.output_names)
-                steps.append((fn, ins, outs, ()))
-                labels.append(f"{v.describe()} on {prov.name}")
-                infos.append((v.name or f"{v.op_type}_{v.index}", v.op_type, prov.name))
+                steps.append(Step(fn, ins, outs, (), KERNEL, f"{v.describe()} on {prov.name}",
+                                  (v.name or f"{v.op_type}_{v.index}", v.op_type, prov.name)))
 
         out_names = [v.name for v in graph.outputs]
         out_slots = [slot_on(nm, CPU) for nm in out_names]
         steps = _with_releases(steps, set(out_slots))
-        return Plan(template, [*input_names, *outer_names], in_slots, out_names, out_slots, steps, labels,
+        return Plan(template, [*input_names, *outer_names], in_slots, out_names, out_slots, steps,
                     parts, n_copies, notes, [loc[nm] for nm in out_names], [home[nm] for nm in out_names],
-                    [CPU] * len(out_names), dict(self.by_device), infos)
+                    [CPU] * len(out_names), dict(self.by_device))
 
-    def _emit_compiled(self, part, prov, consts, needed, slot_on, define, steps, labels) -> None:
+    def _emit_compiled(self, part, k, prov, consts, needed, slot_on, define, steps) -> None:
         inside = {o for v in part.nodes for o in v.output_names if o}
         ins: dict[str, None] = {}
         inits: dict[str, np.ndarray] = {}
@@ -446,8 +342,9 @@ class PlanBuilder:
                        f"({', '.join(sorted({v.op_type for v in part.nodes}))}): {type(e).__name__}: {e}") from e
         in_slots = tuple(slot_on(nm, prov.device) for nm in ins)
         out_slots = tuple(define(nm, prov.device) for nm in outs)
-        steps.append((fn, in_slots, out_slots, ()))
-        labels.append(f"compiled group of {len(part.nodes)} nodes on {prov.name}")
+        steps.append(Step(fn, in_slots, out_slots, (), COMPILED,
+                          f"compiled group of {len(part.nodes)} nodes on {prov.name}",
+                          (f"{prov.name}_subgraph_{k}", f"{prov.name}_subgraph", prov.name)))
 
     def _kernel(self, prov: ExecutionProvider, v: NodeView, node: ir.Node, outer_nm: list[str]) -> Callable:
         extra = {}
@@ -475,17 +372,18 @@ class PlanBuilder:
         return sub.build(g, outer_nm)
 
 
-def _copy_fn(src: ExecutionProvider, dst: ExecutionProvider) -> Callable:
-    """A copy step from ``src``'s device to ``dst``'s; a value ``dst`` already holds passes through
-    (a graph input bound on the device that reads it). ``route`` marks the step as a copy."""
+def _copy_step(src: ExecutionProvider, dst: ExecutionProvider, from_slot: int, to_slot: int, name: str,
+               what: str) -> Step:
+    """A copy of value ``name`` from ``src``'s device to ``dst``'s; a value ``dst`` already holds passes
+    through (a graph input bound on the device that reads it)."""
     holds = dst.holds
     move = src.copy
 
     def copy(value):
         return (value if holds(value) else move(value, dst),)
 
-    copy.route = (src, dst)
-    return copy
+    return Step(copy, (from_slot,), (to_slot,), (), COPY, f"{what} from {src.device} to {dst.device}",
+                _copy_info(name, src, dst), (src, dst))
 
 
 def _copy_info(name: str, src: ExecutionProvider, dst: ExecutionProvider) -> tuple[str, str, str]:
@@ -497,19 +395,19 @@ def _copy_info(name: str, src: ExecutionProvider, dst: ExecutionProvider) -> tup
     return f"Memcpy_{name}_{src.device}_to_{dst.device}", "Memcpy", dst.name
 
 
-def _with_releases(steps: list[tuple], keep: set[int]) -> list[tuple]:
-    """Attach to each step the slots whose last reader it is (and outputs nobody reads)."""
+def _with_releases(steps: list[Step], keep: set[int]) -> list[Step]:
+    """Each step with the slots whose last reader it is (and its outputs nobody reads) to release."""
     last: dict[int, int] = {}
-    for i, (_, ins, outs, _) in enumerate(steps):
-        for s in outs:
+    for i, st in enumerate(steps):
+        for s in st.outs:
             last[s] = i
-        for s in ins:
+        for s in st.ins:
             last[s] = i
     rel: list[list[int]] = [[] for _ in steps]
     for s, i in last.items():
         if s != NONE_SLOT and s not in keep:
             rel[i].append(s)
-    return [(fn, ins, outs, tuple(r)) for (fn, ins, outs, _), r in zip(steps, rel)]
+    return [st._replace(release=tuple(r)) for st, r in zip(steps, rel)]
 
 
 def type_string(dtype) -> str:

@@ -11,7 +11,8 @@ read it:
   ``activation_size`` and ``output_size`` (bytes). Copy steps between devices appear as onnxruntime's
   ``MemcpyFromHost`` / ``MemcpyToHost`` nodes; a group compiled by a provider as one node named after it.
 
-Profiling off costs nothing: the plan's ordinary loop runs; a profiled run takes a separate, timed loop.
+Profiling off costs nothing: the executor's ordinary loop runs; a profiled run takes its separate, timed loop
+(``engineroom.executor``), which reports each step here.
 """
 from __future__ import annotations
 
@@ -110,32 +111,3 @@ class StepLogger:
         self._log.debug("%sstep %d: %s (%s) on %s, %.3f ms, outputs %s", self._prefix, index, name, op_type, provider,
                         (end_ns - start_ns) / 1e6, [_type_shape(v) for v in outputs])
 
-
-def run_profiled(plan, vals: list, profiler: Profiler, run_options) -> None:
-    """The plan's steps over ``vals`` (inputs already placed), each timed into ``profiler``; honours
-    ``run_options.terminate`` as the ordinary loop does. Raises what a step raises, with the step's index in
-    ``exc._step``."""
-    from engineroom.plan import terminated
-
-    infos = plan.infos
-    perf = time.perf_counter_ns
-    for i, (fn, get, many, out1, outs, rel) in enumerate(plan._fast):
-        if run_options.terminate:
-            raise terminated()
-        args = get(vals)
-        t0 = perf()
-        try:
-            res = fn(*args) if many else fn(args)
-        except Exception as e:
-            e._step = i
-            raise
-        t1 = perf()
-        profiler.node_event(infos[i], i, t0, t1, args if many else (args,), res)
-        if out1 is not None:
-            vals[out1] = res[0]
-        else:
-            for s, r in zip(outs, res):
-                vals[s] = r
-        if rel is not None:
-            for s in rel:
-                vals[s] = None

@@ -16,6 +16,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from engineroom.plan import COPY
+
 _PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7",
             "#86bcb6", "#8cd17d", "#d4a6c8", "#bab0ac"]
 _FIXED = {"CPUExecutionProvider": "#4e79a7", "OpenCLExecutionProvider": "#f28e2b",
@@ -44,13 +46,12 @@ def planned_copies(sess) -> list[Copy]:
     """The copies the session's plan inserted between devices in the main graph, in execution order."""
     plan = sess._plan   # the plan is the only record of copies; no onnxruntime API reports them
     out = []
-    for (fn, *_), label in zip(plan.steps, plan.labels):
-        route = getattr(fn, "route", None)
-        if route is None:
+    for st in plan.steps:
+        if st.kind != COPY:
             continue
-        m = re.match(r"copy of (?:output )?'(.*)' from ", label)
-        src, dst = route
-        out.append(Copy(m.group(1) if m else label, src.name, dst.name, str(src.device), str(dst.device)))
+        m = re.match(r"copy of (?:output )?'(.*)' from ", st.label)
+        src, dst = st.route
+        out.append(Copy(m.group(1) if m else st.label, src.name, dst.name, str(src.device), str(dst.device)))
     return out
 
 

@@ -2,7 +2,6 @@
 load → check & infer → optimize → partition → group & copy → plan → run."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -24,16 +23,17 @@ from engineroom.errors import (
     NotImplemented,
     RuntimeException,
 )
+from engineroom.executor import RUN_TIMEOUT_KEY, Deadline, execute
+from engineroom.feeds import Feeds, to_numpy
 from engineroom.functions import expand_functions
+from engineroom.iobinding import IOBinding, SessionBinding
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic, optimize_extended
 from engineroom.options import RunOptions, SessionOptions
-from engineroom.plan import RUN_TIMEOUT_KEY, Deadline, Plan, PlanBuilder, Unclaimed, type_string
-from engineroom.plan import running as _running
-from engineroom.plugin_sdk import Device, ExecutionProvider
-from engineroom.plugin_sdk.binding import bound_outputs
+from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
+from engineroom.plugin_sdk import ExecutionProvider
 from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
-from engineroom.values import IOBinding, OrtValue
+from engineroom.values import OrtValue
 from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
 
 log = logging.getLogger("engineroom")
@@ -98,68 +98,6 @@ def _node_arg(v: ir.Value) -> NodeArg:
     return NodeArg(v.name, _type_string(v), dims)
 
 
-class _InputCheck:
-    """What a feed must be for one graph input, decided once at session creation."""
-
-    def __init__(self, v: ir.Value):
-        self.name = v.name
-        self.is_tensor = isinstance(v.type, ir.TensorType)
-        self.dtype = value_dtype(v)
-        shape = value_shape(v)
-        self.rank = None if shape is None else len(shape)
-        self.fixed = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
-
-    def check(self, x: Any, on_device: bool = False) -> Any:
-        """``x`` as the plan takes it, or InvalidArgument. With ``on_device``, an array on a device
-        (anything with ``dtype`` and ``shape``: CuPy, pyopencl) is checked and kept where it is."""
-        if isinstance(x, OrtValue):
-            x = x._value if x._provider is None or on_device else x._provider.to_host(x._value)
-        if not self.is_tensor:
-            return x
-        if not isinstance(x, np.ndarray) and not (on_device and hasattr(x, "dtype") and hasattr(x, "shape")):
-            x = self._convert(x)
-        if self.dtype is not None and x.dtype != self.dtype and not (self.dtype.kind == "O" and x.dtype.kind in "OUS"):
-            raise InvalidArgument(f"Unexpected input data type for input '{self.name}'. "
-                                  f"Actual: ({type_string(x.dtype)}) , expected: ({type_string(self.dtype)})")
-        if self.dtype is not None and self.dtype.kind == "O" and x.dtype.kind in "US":
-            x = x.astype(object)
-        if self.rank is not None:
-            if len(x.shape) != self.rank:
-                raise InvalidArgument(f"Invalid rank for input: {self.name} Got: {len(x.shape)} "
-                                      f"Expected: {self.rank} Please fix either the inputs/outputs or the model.")
-            bad = [(i, x.shape[i], d) for i, d in self.fixed if x.shape[i] != d]
-            if bad:
-                lines = "".join(f" index: {i} Got: {g} Expected: {d}\n" for i, g, d in bad)
-                raise InvalidArgument(f"Got invalid dimensions for input: {self.name} for the following indices\n"
-                                      f"{lines} Please fix either the inputs/outputs or the model.")
-        return x
-
-    def _convert(self, x: Any) -> np.ndarray:
-        """A feed that is not an array, as onnxruntime takes it: a list becomes an array of the input's element
-        type; None, scalars and other objects are refused with onnxruntime's messages (RuntimeError kinds)."""
-        if isinstance(x, list):
-            try:
-                return np.asarray(x, dtype=self.dtype) if self.dtype is not None else np.asarray(x)
-            except (ValueError, TypeError) as e:
-                raise Fail(f"Could not create tensor from given input list for input '{self.name}': {e}") from None
-        if x is None:
-            raise Fail(f"Missing Input: {self.name} (the feed's value is None; a tensor input needs an array)")
-        if isinstance(x, (bool, int, float, complex, np.generic)):
-            raise Fail(f"Unable to handle object of type {type(x)} for input '{self.name}': pass a numpy array "
-                       f"or a list (onnxruntime takes no scalars)")
-        if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
-            return np.asarray(x)
-        raise Fail(f"Input must be a list of dictionaries or a single numpy array for input '{self.name}'.")
-
-
-def _same_memory(a: Any, b: Any) -> bool:
-    """True when ``a`` and ``b`` are one array's memory (same start, shape, dtype, strides)."""
-    if a is b:
-        return True
-    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
-            and a.strides == b.strides and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
 _blas_threads: list[int] = []   # what intra_op_num_threads last set the BLAS pool to
 
 
@@ -203,7 +141,6 @@ class InferenceSession:
     def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
                  providers: Sequence | None = None, provider_options: Sequence[dict] | None = None, **kwargs):
         self._sess_options = sess_options or SessionOptions()
-        self._lock = threading.Lock()
         so = self._sess_options
         self._model_source = path_or_bytes
         self._fallback = int(kwargs.pop("enable_fallback", 1)) == 1   # onnxruntime's keyword arguments
@@ -241,19 +178,17 @@ class InferenceSession:
         self._inputs_all = list(graph.inputs)
         self._inputs = [v for v in self._inputs_all if v.name not in init_names]
         self._overridable = [v for v in self._inputs_all if v.name in init_names]
-        self._checks = {v.name: _InputCheck(v) for v in self._inputs_all}
-        self._defaults = {v.name: v.const_value for v in self._overridable}
         self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
         if int(so.graph_optimization_level) >= 1:
             optimize_basic(self._model, self._cpu_for_folding())
         self._plan = self._build_plan()
         # after the level-2 fusions, which replace the values of the outputs they rewrite
         self._outputs = list(self._model.graph.outputs)
-        self._variants: dict[tuple, Plan] = {}   # plans whose outputs end on devices (IOBinding)
         if so.optimized_model_filepath:
             save_model(self._model, so.optimized_model_filepath)
-        self._out_index = {nm: i for i, nm in enumerate(self._plan.output_names)}
-        self._in_order = [v.name for v in self._inputs_all]
+        self._feeds = Feeds(self._inputs_all, {v.name: v.const_value for v in self._overridable},
+                            self._plan.output_names)
+        self._binding = SessionBinding(self._feeds, self._providers, self._plan, self._profiler, so.logid)
         self._log_placement()
         _set_blas_threads(int(so.intra_op_num_threads))
         from engineroom.compat.session_options import log_no_effect
@@ -447,7 +382,7 @@ class InferenceSession:
             if not (isinstance(e, EPFail) or isinstance(e.__cause__, EPFail)) or not self._retry_on_cpu():
                 raise
             outs = self._run(output_names, input_feed, run_options)
-        return [self._to_numpy(v) for v in outs]
+        return [to_numpy(v) for v in outs]
 
     # -- onnxruntime's session API beyond run (profiling, fallback, providers, async) --------------------------
     def end_profiling(self) -> str:
@@ -503,7 +438,7 @@ class InferenceSession:
     def get_input_memory_infos(self) -> list:
         from engineroom.memory_info import OrtMemoryInfo
 
-        reads = dict(zip(self._in_order, self._plan.input_devices))
+        reads = dict(zip(self._feeds.order, self._plan.input_devices))
         return [OrtMemoryInfo.for_devices(reads[v.name]) for v in self._inputs]
 
     def get_output_memory_infos(self) -> list:
@@ -516,7 +451,7 @@ class InferenceSession:
         from engineroom.devices import get_ep_devices
 
         eps = get_ep_devices()
-        reads = dict(zip(self._in_order, self._plan.input_devices))
+        reads = dict(zip(self._feeds.order, self._plan.input_devices))
         out = []
         for v in self._inputs:
             dev = next((d for d in reads[v.name] if not d.is_host), None)
@@ -528,7 +463,7 @@ class InferenceSession:
     def create_ortvalue_from_shape_and_type(self, shape, element_type, device_type: str, device_id: int = 0,
                                             vendor_id: int = -1) -> OrtValue:
         """An uninitialised OrtValue on one of this session's devices (the host, or a provider's device)."""
-        prov = self._provider_on(device_type, device_id)
+        prov = self._binding.provider_on(device_type, device_id)
         if isinstance(element_type, int) and not isinstance(element_type, bool):
             from engineroom.plugin_sdk import np_dtype
 
@@ -552,206 +487,23 @@ class InferenceSession:
     def run_with_ort_values(self, output_names, input_dict_ort_values: dict,
                             run_options: RunOptions | None = None) -> list[OrtValue]:
         outs = self._run(output_names, input_dict_ort_values, run_options)
-        return [OrtValue(self._to_numpy(v)) for v in outs]
+        return [OrtValue(to_numpy(v)) for v in outs]
 
     def io_binding(self) -> IOBinding:
         return IOBinding(self)
 
     def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
-        """Run with ``iobinding``'s inputs; its outputs (``get_outputs()``) end where they were bound.
-
-        A device-bound input read only on its device passes the plan's copy step untouched; one read
-        elsewhere too is brought to the host once. Outputs bound to a device run a variant of the plan
-        whose outputs stay there (built once per set of output devices, sharing the kernels); outputs
-        not bound are not copied anywhere.
-        """
-        if run_options is not None and run_options.terminate:
-            raise Fail("Exiting due to terminate flag being set to true.")
-        bound_out = iobinding._outputs
-        if not bound_out:
-            raise InvalidArgument("At least one output should be requested.")
-        idx = [self._out_index[nm] for nm in bound_out]
-        # outputs bound to a device end there; outputs not bound stay where they are produced
-        on_device = {i: home for i, home in enumerate(self._plan.output_homes) if not home.is_host}
-        for i, (p, _) in zip(idx, bound_out.values()):
-            if p is not None and p.device in self._plan.devices and not p.device.is_host:
-                on_device[i] = p.device
-            else:
-                on_device.pop(i, None)
-        plan = self._plan_with_outputs_on(on_device) if on_device else self._plan
-        feeds = self._feeds(iobinding._inputs, plan)
-        # host buffers bound to outputs are shown to the kernels, which may write them in place
-        # (GroupQueryAttention's KV cache shared by past and present: plugin_sdk.binding)
-        in_place = {nm: t._value for nm, (p, t) in bound_out.items()
-                    if t is not None and (p is None or p.device.is_host) and isinstance(t._value, np.ndarray)}
-        with bound_outputs(in_place):
-            outs = self._execute(plan, feeds, run_options) if (
-                run_options is not None or self._profiler is not None) else plan.run(feeds)
-        results = []
-        for i, (nm, (prov, target)) in zip(idx, bound_out.items()):
-            v = outs[i]
-            if prov is None or prov.device.is_host:
-                v = self._to_numpy(self._on_host(v))
-            elif not prov.holds(v):
-                v = prov.to_device(self._on_host(v))
-            if target is None:
-                results.append(OrtValue(v, None if prov is None or prov.device.is_host else prov))
-                continue
-            dst = target._value
-            if tuple(dst.shape) != tuple(v.shape) or np.dtype(dst.dtype) != np.dtype(v.dtype):
-                raise InvalidArgument(f"output '{nm}' is {type_string(v.dtype)} of shape {list(v.shape)}; the "
-                                      f"bound buffer is {type_string(dst.dtype)} of shape {list(dst.shape)}")
-            if not _same_memory(dst, v):       # a kernel that wrote the bound buffer left nothing to copy
-                dst[...] = v
-            results.append(target)
-        if run_options is None or run_options._config.get("disable_synchronize_execution_providers") != "1":
-            for p in {id(p): p for p, _ in bound_out.values() if p is not None}.values():
-                p.synchronize()
-        iobinding._results = results
-
-    def _plan_with_outputs_on(self, devices: dict[int, Any]) -> Plan:
-        key = tuple(sorted(devices.items(), key=lambda kv: kv[0]))
-        plan = self._variants.get(key)
-        if plan is None:
-            with self._lock:
-                plan = self._variants.get(key)
-                if plan is None:
-                    plan = self._variants[key] = self._plan.with_output_devices(devices)
-        return plan
-
-    def _check_bound_input(self, name: str, value: Any) -> Any:
-        check = self._checks.get(name)
-        if check is None:
-            raise InvalidArgument(f"Invalid input name: {name}")
-        return check.check(value, on_device=True)
-
-    def _output_index(self, name: str) -> int:
-        try:
-            return self._out_index[name]
-        except KeyError:
-            raise InvalidArgument(f"Invalid output name: {name}") from None
-
-    def _provider_on(self, device_type: str, device_id: int, session_only: bool = True):
-        """This session's provider on a device (None for the host), or InvalidArgument."""
-        dev = Device(str(device_type).lower(), int(device_id))
-        if dev.is_host:
-            return None
-        for p in self._providers:
-            if p.device == dev:
-                return p
-        if not session_only:
-            from engineroom.values import _provider_for_device
-
-            return _provider_for_device(dev.type, dev.id)
-        have = ", ".join(dict.fromkeys(str(p.device) for p in self._providers))
-        raise InvalidArgument(f"no provider of this session runs on device '{dev}'; its devices: {have}")
-
-    def _wrap_pointer(self, device_type: str, device_id: int, element_type, shape, pointer) -> tuple:
-        """(provider or None, a value over ``pointer``) for IOBinding's ``buffer_ptr``, without a copy."""
-        dtype = np.dtype(element_type)
-        shape = tuple(int(d) for d in shape)
-        provider = self._provider_on(device_type, device_id, session_only=False)
-        if provider is None:
-            n = int(np.prod(shape, dtype=np.int64))
-            if n == 0:
-                return None, np.empty(shape, dtype)
-            buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(int(pointer))
-            return None, np.frombuffer(buf, dtype=dtype, count=n).reshape(shape)
-        try:
-            return provider, provider.from_pointer(int(pointer), shape, dtype)
-        except NotImplementedError as e:
-            raise InvalidArgument(str(e)) from None
-
-    def _on_host(self, v: Any) -> Any:
-        if v is None or isinstance(v, (np.ndarray, list, dict)):
-            return v
-        for p in self._plan.devices.values():
-            if not p.device.is_host and p.holds(v):
-                return p.to_host(v)
-        return np.asarray(v)
+        """Run with ``iobinding``'s inputs; its outputs (``get_outputs()``) end where they were bound
+        (``iobinding.SessionBinding.run``)."""
+        self._binding.run(iobinding, _with_deadline(run_options))
 
     # -- running --------------------------------------------------------------------------------
     def _run(self, output_names, input_feed, run_options) -> list:
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
-        if not isinstance(input_feed, dict):
-            raise InvalidArgument(f"input_feed must be a dict of input name to value, got {type(input_feed).__name__}")
-        idx = self._output_indices(output_names)
-        feeds = []
-        for name in self._in_order:
-            if name in input_feed:
-                feeds.append(self._checks[name].check(input_feed[name]))
-            elif name in self._defaults:
-                feeds.append(self._defaults[name].numpy())
-            else:
-                self._missing(input_feed)
-        if len(input_feed) > len(feeds) or any(k not in self._checks for k in input_feed):
-            bad = next(k for k in input_feed if k not in self._checks)
-            raise InvalidArgument(f"Invalid input name: {bad}")
-        outs = self._execute(self._plan, feeds, run_options) if (
-            run_options is not None or self._profiler is not None) else self._plan.run(feeds)
-        return [outs[i] for i in idx]
-
-    def _execute(self, plan: Plan, feeds: list, run_options) -> list:
-        """``plan.run`` with the run's options (terminate, verbose step log) and the profiler in the thread's
-        run context, where the plan and its subgraph plans read them."""
-        prof = self._profiler if self._profiler is not None and self._profiler.active else None
-        if prof is None and run_options is not None and _logger.logging_level(run_options.log_severity_level) \
-                <= logging.DEBUG and log.isEnabledFor(logging.DEBUG):
-            from engineroom.profiling import StepLogger
-
-            prof = StepLogger(run_options.logid or self._sess_options.logid)
-        prev = getattr(_running, "options", None), getattr(_running, "profiler", None)
-        _running.options, _running.profiler = _with_deadline(run_options), prof
-        try:
-            if prof is None or not hasattr(prof, "session_event"):
-                return plan.run(feeds)
-            t0 = prof.now_us()
-            outs = plan.run(feeds)
-            t1 = prof.now_us()
-            prof.session_event("SequentialExecutor::Execute", t0, t1)
-            prof.session_event("model_run", t0, t1)
-            return outs
-        finally:
-            _running.options, _running.profiler = prev
-
-    def _missing(self, given) -> None:
-        missing = [n for n in self._in_order if n not in given and n not in self._defaults]
-        raise InvalidArgument(f"Required inputs ({missing}) are missing from input feed ({list(given)}).")
-
-    def _feeds(self, bound: dict[str, tuple], plan: Plan) -> list:
-        """The feed list of IOBinding inputs (already checked): a device value stays on its device
-        when the plan reads it only there, else it is brought to the host once, here."""
-        feeds = []
-        for k, name in enumerate(self._in_order):
-            if name in bound:
-                v, prov = bound[name]
-                if prov is not None and not prov.device.is_host:
-                    reads = plan.input_devices[k]
-                    dev = prov.device
-                    holder = plan.devices.get(dev)
-                    if not (reads <= {dev} and (not reads or (holder is not None and holder.holds(v)))):
-                        v = prov.to_host(v)
-                feeds.append(v)
-            elif name in self._defaults:
-                feeds.append(self._defaults[name].numpy())
-            else:
-                self._missing(bound)
-        return feeds
-
-    def _output_indices(self, output_names) -> list[int]:
-        if not output_names:
-            return list(range(len(self._plan.output_names)))
-        try:
-            return [self._out_index[n] for n in output_names]
-        except KeyError as e:
-            raise InvalidArgument(f"Invalid output name: {e.args[0]}") from None
-
-    @staticmethod
-    def _to_numpy(v):
-        if isinstance(v, np.ndarray):
-            # an output that is (a view of) a constant is shared with later runs: hand out a copy
-            return v if v.flags.writeable else v.copy()
-        if v is None or isinstance(v, (list, dict)):
-            return v
-        return np.asarray(v)
+        feeds, idx = self._feeds.prepare(input_feed, output_names)
+        if run_options is None and self._profiler is None:
+            outs = self._plan.run(feeds)
+        else:
+            outs = execute(self._plan, feeds, _with_deadline(run_options), self._profiler, self._sess_options.logid)
+        return outs if idx is None else [outs[i] for i in idx]

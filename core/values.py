@@ -1,4 +1,5 @@
-"""OrtValue: a tensor (or sequence/optional) owned by engineroom, on the host or a provider's device."""
+"""OrtValue: a tensor (or sequence/optional) owned by engineroom, on the host or a provider's device
+(IOBinding is in ``engineroom.iobinding``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,7 @@ class OrtValue:
         provider already holds (a CuPy array for "cuda") is wrapped without a copy."""
         if device_type.lower() == "cpu":
             return OrtValue(np.asarray(numpy_obj))
-        provider = _provider_for_device(device_type.lower(), device_id)
+        provider = provider_for_device(device_type.lower(), device_id)
         if provider.holds(numpy_obj):
             return OrtValue(numpy_obj, provider)
         return OrtValue(provider.to_device(np.asarray(numpy_obj)), provider)
@@ -121,82 +122,12 @@ class OrtValue:
         return f"OrtValue({self.data_type() if self._value is not None else 'None'} on {self.device_name()})"
 
 
-class IOBinding:
-    """onnxruntime's IOBinding: inputs and outputs bound by name, on the host or on a device, for
-    ``InferenceSession.run_with_iobinding``. An input bound on the device that reads it is not copied;
-    an output bound to a device is returned there (no round trip through the host).
-
-    Inputs are checked when bound (name, element type, rank, fixed dimensions), with ``run``'s
-    messages; a bound array is referenced, not copied, so in-place changes before a run are seen.
-    """
-
-    def __init__(self, session: Any):
-        self._session = session
-        self._inputs: dict[str, tuple[Any, Any]] = {}        # name -> (value, provider or None)
-        self._outputs: dict[str, tuple[Any, Any]] = {}       # name -> (provider or None, OrtValue to fill)
-        self._results: list[OrtValue] = []
-
-    # -- inputs ---------------------------------------------------------------------------------
-    def bind_cpu_input(self, name: str, arr_on_cpu: np.ndarray) -> None:
-        self._inputs[name] = (self._session._check_bound_input(name, arr_on_cpu), None)
-
-    def bind_input(self, name: str, device_type: str, device_id: int, element_type, shape, buffer_ptr: int) -> None:
-        """Bind ``buffer_ptr`` (a dense C-order buffer of ``element_type`` and ``shape``, owned by the
-        caller) without a copy: host memory, or device memory of a provider with ``from_pointer``."""
-        provider, value = self._session._wrap_pointer(device_type, device_id, element_type, shape, buffer_ptr)
-        self._inputs[name] = (self._session._check_bound_input(name, value), provider)
-
-    def bind_ortvalue_input(self, name: str, ortvalue: OrtValue) -> None:
-        self._inputs[name] = (self._session._check_bound_input(name, ortvalue._value), ortvalue._provider)
-
-    def synchronize_inputs(self) -> None:
-        for p in {id(p): p for _, p in self._inputs.values() if p is not None}.values():
-            p.synchronize()
-
-    def clear_binding_inputs(self) -> None:
-        self._inputs.clear()
-
-    # -- outputs --------------------------------------------------------------------------------
-    def bind_output(self, name: str, device_type: str = "cpu", device_id: int = 0, element_type=None,
-                    shape=None, buffer_ptr: int | None = None) -> None:
-        """Return output ``name`` on a device (allocated by the session), or write it into
-        ``buffer_ptr`` (then ``element_type`` and ``shape`` are required, as in onnxruntime)."""
-        self._session._output_index(name)
-        if buffer_ptr is None:
-            self._outputs[name] = (self._session._provider_on(device_type, device_id), None)
-            return
-        if element_type is None:
-            raise ValueError("`element_type` argument is missing")
-        if shape is None:
-            raise ValueError("`shape` argument is missing")
-        provider, value = self._session._wrap_pointer(device_type, device_id, element_type, shape, buffer_ptr)
-        self._outputs[name] = (provider, OrtValue(value, provider))
-
-    def bind_ortvalue_output(self, name: str, ortvalue: OrtValue) -> None:
-        """Write output ``name`` into ``ortvalue`` (its shape and type must match the result)."""
-        self._session._output_index(name)
-        self._outputs[name] = (ortvalue._provider, ortvalue)
-
-    def synchronize_outputs(self) -> None:
-        for p in {id(p): p for p, _ in self._outputs.values() if p is not None}.values():
-            p.synchronize()
-
-    def get_outputs(self) -> list[OrtValue]:
-        """The outputs of the last ``run_with_iobinding``, in the order they were bound."""
-        return list(self._results)
-
-    def get_outputs_as_ortvaluevector(self) -> list[OrtValue]:
-        return self.get_outputs()
-
-    def copy_outputs_to_cpu(self) -> list:
-        return [v.numpy() for v in self._results]
-
-    def clear_binding_outputs(self) -> None:
-        self._outputs.clear()
-        self._results = []
+def held_by(value: OrtValue) -> tuple[Any, Any]:
+    """(the value an OrtValue wraps, the provider whose device holds it or None for the host)."""
+    return value._value, value._provider
 
 
-def _provider_for_device(device_type: str, device_id: int):
+def provider_for_device(device_type: str, device_id: int):
     from engineroom import discovery
 
     for name in discovery.available_provider_names():

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle of th
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402 - after the importorskip
 
-from engineroom.plan import Subgraph  # noqa: E402
+from engineroom.executor import Subgraph  # noqa: E402
 
 RNG = np.random.default_rng(16)
 F = TensorProto.FLOAT

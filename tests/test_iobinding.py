@@ -154,7 +154,7 @@ def test_host_bindings_run_the_session_plan():
     io.bind_cpu_input("x", x23())
     io.bind_output("y")
     s.run_with_iobinding(io)
-    assert s._variants == {}                                  # no variant: outputs are made on the host
+    assert s._binding.variants == {}                                # no variant: outputs are made on the host
 
 
 # -- device bindings (OpenCL) -----------------------------------------------------------------------
@@ -201,8 +201,8 @@ def test_opencl_input_and_outputs_stay_on_the_device(monkeypatch):
     np.testing.assert_array_equal(outs[0].numpy(), y)
     np.testing.assert_array_equal(outs[1].numpy(), z)
     # one variant, cached: its only copy step is the input's (which passes the bound value through)
-    assert len(s._variants) == 1
-    variant = next(iter(s._variants.values()))
+    assert len(s._binding.variants) == 1
+    variant = next(iter(s._binding.variants.values()))
     assert s._plan.n_copies == 3 and variant.n_copies == 1
     assert variant.output_devices == [xv._provider.device] * 2
 

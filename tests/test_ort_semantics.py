@@ -4,6 +4,7 @@ unnamed dims, a directory as the model, provider options, add_initializer, denot
 run_async, set_providers, the launcher and the environment switch."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -319,8 +320,8 @@ def _fail_device_steps(session):
         raise ort.EPFail("the device was lost")
 
     plan = session._plan
-    plan._fast = [(lost if info[2] != "CPUExecutionProvider" else fn, *rest)
-                  for (fn, *rest), info in zip(plan._fast, plan.infos)]
+    session._plan = dataclasses.replace(plan, steps=[st._replace(fn=lost) if st.info[2] != "CPUExecutionProvider"
+                                                     else st for st in plan.steps])
 
 
 def test_provider_failure_in_a_run_falls_back_to_cpu_unless_disabled(test_plugins, caplog):
