@@ -1,5 +1,7 @@
-"""Function ops no provider claims are expanded into their ONNX function body (schema functions,
-context-dependent ones included), and partitioning runs again over the expanded graph."""
+"""Function ops that no provider of the session has a kernel for are expanded into their ONNX function
+body (schema functions, context-dependent ones included) before partitioning, so the providers are
+asked once, about the expanded graph. Whether a provider takes an op is a registry lookup
+(``KernelProvider.kernel_for``); a compiling provider (OpenVINO) sees the function's body."""
 from __future__ import annotations
 
 import onnx
@@ -7,7 +9,44 @@ import onnx_ir as ir
 from onnx import inliner
 
 from engineroom.load import deserialize_model, serialize_model
-from engineroom.views import normalize_domain, schema
+from engineroom.plugin_sdk import KernelProvider
+from engineroom.views import node_view, normalize_domain, schema, tensor_to_numpy
+
+_ROUNDS = 8    # a function body may use function ops no provider takes either: expanded in the next round
+
+
+def expand_unclaimed_functions(model: ir.Model, providers: list, opsets: dict[str, int]) -> bool:
+    """Expand, in the main graph, each function op none of ``providers`` has a kernel for. True if any was."""
+    expanded = False
+    tried: set[str] = set()
+    for _ in range(_ROUNDS):
+        nodes = unclaimed_functions(model.graph, providers, opsets)
+        key = ",".join(sorted(f"{n.domain}::{n.op_type}" for n in nodes))
+        if not nodes or key in tried or not expand_functions(model, nodes, opsets):
+            break
+        tried.add(key)
+        expanded = True
+        opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
+    return expanded
+
+
+def unclaimed_functions(graph: ir.Graph, providers: list, opsets: dict[str, int]) -> list[ir.Node]:
+    """The nodes of ``graph`` whose op has a function body and that no kernel provider has a kernel for."""
+    kernels = [p for p in providers if isinstance(p, KernelProvider)]
+    out = []
+    consts: dict | None = None
+    for i, node in enumerate(graph):
+        dom = normalize_domain(node.domain)
+        s = schema(node.op_type, dom, opsets.get(dom, 1))
+        if s is None or not (s.has_function or s.has_context_dependent_function):
+            continue
+        if consts is None:
+            consts = {nm: tensor_to_numpy(v.const_value) for nm, v in graph.initializers.items()
+                      if v.const_value is not None and not v.is_graph_input()}
+        view = node_view(node, i, opsets, consts, protos=False)
+        if not any(p.kernel_for(view) is not None for p in kernels):
+            out.append(node)
+    return out
 
 _DOMAIN = "engineroom.expand"
 

@@ -13,7 +13,7 @@ rather than on the host (IOBinding outputs bound to a device) is derived from th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -164,6 +164,13 @@ def free_names(graph: ir.Graph) -> list[str]:
     return list(seen)
 
 
+def _signature(node: ir.Node) -> tuple:
+    """What a node's view is made of besides the node itself: its values and their types (a rewrite that
+    rewires a node or widens its values' dtype changes it; ``PlanBuilder.reassign`` then rebuilds the view)."""
+    return tuple((id(v), v.dtype, id(v.shape), id(v.const_value)) if v is not None else None
+                 for v in (*node.inputs, *node.outputs))
+
+
 def _graphs_of(a) -> list[ir.Graph]:
     if a.type == ir.AttributeType.GRAPH:
         return [a.value]
@@ -181,7 +188,8 @@ class PlanBuilder:
         self.opsets = opsets
         self.ir_version = ir_version
         self.host = host  # the provider that owns host memory (CPU provider, or a plain one)
-        self._assigned: tuple | None = None   # (graph, assignment) from the last owners() call
+        # graph -> its assignment: providers are asked once per graph, and sub-builders share it
+        self._assigned: dict[ir.Graph, tuple] = {}
         self.max_tensor_bytes = DEFAULT_MAX_TENSOR_BYTES   # session.max_tensor_bytes, told to every kernel
         self.by_device: dict[Device, ExecutionProvider] = {CPU: host}
         for p in providers:
@@ -212,21 +220,54 @@ class PlanBuilder:
         missing = [i for i, o in enumerate(owner) if o is None]
         if missing:
             raise Unclaimed([nodes[i] for i in missing], [views[i] for i in missing])
-        return consts, input_names, nodes, views, outer, owner, group_of, notes
+        return consts, input_names, nodes, views, outer, owner, group_of, notes, [_signature(n) for n in nodes]
 
-    def owners(self, graph: ir.Graph) -> dict[ir.Node, ExecutionProvider]:
-        """Which provider would take each node (for provider-aware optimizations); may raise Unclaimed.
-        A ``build`` of the same, unchanged graph reuses this assignment (providers are asked once)."""
-        self._assigned = (graph, self._assign(graph, ()))
-        _, _, nodes, _, _, owner, _, _ = self._assigned[1]
-        return {n: self.providers[o] for n, o in zip(nodes, owner)}
+    def owners(self, graph: ir.Graph, outer_names: list[str] = ()) -> dict[ir.Node, ExecutionProvider]:
+        """Which provider takes each node of ``graph`` (the main graph, or a body reading ``outer_names``
+        from enclosing scopes); may raise Unclaimed. The providers are asked here, once: ``reassign``
+        updates the assignment after a rewrite, and ``build`` (of sub-plans too) uses it."""
+        assigned = self._assigned[graph] = self._assign(graph, outer_names)
+        return {n: self.providers[o] for n, o in zip(assigned[2], assigned[5])}
+
+    def reassign(self, graph: ir.Graph, owners: dict[ir.Node, ExecutionProvider]) -> None:
+        """The assignment of ``graph`` after passes rewrote it, without asking the providers again: each
+        node's provider is the one ``owners`` names (the passes record there the nodes they make), else
+        the first provider with a kernel for it. Views of nodes whose values did not change are kept."""
+        consts0, input_names, nodes0, views0, outer0, owner0, group0, notes, sigs0 = self._assigned[graph]
+        consts = {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items()
+                  if v.const_value is not None and name not in input_names}
+        protos = any(getattr(p, "reads_node_protos", True) for p in self.providers)
+        before = {n: k for k, n in enumerate(nodes0)}
+        rank = {id(p): i for i, p in enumerate(self.providers)}
+        nodes = list(graph)
+        views, owner, group_of, outer, sigs, missing = [], [], {}, {}, [], []
+        for i, n in enumerate(nodes):
+            k = before.get(n)
+            sig = _signature(n)
+            if k is not None and sig == sigs0[k]:
+                views.append(views0[k] if views0[k].index == i else replace(views0[k], index=i))
+            else:
+                views.append(node_view(n, i, self.opsets, consts, protos))
+            sigs.append(sig)
+            prov = owners.get(n)
+            o = rank.get(id(prov)) if prov is not None else (owner0[k] if k is not None else None)
+            if o is None:
+                o = next((j for j, p in enumerate(self.providers) if isinstance(p, KernelProvider)
+                          and p.kernel_for(views[i]) is not None), None)
+            if o is None:
+                missing.append(i)
+            owner.append(o)
+            if k is not None and k in group0:
+                group_of[i] = group0[k]
+            if k is not None and k in outer0:
+                outer[i] = outer0[k]
+        if missing:
+            raise Unclaimed([nodes[i] for i in missing], [views[i] for i in missing])
+        self._assigned[graph] = consts, input_names, nodes, views, outer, owner, group_of, notes, sigs
 
     def build(self, graph: ir.Graph, outer_names: list[str] = ()) -> Plan:
-        if self._assigned is not None and self._assigned[0] is graph and not outer_names:
-            assigned = self._assigned[1]
-        else:
-            assigned = self._assign(graph, outer_names)
-        consts, input_names, nodes, views, outer, owner, group_of, notes = assigned
+        assigned = self._assigned.get(graph) or self._assign(graph, outer_names)
+        consts, input_names, nodes, views, outer, owner, group_of, notes, _ = assigned
         parts = group(views, owner, group_of, self.providers, outer)
         return self._emit(graph, nodes, views, parts, consts, input_names, list(outer_names), outer, notes)
 
@@ -369,6 +410,7 @@ class PlanBuilder:
     def _sub_plan(self, g: ir.Graph, outer_nm: list[str]) -> Plan:
         sub = PlanBuilder(self.providers, self.opsets, self.ir_version, self.host)
         sub.max_tensor_bytes = self.max_tensor_bytes
+        sub._assigned = self._assigned      # bodies assigned before the level-2 passes are not asked again
         return sub.build(g, outer_nm)
 
 

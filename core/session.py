@@ -12,7 +12,6 @@ from typing import Any, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from engineroom import discovery
 from engineroom import logger as _logger
 from engineroom.errors import (
     EPFail,
@@ -20,19 +19,19 @@ from engineroom.errors import (
     InvalidArgument,
     InvalidProtobuf,
     ModelLoadCanceled,
-    NotImplemented,
     RuntimeException,
 )
 from engineroom.executor import RUN_TIMEOUT_KEY, Deadline, execute
 from engineroom.feeds import Feeds, to_numpy
-from engineroom.functions import expand_functions
 from engineroom.iobinding import IOBinding, SessionBinding
 from engineroom.load import load_model, save_model
-from engineroom.optimizer import optimize_basic, optimize_extended
+from engineroom.optimizer import optimize_basic
 from engineroom.options import RunOptions, SessionOptions
-from engineroom.plan import Plan, PlanBuilder, Unclaimed, type_string
+from engineroom.pipeline import build_plan, placement
+from engineroom.plan import type_string
 from engineroom.plugin_sdk import ExecutionProvider
 from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
+from engineroom.provider_setup import cpu_for_folding, create_providers, retry_on_cpu
 from engineroom.values import OrtValue
 from engineroom.views import type_proto_string, value_dtype, value_shape, value_type_proto
 
@@ -160,7 +159,7 @@ class InferenceSession:
         if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isdir(path_or_bytes):
             raise InvalidProtobuf(f"Load model from {os.fspath(path_or_bytes)} failed: it is a directory, not an "
                                   f"ONNX model file")
-        self._providers = self._create_providers(providers, provider_options)
+        self._providers = create_providers(so, providers, provider_options, self._log_level)
         self._model = load_model(path_or_bytes, so._free_dims_by_name,
                                  so.config("session.model_external_initializers_file_folder_path") or None,
                                  frozenset(so._initializers))
@@ -180,8 +179,11 @@ class InferenceSession:
         self._overridable = [v for v in self._inputs_all if v.name in init_names]
         self._cpu = next((p for p in self._providers if p.name == "CPUExecutionProvider"), None)
         if int(so.graph_optimization_level) >= 1:
-            optimize_basic(self._model, self._cpu_for_folding())
-        self._plan = self._build_plan()
+            optimize_basic(self._model, cpu_for_folding(self._cpu))
+        self._plan = build_plan(self._model, self._providers, int(so.graph_optimization_level),
+                                self._cpu or ExecutionProvider(),
+                                _config_int(so, MAX_TENSOR_BYTES_KEY, DEFAULT_MAX_TENSOR_BYTES),
+                                so.config("session.disable_cpu_ep_fallback") == "1")
         # after the level-2 fusions, which replace the values of the outputs they rewrite
         self._outputs = list(self._model.graph.outputs)
         if so.optimized_model_filepath:
@@ -189,156 +191,15 @@ class InferenceSession:
         self._feeds = Feeds(self._inputs_all, {v.name: v.const_value for v in self._overridable},
                             self._plan.output_names)
         self._binding = SessionBinding(self._feeds, self._providers, self._plan, self._profiler, so.logid)
-        self._log_placement()
+        self._placement_line, level = placement(self._plan, self._providers)
+        if level >= self._log_level:
+            log.log(level, "%s%s", f"[{so.logid}] " if so.logid else "", self._placement_line)
         _set_blas_threads(int(so.intra_op_num_threads))
         from engineroom.compat.session_options import log_no_effect
 
         log_no_effect(so, self._log_level)
         if self._profiler:
             self._profiler.session_event("session_initialization", t_init, self._profiler.now_us())
-
-    # -- providers ------------------------------------------------------------------------------
-    def _create_providers(self, providers, provider_options) -> list[ExecutionProvider]:
-        so = self._sess_options
-        strict = so.config("session.disable_cpu_ep_fallback") == "1"
-        if not providers and provider_options is None and so.has_providers():
-            from engineroom.devices import providers_for_session  # devices or a selection policy
-
-            providers = providers_for_session(so)
-        requested = list(providers) if providers else ["CPUExecutionProvider"]
-        if provider_options is not None and len(provider_options) != len(requested):
-            raise InvalidArgument(f"provider_options has {len(provider_options)} entries for "
-                                  f"{len(requested)} providers: they must match one to one")
-        out: list[ExecutionProvider] = []
-        for k, item in enumerate(requested):
-            if isinstance(item, (tuple, list)):
-                if len(item) != 2 or not isinstance(item[1], dict):
-                    raise InvalidArgument(f"provider entry {item!r} must be a name or a (name, options dict) tuple")
-                name, opts = item[0], dict(item[1])
-            else:
-                name, opts = item, {}
-            if provider_options is not None:
-                opts.update(provider_options[k] or {})
-            if not isinstance(name, str):
-                raise InvalidArgument(f"provider names must be strings, got {name!r}")
-            if any(p.name == name for p in out):
-                continue
-            prov = self._start_provider(name, opts, strict)
-            if prov is not None:
-                out.append(prov)
-        if not strict and not any(p.name == "CPUExecutionProvider" for p in out):
-            cpu = self._start_provider("CPUExecutionProvider", {}, True)
-            out.append(cpu)
-        if not out:
-            raise EPFail("no execution provider could be started")
-        return out
-
-    def _start_provider(self, name: str, opts: dict, strict: bool) -> ExecutionProvider | None:
-        cls = discovery.provider_class(name)
-        reason = None
-        if cls is None:
-            reason = discovery.load_failure(name) or (
-                f"no provider of that name is registered; available providers: "
-                f"{', '.join(discovery.available_provider_names())}")
-        elif not discovery.is_available(name):
-            reason = discovery.load_failure(name) or discovery.unavailable_reason(name) or (
-                "it is not available on this machine")
-        else:
-            try:
-                from engineroom.compat.provider_options import without_ignored
-
-                return cls(**without_ignored(name, cls.options, opts, self._log_level))
-            except InvalidArgument:   # a bad option (ProviderOptionError is one): the user's error, not a fallback
-                raise
-            except Exception as e:  # noqa: BLE001 - a provider that fails to start is reported, never hidden
-                reason = f"it failed to start: {type(e).__name__}: {e}"
-        msg = f"{name} cannot be used: {reason}"
-        if strict:
-            raise EPFail(msg)
-        if self._log_level <= logging.WARNING:
-            log.warning("%s; falling back to the remaining providers", msg)
-        return None
-
-    def _cpu_for_folding(self):
-        if self._cpu is not None:
-            return self._cpu
-        cls = discovery.provider_class("CPUExecutionProvider")
-        return cls() if cls is not None else None
-
-    # -- planning -------------------------------------------------------------------------------
-    def _build_plan(self) -> Plan:
-        host = self._cpu or ExecutionProvider()
-        opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
-        tried: set[str] = set()
-        while True:
-            builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
-            try:
-                owners = builder.owners(self._model.graph)
-                break
-            except Unclaimed as u:
-                key = ",".join(sorted(f"{v.domain}::{v.op_type}" for v in u.views))
-                if key not in tried:
-                    tried.add(key)
-                    if expand_functions(self._model, u.nodes, opsets):
-                        continue
-                raise self._unclaimed_error(u.views) from None
-        level = int(self._sess_options.graph_optimization_level)
-
-        def body_owners(body):   # who takes each node of an If/Loop/Scan body: fusions run there too
-            try:
-                return PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host).owners(body)
-            except Unclaimed:
-                return None
-
-        if level >= 2 and any(optimize_extended(self._model, owners.get, level, body_owners,
-                                                providers=self._providers).values()):
-            # the graph changed: providers are asked again (the builder's assignment is stale)
-            opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
-            builder = PlanBuilder(self._providers, opsets, self._model.ir_version or 10, host)
-        builder.max_tensor_bytes = _config_int(self._sess_options, MAX_TENSOR_BYTES_KEY, DEFAULT_MAX_TENSOR_BYTES)
-        try:
-            return builder.build(self._model.graph)
-        except Unclaimed as u:   # a node of a subgraph (If/Loop/Scan body) that no provider claims
-            raise self._unclaimed_error(u.views) from None
-
-    def _unclaimed_error(self, views) -> Exception:
-        v = views[0]
-        dom = v.domain or "ai.onnx"
-        types = ", ".join(type_string(d) if d is not None else "?" for d in v.input_dtypes) or "none"
-        asked = ", ".join(p.name for p in self._providers)
-        what = (f"{v.op_type}({v.opset}) node with name '{v.name}' (domain {dom}, opset {v.opset}, "
-                f"input types: {types}); providers asked: {asked}")
-        if len(views) > 1:
-            what += f"; {len(views) - 1} more unclaimed node(s): " + ", ".join(
-                dict.fromkeys(f"{w.op_type}" for w in views[1:]))
-        if self._sess_options.config("session.disable_cpu_ep_fallback") == "1" and self._cpu is None:
-            return Fail("This session contains graph nodes that no requested execution provider can run, and "
-                        "fallback to CPU EP has been explicitly disabled by the user "
-                        f"(session.disable_cpu_ep_fallback=1): {what}")
-        return NotImplemented(f"Could not find an implementation for {what}")
-
-    def _log_placement(self) -> None:
-        plan = self._plan
-        total = sum(len(p.nodes) for p in plan.partitions)
-        parts = []
-        for prov in self._providers:
-            nodes = [n for p in plan.partitions if p.ep_name == prov.name for n in p.nodes]
-            if not nodes:
-                continue
-            ops = list(dict.fromkeys(n.op_type for n in nodes))
-            more = ", ..." if len(ops) > 6 else ""
-            parts.append(f"{prov.name} took {len(nodes)}/{total} nodes ({', '.join(ops[:6])}{more})")
-        line = "; ".join(parts) or "no nodes to run"
-        line += f"; {plan.n_copies} copies inserted"
-        if plan.notes:
-            line += " [" + "; ".join(plan.notes) + "]"
-        used = {p.ep_name for p in plan.partitions}
-        level = logging.WARNING if len(used) > 1 or (
-            self._providers and used and self._providers[0].name not in used) else logging.INFO
-        if level >= self._log_level:
-            logid = self._sess_options.logid
-            log.log(level, "%s%s", f"[{logid}] " if logid else "", line)
-        self._placement_line = line
 
     # -- onnxruntime's API ----------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -379,7 +240,7 @@ class InferenceSession:
         try:
             outs = self._run(output_names, input_feed, run_options)
         except (EPFail, RuntimeException) as e:   # a provider's failure (EPFail), raised or as a step's cause
-            if not (isinstance(e, EPFail) or isinstance(e.__cause__, EPFail)) or not self._retry_on_cpu():
+            if not (isinstance(e, EPFail) or isinstance(e.__cause__, EPFail)) or not retry_on_cpu(self):
                 raise
             outs = self._run(output_names, input_feed, run_options)
         return [to_numpy(v) for v in outs]
@@ -404,15 +265,6 @@ class InferenceSession:
 
     def enable_fallback(self) -> None:
         self._fallback = True
-
-    def _retry_on_cpu(self) -> bool:
-        """After a provider failure in a run, rebuild on the CPU provider alone (onnxruntime's fallback)."""
-        if not self._fallback or [p.name for p in self._providers] == ["CPUExecutionProvider"]:
-            return False
-        log.warning("a provider failed during the run; falling back to CPUExecutionProvider and retrying "
-                    "(InferenceSession.disable_fallback() turns this off)")
-        self.set_providers(["CPUExecutionProvider"])
-        return True
 
     def run_async(self, output_names, input_feed: dict, callback, user_data, run_options=None) -> None:
         """Run on another thread, then call ``callback(outputs, user_data, error_text)`` ("" on success)."""

@@ -1,11 +1,9 @@
 """Graph optimizations by onnxruntime's levels.
 
 Level 1 (basic) passes are provider-independent and run before partitioning; level 2 (extended)
-fusions run after a first assignment, only where the owning provider has the fused kernel; level 3
-(all, 99) adds layout fusions the same way."""
+fusions run after the assignment, only where the owning provider has the fused kernel, and update that
+assignment (providers are not asked again); level 3 (all, 99) adds layout fusions the same way."""
 from __future__ import annotations
-
-from typing import Callable
 
 import onnx_ir as ir
 
@@ -47,18 +45,19 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     optimize_bodies(model, g, in_body)   # If/Loop/Scan bodies, with the constants they read made theirs
 
 
-def optimize_extended(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2,
-                      body_owners: Callable[[ir.Graph], dict | None] | None = None,
+def optimize_extended(model: ir.Model, owners: dict[ir.Node, object], level: int = 2,
+                      body_owners: dict[ir.Graph, dict[ir.Node, object]] | None = None,
                       providers: list | None = None) -> dict[str, int]:
     """Level 2: fusions where the provider that owns the nodes has the fused kernel; level 3 (99) adds
-    the layout fusions. ``body_owners(body)``, where given, assigns an If/Loop/Scan body's nodes
-    (None: leave that body as it is), and the level-2 fusions run inside the bodies too.
+    the layout fusions. ``owners`` is the partitioner's assignment (node -> provider), which the passes
+    update with the nodes they make; ``body_owners`` has the same for If/Loop/Scan bodies (a body not
+    in it is left as it is), where the level-2 fusions run too.
     ``providers``: the session's, in priority order (passes that change which provider could claim a
     node run only where that cannot move it, see ``float16_compute``)."""
-    done = fuse(model, owner, level, providers)
-    for body in list(all_bodies(model.graph)) if body_owners is not None else ():
-        owners = body_owners(body)
-        if owners:
-            for k, v in fuse_body(model, body, owners.get).items():
+    done = fuse(model, owners, level, providers)
+    for body in list(all_bodies(model.graph)) if body_owners else ():
+        assigned = body_owners.get(body)
+        if assigned:
+            for k, v in fuse_body(model, body, assigned).items():
                 done[k] = done.get(k, 0) + v
     return done

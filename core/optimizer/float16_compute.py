@@ -6,8 +6,8 @@ most of a float16 model's time (73% in ``astype`` on PP-LCNet). A provider asks 
 class attribute ``computes_float16_in_float32 = True``; the pass then rewrites the graph, once at session
 creation:
 
-- the float16 nodes the provider owns (it must be the session's first provider: the rewritten graph is
-  offered to the providers again, and one before it would take widened nodes it had left), of the ops
+- the float16 nodes the provider owns (it must be the session's first provider: a provider before it
+  would have float32 kernels for widened nodes it had left, as OpenCL does), of the ops
   listed in ``_WIDENABLE`` (ops whose float32 form
   computes the same function: arithmetic, convolutions, GEMMs, pools, normalizations, data movement),
   form the region; their float16 values become float32;
@@ -70,17 +70,18 @@ def _cast(value: ir.Value, to: ir.DataType, name: str) -> ir.Node:
     return ir.Node("", "Cast", [value], [ir.AttrInt64("to", int(to))], num_outputs=1, name=name)
 
 
-def compute_float16_in_float32(model: ir.Model, owner, providers: list | None = None) -> int:
+def compute_float16_in_float32(model: ir.Model, owners: dict, providers: list | None = None) -> int:
     """Rewrite the float16 regions of providers that ask for it (see the module docstring); the number
-    of nodes widened. ``providers``: the session's in priority order; unknown (None), nothing is done."""
-    # the rewritten graph is offered to the providers again in priority order: a provider before the
-    # asking one that has float32 kernels but no float16 ones (OpenCL) would then take the widened nodes
-    # from it. So the pass runs only for the provider of highest priority.
+    of nodes widened. ``owners``: node -> provider, the assignment (the casts made here are added to it,
+    on the region's provider); ``providers``: the session's in priority order; unknown (None), nothing is done."""
+    # the widened nodes stay with their provider (the assignment is kept, not asked again); a provider
+    # before the asking one with float32 kernels but no float16 ones (OpenCL) would have taken them as
+    # float32 nodes. So the pass runs only for the provider of highest priority.
     if not providers or not getattr(providers[0], "computes_float16_in_float32", False):
         return 0
     first = providers[0]
     graph = model.graph
-    region = [n for n in graph if _widenable(n) and owner(n) is first]
+    region = [n for n in graph if _widenable(n) and owners.get(n) is first]
     if not region:
         return 0
     inside = set(region)
@@ -139,6 +140,7 @@ def compute_float16_in_float32(model: ir.Model, owner, providers: list | None = 
         made.append((cast, prod))
     first = next(iter(graph), None)
     for cast, after in made:
+        owners[cast] = first
         if after is not None:
             graph.insert_after(after, cast)
         elif first is not None:

@@ -23,7 +23,6 @@ Level 3 (ORT_ENABLE_ALL) adds a layout fusion: conv → depthwise conv → 1x1 c
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import onnx_ir as ir
 
@@ -39,20 +38,19 @@ _ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"}
 
 
 class Fuser:
-    """Applies fusions where ``owner(node)`` — the provider that would take the node — agrees."""
+    """Applies fusions where the provider that takes the nodes (``owners``, the partitioner's assignment)
+    agrees. The assignment is updated here: a fused node takes its nodes' provider."""
 
-    def __init__(self, model: ir.Model, owner: Callable[[ir.Node], object]):
+    def __init__(self, model: ir.Model, owners: dict[ir.Node, object]):
         self.model = model
         self.graph = model.graph
-        self._owner = owner
-        self._made: dict[ir.Node, object] = {}     # the fused nodes made here, and their provider
+        self._owners = owners
         self.opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
         self.opsets.setdefault(MS, 1)
 
     def owner(self, node: ir.Node):
-        """The provider of a node: as first assigned, or for a node fused here, its nodes' provider."""
-        prov = self._made.get(node)
-        return prov if prov is not None else self._owner(node)
+        """The provider of a node: as assigned, or for a node fused here, its nodes' provider."""
+        return self._owners.get(node)
 
     def _accepts(self, nodes: list[ir.Node], fused: ir.Node) -> bool:
         provs = {id(self.owner(n)) for n in nodes}
@@ -67,7 +65,7 @@ class Fuser:
             return False
         if fused.domain not in ("", "ai.onnx"):
             self.model.opset_imports.setdefault(fused.domain, 1)
-        self._made[fused] = self.owner(nodes[0])
+        self._owners[fused] = self.owner(nodes[0])
         replace(self.graph, nodes, fused, outputs)
         return True
 
@@ -419,21 +417,23 @@ def _product_form(m1: ir.Node | None):
     return None
 
 
-def fuse_body(model: ir.Model, body: ir.Graph, owner: Callable[[ir.Node], object]) -> dict[str, int]:
-    """The level-2 fusions inside one If/Loop/Scan body (``owner``: the provider of each of its nodes)."""
-    f = Fuser(model, owner)
+def fuse_body(model: ir.Model, body: ir.Graph, owners: dict[ir.Node, object]) -> dict[str, int]:
+    """The level-2 fusions inside one If/Loop/Scan body (``owners``: the provider of each of its nodes,
+    updated with the nodes fused here)."""
+    f = Fuser(model, owners)
     f.graph = body
     done = {"ConvTranspose": fuse_upsample_conv(f), "FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()}
     done.update(_fuse_more(f))
     return done
 
 
-def fuse(model: ir.Model, owner: Callable[[ir.Node], object], level: int = 2,
+def fuse(model: ir.Model, owners: dict[ir.Node, object], level: int = 2,
          providers: list | None = None) -> dict[str, int]:
-    """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them."""
+    """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them. ``owners``
+    (node -> provider) is updated with the nodes made here."""
     # float16 regions become float32 first, so the float32 fusions below apply to them
-    done = {"Float16InFloat32": compute_float16_in_float32(model, owner, providers)}
-    f = Fuser(model, owner)
+    done = {"Float16InFloat32": compute_float16_in_float32(model, owners, providers)}
+    f = Fuser(model, owners)
     done["ConvTranspose"] = fuse_upsample_conv(f)          # before FusedConv takes the Conv
     done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
     done.update(_fuse_more(f))

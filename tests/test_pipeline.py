@@ -1,0 +1,112 @@
+"""The session's construction pipeline runs in one direction: each provider's ``get_capability`` is asked
+once per graph (the main graph, and each If/Loop/Scan body once), with a function op no provider has a
+kernel for expanded before partitioning and the level-2 fusions updating the assignment they were given."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx.reference import ReferenceEvaluator
+
+import engineroom as ort
+from engineroom import discovery
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+
+def _model() -> onnx.ModelProto:
+    """Conv+Relu (fused at level 2), SwiGLU (a function op the CPU provider has no kernel for: expanded)
+    and an If whose branches hold a Conv+Relu and a Neg+Conv."""
+    then = h.make_graph([h.make_node("Conv", ["X", "Wt"], ["tc"], pads=[1, 1, 1, 1]),
+                         h.make_node("Relu", ["tc"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", T.FLOAT, None)], [onnx.numpy_helper.from_array(W, "Wt")])
+    other = h.make_graph([h.make_node("Neg", ["X"], ["en"]),
+                          h.make_node("Conv", ["en", "We"], ["e"], pads=[1, 1, 1, 1])], "else", [],
+                         [h.make_tensor_value_info("e", T.FLOAT, None)], [onnx.numpy_helper.from_array(W, "We")])
+    nodes = [h.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("SwiGLU", ["r", "r"], ["s"], alpha=1.5),
+             h.make_node("If", ["cond"], ["i"], then_branch=then, else_branch=other),
+             h.make_node("Add", ["s", "i"], ["Y"])]
+    g = h.make_graph(nodes, "main", [h.make_tensor_value_info("X", T.FLOAT, [1, 3, 8, 8]),
+                                     h.make_tensor_value_info("cond", T.BOOL, [])],
+                     [h.make_tensor_value_info("Y", T.FLOAT, None)], [onnx.numpy_helper.from_array(W, "W")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 28)], ir_version=11)
+
+
+def _counting(monkeypatch, names: list[str]) -> collections.Counter:
+    """(provider, graph) -> get_capability calls; a graph is named by its outputs."""
+    calls: collections.Counter = collections.Counter()
+    for name in names:
+        cls = discovery.provider_class(name)
+        original = cls.get_capability
+
+        def counted(self, view, _original=original, _name=name):
+            calls[_name, view.graph_outputs] += 1
+            return _original(self, view)
+
+        monkeypatch.setattr(cls, "get_capability", counted)
+    return calls
+
+
+def _providers(kind: str) -> list[str]:
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    pytest.importorskip("openvino", reason="openvino is not installed (the [openvino] extra)")
+    if not discovery.is_available("OpenVINOExecutionProvider"):
+        why = discovery.unavailable_reason("OpenVINOExecutionProvider")
+        pytest.skip(f"OpenVINOExecutionProvider is not available: {why}")
+    return ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+
+
+MAIN, THEN, ELSE = ("Y",), ("t",), ("e",)
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+@pytest.mark.parametrize("kind", ["cpu", "openvino"])
+def test_each_provider_is_asked_once_per_graph(monkeypatch, kind, level):
+    names = _providers(kind)
+    calls = _counting(monkeypatch, names)
+    m = _model()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=names)
+    assert calls and set(calls.values()) == {1}, calls
+    first = names[0]
+    # the first provider sees every graph; one after it only graphs where nodes were left to it
+    assert {g for p, g in calls if p == first} == {MAIN, THEN, ELSE}, calls
+    assert (names[-1], MAIN) in calls
+    ops = [n.op_type for p in s.get_provider_graph_assignment_info() for n in p.get_nodes()]
+    assert "SwiGLU" not in ops and "If" in ops           # the function op was expanded before partitioning
+    if kind == "cpu" and level >= ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+        assert "FusedConv" in ops                        # fused after partitioning, with no second ask
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = ReferenceEvaluator(m)
+    tol = 1e-5 if kind == "cpu" else 1e-3
+    for cond in (True, False):
+        feeds = {"X": x, "cond": np.array(cond)}
+        np.testing.assert_allclose(s.run(None, feeds)[0], ref.run(None, feeds)[0], rtol=tol, atol=tol)
+
+
+def test_body_fused_from_its_single_assignment(monkeypatch, tmp_path):
+    """The Conv+Relu inside the If's then-branch is fused on the CPU provider: the body is assigned once,
+    before the fusions, and its plan is built from the assignment the fusion updated."""
+    calls = _counting(monkeypatch, ["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    s = ort.InferenceSession(_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert calls[("CPUExecutionProvider", THEN)] == 1 and calls[("CPUExecutionProvider", ELSE)] == 1
+    saved = onnx.load(str(tmp_path / "opt.onnx"))
+    branch = next(a.g for n in saved.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch")
+    assert [n.op_type for n in branch.node] == ["FusedConv"]
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    feeds = {"X": x, "cond": np.array(True)}
+    np.testing.assert_allclose(s.run(None, feeds)[0], ReferenceEvaluator(_model()).run(None, feeds)[0],
+                               rtol=1e-5, atol=1e-5)
