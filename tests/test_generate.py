@@ -107,3 +107,62 @@ def test_models_are_deterministic_and_small(models, tmp_path):
     decoders.main([str(tmp_path)])
     for name, path in models.items():
         assert (tmp_path / f"{name}.onnx").read_bytes() == open(path, "rb").read(), f"{name} differs between builds"
+
+
+def _ops_after_level2(model, tmp_path):
+    import onnx
+
+    so = er.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    s = er.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return s, onnx.load(so.optimized_model_filepath).graph.node
+
+
+def test_gpt2_keys_are_not_transposed_per_step(models, tmp_path):
+    """The cache's Kᵀ (Transpose perm 0,1,3,2 into the scores' MatMul) becomes FusedMatMul transB=1: no
+    transposed copy of the whole cache on every step."""
+    _, nodes = _ops_after_level2(models["gpt2_kv"], tmp_path)
+    fused = [n for n in nodes if n.op_type == "FusedMatMul"]
+    assert len(fused) == 4, [n.op_type for n in nodes]
+    assert not [n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 1, 3, 2]]
+
+
+@pytest.mark.parametrize("a_shape,b_shape,ta,tb", [((2, 3, 5, 8), (2, 3, 8, 7), 0, 1), ((5, 8), (8, 6), 1, 0),
+                                                   ((2, 5, 8), (2, 8, 6), 1, 1), ((4, 1, 8), (3, 1, 8, 6), 0, 1)])
+def test_transposed_matmul_fusion_matches_onnxruntime(tmp_path, a_shape, b_shape, ta, tb):
+    """MatMul of operands transposed on their last two axes (transA / transB, batch broadcast): fused
+    into FusedMatMul, same numbers as onnxruntime; a Transpose that something else reads stays."""
+    from onnx import TensorProto, helper
+
+    def perm(r):
+        return list(range(r - 2)) + [r - 1, r - 2]
+
+    def stored(shape, t):       # the operand as fed: the logical (.., rows, cols) swapped where transposed
+        return tuple(shape[:-2]) + (shape[-1], shape[-2]) if t else tuple(shape)
+
+    a_in, b_in = stored(a_shape, ta), stored(b_shape, tb)
+    nodes, mm_in = [], ["a", "b"]
+    if ta:
+        nodes.append(helper.make_node("Transpose", ["a"], ["at"], perm=perm(len(a_in))))
+        mm_in[0] = "at"
+    if tb:
+        nodes.append(helper.make_node("Transpose", ["b"], ["bt"], perm=perm(len(b_in))))
+        mm_in[1] = "bt"
+    nodes.append(helper.make_node("MatMul", mm_in, ["y"]))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if ta and tb:               # here the transposed B is a graph output too: it stays, A's transpose fuses
+        outs.append(helper.make_tensor_value_info("bt", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_in)),
+                                       helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_in))], outs)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    rng = np.random.default_rng(5)
+    feed = {"a": rng.standard_normal(a_in).astype(np.float32), "b": rng.standard_normal(b_in).astype(np.float32)}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
+    s, opt = _ops_after_level2(model, tmp_path)
+    got = s.run(None, feed)
+    for x, r in zip(got, ref):
+        np.testing.assert_allclose(x, r, rtol=1e-5, atol=1e-5)
+    ops = [n.op_type for n in opt]
+    assert "FusedMatMul" in ops and "MatMul" not in ops
+    kept = 1 if len(outs) > 1 else 0
+    assert ops.count("Transpose") == kept

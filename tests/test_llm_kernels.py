@@ -300,9 +300,11 @@ def test_matmul_quantized_by_onnxruntimes_quantizer(path, symmetric):
 
 
 # -- MatMul by a constant weight, a few rows (batched decoding) --------------------------------------------
-@pytest.mark.parametrize("shape", [(1, 64), (2, 64), (4, 1, 64), (8, 64), (9, 64), (3, 2, 64)])
-def test_matmul_few_rows(path, shape):
-    w = numpy_helper.from_array(_f32(64, 40), "W")
+@pytest.mark.parametrize("shape,n", [((1, 64), 40), ((2, 64), 40), ((4, 1, 64), 40), ((8, 64), 40), ((9, 64), 40),
+                                     ((3, 2, 64), 40), ((3, 67), 43), ((5, 1, 67), 42), ((7, 67), 41)])
+def test_matmul_few_rows(path, shape, n):
+    """Blocks of 4 rows of a and of 4 weight columns, then the 2- and 1-row and the column remainders."""
+    w = numpy_helper.from_array(_f32(shape[-1], n), "W")
     node = helper.make_node("MatMul", ["A", "W"], ["Y"])
     model = _model(node, [_vi("A", F, list(shape))], [_vi("Y", F, None)], [w])
     ref, got = _run_both(model, {"A": _f32(*shape)})

@@ -218,11 +218,81 @@ def rope_rows(x, cos, sin, interleaved, y):  # pragma: no cover (compiled)
 @njit(nogil=True, boundscheck=False, fastmath=_FM)
 def gemm_few_rows(a, wt, y):  # pragma: no cover (compiled)
     """y (M, N) = a (M, K) @ wtᵀ for a few rows (batched token-by-token decoding): wt (N, K) is a constant
-    weight transposed once; each of its rows is read once for every row of a (BLAS packs the whole
-    weight anew on every call, which dominates at a few rows)."""
+    weight transposed once (BLAS packs the whole weight anew on every call, which dominates at a few
+    rows). Blocks of 4 weight rows x 4 (then 2, then 1) rows of a: 16 dot products share each load of
+    a weight row and of a row of a, so the loop is bound by the weight's stream, not by loads and
+    horizontal sums (one dot product at a time: 256x8192 by 4 rows 0.43 -> 0.31 ms, 256x768 36 -> 18 us)."""
     M, K = a.shape
     N = wt.shape[0]
-    for n in range(N):
+    n4 = N - N % 4
+    m4 = M - M % 4
+    for n in range(0, n4, 4):
+        w0 = wt[n]
+        w1 = wt[n + 1]
+        w2 = wt[n + 2]
+        w3 = wt[n + 3]
+        for m in range(0, m4, 4):
+            a0, a1, a2, a3 = a[m], a[m + 1], a[m + 2], a[m + 3]
+            t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = F0
+            t20 = t21 = t22 = t23 = t30 = t31 = t32 = t33 = F0
+            for k in range(K):
+                u0, u1, u2, u3 = w0[k], w1[k], w2[k], w3[k]
+                x = a0[k]
+                t00 += x * u0
+                t01 += x * u1
+                t02 += x * u2
+                t03 += x * u3
+                x = a1[k]
+                t10 += x * u0
+                t11 += x * u1
+                t12 += x * u2
+                t13 += x * u3
+                x = a2[k]
+                t20 += x * u0
+                t21 += x * u1
+                t22 += x * u2
+                t23 += x * u3
+                x = a3[k]
+                t30 += x * u0
+                t31 += x * u1
+                t32 += x * u2
+                t33 += x * u3
+            y[m, n], y[m, n + 1], y[m, n + 2], y[m, n + 3] = t00, t01, t02, t03
+            y[m + 1, n], y[m + 1, n + 1], y[m + 1, n + 2], y[m + 1, n + 3] = t10, t11, t12, t13
+            y[m + 2, n], y[m + 2, n + 1], y[m + 2, n + 2], y[m + 2, n + 3] = t20, t21, t22, t23
+            y[m + 3, n], y[m + 3, n + 1], y[m + 3, n + 2], y[m + 3, n + 3] = t30, t31, t32, t33
+        m = m4
+        while m < M:
+            if m + 1 < M:
+                a0, a1 = a[m], a[m + 1]
+                t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = F0
+                for k in range(K):
+                    u0, u1, u2, u3 = w0[k], w1[k], w2[k], w3[k]
+                    x = a0[k]
+                    t00 += x * u0
+                    t01 += x * u1
+                    t02 += x * u2
+                    t03 += x * u3
+                    x = a1[k]
+                    t10 += x * u0
+                    t11 += x * u1
+                    t12 += x * u2
+                    t13 += x * u3
+                y[m + 1, n], y[m + 1, n + 1], y[m + 1, n + 2], y[m + 1, n + 3] = t10, t11, t12, t13
+                step = 2
+            else:
+                a0 = a[m]
+                t00 = t01 = t02 = t03 = F0
+                for k in range(K):
+                    x = a0[k]
+                    t00 += x * w0[k]
+                    t01 += x * w1[k]
+                    t02 += x * w2[k]
+                    t03 += x * w3[k]
+                step = 1
+            y[m, n], y[m, n + 1], y[m, n + 2], y[m, n + 3] = t00, t01, t02, t03
+            m += step
+    for n in range(n4, N):
         for m in range(M):
             t = F0
             for k in range(K):
