@@ -89,6 +89,9 @@ class ExecutionProvider:
     # whether get_capability / compile / kernels read NodeView.input_types, output_types and proto (ONNX
     # protos made per node); a session whose providers all say False builds its views without them
     reads_node_protos: ClassVar[bool] = True
+    # limits this provider measured on the optimizer's fusions of its nodes, by "<fused op>.<limit>" (the
+    # fusion pass named by the op reads them); none by default
+    fusion_limits: ClassVar[dict[str, int]] = {}
 
     def __init__(self, **provider_options: Any) -> None:
         unknown = sorted(set(provider_options) - set(self.options))

@@ -161,6 +161,24 @@ def test_no_block_where_it_does_not_pay_or_apply(why, tmp_path):
     np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-5)
 
 
+def test_the_size_limit_is_the_owning_providers(monkeypatch, tmp_path):
+    """The stride-1 size limit is what the CPU provider states (its fusion_limits), not the optimizer's."""
+    from engineroom.providers.cpu import CPUExecutionProvider
+
+    assert CPUExecutionProvider.fusion_limits["DepthwiseSeparableBlock.max_stride1_pixels"] == 28 * 28
+    m = block_model(H=56, W=56)
+    feed = {"x": RNG.standard_normal((1, 8, 56, 56)).astype(np.float32)}
+    monkeypatch.setattr(CPUExecutionProvider, "fusion_limits",
+                        {"DepthwiseSeparableBlock.max_stride1_pixels": 56 * 56})
+    s, ops = _session(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert BLOCK in ops
+    np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(CPUExecutionProvider, "fusion_limits",
+                        {"DepthwiseSeparableBlock.max_stride1_pixels": 14 * 14})
+    _, ops = _session(block_model(), LEVELS.ORT_ENABLE_ALL, tmp_path)      # 14x14 depthwise output still forms
+    assert BLOCK in ops
+
+
 def test_bad_feed_names_the_input_and_the_session_recovers(tmp_path):
     s, _ = _session(block_model(), LEVELS.ORT_ENABLE_ALL, tmp_path)
     with pytest.raises(ort.InvalidArgument, match="x"):

@@ -6,9 +6,10 @@ intermediate images channels-last (see ``providers/cpu/depthwise_block.py``).
 As onnxruntime's layout transforms at this level, the optimized model saved with
 ``optimized_model_filepath`` then holds an op only this engine runs; levels 1 and 2 stay standard.
 
-Formed only where channels-last depthwise wins (measured, ``providers/cpu/_jit_nhwc.py``): a strided
-depthwise conv, or one whose output has at most 28x28 pixels. At 56x56 and above, stride 1, the
-channels-first loops are as fast and the block would only add its transposing passes.
+Formed only where channels-last depthwise wins, which the owning provider measured and states in its
+``fusion_limits["DepthwiseSeparableBlock.max_stride1_pixels"]`` (the CPU provider: 28x28): a strided
+depthwise conv, or a stride-1 one whose static output has at most that many pixels. A provider that
+states no limit gets the block wherever the pattern matches.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from engineroom.optimizer.rewrite import const, only_use
 
 ER = "com.engineroom"
 MS = "com.microsoft"
-_SMALL = 28 * 28          # depthwise output pixels up to which stride-1 blocks are formed
 _INF = float("inf")
 
 
@@ -78,6 +78,12 @@ def _static_pixels(v: ir.Value) -> int | None:
     return math.prod(shape.dims[2:])
 
 
+def _stride1_limit(provider) -> int | None:
+    """The owning provider's measured limit on a stride-1 block's depthwise output pixels (None: none)."""
+    limits = getattr(provider, "fusion_limits", None) or {}
+    return limits.get("DepthwiseSeparableBlock.max_stride1_pixels")
+
+
 def fuse_depthwise_blocks(f) -> int:
     """Rewrite every match in ``f.graph`` (``f`` a fusion.Fuser); the number rewritten."""
     n = 0
@@ -88,8 +94,9 @@ def fuse_depthwise_blocks(f) -> int:
         wd, bd, ds, dp, lohi2, zd, g = d
         if zd is not None or g < 2 or wd.shape[0] != g or wd.shape[1] != 1:
             continue                         # not a depthwise conv (multiplier 1), or one with a residual
+        limit = _stride1_limit(f.owner(dw))
         pixels = _static_pixels(dw.outputs[0])
-        if pixels is None or (ds == [1, 1] and pixels > _SMALL):
+        if limit is not None and (pixels is None or (ds == [1, 1] and pixels > limit)):
             continue
         first = dw.inputs[0].producer() if dw.inputs[0] is not None else None
         c1 = _conv(first)

@@ -33,6 +33,10 @@ class CPUExecutionProvider(KernelProvider):
     computes_float16_in_float32: ClassVar[bool] = True
     # its kernels never read a node's ONNX protos: sessions on it alone skip making them (~25% of creation)
     reads_node_protos: ClassVar[bool] = False
+    # the level-3 DepthwiseSeparableBlock pays only on small or strided depthwise convs: measured with the
+    # compiled loops (compiled/_jit_nhwc.py), at 56x56 and above, stride 1, channels-first is as fast and
+    # the block would only add its transposing passes
+    fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
     @classmethod
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
