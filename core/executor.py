@@ -119,39 +119,55 @@ def _no_inputs(vals) -> tuple:
 
 
 class Executor:
-    """Runs one plan's steps. Each step is kept as ``(fn, get, many, out, outs, release)``: an ``itemgetter``
-    of its input slots (``many``: it returns a tuple to spread), its single output slot (-1 when it has
-    several, then ``outs``), and the slots it releases: one slot, a tuple of them, or None."""
+    """Runs one plan's steps. Each step is kept as ``(fn, n, a, b, get, out, outs, release)``: its number of
+    inputs ``n``, the slots ``a``, ``b`` of its first two (read directly when it has one or two inputs, the
+    common case; else through ``get``, an ``itemgetter`` of them all), its single output slot (-1 when it has several,
+    then ``outs``), and the slots it releases: one slot, a tuple of them, or None."""
 
-    __slots__ = ("_template", "_input_slots", "_output_slots", "_steps", "_fast")
+    __slots__ = ("_template", "_input_slots", "_inputs_at", "_output_slots", "_output", "_outputs", "_steps", "_fast")
 
     def __init__(self, template: list, input_slots, output_slots, steps) -> None:
         self._template = template
         self._input_slots = tuple(input_slots)
+        # the planner gives a graph's inputs consecutive slots: they are placed with one slice assignment
+        lo = self._input_slots[0] if self._input_slots else 0
+        self._inputs_at = slice(lo, lo + len(self._input_slots)) \
+            if self._input_slots == tuple(range(lo, lo + len(self._input_slots))) else None
         self._output_slots = tuple(output_slots)
+        self._output = self._output_slots[0] if len(self._output_slots) == 1 else -1
+        self._outputs = itemgetter(*self._output_slots) if len(self._output_slots) > 1 else _no_inputs
         self._steps = steps   # the plan's Step records: labels and profiling infos of errors and timed runs
-        self._fast = [(st.fn, itemgetter(*st.ins) if st.ins else _no_inputs, len(st.ins) != 1,
+        self._fast = [(st.fn, len(st.ins), st.ins[0] if st.ins else 0, st.ins[1] if len(st.ins) > 1 else 0,
+                       None if len(st.ins) == 1 else itemgetter(*st.ins) if st.ins else _no_inputs,
                        st.outs[0] if len(st.outs) == 1 else -1, st.outs,
                        st.release[0] if len(st.release) == 1 else (st.release or None))
                       for st in steps]
 
     def run(self, feeds) -> list:
         vals = self._template.copy()
-        for s, v in zip(self._input_slots, feeds):
-            vals[s] = v
+        if self._inputs_at is not None and len(feeds) == len(self._input_slots):
+            vals[self._inputs_at] = feeds
+        else:
+            for s, v in zip(self._input_slots, feeds):
+                vals[s] = v
         # RunOptions.terminate is read before every step (a plain attribute read), so another thread can stop
         # a run in progress; profiling takes its own timed loop, so this one stays as it is when it is off
         stop = running.options or _NOT_STOPPED
         if running.profiler is not None:
             self._run_timed(vals, running.profiler, stop)
-            return [vals[s] for s in self._output_slots]
+            return self._results(vals)
         step = None
         try:
             for step in self._fast:
-                fn, get, many, out, outs, rel = step
+                fn, n, a, b, get, out, outs, rel = step
                 if stop.terminate:
                     raise terminated()
-                res = fn(*get(vals)) if many else fn(get(vals))
+                if n == 2:
+                    res = fn(vals[a], vals[b])
+                elif n == 1:
+                    res = fn(vals[a])
+                else:
+                    res = fn(*get(vals))
                 if out >= 0:
                     vals[out] = res[0]
                 else:
@@ -169,6 +185,11 @@ class Executor:
             # the failing step, found by identity: no step counter in the loop
             i = next((k for k, st in enumerate(self._fast) if st is step), -1)
             raise self._located(e, i) from e
+        if self._output >= 0:
+            return [vals[self._output]]
+        return list(self._outputs(vals))
+
+    def _results(self, vals: list) -> list:
         return [vals[s] for s in self._output_slots]
 
     def _located(self, e: Exception, i: int) -> RuntimeException:
@@ -182,14 +203,14 @@ class Executor:
         steps = self._steps
         i = -1
         try:
-            for i, (fn, get, many, out, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
+            for i, (fn, n, a, _, get, out, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
                 if stop.terminate:
                     raise terminated()
-                args = get(vals)
+                args = (vals[a],) if n == 1 else get(vals)
                 t0 = perf()
-                res = fn(*args) if many else fn(args)
+                res = fn(*args)
                 t1 = perf()
-                profiler.node_event(steps[i].info, i, t0, t1, args if many else (args,), res)
+                profiler.node_event(steps[i].info, i, t0, t1, args, res)
                 if out >= 0:
                     vals[out] = res[0]
                 else:
@@ -215,7 +236,7 @@ class Subgraph:
         # per input, whether the body reads it (a Loop need not make an iteration number nobody reads)
         read = {s for st in plan.steps for s in st.ins} | set(plan.output_slots)
         self.reads_input = [s in read for s in plan.input_slots]
-        self._run = plan.run
+        self._run = plan.executor.run
         self._empty = not plan.steps
 
     def __call__(self, inputs: list, outer: Any = ()) -> list:

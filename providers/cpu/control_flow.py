@@ -73,18 +73,21 @@ def loop(info):
         cond_t = np.array(True)
         i = 0
         held = 0   # bytes the scan outputs hold so far: a huge trip count stops at the tensor limit
+        ndarray = np.ndarray
         while go and i < trip:
-            # iter_num and cond are fresh 0-d arrays each iteration: the body may return them as outputs.
+            # iter_num is a fresh 0-d array each iteration: the body may return it as an output.
             outs = body([np.array(i, dtype=np.int64) if needs_iter else None, cond_t, *carried], outer)
-            go = _truth(outs[0])
-            carried = list(outs[1:1 + n_carried])
-            for k in range(n_scan):
-                o = outs[1 + n_carried + k]
-                scans[k].append(o)
-                held += getattr(o, "nbytes", 0) + 64
-            if held > limit > 0:
-                raise TensorTooLarge(f"Loop's scan outputs hold {held} bytes after {i + 1} iterations, over the "
-                                     f"limit of {limit} bytes (session config '{MAX_TENSOR_BYTES_KEY}')")
+            c = outs[0]
+            go = bool(c) if c.__class__ is ndarray and c.size == 1 else _truth(c)   # _truth, inlined
+            carried = outs[1:1 + n_carried]
+            if n_scan:
+                for k in range(n_scan):
+                    o = outs[1 + n_carried + k]
+                    scans[k].append(o)
+                    held += getattr(o, "nbytes", 0) + 64
+                if held > limit > 0:
+                    raise TensorTooLarge(f"Loop's scan outputs hold {held} bytes after {i + 1} iterations, over "
+                                         f"the limit of {limit} bytes (session config '{MAX_TENSOR_BYTES_KEY}')")
             i += 1
         res = list(carried)
         for k in range(n_scan):
