@@ -16,7 +16,9 @@ from engineroom.optimizer.eliminate import (
     eliminate_redundant_cast,
     eliminate_transpose_pairs,
 )
-from engineroom.optimizer.fusion import fuse, fuse_body
+from engineroom.optimizer.dynamic_quant_matmul import fuse_dynamic_quant_matmul
+from engineroom.optimizer.fusion import Fuser, fuse, fuse_body
+from engineroom.optimizer.gather_first import gather_before_elementwise
 from engineroom.optimizer.subgraphs import all_bodies, optimize_bodies
 
 
@@ -29,6 +31,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     eliminate_transpose_pairs(g)
     if cpu_provider is not None:
         fold_constants(model, cpu_provider)
+    gather_before_elementwise(g)           # after folding: the tables it declined as too big
     eliminate_common_subexpressions(g)
     fold_conv_affine(g)
 
@@ -55,6 +58,7 @@ def optimize_extended(model: ir.Model, owners: dict[ir.Node, object], level: int
     ``providers``: the session's, in priority order (passes that change which provider could claim a
     node run only where that cannot move it, see ``float16_compute``)."""
     done = fuse(model, owners, level, providers)
+    done["MatMulIntegerToFloat"] = fuse_dynamic_quant_matmul(Fuser(model, owners))
     for body in list(all_bodies(model.graph)) if body_owners else ():
         assigned = body_owners.get(body)
         if assigned:

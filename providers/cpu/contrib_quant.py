@@ -24,6 +24,9 @@ from engineroom.providers.cpu._contrib import (
     requantize_lut,
     scalar,
 )
+from engineroom.providers.cpu import intgemm
+from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu.quantize import quantize_dynamic_u8
 from engineroom.providers.cpu.rnn import _activations, _reverse_index
 
 MS = "com.microsoft"
@@ -284,59 +287,93 @@ def _col_scale(s):
     return s.reshape(()) if s.size == 1 else s.reshape(-1)
 
 
-class _PreparedB:
-    """A constant right-hand matrix: B - zero point (float64) and its scale, made once."""
+class _PreparedInt:
+    """A right-hand integer matrix and its scale for the float-output integer products: B - zero point as an
+    ``intgemm.IntMatrix`` (exact products on float32 BLAS) and the scale as float32, made once where they
+    are constants."""
 
     def __init__(self, info, b_idx, s_idx, z_idx):
         cb, cs = const(info, b_idx), const(info, s_idx)
-        cz = const(info, z_idx) if z_idx is not None else None
-        has_z = z_idx is not None and info.has_input(z_idx)
+        cz = const(info, z_idx)
+        has_z = info.has_input(z_idx)
         self.ready = cb is not None and cs is not None and (cz is not None or not has_z)
+        self.i8 = None          # packed for the compiled VNNI kernel, where it runs (``intgemm.Int8Matrix``)
+        self._packable = None
+        self.b = None           # the float32-BLAS form, made when first needed (no VNNI kernel)
         if self.ready:
-            self.b, self.s = _centered(cb, cz), _col_scale(cs)
+            self._const = (cb, cz)
+            self.s = _col_scale(cs)
+            if intgemm.Int8Matrix.fits(cb):
+                self._packable = (cb, cz)
+                if intgemm.int8_kernels() is not None:
+                    self.i8 = intgemm.Int8Matrix(cb, cz)
 
-    def get(self, b, s, z):
-        if self.ready:
+    def get(self, b, s, z, amax):
+        if self.ready and amax <= 255:
+            if self.b is None:
+                self.b = intgemm.IntMatrix(*self._const)
             return self.b, self.s
-        return _centered(b, z), _col_scale(s)
+        return intgemm.IntMatrix(b, z, amax, intgemm.int_bound(b.dtype, z)), _col_scale(s)
+
+    def int8_product(self, a, za: int):
+        """(a - za) @ (B - zb) as int32 on the VNNI kernel for 8-bit ``a``, or None where it does not serve."""
+        kern = intgemm.int8_kernels() if self._packable is not None and a.dtype in _Q8 else None
+        if kern is None:
+            return None
+        if self.i8 is None:     # the compiled module was still building when the session was made
+            self.i8 = intgemm.Int8Matrix(*self._packable)
+        return self.i8.matmul(a, za, kern)
+
+
+def _scaled(acc, s_a, s_b, bias):
+    """float32(acc) * (s_a * s_b) + bias in float32: the numbers of the unfused Cast, Mul(a_scale, b_scale),
+    Mul and Add (onnxruntime's too)."""
+    y = acc.astype(_F32, copy=False)
+    y *= np.float32(s_a) * s_b
+    if bias is not None:
+        y += bias
+    return y
 
 
 @host_kernel("MatMulIntegerToFloat", MS, since=1, types=_Q8)
 def matmul_integer_to_float(info):
     """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, float32 out; inputs A, B, a_scale, b_scale,
-    a_zero_point, b_zero_point, bias."""
-    prepared = _PreparedB(info, 1, 3, 5)
+    a_zero_point, b_zero_point, bias. The optimizer fuses MatMulInteger + Cast + scale Mul into it
+    (``optimizer.dynamic_quant_matmul``)."""
+    prepared = _PreparedInt(info, 1, 3, 5)
 
     def run(a, b, sa, sb, za=None, zb=None, bias=None):
-        bc, s_b = prepared.get(b, sb, zb)
         s_a = _col_scale(sa)
         if s_a.ndim:
             raise NotImplementedError("MatMulIntegerToFloat: a per-row a_scale is not supported")
-        af = a.astype(_F64)
-        if za is not None:
-            af -= scalar(za)
-        y = np.matmul(af, bc).astype(_F32) * (s_a * s_b)
-        if bias is not None:
-            y += bias
-        return (y,)
+        acc = prepared.int8_product(a, 0 if za is None else int(scalar(za)))
+        if acc is not None:
+            return (_scaled(acc, s_a, prepared.s, bias),)
+        amax = intgemm.int_bound(a.dtype, za)
+        bm, s_b = prepared.get(b, sb, zb, amax)
+        acc = bm.matmul(intgemm.centered(a, None if za is None else scalar(za), bm.f.dtype), amax)
+        return (_scaled(acc, s_a, s_b, bias),)
 
     return run
 
 
 @host_kernel("DynamicQuantizeMatMul", MS, since=1, types=(np.float32,))
 def dynamic_quantize_matmul(info):
-    """A quantized on the fly to uint8 (onnxruntime's range rule), then as MatMulIntegerToFloat; inputs A,
-    B, b_scale, b_zero_point, bias."""
-    prepared = _PreparedB(info, 1, 2, 3)
+    """A quantized on the fly to uint8 (DynamicQuantizeLinear's numbers), then as MatMulIntegerToFloat;
+    inputs A, B, b_scale, b_zero_point, bias."""
+    prepared = _PreparedInt(info, 1, 2, 3)
+    jit = arrays(np).compiled("quant")
 
     def run(a, b, sb, zb=None, bias=None):
-        bc, s_b = prepared.get(b, sb, zb)
-        s_a, z_a = dynamic_qparams(a)
-        qa = quantize(a, s_a, z_a, np.uint8)
-        y = np.matmul(qa.astype(_F64) - z_a, bc).astype(_F32) * (np.float32(s_a) * s_b)
-        if bias is not None:
-            y += bias
-        return (y,)
+        qa, s_a, z_a = quantize_dynamic_u8(a, np, jit)
+        z = int(z_a)
+        acc = prepared.int8_product(qa, z)
+        if acc is not None:
+            return (_scaled(acc, s_a, prepared.s, bias),)
+        amax = max(z, 255 - z)          # the centered activation's bound: fewer K chunks than 255
+        bm, s_b = prepared.get(b, sb, zb, amax)
+        af = np.subtract(qa, np.float32(z), dtype=bm.f.dtype)
+        return (_scaled(bm.matmul(af, amax), s_a, s_b, bias),)
 
     return run
 

@@ -135,3 +135,82 @@ def join_split(y, group: int):
     out *= 2 ** SPLIT_SHIFT
     out += v[:, :, 1]
     return out.reshape((N, M2 // 2) + y.shape[2:])
+
+
+# --------------------------------------------------------------------------------------------------
+# 8-bit products on the compiled VNNI kernel (``_jit_int8``)
+
+# (a - za)(b - zb) summed over K stays within int32 while K * 255 * 255 < 2**31: the kernel's int32
+# lanes wrap, and the corrections below are taken modulo 2**32 too, so the result is exact up to here
+INT8_MAX_K = (2 ** 31 - 1) // (255 * 255)
+_VNNI: bool | None = None   # whether the compiled module is the VNNI build (known once it loads)
+
+
+def int8_kernels():
+    """The compiled ``_jit_int8`` module where it runs on VNNI instructions, else None (not built yet, no
+    numba, or a CPU without VNNI: float32 BLAS serves then)."""
+    global _VNNI
+    from engineroom.providers.cpu.array_module import arrays
+
+    mod = arrays(np).compiled("int8")
+    if mod is None:
+        return None                     # not built (yet), or the NumPy paths asked for
+    if _VNNI is None:
+        flag = np.zeros(1, np.uint8)
+        mod.vnni(flag)
+        _VNNI = bool(flag[0])
+    return mod if _VNNI else None
+
+
+class Int8Matrix:
+    """A constant 8-bit right-hand matrix (K, N) and its zero point (per tensor or per column), packed once
+    for ``_jit_int8.gemm_u8s8``: signed bytes (uint8 weights shifted by 128, the zero point with them), in
+    panels of 32 columns, (K/4, 32, 4) each, K and N padded with zeros; and its column sums, for the zero
+    point of A."""
+
+    __slots__ = ("K", "N", "Kp", "packed", "colsum", "zb", "panels")
+
+    def __init__(self, b, zp=None):
+        b = np.asarray(b)
+        self.K, self.N = b.shape
+        shift = 128 if b.dtype == np.uint8 else 0
+        bs = (b.astype(np.int16) - shift).astype(np.int8)
+        zb = np.zeros(1, np.int64) if zp is None else np.asarray(zp).astype(np.int64).reshape(-1)
+        zb = zb - shift
+        self.zb = zb if zb.any() else None
+        self.colsum = bs.sum(axis=0, dtype=np.int64)
+        self.Kp = -(-self.K // 4) * 4
+        self.panels = -(-self.N // 32)
+        full = np.zeros((self.Kp, self.panels * 32), np.int8)
+        full[:self.K, :self.N] = bs
+        packed = full.reshape(self.Kp // 4, 4, self.panels, 32).transpose(2, 0, 3, 1)
+        self.packed = np.ascontiguousarray(packed).reshape(-1, 128).view(np.uint8)
+
+    @staticmethod
+    def fits(b) -> bool:
+        """Whether a constant B can be packed: 8-bit, 2-D, K within :data:`INT8_MAX_K`."""
+        return b.ndim == 2 and b.dtype in (np.uint8, np.int8) and 0 < b.shape[0] <= INT8_MAX_K
+
+    def matmul(self, a, za: int, kern):
+        """(a - za) @ (B - zb) exactly, int32 (..., N): ``a`` uint8 or int8 (..., K), ``za`` its zero point (an
+        integer), ``kern`` the module :func:`int8_kernels` gave."""
+        if a.dtype == np.int8:          # signed A as unsigned bytes: a + 128, its zero point with it
+            a = a.view(np.uint8) ^ np.uint8(128)
+            za += 128
+        lead = a.shape[:-1]
+        a2 = a.reshape(-1, self.K)
+        M = a2.shape[0]
+        Mp = -(-M // 4) * 4
+        if Mp != M or self.Kp != self.K or not a2.flags.c_contiguous:
+            buf = np.zeros((Mp, self.Kp), np.uint8)
+            buf[:M, :self.K] = a2
+            a2 = buf
+        c = np.empty((Mp, self.panels * 32), np.int32)
+        kern.gemm_u8s8(a2, self.packed, c.view(np.uint8))
+        # (a - za)(b - zb) = ab - za * colsum(b) - zb * rowsum(a) + K * za * zb, in int32 modulo 2**32
+        acc = c[:M, :self.N] - (za * self.colsum).astype(np.int32)
+        if self.zb is not None:
+            rows = a2[:M, :self.K].sum(axis=1, dtype=np.int64)
+            acc -= (rows[:, None] * self.zb).astype(np.int32)
+            acc += (self.K * za * self.zb).astype(np.int32)
+        return acc.reshape(lead + (self.N,))

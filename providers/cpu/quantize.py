@@ -171,37 +171,47 @@ def dynamic_quantize_linear(info):
     jit = arrays(xp).compiled("quant")
 
     def run(x):
-        # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
-        xf = x.astype(np.float32, copy=False)
-        flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
-        if xf.size:
-            lo, hi = float(xp.min(xf)), float(xp.max(xf))
-            if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
-                flat = None
-                # the range skips them, as MLAS's min/max pass in onnxruntime does (a NaN quantizes to 0)
-                lo, hi = float(xp.fmin.reduce(xf, axis=None)), float(xp.fmax.reduce(xf, axis=None))
-            rmin, rmax = min(lo, 0.0), max(hi, 0.0)
-        else:
-            rmin = rmax = 0.0
-        scale = np.float32((rmax - rmin) / np.float32(255.0))
-        if scale == 0 or not np.isfinite(scale):
-            if scale == 0:              # an all-zero input: scale 1 (not 0, which divides by zero), as onnxruntime
-                scale = np.float32(1.0)
-            zp = np.uint8(0)
-            y = xp.zeros(x.shape, dtype=np.uint8)
-            if np.isinf(scale):         # an infinite range: onnxruntime's arithmetic, clamps that let NaN through
-                with np.errstate(invalid="ignore"):
-                    z = np.float32(0.0) - np.float32(rmin) / scale  # NaN when rmin is -inf
-                    zp = np.uint8(255 if z != z else np.clip(np.rint(z), 0, 255))
-                    v = xp.rint(xf / scale) + np.float32(zp)          # finite x: zp; +-inf x: NaN -> 0
-                    y = xp.where(v != v, 0, xp.clip(v, 0, 255)).astype(np.uint8)
-        else:
-            zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
-            if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
-                y = np.empty(x.shape, np.uint8)
-                jit.quantize_u8(flat, y.reshape(-1), scale, np.float32(zp))
-            else:
-                y = xp.clip(xp.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+        y, scale, zp = quantize_dynamic_u8(x, xp, jit)
         return y, xp.asarray(scale, dtype=np.float32), xp.asarray(zp, dtype=np.uint8)
 
     return run
+
+
+def quantize_dynamic_u8(x, xp=np, jit=None):
+    """DynamicQuantizeLinear's numbers (also the com.microsoft DynamicQuantize* ops'): x quantized to uint8,
+    its scale (np.float32) and zero point (np.uint8). ``jit``: the compiled ``quant`` module, or None."""
+    # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
+    xf = x.astype(np.float32, copy=False)
+    flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
+    if xf.size:
+        lo, hi = float(xp.min(xf)), float(xp.max(xf))
+        if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
+            flat = None
+            # the range skips them, as MLAS's min/max pass in onnxruntime does (a NaN quantizes to 0)
+            lo, hi = float(xp.fmin.reduce(xf, axis=None)), float(xp.fmax.reduce(xf, axis=None))
+        rmin, rmax = min(lo, 0.0), max(hi, 0.0)
+    else:
+        rmin = rmax = 0.0
+    # float32 arithmetic, as onnxruntime's (a float64 difference rounded once to float32 can be an ulp
+    # off, and a range past float32's overflows to an infinite scale there)
+    with np.errstate(over="ignore"):
+        scale = (np.float32(rmax) - np.float32(rmin)) / np.float32(255.0)
+    if scale == 0 or not np.isfinite(scale):
+        if scale == 0:              # an all-zero input: scale 1 (not 0, which divides by zero), as onnxruntime
+            scale = np.float32(1.0)
+        zp = np.uint8(0)
+        y = xp.zeros(x.shape, dtype=np.uint8)
+        if np.isinf(scale):         # an infinite range: onnxruntime's arithmetic, clamps that let NaN through
+            with np.errstate(invalid="ignore"):
+                z = np.float32(0.0) - np.float32(rmin) / scale  # NaN when rmin is -inf
+                zp = np.uint8(255 if z != z else np.clip(np.rint(z), 0, 255))
+                v = xp.rint(xf / scale) + np.float32(zp)          # finite x: zp; +-inf x: NaN -> 0
+                y = xp.where(v != v, 0, xp.clip(v, 0, 255)).astype(np.uint8)
+    else:
+        zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
+        if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
+            y = np.empty(x.shape, np.uint8)
+            jit.quantize_u8(flat, y.reshape(-1), scale, np.float32(zp))
+        else:
+            y = xp.clip(xp.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+    return y, scale, zp

@@ -1,0 +1,143 @@
+"""Compiled (numba) 8-bit integer matrix product: uint8 x int8 -> int32, exact, with AVX-512 VNNI.
+
+``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of four products to a
+32-bit lane: four times the multiply-adds of a float32 FMA per instruction, and exact (the lanes wrap
+modulo 2**32, which the callers' results fit). LLVM does not form it from plain loops (it widens to 16
+bits), so the micro-kernel is written as LLVM IR through a numba intrinsic: 4 rows of A by 32 columns of
+B, eight accumulators in registers, the loop over K in steps of 4.
+
+B is packed once (``intgemm.Int8Matrix``): panels of 32 columns, each (K/4, 32, 4) bytes, so one
+64-byte load holds four K steps of 16 columns. A is (M, K) uint8 with M a multiple of 4 and K of 4
+(callers pad with zeros, which add nothing).
+
+On a CPU without VNNI the same IR is built from generic vector ops (widen, multiply, add groups of four),
+so the module always compiles; :func:`vnni` says which one was built and the callers use the kernel only
+where it is the VNNI one (float32 BLAS is faster than the generic form).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
+
+MR = 4          # rows of A per micro-kernel
+NR = 32         # columns of B per panel (two 16-lane accumulators per row)
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V16 = ir.VectorType(_I32, 16)
+_B64 = ir.VectorType(_I8, 64)
+
+
+def _host_has_vnni() -> bool:
+    import llvmlite.binding as llvm
+
+    f = llvm.get_host_cpu_features()
+    return bool(f.get("avx512vnni")) and bool(f.get("avx512bw"))
+
+
+def _dot4(builder, acc, a_splat, b):
+    """acc + per lane the sum of four u8(a) * s8(b) products: vpdpbusd, or generic IR that computes it."""
+    mod = builder.module
+    if _host_has_vnni():
+        name = "llvm.x86.avx512.vpdpbusd.512"
+        fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(_V16, [_V16, _V16, _V16]), name)
+        return builder.call(fn, [acc, a_splat, b])
+    wide = ir.VectorType(_I32, 64)
+    prod = builder.mul(builder.zext(builder.bitcast(a_splat, _B64), wide),
+                       builder.sext(builder.bitcast(b, _B64), wide))
+    for j in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, 16), [4 * i + j for i in range(16)]))
+        acc = builder.add(acc, part)
+    return acc
+
+
+@intrinsic
+def _micro(typingctx, a_addr, lda, b_addr, c_addr, ldc, k4):
+    """C[0:4, 0:32] = A[0:4, 0:4*k4] @ panel (int32, stored); addresses and row strides in bytes."""
+    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_addr, lda, b_addr, c_addr, ldc, k4 = args
+        i8p = _I8.as_pointer()
+        a_p, b_p, c_p = (builder.inttoptr(v, i8p) for v in (a_addr, b_addr, c_addr))
+        entry = builder.basic_block
+        loop = builder.append_basic_block("int8.loop")
+        done = builder.append_basic_block("int8.done")
+        zero = ir.Constant(_V16, None)
+        builder.cbranch(builder.icmp_signed(">", k4, ir.Constant(_I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(_I64)
+        k.add_incoming(ir.Constant(_I64, 0), entry)
+        accs = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]
+        for row in accs:
+            for p in row:
+                p.add_incoming(zero, entry)
+        boff = builder.mul(k, ir.Constant(_I64, 4 * NR))
+        bv = [builder.load(builder.bitcast(builder.gep(b_p, [builder.add(boff, ir.Constant(_I64, 64 * j))]),
+                                           _V16.as_pointer()), align=1) for j in range(NR // 16)]
+        k_bytes = builder.mul(k, ir.Constant(_I64, 4))
+        new = []
+        for r in range(MR):
+            ptr = builder.gep(a_p, [builder.add(builder.mul(ir.Constant(_I64, r), lda), k_bytes)])
+            a4 = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1)
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V16, ir.Undefined), a4,
+                                                                  ir.Constant(_I32, 0)),
+                                           ir.Constant(_V16, ir.Undefined), ir.Constant(_V16, None))
+            new.append([_dot4(builder, accs[r][j], splat, bv[j]) for j in range(NR // 16)])
+        k1 = builder.add(k, ir.Constant(_I64, 1))
+        k.add_incoming(k1, loop)
+        for r in range(MR):
+            for j in range(NR // 16):
+                accs[r][j].add_incoming(new[r][j], loop)
+        builder.cbranch(builder.icmp_signed("<", k1, k4), loop, done)
+        builder.position_at_end(done)
+        res = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]   # phis first in a block
+        for r in range(MR):
+            for j in range(NR // 16):
+                res[r][j].add_incoming(zero, entry)
+                res[r][j].add_incoming(new[r][j], loop)
+                off = builder.add(builder.mul(ir.Constant(_I64, r), ldc), ir.Constant(_I64, 64 * j))
+                builder.store(res[r][j], builder.bitcast(builder.gep(c_p, [off]), _V16.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _vnni_flag(typingctx):
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_I64, 1 if _host_has_vnni() else 0)
+
+    return sig, codegen
+
+
+@njit(nogil=True, boundscheck=False)
+def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
+    """c = a @ B exactly (int32, wrapping): a (M, K) uint8, M and K multiples of 4; bp the packed B as bytes
+    (panels * K/4, 128); c the bytes of an int32 (M, panels * 32) array."""
+    M = a.shape[0]
+    k4 = a.shape[1] // 4
+    panels = c.shape[1] // (4 * NR)
+    lda = a.shape[1]
+    ldc = c.shape[1]
+    a0, b0, c0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data
+    for p in range(panels):
+        for m0 in range(0, M, MR):
+            _micro(a0 + m0 * lda, lda, b0 + p * k4 * 4 * NR, c0 + m0 * ldc + p * NR * 4, ldc, k4)
+
+
+@njit(nogil=True)
+def vnni(out):  # pragma: no cover (compiled)
+    """out[0] = 1 where gemm_u8s8 was built with VNNI instructions, else 0."""
+    out[0] = np.uint8(_vnni_flag())
+
+
+# the variants compiled ahead of time (see _jit): argument kinds, dtypes (bytes only: the variant dtype is
+# unused)
+AOT = {
+    "gemm_u8s8": ("U2 U2 U2", ("f4",)),
+    "vnni": ("U1", ("f4",)),
+}
