@@ -166,3 +166,68 @@ def test_transposed_matmul_fusion_matches_onnxruntime(tmp_path, a_shape, b_shape
     assert "FusedMatMul" in ops and "MatMul" not in ops
     kept = 1 if len(outs) > 1 else 0
     assert ops.count("Transpose") == kept
+
+
+def _concat_cache_model():
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Concat", ["past", "x"], ["present"], axis=2),
+                           helper.make_node("ReduceSum", ["present"], ["total"], keepdims=0)], "g",
+                          [helper.make_tensor_value_info("past", TensorProto.FLOAT, [2, 3, "T", 4]),
+                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, "S", 4])],
+                          [helper.make_tensor_value_info("present", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("total", TensorProto.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def test_cache_concat_grows_in_place_and_never_changes_what_it_returned():
+    """A Concat whose output comes back as its first input (a Hugging Face cache) writes each step's new
+    positions into room after the past (the outputs share one buffer) -- the same values as onnxruntime
+    at every step; a past fed twice (beam search), the latest or an older one, is copied, and no array
+    returned earlier ever changes."""
+    model = _concat_cache_model()
+    s, ref = er.InferenceSession(model), ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    past = np.zeros((2, 3, 0, 4), np.float32)
+    kept, shared = [], 0
+    for step in range(40):
+        x = rng.standard_normal((2, 3, 1 if step else 5, 4)).astype(np.float32)
+        got, want = s.run(None, {"past": past, "x": x}), ref.run(None, {"past": past, "x": x})
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        shared += bool(np.shares_memory(got[0], past))
+        kept.append((got[0], got[0].copy()))
+        past = got[0]
+    assert shared >= 30, f"only {shared} of 39 steps appended in place"
+    for old in (past, kept[7][0]):                  # the latest past, then an older one, each fed twice
+        a = s.run(None, {"past": old, "x": np.ones((2, 3, 1, 4), np.float32)})[0]
+        b = s.run(None, {"past": old, "x": np.full((2, 3, 1, 4), 2, np.float32)})[0]
+        np.testing.assert_array_equal(a, np.concatenate([old, np.ones((2, 3, 1, 4), np.float32)], 2))
+        np.testing.assert_array_equal(b, np.concatenate([old, np.full((2, 3, 1, 4), 2, np.float32)], 2))
+        assert not np.shares_memory(a[:, :, -1], b[:, :, -1])
+        kept += [(a, a.copy()), (b, b.copy())]
+    for arr, copy in kept:
+        np.testing.assert_array_equal(arr, copy)
+
+
+def test_cache_concat_through_iobinding_keeps_the_cache_in_place():
+    """IOBinding with ``present`` bound to the host and fed back as an OrtValue: the cache grows in the
+    same buffer, values as onnxruntime's."""
+    model = _concat_cache_model()
+    s, ref = er.InferenceSession(model), ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    past = er.OrtValue.ortvalue_from_numpy(np.zeros((2, 3, 0, 4), np.float32))
+    want = np.zeros((2, 3, 0, 4), np.float32)
+    buffers = set()
+    for _ in range(20):
+        x = rng.standard_normal((2, 3, 1, 4)).astype(np.float32)
+        io = s.io_binding()
+        io.bind_ortvalue_input("past", past)
+        io.bind_cpu_input("x", x)
+        io.bind_output("present", "cpu")
+        s.run_with_iobinding(io)
+        past = io.get_outputs()[0]
+        want = ref.run(["present"], {"past": want, "x": x})[0]
+        np.testing.assert_array_equal(past.numpy(), want)
+        buffers.add(past.numpy().__array_interface__["data"][0])
+    assert len(buffers) <= 3, f"{len(buffers)} buffers for 20 steps: the cache was copied"

@@ -15,6 +15,7 @@ import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
 from engineroom.plugin_sdk.limits import check_tensor_size
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
 # --- helpers
@@ -130,7 +131,20 @@ def concat(info):
             return (xs[0].copy(),)
         a = _axis(axis, xs[0].ndim)
         return (xp.concatenate(xs, axis=a),)
-    return run
+
+    if not arrays(xp).host or len(info.input_names) != 2:
+        return run
+    # two host arrays: a KV cache fed back run after run grows in place (llm.GrowingConcat)
+    from engineroom.providers.cpu.llm import GrowingConcat
+
+    grow = GrowingConcat()
+
+    def run_growing(past, new):
+        if past is None or new is None or past.ndim < 2 or past.__class__ is not np.ndarray \
+                or new.__class__ is not np.ndarray:
+            return run(past, new)
+        return (grow(past, new, _axis(axis, past.ndim)),)
+    return run_growing
 
 
 # --- Split
