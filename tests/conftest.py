@@ -73,3 +73,76 @@ def assert_matches_pytorch(name: str, outs, refs, rel: float) -> None:
         assert out.shape == ref.shape and out.dtype == ref.dtype
         err = float(np.max(np.abs(out.astype(np.float64) - ref)))
         assert err <= rel * float(np.max(np.abs(ref))), f"{name} output {k}: max abs error {err:.3g}"
+
+
+# -- helpers the test modules share (``from conftest import make_model, assignment, ...``) ------------------
+def make_model(nodes, inputs, outputs, inits=(), opset=17, *, opsets=(), check=False, **kw):
+    """A model of ``nodes`` with graph ``inputs``/``outputs`` (ValueInfoProtos); ``inits`` are TensorProtos or
+    (name, array) pairs; the default domain at ``opset``, plus ``opsets`` ((domain, version) pairs or
+    OperatorSetIdProtos); ``check`` runs the ONNX checker; ``kw`` goes to ``onnx.helper.make_model``."""
+    import numpy as np
+    from onnx import checker, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(t[1]), t[0]) if isinstance(t, tuple) else t for t in inits]
+    ids = [helper.make_opsetid("", opset)] + [helper.make_opsetid(*o) if isinstance(o, tuple) else o for o in opsets]
+    m = helper.make_model(helper.make_graph(list(nodes), "g", list(inputs), list(outputs), inits),
+                          opset_imports=ids, **kw)
+    if check:
+        checker.check_model(m)
+    return m
+
+
+def tensor_info(name: str, array_or_type, shape=None):
+    """A tensor ValueInfoProto: the dtype and shape of an array, or an ONNX element type and ``shape``."""
+    from onnx import helper
+
+    if hasattr(array_or_type, "dtype"):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array_or_type.dtype),
+                                             array_or_type.shape)
+    return helper.make_tensor_value_info(name, array_or_type, shape)
+
+
+def assignment(session) -> list[tuple[str, list[str]]]:
+    """(provider, node names) per partition, in plan order (``get_provider_graph_assignment_info``)."""
+    return [(p.ep_name, [n.name for n in p.get_nodes()]) for p in session.get_provider_graph_assignment_info()]
+
+
+def copies(session) -> int:
+    """How many copies between devices the session's plan inserted, as its placement line says."""
+    import re
+
+    found = re.search(r"; (\d+) copies inserted", session.placement)
+    assert found, f"no copy count in the placement line: {session.placement}"
+    return int(found.group(1))
+
+
+def profiled_node_events(session_factory, feed: dict, runs: int = 1) -> list[dict]:
+    """The profiler's per-node events (``cat`` "Node") of ``runs`` runs of the session that
+    ``session_factory(sess_options)`` creates with profiling on (``SessionOptions.enable_profiling``)."""
+    import json
+    import tempfile
+
+    import engineroom as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        s = session_factory(so)
+        for _ in range(runs):
+            s.run(None, feed)
+        with open(s.end_profiling(), encoding="utf-8") as f:
+            return [e for e in json.load(f) if e.get("cat") == "Node"]
+
+
+def run_both(model: bytes, feed: dict, **er_kw) -> tuple[list, list]:
+    """(onnxruntime's outputs, engineroom's outputs) on the CPU provider for model bytes ``model``;
+    onnxruntime (the oracle) with one thread, ``er_kw`` to engineroom's InferenceSession."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the test oracle) is not installed")
+    import engineroom as er
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    ref = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    got = er.InferenceSession(model, providers=["CPUExecutionProvider"], **er_kw).run(None, feed)
+    return ref, got

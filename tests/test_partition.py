@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assignment, copies
 from onnx import TensorProto, helper
 
 import engineroom as ort
@@ -16,10 +17,6 @@ def _model(nodes, inputs=("x",), outputs=("y",), shape=(2, 3), inits=()):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _assignment(sess):
-    return [(p.ep_name, [n.name for n in p.get_nodes()]) for p in sess.get_provider_graph_assignment_info()]
-
-
 def test_provider_gets_exactly_the_ops_it_claims(test_plugins):
     # x -> Relu -> Add(.,x) -> Mul(.,x) -> Neg -> y
     m = _model([helper.make_node("Relu", ["x"], ["a"], name="relu"),
@@ -29,11 +26,10 @@ def test_provider_gets_exactly_the_ops_it_claims(test_plugins):
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     cpu = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
     s = ort.InferenceSession(m.SerializeToString(), providers=["AddMulExecutionProvider", "CPUExecutionProvider"])
-    assert _assignment(s) == [("CPUExecutionProvider", ["relu"]), ("AddMulExecutionProvider", ["add", "mul"]),
+    assert assignment(s) == [("CPUExecutionProvider", ["relu"]), ("AddMulExecutionProvider", ["add", "mul"]),
                               ("CPUExecutionProvider", ["neg"])]
     # crossing edges: a (cpu->fake), x (cpu->fake, once for both Add and Mul), c (fake->cpu)
-    assert s._plan.n_copies == 3
-    assert "3 copies inserted" in s.placement
+    assert copies(s) == 3
     np.testing.assert_array_equal(s.run(None, {"x": x})[0], cpu)
     assert s.get_providers() == ["AddMulExecutionProvider", "CPUExecutionProvider"]
 
@@ -46,10 +42,10 @@ def test_copies_between_two_devices_and_the_host(test_plugins):
                 helper.make_node("Relu", ["c"], ["y"], name="relu")])
     x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
     s = ort.InferenceSession(m, providers=["AddMulExecutionProvider", "NegExecutionProvider"])
-    assert [p for p, _ in _assignment(s)] == ["AddMulExecutionProvider", "NegExecutionProvider",
+    assert [p for p, _ in assignment(s)] == ["AddMulExecutionProvider", "NegExecutionProvider",
                                                "AddMulExecutionProvider", "NegExecutionProvider"]
     # x->fake (1), a fake->fake2 (2), b fake2->fake (3), c fake->fake2 (4), y fake2->host (5)
-    assert s._plan.n_copies == 5
+    assert copies(s) == 5
     np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.maximum(-(x + x) * x, 0))
 
 
@@ -61,7 +57,7 @@ def test_host_inputs_are_not_copied(test_plugins):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     s = ort.InferenceSession(m, so, providers=["AddMulExecutionProvider"])
-    assert s._plan.n_copies == 2  # x in, y out; the shape stays on the host
+    assert copies(s) == 2  # x in, y out; the shape stays on the host
     np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.full((3, 2), 2, np.float32))
 
 
@@ -72,7 +68,7 @@ def test_diamond_is_split_into_cycle_free_partitions(test_plugins):
                 helper.make_node("Mul", ["a", "b"], ["y"], name="mul")])
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     s = ort.InferenceSession(m, providers=["AddMulExecutionProvider", "CPUExecutionProvider"])
-    assert _assignment(s) == [("AddMulExecutionProvider", ["add1"]), ("CPUExecutionProvider", ["relu"]),
+    assert assignment(s) == [("AddMulExecutionProvider", ["add1"]), ("CPUExecutionProvider", ["relu"]),
                               ("AddMulExecutionProvider", ["mul"])]
     np.testing.assert_allclose(s.run(None, {"x": x})[0], (2 * x) * np.maximum(2 * x, 0))
 
@@ -83,7 +79,7 @@ def test_independent_branches_merge_into_one_partition(test_plugins):
                 helper.make_node("Mul", ["x", "x"], ["b"], name="mul"),
                 helper.make_node("Add", ["a", "b"], ["y"], name="add2")], outputs=("y", "r"))
     s = ort.InferenceSession(m, providers=["AddMulExecutionProvider", "CPUExecutionProvider"])
-    parts = _assignment(s)
+    parts = assignment(s)
     assert sorted(n for p, ns in parts if p == "AddMulExecutionProvider" for n in ns) == ["add", "add2", "mul"]
     assert sum(p == "AddMulExecutionProvider" for p, _ in parts) == 1
 
