@@ -53,10 +53,12 @@ def build_plan(model: ir.Model, providers: list[ExecutionProvider], level: int, 
                 assigned[body] = builder.owners(body, outer)
             except Unclaimed:
                 pass       # reported when the body is planned
-        if any(optimize_extended(model, owners, level, assigned, providers=providers).values()):
+        done = optimize_extended(model, owners, level, assigned, providers=providers)
+        if any(done.values()):
             builder.opsets = _opsets(model)       # the fused ops' domains
             try:
-                builder.reassign(model.graph, owners)
+                # the float16 pass widens values in place: every view of the main graph is made again
+                builder.reassign(model.graph, owners, retyped=bool(done.get("Float16InFloat32")))
                 for body, body_owners in assigned.items():
                     builder.reassign(body, body_owners)
             except Unclaimed as u:

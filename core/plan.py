@@ -165,10 +165,9 @@ def free_names(graph: ir.Graph) -> list[str]:
 
 
 def _signature(node: ir.Node) -> tuple:
-    """What a node's view is made of besides the node itself: its values and their types (a rewrite that
-    rewires a node or widens its values' dtype changes it; ``PlanBuilder.reassign`` then rebuilds the view)."""
-    return tuple((id(v), v.dtype, id(v.shape), id(v.const_value)) if v is not None else None
-                 for v in (*node.inputs, *node.outputs))
+    """The values a node reads and writes: a rewrite that rewires the node changes it, and
+    ``PlanBuilder.reassign`` then rebuilds its view (a pass that retypes values in place says so instead)."""
+    return tuple(map(id, node.inputs)), tuple(map(id, node.outputs))
 
 
 def _graphs_of(a) -> list[ir.Graph]:
@@ -229,13 +228,14 @@ class PlanBuilder:
         assigned = self._assigned[graph] = self._assign(graph, outer_names)
         return {n: self.providers[o] for n, o in zip(assigned[2], assigned[5])}
 
-    def reassign(self, graph: ir.Graph, owners: dict[ir.Node, ExecutionProvider]) -> None:
+    def reassign(self, graph: ir.Graph, owners: dict[ir.Node, ExecutionProvider], retyped: bool = False) -> None:
         """The assignment of ``graph`` after passes rewrote it, without asking the providers again: each
         node's provider is the one ``owners`` names (the passes record there the nodes they make), else
-        the first provider with a kernel for it. Views of nodes whose values did not change are kept."""
+        the first provider with a kernel for it. Views of nodes whose values did not change are kept,
+        unless ``retyped`` (a pass changed values' types in place)."""
         consts0, input_names, nodes0, views0, outer0, owner0, group0, notes, sigs0 = self._assigned[graph]
-        consts = {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items()
-                  if v.const_value is not None and name not in input_names}
+        consts = {name: consts0[name] if name in consts0 and not retyped else tensor_to_numpy(v.const_value)
+                  for name, v in graph.initializers.items() if v.const_value is not None and name not in input_names}
         protos = any(getattr(p, "reads_node_protos", True) for p in self.providers)
         before = {n: k for k, n in enumerate(nodes0)}
         rank = {id(p): i for i, p in enumerate(self.providers)}
@@ -244,7 +244,7 @@ class PlanBuilder:
         for i, n in enumerate(nodes):
             k = before.get(n)
             sig = _signature(n)
-            if k is not None and sig == sigs0[k]:
+            if k is not None and sig == sigs0[k] and not retyped:
                 views.append(views0[k] if views0[k].index == i else replace(views0[k], index=i))
             else:
                 views.append(node_view(n, i, self.opsets, consts, protos))

@@ -122,7 +122,7 @@ def compute_float16_in_float32(model: ir.Model, owners: dict, providers: list | 
             # a float16 initializer: converted once
             arr = v.const_value.numpy().astype(np.float32)
             if not outside_readers and not v.is_graph_output():
-                v.const_value = ir.tensor(arr, name=v.name)
+                v.const_value = ir.Tensor(arr, name=v.name)
                 v.dtype = _F32
             else:
                 from engineroom.optimizer.rewrite import new_constant

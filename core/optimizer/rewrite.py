@@ -70,6 +70,6 @@ def new_constant(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Value
         k += 1
         name = f"{name_hint}_{k}"
     v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                 const_value=ir.tensor(array, name=name))
+                 const_value=ir.Tensor(array, name=name))
     graph.register_initializer(v)
     return v
