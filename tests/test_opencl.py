@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ZOO_MODELS, assert_matches_pytorch, run_zoo
+from conftest import ZOO_MODELS, assert_matches_pytorch, assignment, copies, make_model, run_zoo, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -24,19 +24,14 @@ needs_opencl = pytest.mark.skipif(not OpenCLExecutionProvider.is_available(),
                                   reason=f"no OpenCL device: {OpenCLExecutionProvider.unavailable_reason()}")
 
 
-def _model(nodes, inputs, outputs, inits=(), opset=18):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _vi(name, arr):
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape)
+def _model(nodes, inputs, outputs, inits=(), opset=18, **kw):
+    return make_model(nodes, inputs, outputs, inits, opset, **kw)
 
 
 def _single(op, inputs, attrs=None, consts=(), n_out=1, opset=18):
     """A one-node model over ``inputs`` (a list of arrays; None = absent); ``consts`` are initializers."""
     names = [f"x{k}" if v is not None else "" for k, v in enumerate(inputs)]
-    graph_in = [_vi(n, v) for n, v in zip(names, inputs) if n and n not in consts]
+    graph_in = [tensor_info(n, v) for n, v in zip(names, inputs) if n and n not in consts]
     inits = [numpy_helper.from_array(v, n) for n, v in zip(names, inputs) if n in consts]
     outs = [helper.make_tensor_value_info(f"y{k}", TensorProto.UNDEFINED, None) for k in range(n_out)]
     node = helper.make_node(op, names, [o.name for o in outs], name=op.lower(), **(attrs or {}))
@@ -49,10 +44,6 @@ def _session(model, providers=(OCL, CPU), level=None):
     if level is not None:
         so.graph_optimization_level = level
     return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
-
-
-def _assignment(sess):
-    return [(p.ep_name, [n.name for n in p.get_nodes()]) for p in sess.get_provider_graph_assignment_info()]
 
 
 # -- without a device -----------------------------------------------------------------------------
@@ -177,7 +168,7 @@ def test_op_matches_onnx_reference(case):
     _, op, inputs, attrs, consts, opset, n_out = case
     m, feed = _single(op, inputs, attrs, consts, n_out, opset)
     s = _session(m)
-    assert [p for p, _ in _assignment(s)] == [OCL], s.placement
+    assert [p for p, _ in assignment(s)] == [OCL], s.placement
     got = s.run(None, feed)
     want = ReferenceEvaluator(m).run(None, feed)
     for g, w in zip(got, want):
@@ -195,7 +186,7 @@ def test_softmax_before_opset_13_coerces_to_2d():
     x = f32(2, 3, 4)
     m, feed = _single("Softmax", [x], {"axis": 1}, opset=11)
     s = _session(m)
-    assert [p for p, _ in _assignment(s)] == [OCL]
+    assert [p for p, _ in assignment(s)] == [OCL]
     e = np.exp(x.reshape(2, 12) - x.reshape(2, 12).max(axis=1, keepdims=True))
     np.testing.assert_allclose(s.run(None, feed)[0], (e / e.sum(axis=1, keepdims=True)).reshape(2, 3, 4), rtol=1e-5)
 
@@ -216,12 +207,12 @@ def test_fused_conv_matches_the_cpu_provider(act, params, residual, depthwise):
         attrs["activation_params"] = params
     names = ["x", "w", "b", "z"][: len(inputs)]
     node = helper.make_node("FusedConv", names, ["y"], domain="com.microsoft", **attrs)
-    m = _model([node], [_vi(n, v) for n, v in zip(names, inputs)],
+    m = _model([node], [tensor_info(n, v) for n, v in zip(names, inputs)],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     feed = dict(zip(names, inputs))
     s = _session(m)
-    assert [p for p, _ in _assignment(s)] == [OCL], s.placement
+    assert [p for p, _ in assignment(s)] == [OCL], s.placement
     want = _session(m, [CPU]).run(None, feed)[0]
     np.testing.assert_allclose(s.run(None, feed)[0], want, rtol=1e-4, atol=1e-5)
 
@@ -230,10 +221,10 @@ def test_fused_conv_matches_the_cpu_provider(act, params, residual, depthwise):
 def test_fast_gelu_with_bias():
     x, bias = f32(3, 16), f32(16)
     node = helper.make_node("FastGelu", ["x", "bias"], ["y"], domain="com.microsoft")
-    m = _model([node], [_vi("x", x), _vi("bias", bias)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    m = _model([node], [tensor_info("x", x), tensor_info("bias", bias)], [tensor_info("y", TensorProto.FLOAT, None)],
+               opsets=[("com.microsoft", 1)])
     s = _session(m)
-    assert [p for p, _ in _assignment(s)] == [OCL]
+    assert [p for p, _ in assignment(s)] == [OCL]
     v = x + bias
     want = 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
     np.testing.assert_allclose(s.run(None, {"x": x, "bias": bias})[0], want, rtol=1e-5, atol=1e-6)
@@ -244,14 +235,14 @@ def test_unsupported_node_falls_back_to_cpu_visibly():
     # float16 has no kernel here: the node goes to the CPU, and the placement line says so
     m, feed = _single("Relu", [np.ones((2, 3), np.float16)])
     s = _session(m)
-    assert _assignment(s) == [(CPU, ["relu"])]
+    assert assignment(s) == [(CPU, ["relu"])]
     assert "CPUExecutionProvider took 1/1 nodes (Relu)" in s.placement
     np.testing.assert_array_equal(s.run(None, feed)[0], np.ones((2, 3), np.float16))
     # float64 GEMMs stay on the CPU (PoCL's compiler cannot build the double8 tile)
     a, b = f32(3, 4).astype(np.float64), f32(4, 2).astype(np.float64)
     m, feed = _single("MatMul", [a, b])
     s = _session(m)
-    assert _assignment(s) == [(CPU, ["matmul"])]
+    assert assignment(s) == [(CPU, ["matmul"])]
     np.testing.assert_allclose(s.run(None, feed)[0], a @ b)
 
 
@@ -267,13 +258,12 @@ def test_middle_slices_of_a_chain_cpu_opencl_cpu_opencl():
              helper.make_node("Mul", ["b", "w"], ["c"], name="mul"),
              helper.make_node("LpNormalization", ["c"], ["d"], name="lpnorm", axis=1, p=2),
              helper.make_node("Sigmoid", ["d"], ["y"], name="sigmoid")]
-    m = _model(nodes, [_vi("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    m = _model(nodes, [tensor_info("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                [axis, numpy_helper.from_array(w, "w")])
     s = _session(m)
-    assert _assignment(s) == [(CPU, ["cumsum"]), (OCL, ["relu", "mul"]), (CPU, ["lpnorm"]), (OCL, ["sigmoid"])]
+    assert assignment(s) == [(CPU, ["cumsum"]), (OCL, ["relu", "mul"]), (CPU, ["lpnorm"]), (OCL, ["sigmoid"])]
     # a: cpu->opencl, c: opencl->cpu, d: cpu->opencl, y: opencl->cpu (w moves once, at session creation)
-    assert s._plan.n_copies == 4
-    assert "4 copies inserted" in s.placement
+    assert copies(s) == 4
     c = np.maximum(np.cumsum(x, axis=1), 0) * w
     d = c / np.linalg.norm(c, axis=1, keepdims=True)
     np.testing.assert_allclose(s.run(None, {"x": x})[0], 1 / (1 + np.exp(-d)), rtol=1e-5, atol=1e-6)
@@ -294,9 +284,9 @@ def test_values_between_opencl_nodes_stay_on_the_device(monkeypatch):
     monkeypatch.setattr(OpenCLExecutionProvider, "create_kernel", recording)
     x = f32(4, 4)
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Tanh", ["a"], ["y"])]
-    m = _model(nodes, [_vi("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = _model(nodes, [tensor_info("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     s = _session(m)
-    assert s._plan.n_copies == 2
+    assert copies(s) == 2
     y = s.run(None, {"x": x})[0]
     np.testing.assert_allclose(y, np.tanh(np.maximum(x, 0)), rtol=1e-6)
     assert isinstance(y, np.ndarray)
@@ -314,12 +304,12 @@ def test_shape_inputs_stay_on_the_host_and_shape_arithmetic_stays_on_cpu():
              helper.make_node("Reshape", ["a", "shape2"], ["y"], name="reshape")]
     inits = [numpy_helper.from_array(np.array([0], I64), "zero"),
              numpy_helper.from_array(np.array([-1], I64), "minus1")]
-    m = _model(nodes, [_vi("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = _model(nodes, [tensor_info("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     s = _session(m, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    owner = {n: p for p, ns in _assignment(s) for n in ns}
+    owner = {n: p for p, ns in assignment(s) for n in ns}
     assert owner == {"relu": OCL, "shape": OCL, "gather_dim": CPU, "concat": CPU, "reshape": OCL}
     # x in, the 3-element shape out to the CPU, y out; Reshape reads shape2 on the host: no copy back
-    assert s._plan.n_copies == 3
+    assert copies(s) == 3
     np.testing.assert_array_equal(s.run(None, {"x": x})[0], np.maximum(x, 0).reshape(2, -1))
 
 
@@ -356,7 +346,7 @@ def test_one_session_runs_from_several_threads():
     x = f32(1, 8, 12, 12)
     w = f32(8, 8, 3, 3)
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["y"])]
-    m = _model(nodes, [_vi("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    m = _model(nodes, [tensor_info("x", x)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                [numpy_helper.from_array(w, "w")])
     s = _session(m)
     feeds = [x * (k + 1) for k in range(4)]
