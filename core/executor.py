@@ -2,7 +2,7 @@
 value slots, and nothing else: no dict lookups, graph walks or shape inference per step.
 
 - :class:`Executor` holds a plan's steps in the form its loop reads fastest (prepared once per plan) and
-  runs them: the ordinary loop, or a timed loop when a profiler or a verbose run log is on.
+  runs them; when a profiler or a verbose run log is on, the same loop runs them wrapped in timers.
 - The run context of the current thread (:data:`running`: the RunOptions, the profiler), set around a
   run by :func:`execute` and read once per plan run, so the plans of If/Loop/Scan bodies see it too.
 - :class:`Deadline`: RunOptions with the run config ``run.timeout_ms``.
@@ -151,14 +151,12 @@ class Executor:
             for s, v in zip(self._input_slots, feeds):
                 vals[s] = v
         # RunOptions.terminate is read before every step (a plain attribute read), so another thread can stop
-        # a run in progress; profiling takes its own timed loop, so this one stays as it is when it is off
+        # a run in progress; with a profiler, the same loop runs the steps wrapped in timers
         stop = running.options or _NOT_STOPPED
-        if running.profiler is not None:
-            self._run_timed(vals, running.profiler, stop)
-            return self._results(vals)
+        fast = self._fast if running.profiler is None else self._timed(running.profiler)
         step = None
         try:
-            for step in self._fast:
+            for step in fast:
                 fn, n, a, b, get, out, outs, rel = step
                 if stop.terminate:
                     raise terminated()
@@ -183,46 +181,33 @@ class Executor:
             if is_located(e):
                 raise
             # the failing step, found by identity: no step counter in the loop
-            i = next((k for k, st in enumerate(self._fast) if st is step), -1)
+            i = next((k for k, st in enumerate(fast) if st is step), -1)
             raise self._located(e, i) from e
         if self._output >= 0:
             return [vals[self._output]]
         return list(self._outputs(vals))
-
-    def _results(self, vals: list) -> list:
-        return [vals[s] for s in self._output_slots]
 
     def _located(self, e: Exception, i: int) -> RuntimeException:
         label = self._steps[i].label if i >= 0 else "the plan"
         return located(RuntimeException(f"Non-zero status code returned while running {label}: "
                                         f"{type(e).__name__}: {e}"))
 
-    def _run_timed(self, vals: list, profiler, stop) -> None:
-        """The steps over ``vals``, each timed into ``profiler`` (a ``Profiler`` or ``StepLogger``)."""
+    def _timed(self, profiler) -> list:
+        """The steps with each callable timed into ``profiler`` (a ``Profiler`` or ``StepLogger``): the
+        same loop runs them."""
         perf = time.perf_counter_ns
-        steps = self._steps
-        i = -1
-        try:
-            for i, (fn, n, a, _, get, out, outs, rel) in enumerate(self._fast):  # noqa: B007 - i names the step
-                if stop.terminate:
-                    raise terminated()
-                args = (vals[a],) if n == 1 else get(vals)
+        node_event = profiler.node_event
+
+        def timed(fn, i, info):
+            def step(*args):
                 t0 = perf()
                 res = fn(*args)
-                t1 = perf()
-                profiler.node_event(steps[i].info, i, t0, t1, args, res)
-                if out >= 0:
-                    vals[out] = res[0]
-                else:
-                    for s, r in zip(outs, res):
-                        vals[s] = r
-                if rel is not None:
-                    for s in ((rel,) if rel.__class__ is int else rel):
-                        vals[s] = None
-        except Exception as e:
-            if is_located(e):
-                raise
-            raise self._located(e, i) from e
+                node_event(info, i, t0, perf(), args, res)
+                return res
+
+            return step
+
+        return [(timed(st[0], i, self._steps[i].info), *st[1:]) for i, st in enumerate(self._fast)]
 
 
 class Subgraph:
