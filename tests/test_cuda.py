@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
@@ -32,13 +33,8 @@ def f32(*shape):
     return _r.standard_normal(shape).astype(np.float32)
 
 
-def _model(nodes, inputs, outputs, inits=(), opset=18, extra_opsets=()):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
-
-
-def _vi(name, arr):
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape)
+def _model(nodes, inputs, outputs, inits=(), opset=18, **kw):
+    return make_model(nodes, inputs, outputs, inits, opset, **kw)
 
 
 # -- registration, availability, fallback ---------------------------------------------------------
@@ -66,7 +62,7 @@ def test_the_reason_says_what_is_missing():
 
 @without_cuda
 def test_asking_for_cuda_falls_back_to_cpu_with_a_warning_naming_it(caplog):
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", f32(2, 3))],
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", f32(2, 3))],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
     with caplog.at_level("WARNING", logger="engineroom"):
         s = ort.InferenceSession(m.SerializeToString(), providers=[CUDA, "CPUExecutionProvider"])
@@ -250,7 +246,7 @@ def test_claims_leave_control_flow_strings_and_shape_arithmetic_to_the_cpu():
         helper.make_node("StringNormalizer", ["s"], ["so"], name="strings", case_change_action="UPPER"),
         helper.make_node("Cast", ["r"], ["rb"], name="to_bfloat16", to=TensorProto.BFLOAT16),
     ]
-    m = _model(nodes, [_vi("x", f32(2, 3)), helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+    m = _model(nodes, [tensor_info("x", f32(2, 3)), helper.make_tensor_value_info("c", TensorProto.BOOL, []),
                        helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
                [helper.make_tensor_value_info(n, t, None) for n, t in (
                    ("sm", TensorProto.FLOAT), ("ss", TensorProto.INT64), ("iy", TensorProto.FLOAT),
@@ -318,7 +314,7 @@ def test_conv_im2col_matches_the_cpu_provider(case, bias, const_w):
     x, w = f32(*case["x"]), f32(*case["w"])
     b = f32(case["w"][0])
     inits = [numpy_helper.from_array(w, "w")] if const_w else []
-    inputs = [_vi("x", x)] + ([] if const_w else [_vi("w", w)])
+    inputs = [tensor_info("x", x)] + ([] if const_w else [tensor_info("w", w)])
     names = ["x", "w"] + (["b"] if bias else [])
     if bias:
         inits.append(numpy_helper.from_array(b, "b"))
@@ -333,9 +329,9 @@ def test_fused_conv_epilogue_matches_the_cpu_provider(act, params):
     x, w, b, z = f32(2, 4, 6, 6), f32(5, 4, 3, 3), f32(5), f32(2, 5, 6, 6)
     node = helper.make_node("FusedConv", ["x", "w", "b", "z"], ["y"], domain="com.microsoft", pads=[1, 1, 1, 1],
                             activation=act, **({"activation_params": params} if params else {}))
-    m = _model([node], [_vi("x", x), _vi("z", z)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    m = _model([node], [tensor_info("x", x), tensor_info("z", z)], [tensor_info("y", TensorProto.FLOAT, None)],
                [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
-               extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+               opsets=[("com.microsoft", 1)])
     _check(m, {"x": x, "z": z}, rtol=1e-4, atol=1e-4)
 
 
@@ -351,14 +347,14 @@ def test_gemm_matches_the_cpu_provider(ta, tb, alpha, beta, c_shape, const_b, co
     a = f32(5, 3).astype(dtype) if ta else f32(3, 5).astype(dtype)
     b = f32(4, 5).astype(dtype) if tb else f32(5, 4).astype(dtype)
     c = None if c_shape is None else f32(*c_shape).astype(dtype)
-    inits, inputs, feed = [], [_vi("a", a)], {"a": a}
+    inits, inputs, feed = [], [tensor_info("a", a)], {"a": a}
     for nm, v, const in (("b", b, const_b), ("c", c, const_c)):
         if v is None:
             continue
         if const:
             inits.append(numpy_helper.from_array(v, nm))
         else:
-            inputs.append(_vi(nm, v))
+            inputs.append(tensor_info(nm, v))
             feed[nm] = v
     node = helper.make_node("Gemm", ["a", "b"] + ([] if c is None else ["c"]), ["y"], transA=ta, transB=tb,
                             alpha=alpha, beta=beta)
@@ -372,7 +368,7 @@ def test_gemm_matches_the_cpu_provider(ta, tb, alpha, beta, c_shape, const_b, co
 def test_matmul_matches_the_cpu_provider(a_shape, b_shape, const_b):
     a, b = f32(*a_shape), f32(*b_shape)
     inits = [numpy_helper.from_array(b, "b")] if const_b else []
-    inputs = [_vi("a", a)] + ([] if const_b else [_vi("b", b)])
+    inputs = [tensor_info("a", a)] + ([] if const_b else [tensor_info("b", b)])
     m = _model([helper.make_node("MatMul", ["a", "b"], ["y"])], inputs,
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     _check(m, {"a": a, "b": b})
@@ -383,7 +379,7 @@ def test_matmul_matches_the_cpu_provider(a_shape, b_shape, const_b):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 def test_softmax_matches_the_cpu_provider(op, opset, axis, dtype):
     x = (f32(2, 3, 5) * 3).astype(dtype)
-    m = _model([helper.make_node(op, ["x"], ["y"], axis=axis)], [_vi("x", x)],
+    m = _model([helper.make_node(op, ["x"], ["y"], axis=axis)], [tensor_info("x", x)],
                [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)],
                opset=opset)
     tol = 2e-3 if dtype == np.float16 else 1e-5
@@ -400,7 +396,7 @@ def test_layer_normalization_matches_the_cpu_provider(axis, bias, stats, dtype):
     outs = ["y", "mean", "inv"] if stats else ["y"]
     node = helper.make_node("LayerNormalization", ["x", "scale"] + (["b"] if bias else []), outs, axis=axis,
                             epsilon=1e-3)
-    m = _model([node], [_vi("x", x)], [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs],
+    m = _model([node], [tensor_info("x", x)], [tensor_info(o, TensorProto.UNDEFINED, None) for o in outs],
                inits)
     tol = 2e-3 if dtype == np.float16 else 1e-5
     _check(m, {"x": x}, rtol=tol, atol=tol)
@@ -419,7 +415,7 @@ def test_conv_geometry_follows_onnx():
 def _relu_add_model():
     b = numpy_helper.from_array(np.arange(3, dtype=np.float32), "b")
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])]
-    return _model(nodes, [_vi("x", f32(2, 3))], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [b])
+    return _model(nodes, [tensor_info("x", f32(2, 3))], [tensor_info("y", TensorProto.FLOAT, [2, 3])], [b])
 
 
 @needs_cuda
