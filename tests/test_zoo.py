@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ZOO_MODELS, assert_matches_pytorch, run_zoo, zoo_path
+from conftest import ZOO_MODELS, assert_matches_pytorch, copies, run_zoo, zoo_path
 
 import engineroom as ort
 
@@ -20,7 +20,7 @@ def test_zoo_model_matches_pytorch_on_cpu(name, level):
     assert_matches_pytorch(name, outs, refs, 1e-4)
     # the partitioner put everything on the CPU provider, with no copies
     assert {p.ep_name for p in s.get_provider_graph_assignment_info()} == {"CPUExecutionProvider"}
-    assert s._plan.n_copies == 0
+    assert copies(s) == 0
 
 
 def test_seed_example_prints_logits_shape():
