@@ -3,7 +3,6 @@ depthwise 1-D convolution of Mamba-style models (CausalConvWithState), and the g
 Concat when a decoder's caller feeds its output back (``GrowingConcat``)."""
 from __future__ import annotations
 
-import threading
 import weakref
 
 import numpy as np
@@ -18,66 +17,51 @@ class GrowingConcat:
     with room along the axis, and each later step writes only the new positions into it, instead of
     copying the whole past every step (what a plain Concat, and onnxruntime, do).
 
-    Each buffer is tracked with how far it has been handed out (``claimed``): new positions are only
-    written past that, so an array returned earlier never changes. A past that is not the buffer's latest
-    (the same past fed twice, as beam search does; a cache cut back) takes the copying path into a new
-    buffer. The outputs are strided views (as NumPy slices are), not C-contiguous arrays.
+    Only the latest output of each buffer is tracked (by identity, weakly): that array, fed back, is the
+    one that may grow, and it stops being the latest when it does (one atomic ``dict.pop``, so two
+    threads feeding it at once do not both append). New positions go only past it, where nothing handed
+    out reaches, so an array returned earlier never changes; any other past (one fed twice, as beam
+    search does; an older one; a copy) takes the copying path into a new buffer. The outputs are strided
+    views (as NumPy slices are), not C-contiguous arrays.
     """
 
     MIN_ROOM = 16       # positions of room at least, when a buffer is (re)allocated; else half its length
 
-    def __init__(self) -> None:
-        self._lock = threading.RLock()       # a weakref callback may run while it is held
-        self._bufs: dict[int, list] = {}    # id(buffer) -> [weakref to it, positions claimed]
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self._head = (slice(None),) * axis
+        self._latest: dict[int, tuple] = {}     # id(latest output) -> (weakref to it, its buffer)
 
-    def __call__(self, past: np.ndarray, new: np.ndarray, a: int) -> np.ndarray:
-        out = self._append(past, new, a)
-        if out is None:
-            out = np.concatenate((past, new), axis=a)
-            self._track(out, out.shape[a])          # no room yet: grows when it comes back
-        return out
+    def __call__(self, past: np.ndarray, new: np.ndarray) -> np.ndarray:
+        a, head = self.axis, self._head
+        ent = self._latest.pop(id(past), None)
+        if ent is not None and ent[0]() is past and new.dtype == past.dtype and new.ndim == past.ndim \
+                and new.shape[:a] == past.shape[:a] and new.shape[a + 1:] == past.shape[a + 1:]:
+            buf = ent[1]
+            T, n = past.shape[a], new.shape[a]
+            if T + n <= buf.shape[a]:
+                buf[head + (slice(T, T + n),)] = new
+                return self._track(buf[head + (slice(0, T + n),)], buf)
+            total = T + n
+            grown = list(past.shape)
+            grown[a] = total + max(total // 2, self.MIN_ROOM)
+            buf = np.empty(grown, past.dtype)
+            buf[head + (slice(0, T),)] = past
+            buf[head + (slice(T, total),)] = new
+            return self._track(buf[head + (slice(0, total),)], buf)
+        out = np.concatenate((past, new), axis=a)
+        return self._track(out, out)        # no room yet: it grows if it comes back
 
-    def _append(self, past, new, a):
-        base = past if past.base is None else past.base
-        ent = self._bufs.get(id(base))
-        if ent is None or ent[0]() is not base or not isinstance(base, np.ndarray) or base.dtype != past.dtype \
-                or new.dtype != past.dtype or base.strides != past.strides or new.ndim != past.ndim \
-                or base.ctypes.data != past.ctypes.data:
-            return None
-        shape, cap = past.shape, base.shape[a]
-        T, n = shape[a], new.shape[a]
-        if any(base.shape[i] != shape[i] or new.shape[i] != shape[i] for i in range(past.ndim) if i != a):
-            return None
-        head = (slice(None),) * a
-        with self._lock:
-            latest = ent[1] == T
-            fits = latest and T + n <= cap
-            if fits:
-                ent[1] = T + n                      # claimed before writing: a second caller copies
-        if fits:
-            base[head + (slice(T, T + n),)] = new
-            return base[head + (slice(0, T + n),)]
-        if not latest:
-            return None
-        total = T + n
-        grown = list(shape)
-        grown[a] = total + max(total // 2, self.MIN_ROOM)
-        buf = np.empty(grown, past.dtype)
-        buf[head + (slice(0, T),)] = past
-        buf[head + (slice(T, total),)] = new
-        self._track(buf, total)
-        return buf[head + (slice(0, total),)]
-
-    def _track(self, buf: np.ndarray, claimed: int) -> None:
-        key = id(buf)
+    def _track(self, out: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        latest, key = self._latest, id(out)
 
         def forget(ref, key=key):
-            with self._lock:
-                if self._bufs.get(key, (None,))[0] is ref:
-                    del self._bufs[key]
+            # runs as ``out`` dies, before its id can be reused: only its own entry goes
+            if latest.get(key, (None,))[0] is ref:
+                latest.pop(key, None)
 
-        with self._lock:
-            self._bufs[key] = [weakref.ref(buf, forget), claimed]
+        latest[key] = (weakref.ref(out, forget), buf)
+        return out
 
 
 @array_kernel("TensorScatter", since=24)

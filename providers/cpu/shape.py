@@ -137,13 +137,16 @@ def concat(info):
     # two host arrays: a KV cache fed back run after run grows in place (llm.GrowingConcat)
     from engineroom.providers.cpu.llm import GrowingConcat
 
-    grow = GrowingConcat()
+    grow: dict = {}         # rank -> GrowingConcat
 
     def run_growing(past, new):
         if past is None or new is None or past.ndim < 2 or past.__class__ is not np.ndarray \
                 or new.__class__ is not np.ndarray:
             return run(past, new)
-        return (grow(past, new, _axis(axis, past.ndim)),)
+        g = grow.get(past.ndim)
+        if g is None:
+            g = grow.setdefault(past.ndim, GrowingConcat(_axis(axis, past.ndim)))
+        return (g(past, new),)
     return run_growing
 
 
