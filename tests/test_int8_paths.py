@@ -31,13 +31,14 @@ def vi(name, elem, shape):
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def run_both(m, feed):
+def run_both(m, feed, threads=1):
     """(onnxruntime's outputs, engineroom's outputs, the op types of engineroom's optimized graph)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     ref = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, feed)
     with tempfile.TemporaryDirectory() as d:
         eso = er.SessionOptions()
+        eso.intra_op_num_threads = threads
         eso.optimized_model_filepath = os.path.join(d, "opt.onnx")
         got = er.InferenceSession(m, eso, providers=["CPUExecutionProvider"]).run(None, feed)
         opt = onnx.load(eso.optimized_model_filepath)
@@ -56,7 +57,7 @@ def _dynamic_matmul_model(K, N, w_dtype, per_column, rank3):
         wz = np.zeros(N if per_column else (), np.int8)
     else:
         w = RNG.integers(0, 256, (K, N)).astype(np.uint8)
-        wz = RNG.integers(100, 156, N if per_column else ()).astype(np.uint8)
+        wz = RNG.integers(100, 127, N if per_column else ()).astype(np.uint8)   # never 128: B - 128 has a zero point
     ws = (RNG.uniform(0.001, 0.02, N if per_column else ())).astype(np.float32)
     nodes = [
         helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
@@ -84,7 +85,16 @@ def test_dynamic_matmul_pattern_fused(int8_path, K, N, w_dtype, per_column, rank
     assert "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops and "Cast" not in ops, ops
     assert got[0].dtype == np.float32 and got[0].shape == ref[0].shape
     np.testing.assert_array_equal(got[0], ref[0])
-    int8_path.expect("gemm_u8s8", taken=bool(_vnni()))
+    # per-tensor weight zero points run the kernel with the scaling inside, per-column ones the plain one
+    int8_path.expect("gemm_u8s8" if w_dtype == np.uint8 else "gemm_u8s8_scaled", taken=bool(_vnni()))
+
+
+def test_dynamic_matmul_pattern_two_threads(int8_path):
+    """A product large enough to be split by rows over the provider's worker pool."""
+    m = _dynamic_matmul_model(1024, 512, np.int8, False, True)
+    x = RNG.standard_normal((2, 75, 1024)).astype(np.float32)
+    ref, got, _, _ = run_both(m, {"x": x}, threads=2)
+    np.testing.assert_array_equal(got[0], ref[0])
 
 
 def _vnni() -> bool:

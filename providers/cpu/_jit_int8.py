@@ -52,53 +52,91 @@ def _dot4(builder, acc, a_splat, b):
     return acc
 
 
+def _products(builder, a_p, lda, b_p, k4):
+    """The loop over K of one micro-kernel: the (MR, NR/16) int32 accumulators, the builder left after it."""
+    entry = builder.basic_block
+    loop = builder.append_basic_block("int8.loop")
+    done = builder.append_basic_block("int8.done")
+    zero = ir.Constant(_V16, None)
+    builder.cbranch(builder.icmp_signed(">", k4, ir.Constant(_I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(_I64)
+    k.add_incoming(ir.Constant(_I64, 0), entry)
+    accs = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]
+    for row in accs:
+        for p in row:
+            p.add_incoming(zero, entry)
+    boff = builder.mul(k, ir.Constant(_I64, 4 * NR))
+    bv = [builder.load(builder.bitcast(builder.gep(b_p, [builder.add(boff, ir.Constant(_I64, 64 * j))]),
+                                       _V16.as_pointer()), align=1) for j in range(NR // 16)]
+    k_bytes = builder.mul(k, ir.Constant(_I64, 4))
+    new = []
+    for r in range(MR):
+        ptr = builder.gep(a_p, [builder.add(builder.mul(ir.Constant(_I64, r), lda), k_bytes)])
+        a4 = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V16, ir.Undefined), a4,
+                                                              ir.Constant(_I32, 0)),
+                                       ir.Constant(_V16, ir.Undefined), ir.Constant(_V16, None))
+        new.append([_dot4(builder, accs[r][j], splat, bv[j]) for j in range(NR // 16)])
+    k1 = builder.add(k, ir.Constant(_I64, 1))
+    k.add_incoming(k1, loop)
+    for r in range(MR):
+        for j in range(NR // 16):
+            accs[r][j].add_incoming(new[r][j], loop)
+    builder.cbranch(builder.icmp_signed("<", k1, k4), loop, done)
+    builder.position_at_end(done)
+    res = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]   # phis first in a block
+    for r in range(MR):
+        for j in range(NR // 16):
+            res[r][j].add_incoming(zero, entry)
+            res[r][j].add_incoming(new[r][j], loop)
+    return res
+
+
+def _at(builder, base, off, ty):
+    return builder.bitcast(builder.gep(base, [off]), ty.as_pointer())
+
+
 @intrinsic
 def _micro(typingctx, a_addr, lda, b_addr, c_addr, ldc, k4):
-    """C[0:4, 0:32] = A[0:4, 0:4*k4] @ panel (int32, stored); addresses and row strides in bytes."""
+    """C[0:MR, 0:NR] = A[0:MR, 0:4*k4] @ panel (int32, stored); addresses and row strides in bytes."""
     sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
         a_addr, lda, b_addr, c_addr, ldc, k4 = args
         i8p = _I8.as_pointer()
         a_p, b_p, c_p = (builder.inttoptr(v, i8p) for v in (a_addr, b_addr, c_addr))
-        entry = builder.basic_block
-        loop = builder.append_basic_block("int8.loop")
-        done = builder.append_basic_block("int8.done")
-        zero = ir.Constant(_V16, None)
-        builder.cbranch(builder.icmp_signed(">", k4, ir.Constant(_I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        k = builder.phi(_I64)
-        k.add_incoming(ir.Constant(_I64, 0), entry)
-        accs = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]
-        for row in accs:
-            for p in row:
-                p.add_incoming(zero, entry)
-        boff = builder.mul(k, ir.Constant(_I64, 4 * NR))
-        bv = [builder.load(builder.bitcast(builder.gep(b_p, [builder.add(boff, ir.Constant(_I64, 64 * j))]),
-                                           _V16.as_pointer()), align=1) for j in range(NR // 16)]
-        k_bytes = builder.mul(k, ir.Constant(_I64, 4))
-        new = []
-        for r in range(MR):
-            ptr = builder.gep(a_p, [builder.add(builder.mul(ir.Constant(_I64, r), lda), k_bytes)])
-            a4 = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1)
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V16, ir.Undefined), a4,
-                                                                  ir.Constant(_I32, 0)),
-                                           ir.Constant(_V16, ir.Undefined), ir.Constant(_V16, None))
-            new.append([_dot4(builder, accs[r][j], splat, bv[j]) for j in range(NR // 16)])
-        k1 = builder.add(k, ir.Constant(_I64, 1))
-        k.add_incoming(k1, loop)
+        res = _products(builder, a_p, lda, b_p, k4)
         for r in range(MR):
             for j in range(NR // 16):
-                accs[r][j].add_incoming(new[r][j], loop)
-        builder.cbranch(builder.icmp_signed("<", k1, k4), loop, done)
-        builder.position_at_end(done)
-        res = [[builder.phi(_V16) for _ in range(NR // 16)] for _ in range(MR)]   # phis first in a block
-        for r in range(MR):
-            for j in range(NR // 16):
-                res[r][j].add_incoming(zero, entry)
-                res[r][j].add_incoming(new[r][j], loop)
                 off = builder.add(builder.mul(ir.Constant(_I64, r), ldc), ir.Constant(_I64, 64 * j))
-                builder.store(res[r][j], builder.bitcast(builder.gep(c_p, [off]), _V16.as_pointer()), align=1)
+                builder.store(res[r][j], _at(builder, c_p, off, _V16), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _micro_scaled(typingctx, a_addr, lda, b_addr, c_addr, ldc, k4, corr_addr, scale_addr):
+    """C[0:MR, 0:NR] = float32(A @ panel - corr) * scale (float32, stored): corr (NR,) int32 and scale (NR,)
+    float32 per column. The conversion rounds to nearest even and the product is one float32 multiply,
+    the numbers of NumPy's astype and multiply."""
+    sig = types.void(*(types.int64,) * 8)
+
+    def codegen(context, builder, signature, args):
+        a_addr, lda, b_addr, c_addr, ldc, k4, corr_addr, scale_addr = args
+        i8p = _I8.as_pointer()
+        a_p, b_p, c_p, z_p, s_p = (builder.inttoptr(v, i8p) for v in (a_addr, b_addr, c_addr, corr_addr, scale_addr))
+        res = _products(builder, a_p, lda, b_p, k4)
+        f16 = ir.VectorType(ir.FloatType(), 16)
+        for j in range(NR // 16):
+            off = ir.Constant(_I64, 64 * j)
+            corr = builder.load(_at(builder, z_p, off, _V16), align=1)
+            scale = builder.load(_at(builder, s_p, off, f16), align=1)
+            for r in range(MR):
+                v = builder.sitofp(builder.sub(res[r][j], corr), f16)
+                off_c = builder.add(builder.mul(ir.Constant(_I64, r), ldc), off)
+                builder.store(builder.fmul(v, scale), _at(builder, c_p, off_c, f16), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -129,6 +167,22 @@ def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
             _micro(a0 + m0 * lda, lda, b0 + p * k4 * 4 * NR, c0 + m0 * ldc + p * NR * 4, ldc, k4)
 
 
+@njit(nogil=True, boundscheck=False)
+def gemm_u8s8_scaled(a, bp, corr, scale, c):  # pragma: no cover (compiled)
+    """c = float32(a @ B - corr) * scale, exactly rounded once each: a and bp as for gemm_u8s8; corr the bytes
+    of an int32 (panels * 32,) array, scale float32 (panels * 32,), c float32 (M, panels * 32)."""
+    M = a.shape[0]
+    k4 = a.shape[1] // 4
+    panels = c.shape[1] // NR
+    lda = a.shape[1]
+    ldc = c.shape[1] * 4
+    a0, b0, c0, z0, s0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data, corr.ctypes.data, scale.ctypes.data
+    for p in range(panels):
+        for m0 in range(0, M, MR):
+            _micro_scaled(a0 + m0 * lda, lda, b0 + p * k4 * 4 * NR, c0 + m0 * ldc + p * NR * 4, ldc, k4,
+                          z0 + p * NR * 4, s0 + p * NR * 4)
+
+
 @njit(nogil=True)
 def vnni(out):  # pragma: no cover (compiled)
     """out[0] = 1 where gemm_u8s8 was built with VNNI instructions, else 0."""
@@ -139,5 +193,6 @@ def vnni(out):  # pragma: no cover (compiled)
 # unused)
 AOT = {
     "gemm_u8s8": ("U2 U2 U2", ("f4",)),
+    "gemm_u8s8_scaled": ("U2 U2 U1 A1 A2", ("f4",)),
     "vnni": ("U1", ("f4",)),
 }

@@ -315,14 +315,20 @@ class _PreparedInt:
             return self.b, self.s
         return intgemm.IntMatrix(b, z, amax, intgemm.int_bound(b.dtype, z)), _col_scale(s)
 
-    def int8_product(self, a, za: int):
-        """(a - za) @ (B - zb) as int32 on the VNNI kernel for 8-bit ``a``, or None where it does not serve."""
+    def int8_product(self, a, za: int, s_a, bias):
+        """``_scaled`` of (a - za) @ (B - zb) on the VNNI kernel for 8-bit ``a``, or None where it does not
+        serve."""
         kern = intgemm.int8_kernels() if self._packable is not None and a.dtype in _Q8 else None
         if kern is None:
             return None
         if self.i8 is None:     # the compiled module was still building when the session was made
             self.i8 = intgemm.Int8Matrix(*self._packable)
-        return self.i8.matmul(a, za, kern)
+        y = self.i8.matmul_scaled(a, za, np.float32(s_a) * self.s, kern)
+        if y is None:
+            return _scaled(self.i8.matmul(a, za, kern), s_a, self.s, bias)
+        if bias is not None:
+            y += bias
+        return y
 
 
 def _scaled(acc, s_a, s_b, bias):
@@ -346,9 +352,9 @@ def matmul_integer_to_float(info):
         s_a = _col_scale(sa)
         if s_a.ndim:
             raise NotImplementedError("MatMulIntegerToFloat: a per-row a_scale is not supported")
-        acc = prepared.int8_product(a, 0 if za is None else int(scalar(za)))
-        if acc is not None:
-            return (_scaled(acc, s_a, prepared.s, bias),)
+        y = prepared.int8_product(a, 0 if za is None else int(scalar(za)), s_a, bias)
+        if y is not None:
+            return (y,)
         amax = intgemm.int_bound(a.dtype, za)
         bm, s_b = prepared.get(b, sb, zb, amax)
         acc = bm.matmul(intgemm.centered(a, None if za is None else scalar(za), bm.f.dtype), amax)
@@ -367,9 +373,9 @@ def dynamic_quantize_matmul(info):
     def run(a, b, sb, zb=None, bias=None):
         qa, s_a, z_a = quantize_dynamic_u8(a, np, jit)
         z = int(z_a)
-        acc = prepared.int8_product(qa, z)
-        if acc is not None:
-            return (_scaled(acc, s_a, prepared.s, bias),)
+        y = prepared.int8_product(qa, z, s_a, bias)
+        if y is not None:
+            return (y,)
         amax = max(z, 255 - z)          # the centered activation's bound: fewer K chunks than 255
         bm, s_b = prepared.get(b, sb, zb, amax)
         af = np.subtract(qa, np.float32(z), dtype=bm.f.dtype)

@@ -162,6 +162,37 @@ def int8_kernels():
     return mod if _VNNI else None
 
 
+# below this many multiply-adds (about 0.1 ms on the VNNI kernel) one thread does it: waking a worker
+# costs tens of microseconds
+_INT8_PARALLEL_MACS = 1 << 24
+
+
+def _rows_over_pool(fn, a2, c, rest, macs_per_row: int) -> None:
+    """``fn(a2, *rest, c)`` (a compiled kernel that releases the GIL), split by blocks of rows over the
+    CPU provider's worker pool (``_threadpool``) where the product is large enough and it has threads."""
+    from engineroom.providers.cpu import _threadpool
+
+    M = a2.shape[0]
+    threads = _pool_threads(_threadpool) if M * macs_per_row >= _INT8_PARALLEL_MACS and M >= 8 else 1
+    if threads <= 1:
+        fn(a2, *rest, c)
+        return
+    step = -(-M // (2 * threads)) // 4 * 4 or 4     # two blocks a thread, whole micro-kernel rows each
+    _threadpool._pool(threads).run(fn, [(a2[i:i + step], *rest, c[i:i + step]) for i in range(0, M, step)])
+
+
+def _pool_threads(tp) -> int:
+    """The pool's size as ``_threadpool.matmul`` takes it: BLAS's thread count outside the provider's
+    calls (what ``intra_op_num_threads`` set), read without changing it."""
+    b = tp._blas
+    with b.lock:
+        if b.libs is None:
+            b._lookup()
+        if b.depth:
+            return max(b.saved, default=1)
+        return max((lib.num_threads for lib in b.libs), default=tp._default_threads())
+
+
 class Int8Matrix:
     """A constant 8-bit right-hand matrix (K, N) and its zero point (per tensor or per column), packed once
     for ``_jit_int8.gemm_u8s8``: signed bytes (uint8 weights shifted by 128, the zero point with them), in
@@ -191,13 +222,11 @@ class Int8Matrix:
         """Whether a constant B can be packed: 8-bit, 2-D, K within :data:`INT8_MAX_K`."""
         return b.ndim == 2 and b.dtype in (np.uint8, np.int8) and 0 < b.shape[0] <= INT8_MAX_K
 
-    def matmul(self, a, za: int, kern):
-        """(a - za) @ (B - zb) exactly, int32 (..., N): ``a`` uint8 or int8 (..., K), ``za`` its zero point (an
-        integer), ``kern`` the module :func:`int8_kernels` gave."""
+    def _rows(self, a, za: int):
+        """A as the kernel takes it: unsigned bytes (M padded to 4, K to the packing's), its zero point."""
         if a.dtype == np.int8:          # signed A as unsigned bytes: a + 128, its zero point with it
             a = a.view(np.uint8) ^ np.uint8(128)
             za += 128
-        lead = a.shape[:-1]
         a2 = a.reshape(-1, self.K)
         M = a2.shape[0]
         Mp = -(-M // 4) * 4
@@ -205,8 +234,34 @@ class Int8Matrix:
             buf = np.zeros((Mp, self.Kp), np.uint8)
             buf[:M, :self.K] = a2
             a2 = buf
-        c = np.empty((Mp, self.panels * 32), np.int32)
-        kern.gemm_u8s8(a2, self.packed, c.view(np.uint8))
+        return a2, M, za
+
+    def matmul_scaled(self, a, za: int, scale, kern):
+        """float32((a - za) @ (B - zb)) * scale, (..., N) float32 (one rounding each, as a Cast and a float32
+        Mul of the exact product give): ``scale`` float32, per tensor or per column. The correction and the
+        scaling run inside the kernel; None where B has a zero point (use :meth:`matmul`)."""
+        if self.zb is not None:
+            return None
+        lead = a.shape[:-1]
+        a2, M, za = self._rows(a, za)
+        width = self.panels * 32
+        corr = np.zeros(width, np.int32)
+        corr[:self.N] = (za * self.colsum).astype(np.int32)   # modulo 2**32, as the kernel's lanes
+        mult = np.zeros(width, np.float32)
+        mult[:self.N] = scale
+        c = np.empty((a2.shape[0], width), np.float32)
+        _rows_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr.view(np.uint8), mult), self.Kp * width)
+        if c.shape != (M, self.N):
+            c = c[:M, :self.N]
+        return c.reshape(lead + (self.N,))
+
+    def matmul(self, a, za: int, kern):
+        """(a - za) @ (B - zb) exactly, int32 (..., N): ``a`` uint8 or int8 (..., K), ``za`` its zero point (an
+        integer), ``kern`` the module :func:`int8_kernels` gave."""
+        lead = a.shape[:-1]
+        a2, M, za = self._rows(a, za)
+        c = np.empty((a2.shape[0], self.panels * 32), np.int32)
+        _rows_over_pool(kern.gemm_u8s8, a2, c.view(np.uint8), (self.packed,), self.Kp * self.panels * 32)
         # (a - za)(b - zb) = ab - za * colsum(b) - zb * rowsum(a) + K * za * zb, in int32 modulo 2**32
         acc = c[:M, :self.N] - (za * self.colsum).astype(np.int32)
         if self.zb is not None:
