@@ -71,11 +71,12 @@ class Support:
         """Whether ``group`` is exactly the converted candidate model (same nodes, same boundary)."""
         if self.ov_model is None or list(group.inputs) != self.inputs or list(group.outputs) != self.outputs:
             return False
-        if {v.index for v in group.nodes} != self.supported:
+        if len(group.nodes) != len(self.supported) or any(v.proto is None for v in group.nodes):
             return False
-        protos = {i: p for i, p, _ in self.key[0]}
-        return all(v.proto is not None and protos.get(v.index) == v.proto.SerializeToString(deterministic=True)
-                   for v in group.nodes)
+        # by the nodes themselves, not their indices: the core's level-2 fusions of other providers' nodes
+        # renumber the graph after this answer (it does not ask again)
+        mine = sorted(p for i, p, _ in self.key[0] if i in self.supported)
+        return sorted(v.proto.SerializeToString(deterministic=True) for v in group.nodes) == mine
 
 
 def claim(view: GraphView, core: Any, device: str, previous: Support | None = None) -> tuple[list[Capability], Support]:

@@ -132,7 +132,9 @@ class OpenVINOExecutionProvider(CompilingProvider):
             raise RuntimeError(f"OpenVINO device {self.device_type!r} is not available here "
                                f"(OpenVINO lists: {', '.join(devices) or 'none'})")
         self.compiled_groups = 0   # how many groups this provider compiled (tests and diagnostics)
-        self._support = None       # OpenVINO's last answer on support (capability.Support)
+        # OpenVINO's answer on support per graph asked (capability.Support; the main graph and each
+        # If/Loop/Scan body are asked once each): compile reuses the model converted for its group
+        self._supports: list = []
 
     @classmethod
     def is_available(cls) -> bool:
@@ -167,16 +169,18 @@ class OpenVINOExecutionProvider(CompilingProvider):
     def get_capability(self, view: GraphView) -> list[Capability]:
         from engineroom.providers.openvino.capability import claim
 
-        caps, self._support = claim(view, ov_core(), self.device_type, self._support)
+        caps, sup = claim(view, ov_core(), self.device_type, self._supports[-1] if self._supports else None)
+        self._supports.append(sup)
         return caps
 
     def compile(self, group: GroupView) -> Callable:
         from engineroom.providers.openvino.compiled import compile_group
 
-        sup = self._support
         ov_model = None
-        if sup is not None and sup.ov_model is not None and sup.matches(group):
-            ov_model, sup.ov_model = sup.ov_model, None   # the model get_capability converted is this group
+        for sup in self._supports:
+            if sup.ov_model is not None and sup.matches(group):
+                ov_model, sup.ov_model = sup.ov_model, None   # the model get_capability converted is this group
+                break
         fn = compile_group(group, ov_core(), self.device_type, self.compile_config(), self.static_shapes,
                            ov_model)
         self.compiled_groups += 1
