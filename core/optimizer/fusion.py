@@ -58,7 +58,9 @@ class Fuser:
         if len(provs) != 1 or prov is None or not hasattr(prov, "kernel_for"):
             return False
         self.opsets.setdefault(fused.domain, 1)
-        return prov.kernel_for(node_view(fused, 0, self.opsets, {})) is not None
+        # the fused node's view without ONNX protos unless the provider reads them (~3x cheaper)
+        view = node_view(fused, 0, self.opsets, {}, getattr(prov, "reads_node_protos", True))
+        return prov.kernel_for(view) is not None
 
     def _commit(self, nodes: list[ir.Node], fused: ir.Node, outputs) -> bool:
         if not self._accepts(nodes, fused):

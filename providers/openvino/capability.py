@@ -81,7 +81,7 @@ class Support:
 
 def claim(view: GraphView, core: Any, device: str, previous: Support | None = None) -> tuple[list[Capability], Support]:
     """The capabilities of one OpenVINO device over ``view``'s unassigned nodes. ``previous`` is the last
-    answer; it is reused when the nodes are the same (the core asks before and after its level-2 passes)."""
+    answer; it is reused when the nodes are the same."""
     key = _key(view)
     if previous is not None and previous.key == key:
         sup = previous
