@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 import engineroom as ort
 from engineroom.devices import select_ep_devices
-from engineroom.plugin_sdk import SDK_VERSION, Device
+from engineroom.plugin_sdk import SDK_VERSION
 from engineroom.plugin_sdk.testing import check_contract, close, node_tests, principal_op, run_kit, run_node_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -202,7 +202,7 @@ def test_add_provider_for_devices(device_plugins):
     s = ort.InferenceSession(_model(), so)
     assert s.get_providers() == ["FakeGpuExecutionProvider", "CPUExecutionProvider"]
     assert s.get_provider_options()["FakeGpuExecutionProvider"] == {"device_id": "1"}
-    assert s._providers[0].device == Device("fakegpu", 1)
+    assert s.get_input_epdevices() == [gpu1]                        # the provider started on device 1
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(s.run(None, {"x0": x})[0], np.maximum(x, 0))
     assert [p.ep_name for p in s.get_provider_graph_assignment_info()] == ["FakeGpuExecutionProvider"]
