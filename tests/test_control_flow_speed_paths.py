@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_model
 
 import engineroom as er
 
@@ -29,10 +30,7 @@ def init(name, arr):
 
 
 def model(nodes, inputs, outputs, inits=(), opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
+    return make_model(nodes, inputs, outputs, inits, opset, check=True).SerializeToString()
 
 
 def both(m, feed, **kw):
@@ -261,7 +259,7 @@ def test_loop_invariant_nodes_hoisted_where_the_loop_surely_runs():
     check(ref, got)
     (ops,) = body_ops(s)
     assert ops.count("MatMul") == 1, ops      # enc @ Wk runs once, in front of the Loop
-    assert "MatMul" in [i[1] for i in s._plan.infos]
+    assert "MatMul" in [n.op_type for p in s.get_provider_graph_assignment_info() for n in p.get_nodes()]
 
 
 @pytest.mark.parametrize("n", [0, 3])
