@@ -81,9 +81,9 @@ def make_model(nodes, inputs, outputs, inits=(), opset=17, *, opsets=(), check=F
     (name, array) pairs; the default domain at ``opset``, plus ``opsets`` ((domain, version) pairs or
     OperatorSetIdProtos); ``check`` runs the ONNX checker; ``kw`` goes to ``onnx.helper.make_model``."""
     import numpy as np
-    from onnx import checker, helper, numpy_helper
+    from onnx import TensorProto, checker, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.asarray(t[1]), t[0]) if isinstance(t, tuple) else t for t in inits]
+    inits = [t if isinstance(t, TensorProto) else numpy_helper.from_array(np.asarray(t[1]), t[0]) for t in inits]
     ids = [helper.make_opsetid("", opset)] + [helper.make_opsetid(*o) if isinstance(o, tuple) else o for o in opsets]
     m = helper.make_model(helper.make_graph(list(nodes), "g", list(inputs), list(outputs), inits),
                           opset_imports=ids, **kw)

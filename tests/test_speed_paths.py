@@ -6,29 +6,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_model
+from conftest import run_both as both
+from conftest import tensor_info as vi
 from jit_paths import JIT_PATHS, choose_path
 
 import engineroom as er
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle of these tests")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402 - after the importorskip
+from onnx import TensorProto, helper  # noqa: E402 - after the importorskip
 
 RNG = np.random.default_rng(16)
 
 
 def model(nodes, inputs, outputs, inits=(), opset=21):
-    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
-
-
-def both(m, feed, **er_kw):
-    """(onnxruntime's outputs, engineroom's outputs) of model bytes ``m`` on ``feed``."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    ref = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, feed)
-    got = er.InferenceSession(m, providers=["CPUExecutionProvider"], **er_kw).run(None, feed)
-    return ref, got
+    return make_model(nodes, inputs, outputs, inits, opset).SerializeToString()
 
 
 def rel_err(ref, got):
@@ -39,10 +32,6 @@ def rel_err(ref, got):
 @pytest.fixture(params=JIT_PATHS)
 def conv_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "conv")
-
-
-def vi(name, elem, shape):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 # ---------------------------------------------------------------------------------------------
