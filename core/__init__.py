@@ -2,6 +2,8 @@
 whose work is done by execution providers that a partitioner assigns graph nodes to."""
 from __future__ import annotations
 
+import sys
+
 from engineroom.devices import (
     OrtEpDevice,
     OrtExecutionProviderDevicePolicy,
@@ -23,6 +25,7 @@ from engineroom.errors import (
 )
 from engineroom.logger import set_default_logger_callback, set_default_logger_severity, set_default_logger_verbosity
 from engineroom.options import ExecutionMode, ExecutionOrder, GraphOptimizationLevel, RunOptions, SessionOptions
+from engineroom.plugin_sdk import engine as _sdk_engine
 
 __version__ = "0.1.0"
 
@@ -93,6 +96,9 @@ from engineroom.runtime_info import (  # noqa: E402 - the functions below import
     set_global_thread_pool_sizes,
     set_seed,
 )
+
+# the SDK's conformance kit drives sessions through this API; the SDK itself imports nothing from the core
+_sdk_engine.register(sys.modules[__name__])
 
 
 def install_as_onnxruntime() -> None:

@@ -8,10 +8,10 @@ no path can leave a partition and re-enter it.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 from engineroom.plugin_sdk import CompilingProvider, ExecutionProvider, GraphView, NodeView
+from engineroom.plugin_sdk.grouping import cycle_free_runs
 
 
 @dataclass(frozen=True)
@@ -74,44 +74,9 @@ def assign(views: list[NodeView], providers: list[ExecutionProvider], graph: Gra
 
 def group(views: list[NodeView], owner: list[int], group_of: dict[int, int],
           providers: list[ExecutionProvider], outer: dict[int, list[str]]) -> list[Partition]:
-    """Maximal cycle-free partitions in a topological order (Kahn waves). ``outer`` lists, per node
-    with subgraphs, the enclosing-scope values those subgraphs read (edges like its inputs)."""
-    n = len(views)
-    producer = {}
-    for v in views:
-        for o in v.output_names:
-            if o:
-                producer[o] = v.index
-    succ: list[set[int]] = [set() for _ in range(n)]
-    indeg = [0] * n
-    for v in views:
-        preds = {producer[x] for x in (*v.input_names, *outer.get(v.index, ())) if x in producer}
-        preds.discard(v.index)
-        indeg[v.index] = len(preds)
-        for p in preds:
-            succ[p].add(v.index)
-
-    def color(i):
-        return (owner[i], group_of.get(i, -1))
-
-    ready: dict[tuple, list[int]] = {}
-    for i in range(n):
-        if indeg[i] == 0:
-            heapq.heappush(ready.setdefault(color(i), []), i)
-    parts: list[Partition] = []
-    cur = None
-    while any(ready.values()):
-        if cur is None or not ready.get(cur):
-            cur = min((h[0], c) for c, h in ready.items() if h)[1]
-            pi = cur[0]
-            parts.append(Partition(providers[pi].name, pi, [], compiled=cur[1] >= 0))
-        i = heapq.heappop(ready[cur])
-        parts[-1].nodes.append(views[i])
-        for s in succ[i]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready.setdefault(color(s), []), s)
-    if sum(len(p.nodes) for p in parts) != n:
-        raise ValueError("the graph has a cycle")
-    return parts
+    """Maximal cycle-free partitions in a topological order (Kahn waves, ``plugin_sdk.grouping``). ``outer``
+    lists, per node with subgraphs, the enclosing-scope values those subgraphs read (edges like its inputs)."""
+    runs = cycle_free_runs(views, lambda i: (owner[i], group_of.get(i, -1)),
+                           lambda v: (*v.input_names, *outer.get(v.index, ())))
+    return [Partition(providers[pi].name, pi, [views[i] for i in run], compiled=gid >= 0) for (pi, gid), run in runs]
 

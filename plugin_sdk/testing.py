@@ -39,8 +39,9 @@ It prints the report and exits 0 when the provider passes (1 otherwise). From py
 Known failures can be listed with their reasons (``expected_failures={"test_x": "why"}``); a listed
 test that passes makes the report fail, so the list only shrinks.
 
-The kit drives real sessions, so unlike the rest of ``engineroom.plugin_sdk`` it imports the
-engineroom core — lazily, inside its functions: importing the SDK stays free of the core.
+The kit drives real sessions through the engine's public API, which the core registers with
+``plugin_sdk.engine`` when ``engineroom`` is imported, and finds providers with ``plugin_sdk.discovery``
+as sessions do: like the rest of the SDK, it imports nothing from the core.
 """
 from __future__ import annotations
 
@@ -445,13 +446,14 @@ def _provider_name(provider: Any) -> str:
 
 
 def _session(model: Any, providers: list, level: int | None):
-    import engineroom
+    from engineroom.plugin_sdk.engine import engine
 
-    so = engineroom.SessionOptions()
+    api = engine()
+    so = api.SessionOptions()
     so.log_severity_level = 3
     if level is not None:
-        so.graph_optimization_level = engineroom.GraphOptimizationLevel(level) if level in (0, 1, 2, 3, 99) else level
-    return engineroom.InferenceSession(model, so, providers=providers)
+        so.graph_optimization_level = api.GraphOptimizationLevel(level) if level in (0, 1, 2, 3, 99) else level
+    return api.InferenceSession(model, so, providers=providers)
 
 
 def _run_sets(sess, test: NodeTest) -> tuple[str, str]:
@@ -639,7 +641,7 @@ def read_expected_failures(path: str) -> dict[str, str]:
 
 
 def _require_registered(name: str) -> None:
-    from engineroom import discovery
+    from engineroom.plugin_sdk import discovery
 
     if discovery.provider_class(name) is None:
         why = discovery.load_failure(name) or (
@@ -731,8 +733,7 @@ def _check_round_trips(prov, cpu) -> ContractCheck:
 
 def check_contract(provider: Any, options: Mapping[str, Any] | None = None) -> list[ContractCheck]:
     """The contract checks of ``provider`` (a registered name or its class)."""
-    from engineroom import discovery
-    from engineroom.plugin_sdk import SDK_VERSION, ExecutionProvider, GraphView, sdk_compatible
+    from engineroom.plugin_sdk import SDK_VERSION, ExecutionProvider, GraphView, discovery, sdk_compatible
 
     name = _provider_name(provider)
     checks: list[ContractCheck] = []

@@ -31,10 +31,11 @@ from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
 from engineroom.optimizer.float16_compute import compute_float16_in_float32
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.optimizer.upsample_conv import fuse_upsample_conv
+from engineroom.plugin_sdk.activations import FUSED_ACTIVATIONS
 from engineroom.views import node_view
 
 MS = "com.microsoft"
-_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"}
+_ACTIVATIONS = set(FUSED_ACTIVATIONS) - {"Identity"}
 
 
 class Fuser:
@@ -55,7 +56,7 @@ class Fuser:
     def _accepts(self, nodes: list[ir.Node], fused: ir.Node) -> bool:
         provs = {id(self.owner(n)) for n in nodes}
         prov = self.owner(nodes[0])
-        if len(provs) != 1 or prov is None or not hasattr(prov, "kernel_for"):
+        if len(provs) != 1 or prov is None:
             return False
         self.opsets.setdefault(fused.domain, 1)
         # the fused node's view without ONNX protos unless the provider reads them (~3x cheaper)
@@ -321,28 +322,18 @@ def _same_shape(a: ir.Value, b: ir.Value) -> bool:
 
 
 def _activation(node: ir.Node):
+    """(FusedConv activation, its parameters) for an activation node (plugin_sdk.activations), or (None, [])
+    when a parameter is not a constant."""
     op = node.op_type
-    if op in ("Relu", "Sigmoid", "Tanh"):
-        return op, []
-    if op == "LeakyRelu":
-        a = node.attributes.get("alpha")
-        return op, [a.value if a is not None else 0.01]
-    if op == "HardSigmoid":
-        a, b = node.attributes.get("alpha"), node.attributes.get("beta")
-        return op, [a.value if a is not None else 0.2, b.value if b is not None else 0.5]
-    if op == "Clip":
-        lo = hi = None
-        if "min" in node.attributes or "max" in node.attributes:  # opset < 11
-            lo = node.attributes["min"].value if "min" in node.attributes else -3.4e38
-            hi = node.attributes["max"].value if "max" in node.attributes else 3.4e38
-        else:
-            ins = list(node.inputs) + [None, None]
-            lo = scalar(ins[1]) if ins[1] is not None else -3.4e38
-            hi = scalar(ins[2]) if ins[2] is not None else 3.4e38
-        if lo is None or hi is None:
-            return None, []
-        return op, [lo, hi]
-    return None, []
+    if op not in _ACTIVATIONS:
+        return None, []
+    names, defaults = FUSED_ACTIVATIONS[op]
+    if op == "Clip" and "min" not in node.attributes and "max" not in node.attributes:   # opset 11+: inputs
+        ins = list(node.inputs) + [None, None]
+        params = [scalar(x) if x is not None else d for x, d in zip(ins[1:3], defaults)]
+        return (None, []) if any(p is None for p in params) else (op, params)
+    attrs = [node.attributes.get(n) for n in names]
+    return op, [a.value if a is not None else d for a, d in zip(attrs, defaults)]
 
 
 def _mul_by(node: ir.Node | None, value: float, tol: float = 1e-4):

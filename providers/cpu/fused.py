@@ -4,49 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.activations import activation_inplace, fused_activation, unsupported_activation
 from engineroom.providers.cpu.registry import array_kernel, registry
 
 MS = "com.microsoft"
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
-def activation_inplace(xp, name: str, params: list[float]):
-    """A function applying the activation to an array in place (returns it)."""
-    if name in ("", "Identity"):
-        return lambda y: y
-    if name == "Relu":
-        # clip, not maximum: NumPy's maximum against a scalar runs 4x slower than clip (both keep NaN)
-        return lambda y: xp.clip(y, 0.0, float("inf"), out=y)
-    if name == "Clip":
-        lo, hi = params
-        return lambda y: xp.clip(y, lo, hi, out=y)
-    if name == "Sigmoid":
-        def sigmoid(y):
-            xp.negative(y, out=y)
-            xp.exp(y, out=y)
-            y += 1
-            return xp.reciprocal(y, out=y)
-        return sigmoid
-    if name == "Tanh":
-        return lambda y: xp.tanh(y, out=y)
-    if name == "LeakyRelu":
-        alpha = params[0] if params else 0.01
-        return lambda y: xp.multiply(y, xp.where(y < 0, y.dtype.type(alpha), y.dtype.type(1)), out=y)
-    if name == "HardSigmoid":
-        alpha, beta = params
-        def hard_sigmoid(y):
-            y *= alpha
-            y += beta
-            return xp.clip(y, 0, 1, out=y)
-        return hard_sigmoid
-    raise ValueError(f"FusedConv: unsupported activation '{name}'")
-
-
 def _supports_activation(view) -> str | None:
-    act = view.attrs.get("activation", "Identity")
-    ok = {"", "Identity", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"}
-    if act not in ok:
-        return f"activation {act} not supported"
+    why = unsupported_activation(view)
+    if why:
+        return why
     if view.input_dtypes and view.input_dtypes[0] not in (np.dtype(np.float32), np.dtype(np.float64)):
         return "FusedConv is float32/float64 only"
     return None
@@ -63,15 +31,14 @@ def fused_conv(info):
         input_shapes=info.input_shapes[:n_conv], const_inputs=info.const_inputs[:n_conv],
         input_types=info.input_types[:n_conv])
     conv = conv_def.factory(conv_info)
-    act_name = info.attrs.get("activation", "Identity")
-    params = list(info.attrs.get("activation_params", []))
+    act_name, params = fused_activation(info.attrs)
     act = activation_inplace(info.xp, act_name, params)
     has_z = len(info.input_names) > 3 and info.input_names[3] != ""
     plan = getattr(conv, "plan", None)
-    clip = (0.0, float("inf")) if act_name == "Relu" else tuple(params) if act_name == "Clip" else None
+    clip = (0.0, float("inf")) if act_name == "Relu" else params if act_name == "Clip" else None
     if plan is not None:
         # the conv adds z and applies a Relu/Clip itself, in its last pass where it can
-        if clip is not None or act_name in ("", "Identity"):
+        if clip is not None or act_name == "Identity":
             def run_fused(x, w, b=None, z=None):
                 return (plan(x, b, clip, z),)
             return run_fused

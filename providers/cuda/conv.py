@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.activations import (
+    FUSED_ACTIVATIONS,
+    activation_inplace,
+    fused_activation,
+    unsupported_activation,
+)
 from engineroom.plugin_sdk.geometry import window_geometry
 from engineroom.providers.cuda.registry import kernel
 
@@ -27,8 +33,9 @@ def conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad):
 
 
 # -- the epilogue: bias, residual and activation in one pass --------------------------------------
+# FusedConv's activations (plugin_sdk.activations) as CUDA expressions of v and parameters p0, p1
 _ACTIVATIONS = {
-    "": "v", "Identity": "v",
+    "Identity": "v",
     "Relu": "v < (A)0 ? (A)0 : v",                               # keeps NaN, as max(x, 0) does
     "Clip": "v < p0 ? p0 : (v > p1 ? p1 : v)",
     "Sigmoid": "(A)1 / ((A)1 + exp(-v))",
@@ -69,11 +76,8 @@ class ConvPlan:
         self.auto_pad = attrs.get("auto_pad", "NOTSET")
         if isinstance(self.auto_pad, bytes):
             self.auto_pad = self.auto_pad.decode()
-        self.act = act
-        p = list(act_params) + [0.0, 0.0]
-        if act == "LeakyRelu" and not act_params:
-            p = [0.01, 0.0]
-        self.act_params = p[:2]
+        self.act = act or "Identity"
+        self.act_params = (list(act_params) + [0.0, 0.0])[:2]   # with their defaults (fused_activation)
         self._geo: dict = {}
 
     def _pack(self, w):
@@ -130,27 +134,15 @@ class ConvPlan:
 
 def _epilogue_reference(xp, y, b, z, act, params):
     """The epilogue with array operations (for array modules without ElementwiseKernel: the tests run
-    these kernels with NumPy to check everything but the CUDA code)."""
+    these kernels with NumPy to check everything but the CUDA code); the activation is the SDK's."""
     acc = np.float64 if y.dtype == np.float64 else np.float32
     v = y.astype(acc)
     if b is not None:
-        v = v + b.astype(acc).reshape((-1,) + (1,) * (y.ndim - 2))
+        v += b.astype(acc).reshape((-1,) + (1,) * (y.ndim - 2))
     if z is not None:
-        v = v + z.astype(acc)
-    p0, p1 = acc(params[0]), acc(params[1])
-    if act == "Relu":
-        v = xp.where(v < 0, acc(0), v)
-    elif act == "Clip":
-        v = xp.where(v < p0, p0, xp.where(v > p1, p1, v))
-    elif act == "Sigmoid":
-        v = 1 / (1 + xp.exp(-v))
-    elif act == "Tanh":
-        v = xp.tanh(v)
-    elif act == "LeakyRelu":
-        v = xp.where(v < 0, v * p0, v)
-    elif act == "HardSigmoid":
-        v = xp.minimum(xp.maximum(v * p0 + p1, acc(0)), acc(1))
-    return v.astype(y.dtype)
+        v += z.astype(acc)
+    n = len(FUSED_ACTIVATIONS[act][1])
+    return activation_inplace(xp, act, params[:n])(v).astype(y.dtype)
 
 
 def _supports(view) -> str | None:
@@ -171,19 +163,12 @@ def conv(info):
 
 
 def _supports_fused(view) -> str | None:
-    act = view.attrs.get("activation", "Identity")
-    if isinstance(act, bytes):
-        act = act.decode()
-    if act not in _ACTIVATIONS:
-        return f"activation {act} not supported"
-    return _supports(view)
+    return unsupported_activation(view) or _supports(view)
 
 
 @kernel("FusedConv", domain=MS, since=1, supports=_supports_fused)
 def fused_conv(info):
-    act = info.attrs.get("activation", "Identity")
-    act = act.decode() if isinstance(act, bytes) else act
-    plan = ConvPlan(info.xp, info.attrs, act, [float(p) for p in info.attrs.get("activation_params", [])])
+    plan = ConvPlan(info.xp, info.attrs, *fused_activation(info.attrs))
 
     def run(x, w, b=None, z=None):
         return (plan(x, w, b, z),)

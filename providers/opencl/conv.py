@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.activations import unsupported_activation
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
 from engineroom.providers.opencl.common import CTYPES, all_of, inputs_in, rt_of
@@ -180,21 +181,13 @@ def conv(info):
     return _conv_factory(info, (0, 0.0, 0.0))
 
 
-def _fused_ok(view):
-    from engineroom.providers.opencl.matmul import ACTIVATIONS
-
-    act = view.attrs.get("activation", "Identity")
-    return None if act in ACTIVATIONS else f"activation {act!r}"
-
-
 @kernel("FusedConv", domain="com.microsoft", since=1, types=GEMM_TYPES,
-        supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok, _fused_ok))
+        supports=all_of(inputs_in(GEMM_TYPES), _conv_ok, _geo_ok, unsupported_activation))
 def fused_conv(info):
     """onnxruntime's contrib FusedConv: activation(Conv(X, W, B) + Z), all in the conv's epilogue."""
     from engineroom.providers.opencl.matmul import activation
 
-    a = info.attrs
-    return _conv_factory(info, activation(a.get("activation", "Identity"), a.get("activation_params")))
+    return _conv_factory(info, activation(info.attrs))
 
 
 def _conv_factory(info, act):

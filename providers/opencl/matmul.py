@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.activations import fused_activation
 from engineroom.providers.opencl.common import F32, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.registry import kernel
 
@@ -92,7 +93,7 @@ _SRC = """
 # float32 only: PoCL 3.0's LLVM 14 cannot compile the double8 tile (float64 GEMMs stay on the CPU)
 GEMM_TYPES = frozenset({F32})
 
-# Fused epilogues (FusedConv's activations): code, then two float parameters
+# Fused epilogues (FusedConv's activations, plugin_sdk.activations): code, then two float parameters
 ACTIVATIONS = {"Identity": 0, "Relu": 1, "Clip": 2, "Sigmoid": 3, "Tanh": 4, "LeakyRelu": 5, "HardSigmoid": 6}
 ACT_FUNCS = """
 inline T8 act8(T8 v, int act, T p0, T p1) {
@@ -120,18 +121,10 @@ inline T act1(T v, int act, T p0, T p1) {
 """
 
 
-def activation(name: str, params) -> tuple[int, float, float]:
-    """(code, p0, p1) of a FusedConv activation (ValueError if unknown)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r}")
-    p = [float(v) for v in (params or [])]
-    if name == "LeakyRelu":
-        p = p or [0.01]
-    elif name == "HardSigmoid":
-        p = p or [0.2, 0.5]
-    elif name == "Clip":
-        p = p or [-3.4e38, 3.4e38]
-    p = (p + [0.0, 0.0])[:2]
+def activation(attrs) -> tuple[int, float, float]:
+    """(code, p0, p1) of a FusedConv node's activation (ValueError if unknown)."""
+    name, params = fused_activation(attrs)
+    p = (list(params) + [0.0, 0.0])[:2]
     return ACTIVATIONS[name], p[0], p[1]
 
 

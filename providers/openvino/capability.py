@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import heapq
 import io
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 
 from engineroom.plugin_sdk import Capability, GraphView, NodeView, dynamic_quantization
 from engineroom.plugin_sdk.dynamic_quantization import upstream_of_dynamic_quantization
+from engineroom.plugin_sdk.grouping import cycle_free_runs
 from engineroom.providers.openvino import rules
 
 # dtypes OpenVINO's ONNX frontend maps to its element types
@@ -406,38 +406,11 @@ def _run_problems(run: list[NodeView], view: GraphView, reads: dict[int, tuple[s
 
 # -- 3. groups -----------------------------------------------------------------------------------------------
 def _runs(by_index: dict[int, NodeView], mine: set[int], reads: dict[int, tuple[str, ...]]) -> list[list[int]]:
-    """``mine`` cut into cycle-free runs by Kahn waves over the whole graph, as the core cuts partitions:
-    a topological order that keeps taking ready nodes of the current colour while there are any."""
+    """``mine`` cut into cycle-free runs over the whole graph by the function the core cuts partitions with."""
     if not mine:
         return []
-    order = sorted(by_index)
-    producer = {o: i for i in order for o in by_index[i].output_names if o}
-    succ: dict[int, set[int]] = {i: set() for i in order}
-    indeg = dict.fromkeys(order, 0)
-    for i in order:
-        preds = {producer[x] for x in reads[i] if x in producer} - {i}
-        indeg[i] = len(preds)
-        for p in preds:
-            succ[p].add(i)
-    ready: dict[bool, list[int]] = {True: [], False: []}
-    for i in order:
-        if indeg[i] == 0:
-            heapq.heappush(ready[i in mine], i)
-    runs: list[list[int]] = []
-    cur = None
-    while ready[True] or ready[False]:
-        if cur is None or not ready[cur]:
-            cur = min((h[0], c) for c, h in ready.items() if h)[1]
-            if cur:
-                runs.append([])
-        i = heapq.heappop(ready[cur])
-        if cur:
-            runs[-1].append(i)
-        for s in succ[i]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready[s in mine], s)
-    return runs
+    runs = cycle_free_runs(list(by_index.values()), lambda i: i in mine, lambda v: reads[v.index])
+    return [run for is_mine, run in runs if is_mine]
 
 
 def _too_small(run: list[NodeView]) -> bool:
