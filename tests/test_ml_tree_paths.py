@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_both as both
 from jit_paths import JIT_PATHS, choose_path
 
 import engineroom as er
@@ -21,14 +22,6 @@ RNG = np.random.default_rng(16)
 @pytest.fixture(params=JIT_PATHS)
 def tree_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "trees")
-
-
-def both(m: bytes, feed: dict):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    ref = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, feed)
-    got = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feed)
-    return ref, got
 
 
 def check(ref, got, tol=1e-5):
