@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_model
+from conftest import run_both as _run_both
+from conftest import tensor_info as _vi
 from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper, numpy_helper
 
@@ -25,21 +28,7 @@ def path(request, monkeypatch):
 
 
 def _model(node, inputs, outputs, inits=(), opset=21):
-    g = helper.make_graph([node], "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)],
-                             ir_version=10).SerializeToString()
-
-
-def _vi(name, elem, shape):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def _run_both(model, feed):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    ref = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feed)
-    got = er.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
-    return ref, got
+    return make_model([node], inputs, outputs, inits, opset, opsets=[(MS, 1)], ir_version=10).SerializeToString()
 
 
 def _close(got, ref, rtol=1e-5, what=""):
