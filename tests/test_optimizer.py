@@ -4,16 +4,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conftest import make_model as _model
+from onnx import TensorProto, helper
 
 import engineroom as ort
 
 RNG = np.random.default_rng(0)
-
-
-def _model(nodes, inputs, outputs, inits=(), opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _f(name, shape):

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
@@ -24,8 +25,7 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime (the oracle
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17, **kw):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], **kw).SerializeToString()
+    return make_model(nodes, inputs, outputs, inits, opset, **kw).SerializeToString()
 
 
 def _both(model, **kw):
