@@ -116,6 +116,20 @@ def copies(session) -> int:
     return int(found.group(1))
 
 
+def optimized_ops(model, level, tmp_path) -> tuple:
+    """(session, [(domain, op_type) per node]) of ``model`` optimized at ``level``, read back from the file
+    ``SessionOptions.optimized_model_filepath`` saves under ``tmp_path``."""
+    import onnx
+
+    import engineroom as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.optimized_model_filepath = str(tmp_path / f"opt{int(level)}.onnx")
+    s = ort.InferenceSession(model if isinstance(model, (bytes, str)) else model.SerializeToString(), so)
+    return s, [(n.domain, n.op_type) for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
 def profiled_node_events(session_factory, feed: dict, runs: int = 1) -> list[dict]:
     """The profiler's per-node events (``cat`` "Node") of ``runs`` runs of the session that
     ``session_factory(sess_options)`` creates with profiling on (``SessionOptions.enable_profiling``)."""

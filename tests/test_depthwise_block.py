@@ -3,8 +3,8 @@ where it forms, where it does not, and its numbers against onnxruntime on both k
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
+from conftest import optimized_ops as _session
 from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper, numpy_helper
 
@@ -57,14 +57,6 @@ def block_model(C=8, M=24, M2=8, H=14, W=14, first="pw", dw_k=3, dw_stride=1, ac
                           [helper.make_tensor_value_info("y", tt, None)],
                           [numpy_helper.from_array(np.asarray(a, dtype=dtype), n) for n, a in inits])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _session(model, level, tmp_path):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = level
-    so.optimized_model_filepath = str(tmp_path / f"opt{int(level)}.onnx")
-    s = ort.InferenceSession(model.SerializeToString(), so)
-    return s, [(n.domain, n.op_type) for n in onnx.load(so.optimized_model_filepath).graph.node]
 
 
 def _reference(model, feed):

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from conftest import make_model as _model
+from conftest import optimized_ops as _ops_after
 from onnx import TensorProto, helper
 
 import engineroom as ort
@@ -14,14 +14,6 @@ RNG = np.random.default_rng(0)
 
 def _f(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def _ops_after(model, level, tmp_path):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = level
-    so.optimized_model_filepath = str(tmp_path / f"opt{int(level)}.onnx")
-    s = ort.InferenceSession(model, so)
-    return s, [(n.domain, n.op_type) for n in onnx.load(so.optimized_model_filepath).graph.node]
 
 
 def _check_same(model, feed, tmp_path, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, rtol=1e-5, atol=1e-6):
