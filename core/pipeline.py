@@ -15,8 +15,6 @@ from engineroom.optimizer.subgraphs import nested_graphs_of
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, free_names, type_string
 from engineroom.plugin_sdk import ExecutionProvider
 
-log = logging.getLogger("engineroom")
-
 
 def _opsets(model: ir.Model) -> dict[str, int]:
     return {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}

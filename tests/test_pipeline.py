@@ -110,3 +110,30 @@ def test_body_fused_from_its_single_assignment(monkeypatch, tmp_path):
     feeds = {"X": x, "cond": np.array(True)}
     np.testing.assert_allclose(s.run(None, feeds)[0], ReferenceEvaluator(_model()).run(None, feeds)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_float16_region_widened_and_fused_without_a_second_ask(monkeypatch):
+    """The float16 pass retypes values in place and inserts casts (recorded on the CPU provider); the views
+    are made again from the updated assignment, and the float32 fusion applies inside the region."""
+    w = W.astype(np.float16)
+    g = h.make_graph([h.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["c"], ["Y"])],
+                     "f16", [h.make_tensor_value_info("X", T.FLOAT16, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("Y", T.FLOAT16, None)], [onnx.numpy_helper.from_array(w, "W")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    calls = _counting(monkeypatch, ["CPUExecutionProvider"])
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert dict(calls) == {("CPUExecutionProvider", ("Y",)): 1}
+    ops = [n.op_type for p in s.get_provider_graph_assignment_info() for n in p.get_nodes()]
+    assert ops.count("Cast") == 2 and "FusedConv" in ops, ops
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float16)
+    got = s.run(None, {"X": x})[0]
+    # the truth: the same Conv+Relu in float32 on the float16 values, rounded once to float16
+    ref = h.make_model(h.make_graph([h.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+                                     h.make_node("Relu", ["c"], ["Y"])], "f32",
+                                    [h.make_tensor_value_info("X", T.FLOAT, [1, 3, 8, 8])],
+                                    [h.make_tensor_value_info("Y", T.FLOAT, None)],
+                                    [onnx.numpy_helper.from_array(w.astype(np.float32), "W")]),
+                       opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    expect = ReferenceEvaluator(ref).run(None, {"X": x.astype(np.float32)})[0].astype(np.float16)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expect.astype(np.float32), rtol=2e-3, atol=2e-3)
