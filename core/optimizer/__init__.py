@@ -42,6 +42,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
         eliminate_transpose_pairs(body)
         if cpu_provider is not None:
             fold_constants(model, cpu_provider, body)
+        gather_before_elementwise(body)
         eliminate_common_subexpressions(body)
         fold_conv_affine(body)
 
