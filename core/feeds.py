@@ -58,7 +58,7 @@ class InputCheck:
             x = self._convert(x)
         if self.dtype is not None and x.dtype != self.dtype and not (self.dtype.kind == "O" and x.dtype.kind in "OUS"):
             raise InvalidArgument(f"Unexpected input data type for input '{self.name}'. "
-                                  f"Actual: ({type_string(x.dtype)}) , expected: ({type_string(self.dtype)})")
+                                  f"Actual: ({_type_of(x.dtype)}) , expected: ({type_string(self.dtype)})")
         if self.dtype is not None and self.dtype.kind == "O" and x.dtype.kind in "US":
             x = x.astype(object)
         if self.rank is not None:
@@ -168,6 +168,16 @@ class Feeds:
             return self.out_index[name]
         except KeyError:
             raise InvalidArgument(f"Invalid output name: {name}") from None
+
+
+def _type_of(dtype) -> str:
+    """A feed's type as the error names it; a byte-swapped array says so (onnxruntime would read its bytes
+    in the machine's order, giving other numbers: refused instead, naming the fix)."""
+    dtype = np.dtype(dtype)
+    if dtype.byteorder in "<>" and dtype.isnative is False:
+        return (f"{type_string(dtype.newbyteorder('='))} in the other byte order ('{dtype.str}'); pass "
+                f"x.astype('{dtype.newbyteorder('=').str}')")
+    return type_string(dtype)
 
 
 def to_numpy(v: Any) -> Any:
