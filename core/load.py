@@ -101,25 +101,22 @@ _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT
            if hasattr(onnx.TensorProto, n)}
 
 
-def _light(proto: onnx.ModelProto, placeholders: bool) -> onnx.ModelProto:
-    """The model without the payload of its heavy initializers: dims and types kept (for shape
-    inference), or each replaced by a one-element placeholder (for the checker, which wants data)."""
+def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """The model without the payload of its heavy initializers (dims and types kept, for shape inference),
+    and the names of those initializers."""
     light = onnx.ModelProto()
     _copy_fields(light, proto, skip="graph")
     g, lg = proto.graph, light.graph
     _copy_fields(lg, g, skip="initializer")
+    heavy = set()
     for t in g.initializer:
         if not _heavy(t):
             lg.initializer.add().CopyFrom(t)
             continue
-        if placeholders:    # the checker's copy comes first; the payload is the same in the second
-            _check_payload(t)
-        h = lg.initializer.add(name=t.name, data_type=t.data_type)
-        if placeholders:
-            h.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        else:
-            h.dims.extend(t.dims)
-    return light
+        _check_payload(t)
+        lg.initializer.add(name=t.name, data_type=t.data_type).dims.extend(t.dims)
+        heavy.add(t.name)
+    return light, heavy
 
 
 def _copy_fields(dst, src, skip: str) -> None:
@@ -143,9 +140,15 @@ def _check_payload(t: onnx.TensorProto) -> None:
                            f"for the declared shape {list(t.dims)} ({need} bytes required)")
 
 
-def _check(proto: onnx.ModelProto) -> None:
-    checked = _light(proto, placeholders=True)
-    _repair(checked)
+def _check(light: onnx.ModelProto, heavy: set[str]) -> None:
+    """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers are one-element
+    placeholders: the checker wants data, and copying the stripped model costs less than stripping twice."""
+    checked = onnx.ModelProto()
+    checked.CopyFrom(light)
+    for t in checked.graph.initializer:
+        if t.name in heavy:
+            del t.dims[:]
+            t.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     try:
         onnx.checker.check_model(checked)
     except onnx.checker.ValidationError as e:
@@ -414,9 +417,9 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
     _check_fields(proto)
     _check_arity(proto)
     _resolve_external_data(proto, base_dir, supplied)
-    _check(proto)
-    light = _light(proto, placeholders=False)  # what follows rewrites this copy, never the caller's
+    light, heavy = _light(proto)  # what follows rewrites this copy, never the caller's
     _repair(light)
+    _check(light, heavy)
     if light.functions:
         from onnx import inliner
 
