@@ -129,3 +129,14 @@ def nearest_index(xo, nearest_mode: str, scale: float):
     if nearest_mode == "simple":  # Resize-10 / Upsample: truncate when upsampling, ceil when downsampling
         return np.ceil(xo) if scale < 1 else np.floor(xo)
     raise ValueError(f"Resize: unknown nearest_mode '{nearest_mode}'")
+
+
+def softmax_blocks(shape, axis: int, opset: int) -> tuple[int, int, int]:
+    """(outer, reduced, inner) element counts of Softmax, LogSoftmax or Hardmax over ``axis`` of ``shape``:
+    before opset 13 the input is coerced to 2-D at ``axis`` and normalized over the whole trailing block
+    (inner 1); from 13 on, along the single axis."""
+    ax = axis + len(shape) if axis < 0 else axis
+    outer = int(np.prod(shape[:ax], dtype=np.int64))
+    if opset < 13:
+        return outer, int(np.prod(shape[ax:], dtype=np.int64)), 1
+    return outer, int(shape[ax]), int(np.prod(shape[ax + 1:], dtype=np.int64))

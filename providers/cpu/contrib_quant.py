@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import softmax_blocks
+from engineroom.providers.cpu import intgemm
 from engineroom.providers.cpu._contrib import (
     const,
     delegate,
@@ -24,7 +26,6 @@ from engineroom.providers.cpu._contrib import (
     requantize_lut,
     scalar,
 )
-from engineroom.providers.cpu import intgemm
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.quantize import quantize_dynamic_u8
 from engineroom.providers.cpu.rnn import _activations, _reverse_index
@@ -146,8 +147,7 @@ def qlinear_softmax(info):
         ax = axis + x.ndim if axis < 0 else axis
         xi = x.astype(np.int32)
         if opset < 13:
-            shape = x.shape
-            xi = xi.reshape(int(np.prod(shape[:ax], dtype=np.int64)), -1)
+            xi = xi.reshape(softmax_blocks(x.shape, ax, opset)[:2])
             red = 1
         else:
             red = ax

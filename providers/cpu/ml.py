@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.host_values import host_array as _host
 from engineroom.providers.cpu.array_module import NUMPY
 from engineroom.providers.cpu.registry import kernel
 
 ML = "ai.onnx.ml"
-
-
-def _host(a):
-    return a if isinstance(a, np.ndarray) else a.get()
 
 
 def _text(v) -> str:

@@ -17,18 +17,11 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry
+from engineroom.plugin_sdk.host_values import host_array as _host
+from engineroom.plugin_sdk.host_values import ints as _ints
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, tap_slice
 from engineroom.providers.cpu.registry import array_kernel, kernel
-
-
-def _host(a):
-    """A small device array (RoI boxes) as a NumPy array: the per-RoI loop reads it on the host."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
-
-
-def _ints(v, n, default):
-    return [int(t) for t in v] if v else [default] * n
 
 
 def pool_geometry(spatial, kshape, strides, dilations, pads, auto_pad, ceil_mode):

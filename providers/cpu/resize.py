@@ -13,17 +13,12 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
+from engineroom.plugin_sdk.host_values import host_array as _host
 from engineroom.plugin_sdk.limits import check_tensor_size
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
 _F32 = np.dtype(np.float32)
-
-
-def _host(a):
-    if a is None or isinstance(a, np.ndarray):
-        return a
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _compute_dtype(dtype):

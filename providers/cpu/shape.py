@@ -14,25 +14,13 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
+from engineroom.plugin_sdk.host_values import host_array as _host
+from engineroom.plugin_sdk.host_values import host_ints as _ints
 from engineroom.plugin_sdk.limits import check_tensor_size
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
 # --- helpers
-
-def _host(a) -> np.ndarray:
-    """A host NumPy array from a host input (a device array is brought back; it should not arrive here)."""
-    if a is None or isinstance(a, np.ndarray):
-        return a
-    if hasattr(a, "get"):
-        return a.get()
-    return np.asarray(a)
-
-
-def _ints(a) -> list[int]:
-    """A shape-like tensor (any rank) as a list of Python ints (no int64 overflow in later arithmetic)."""
-    return [int(v) for v in _host(a).reshape(-1).tolist()]
-
 
 def _axis(a: int, rank: int) -> int:
     a = int(a)

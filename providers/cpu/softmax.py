@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import softmax_blocks
 from engineroom.providers.cpu.array_module import NUMPY, arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -103,10 +104,8 @@ def _along(fn, old):
         xc = x.astype(_cdt(dt), copy=False)
         rnd = storage_rounder(dt)
         if old:
-            ax = 1 if axis is None else int(axis)
-            ax = ax + x.ndim if ax < 0 else ax
-            lead = int(np.prod(x.shape[:ax]))
-            y = fn(xp, xc.reshape(lead, -1), 1, rnd).reshape(x.shape)
+            y = fn(xp, xc.reshape(softmax_blocks(x.shape, 1 if axis is None else int(axis), 1)[:2]), 1,
+                   rnd).reshape(x.shape)
         else:
             y = fn(xp, xc, -1 if axis is None else int(axis), rnd)
         return y.astype(dt, copy=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.plugin_sdk.geometry import softmax_blocks
 from engineroom.providers.cuda.registry import kernel
 
 _FLOATS = (np.float16, np.float32, np.float64)
@@ -135,15 +136,15 @@ def _softmax_factory(info, log_mode: bool):
         from engineroom.providers.cpu.registry import registry as cpu_registry
 
         return cpu_registry.lookup("", info.op_type, opset).factory(info)
-    axis = int(info.attrs.get("axis", -1 if opset >= 13 else 1))
+    axis = int(info.attrs["axis"])                # the schema's default: 1 before opset 13, then -1
 
     def run(x):
         ax = axis + x.ndim if axis < 0 else axis
         if x.ndim == 0:
             return (xp.zeros_like(x) if log_mode else xp.ones_like(x),)
-        if opset < 13:                        # the input as a 2-D matrix [prod(shape[:axis]), rest]
-            rows = int(np.prod(x.shape[:ax], dtype=np.int64))
-            return (softmax_rows(xp, xp.ascontiguousarray(x).reshape(rows, -1), log_mode).reshape(x.shape),)
+        if opset < 13:                        # the input as a 2-D matrix (outer, the trailing block)
+            outer, block, _ = softmax_blocks(x.shape, ax, opset)
+            return (softmax_rows(xp, xp.ascontiguousarray(x).reshape(outer, block), log_mode).reshape(x.shape),)
         if ax == x.ndim - 1:
             return (softmax_rows(xp, xp.ascontiguousarray(x).reshape(-1, x.shape[-1]), log_mode).reshape(x.shape),)
         moved = xp.ascontiguousarray(xp.moveaxis(x, ax, -1))
@@ -185,7 +186,7 @@ def _supports_layernorm(view) -> str | None:
 def layer_normalization(info):
     xp = info.xp
     a = info.attrs
-    axis = int(a.get("axis", -1))
+    axis = int(a.get("axis", -1))          # defaults restated: before opset 17 the op has no ONNX schema
     eps = float(a.get("epsilon", 1e-5))
     out_dts = tuple(info.output_dtypes) + (None, None, None)
 

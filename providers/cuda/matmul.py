@@ -49,10 +49,7 @@ def gemm(info):
     if dt not in _FLOATS:
         return _cpu_factory("Gemm", info.opset)(info)
     a = info.attrs
-    alpha = float(a.get("alpha", 1.0))
-    beta = float(a.get("beta", 1.0))
-    trans_a = bool(a.get("transA", 0))
-    trans_b = bool(a.get("transB", 0))
+    alpha, beta, trans_a, trans_b = float(a["alpha"]), float(a["beta"]), bool(a["transA"]), bool(a["transB"])
     has_c = len(info.input_names) > 2 and info.input_names[2] != "" and beta != 0.0
     consts = tuple(info.const_inputs) + (None, None, None)
     c_scaled = None

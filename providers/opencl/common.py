@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel modules: dtype sets, capability checks, host-side reads of small inputs.
+"""Helpers shared by the kernel modules: dtype sets, capability checks (host-side reads are the SDK's host_values).
 
 Nothing here imports pyopencl; kernel modules import :mod:`runtime` only inside factories.
 """
@@ -95,11 +95,6 @@ def const_input(view: NodeView, i: int):
     if i < len(view.const_inputs):
         return view.const_inputs[i]
     return None
-
-
-def host_ints(v) -> list[int]:
-    """A host input (shape, axes, starts ...) as a list of Python ints."""
-    return [int(t) for t in np.asarray(v).reshape(-1)]
 
 
 def norm_axis(a: int, rank: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from engineroom.plugin_sdk.activations import unsupported_activation
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
+from engineroom.plugin_sdk.host_values import ints
 from engineroom.providers.opencl.common import CTYPES, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.matmul import GEMM_TYPES
 from engineroom.providers.opencl.registry import kernel
@@ -144,10 +145,6 @@ def _src(dt, body):
     return _HEAD.format(T=t, pragma=pragma, act=ACT_FUNCS) + body
 
 
-def _ints(v, n, default):
-    return [int(t) for t in v] if v is not None and len(v) else [default] * n
-
-
 def _pad3(v, fill):
     v = list(v)
     return [fill] * (3 - len(v)) + v
@@ -213,10 +210,10 @@ def _conv_factory(info, act):
         OC, Cg = wshape[0], wshape[1]
         if C != Cg * group or OC % group:
             raise ValueError(f"Conv: input {tuple(xshape)} / weight {tuple(wshape)} do not match group={group}")
-        kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
-        strides = _ints(a.get("strides"), n, 1)
-        dilations = _ints(a.get("dilations"), n, 1)
-        pads = _ints(a.get("pads"), 2 * n, 0)
+        kshape = tuple(ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
+        strides = ints(a.get("strides"), n, 1)
+        dilations = ints(a.get("dilations"), n, 1)
+        pads = ints(a.get("pads"), 2 * n, 0)
         pb, pe, out = conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad)
         OCg = OC // group
         geo = rt.const_ints(geo_table(C, spatial, out, kshape, strides, dilations, pb, Cg, group, OCg))
@@ -295,11 +292,11 @@ def conv_transpose(info):
         OCg = wshape[1]
         OC = OCg * group
         Cg = C // group
-        kshape = tuple(_ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
-        strides = _ints(a.get("strides"), n, 1)
-        dilations = _ints(a.get("dilations"), n, 1)
-        pads = _ints(a.get("pads"), 2 * n, 0)
-        out_pad = _ints(a.get("output_padding"), n, 0)
+        kshape = tuple(ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
+        strides = ints(a.get("strides"), n, 1)
+        dilations = ints(a.get("dilations"), n, 1)
+        pads = ints(a.get("pads"), 2 * n, 0)
+        out_pad = ints(a.get("output_padding"), n, 0)
         pb, pe, out = convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad,
                                              a.get("output_shape"), auto_pad)
         KK = int(np.prod(kshape))

@@ -49,14 +49,14 @@ _UNARY = {
     "Tanh": ("tanh(x0)", (), FLOATS, 6),
     "Softplus": ("x0 > ({T})20 ? x0 : log1p(exp(x0))", (), FLOATS, 1),
     "Softsign": ("x0 / (({T})1 + fabs(x0))", (), FLOATS, 1),
-    "Elu": ("x0 < ({T})0 ? p0 * (exp(x0) - ({T})1) : x0", (("alpha", 1.0),), FLOATS, 6),
+    "Elu": ("x0 < ({T})0 ? p0 * (exp(x0) - ({T})1) : x0", ("alpha",), FLOATS, 6),
     "Selu": ("x0 > ({T})0 ? p1 * x0 : p1 * (p0 * exp(x0) - p0)",
-             (("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875)), FLOATS, 6),
-    "LeakyRelu": ("x0 < ({T})0 ? p0 * x0 : x0", (("alpha", 0.01),), FLOATS, 6),
-    "ThresholdedRelu": ("x0 > p0 ? x0 : ({T})0", (("alpha", 1.0),), FLOATS, 10),
-    "HardSigmoid": ("fmax(({T})0, fmin(({T})1, p0 * x0 + p1))", (("alpha", 0.2), ("beta", 0.5)), FLOATS, 6),
+             ("alpha", "gamma"), FLOATS, 6),
+    "LeakyRelu": ("x0 < ({T})0 ? p0 * x0 : x0", ("alpha",), FLOATS, 6),
+    "ThresholdedRelu": ("x0 > p0 ? x0 : ({T})0", ("alpha",), FLOATS, 10),
+    "HardSigmoid": ("fmax(({T})0, fmin(({T})1, p0 * x0 + p1))", ("alpha", "beta"), FLOATS, 6),
     "HardSwish": ("x0 * fmax(({T})0, fmin(({T})1, x0 / ({T})6 + ({T})0.5f))", (), FLOATS, 14),
-    "Celu": ("fmax(({T})0, x0) + fmin(({T})0, p0 * (exp(x0 / p0) - ({T})1))", (("alpha", 1.0),), FLOATS, 12),
+    "Celu": ("fmax(({T})0, x0) + fmin(({T})0, p0 * (exp(x0 / p0) - ({T})1))", ("alpha",), FLOATS, 12),
     "Mish": ("x0 * tanh(x0 > ({T})20 ? x0 : log1p(exp(x0)))", (), FLOATS, 18),
 }
 _GELU = {"none": "({T})0.5f * x0 * (({T})1 + erf(x0 * ({T})0.70710678118654752440f))",
@@ -75,7 +75,7 @@ def _unary_factory(expr: str, params: tuple, out_dtype=None):
         dt = np.dtype(info.input_dtypes[0])
         odt = np.dtype(out_dtype) if out_dtype is not None else dt
         e = expr.replace("{T}", _ctype(dt))
-        vals = [float(info.attrs.get(n, d)) for n, d in params]
+        vals = [float(info.attrs[n]) for n in params]     # KernelInfo has the schema's defaults
         op = Strided(rt, e, [dt], odt, len(vals))
 
         def run(x):
@@ -96,7 +96,7 @@ for _op, (_expr, _params, _types, _since) in _UNARY.items():
 @kernel("Gelu", since=20, types=FLOATS, supports=lambda v: None if v.attrs.get("approximate", "none") in _GELU
         else f"approximate={v.attrs.get('approximate')!r}")
 def gelu(info):
-    return _unary_factory(_GELU[info.attrs.get("approximate", "none")], ())(info)
+    return _unary_factory(_GELU[info.attrs["approximate"]], ())(info)
 
 
 kernel("IsNaN", since=9, types=FLOATS)(_unary_factory("isnan(x0)", (), BOOL))
@@ -105,8 +105,8 @@ kernel("Not", since=1, types=(BOOL,))(_unary_factory("!x0", (), BOOL))
 
 @kernel("IsInf", since=10, types=FLOATS)
 def is_inf(info):
-    neg = int(info.attrs.get("detect_negative", 1))
-    pos = int(info.attrs.get("detect_positive", 1))
+    neg = int(info.attrs["detect_negative"])
+    pos = int(info.attrs["detect_positive"])
     expr = "isinf(x0) && ((x0 > 0 && %d) || (x0 < 0 && %d))" % (pos, neg)
     return _unary_factory(expr, (), BOOL)(info)
 
@@ -178,7 +178,7 @@ def pow_(info):
     return _nary_factory(f"pow(x0, ({t})x1)", info.input_dtypes[0])(info)
 
 
-@kernel("Mod", since=10, types=FLOATS, supports=lambda v: None if int(v.attrs.get("fmod", 0)) == 1
+@kernel("Mod", since=10, types=FLOATS, supports=lambda v: None if int(v.attrs["fmod"]) == 1
         and _same_dtypes(v) is None else "float Mod needs fmod=1")
 def mod(info):
     return _nary_factory("fmod(x0, x1)")(info)
@@ -236,10 +236,7 @@ _CLIP = "(x0 < p0 ? ({T})p0 : x0) > p1 ? ({T})p1 : (x0 < p0 ? ({T})p0 : x0)"  # 
 
 @kernel("Clip", since=6, types=FLOATS)
 def clip_attrs(info):
-    lo = float(info.attrs.get("min", -3.4028234663852886e38))
-    hi = float(info.attrs.get("max", 3.4028234663852886e38))
-    run = _unary_factory(_CLIP, (("min", lo), ("max", hi)))(info)
-    return run
+    return _unary_factory(_CLIP, ("min", "max"))(info)
 
 
 @kernel("Clip", since=11, types=FLOATS, host_inputs=(1, 2))

@@ -249,10 +249,7 @@ def gemm_op(info):
     dt = np.dtype(info.input_dtypes[0])
     gemm = Gemm(rt, dt)
     a = info.attrs
-    alpha = float(a.get("alpha", 1.0))
-    beta = float(a.get("beta", 1.0))
-    ta = int(a.get("transA", 0))
-    tb = int(a.get("transB", 0))
+    alpha, beta, ta, tb = float(a["alpha"]), float(a["beta"]), int(a["transA"]), int(a["transB"])
     bconst = info.const_inputs[1] if len(info.const_inputs) > 1 else None
     cconst = info.const_inputs[2] if len(info.const_inputs) > 2 else None
     packed_b = None

@@ -57,7 +57,7 @@ def _knl(rt, dt):
 
 
 def _ln_ok(view):
-    if int(view.attrs.get("stash_type", 1)) != 1:
+    if int(view.attrs["stash_type"]) != 1:
         return "stash_type other than float"
     dts = [view.output_dtypes[i] for i in (1, 2) if i < len(view.output_names) and view.output_names[i]]
     if any(d is not None and np.dtype(d) != F32 for d in dts):
@@ -72,8 +72,8 @@ def layer_norm(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
     knl = _knl(rt, dt)
-    axis_attr = int(info.attrs.get("axis", -1))
-    eps = float(info.attrs.get("epsilon", 1e-5))
+    axis_attr = int(info.attrs["axis"])
+    eps = float(info.attrs["epsilon"])
     names = info.output_names
     want = [i < len(names) and bool(names[i]) for i in range(3)]
 
@@ -118,7 +118,7 @@ def instance_norm(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
     knl = _knl(rt, dt)
-    eps = float(info.attrs.get("epsilon", 1e-5))
+    eps = float(info.attrs["epsilon"])
 
     def run(x, scale, bias):
         N, C = x.shape[0], x.shape[1]
@@ -149,7 +149,7 @@ def _bn_ok(view):
 def batch_norm(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
-    eps = float(info.attrs.get("epsilon", 1e-5))
+    eps = float(info.attrs["epsilon"])
     op = Strided(rt, "x0 * x1 + x2", [dt, dt, dt], dt)
 
     def fold(scale, b, mean, var):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry as pool_geometry
+from engineroom.plugin_sdk.host_values import ints
 from engineroom.providers.opencl.common import CTYPES, FLOATS, I64, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.conv import _pad3
 from engineroom.providers.opencl.registry import kernel
@@ -62,10 +63,6 @@ __kernel void pool(__global const T* restrict x, __global T* restrict y, __globa
 """
 
 
-def _ints(v, n, default):
-    return [int(t) for t in v] if v is not None and len(v) else [default] * n
-
-
 def _pool_ok(view):
     s = view.input_shapes[0] if view.input_shapes else None
     if s is None or not 3 <= len(s) <= 5:
@@ -86,15 +83,15 @@ def _pool_factory(info, mode):
     a = info.attrs
     kshape = [int(k) for k in a["kernel_shape"]]
     n = len(kshape)
-    strides = _ints(a.get("strides"), n, 1)
-    dilations = _ints(a.get("dilations"), n, 1)
-    pads = _ints(a.get("pads"), 2 * n, 0)
+    strides = ints(a.get("strides"), n, 1)
+    dilations = ints(a.get("dilations"), n, 1)
+    pads = ints(a.get("pads"), 2 * n, 0)
     auto_pad = a.get("auto_pad", "NOTSET")
     ceil = int(a.get("ceil_mode", 0))
     want_idx = len(info.output_names) > 1 and info.output_names[1] != ""
-    order = int(a.get("storage_order", 0)) if want_idx else -1
+    order = int(a["storage_order"]) if want_idx else -1
     if mode != 0:
-        mode = 1 if int(a.get("count_include_pad", 0)) else 2
+        mode = 1 if int(a["count_include_pad"]) else 2
     plans: dict = {}
 
     def plan(xshape):

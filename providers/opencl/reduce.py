@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.opencl.common import CTYPES, FLOATS, I64, all_of, host_ints, inputs_in, norm_axis, rt_of
+from engineroom.plugin_sdk.geometry import softmax_blocks
+from engineroom.plugin_sdk.host_values import host_ints
+from engineroom.providers.opencl.common import CTYPES, FLOATS, I64, all_of, inputs_in, norm_axis, rt_of
 from engineroom.providers.opencl.registry import kernel
 from engineroom.providers.opencl.strided import Strided, contiguous_strides
 
@@ -144,8 +146,8 @@ def _reduce_factory(info, axes_from_input: bool):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
     red = RowReduce(rt, dt, _REDUCE_OPS[info.op_type])
-    keepdims = int(info.attrs.get("keepdims", 1))
-    noop = int(info.attrs.get("noop_with_empty_axes", 0))
+    keepdims = int(info.attrs["keepdims"])
+    noop = int(info.attrs.get("noop_with_empty_axes", 0))    # absent before opset 13/18
     attr_axes = info.attrs.get("axes")
     plans: dict = {}
 
@@ -194,8 +196,8 @@ def arg_reduce(info):
     rt = rt_of(info)
     dt = np.dtype(info.input_dtypes[0])
     knl = rt.kernel(_src(dt), "rowarg", [None, None, np.int32, np.int32, np.int32, np.int32, np.int32])
-    axis_attr = int(info.attrs.get("axis", 0))
-    keepdims = int(info.attrs.get("keepdims", 1))
+    axis_attr = int(info.attrs["axis"])
+    keepdims = int(info.attrs["keepdims"])
     last = int(info.attrs.get("select_last_index", 0))
     want_max = int(info.op_type == "ArgMax")
 
@@ -225,19 +227,13 @@ def _softmax_factory(info):
     dt = np.dtype(info.input_dtypes[0])
     knl = rt.kernel(_src(dt), "softmax", [None, None, np.int32, np.int32, np.int32, np.int32])
     mode = {"Softmax": 0, "LogSoftmax": 1, "Hardmax": 2}[info.op_type]
-    coerce = info.opset < 13
-    axis_attr = int(info.attrs.get("axis", 1 if coerce else -1))
+    axis_attr, opset = int(info.attrs["axis"]), info.opset    # the schema's default: 1 before opset 13, then -1
 
     def run(x):
         y = rt.empty(x.shape, dt)
         if y.size == 0:
             return (y,)
-        axis = norm_axis(axis_attr, x.ndim)
-        outer = int(np.prod(x.shape[:axis]))
-        if coerce:
-            R, inner = int(np.prod(x.shape[axis:])), 1
-        else:
-            R, inner = x.shape[axis], int(np.prod(x.shape[axis + 1:]))
+        outer, R, inner = softmax_blocks(x.shape, norm_axis(axis_attr, x.ndim), opset)
         g, l_ = grid((inner, outer))
         rt.launch(knl, g, l_, x.base_data, y.base_data, outer, R, inner, mode)
         return (y,)

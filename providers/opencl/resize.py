@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import nearest_index, resize_coordinates
-from engineroom.providers.opencl.common import F32, all_of, host_ints, inputs_in, rt_of
+from engineroom.plugin_sdk.host_values import host_ints
+from engineroom.providers.opencl.common import F32, all_of, inputs_in, rt_of
 from engineroom.providers.opencl.registry import kernel
 
 _SRC = """
@@ -108,10 +109,9 @@ def resize(info):
 
     rt = rt_of(info)
     a = info.attrs
-    cfg = {"mode": a.get("mode", "nearest"), "ctm": a.get("coordinate_transformation_mode", "half_pixel"),
-           "nearest_mode": a.get("nearest_mode", "round_prefer_floor"), "antialias": int(a.get("antialias", 0)),
-           "exclude_outside": int(a.get("exclude_outside", 0)),
-           "cubic_coeff_a": float(a.get("cubic_coeff_a", -0.75))}
+    cfg = {"mode": a["mode"], "ctm": a["coordinate_transformation_mode"], "nearest_mode": a["nearest_mode"],
+           "antialias": int(a.get("antialias", 0)),     # absent before opset 18
+           "exclude_outside": int(a["exclude_outside"]), "cubic_coeff_a": float(a["cubic_coeff_a"])}
     k_lin = rt.kernel(_SRC, "resample", [None, None, None, None] + [np.int32] * 5)
     k_near = rt.kernel(_SRC, "nearest", [None, None, None] + [np.int32] * 4)
     plans: dict = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.opencl.common import I32, I64, STORABLE, host_ints, inputs_in, norm_axis, rt_of
+from engineroom.plugin_sdk.host_values import host_ints
+from engineroom.providers.opencl.common import I32, I64, STORABLE, inputs_in, norm_axis, rt_of
 from engineroom.providers.opencl.registry import kernel
 from engineroom.providers.opencl.strided import Strided, broadcast_strides, contiguous_strides
 
@@ -46,7 +47,7 @@ def reshape(info):
 @kernel("Flatten", since=1, types=STORABLE)
 def flatten(info):
     rt = rt_of(info)
-    axis = int(info.attrs.get("axis", 1))
+    axis = int(info.attrs["axis"])
 
     def run(x):
         a = axis + x.ndim if axis < 0 else axis
