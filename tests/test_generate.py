@@ -118,12 +118,14 @@ def _ops_after_level2(model, tmp_path):
     return s, onnx.load(so.optimized_model_filepath).graph.node
 
 
-def test_gpt2_keys_are_not_transposed_per_step(models, tmp_path):
-    """The cache's Kᵀ (Transpose perm 0,1,3,2 into the scores' MatMul) becomes FusedMatMul transB=1: no
-    transposed copy of the whole cache on every step."""
+def test_gpt2_attention_fuses_over_the_cache(models, tmp_path):
+    """The cache's Kᵀ (Transpose perm 0,1,3,2 into the scores' MatMul) becomes FusedMatMul transB=1 (no
+    transposed copy of the whole cache on every step), then scores, scale, causal Where, padding Add,
+    Softmax and the MatMul with V one ScaledDotProductAttention per layer."""
     _, nodes = _ops_after_level2(models["gpt2_kv"], tmp_path)
-    fused = [n for n in nodes if n.op_type == "FusedMatMul"]
-    assert len(fused) == 4, [n.op_type for n in nodes]
+    ops = [n.op_type for n in nodes]
+    assert ops.count("ScaledDotProductAttention") == 4, ops
+    assert not {"FusedMatMul", "Softmax", "Where", "Div"} & set(ops), ops
     assert not [n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 1, 3, 2]]
 
 

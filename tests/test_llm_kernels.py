@@ -324,3 +324,72 @@ def test_rotary_embedding_position_past_the_caches_is_named():
         s.run(None, {"x": _f32(1, 2, 16), "pos": np.array([[3, 4]], np.int64)})
     assert s.run(None, {"x": _f32(1, 2, 16), "pos": np.array([[2, 3]], np.int64)})[0].shape == (1, 2, 16)
 
+
+
+# -- attention over heads with a cache (the fusion of a Hugging Face GPT-2 decoder's attention) ------------
+@pytest.mark.parametrize("S", [1, 3])
+@pytest.mark.parametrize("scale_op", ["Div", "Mul"])
+@pytest.mark.parametrize("mask_shape,with_bias", [(None, False), ((1, 1, "S", "T"), True), (("B", 1, "S", "T"), False),
+                                                  (None, True)])
+def test_heads_attention_fused_matches_onnxruntime(path, tmp_path, S, scale_op, mask_shape, with_bias):
+    """Transpose(K) -> MatMul -> Div|Mul -> [Where(mask, ., float32 min)] -> [Add bias] -> Softmax -> MatMul
+    V fuses into ScaledDotProductAttention; one query (S = 1) runs the compiled loop over K and V. The
+    bias reaches float32 min at some keys, so min + min overflows to -inf there, as unfused."""
+    import onnx
+
+    B, H, T, D, Dv = 2, 3, 9, 8, 5
+    fmin = np.finfo(np.float32).min
+    dims = {"B": B, "S": S, "T": T}
+    inits = [numpy_helper.from_array(np.array(np.sqrt(D) if scale_op == "Div" else 0.3, np.float32), "c"),
+             numpy_helper.from_array(np.array(fmin, np.float32), "fill")]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s0"]),
+             helper.make_node(scale_op, ["s0", "c"], ["s1"])]
+    ins = [_vi("q", F, [B, H, S, D]), _vi("k", F, [B, H, T, D]), _vi("v", F, [B, H, T, Dv])]
+    rng = np.random.default_rng(S)
+    feed = {"q": _f32(B, H, S, D), "k": _f32(B, H, T, D), "v": _f32(B, H, T, Dv)}
+    last = "s1"
+    if mask_shape is not None:
+        shape = [dims.get(d, d) for d in mask_shape]
+        nodes.append(helper.make_node("Where", ["mask", last, "fill"], ["s2"]))
+        ins.append(_vi("mask", TensorProto.BOOL, shape))
+        m = rng.random(shape) > 0.3
+        m[..., 0] = True                         # every row keeps a key
+        feed["mask"] = m
+        last = "s2"
+    if with_bias:
+        nodes.append(helper.make_node("Add", [last, "bias"], ["s3"]))
+        ins.append(_vi("bias", F, [B, 1, 1, T]))
+        bias = np.zeros((B, 1, 1, T), np.float32)
+        bias[..., -2:] = fmin                    # padded keys
+        feed["bias"] = bias
+        last = "s3"
+    nodes += [helper.make_node("Softmax", [last], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    g = helper.make_graph(nodes, "g", ins, [_vi("y", F, None)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
+    so = er.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    got = er.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    assert [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node] == ["ScaledDotProductAttention"]
+    _close(got[0], ref[0], rtol=1e-5, what="Y")
+    path.expect("sdpa_one_query", taken=S == 1)
+
+
+def test_heads_attention_not_fused_where_the_scores_are_read_elsewhere(tmp_path):
+    """The scores are also a graph output: nothing fuses past the scale, and both outputs are right."""
+    import onnx
+
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    g = helper.make_graph(nodes, "g", [_vi("q", F, [1, 2, 1, 4]), _vi("k", F, [1, 2, 5, 4]), _vi("v", F, [1, 2, 5, 4])],
+                          [_vi("y", F, None), _vi("s", F, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    feed = {"q": _f32(1, 2, 1, 4), "k": _f32(1, 2, 5, 4), "v": _f32(1, 2, 5, 4)}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
+    so = er.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    got = er.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    assert "ScaledDotProductAttention" not in [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    for g_, r in zip(got, ref):
+        _close(g_, r, rtol=1e-5)

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from engineroom.optimizer.rewrite import only_use, producer, scalar
 
 MS = "com.microsoft"
+ER = "com.engineroom"
 
 
 def fuse_attention(f) -> int:
@@ -79,6 +80,99 @@ def fuse_transposed_matmul(f) -> int:
         if f._commit(trs + [mm], fused, [(mm.outputs[0], fused.outputs[0])]):
             n += 1
     return n
+
+
+def fuse_heads_attention(f) -> int:
+    """Attention already in heads (B, H, S, D), as a decoder with a growing cache computes it, after
+    ``fuse_transposed_matmul`` (Hugging Face's GPT-2 exports; what the fusion above does not take, its
+    K coming from a Concat with the past rather than from a projection):
+
+        S = FusedMatMul(Q4, K4, transB=1) [/ c or · c]  [Where(mask, S, fill)]  [+ bias]
+        Y = MatMul(Softmax(S, axis=-1), V4)
+
+    becomes one ``com.engineroom::ScaledDotProductAttention`` (the mask's and the bias's producers
+    stay): six nodes and their intermediates per layer less, and a decoding step runs it as one
+    compiled pass over the cache. Every intermediate must feed only the next node of the pattern."""
+    n = 0
+    for sm in list(f.graph):
+        if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx") or sm.graph is None:
+            continue
+        got = _match_heads(sm, f.opsets.get("", 1))
+        if got is None:
+            continue
+        ins, attrs, nodes, out = got
+        fused = ir.Node(ER, "ScaledDotProductAttention", ins, attrs, num_outputs=1, name=(sm.name or "") + "_sdpa")
+        if f._commit(nodes, fused, [(out, fused.outputs[0])]):
+            n += 1
+    return n
+
+
+def _match_heads(sm: ir.Node, opset: int):
+    """(inputs, attributes, pattern nodes in order, the output replaced) of the pattern above, or None."""
+    axis = sm.attributes.get("axis")
+    axis = axis.value if axis is not None else (-1 if opset >= 13 else 1)
+    x = sm.inputs[0]
+    if x is None or x.shape is None or len(x.shape) != 4 or axis not in (-1, 3):
+        return None
+    mm2 = only_use(sm.outputs[0])
+    if mm2 is None or mm2.op_type != "MatMul" or mm2.domain not in ("", "ai.onnx") or mm2.inputs[0] is not sm.outputs[0]:
+        return None
+    v4 = mm2.inputs[1]
+    if v4 is None or v4.shape is None or len(v4.shape) != 4:
+        return None
+    bias = None
+    before = [sm, mm2]
+    add = producer(x, "Add")
+    if add is not None and len(add.inputs) == 2 and only_use(x) is sm:
+        for k in (0, 1):
+            if _heads_scores(add.inputs[k]) is not None:
+                x, bias = add.inputs[k], add.inputs[1 - k]
+                before.insert(0, add)
+                break
+    got = _heads_scores(x)
+    if got is None or only_use(x) is None or only_use(sm.inputs[0]) is not sm:
+        return None
+    q4, k4, scale, divides, mask, fill, nodes = got
+    attrs = [ir.AttrFloat32("scale", scale), ir.AttrInt64("scale_divides", divides),
+             ir.AttrFloat32("mask_fill", fill)]
+    ins = [q4, k4, v4, mask, bias]
+    while ins[-1] is None:
+        ins.pop()
+    return ins, attrs, nodes + before, mm2.outputs[0]
+
+
+def _heads_scores(v: ir.Value):
+    """v = [Where(mask, ] FusedMatMul(Q4, K4, transB=1) [/ c | · c] [, fill)], each step read only by
+    the next: (Q4, K4, c, divides, mask, fill, nodes in order), or None."""
+    nodes, mask, fill = [], None, 0.0
+    w = producer(v, "Where")
+    if w is not None and len(w.inputs) == 3 and w.inputs[0] is not None and w.inputs[0].dtype == ir.DataType.BOOL:
+        c = scalar(w.inputs[2])
+        if c is None or only_use(w.inputs[1]) is not w or w.inputs[1] is w.inputs[0]:
+            return None
+        mask, fill, v = w.inputs[0], c, w.inputs[1]
+        nodes.append(w)
+    scale, divides = 1.0, 0
+    s = v.producer() if v is not None else None
+    if s is not None and s.domain in ("", "ai.onnx") and s.op_type in ("Div", "Mul") and len(s.inputs) == 2:
+        sides = (1,) if s.op_type == "Div" else (0, 1)
+        k = next((k for k in sides if scalar(s.inputs[k]) is not None and scalar(s.inputs[k]) != 0.0), None)
+        if k is None or (nodes and only_use(v) is not nodes[0]):
+            return None
+        scale, divides, v = scalar(s.inputs[k]), int(s.op_type == "Div"), s.inputs[1 - k]
+        nodes.insert(0, s)
+    mm = v.producer() if v is not None else None
+    if mm is None or mm.op_type != "FusedMatMul" or mm.domain != MS or len(mm.inputs) != 2 or \
+            (nodes and only_use(v) is not nodes[0]):
+        return None
+    at = {k: a.value for k, a in mm.attributes.items()}
+    if at.get("transB", 0) != 1 or at.get("transA", 0) or at.get("transBatchA", 0) or at.get("transBatchB", 0) \
+            or float(at.get("alpha", 1.0)) != 1.0:
+        return None
+    q4, k4 = mm.inputs
+    if any(t is None or t.shape is None or len(t.shape) != 4 for t in (q4, k4)):
+        return None
+    return q4, k4, scale, divides, mask, fill, [mm] + nodes
 
 def _match(sm: ir.Node, opset: int):
     """(inputs of the fused node, heads, scale, pattern nodes, the 4-D output it replaces)."""

@@ -26,7 +26,7 @@ import math
 
 import onnx_ir as ir
 
-from engineroom.optimizer.attention_fusion import fuse_attention, fuse_transposed_matmul
+from engineroom.optimizer.attention_fusion import fuse_attention, fuse_heads_attention, fuse_transposed_matmul
 from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
 from engineroom.optimizer.float16_compute import compute_float16_in_float32
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
@@ -131,6 +131,7 @@ def _fuse_more(f: "Fuser") -> dict[str, int]:
     done["QuickGelu"] = _silu(f)
     done["MultiHeadAttention"] = fuse_attention(f)
     done["FusedMatMul"] = fuse_transposed_matmul(f)     # the Kᵀ the attention fusion left
+    done["ScaledDotProductAttention"] = fuse_heads_attention(f)    # reads the FusedMatMuls just made
     return done
 
 

@@ -14,10 +14,11 @@ from engineroom.providers.cpu.activation import gelu_compiled
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.contrib_quant import mlas_tanh
 from engineroom.providers.cpu.norm import _normalize
-from engineroom.providers.cpu.registry import array_kernel, registry
+from engineroom.providers.cpu.registry import array_kernel, kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
 
 MS = "com.microsoft"
+ER = "com.engineroom"
 _F32 = np.dtype(np.float32)
 
 
@@ -201,3 +202,66 @@ def multi_head_attention(info):
         return (out,)
 
     return run
+
+
+@kernel("ScaledDotProductAttention", domain=ER, since=1, types=(np.float32, np.float64))
+def scaled_dot_product_attention(info):
+    """Attention over 4-D heads as the level-2 fusion finds it in a decoder with a growing cache
+    (``attention_fusion.fuse_heads_attention``): Y = softmax(where(mask, Q Kᵀ / scale, mask_fill) + bias)
+    V for Q (B, H, S, D), K (B, H, T, D), V (B, H, T, Dv); mask (bool) and bias broadcast to (B, H, S,
+    T) and are optional; ``scale_divides`` = 0 multiplies by ``scale`` instead. The unfused graph's
+    float steps in its order. One query per head (a decoding step), float32, runs as one compiled pass
+    over the cache (``_jit_llm.sdpa_one_query``), K and V read where they lie (a cache grown in place
+    is a view of a longer buffer); otherwise NumPy (BLAS) steps."""
+    a = info.attrs
+    scale = float(a.get("scale", 1.0))
+    divides = int(a.get("scale_divides", 1))
+    fill = float(a.get("mask_fill", 0.0))
+    jit = arrays(info.xp).compiled("llm")
+
+    def run_numpy(q, k, v, mask=None, bias=None):
+        dt = q.dtype
+        s = np.matmul(q, np.swapaxes(k, -1, -2))
+        s = s / dt.type(scale) if divides else s * dt.type(scale)
+        if mask is not None:
+            s = np.where(mask, s, dt.type(fill))
+        if bias is not None:
+            with np.errstate(over="ignore"):     # a fill of float32 min plus a bias of it: -inf, as unfused
+                s = s + bias
+        return (np.matmul(softmax_array(np, s, -1), v),)
+
+    def run(q, k, v, mask=None, bias=None):
+        if jit is None or q.dtype != _F32 or q.ndim != 4 or q.shape[2] != 1 or k.ndim != 4 or v.ndim != 4 \
+                or k.dtype != _F32 or v.dtype != _F32 or (bias is not None and bias.dtype != _F32) \
+                or (mask is not None and mask.dtype != np.bool_):
+            return run_numpy(q, k, v, mask, bias)
+        B, H, _, D = q.shape
+        T = k.shape[2]
+        if k.shape != (B, H, T, D) or v.shape[:3] != (B, H, T):
+            return run_numpy(q, k, v, mask, bias)
+        rows = (B, H, 1, T)
+        try:
+            m = np.ones((B, H, T), np.uint8) if mask is None else \
+                np.ascontiguousarray(np.broadcast_to(mask, rows)).view(np.uint8).reshape(B, H, T)
+            b = np.zeros((B, H, T), _F32) if bias is None else \
+                np.ascontiguousarray(np.broadcast_to(bias, rows)).reshape(B, H, T)
+        except ValueError:
+            return run_numpy(q, k, v, mask, bias)      # shapes that do not broadcast: NumPy names them
+        out = np.empty((B, H, 1, v.shape[3]), _F32)
+        jit.sdpa_one_query(np.ascontiguousarray(q).reshape(B, H, D), _rows_in_place(k), _rows_in_place(v), T, m,
+                           b, _F32.type(scale), divides, _F32.type(fill), out.reshape(B, H, v.shape[3]))
+        return (out,)
+
+    return run
+
+
+def _rows_in_place(x):
+    """A (B, H, T, D) cache as a C-contiguous array whose first T rows are x: the longer buffer x is a
+    leading slice of (a cache grown in place), else x itself, copied only if neither."""
+    base = x.base
+    if base is not None and base.__class__ is np.ndarray and base.ndim == 4 and base.flags.c_contiguous \
+            and base.dtype == x.dtype and base.strides == x.strides and base.shape[:2] == x.shape[:2] \
+            and base.shape[3] == x.shape[3] and base.shape[2] >= x.shape[2] \
+            and base.__array_interface__["data"][0] == x.__array_interface__["data"][0]:
+        return base
+    return np.ascontiguousarray(x)
