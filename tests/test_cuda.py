@@ -175,7 +175,7 @@ def test_numpy_shim_and_a_registered_shim():
     from engineroom.providers.cpu.array_module import NUMPY, ArrayModule, arrays, register
 
     assert arrays(np) is NUMPY and NUMPY.host and NUMPY.special.erf(0.0) == 0.0
-    fake = type("fake_xp", (), {"__name__": "fake_xp"})()
+    fake = type("fake_xp", (), {"__name__": "fake_xp", "matmul": staticmethod(np.matmul)})()
     with pytest.raises(LookupError, match="fake_xp"):
         arrays(fake)
     register(ArrayModule(fake, host=False, special="scipy.special", to_host=np.asarray))
@@ -227,7 +227,7 @@ def _owners(model, graphs=False):
     m = _load(model)
     opsets = {("" if d == "ai.onnx" else d): v for d, v in m.opset_imports.items()}
     builder = PlanBuilder([_numpy_cuda(graphs), cpu], opsets, m.ir_version or 10, cpu)
-    _, _, nodes, _, _, owner, group_of, _ = builder._assign(m.graph, ())
+    _, _, nodes, _, _, owner, group_of, *_ = builder._assign(m.graph, ())
     return {n.name: ("cuda" if o == 0 else "cpu") for n, o in zip(nodes, owner)}, group_of
 
 
