@@ -12,9 +12,11 @@ What this package promises, and keeps within a major version: the base classes a
 (``is_available``, ``available_devices``, ``get_capability``, ``to_device``/``to_host``/``copy``,
 ``holds``, ``synchronize``, ``host_input_indices``, ``compile``; optional ``from_pointer``,
 ``unavailable_reason``),
-:class:`KernelRegistry` with its ``kernel`` decorator, :class:`KernelInfo`/:class:`NodeView`,
-:class:`Capability`, :class:`GraphView`/
-:class:`GroupView`, :class:`Device` and :class:`ProviderOptionError`. An optional classmethod
+:class:`KernelRegistry` with its ``kernel`` decorator (``prepack``, ``host_only``), :class:`KernelInfo`/
+:class:`NodeView`, :class:`Capability`, :class:`GraphView` (``add_note``: the notes channel)/
+:class:`GroupView`, :class:`Device`, :class:`ProviderOptionError` and the error classes of
+:mod:`~engineroom.plugin_sdk.errors` (the core's own); the helpers every kernel set shares
+(``host_values``, ``geometry``, ``activations``, ``grouping``) and ``discovery``. An optional classmethod
 ``describe_device(device) -> dict`` (``vendor``, ``vendor_id``, ``device_id``, metadata) feeds
 ``engineroom.get_ep_devices()``.
 
