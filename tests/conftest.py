@@ -13,6 +13,7 @@ os.environ.setdefault("ENGINEROOM_JIT", "wait")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "models"))
 ZOO_MODELS = ["resnet18", "mobilenet_v2", "bert_mini", "gpt2_tiny", "vae_decoder"]
+PLUGINS = os.path.join(HERE, "plugins")   # the test providers' modules
 
 _ENTRY_POINTS = """[engineroom.providers]
 AddMulExecutionProvider = fake_providers:AddMulExecutionProvider
@@ -28,18 +29,24 @@ def test_plugins(tmp_path_factory):
     """Register tests/plugins/fake_providers.py through an entry point, as an installed wheel would."""
     from engineroom import discovery
 
-    site = tmp_path_factory.mktemp("site")
-    dist = site / "engineroom_test_plugins-0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: engineroom-test-plugins\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text(_ENTRY_POINTS)
-    sys.path.insert(0, str(site))
-    sys.path.insert(0, os.path.join(HERE, "plugins"))
+    site = plugin_site(tmp_path_factory, "engineroom-test-plugins", _ENTRY_POINTS)
+    sys.path[:0] = [PLUGINS, site]
     discovery.refresh()
     yield
-    sys.path.remove(str(site))
-    sys.path.remove(os.path.join(HERE, "plugins"))
+    sys.path.remove(site)
+    sys.path.remove(PLUGINS)
     discovery.refresh()
+
+
+def plugin_site(tmp_path_factory, name: str, entry_points: str) -> str:
+    """A new folder holding distribution ``name`` as pip installs one, with ``entry_points`` as its
+    entry_points.txt: on sys.path (or PYTHONPATH) with ``PLUGINS``, its providers are found as a wheel's are."""
+    site = tmp_path_factory.mktemp("site")
+    dist = site / f"{name.replace('-', '_')}-0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    return str(site)
 
 
 def zoo_path(name: str) -> str:

@@ -13,10 +13,9 @@ import tempfile
 import numpy as np
 import onnx
 import pytest
-from conftest import zoo_path
+from conftest import PLUGINS, plugin_site, zoo_path
 from onnx import TensorProto, helper
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -159,15 +158,11 @@ def test_inspect(seq_model):
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     """An environment whose Python finds tests/plugins/fake_providers.py through an entry point."""
-    site = tmp_path_factory.mktemp("site")
-    dist = site / "engineroom_cli_test_plugins-0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: engineroom-cli-test-plugins\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[engineroom.providers]\nAddMulExecutionProvider = fake_providers:AddMulExecutionProvider\n"
-        "NegExecutionProvider = fake_providers:NegExecutionProvider\n")
+    site = plugin_site(tmp_path_factory, "engineroom-cli-test-plugins",
+                       "[engineroom.providers]\nAddMulExecutionProvider = fake_providers:AddMulExecutionProvider\n"
+                       "NegExecutionProvider = fake_providers:NegExecutionProvider\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), os.path.join(HERE, "plugins"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([site, PLUGINS, env.get("PYTHONPATH", "")])
     return env
 
 
