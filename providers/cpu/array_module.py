@@ -6,7 +6,6 @@ Kernels declared ``array_kernel`` (``registry``) run with any array module a pro
 branched on in the kernels:
 
 * ``special`` — the module's ``scipy.special`` (erf, erfc, expit, ndtri, ...);
-* ``to_host(a)`` — a NumPy array of ``a`` (a host input that arrived on the device);
 * ``host`` — True where the arrays are NumPy arrays in host memory, so a kernel's host-only fast paths
   apply (exact integer GEMM on float BLAS, NumPy's ufunc internals and buffer size);
 * ``compiled(name)`` — the compiled loops of ``compiled/_jit_<name>`` where they take these arrays,
@@ -18,7 +17,7 @@ that module's shim (``register``) before it creates kernels; the CUDA provider k
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,14 +27,13 @@ from engineroom.providers.cpu.compiled import jit
 class ArrayModule:
     """One array module's answers to the questions above (see the module docstring)."""
 
-    __slots__ = ("xp", "host", "_special_name", "_special", "to_host")
+    __slots__ = ("xp", "host", "_special_name", "_special")
 
-    def __init__(self, xp: Any, *, host: bool, special: str, to_host: Callable[[Any], np.ndarray]) -> None:
+    def __init__(self, xp: Any, *, host: bool, special: str) -> None:
         self.xp = xp
         self.host = host
         self._special_name = special        # imported on first use: scipy costs ~100 ms
         self._special = None
-        self.to_host = to_host
 
     @property
     def special(self):
@@ -49,7 +47,7 @@ class ArrayModule:
         return jit.load(name) if self.host else None
 
 
-NUMPY = ArrayModule(np, host=True, special="scipy.special", to_host=np.asarray)
+NUMPY = ArrayModule(np, host=True, special="scipy.special")
 _BY_MODULE: dict[Any, ArrayModule] = {np: NUMPY}
 
 

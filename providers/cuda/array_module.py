@@ -9,5 +9,5 @@ from engineroom.providers.cpu.array_module import ArrayModule
 
 def cupy_arrays(cp: Any) -> ArrayModule:
     """The shim of the CuPy module ``cp``: device arrays (no host-only fast paths, no compiled loops),
-    ``cupyx.scipy.special`` for erf/erfc/expit/ndtri, ``cp.asnumpy`` to the host."""
-    return ArrayModule(cp, host=False, special="cupyx.scipy.special", to_host=cp.asnumpy)
+    ``cupyx.scipy.special`` for erf/erfc/expit/ndtri."""
+    return ArrayModule(cp, host=False, special="cupyx.scipy.special")
