@@ -225,6 +225,8 @@ class Int8Matrix:
 
     def _rows(self, a, za: int):
         """A as the kernel takes it: unsigned bytes (M padded to 4, K to the packing's), its zero point."""
+        if a.ndim < 1 or a.shape[-1] != self.K:
+            raise ValueError(f"the product's inner dimensions differ: A {a.shape} against B ({self.K}, {self.N})")
         if a.dtype == np.int8:          # signed A as unsigned bytes: a + 128, its zero point with it
             a = a.view(np.uint8) ^ np.uint8(128)
             za += 128
