@@ -3,7 +3,7 @@ GEMMs, im2col + GEMM convolutions, single-kernel softmax and layer normalization
 
 **Kernel set.** The shared kernel set (``engineroom.providers.cpu.registry``) declares which of its kernels
 are written against the array module they are handed (``xp``) rather than NumPy itself (``array_kernel``);
-CuPy mirrors NumPy's API, and what differs (``scipy.special``, copies to the host, no compiled loops) is
+CuPy mirrors NumPy's API, and what differs (``scipy.special``, no host fast paths or compiled loops) is
 answered by CuPy's shim (``array_module.cupy_arrays``), which this provider registers when it starts.
 This provider's registry is those declared kernels (``registry.array_kernels()``), with this package's
 kernels registered over it: MatMul and Gemm (``matmul``: cuBLAS through ``cupy.matmul``, constant
