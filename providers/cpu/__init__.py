@@ -1,7 +1,9 @@
-"""CPUExecutionProvider: NumPy kernels, one module per op family, all written against ``xp``.
+"""CPUExecutionProvider: NumPy kernels, one module per op family.
 
-Every module of this package other than this one and ``registry`` is a kernel module; importing
-the package imports them all, and each registers its kernels with ``@kernel``.
+Every public module of this package other than this one, ``registry`` (the shared kernel set) and
+``array_module`` (the per-array-module shim) is a kernel module; importing the package imports them all,
+and each registers its kernels with ``@kernel`` (NumPy-only) or ``@array_kernel`` (written against
+``xp``, reused by providers with another array module). ``compiled/`` holds the compiled loops' machinery.
 """
 from __future__ import annotations
 
