@@ -3,21 +3,5 @@
 classes the core raises and users catch."""
 from __future__ import annotations
 
-from engineroom.plugin_sdk.errors import (  # noqa: F401 - re-exported: this is the public module
-    DeviceReset,
-    EngineError,
-    EngineroomError,
-    EPFail,
-    Fail,
-    InvalidArgument,
-    InvalidGraph,
-    InvalidProtobuf,
-    ModelLoadCanceled,
-    ModelLoaded,
-    ModelRequiresCompilation,
-    NoModel,
-    NoSuchFile,
-    NotFound,
-    NotImplemented,
-    RuntimeException,
-)
+from engineroom.plugin_sdk.errors import *  # noqa: F403 - re-exported: this is the public module
+from engineroom.plugin_sdk.errors import __all__  # noqa: F401 - the same names

@@ -76,3 +76,10 @@ class ModelLoadCanceled(EngineroomError, RuntimeError):
 
 class ModelRequiresCompilation(EngineroomError, RuntimeError):
     code = "MODEL_REQUIRES_COMPILATION"
+
+
+__all__ = [
+    "DeviceReset", "EPFail", "EngineError", "EngineroomError", "Fail", "InvalidArgument", "InvalidGraph",
+    "InvalidProtobuf", "ModelLoadCanceled", "ModelLoaded", "ModelRequiresCompilation", "NoModel", "NoSuchFile",
+    "NotFound", "NotImplemented", "RuntimeException",
+]

@@ -154,24 +154,10 @@ def _softmax_factory(info, log_mode: bool):
     return run
 
 
-@kernel("Softmax", since=1, types=_FLOATS)
-def softmax_v1(info):
-    return _softmax_factory(info, False)
-
-
-@kernel("Softmax", since=13, types=_FLOATS)
-def softmax(info):
-    return _softmax_factory(info, False)
-
-
-@kernel("LogSoftmax", since=1, types=_FLOATS)
-def log_softmax_v1(info):
-    return _softmax_factory(info, True)
-
-
-@kernel("LogSoftmax", since=13, types=_FLOATS)
-def log_softmax(info):
-    return _softmax_factory(info, True)
+# both forms (before opset 13 the input is coerced to 2-D at axis; _softmax_factory reads info.opset)
+for _op, _log in (("Softmax", False), ("LogSoftmax", True)):
+    for _since in (1, 13):
+        kernel(_op, since=_since, types=_FLOATS)(lambda info, log_mode=_log: _softmax_factory(info, log_mode))
 
 
 def _supports_layernorm(view) -> str | None:

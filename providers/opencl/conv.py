@@ -145,6 +145,13 @@ def _src(dt, body):
     return _HEAD.format(T=t, pragma=pragma, act=ACT_FUNCS) + body
 
 
+def _window_attrs(a, n: int, wshape) -> tuple:
+    """(kernel_shape, else the weight's; strides; dilations; pads) of an n-D Conv or ConvTranspose. The defaults
+    stay: FusedConv (com.microsoft, no ONNX schema) reaches here with only the attributes it was given."""
+    kshape = tuple(ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
+    return kshape, ints(a.get("strides"), n, 1), ints(a.get("dilations"), n, 1), ints(a.get("pads"), 2 * n, 0)
+
+
 def _pad3(v, fill):
     v = list(v)
     return [fill] * (3 - len(v)) + v
@@ -210,10 +217,7 @@ def _conv_factory(info, act):
         OC, Cg = wshape[0], wshape[1]
         if C != Cg * group or OC % group:
             raise ValueError(f"Conv: input {tuple(xshape)} / weight {tuple(wshape)} do not match group={group}")
-        kshape = tuple(ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
-        strides = ints(a.get("strides"), n, 1)
-        dilations = ints(a.get("dilations"), n, 1)
-        pads = ints(a.get("pads"), 2 * n, 0)
+        kshape, strides, dilations, pads = _window_attrs(a, n, wshape)
         pb, pe, out = conv_geometry(spatial, kshape, strides, dilations, pads, auto_pad)
         OCg = OC // group
         geo = rt.const_ints(geo_table(C, spatial, out, kshape, strides, dilations, pb, Cg, group, OCg))
@@ -292,10 +296,7 @@ def conv_transpose(info):
         OCg = wshape[1]
         OC = OCg * group
         Cg = C // group
-        kshape = tuple(ints(a.get("kernel_shape"), n, 1)) if a.get("kernel_shape") else tuple(wshape[2:])
-        strides = ints(a.get("strides"), n, 1)
-        dilations = ints(a.get("dilations"), n, 1)
-        pads = ints(a.get("pads"), 2 * n, 0)
+        kshape, strides, dilations, pads = _window_attrs(a, n, wshape)
         out_pad = ints(a.get("output_padding"), n, 0)
         pb, pe, out = convtranspose_geometry(spatial, kshape, strides, dilations, pads, out_pad,
                                              a.get("output_shape"), auto_pad)
