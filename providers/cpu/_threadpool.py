@@ -29,8 +29,10 @@ BLAS_SINGLE_MACS = 65536 * 4
 # (tens of microseconds) and splitting
 MIN_PARALLEL_MACS = 1 << 21
 # chunks per thread: enough that a late thread holds a small share, few enough that each chunk stays
-# a large BLAS call (B is packed once per chunk)
+# a large BLAS call (B is packed once per chunk); and no chunk under MIN_CHUNK_MACS (each costs a few
+# microseconds of Python besides its BLAS call)
 CHUNKS_PER_THREAD = 4
+MIN_CHUNK_MACS = 1 << 20
 
 
 def _default_threads() -> int:
@@ -192,7 +194,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty(batch_shape + (M, N), dtype=np.result_type(a, b))
-        _pool(threads).run(_mm, _chunks(a, b, out, batch_shape, threads * CHUNKS_PER_THREAD))
+        parts = max(threads, min(threads * CHUNKS_PER_THREAD, macs // MIN_CHUNK_MACS))
+        _pool(threads).run(_mm, _chunks(a, b, out, batch_shape, parts))
         return out
     finally:
         _blas.release()

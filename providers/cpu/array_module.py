@@ -8,6 +8,8 @@ branched on in the kernels:
 * ``special`` — the module's ``scipy.special`` (erf, erfc, expit, ndtri, ...);
 * ``host`` — True where the arrays are NumPy arrays in host memory, so a kernel's host-only fast paths
   apply (exact integer GEMM on float BLAS, NumPy's ufunc internals and buffer size);
+* ``matmul(a, b, out=None)`` — the module's GEMM; NumPy's is the provider's worker pool
+  (``_threadpool``: large products in chunks over the cores, steady when a core is busy);
 * ``compiled(name)`` — the compiled loops of ``compiled/_jit_<name>`` where they take these arrays,
   else None (the kernel's array-module path serves).
 
@@ -17,20 +19,23 @@ that module's shim (``register``) before it creates kernels; the CUDA provider k
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from engineroom.providers.cpu import _threadpool
 from engineroom.providers.cpu.compiled import jit
 
 
 class ArrayModule:
     """One array module's answers to the questions above (see the module docstring)."""
 
-    __slots__ = ("xp", "host", "_special_name", "_special")
+    __slots__ = ("xp", "host", "_special_name", "_special", "matmul")
 
-    def __init__(self, xp: Any, *, host: bool, special: str) -> None:
+    def __init__(self, xp: Any, *, host: bool, special: str,
+                 matmul: Callable | None = None) -> None:
         self.xp = xp
+        self.matmul = matmul or xp.matmul
         self.host = host
         self._special_name = special        # imported on first use: scipy costs ~100 ms
         self._special = None
@@ -47,7 +52,7 @@ class ArrayModule:
         return jit.load(name) if self.host else None
 
 
-NUMPY = ArrayModule(np, host=True, special="scipy.special")
+NUMPY = ArrayModule(np, host=True, special="scipy.special", matmul=_threadpool.matmul)
 _BY_MODULE: dict[Any, ArrayModule] = {np: NUMPY}
 
 

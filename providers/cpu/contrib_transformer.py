@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.providers.cpu._contrib import const, delegate, host_kernel
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.norm import _normalize
 from engineroom.providers.cpu.registry import array_kernel, registry
 from engineroom.providers.cpu.softmax import softmax_array
@@ -53,8 +54,8 @@ def _fused_matmul(info):
     def run(A, B):
         Am = operand(A, trans_a, batch_a)
         if pre_b is not None and B.dtype == pre_b.dtype:
-            return (np.matmul(Am, pre_b),)
-        y = np.matmul(Am, operand(B, trans_b, batch_b))
+            return (arrays(np).matmul(Am, pre_b),)
+        y = arrays(np).matmul(Am, operand(B, trans_b, batch_b))
         if alpha != 1.0:
             y = y * y.dtype.type(alpha)
         return (y,)
@@ -255,7 +256,7 @@ def attention_ms(info):
 
     def run(x, w, bias=None, mask=None, past=None, attention_bias=None, past_seq_len=None):
         W = w_pre if w_pre is not None and w_pre.dtype == x.dtype else w
-        qkv = np.matmul(x, W)
+        qkv = arrays(np).matmul(x, W)
         if bias is not None:
             qkv = qkv + bias
         return attend(qkv, mask, past, attention_bias, **opts)

@@ -74,7 +74,7 @@ def conv_transpose(info):
             y = _convtranspose_phases(xp, st["wt"], xc, g, Mg, st["kshape"], st["strides"], pb, out, bias)
             return (y.astype(x.dtype, copy=False),)
         n_in = math.prod(spatial) if spatial else 1
-        cols = xp.matmul(st["wt"], xc.reshape(N, g, C // g, n_in))          # (N, g, Mg*K, n_in)
+        cols = arrays(xp).matmul(st["wt"], xc.reshape(N, g, C // g, n_in))          # (N, g, Mg*K, n_in)
         cols = cols.reshape((N, g * Mg, K) + spatial)
         y = xp.zeros((N, g * Mg) + out, dtype=cdt)
         for t, dst, src in scatter:                      # col2im: one strided add per kernel tap
@@ -95,7 +95,7 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     if N * g == 1:
         cols = np.dot(wt[0], xc.reshape(C, H * W))
     else:
-        cols = np.matmul(wt, xc.reshape(N, g, C // g, H * W))
+        cols = arrays(np).matmul(wt, xc.reshape(N, g, C // g, H * W))
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
     bias = np.zeros((g, Mg), dtype=cdt) if b is None else b.astype(cdt, copy=False).reshape(g, Mg)
     y = np.empty((N, g * Mg) + tuple(out), dtype=cdt)

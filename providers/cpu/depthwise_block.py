@@ -109,7 +109,7 @@ def depthwise_separable_block(info):
         nhwc.bias_clip_rows(t1.reshape(N * P1, M1), bias(b1, 0), lo1, hi1)
         t2 = np.empty((N, H2, W2, M1), dtype=cdt)
         nhwc.depthwise_nhwc(t1.reshape(N, H1, W1, M1), wdt, bias(bd, 0), t2, ds[0], ds[1], dp[0], dp[1], lo2, hi2)
-        t3 = np.matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
+        t3 = arrays(np).matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
         y = np.empty((N, M2, H2, W2), dtype=cdt)
         y3 = y.reshape(N, M2, P2)
         # back to channels-first: NumPy's transposing add beats a compiled loop here (1.5x: strided reads)

@@ -39,8 +39,8 @@ def _blas_ok(dt) -> bool:
 def _matmul_2d_b(xp, a, b):
     """a @ b; an N-D a times a 2-D b runs as one 2-D GEMM (NumPy would loop over a's batch)."""
     if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
-        return xp.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
-    return xp.matmul(a, b)
+        return arrays(xp).matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+    return arrays(xp).matmul(a, b)
 
 
 def matmul_any(xp, a, b):
@@ -131,11 +131,11 @@ def gemm(info):
         cdt = _fdt(odt) if isf else odt
         Am = A.T if trans_a else A
         if bpack is not None:
-            y = xp.matmul(Am.astype(cdt, copy=False), bpack)
+            y = arrays(xp).matmul(Am.astype(cdt, copy=False), bpack)
             scaled = fold_alpha
         else:
             Bm = B.T if trans_b else B
-            y = xp.matmul(Am.astype(cdt, copy=False), Bm.astype(cdt, copy=False))
+            y = arrays(xp).matmul(Am.astype(cdt, copy=False), Bm.astype(cdt, copy=False))
             scaled = False
         if alpha != 1.0 and not scaled:
             y = y * alpha if not isf else xp.multiply(y, cdt.type(alpha), out=y)

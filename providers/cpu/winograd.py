@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu.array_module import arrays
+
 # Lavin & Gray's matrices: Bᵀ (α x α), G (α x 3), Aᵀ (m x α)
 _MATRICES = {
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
@@ -90,7 +92,7 @@ def winograd_conv(xp, ww: WinogradWeights, x, pb, pe, out, y, bias=None):
     # Bᵀ d B, one axis at a time: rows (one GEMM), then columns (one matmul broadcast over the rows)
     Z = xp.matmul(ww.BT, D.reshape(a, a * C * T))
     V = xp.matmul(ww.BT, Z.reshape(a, a, C * T))
-    O = xp.matmul(ww.U, V.reshape(a * a, C, T))                          # (α², M, N·T)
+    O = arrays(xp).matmul(ww.U, V.reshape(a * a, C, T))                          # (α², M, N·T)
     if bias is not None:
         # Aᵀ e₁ = (1, .., 1) for both tile sizes, so b at position (1, 1) of every transformed tile
         # comes out as b on every pixel of the tile: the bias costs a pass over 1/α² of O
@@ -116,7 +118,7 @@ def winograd_conv_compiled(jit, ww: WinogradWeights, x, pb, y, b, z, lo, hi):
     th, tw = -(-y.shape[2] // m), -(-y.shape[3] // m)
     V = np.empty((a * a, C, N * th * tw), dtype=np.float32)
     jit.input_transform(np.ascontiguousarray(x), V, m, pb[0], pb[1], th, tw)
-    O = np.matmul(ww.U, V)                                              # (α², M, N·T)
+    O = arrays(np).matmul(ww.U, V)                                            # (α², M, N·T)
     zz = y if z is None else np.ascontiguousarray(z)                    # read only where z is given
     jit.output_transform(O, y, b, zz, int(z is not None), lo, hi, m, th, tw)
     return y
