@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from conftest import PLUGINS, plugin_site
+from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
 from engineroom.devices import select_ep_devices
 from engineroom.plugin_sdk import SDK_VERSION
 from engineroom.plugin_sdk.testing import check_contract, close, node_tests, principal_op, run_kit, run_node_tests
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 Policy = ort.OrtExecutionProviderDevicePolicy
 _ENTRY_POINTS = """[engineroom.providers]
 FakeGpuExecutionProvider = device_providers:FakeGpuExecutionProvider
@@ -29,6 +28,9 @@ LossyCopyExecutionProvider = device_providers:LossyCopyExecutionProvider
 RaisingAvailabilityExecutionProvider = device_providers:RaisingAvailabilityExecutionProvider
 CrashingExecutionProvider = device_providers:CrashingExecutionProvider
 BadNameExecutionProvider = device_providers:badname
+PickyExecutionProvider = sdk_providers:PickyExecutionProvider
+PackingExecutionProvider = sdk_providers:PackingExecutionProvider
+HostPackingExecutionProvider = sdk_providers:HostPackingExecutionProvider
 """
 
 
@@ -37,17 +39,12 @@ def device_plugins(tmp_path_factory, test_plugins):
     """Register tests/plugins/device_providers.py as an installed plugin would be (with conftest's)."""
     from engineroom import discovery
 
-    site = tmp_path_factory.mktemp("site_devices")
-    dist = site / "engineroom_device_test_plugins-0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: engineroom-device-test-plugins\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text(_ENTRY_POINTS)
-    plugins = os.path.join(HERE, "plugins")
-    sys.path[:0] = [str(site), plugins]
+    site = plugin_site(tmp_path_factory, "engineroom-device-test-plugins", _ENTRY_POINTS)
+    sys.path[:0] = [site, PLUGINS]
     discovery.refresh()
     yield
-    sys.path.remove(str(site))
-    sys.path.remove(plugins)
+    sys.path.remove(site)
+    sys.path.remove(PLUGINS)
     discovery.refresh()
 
 
@@ -305,3 +302,115 @@ def test_plugin_failing_init_or_built_for_another_sdk_is_reported(test_plugins, 
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     with pytest.raises(ort.EPFail, match=name):
         ort.InferenceSession(_model(), so, providers=[name])
+
+
+# -- what the SDK gives providers: typed errors, @kernel(prepack=, host_only=), the notes channel ------------
+def _matmul_relu_neg_model(b_const: bool):
+    """y = Neg(Relu(x @ B)), B a constant (initializer) or a graph input."""
+    rng = np.random.default_rng(7)
+    b = rng.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "b"], ["m"], name="mm"),
+             helper.make_node("Relu", ["m"], ["r"], name="relu"), helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])]
+    inits = []
+    if b_const:
+        inits.append(numpy_helper.from_array(b, "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 3]))
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), b
+
+
+def test_a_provider_raises_the_sdks_typed_errors_and_the_user_gets_them(device_plugins, caplog):
+    """InvalidArgument from a provider's __init__ is engineroom.InvalidArgument (one class, defined in the SDK):
+    the session raises it, as onnxruntime does for a bad option, instead of warning and falling back."""
+    from engineroom.plugin_sdk import ProviderOptionError, errors
+
+    assert ort.InvalidArgument is errors.InvalidArgument and ort.Fail is errors.Fail
+    assert issubclass(ProviderOptionError, ort.InvalidArgument) and issubclass(ort.InvalidArgument, ValueError)
+    with caplog.at_level(logging.WARNING, logger="engineroom"):
+        with pytest.raises(ort.InvalidArgument, match="PickyExecutionProvider: no device 3; devices: 0") as e:
+            ort.InferenceSession(_model(), providers=[("PickyExecutionProvider", {"device_id": "3"}),
+                                                      "CPUExecutionProvider"])
+    assert type(e.value) is errors.InvalidArgument and "INVALID_ARGUMENT" in str(e.value)
+    assert "falling back" not in caplog.text
+    # an untyped start-up failure is still the provider's, reported and fallen back from
+    with caplog.at_level(logging.WARNING, logger="engineroom"):
+        s = ort.InferenceSession(_model(), providers=[("PickyExecutionProvider", {"fail": "runtime"}),
+                                                      "CPUExecutionProvider"])
+    assert s.get_providers() == ["CPUExecutionProvider"]
+    assert "PickyExecutionProvider cannot be used: it failed to start: RuntimeError: the device stopped answering" \
+        in caplog.text
+    s = ort.InferenceSession(_model(), providers=["PickyExecutionProvider"])
+    x = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)
+    np.testing.assert_array_equal(s.run(None, {"x0": x})[0], np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("b_const", [True, False])
+def test_prepack_and_host_only_declared_on_a_kernel_take_effect(device_plugins, b_const):
+    """prepack=(1,): a constant B stays on the host for the factory to prepare (no copy of it; the kernel
+    asserts it gets the host array); a computed B is copied to the device as usual. host_only: the device
+    provider leaves Neg (a NumPy-only kernel of its kernel set) to the CPU, and says so in the placement line."""
+    from conftest import assignment, copies
+
+    model, b = _matmul_relu_neg_model(b_const)
+    s = ort.InferenceSession(model, providers=["PackingExecutionProvider", "CPUExecutionProvider"])
+    x = np.random.default_rng(8).standard_normal((2, 4)).astype(np.float32)
+    feed = {"x": x} if b_const else {"x": x, "b": b}
+    np.testing.assert_allclose(s.run(None, feed)[0], -np.maximum(x @ b, 0), rtol=1e-6, atol=1e-6)
+    assert assignment(s) == [("PackingExecutionProvider", ["mm", "relu"]), ("CPUExecutionProvider", ["neg"])]
+    # x in, r out; with a computed B, B in too (a prepacked constant is never copied)
+    assert copies(s) == (2 if b_const else 3)
+    assert "PackingExecutionProvider: left Neg: NumPy-only kernels" in s.placement
+
+
+def test_host_only_kernels_are_claimed_on_the_host_and_prepack_reported_as_host_resident():
+    """The same kernel set on a host provider claims the host_only kernel; on a device it does not. A prepack
+    input counts as host-resident only where it is a constant."""
+    from sdk_providers import HostPackingExecutionProvider, PackingExecutionProvider
+
+    from engineroom.plugin_sdk import NodeView
+
+    def view(op, const_b=None):
+        n = 2 if op == "MatMul" else 1
+        return NodeView(0, op, "", 17, "n", ("a", "b")[:n], ("y",), (np.dtype(np.float32),) * n,
+                        (np.dtype(np.float32),), ((2, 4), (4, 3))[:n], ((2, 3),), {}, (None, const_b)[:n])
+
+    dev, host = PackingExecutionProvider(), HostPackingExecutionProvider()
+    assert dev.kernel_for(view("Neg")) is None and host.kernel_for(view("Neg")) is not None
+    assert dev.kernel_for(view("Relu")) is not None and host.kernel_for(view("Relu")) is not None
+    assert dev.host_input_indices(view("MatMul", np.ones((4, 3), np.float32))) == (1,)
+    assert dev.host_input_indices(view("MatMul")) == ()
+    from engineroom.plugin_sdk import ExecutionProvider
+
+    assert ExecutionProvider().kernel_for(view("Relu")) is None    # the fuser asks every provider this
+
+
+def test_notes_channel_reaches_the_placement_line_and_claims_nothing(device_plugins):
+    """Notes go through GraphView.add_note, not through empty Capability objects; the core prefixes the
+    provider's name and adds them to the placement line once."""
+    from engineroom.plugin_sdk import GraphView
+
+    view = GraphView(nodes=[], opsets={"": 17})
+    view.add_note("one")
+    view.add_note("")
+    assert view.notes == ["one"]
+    s = ort.InferenceSession(_model("Neg"), providers=["PackingExecutionProvider", "CPUExecutionProvider"])
+    assert s.placement.count("PackingExecutionProvider: left Neg: NumPy-only kernels") == 1
+    assert [p.ep_name for p in s.get_provider_graph_assignment_info()] == ["CPUExecutionProvider"]
+
+
+def test_cycle_free_runs_is_the_partitioners_grouping():
+    """plugin_sdk.grouping: a run never leaves and re-enters (a -> b -> c with a, c on one provider and b on
+    another gives three runs, not two), and runs follow the lowest ready index."""
+    from engineroom.plugin_sdk import NodeView
+    from engineroom.plugin_sdk.grouping import cycle_free_runs
+
+    def node(i, ins, out):
+        return NodeView(i, "Relu", "", 17, f"n{i}", tuple(ins), (out,), (), (), (), (), {}, ())
+
+    nodes = [node(0, ["x"], "a"), node(1, ["a"], "b"), node(2, ["b"], "c"), node(3, ["x"], "d")]
+    color = {0: "P", 1: "Q", 2: "P", 3: "P"}.__getitem__
+    assert cycle_free_runs(nodes, color) == [("P", [0, 3]), ("Q", [1]), ("P", [2])]
+    with pytest.raises(ValueError, match="cycle"):
+        cycle_free_runs([node(0, ["b"], "a"), node(1, ["a"], "b")], lambda i: "P")
