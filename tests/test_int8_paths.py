@@ -92,7 +92,7 @@ def test_dynamic_matmul_pattern_fused(int8_path, K, N, w_dtype, per_column, rank
 def test_dynamic_matmul_pattern_two_threads(int8_path):
     """A product large enough to be split by rows over the provider's worker pool."""
     m = _dynamic_matmul_model(1024, 512, np.int8, False, True)
-    x = RNG.standard_normal((2, 75, 1024)).astype(np.float32)
+    x = RNG.standard_normal((4, 75, 1024)).astype(np.float32)    # 2^27.2 multiply-adds
     ref, got, _, _ = run_both(m, {"x": x}, threads=2)
     np.testing.assert_array_equal(got[0], ref[0])
 

@@ -162,10 +162,11 @@ def int8_kernels():
     return mod if _VNNI else None
 
 
-# below this many multiply-adds (about 0.12 ms on the VNNI kernel) one thread does it: waking a worker
-# costs tens of microseconds, and with the other core busy a 96x512x384 product (2^24) took 98 us on two
-# threads against 66 on one (a 1024x512 one: 184 against 158; the split pays on an idle core)
-_INT8_PARALLEL_MACS = 1 << 25
+# below this many multiply-adds (about 0.5 ms on the VNNI kernel) one thread does it: waking a worker
+# costs tens of microseconds, and a worker descheduled while it holds a block delays the product by its
+# time slice. With the cores oversubscribed (load 8 on 2), T5's 56 products (2^24 to 2^26 each) took
+# 28 ms on two threads against 17 on one (best of 20; medians 34 and 27)
+_INT8_PARALLEL_MACS = 1 << 27
 
 
 def _rows_over_pool(fn, a2, c, rest, macs_per_row: int) -> None:
