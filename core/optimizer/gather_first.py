@@ -153,7 +153,9 @@ def _rewrite(graph: ir.Graph, g: ir.Node, chain: list[ir.Node], table: ir.Value,
             if "const" in extra:
                 other = new_constant(graph, f"{p.inputs[1 - side].name}_{name}", extra["const"])
             else:
-                full = new_constant(graph, f"{p.inputs[1 - side].name}_{name}", extra["gather"])
+                orig = p.inputs[1 - side]
+                # the operand itself where it has the table's rank (no copy of a large constant)
+                full = orig if const(orig).ndim == r else new_constant(graph, f"{orig.name}_{name}", extra["gather"])
                 gn = ir.Node("", "Gather", [full, idx], [ir.AttrInt64("axis", ax)], num_outputs=1,
                              name=f"{name}_{p.name}_rows")
                 new_nodes.append(gn)
