@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
+from engineroom.plugin_sdk.host_values import ints as _ints
 from engineroom.providers.cpu import intgemm
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel, kernel
@@ -134,10 +135,6 @@ def _phase_planes(xp, x, pb, strides, Q):
         else:
             planes[rs + (slice(None), slice(None)) + tuple(dst)] = x[(slice(None), slice(None)) + tuple(src)]
     return planes
-
-
-def _ints(v, n, default):
-    return [int(t) for t in v] if v else [default] * n
 
 
 def _lift_attrs(attrs):

@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
+from engineroom.plugin_sdk.host_values import ints as _ints
 from engineroom.providers.cpu.array_module import arrays
-from engineroom.providers.cpu.conv import _ints, compute_dtype
+from engineroom.providers.cpu.conv import compute_dtype
 from engineroom.providers.cpu.registry import kernel
 
 
