@@ -207,15 +207,17 @@ class Int8Matrix:
         b = np.asarray(b)
         self.K, self.N = b.shape
         shift = 128 if b.dtype == np.uint8 else 0
-        bs = (b.astype(np.int16) - shift).astype(np.int8)
+        bs = (b ^ np.uint8(128)).view(np.int8) if shift else b.view(np.int8)    # uint8 v as int8 v - 128
         zb = np.zeros(1, np.int64) if zp is None else np.asarray(zp).astype(np.int64).reshape(-1)
         zb = zb - shift
         self.zb = zb if zb.any() else None
         self.colsum = bs.sum(axis=0, dtype=np.int64)
         self.Kp = -(-self.K // 4) * 4
         self.panels = -(-self.N // 32)
-        full = np.zeros((self.Kp, self.panels * 32), np.int8)
-        full[:self.K, :self.N] = bs
+        full = bs
+        if (self.Kp, self.panels * 32) != bs.shape:
+            full = np.zeros((self.Kp, self.panels * 32), np.int8)
+            full[:self.K, :self.N] = bs
         packed = full.reshape(self.Kp // 4, 4, self.panels, 32).transpose(2, 0, 3, 1)
         self.packed = np.ascontiguousarray(packed).reshape(-1, 128).view(np.uint8)
 
