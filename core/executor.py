@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from operator import itemgetter
-from typing import Any
 
 from engineroom.errors import Fail, NotImplemented, RuntimeException
 
@@ -144,6 +143,12 @@ class Executor:
                       for st in steps]
 
     def run(self, feeds) -> list:
+        return self(feeds)
+
+    def __call__(self, inputs, outer=()) -> list:
+        """The plan's outputs for ``inputs`` followed by ``outer`` (the values a subgraph reads from enclosing
+        scopes): one call, so a Loop / Scan iteration enters the loop below directly."""
+        feeds = [*inputs, *outer] if outer else inputs
         vals = self._template.copy()
         if self._inputs_at is not None and len(feeds) == len(self._input_slots):
             vals[self._inputs_at] = feeds
@@ -154,6 +159,8 @@ class Executor:
         # a run in progress; with a profiler, the same loop runs the steps wrapped in timers
         stop = running.options or _NOT_STOPPED
         fast = self._fast if running.profiler is None else self._timed(running.profiler)
+        if not fast and stop.terminate:   # a body with no steps still stops (a Loop over it can run 2**63 times)
+            raise terminated()
         step = None
         try:
             for step in fast:
@@ -210,10 +217,14 @@ class Executor:
         return [(timed(st[0], i, self._steps[i].info), *st[1:]) for i, st in enumerate(self._fast)]
 
 
-class Subgraph:
-    """A planned graph attribute of a control-flow node: ``sub(inputs, outer) -> outputs``."""
+class Subgraph(Executor):
+    """A planned graph attribute of a control-flow node, the executor of its plan: ``sub(inputs, outer) ->
+    outputs``."""
+
+    __slots__ = ("plan", "input_names", "output_names", "outer_names", "reads_input")
 
     def __init__(self, plan, outer_names: list[str]):
+        super().__init__(plan.template, plan.input_slots, plan.output_slots, plan.steps)
         self.plan = plan
         self.input_names = plan.input_names[: len(plan.input_names) - len(outer_names)]
         self.output_names = plan.output_names
@@ -221,12 +232,3 @@ class Subgraph:
         # per input, whether the body reads it (a Loop need not make an iteration number nobody reads)
         read = {s for st in plan.steps for s in st.ins} | set(plan.output_slots)
         self.reads_input = [s in read for s in plan.input_slots]
-        self._run = plan.executor.run
-        self._empty = not plan.steps
-
-    def __call__(self, inputs: list, outer: Any = ()) -> list:
-        if self._empty:   # a body with no steps still stops (a Loop over it can run 2**63 times)
-            stop = running.options
-            if stop is not None and stop.terminate:
-                raise terminated()
-        return self._run([*inputs, *outer])

@@ -139,11 +139,10 @@ def scan(info):
             elif x.shape[0] != length:
                 raise ValueError(f"scan inputs have different sequence lengths ({length} and {x.shape[0]})")
             seqs.append(x)
-        length = length or 0
         collected: list[list] = [[] for _ in range(n_scan_out)]
-        for t in range(length):
-            outs = body([*states, *[x[t] for x in seqs]], outer)
-            states = list(outs[:n_state])
+        for rows in zip(*seqs):   # (x[t] of each scan input), t = 0 .. length - 1
+            outs = body([*states, *rows], outer)
+            states = outs[:n_state]
             for k in range(n_scan_out):
                 collected[k].append(outs[n_state + k])
         res = list(states)
