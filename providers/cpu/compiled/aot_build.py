@@ -19,9 +19,19 @@ import tempfile
 
 def build(modname: str, stem: str, out_dir: str) -> None:
     from numba.pycc import CC
+    from numba.pycc import compiler as pycc_compiler
 
     from engineroom.providers.cpu.compiled.jit import export_name, numba_signature
 
+    # the exported wrappers release the GIL while the loop runs, as the loops' own nogil=True asks
+    # (pycc's wrappers ignore it and held the GIL: the provider's worker pool could not run two loops
+    # at once); the loops take only arrays and scalars
+    class _NoGilFlags(pycc_compiler.Flags):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+
+    pycc_compiler.Flags = _NoGilFlags
     mod = importlib.import_module(modname)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         cc = CC(stem)
