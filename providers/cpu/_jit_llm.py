@@ -188,41 +188,6 @@ def gqa_decode(q, ck, cv, L, start, scale, softcap, out):  # pragma: no cover (c
 
 
 
-@njit(nogil=True, boundscheck=False, error_model="numpy")
-def sdpa_one_query(q, k, v, T, mask, bias, scale, divide, fill, out):  # pragma: no cover (compiled)
-    """One query per (batch, head) -- a decoder's step -- over keys / values 0 .. T-1 of k (B, H, Lk, D)
-    and v (B, H, Lv, Dv) (a cache with room past T): s = q·k / scale (divide) or · scale, fill where
-    mask (B, H, T) is 0, + bias (B, H, T), softmax over T, then · v into out (B, H, Dv). The order of the
-    unfused graph's float32 steps; a row with no finite score is NaN, as its Softmax gives."""
-    B, H, D = q.shape
-    Dv = v.shape[3]
-    p = np.empty(T, np.float32)
-    for b in range(B):
-        for h in range(H):
-            qv = q[b, h]
-            m = -np.inf
-            for j in range(T):
-                t = _dot(qv, k[b, h, j])
-                t = t / scale if divide else t * scale
-                if mask[b, h, j] == 0:
-                    t = fill
-                t = t + bias[b, h, j]
-                p[j] = t
-                m = max(m, t)
-            tot = F0
-            for j in range(T):
-                e = _exp(p[j] - m)
-                p[j] = e
-                tot += e
-            o = out[b, h]
-            for d in range(Dv):
-                o[d] = F0
-            for j in range(T):
-                w = p[j] / tot
-                vj = v[b, h, j]
-                for d in range(Dv):
-                    o[d] += w * vj[d]
-
 @njit(nogil=True, boundscheck=False, fastmath=_FM)
 def rope_rows(x, cos, sin, interleaved, y):  # pragma: no cover (compiled)
     """RoPE per row r of x (R, H, D) with that row's angles cos / sin (R, rd/2), into y; dimensions past
@@ -339,7 +304,6 @@ def gemm_few_rows(a, wt, y):  # pragma: no cover (compiled)
 AOT = {
     "gemm_few_rows": ("A2 A2 A2", ("f4",)),
     "gqa_decode": ("A3 A4 A4 i i s s A3", ("f4",)),
-    "sdpa_one_query": ("A3 A4 A4 i U3 A3 s i s A3", ("f4",)),
     "rope_rows": ("A3 A2 A2 i A3", ("f4",)),
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
     "matmul_nbits_kmajor": ("A2 U2 A2 A2 A2 A2 A2", ("f4",)),
