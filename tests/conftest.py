@@ -20,6 +20,8 @@ AddMulExecutionProvider = fake_providers:AddMulExecutionProvider
 NegExecutionProvider = fake_providers:NegExecutionProvider
 BrokenExecutionProvider = fake_providers:BrokenExecutionProvider
 OldSdkExecutionProvider = fake_providers:OldSdkExecutionProvider
+ProbeExecutionProvider = fake_providers:ProbeExecutionProvider
+LostDeviceExecutionProvider = fake_providers:LostDeviceExecutionProvider
 MissingExecutionProvider = fake_providers_missing_module:Nothing
 """
 

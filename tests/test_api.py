@@ -104,23 +104,21 @@ def test_cli_run_and_inspect(tmp_path):
     assert r.returncode == 1 and "doesn't exist" in r.stderr
 
 
-def test_intra_op_num_threads_caps_blas_during_run():
+def test_intra_op_num_threads_caps_blas_during_run(test_plugins, monkeypatch):
+    from fake_providers import ProbeExecutionProvider  # tests/plugins: its MatMul kernel reads the BLAS pools
     from threadpoolctl import threadpool_info
 
-    seen = []
+    monkeypatch.setattr(ProbeExecutionProvider, "seen", [])
+    monkeypatch.setattr(ProbeExecutionProvider, "probe", staticmethod(
+        lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
     g = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["y"])], "g", [x],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), so)
-    inner = s._plan.run
-
-    def spy(feeds):
-        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
-        return inner(feeds)
-
-    s._plan.run = spy
+    s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), so,
+                             providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
     a = np.eye(4, dtype=np.float32)
     np.testing.assert_array_equal(s.run(None, {"x": a})[0], a)
-    assert seen and all(n == 1 for n in seen)
+    (pools,) = ProbeExecutionProvider.seen    # the MatMul ran once, inside the run
+    assert pools and all(n == 1 for n in pools)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from engineroom.plugin_sdk import Device, KernelProvider, KernelRegistry
+from engineroom.plugin_sdk.errors import EPFail
 
 
 class Boxed:
@@ -93,3 +94,48 @@ class OldSdkExecutionProvider(_Fake):
     name: ClassVar[str] = "OldSdkExecutionProvider"
     sdk_version: ClassVar[str] = "0.1"
     registry: ClassVar[KernelRegistry] = _registry(["Add"])
+
+
+def _one_kernel(op, compute):
+    """A registry with one kernel for ``op``: ``compute(provider class, *host arrays)`` gives the host result."""
+    reg = KernelRegistry()
+
+    def factory(info):
+        cls, dev = type(info.provider), info.provider.device
+
+        def run(*xs):
+            assert all(isinstance(x, Boxed) and x.device == dev for x in xs), f"{op}: a copy is missing"
+            return (Boxed(np.asarray(compute(cls, *(x.array for x in xs))), dev),)
+        return run
+    reg.kernel(op, since=1)(factory)
+    return reg
+
+
+def _probed_matmul(cls, a, b):
+    cls.seen.append(cls.probe())
+    return a @ b
+
+
+def _add_unless_lost(cls, a, b):
+    if cls.lost:
+        raise EPFail("the device was lost")
+    return a + b
+
+
+class ProbeExecutionProvider(_Fake):
+    """Claims MatMul; each run of its kernel appends ``probe()`` to ``seen``: what a test reads from inside a run."""
+
+    name: ClassVar[str] = "ProbeExecutionProvider"
+    kind = "probe"
+    registry: ClassVar[KernelRegistry] = _one_kernel("MatMul", _probed_matmul)
+    probe: ClassVar = staticmethod(lambda: None)
+    seen: ClassVar[list] = []
+
+
+class LostDeviceExecutionProvider(_Fake):
+    """Claims Add; while ``lost`` is set its kernel raises EPFail, as a device lost in the middle of a run would."""
+
+    name: ClassVar[str] = "LostDeviceExecutionProvider"
+    kind = "lost"
+    registry: ClassVar[KernelRegistry] = _one_kernel("Add", _add_unless_lost)
+    lost: ClassVar[bool] = False
