@@ -83,7 +83,10 @@ def check(case: Case):
     so.intra_op_num_threads = 1       # onnxruntime's quantized LSTM rounds per batch chunk of its threads
     want = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, _feeds(case))
     types = [TensorProto.STRING if w.dtype == object else helper.np_dtype_to_tensor_dtype(w.dtype) for w in want]
-    got = engineroom.InferenceSession(_model(case, types), providers=["CPUExecutionProvider"]).run(None, _feeds(case))
+    eso = engineroom.SessionOptions()
+    eso.intra_op_num_threads = 1      # the same count: engineroom's DynamicQuantizeLSTM follows it as onnxruntime's
+    got = engineroom.InferenceSession(_model(case, types), eso, providers=["CPUExecutionProvider"]).run(None,
+                                                                                                       _feeds(case))
     assert len(got) == len(want)
     for name, w, g in zip(case.outputs, want, got):
         g = np.asarray(g)

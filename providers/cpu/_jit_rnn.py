@@ -103,6 +103,16 @@ def _clip(v, clip):  # pragma: no cover (compiled)
     return _clamp(v, -clip, clip)
 
 
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _finished(m, b, yr):  # pragma: no cover (compiled)
+    """True where row b's sequence has ended (mask 0.0): its output row is then zeroed, its state kept."""
+    if m[b] != F0:
+        return False
+    for j in range(yr.shape[0]):
+        yr[j] = F0
+    return True
+
+
 @njit(nogil=True, boundscheck=False, error_model="numpy")
 def lstm_step(a, xw, p, m, c, h, y, clip, flags):  # pragma: no cover (compiled)
     """One LSTM step over gates (i, o, f, c): pre-activations a + xw (a = h @ R^T, xw the input projection
@@ -124,9 +134,7 @@ def _lstm(a, xw, p, m, c, h, y, clip, forget_is_input, peep):  # pragma: no cove
     B, H = h.shape
     for b in range(B):
         yr = y[b]
-        if m[b] == F0:
-            for j in range(H):
-                yr[j] = F0
+        if _finished(m, b, yr):
             continue
         ar = a[b]
         xr = xw[b]
@@ -160,9 +168,7 @@ def gru_step_lbr(a, xw, rb, m, h, y, clip):  # pragma: no cover (compiled)
     B, H = h.shape
     for b in range(B):
         yr = y[b]
-        if m[b] == F0:
-            for j in range(H):
-                yr[j] = F0
+        if _finished(m, b, yr):
             continue
         ar = a[b]
         xr = xw[b]
@@ -199,9 +205,7 @@ def gru_update(a, xw, z, m, h, y, clip):  # pragma: no cover (compiled)
     G = xw.shape[1]
     for b in range(B):
         yr = y[b]
-        if m[b] == F0:
-            for j in range(H):
-                yr[j] = F0
+        if _finished(m, b, yr):
             continue
         ar = a[b]
         xr = xw[b]
@@ -215,10 +219,165 @@ def gru_update(a, xw, z, m, h, y, clip):  # pragma: no cover (compiled)
             yr[j] = hn
 
 
+# ---------------------------------------------------------------------------------------------
+# DynamicQuantizeLSTM (contrib_quant): before each step's product with the 8-bit recurrent weights, h is
+# quantized to uint8 with a range of its own, per block of rows, as onnxruntime's quantized LSTM does; the
+# product itself is the caller's float32 GEMM of those integers (exact: it checks that every sum stays
+# below 2**24). Arrays hold both directions: h, c, qa (D, B, H), xw (D, S, B, 4H), y (S, D, B, H).
+
+U8MAX = _f(255.0)
+
+
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _dq_block(h, m, r0, r1, qa, sc):  # pragma: no cover (compiled)
+    """Rows r0..r1 of h (B, H) quantized as one block (onnxruntime's range rule: the range holds 0, scale
+    (max - min) / 255, zero point rounded half to even): qa = the uint8 value less its zero point, as float32,
+    sc[b] the scale. Rows with m[b] 0.0 (sequence ended) enter as zeros."""
+    H = h.shape[1]
+    lo = F0
+    hi = F0
+    for b in range(r0, r1):
+        if m[b] != F0:
+            hr = h[b]
+            for j in range(H):
+                v = hr[j]
+                lo = v if v < lo else lo
+                hi = v if v > hi else hi
+    s = F1 if hi == lo else (hi - lo) / U8MAX
+    z = np.rint(_clamp(F0 - lo / s, F0, U8MAX))
+    for b in range(r0, r1):
+        sc[b] = s
+        qr = qa[b]
+        if m[b] == F0:
+            for j in range(H):
+                qr[j] = F0
+            continue
+        hr = h[b]
+        for j in range(H):
+            qr[j] = _clamp(np.rint(hr[j] / s) + z, F0, U8MAX) - z
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def dq_quantize(h, qm, t, rows, qa, sc):  # pragma: no cover (compiled)
+    """h (D, B, H) quantized for step t's product, each direction in blocks of ``rows`` rows; qm[t] (qm:
+    (S + 1, B)) says which rows enter with their value (1.0) and which as zeros (0.0): onnxruntime's product
+    reads the previous step's output row, zero once that step was past the sequence's end."""
+    D, B, _ = h.shape
+    for d in range(D):
+        for r0 in range(0, B, rows):
+            _dq_block(h[d], qm[t], r0, min(r0 + rows, B), qa[d], sc[d])
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, clip, flags):  # pragma: no cover
+    """Step t of every direction: gates (i, o, f, c) = xw[d, t] + acc * (h's scale * R's column scale)
+    [+ peepholes p (D, 3H), flags & 2] + bias (D, 4H), clipped; input_forget (flags & 1). Updates c and h,
+    writes y[t], then quantizes the new h into qa and sc for step t + 1 (:func:`dq_quantize`)."""
+    if flags == 0:
+        _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, False, False)
+    elif flags == 1:
+        _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, True, False)
+    elif flags == 2:
+        _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, False, True)
+    else:
+        _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, True, True)
+    if t + 1 < m.shape[0]:
+        dq_quantize(h, qm, t + 1, rows, qa, sc)
+
+
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, forget_is_input, peep):  # pragma: no cover
+    # onnxruntime's order of operations: ((x W + h R) + peephole) + bias, c = c f + i g, h = h_act(c) o
+    D, B, H = h.shape
+    mt = m[t]
+    for d in range(D):
+        wr = ws[d]
+        br = bias[d]
+        pr = p[d]
+        for b in range(B):
+            yr = y[t, d, b]
+            if _finished(mt, b, yr):
+                continue
+            s = sc[d, b]
+            ar = acc[d, b]
+            xr = xw[d, t, b]
+            cr = c[d, b]
+            hr = h[d, b]
+            for j in range(H):
+                cj = cr[j]
+                ai = xr[j] + ar[j] * (s * wr[j])
+                af = xr[2 * H + j] + ar[2 * H + j] * (s * wr[2 * H + j])
+                if peep:
+                    ai += cj * pr[j]
+                    af += cj * pr[2 * H + j]
+                i = _logistic(_clip(ai + br[j], clip))
+                f = F1 - i if forget_is_input else _logistic(_clip(af + br[2 * H + j], clip))
+                ag = xr[3 * H + j] + ar[3 * H + j] * (s * wr[3 * H + j])
+                g = _tanh(_clip(ag + br[3 * H + j], clip))
+                cn = cj * f + i * g
+                ao = xr[H + j] + ar[H + j] * (s * wr[H + j])
+                if peep:
+                    ao += cn * pr[H + j]
+                o = _logistic(_clip(ao + br[H + j], clip))
+                hn = _tanh(cn) * o
+                cr[j] = cn
+                hr[j] = hn
+                yr[j] = hn
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy", fastmath={"reassoc", "contract"})
+def _products(qa, w, acc):  # pragma: no cover (compiled)
+    """acc (B, N) = qa (B, K) @ w.T, w (N, K) int8 values held as uint8 bytes (a quarter of float32's
+    memory: both directions' weights stay in cache; N even). The sums are of integers, exact in float32
+    below 2**24 (the caller checks), so reassociating and fusing them (this function's fastmath: the dot
+    products vectorize) changes no bit. Two rows and two columns a pass: each load serves two products."""
+    B, K = qa.shape
+    N = w.shape[0]
+    for b in range(0, B, 2):
+        b1 = min(b + 1, B - 1)      # an odd last row is computed twice, harmlessly
+        q0 = qa[b]
+        q1 = qa[b1]
+        for j in range(0, N, 2):
+            w0 = w[j]
+            w1 = w[j + 1]
+            s00 = F0
+            s01 = F0
+            s10 = F0
+            s11 = F0
+            for k in range(K):
+                x0 = _f(np.int8(w0[k]))
+                x1 = _f(np.int8(w1[k]))
+                a0 = q0[k]
+                a1 = q1[k]
+                s00 += a0 * x0
+                s01 += a0 * x1
+                s10 += a1 * x0
+                s11 += a1 * x1
+            acc[b, j] = s00
+            acc[b, j + 1] = s01
+            acc[b1, j] = s10
+            acc[b1, j + 1] = s11
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def dq_lstm_run(xw, w, ws, bias, p, m, qm, rows, c, h, y, qa, sc, acc, clip, flags):  # pragma: no cover
+    """Every step of :func:`dq_lstm_step`, the recurrent products here too (:func:`_products`; w (D, 4H, H):
+    R^T less its zero point, int8 as uint8 bytes): one call a layer. qa, sc, acc are scratch: (D, B, H),
+    (D, B), (D, B, 4H)."""
+    dq_quantize(h, qm, 0, rows, qa, sc)
+    for t in range(m.shape[0]):
+        for d in range(w.shape[0]):
+            _products(qa[d], w[d], acc[d])
+        dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, clip, flags)
+
+
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
 AOT = {
     "lstm_step": ("A2 A2 A1 A1 A2 A2 A2 s i", ("f4",)),
     "gru_step_lbr": ("A2 A2 A1 A1 A2 A2 s", ("f4",)),
     "gru_reset": ("A2 A2 A2 A2 A2 s", ("f4",)),
     "gru_update": ("A2 A2 A2 A1 A2 A2 s", ("f4",)),
+    "dq_quantize": ("A3 A2 i i A3 A2", ("f4",)),
+    "dq_lstm_step": ("A3 A4 i A2 A2 A2 A2 A2 A2 i A3 A3 A4 A3 s i", ("f4",)),
+    "dq_lstm_run": ("A4 U3 A2 A2 A2 A2 A2 i A3 A3 A4 A3 A2 A3 s i", ("f4",)),
 }

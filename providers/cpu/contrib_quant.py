@@ -28,7 +28,7 @@ from engineroom.providers.cpu._contrib import (
 )
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.quantize import quantize_dynamic_u8
-from engineroom.providers.cpu.rnn import _activations, _reverse_index
+from engineroom.providers.cpu.rnn import _activation_names, _activations, _masks, _reverse_index
 
 MS = "com.microsoft"
 _F32 = np.dtype(np.float32)
@@ -453,17 +453,37 @@ class _QuantizedWeight:
         self.scale = _col_scale(scale)
 
     def __rmatmul__(self, a):
-        s_a, z_a = dynamic_qparams(a)
-        # the uint8 values less their zero point, in float32: clip(rint(a / s) + z, 0, 255) - z
-        qa = np.rint(np.divide(a, s_a, dtype=_F32))
-        qa += np.float32(z_a)
-        np.clip(qa, 0, 255, out=qa)
-        qa -= np.float32(z_a)
-        if self.bound * max(z_a, 255 - z_a) < 2 ** 24:
+        return self.product(a, len(a))
+
+    def product(self, a, rows):
+        """a @ w with a (M, K) quantized in blocks of ``rows`` rows, each with its own range."""
+        qa, s_a, zmax = _quantize_blocks(a, rows)
+        if self.bound * zmax < 2 ** 24:
             acc = qa @ self.w32
         else:
             acc = (qa.astype(_F64) @ self.w).astype(_F32)
-        return acc * (np.float32(s_a) * self.scale)
+        return acc * (s_a * self.scale)
+
+
+def _quantize_blocks(a, rows):
+    """a (..., M, K) as uint8 values less their zero point, in float32 (clip(rint(a / s) + z, 0, 255) - z),
+    each block of ``rows`` rows of the last two axes with its own range (onnxruntime's rule); the scale of
+    each row (..., M, 1) and the largest |value| a quantized entry can have."""
+    qa = np.empty(a.shape, _F32)
+    s = np.empty(a.shape[:-1] + (1,), _F32)
+    zmax = 0
+    for idx in np.ndindex(a.shape[:-2]):
+        for r0 in range(0, a.shape[-2], rows):
+            blk = a[idx][r0:r0 + rows]
+            s_a, z_a = dynamic_qparams(blk)
+            q = np.rint(np.divide(blk, s_a, dtype=_F32))
+            q += np.float32(z_a)
+            np.clip(q, 0, 255, out=q)
+            q -= np.float32(z_a)
+            qa[idx][r0:r0 + rows] = q
+            s[idx][r0:r0 + rows] = s_a
+            zmax = max(zmax, z_a, 255 - z_a)
+    return qa, s, zmax
 
 
 # onnxruntime's LSTM runs its gates through MLAS's rational approximations of the logistic and tanh
@@ -505,9 +525,11 @@ def mlas_tanh(x):
     return p / q
 
 
-def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
+def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens, rows, keep):
     """One direction of the LSTM in onnxruntime's order of operations: per step the gate pre-activations
-    are (x W + h R) [+ peephole * c] + bias, clipped; c = c_prev * f + i * g; h = o * h_act(c)."""
+    are (x W + h R) [+ peephole * c] + bias, clipped; c = c_prev * f + i * g; h = o * h_act(c). h enters
+    each product quantized in blocks of ``rows`` rows (``_quantized_rows``); a finished sequence's h enters
+    as zeros (its output row), or as its last value where ``keep`` (no Y)."""
     seq, H = xw.shape[0], h.shape[1]
     f_act, g_act, h_act = acts
     y = np.zeros((seq,) + h.shape, _F32)
@@ -518,7 +540,7 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
     merged = p is None and not input_forget
     b3 = bias[:3 * H]
     for t in range(seq):
-        a = xw[t] + h @ rq                               # gates i, o, f, c
+        a = xw[t] + rq.product(h, rows)                  # gates i, o, f, c
         if merged:
             iof = f_act(cl(a[:, :3 * H] + b3))
             i, o, fg = iof[:, :H], iof[:, H:2 * H], iof[:, 2 * H:]
@@ -542,7 +564,7 @@ def _lstm_direction(xw, h, c, rq, bias, p, acts, clip, input_forget, lens):
             # the next steps' products as zeros, which moves the range the step's h is quantized over
             m = (t < lens)[:, None]
             h_last, c_last = np.where(m, h_new, h_last), np.where(m, c_new, c_last)
-            h, c = np.where(m, h_new, 0), np.where(m, c_new, 0)
+            h, c = (h_last, c_last) if keep else (np.where(m, h_new, 0), np.where(m, c_new, 0))
             y[t] = h
         else:
             h, c = h_new, c_new
@@ -562,22 +584,16 @@ class _StackedRecurrence:
         n = self.w32.shape[2]
         self.scale = np.stack([np.broadcast_to(q.scale, (n,)) for q in weights])[:, None, :]
 
-    def __call__(self, h):
-        params = [dynamic_qparams(hd) for hd in h]
-        s = np.array([p[0] for p in params], _F32).reshape(-1, 1, 1)
-        z = np.array([p[1] for p in params], _F32).reshape(-1, 1, 1)
-        qa = np.rint(np.divide(h, s, dtype=_F32))
-        qa += z
-        np.clip(qa, 0, 255, out=qa)
-        qa -= z
-        if all(b * max(zp, 255 - zp) < 2 ** 24 for b, (_, zp) in zip(self.bounds, params)):
+    def __call__(self, h, rows):
+        qa, s, zmax = _quantize_blocks(h, rows)
+        if max(self.bounds) * zmax < 2 ** 24:
             acc = np.matmul(qa, self.w32)
         else:
             acc = np.matmul(qa.astype(_F64), self.w64).astype(_F32)
         return acc * (s * self.scale)
 
 
-def _lstm_directions_together(xw, h, c, rec, bias, clip, lens):
+def _lstm_directions_together(xw, h, c, rec, bias, clip, lens, rows, keep):
     """``_lstm_direction`` for all directions at once (default gates, no peepholes): xw (D, seq, B, 4H),
     h and c (D, B, H), bias (D, 1, 4H)."""
     D, seq, B, G = xw.shape
@@ -587,7 +603,7 @@ def _lstm_directions_together(xw, h, c, rec, bias, clip, lens):
     cl = (lambda v: np.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
     h_last, c_last = h, c
     for t in range(seq):
-        a = xw[:, t] + rec(h)
+        a = xw[:, t] + rec(h, rows)
         iof = mlas_logistic(cl(a[..., :3 * H] + b3))
         i, o, fg = iof[..., :H], iof[..., H:2 * H], iof[..., 2 * H:]
         c_new = c * fg + i * mlas_tanh(cl(a[..., 3 * H:] + bc))
@@ -595,7 +611,7 @@ def _lstm_directions_together(xw, h, c, rec, bias, clip, lens):
         if lens is not None:
             m = (t < lens)[None, :, None]
             h_last, c_last = np.where(m, h_new, h_last), np.where(m, c_new, c_last)
-            h, c = np.where(m, h_new, 0), np.where(m, c_new, 0)
+            h, c = (h_last, c_last) if keep else (np.where(m, h_new, 0), np.where(m, c_new, 0))
             y[:, t] = h
         else:
             h, c = h_new, c_new
@@ -609,13 +625,64 @@ def _per_dir(v, d, num_dirs):
     return v[d] if v.ndim >= 1 and v.shape[0] == num_dirs and v.size > 1 else v.reshape(-1)[:1]
 
 
+class _CompiledRecurrence:
+    """The directions' recurrent weights stacked for ``_jit_rnn.dq_lstm_step``, made once: R less its zero
+    point as float32 (D, H, 4H), R's scale per column (D, 4H), the summed biases (D, 4H), the peepholes
+    (D, 3H, zeros where there are none)."""
+
+    def __init__(self, dirs, hidden):
+        g = 4 * hidden
+        self.w32 = np.ascontiguousarray(np.stack([rq.w32 for rq, _, _ in dirs]))
+        self.ws = np.ascontiguousarray(np.stack([np.broadcast_to(rq.scale, (g,)) for rq, _, _ in dirs]))
+        self.bias = np.ascontiguousarray(np.stack([b for _, b, _ in dirs]))
+        self.p = np.ascontiguousarray(np.stack([np.zeros(3 * hidden, _F32) if p is None else p
+                                                for _, _, p in dirs]))
+        # the float32 GEMM sums the integer products exactly while every partial sum stays below 2**24
+        # (a quantized h less its zero point is at most 255 in magnitude); else the NumPy path (float64)
+        self.exact = max(rq.bound for rq, _, _ in dirs) * 255 < 2 ** 24
+        # R less its zero point as int8 (as uint8 bytes) where it fits: the compiled loop then makes the
+        # products itself (dq_lstm_run), else each step's product is a BLAS GEMM of w32
+        w = np.stack([rq.w.T for rq, _, _ in dirs])          # (D, 4H, H): dot products along rows
+        self.w8 = (np.ascontiguousarray(w.astype(np.int8)).view(np.uint8)
+                   if w.size and -128 <= w.min() and w.max() <= 127 else None)
+
+
+_blas_lib: list = []
+
+
+def _blas_threads() -> int:
+    """The BLAS pool's thread count (what intra_op_num_threads set; threadpoolctl's handle looked up once)."""
+    if not _blas_lib:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # noqa: BLE001 - no BLAS found: count one thread
+            libs = []
+        _blas_lib.append(libs[0] if libs else None)
+    lib = _blas_lib[0]
+    return max(1, int(lib.get_num_threads() or 1)) if lib is not None else 1
+
+
+def _quantized_rows(batch: int, hidden: int) -> int:
+    """How many rows of h one quantization range covers, as onnxruntime: its LSTM splits the batch across
+    its threads when batch > 4 or (batch >= 2 and hidden <= 256), and each thread quantizes its own rows, so
+    its results depend on intra_op_num_threads (here: the BLAS pool's size, which that option sets)."""
+    if batch > 4 or (batch >= 2 and hidden <= 256):
+        return -(-batch // _blas_threads())
+    return batch
+
+
 @host_kernel("DynamicQuantizeLSTM", MS, since=1, types=(np.float32,), host_inputs=(4,))
 def dynamic_quantize_lstm(info):
     """LSTM with int8/uint8 weights W (D, input, 4H) and R (D, H, 4H), already transposed, with scales and
     zero points per direction (D,) or per direction and column (D, 4H). Inputs X, W, R, B, sequence_lens,
-    initial_h, initial_c, P, W_scale, W_zero_point, R_scale, R_zero_point. The input projection and each
-    step's recurrent product quantize their activations dynamically (``_QuantizedWeight``); the gates
-    follow onnxruntime's order of operations and its approximate logistic / tanh (see ``mlas_logistic``)."""
+    initial_h, initial_c, P, W_scale, W_zero_point, R_scale, R_zero_point. The input projection of every
+    step is one product, X quantized as one block; each step's recurrent product quantizes h dynamically
+    (``_quantize_blocks``, blocks of rows as ``_quantized_rows``); the gates follow onnxruntime's order of
+    operations and its approximate logistic / tanh (see ``mlas_logistic``). With the default activations
+    the steps run in ``_jit_rnn.dq_lstm_step`` (one BLAS GEMM of both directions and one compiled call a
+    step), else in NumPy."""
     a = info.attrs
     direction = a.get("direction", "forward")
     num_dirs = 2 if direction == "bidirectional" else 1
@@ -625,33 +692,49 @@ def dynamic_quantize_lstm(info):
     input_forget = bool(int(a.get("input_forget", 0)))
     if int(a.get("layout", 0)):
         raise NotImplementedError("DynamicQuantizeLSTM: layout=1 is not supported")
-    if a.get("activations"):
-        acts = _activations(info, ["Sigmoid", "Tanh", "Tanh"], num_dirs, np)
-    else:
+    defaults = ["Sigmoid", "Tanh", "Tanh"]
+    # onnxruntime computes Sigmoid and Tanh with MLAS's approximations whether or not they are named
+    default_acts = _activation_names(info, defaults, num_dirs) == [["sigmoid", "tanh", "tanh"]] * num_dirs
+    if default_acts:
         acts = [[mlas_logistic, mlas_tanh, mlas_tanh]] * num_dirs
+    else:
+        acts = _activations(info, defaults, num_dirs, np)
+    has_p = info.has_input(7)
+    kern = arrays(np).compiled("rnn") if default_acts else None
+    flags = (1 if input_forget else 0) | (2 if has_p else 0)
+    clip32 = np.float32(np.inf if clip is None else clip)
+    # without Y, onnxruntime keeps a finished sequence's last h where the next steps' products read it
+    keep_finished = not (info.output_names and info.output_names[0])
 
     def prepare(W, R, B, P, ws, wz, rs, rz):
+        """(W of every direction side by side, as one quantized (input, D*4H) weight; per direction (R,
+        summed biases, peepholes))."""
+        cols = [np.broadcast_to(_per_dir(ws, d, num_dirs), (4 * hidden,)) for d in range(num_dirs)]
+        zps = None if wz is None else [np.broadcast_to(_per_dir(wz, d, num_dirs), (4 * hidden,))
+                                       for d in range(num_dirs)]
+        w_all = _QuantizedWeight(np.concatenate(list(W), axis=1), np.concatenate(cols),
+                                 None if zps is None else np.concatenate(zps))
         dirs = []
         for d in range(num_dirs):
-            wq = _QuantizedWeight(W[d], _per_dir(ws, d, num_dirs), _per_dir(wz, d, num_dirs))
             rq = _QuantizedWeight(R[d], _per_dir(rs, d, num_dirs), _per_dir(rz, d, num_dirs))
             bias = (B[d, :4 * hidden].astype(_F32) + B[d, 4 * hidden:].astype(_F32) if B is not None
                     else np.zeros(4 * hidden, _F32))
             p = None if P is None else P[d].astype(_F32)
-            dirs.append((wq, rq, bias, p))
-        return dirs
+            dirs.append((rq, bias, p))
+        return w_all, dirs
 
-    # both directions step together (one batched product, one pass of gate math per step) where their
-    # gates are the default ones and there are no peepholes: the same float32 operations, element by element
-    together = num_dirs == 2 and not a.get("activations") and not input_forget and not info.has_input(7)
+    # NumPy: both directions step together (one batched product, one pass of gate math per step) where
+    # their gates are the default ones and there are no peepholes: the same float32 operations
+    together = num_dirs == 2 and default_acts and not input_forget and not has_p
     cache = {}
 
-    def stacked(dirs):
-        got = cache.get(id(dirs))
+    def stacked(dirs, kind):
+        got = cache.get((id(dirs), kind))
         if got is None:
-            got = _StackedRecurrence([rq for _, rq, _, _ in dirs])
-            if dirs is prepared:
-                cache[id(dirs)] = got
+            got = (_CompiledRecurrence(dirs, hidden) if kind == "compiled"
+                   else _StackedRecurrence([rq for rq, _, _ in dirs]))
+            if prepared is not None and dirs is prepared[1]:
+                cache[(id(dirs), kind)] = got
         return got
 
     idx = (1, 2, 3, 7, 8, 9, 10, 11)
@@ -659,46 +742,92 @@ def dynamic_quantize_lstm(info):
     prepared = None
     if all(c is not None or not info.has_input(i) for c, i in zip(consts, idx)):
         prepared = prepare(*consts)
+        if kern is not None:
+            stacked(prepared[1], "compiled")
 
     def run(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
             ws=None, wz=None, rs=None, rz=None):
-        dirs = prepared if prepared is not None else prepare(W, R, B, P, ws, wz, rs, rz)
+        w_all, dirs = prepared if prepared is not None else prepare(W, R, B, P, ws, wz, rs, rz)
         seq, batch, _ = X.shape
         Xc = X.astype(_F32, copy=False)
-        lens = None
+        lens, steps = None, seq
         if sequence_lens is not None:
             lens = np.asarray(sequence_lens).astype(np.int64)
             if bool(np.all(lens >= seq)):
                 lens = None
+            else:       # onnxruntime runs (and quantizes the input of) the steps up to the longest sequence
+                steps = int(np.clip(lens.max(initial=0), 0, seq))
+        rows = _quantized_rows(batch, hidden)
         Y = np.zeros((seq, num_dirs, batch, hidden), _F32)
-        Y_h = np.zeros((num_dirs, batch, hidden), _F32)
-        Y_c = np.zeros((num_dirs, batch, hidden), _F32)
-        xws, h0s, c0s, revs = [], [], [], []
-        for d, (wq, _rq, _bias, _p) in enumerate(dirs):
+        # the input projection of every step and direction: one product. A reverse direction's input rows
+        # (each sequence reversed within its length) are those of the forward one, reordered, so they are
+        # quantized over the same range: its projection is the forward one's rows, reordered the same way
+        x_all = (np.ascontiguousarray(Xc[:steps]).reshape(steps * batch, -1) @ w_all).reshape(
+            steps, batch, num_dirs, 4 * hidden)
+        xw = np.empty((num_dirs, steps, batch, 4 * hidden), _F32)
+        h = np.empty((num_dirs, batch, hidden), _F32)
+        c = np.empty((num_dirs, batch, hidden), _F32)
+        revs = []
+        for d in range(num_dirs):
             reverse = direction == "reverse" or d == 1
-            Xd, rev_idx = Xc, None
-            if reverse:
-                if lens is None:
-                    Xd = Xc[::-1]
-                else:
-                    rev_idx = _reverse_index(seq, lens, np)
-                    Xd = Xc[rev_idx, np.arange(batch)[None, :]]
-            xws.append((np.ascontiguousarray(Xd).reshape(seq * batch, -1) @ wq).reshape(seq, batch, -1))
-            h0s.append(np.zeros((batch, hidden), _F32) if initial_h is None else initial_h[d].astype(_F32))
-            c0s.append(np.zeros((batch, hidden), _F32) if initial_c is None else initial_c[d].astype(_F32))
+            rev_idx = None
+            if not reverse:
+                xw[d] = x_all[:, :, d]
+            elif lens is None:
+                xw[d] = x_all[::-1, :, d]
+            else:
+                rev_idx = _reverse_index(seq, lens, np)
+                xw[d] = x_all[rev_idx[:steps], np.arange(batch)[None, :], d]
+            h[d] = 0 if initial_h is None else initial_h[d]
+            c[d] = 0 if initial_c is None else initial_c[d]
             revs.append((reverse, rev_idx))
-        if together:
-            ys, hs, cs = _lstm_directions_together(np.stack(xws), np.stack(h0s), np.stack(c0s), stacked(dirs),
-                                                   np.stack([b for _, _, b, _ in dirs])[:, None, :], clip, lens)
+        rec = stacked(dirs, "compiled") if kern is not None else None
+        if rec is not None and rec.exact:
+            if steps:
+                masks = _masks(lens, steps, batch, _F32)
+                # the rows whose values enter each step's product (dq_quantize): all at the first step;
+                # later, those whose previous step ran (else its output row, read back, is zero), or all
+                # where there is no Y and a finished row's last h stays in place
+                qm = np.ones((steps + 1, batch), _F32)
+                if not keep_finished:
+                    qm[1:] = masks
+                qa, sc = np.empty_like(h), np.empty((num_dirs, batch), _F32)
+                acc = np.empty((num_dirs, batch, 4 * hidden), _F32)
+                if rec.w8 is not None:
+                    kern.dq_lstm_run(xw, rec.w8, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, sc, acc,
+                                     clip32, flags)
+                else:
+                    kern.dq_quantize(h, qm, 0, rows, qa, sc)
+                    step = kern.dq_lstm_step
+                    for t in range(steps):
+                        np.matmul(qa, rec.w32, out=acc)
+                        step(acc, xw, t, sc, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, clip32,
+                             flags)
+            ys = [Y[:, d] for d in range(num_dirs)]
+            hs, cs = h, c
         else:
-            ys, hs, cs = zip(*(_lstm_direction(xws[d], h0s[d], c0s[d], rq, bias, p, acts[d], clip, input_forget,
-                                               lens) for d, (_wq, rq, bias, p) in enumerate(dirs)))
+            Yw = np.zeros((num_dirs, seq, batch, hidden), _F32)
+            if together:
+                Yw[:, :steps], hs, cs = _lstm_directions_together(
+                    xw, h, c, stacked(dirs, "numpy"), np.stack([b for _, b, _ in dirs])[:, None, :], clip,
+                    lens, rows, keep_finished)
+            else:
+                out = [_lstm_direction(xw[d], h[d], c[d], rq, bias, p, acts[d], clip, input_forget, lens, rows,
+                                       keep_finished) for d, (rq, bias, p) in enumerate(dirs)]
+                for d, (yd, _, _) in enumerate(out):
+                    Yw[d, :steps] = yd
+                hs, cs = [o[1] for o in out], [o[2] for o in out]
+            ys = list(Yw)
+        Y_h = np.empty((num_dirs, batch, hidden), _F32)
+        Y_c = np.empty((num_dirs, batch, hidden), _F32)
         for d, (reverse, rev_idx) in enumerate(revs):
             y = ys[d]
             if reverse:
                 y = y[::-1] if rev_idx is None else y[rev_idx, np.arange(batch)[None, :]]
             Y[:, d], Y_h[d], Y_c[d] = y, hs[d], cs[d]
+        if lens is not None:        # an empty sequence has zero final states (as onnxruntime)
+            Y_h[:, lens <= 0] = 0
+            Y_c[:, lens <= 0] = 0
         return (Y, Y_h, Y_c)
 
     return run
-
