@@ -451,8 +451,24 @@ class _QuantizedWeight:
         # |any partial sum| <= K * max|a - za| * max|w - zw|: below 2**24 float32 sums integers exactly
         self.bound = self.w.shape[0] * float(np.abs(self.w).max(initial=0))
         self.scale = _col_scale(scale)
+        self._raw = (w, zp) if intgemm.Int8Matrix.fits(np.asarray(w)) else None
+        self.i8 = None          # packed for the VNNI kernel when first used (``intgemm.Int8Matrix``)
 
     def __rmatmul__(self, a):
+        return self.product(a, len(a))
+
+    def project(self, a, quant):
+        """a (M, K) @ w, a quantized as one block: the input projection. On the VNNI kernel where it runs
+        (exact integer sums, then float32(sum) * (a_scale * w_scale), as ``product``); ``quant`` the compiled
+        ``quant`` module or None."""
+        kern = intgemm.int8_kernels() if self._raw is not None else None
+        if kern is not None:
+            if self.i8 is None:
+                self.i8 = intgemm.Int8Matrix(*self._raw)
+            q, s_a, z_a = quantize_dynamic_u8(a, np, quant)
+            y = self.i8.matmul_scaled(q, int(z_a), np.float32(s_a) * self.scale, kern)
+            if y is not None:   # None: a zero point on w, which the scaled kernel does not take
+                return y
         return self.product(a, len(a))
 
     def product(self, a, rows):
@@ -701,6 +717,7 @@ def dynamic_quantize_lstm(info):
         acts = _activations(info, defaults, num_dirs, np)
     has_p = info.has_input(7)
     kern = arrays(np).compiled("rnn") if default_acts else None
+    quant = arrays(np).compiled("quant")
     flags = (1 if input_forget else 0) | (2 if has_p else 0)
     clip32 = np.float32(np.inf if clip is None else clip)
     # without Y, onnxruntime keeps a finished sequence's last h where the next steps' products read it
@@ -762,7 +779,7 @@ def dynamic_quantize_lstm(info):
         # the input projection of every step and direction: one product. A reverse direction's input rows
         # (each sequence reversed within its length) are those of the forward one, reordered, so they are
         # quantized over the same range: its projection is the forward one's rows, reordered the same way
-        x_all = (np.ascontiguousarray(Xc[:steps]).reshape(steps * batch, -1) @ w_all).reshape(
+        x_all = w_all.project(np.ascontiguousarray(Xc[:steps]).reshape(steps * batch, -1), quant).reshape(
             steps, batch, num_dirs, 4 * hidden)
         xw = np.empty((num_dirs, steps, batch, 4 * hidden), _F32)
         h = np.empty((num_dirs, batch, hidden), _F32)
