@@ -1,6 +1,7 @@
 """Shared fixtures: the test providers registered as a plugin, and the model zoo's location."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -29,15 +30,25 @@ MissingExecutionProvider = fake_providers_missing_module:Nothing
 @pytest.fixture(scope="session")
 def test_plugins(tmp_path_factory):
     """Register tests/plugins/fake_providers.py through an entry point, as an installed wheel would."""
+    with registered_plugins(tmp_path_factory, "engineroom-test-plugins", _ENTRY_POINTS):
+        yield
+
+
+@contextlib.contextmanager
+def registered_plugins(tmp_path_factory, name: str, entry_points: str):
+    """While inside: the providers of ``entry_points`` (modules in ``PLUGINS``) registered as an installed
+    distribution ``name`` would register them, and found by discovery."""
     from engineroom import discovery
 
-    site = plugin_site(tmp_path_factory, "engineroom-test-plugins", _ENTRY_POINTS)
+    site = plugin_site(tmp_path_factory, name, entry_points)
     sys.path[:0] = [PLUGINS, site]
     discovery.refresh()
-    yield
-    sys.path.remove(site)
-    sys.path.remove(PLUGINS)
-    discovery.refresh()
+    try:
+        yield
+    finally:
+        sys.path.remove(site)
+        sys.path.remove(PLUGINS)
+        discovery.refresh()
 
 
 def plugin_site(tmp_path_factory, name: str, entry_points: str) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PLUGINS, plugin_site
+from conftest import registered_plugins
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
@@ -37,15 +37,8 @@ HostPackingExecutionProvider = sdk_providers:HostPackingExecutionProvider
 @pytest.fixture(scope="module")
 def device_plugins(tmp_path_factory, test_plugins):
     """Register tests/plugins/device_providers.py as an installed plugin would be (with conftest's)."""
-    from engineroom import discovery
-
-    site = plugin_site(tmp_path_factory, "engineroom-device-test-plugins", _ENTRY_POINTS)
-    sys.path[:0] = [site, PLUGINS]
-    discovery.refresh()
-    yield
-    sys.path.remove(site)
-    sys.path.remove(PLUGINS)
-    discovery.refresh()
+    with registered_plugins(tmp_path_factory, "engineroom-device-test-plugins", _ENTRY_POINTS):
+        yield
 
 
 def _model(op="Relu", n_inputs=1, opset=17):
