@@ -26,16 +26,20 @@ MS = "com.microsoft"
 ER = "com.engineroom"
 
 
-def fuse_attention(f) -> int:
-    """Fuse every match in ``f.graph`` (``f`` a fusion.Fuser); the number fused."""
-    n = 0
+def _softmax_matches(f, match):
+    """(Softmax node, what ``match(node, opset)`` found) for each ONNX Softmax still in ``f.graph`` that
+    ``match`` accepts (a node fused away by an earlier match is skipped)."""
     for sm in list(f.graph):
         if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx") or sm.graph is None:
             continue
-        got = _match(sm, f.opsets.get("", 1))
-        if got is None:
-            continue
-        ins, heads, scale, nodes, out = got
+        got = match(sm, f.opsets.get("", 1))
+        if got is not None:
+            yield sm, got
+
+def fuse_attention(f) -> int:
+    """Fuse every match in ``f.graph`` (``f`` a fusion.Fuser); the number fused."""
+    n = 0
+    for sm, (ins, heads, scale, nodes, out) in _softmax_matches(f, _match):
         fused = ir.Node(MS, "MultiHeadAttention", ins,
                         [ir.AttrInt64("num_heads", heads), ir.AttrFloat32("scale", scale)],
                         num_outputs=1, name=(sm.name or "") + "_mha")
@@ -94,13 +98,7 @@ def fuse_heads_attention(f) -> int:
     stay): five nodes a layer less, each with its own pass and allocation (GPT-2 decoding: 152 -> 132
     steps). Every intermediate must feed only the next node of the pattern."""
     n = 0
-    for sm in list(f.graph):
-        if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx") or sm.graph is None:
-            continue
-        got = _match_heads(sm, f.opsets.get("", 1))
-        if got is None:
-            continue
-        ins, attrs, nodes, out = got
+    for sm, (ins, attrs, nodes, out) in _softmax_matches(f, _match_heads):
         fused = ir.Node(ER, "ScaledDotProductAttention", ins, attrs, num_outputs=1, name=(sm.name or "") + "_sdpa")
         if f._commit(nodes, fused, [(out, fused.outputs[0])]):
             n += 1
