@@ -169,6 +169,17 @@ def profiled_node_events(session_factory, feed: dict, runs: int = 1) -> list[dic
             return [e for e in json.load(f) if e.get("cat") == "Node"]
 
 
+def python_c(code: str, timeout: float = 300, **env) -> str:
+    """What a fresh interpreter running ``code`` prints (``env`` added to its environment); a non-zero exit
+    fails the test with the child's stderr."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def run_both(model: bytes, feed: dict, **er_kw) -> tuple[list, list]:
     """(onnxruntime's outputs, engineroom's outputs) on the CPU provider for model bytes ``model``;
     onnxruntime (the oracle) with one thread, ``er_kw`` to engineroom's InferenceSession."""

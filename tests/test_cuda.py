@@ -5,12 +5,10 @@ as their array module); what needs CuPy and a device skips with is_available()'s
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, python_c, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom as ort
@@ -48,9 +46,7 @@ def test_importing_the_package_does_not_import_cupy_and_is_available_never_raise
     code = ("import sys, engineroom, engineroom.providers.cuda as c; from engineroom import discovery; "
             "discovery.provider_names(); assert 'cupy' not in sys.modules, 'cupy imported'; "
             "print(type(c.CUDAExecutionProvider.is_available()).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "bool"
+    assert python_c(code).strip() == "bool"
 
 
 @without_cuda

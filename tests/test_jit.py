@@ -2,11 +2,13 @@
 argument types checked before the compiled code runs, and switched off by ENGINEROOM_JIT=0."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import python_c
 
 from engineroom.providers.cpu.compiled import jit as _jit
 
@@ -27,11 +29,7 @@ def test_wrong_argument_types_raise_not_crash():
         conv.bias_clip([0.0], np.ones(4, np.float32), 0.0, 1.0)
 
 
-def _run(code: str, **env) -> str:
-    import os
-
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, **env}).stdout
+_run = functools.partial(python_c, timeout=None)   # a child may compile loops first
 
 
 def test_sessions_never_import_numba():

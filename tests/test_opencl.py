@@ -5,13 +5,11 @@ Everything that needs a device skips, with is_available()'s reason, where no Ope
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
-from conftest import ZOO_MODELS, assert_matches_pytorch, assignment, copies, make_model, run_zoo, tensor_info
+from conftest import ZOO_MODELS, assert_matches_pytorch, assignment, copies, make_model, python_c, run_zoo, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -51,9 +49,7 @@ def test_import_does_not_need_pyopencl_and_is_available_never_raises():
     code = ("import sys, engineroom, engineroom.providers.opencl as p; assert 'pyopencl' not in sys.modules; "
             "from engineroom import discovery; discovery.provider_names(); "
             "assert 'pyopencl' not in sys.modules; print(type(p.OpenCLExecutionProvider.is_available()).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "bool"
+    assert python_c(code).strip() == "bool"
     assert isinstance(OpenCLExecutionProvider.unavailable_reason(), str)
 
 

@@ -4,18 +4,15 @@ them), every public name still resolves, and a session on the CPU provider impor
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import python_c
 
 import engineroom
 
 
 def _child(code: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(python_c(code).strip().splitlines()[-1])
 
 
 def test_import_loads_no_onnx_stack():
