@@ -344,3 +344,34 @@ def test_conv_transpose_float64(jit, monkeypatch):
     x, w, b = (rand(2, 8, 6, 7, dtype=np.float64), rand(8, 6, 4, 4, dtype=np.float64),
                rand(6, dtype=np.float64))
     check_conv_transpose(x, w, b, (1, 1, 1, 1), (2, 2), (0, 0), 1, jit, monkeypatch, rtol=1e-12)
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("case", [
+    dict(C=48, M=48, H=40, W=40, k=3, strides=(1, 1), group=48),           # depthwise, flat 3x3
+    dict(C=32, M=64, H=33, W=35, k=5, strides=(2, 2), group=32),           # depthwise, multiplier 2, strips
+    dict(C=24, M=40, H=45, W=41, k=3, strides=(2, 2), group=1),            # compiled im2col + bias/clip pass
+    dict(C=32, M=40, H=30, W=30, k=3, strides=(1, 1), group=1),            # Winograd's compiled transforms
+    dict(C=64, M=96, H=40, W=40, k=1, strides=(1, 1), group=1),            # 1x1: the bias/residual/clip pass
+])
+def test_split_over_threads_equals_one_thread(monkeypatch, case):
+    """The compiled loops split over channel ranges on the worker pool give, bit for bit, what one
+    thread gives (each channel is computed alike), and the direct convolution's numbers."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl sets the pool's thread count")
+    from engineroom.providers.cpu import _threadpool as tp
+
+    parts = []
+    run = tp.WorkerPool.run
+    monkeypatch.setattr(tp.WorkerPool, "run", lambda self, fn, args: (parts.append(len(args)), run(self, fn, args)))
+    C, M, k, g = case["C"], case["M"], case["k"], case["group"]
+    x, w, b = rand(1, C, case["H"], case["W"]), rand(M, C // g, k, k), rand(M)
+    p = k // 2
+    z = rand(*direct_conv(x, w, None, (p,) * 4, case["strides"], (1, 1), g).shape)
+    got = {}
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            parts.clear()
+            got[threads] = check(x, w, b, pads=(p,) * 4, strides=case["strides"], group=g, clip=(0.0, 6.0),
+                                 z=None if g > 1 else z, rtol=1e-4)
+            assert (max(parts, default=1) > 1) == (threads == 2), parts
+    np.testing.assert_array_equal(got[1], got[2])

@@ -74,6 +74,8 @@ CASES = {
     "dw5x5_batch2": dict(dw_k=5, batch=2, H=9, W=11),
     "output_relu": dict(acts=("relu6", None, "relu"), bias=(True, False, True)),
     "7x7_wide": dict(C=16, M=64, M2=24, H=7, W=7),
+    # large enough that im2col, the bias pass and the depthwise loop split over the worker pool's threads
+    "split_over_threads": dict(C=24, M=192, M2=64, first="stem", H=56, W=56),
 }
 
 

@@ -98,3 +98,65 @@ def test_concurrent_callers():
         assert _blas_threads() == [2] * len(before)
     assert not errors, errors[0]
     assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("n,work", [(1000, 1 << 22), (3, 1 << 22), (1000, 100), (1, 1 << 22)])
+def test_parallel_ranges_cover_every_index_once(n, work):
+    seen = np.zeros(n, np.int64)
+    calls = []
+
+    def fn(lo, hi):
+        calls.append((lo, hi))
+        seen[lo:hi] += 1
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        tp.parallel_ranges(fn, n, work)
+    assert (seen == 1).all()
+    assert len(calls) == (1 if work < tp.MIN_PARALLEL_WORK or n == 1 else min(n, 2 * tp.CHUNKS_PER_THREAD))
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        calls.clear()
+        tp.parallel_ranges(fn, n, work)
+    assert calls == [(0, n)]
+
+
+def test_compiled_loops_release_the_gil():
+    """A compiled loop running on one thread lets another Python thread run meanwhile (the pool's
+    parallel conv loops depend on it): the other thread's longest stall stays well under the call."""
+    from engineroom.providers.cpu.compiled import jit as _jit
+    if not _jit.available():
+        pytest.skip("numba is not installed (jit extra)")
+    from engineroom.providers.cpu.array_module import NUMPY
+
+    loops = NUMPY.compiled("conv")
+    # a depthwise conv with a 31x31 kernel: ~250 M multiply-adds over 1 MB of data
+    x = np.ones((1, 4, 256, 256), np.float32)
+    w = np.full((4, 31, 31), 1e-3, np.float32)
+    y = np.empty_like(x)
+    b = np.zeros(4, np.float32)
+    gap, stop = [0.0], [False]
+
+    def spin():
+        import time
+        last = time.perf_counter()
+        while not stop[0]:
+            t = time.perf_counter()
+            gap[0] = max(gap[0], t - last)
+            last = t
+
+    import time
+    t = threading.Thread(target=spin)
+    t.start()
+    time.sleep(0.02)
+    try:
+        took = []
+        for _ in range(3):
+            gap[0] = 0.0
+            t0 = time.perf_counter()
+            loops.depthwise2d(x, w, b, y, 1, 1, 1, 1, 15, 15, np.float32(-np.inf), np.float32(np.inf))
+            took.append(time.perf_counter() - t0)
+            if gap[0] < 0.5 * took[-1]:
+                break
+    finally:
+        stop[0] = True
+        t.join()
+    assert gap[0] < 0.5 * took[-1], (gap[0], took)

@@ -72,6 +72,14 @@ class _Blas:
             self.depth += 1
             return max(self.saved, default=_default_threads())
 
+    def outside(self) -> int:
+        """BLAS's thread count outside our calls (the pool's size), without changing it."""
+        with self.lock:
+            if self.libs is None:
+                self._lookup()
+            counts = self.saved if self.depth else [lib.num_threads for lib in self.libs]
+            return max(counts, default=_default_threads())
+
     def release(self) -> None:
         with self.lock:
             self.depth -= 1
@@ -199,6 +207,25 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return out
     finally:
         _blas.release()
+
+
+# non-BLAS loops (the compiled loops, which release the GIL) split over the pool from this much work
+# (multiply-adds or elements written) on: below it, waking a worker costs more than it saves; and no
+# part under MIN_PART_WORK (each costs a few microseconds of Python and argument checks)
+MIN_PARALLEL_WORK = 1 << 17
+MIN_PART_WORK = 1 << 15
+
+
+def parallel_ranges(fn, n: int, work: int) -> None:
+    """``fn(lo, hi)`` over consecutive ranges covering ``range(n)`` (channels, rows), spread over the pool
+    like ``matmul``'s chunks (several per thread, claimed one at a time, so a thread whose core is busy
+    delays only the range it holds); ``fn(0, n)`` on the caller's thread where ``work`` is small."""
+    threads = _blas.outside() if work >= MIN_PARALLEL_WORK and n > 1 else 1
+    parts = min(n, threads * CHUNKS_PER_THREAD, max(threads, work // MIN_PART_WORK))
+    if threads <= 1 or parts <= 1:
+        fn(0, n)
+        return
+    _pool(threads).run(fn, _split(n, parts))
 
 
 def _chunks(a, b, out, batch_shape, parts) -> list[tuple]:

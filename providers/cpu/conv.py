@@ -25,7 +25,7 @@ import numpy as np
 
 from engineroom.plugin_sdk.geometry import window_geometry as conv_geometry
 from engineroom.plugin_sdk.host_values import ints as _ints
-from engineroom.providers.cpu import intgemm
+from engineroom.providers.cpu import _threadpool, intgemm
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel, kernel
 from engineroom.providers.cpu.winograd import WinogradWeights, choose_tile, winograd_conv, winograd_conv_compiled
@@ -163,6 +163,16 @@ _DW_NCHW_MIN_ROW = 512
 # strided im2col on the NumPy path: at most this many stride-phase combinations go through the phase
 # planes (a stride-2 3x3 conv has 4), more (an STFT's hop of 160) take one pixel-major copy
 _MAX_PHASE_COMBOS = 16
+
+
+def _over_channels(fn, N, C, work):
+    """``fn(c0, c1)`` over channel ranges, spread over the CPU provider's worker pool where ``work`` pays
+    for it (the compiled loops release the GIL). Batch 1 only: a channel range of an (N, C, ...) array
+    is contiguous, as the compiled loops take it, only where N is 1."""
+    if N == 1:
+        _threadpool.parallel_ranges(fn, C, work)
+    else:
+        fn(0, C)
 
 
 class _ufunc_buffer:
@@ -309,8 +319,13 @@ class _ConvPlan:
             if self.wd_jit is not None and cdt == self.wd_jit.dtype and z is None:
                 lo, hi = clip if clip is not None else (-np.inf, np.inf)
                 bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
-                self.jit.depthwise2d(np.ascontiguousarray(xc), self.wd_jit, bj,
-                                     y, *self.strides, *self.dilations, pb[0], pb[1], cdt.type(lo), cdt.type(hi))
+                xj, mult, args = np.ascontiguousarray(xc), M // g, (*self.strides, *self.dilations, pb[0], pb[1],
+                                                                    cdt.type(lo), cdt.type(hi))
+
+                def part(c0, c1):       # input channels c0..c1 and their outputs
+                    self.jit.depthwise2d(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
+                                         y[:, c0 * mult:c1 * mult], *args)
+                _over_channels(part, N, g, M * P * K)
                 return y, True
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
@@ -333,8 +348,11 @@ class _ConvPlan:
         elif self.jit is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
             # the compiled im2col: each channel padded and phase-split once, every column row one copy
             cols = np.empty((N, g * Cg * K, P), dtype=cdt)
-            self.jit.im2col2d(np.ascontiguousarray(xc), cols, *self.kshape, *self.strides, *self.dilations,
-                                  pb[0], pb[1], *out)
+            xj, args = np.ascontiguousarray(xc), (*self.kshape, *self.strides, *self.dilations, pb[0], pb[1], *out)
+
+            def part(c0, c1):           # channels c0..c1: rows c0*K..c1*K of cols
+                self.jit.im2col2d(xj[:, c0:c1], cols[:, c0 * K:c1 * K], *args)
+            _over_channels(part, N, g * Cg, g * Cg * K * P)
             cols = cols.reshape(N, g, Cg * K, P)
         elif self.many_phases:
             # wide strides (an STFT's hop, a patch embedding): the windows copied pixel-major, each one
@@ -380,9 +398,14 @@ class _ConvPlan:
         bb = np.ascontiguousarray(b, dtype=y.dtype) if b is not None else self.zero_bias
         y3 = y.reshape(y.shape[0], y.shape[1], -1)
         if z is None:
-            jit.bias_clip(y3, bb, lo, hi)
+            def part(m0, m1):
+                jit.bias_clip(y3[:, m0:m1], bb[m0:m1], lo, hi)
         else:
-            jit.bias_add_clip(y3, bb, np.ascontiguousarray(z).reshape(y3.shape), lo, hi)
+            z3 = np.ascontiguousarray(z).reshape(y3.shape)
+
+            def part(m0, m1):
+                jit.bias_add_clip(y3[:, m0:m1], bb[m0:m1], z3[:, m0:m1], lo, hi)
+        _over_channels(part, y3.shape[0], y3.shape[1], y3.size)
         return True
 
     def _depthwise(self, xc, pb, pe, out, y, bias):

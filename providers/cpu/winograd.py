@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import _threadpool
 from engineroom.providers.cpu.array_module import arrays
 
 # Lavin & Gray's matrices: Bᵀ (α x α), G (α x 3), Aᵀ (m x α)
@@ -117,10 +118,14 @@ def winograd_conv_compiled(jit, ww: WinogradWeights, x, pb, y, b, z, lo, hi):
     m, a = ww.m, ww.alpha
     th, tw = -(-y.shape[2] // m), -(-y.shape[3] // m)
     V = np.empty((a * a, C, N * th * tw), dtype=np.float32)
-    jit.input_transform(np.ascontiguousarray(x), V, m, pb[0], pb[1], th, tw)
+    xj = np.ascontiguousarray(x)
+    # both transforms over channel ranges on the CPU provider's worker pool (the loops release the GIL)
+    _threadpool.parallel_ranges(lambda c0, c1: jit.input_transform(xj, V, m, pb[0], pb[1], th, tw, c0, c1),
+                                C, V.size)
     O = arrays(np).matmul(ww.U, V)                                            # (α², M, N·T)
     zz = y if z is None else np.ascontiguousarray(z)                    # read only where z is given
-    jit.output_transform(O, y, b, zz, int(z is not None), lo, hi, m, th, tw)
+    _threadpool.parallel_ranges(lambda m0, m1: jit.output_transform(O, y, b, zz, int(z is not None), lo, hi,
+                                                                    m, th, tw, m0, m1), y.shape[1], O.size)
     return y
 
 

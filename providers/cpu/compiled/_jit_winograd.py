@@ -51,8 +51,8 @@ def _at2(o0, o1, o2, o3):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _input_tiles(x, V, pt, pl, th, tw, m):  # pragma: no cover (compiled)
-    """V from x (N, C, H, W) for F(m, 3), m a literal 2 or 4 after inlining."""
+def _input_tiles(x, V, pt, pl, th, tw, m, c0, c1):  # pragma: no cover (compiled)
+    """V from x (N, C, H, W) for F(m, 3), m a literal 2 or 4 after inlining; channels c0..c1."""
     N, C = x.shape[0], x.shape[1]
     a = m + 2
     T = th * tw
@@ -61,7 +61,7 @@ def _input_tiles(x, V, pt, pl, th, tw, m):  # pragma: no cover (compiled)
     flat = plane.reshape(Hp * Wp)
     rows = np.empty((a, a, T), dtype=np.float32)    # one channel's tiles, transformed along the columns
     for n in range(N):
-        for c in range(C):
+        for c in range(c0, c1):
             # the zero-padded channel, as _jit_conv pads a depthwise channel (one stride phase)
             _fill_planes(x[n, c], flat, pt, pl, 1, 1, Hp, Wp, Hp * Wp, Wp)
             for i in range(th):
@@ -97,17 +97,18 @@ def _input_tiles(x, V, pt, pl, th, tw, m):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False)
-def input_transform(x, V, m, pt, pl, th, tw):  # pragma: no cover (compiled)
-    """V (α², C, N*th*tw) = the transformed zero-padded input tiles of x (N, C, H, W); pt, pl: leading pads."""
+def input_transform(x, V, m, pt, pl, th, tw, c0, c1):  # pragma: no cover (compiled)
+    """V (α², C, N*th*tw) = the transformed zero-padded input tiles of x (N, C, H, W); pt, pl: leading pads;
+    channels c0..c1 only (the caller splits the channels over threads)."""
     if m == 4:
-        _input_tiles(x, V, pt, pl, th, tw, 4)
+        _input_tiles(x, V, pt, pl, th, tw, 4, c0, c1)
     else:
-        _input_tiles(x, V, pt, pl, th, tw, 2)
+        _input_tiles(x, V, pt, pl, th, tw, 2, c0, c1)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, m):  # pragma: no cover (compiled)
-    """y from O for F(m, 3), m a literal 2 or 4 after inlining."""
+def _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, m, m0, m1):  # pragma: no cover (compiled)
+    """y from O for F(m, 3), m a literal 2 or 4 after inlining; output channels m0..m1."""
     N, M, ho, wo = y.shape
     a = m + 2
     T = th * tw
@@ -115,7 +116,7 @@ def _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, m):  # pragma: no cover (co
     band = np.empty((m, tw * m), dtype=np.float32)      # then along the rows: a band's m output rows
     for n in range(N):
         t0 = n * T
-        for mo in range(M):
+        for mo in range(m0, m1):
             bm = b[mo]
             for k1 in range(a):
                 o0, o1 = O[k1 * a, mo, t0:t0 + T], O[k1 * a + 1, mo, t0:t0 + T]
@@ -155,17 +156,17 @@ def _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, m):  # pragma: no cover (co
 
 
 @njit(nogil=True, boundscheck=False)
-def output_transform(O, y, b, z, has_z, lo, hi, m, th, tw):  # pragma: no cover (compiled)
+def output_transform(O, y, b, z, has_z, lo, hi, m, th, tw, m0, m1):  # pragma: no cover (compiled)
     """y (N, M, ho, wo) = clip(Aᵀ o A of each tile of O (α², M, N*th*tw), cropped, + b[m] (+ z), lo, hi);
-    z (y's shape) is read only where has_z."""
+    z (y's shape) is read only where has_z; output channels m0..m1 only."""
     if m == 4:
-        _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, 4)
+        _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, 4, m0, m1)
     else:
-        _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, 2)
+        _output_tiles(O, y, b, z, has_z, lo, hi, th, tw, 2, m0, m1)
 
 
 # the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
-    "input_transform": ("A4 A3 i i i i i", ("f4",)),
-    "output_transform": ("A3 A4 A1 A4 i s s i i i", ("f4",)),
+    "input_transform": ("A4 A3 i i i i i i i", ("f4",)),
+    "output_transform": ("A3 A4 A1 A4 i s s i i i i i", ("f4",)),
 }
