@@ -201,7 +201,7 @@ class Int8Matrix:
     panels of 32 columns, (K/4, 32, 4) each, K and N padded with zeros; and its column sums, for the zero
     point of A."""
 
-    __slots__ = ("K", "N", "Kp", "packed", "colsum", "zb", "panels")
+    __slots__ = ("K", "N", "Kp", "packed", "colsum", "zb", "panels", "_corr")
 
     def __init__(self, b, zp=None):
         b = np.asarray(b)
@@ -220,6 +220,7 @@ class Int8Matrix:
             full[:self.K, :self.N] = bs
         packed = full.reshape(self.Kp // 4, 4, self.panels, 32).transpose(2, 0, 3, 1)
         self.packed = np.ascontiguousarray(packed).reshape(-1, 128).view(np.uint8)
+        self._corr: dict[int, np.ndarray] = {}      # za -> za * colsum as the kernel takes it (256 at most)
 
     @staticmethod
     def fits(b) -> bool:
@@ -251,12 +252,16 @@ class Int8Matrix:
         lead = a.shape[:-1]
         a2, M, za = self._rows(a, za)
         width = self.panels * 32
-        corr = np.zeros(width, np.int32)
-        corr[:self.N] = (za * self.colsum).astype(np.int32)   # modulo 2**32, as the kernel's lanes
-        mult = np.zeros(width, np.float32)
+        corr = self._corr.get(za)
+        if corr is None:
+            corr = np.zeros(width, np.int32)
+            corr[:self.N] = (za * self.colsum).astype(np.int32)   # modulo 2**32, as the kernel's lanes
+            corr = self._corr.setdefault(za, corr.view(np.uint8))
+        mult = np.empty(width, np.float32)
         mult[:self.N] = scale
+        mult[self.N:] = 0
         c = np.empty((a2.shape[0], width), np.float32)
-        _rows_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr.view(np.uint8), mult), self.Kp * width)
+        _rows_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr, mult), self.Kp * width)
         if c.shape != (M, self.N):
             c = c[:M, :self.N]
         return c.reshape(lead + (self.N,))
