@@ -233,3 +233,31 @@ def test_cache_concat_through_iobinding_keeps_the_cache_in_place():
         np.testing.assert_array_equal(past.numpy(), want)
         buffers.add(past.numpy().__array_interface__["data"][0])
     assert len(buffers) <= 3, f"{len(buffers)} buffers for 20 steps: the cache was copied"
+
+
+def test_cache_concat_writes_a_bound_present_buffer(monkeypatch):
+    """``present`` bound by IOBinding to a preallocated host buffer: the Concat writes the cache there
+    (the run finds the output already in place, nothing is copied after), values as onnxruntime's; a
+    bound buffer of the wrong shape is the error onnxruntime's users know, naming the output."""
+    import engineroom.iobinding as iob
+
+    in_place = []
+    same = iob._same_memory
+    monkeypatch.setattr(iob, "_same_memory", lambda a, b: in_place.append(same(a, b)) or in_place[-1])
+    model = _concat_cache_model()
+    s, ref = er.InferenceSession(model), ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(6)
+    past = rng.standard_normal((2, 3, 7, 4)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 1, 4)).astype(np.float32)
+    buf = np.full((2, 3, 8, 4), np.nan, np.float32)
+    io = s.io_binding()
+    io.bind_cpu_input("past", past)
+    io.bind_cpu_input("x", x)
+    io.bind_ortvalue_output("present", er.OrtValue.ortvalue_from_numpy(buf))
+    s.run_with_iobinding(io)
+    want = ref.run(["present"], {"past": past, "x": x})[0]
+    np.testing.assert_array_equal(buf, want)
+    assert in_place == [True] and np.shares_memory(io.get_outputs()[0].numpy(), buf)
+    io.bind_ortvalue_output("present", er.OrtValue.ortvalue_from_numpy(np.zeros((2, 3, 9, 4), np.float32)))
+    with pytest.raises(Exception, match="present"):
+        s.run_with_iobinding(io)

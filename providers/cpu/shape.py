@@ -122,15 +122,26 @@ def concat(info):
 
     if not arrays(xp).host or len(info.input_names) != 2:
         return run
-    # two host arrays: a KV cache fed back run after run grows in place (llm.GrowingConcat)
+    # two host arrays: a KV cache fed back run after run grows in place (llm.GrowingConcat), or is
+    # written straight into the buffer IOBinding bound to the output
+    from engineroom.plugin_sdk.binding import bound_output
     from engineroom.providers.cpu.llm import GrowingConcat
 
     grow: dict = {}         # rank -> GrowingConcat
+    out_name = info.output_names[0]
 
     def run_growing(past, new):
         if past is None or new is None or past.ndim < 2 or past.__class__ is not np.ndarray \
                 or new.__class__ is not np.ndarray:
             return run(past, new)
+        dst = bound_output(out_name)
+        if dst is not None and dst.__class__ is np.ndarray and dst.dtype == past.dtype == new.dtype \
+                and dst.ndim == past.ndim == new.ndim and not np.may_share_memory(dst, past) \
+                and not np.may_share_memory(dst, new):
+            a = _axis(axis, past.ndim)
+            if dst.shape == past.shape[:a] + (past.shape[a] + new.shape[a],) + past.shape[a + 1:]:
+                np.concatenate((past, new), axis=a, out=dst)
+                return (dst,)
         g = grow.get(past.ndim)
         if g is None:
             g = grow.setdefault(past.ndim, GrowingConcat(_axis(axis, past.ndim)))
