@@ -28,7 +28,8 @@ def generate(s: ort.InferenceSession, prompt: np.ndarray, new_tokens: int) -> np
         buffers = [np.zeros((B, heads, S + new_tokens, head_size), np.float32) for _ in past]
         cache = [ort.OrtValue.ortvalue_from_numpy(b) for b in buffers]
     else:
-        # Hugging Face's layout: the graph returns a one-token-longer cache, fed back as OrtValues
+        # Hugging Face's layout: the graph returns a one-token-longer cache, fed back as OrtValues (the
+        # Concat that grows it appends in place to the cache it returned the step before)
         cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((B, heads, 0, head_size), np.float32)) for _ in past]
     ids, pos, out = prompt, 0, []
     for _ in range(new_tokens):

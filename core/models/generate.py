@@ -5,7 +5,8 @@ Two cache layouts, told apart by the model's ops:
 
 - Hugging Face's (``past_key_values.{i}.key`` -> ``present.{i}.key``, one token longer): with IOBinding
   each step's present values are bound, as the OrtValues they are, as the next step's past inputs, so the
-  cache never passes through NumPy; the graph itself grows it (a Concat per layer).
+  cache never passes through NumPy; the graph itself grows it (a Concat per layer; engineroom's Concat
+  appends in place to the cache it returned the step before, onnxruntime's copies the past).
 - onnxruntime-genai's (``GroupQueryAttention``): one buffer per cache tensor of the final length, bound
   both as ``past`` and as ``present`` (genai's past-present buffer sharing), which the attention kernel
   appends to in place; ``attention_mask`` grows by one column per step.
