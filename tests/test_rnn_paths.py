@@ -1,8 +1,9 @@
 """The recurrent kernels' paths against onnxruntime: com.microsoft DynamicQuantizeLSTM on its compiled
-recurrence (``_jit_rnn.dq_lstm_run`` with int8 recurrent weights, ``dq_lstm_step`` with BLAS products where
-R less its zero point does not fit int8) and on its NumPy path, and the ONNX LSTM / GRU loops that share
-``_jit_rnn``. onnxruntime's quantized LSTM quantizes each step's h per block of batch rows, one block per
-thread of its pool, so both engines run with the same intra_op_num_threads."""
+recurrence (``_jit_rnn.dq_lstm_run_vnni`` with the products on the VNNI kernel, ``dq_lstm_run`` making int8
+products itself, ``dq_lstm_step`` with BLAS products where R less its zero point does not fit int8) and on
+its NumPy path, and the ONNX LSTM / GRU loops that share ``_jit_rnn``. onnxruntime's quantized LSTM
+quantizes each step's h per block of batch rows, one block per thread of its pool, so both engines run with
+the same intra_op_num_threads."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom
+from engineroom.providers.cpu import intgemm
 from tests.jit_paths import JIT_PATHS, choose_path
 
 ort = pytest.importorskip("onnxruntime")
@@ -20,6 +22,11 @@ F32 = np.float32
 @pytest.fixture(params=JIT_PATHS)
 def path(request, monkeypatch):
     return choose_path(request, monkeypatch, "rnn")
+
+
+def _loop():
+    """The compiled recurrence int8 weights take: products on the VNNI kernel where it runs."""
+    return "dq_lstm_run_vnni" if intgemm.int8_kernels() is not None else "dq_lstm_run"
 
 
 def _run_both(nodes, inputs, inits, outputs, threads, opset=17):
@@ -87,6 +94,14 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(path, direction, threads):
     # 6 rows: onnxruntime splits them across its threads, each block quantized with its own range
     (want, got), names = _dq_lstm(np.random.default_rng(3), direction=direction, threads=threads)
     _close(want, got, names, 1e-5)
+    path.expect(_loop())
+
+
+def test_dynamic_quantize_lstm_without_vnni(path, monkeypatch):
+    # where the VNNI kernel does not run, the compiled recurrence makes its int8 products itself
+    monkeypatch.setattr(intgemm, "int8_kernels", lambda: None)
+    (want, got), names = _dq_lstm(np.random.default_rng(10), lens=[7, 3, 5, 7, 2, 6], threads=2)
+    _close(want, got, names, 1e-5)
     path.expect("dq_lstm_run")
 
 
@@ -96,7 +111,7 @@ def test_dynamic_quantize_lstm_ragged_lengths(path, threads):
     (want, got), names = _dq_lstm(np.random.default_rng(4), lens=[5, 0, 3, 5, 1, 4], threads=threads)
     _close(want, got, names, 1e-5)
     assert not got[0][5:].any()
-    path.expect("dq_lstm_run")
+    path.expect(_loop())
 
 
 def test_dynamic_quantize_lstm_without_y_keeps_finished_rows(path):
@@ -111,7 +126,7 @@ def test_dynamic_quantize_lstm_options(path, peepholes, clip, input_forget):
     (want, got), names = _dq_lstm(np.random.default_rng(6), direction="reverse", lens=[7, 5, 6, 2, 7, 1],
                                   peepholes=peepholes, clip=clip, input_forget=input_forget, per_channel=False)
     _close(want, got, names, 1e-5)
-    path.expect("dq_lstm_run")
+    path.expect(_loop())
 
 
 def test_dynamic_quantize_lstm_uint8_weights_with_zero_points(path):
@@ -126,7 +141,7 @@ def test_dynamic_quantize_lstm_named_default_activations(path):
     # Sigmoid / Tanh named explicitly are onnxruntime's same approximations as the defaults
     (want, got), names = _dq_lstm(np.random.default_rng(8), activations=["Sigmoid", "Tanh", "Tanh"] * 2)
     _close(want, got, names, 1e-5)
-    path.expect("dq_lstm_run")
+    path.expect(_loop())
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])

@@ -1,4 +1,5 @@
-"""Compiled (numba) gate loops for the recurrent layers (``rnn.py``), float32, default activations.
+"""Compiled (numba) gate loops for the recurrent layers (``rnn.py``; com.microsoft DynamicQuantizeLSTM in
+``contrib_quant``: its whole recurrence, below), float32, default activations.
 
 Each time step of an LSTM or GRU is one GEMM (``h @ R^T``, BLAS, on the calling thread) and then a dozen
 elementwise passes over the gates in NumPy; here those passes are one loop that reads the GEMM's result
@@ -18,6 +19,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engineroom.providers.cpu._jit_int8 import gemm_u8s8
 from engineroom.providers.cpu.compiled._jit_transformer import (
     F0,
     F1,
@@ -222,17 +224,19 @@ def gru_update(a, xw, z, m, h, y, clip):  # pragma: no cover (compiled)
 # ---------------------------------------------------------------------------------------------
 # DynamicQuantizeLSTM (contrib_quant): before each step's product with the 8-bit recurrent weights, h is
 # quantized to uint8 with a range of its own, per block of rows, as onnxruntime's quantized LSTM does; the
-# product itself is the caller's float32 GEMM of those integers (exact: it checks that every sum stays
-# below 2**24). Arrays hold both directions: h, c, qa (D, B, H), xw (D, S, B, 4H), y (S, D, B, H).
+# product is exact: on the VNNI kernel (dq_lstm_run_vnni), as float32 dot products of integers
+# (dq_lstm_run), or the caller's float32 GEMM (dq_lstm_step); the float32 forms only where every sum stays
+# below 2**24 (the caller checks). Arrays hold both directions: h, c, qa (D, B, H), xw (D, S, B, 4H),
+# y (S, D, B, H).
 
 U8MAX = _f(255.0)
 
 
 @njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
-def _dq_block(h, m, r0, r1, qa, sc):  # pragma: no cover (compiled)
+def _dq_block(h, m, r0, r1, qa, sc, zq):  # pragma: no cover (compiled)
     """Rows r0..r1 of h (B, H) quantized as one block (onnxruntime's range rule: the range holds 0, scale
     (max - min) / 255, zero point rounded half to even): qa = the uint8 value less its zero point, as float32,
-    sc[b] the scale. Rows with m[b] 0.0 (sequence ended) enter as zeros."""
+    sc[b] the scale, zq[b] the zero point. Rows with m[b] 0.0 (sequence ended) enter as zeros."""
     H = h.shape[1]
     lo = F0
     hi = F0
@@ -247,6 +251,7 @@ def _dq_block(h, m, r0, r1, qa, sc):  # pragma: no cover (compiled)
     z = np.rint(_clamp(F0 - lo / s, F0, U8MAX))
     for b in range(r0, r1):
         sc[b] = s
+        zq[b] = z
         qr = qa[b]
         if m[b] == F0:
             for j in range(H):
@@ -258,21 +263,21 @@ def _dq_block(h, m, r0, r1, qa, sc):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
-def dq_quantize(h, qm, t, rows, qa, sc):  # pragma: no cover (compiled)
+def dq_quantize(h, qm, t, rows, qa, sc, zq):  # pragma: no cover (compiled)
     """h (D, B, H) quantized for step t's product, each direction in blocks of ``rows`` rows; qm[t] (qm:
     (S + 1, B)) says which rows enter with their value (1.0) and which as zeros (0.0): onnxruntime's product
     reads the previous step's output row, zero once that step was past the sequence's end."""
     D, B, _ = h.shape
     for d in range(D):
         for r0 in range(0, B, rows):
-            _dq_block(h[d], qm[t], r0, min(r0 + rows, B), qa[d], sc[d])
+            _dq_block(h[d], qm[t], r0, min(r0 + rows, B), qa[d], sc[d], zq[d])
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
-def dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, clip, flags):  # pragma: no cover
+def dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, zq, clip, flags):  # pragma: no cover
     """Step t of every direction: gates (i, o, f, c) = xw[d, t] + acc * (h's scale * R's column scale)
     [+ peepholes p (D, 3H), flags & 2] + bias (D, 4H), clipped; input_forget (flags & 1). Updates c and h,
-    writes y[t], then quantizes the new h into qa and sc for step t + 1 (:func:`dq_quantize`)."""
+    writes y[t], then quantizes the new h into qa, sc and zq for step t + 1 (:func:`dq_quantize`)."""
     if flags == 0:
         _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, False, False)
     elif flags == 1:
@@ -282,7 +287,7 @@ def dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, clip, fl
     else:
         _dq_lstm(acc, xw, t, sc, ws, bias, p, m, c, h, y, clip, True, True)
     if t + 1 < m.shape[0]:
-        dq_quantize(h, qm, t + 1, rows, qa, sc)
+        dq_quantize(h, qm, t + 1, rows, qa, sc, zq)
 
 
 @njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
@@ -360,15 +365,43 @@ def _products(qa, w, acc):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
-def dq_lstm_run(xw, w, ws, bias, p, m, qm, rows, c, h, y, qa, sc, acc, clip, flags):  # pragma: no cover
+def dq_lstm_run(xw, w, ws, bias, p, m, qm, rows, c, h, y, qa, sc, zq, acc, clip, flags):  # pragma: no cover
     """Every step of :func:`dq_lstm_step`, the recurrent products here too (:func:`_products`; w (D, 4H, H):
-    R^T less its zero point, int8 as uint8 bytes): one call a layer. qa, sc, acc are scratch: (D, B, H),
-    (D, B), (D, B, 4H)."""
-    dq_quantize(h, qm, 0, rows, qa, sc)
+    R^T less its zero point, int8 as uint8 bytes): one call a layer. qa, sc, zq, acc are scratch: (D, B, H),
+    (D, B), (D, B), (D, B, 4H)."""
+    dq_quantize(h, qm, 0, rows, qa, sc, zq)
     for t in range(m.shape[0]):
         for d in range(w.shape[0]):
             _products(qa[d], w[d], acc[d])
-        dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, clip, flags)
+        dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, zq, clip, flags)
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def dq_lstm_run_vnni(xw, rp, colsum, ws, bias, p, m, qm, rows, c, h, y, qa, sc, zq, qu, accb, acc, clip,
+                     flags):  # pragma: no cover (compiled)
+    """:func:`dq_lstm_run` with the recurrent products on ``_jit_int8.gemm_u8s8`` (VNNI): rp (D, ...) R's
+    packed panels (``intgemm.Int8Matrix``), colsum (D, N) int64 its column sums (N the padded width); qu
+    (D, M, K) uint8 and accb (D, M, 4 N) bytes scratch, M and K the padded sizes, zero-filled by the
+    caller. Each product is exact: sum(q w) - z colsum = sum((q - z) w), rounded once to float32."""
+    D, B, H = h.shape
+    G = acc.shape[2]
+    dq_quantize(h, qm, 0, rows, qa, sc, zq)
+    for t in range(m.shape[0]):
+        for d in range(D):
+            qd = qu[d]
+            for b in range(B):
+                z = zq[d, b]
+                for k in range(H):
+                    qd[b, k] = np.uint8(qa[d, b, k] + z)
+            gemm_u8s8(qd, rp[d], accb[d])
+            ai = accb[d].view(np.int32)
+            cs = colsum[d]
+            for b in range(B):
+                zi = np.int64(zq[d, b])
+                ar = acc[d, b]
+                for j in range(G):
+                    ar[j] = _f(np.int64(ai[b, j]) - zi * cs[j])
+        dq_lstm_step(acc, xw, t, sc, ws, bias, p, m, qm, rows, c, h, y, qa, zq, clip, flags)
 
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes
@@ -377,7 +410,8 @@ AOT = {
     "gru_step_lbr": ("A2 A2 A1 A1 A2 A2 s", ("f4",)),
     "gru_reset": ("A2 A2 A2 A2 A2 s", ("f4",)),
     "gru_update": ("A2 A2 A2 A1 A2 A2 s", ("f4",)),
-    "dq_quantize": ("A3 A2 i i A3 A2", ("f4",)),
-    "dq_lstm_step": ("A3 A4 i A2 A2 A2 A2 A2 A2 i A3 A3 A4 A3 s i", ("f4",)),
-    "dq_lstm_run": ("A4 U3 A2 A2 A2 A2 A2 i A3 A3 A4 A3 A2 A3 s i", ("f4",)),
+    "dq_quantize": ("A3 A2 i i A3 A2 A2", ("f4",)),
+    "dq_lstm_step": ("A3 A4 i A2 A2 A2 A2 A2 A2 i A3 A3 A4 A3 A2 s i", ("f4",)),
+    "dq_lstm_run": ("A4 U3 A2 A2 A2 A2 A2 i A3 A3 A4 A3 A2 A2 A3 s i", ("f4",)),
+    "dq_lstm_run_vnni": ("A4 U3 I2 A2 A2 A2 A2 A2 i A3 A3 A4 A3 A2 A2 U3 U3 A3 s i", ("f4",)),
 }

@@ -661,6 +661,18 @@ class _CompiledRecurrence:
         w = np.stack([rq.w.T for rq, _, _ in dirs])          # (D, 4H, H): dot products along rows
         self.w8 = (np.ascontiguousarray(w.astype(np.int8)).view(np.uint8)
                    if w.size and -128 <= w.min() and w.max() <= 127 else None)
+        # R packed for the VNNI kernel, where it runs and R has no zero point left after packing
+        # (dq_lstm_run_vnni): panels per direction, column sums, and the padded M, K, N
+        self.vnni = None
+        if intgemm.int8_kernels() is not None and all(rq._raw is not None for rq, _, _ in dirs):
+            mats = [intgemm.Int8Matrix(*rq._raw) for rq, _, _ in dirs]
+            if all(mt.zb is None for mt in mats):
+                n_pad = mats[0].panels * 32
+                colsum = np.zeros((len(mats), n_pad), np.int64)
+                for d, mt in enumerate(mats):
+                    colsum[d, :mt.N] = mt.colsum
+                self.vnni = (np.ascontiguousarray(np.stack([mt.packed for mt in mats])), colsum, 4, mats[0].Kp,
+                             n_pad)
 
 
 _blas_lib: list = []
@@ -697,8 +709,10 @@ def dynamic_quantize_lstm(info):
     step is one product, X quantized as one block; each step's recurrent product quantizes h dynamically
     (``_quantize_blocks``, blocks of rows as ``_quantized_rows``); the gates follow onnxruntime's order of
     operations and its approximate logistic / tanh (see ``mlas_logistic``). With the default activations
-    the steps run in ``_jit_rnn.dq_lstm_step`` (one BLAS GEMM of both directions and one compiled call a
-    step), else in NumPy."""
+    every step runs in one compiled call a layer (``_jit_rnn.dq_lstm_run_vnni``: the products on the VNNI
+    int8 kernel; ``dq_lstm_run`` where that does not run), or in ``_jit_rnn.dq_lstm_step`` after a BLAS
+    GEMM a step where R less its zero point does not fit int8; else in NumPy. The input projection runs
+    on the VNNI kernel where it can (``_QuantizedWeight.project``)."""
     a = info.attrs
     direction = a.get("direction", "forward")
     num_dirs = 2 if direction == "bidirectional" else 1
@@ -808,17 +822,23 @@ def dynamic_quantize_lstm(info):
                 qm = np.ones((steps + 1, batch), _F32)
                 if not keep_finished:
                     qm[1:] = masks
-                qa, sc = np.empty_like(h), np.empty((num_dirs, batch), _F32)
+                qa, sc, zq = np.empty_like(h), np.empty((num_dirs, batch), _F32), np.empty((num_dirs, batch), _F32)
                 acc = np.empty((num_dirs, batch, 4 * hidden), _F32)
-                if rec.w8 is not None:
-                    kern.dq_lstm_run(xw, rec.w8, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, sc, acc,
-                                     clip32, flags)
+                if rec.vnni is not None:
+                    rp, colsum, m_pad, k_pad, n_pad = rec.vnni
+                    qu = np.zeros((num_dirs, -(-batch // m_pad) * m_pad, k_pad), np.uint8)
+                    accb = np.zeros((num_dirs, qu.shape[1], 4 * n_pad), np.uint8)
+                    kern.dq_lstm_run_vnni(xw, rp, colsum, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa,
+                                          sc, zq, qu, accb, acc, clip32, flags)
+                elif rec.w8 is not None:
+                    kern.dq_lstm_run(xw, rec.w8, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, sc, zq,
+                                     acc, clip32, flags)
                 else:
-                    kern.dq_quantize(h, qm, 0, rows, qa, sc)
+                    kern.dq_quantize(h, qm, 0, rows, qa, sc, zq)
                     step = kern.dq_lstm_step
                     for t in range(steps):
                         np.matmul(qa, rec.w32, out=acc)
-                        step(acc, xw, t, sc, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, clip32,
+                        step(acc, xw, t, sc, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, zq, clip32,
                              flags)
             ys = [Y[:, d] for d in range(num_dirs)]
             hs, cs = h, c
