@@ -184,7 +184,7 @@ def quantize_dynamic_u8(x, xp=np, jit=None):
     xf = x.astype(np.float32, copy=False)
     flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
     if xf.size:
-        lo, hi = float(xp.min(xf)), float(xp.max(xf))
+        lo, hi = float(xf.min()), float(xf.max())
         if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
             flat = None
             # the range skips them, as MLAS's min/max pass in onnxruntime does (a NaN quantizes to 0)
@@ -208,7 +208,8 @@ def quantize_dynamic_u8(x, xp=np, jit=None):
                 v = xp.rint(xf / scale) + np.float32(zp)          # finite x: zp; +-inf x: NaN -> 0
                 y = xp.where(v != v, 0, xp.clip(v, 0, 255)).astype(np.uint8)
     else:
-        zp = np.uint8(np.clip(np.rint(np.float32(0.0) - np.float32(rmin) / scale), 0, 255))
+        # finite here: Python's min/max clamp (np.clip on a scalar costs microseconds per call)
+        zp = np.uint8(min(max(float(np.rint(np.float32(0.0) - np.float32(rmin) / scale)), 0.0), 255.0))
         if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
             y = np.empty(x.shape, np.uint8)
             jit.quantize_u8(flat, y.reshape(-1), scale, np.float32(zp))
