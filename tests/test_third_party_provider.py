@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import python_c
 from onnx import TensorProto, helper
 
 import engineroom as ort
@@ -98,9 +99,7 @@ def test_found_through_the_entry_point_only(wheel):
     code = ("import sys, engineroom; assert 'engineroom_precise_ep' not in sys.modules; "
             "from engineroom import discovery; cls = discovery.provider_class('PreciseExecutionProvider'); "
             "print(cls.__module__, 'engineroom_precise_ep' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["engineroom_precise_ep.provider", "True"]
+    assert python_c(code).split() == ["engineroom_precise_ep.provider", "True"]
     cls = discovery.provider_class(NAME)
     assert cls.__module__ == "engineroom_precise_ep.provider" and cls.name == NAME
 
