@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx.helper as h
 import pytest
+from conftest import make_model
 from onnx import TensorProto as T
 
 import engineroom as ort
@@ -19,8 +20,7 @@ ML = h.make_opsetid("ai.onnx.ml", 1)
 
 
 def _model(nodes, inputs, outputs, opset=17, extra=(), initializers=()):
-    g = h.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
-    return h.make_model(g, opset_imports=[h.make_opsetid("", opset), *extra])
+    return make_model(nodes, inputs, outputs, initializers, opset, opsets=extra)
 
 
 def _both(m, feed, **kw):
