@@ -28,27 +28,24 @@ from __future__ import annotations
 
 from engineroom.plugin_sdk.device import CPU, Device
 from engineroom.plugin_sdk.errors import EngineroomError, Fail, InvalidArgument
-from engineroom.plugin_sdk.kernel import KernelDef, KernelInfo, KernelRegistry, NodeView
-from engineroom.plugin_sdk.provider import (
-    Capability,
-    CompilingProvider,
-    ExecutionProvider,
-    GraphView,
-    GroupView,
-    KernelProvider,
-    ProviderOptionError,
-)
 
 SDK_VERSION = "1.0"
-# resolved on first use: they need onnx, and `import engineroom` (whose errors live here) does not load it
-_LAZY = {"np_dtype": "dtypes", "onnx_elem_type": "dtypes", "ort_type_name": "dtypes"}
+# resolved on first use: `import engineroom` reaches this package for its error classes, and the
+# kernel/provider contract needs NumPy (~40 ms) and the dtype helpers onnx (~0.5 s)
+_LAZY = {"np_dtype": "dtypes", "onnx_elem_type": "dtypes", "ort_type_name": "dtypes",
+         "KernelDef": "kernel", "KernelInfo": "kernel", "KernelRegistry": "kernel", "NodeView": "kernel",
+         "Capability": "provider", "CompilingProvider": "provider", "ExecutionProvider": "provider",
+         "GraphView": "provider", "GroupView": "provider", "KernelProvider": "provider",
+         "ProviderOptionError": "provider"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value          # later lookups are plain attribute reads
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 ENTRY_POINT_GROUP = "engineroom.providers"
