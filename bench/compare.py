@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from blas_env import blas_kernel, clean_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "models"))
 MODELS = ["resnet18", "mobilenet_v2", "bert_mini", "gpt2_tiny", "vae_decoder"]
@@ -61,15 +63,6 @@ def _session(engine: str, path: str, threads: int, providers: str | None):
     return lambda feed: s.run(None, feed)
 
 
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
-                         for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"
-    except ImportError:
-        return "unknown (threadpoolctl missing)"
-
 
 def worker(engine: str, path: str, runs: int, threads: int, providers: str | None) -> None:
     feed = _feed(path)
@@ -84,7 +77,7 @@ def worker(engine: str, path: str, runs: int, threads: int, providers: str | Non
         run(feed)
         times.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "create": created, "rss": rss, "blas": _blas()}))
+    print(json.dumps({"times": times, "create": created, "rss": rss, "blas": blas_kernel()}))
 
 
 def add_chain(n: int = 1000) -> str:
@@ -102,7 +95,7 @@ def add_chain(n: int = 1000) -> str:
 
 
 def measure(path: str, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = clean_env()
     res = {e: {"times": [], "create": [], "rss": [], "blas": ""} for e in ENGINES}
     per_round = max(1, args.runs // args.rounds)
     for _ in range(args.rounds):

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from blas_env import clean_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "models"))
 MODELS = ["resnet18", "mobilenet_v2", "bert_mini", "gpt2_tiny", "vae_decoder"]
@@ -99,7 +101,7 @@ def main() -> int:
         worker(args.model, args.worker, args.precision, args.runs)
         return 0
     # as bench.py: OpenBLAS pins set by this workplace for old builds are not what a user runs
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = clean_env()
     engines = args.engines.split(",")
     per_round = max(1, args.runs // args.rounds)
     rows = []

@@ -29,9 +29,11 @@ import sys
 import tempfile
 import time
 
+from blas_env import clean_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FEATURES, HIDDEN, LAYERS, MAX_BATCH = 128, 1024, 4, 32
-ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+ENV = clean_env()
 
 
 def _model(path: str) -> None:

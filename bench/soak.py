@@ -23,24 +23,9 @@ for _v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # benchmarks run on the BL
     os.environ.pop(_v, None)
 
 import numpy as np  # noqa: E402
+from blas_env import blas_kernel  # noqa: E402
 
 ZOO = os.path.join(HERE, "..", "..", "shared", "models")
-
-
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return (
-            ", ".join(
-                f"{i.get('internal_api')} {i.get('architecture')}"
-                for i in threadpool_info()
-                if i.get("user_api") == "blas"
-            )
-            or "unknown"
-        )
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def soak_child(engine: str, model: str, runs: int, warmup: int) -> None:
@@ -69,7 +54,7 @@ def soak_child(engine: str, model: str, runs: int, warmup: int) -> None:
             mid = rss_bytes()
     dt = time.perf_counter() - t0
     gc.collect()
-    print(json.dumps({"before": before, "mid": mid, "after": rss_bytes(), "mean_ms": 1e3 * dt / runs, "blas": _blas()}))
+    print(json.dumps({"before": before, "mid": mid, "after": rss_bytes(), "mean_ms": 1e3 * dt / runs, "blas": blas_kernel()}))
 
 
 def rss_soak(model: str, runs: int, warmup: int) -> None:

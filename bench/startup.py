@@ -24,20 +24,13 @@ import subprocess
 import sys
 import time
 
+from blas_env import blas_kernel, clean_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RW_DIR = "/work/rw"
 RW_MANIFEST = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "realworld", "manifest.json"))
 ENGINES = ("ort", "engineroom")
 
-
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
-                         for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"
-    except ImportError:
-        return "threadpoolctl not installed"
 
 
 def worker(engine: str, model: str, threads: int) -> dict:
@@ -64,7 +57,7 @@ def worker(engine: str, model: str, threads: int) -> dict:
         res["create2"] = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - a model one engine cannot load is reported, not fatal
         res["error"] = f"{type(e).__name__}: {e}"[:200]
-    res["blas"] = _blas()
+    res["blas"] = blas_kernel()
     return res
 
 
@@ -104,7 +97,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.threads)), flush=True)
         return 0
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = clean_env()
     imp = {e: [] for e in ENGINES}
     for _ in range(args.rounds):
         for e in ENGINES:

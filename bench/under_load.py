@@ -24,17 +24,13 @@ import sys
 import tempfile
 import time
 
+from blas_env import blas_kernel, clean_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "shared"))
 ZOO = os.path.join(SHARED, "models")
 RW_MANIFEST = os.path.join(SHARED, "realworld", "manifest.json")
 
-
-def _blas() -> str:
-    from threadpoolctl import threadpool_info
-
-    return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
-                     for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"
 
 
 def worker(engine: str, path: str, feed_file: str, runs: int, threads: int, out_file: str) -> None:
@@ -55,7 +51,7 @@ def worker(engine: str, path: str, feed_file: str, runs: int, threads: int, out_
         s.run(None, feed)
         times.append(time.perf_counter() - t)
     with open(out_file, "w") as f:
-        json.dump({"times": times, "blas": _blas()}, f)
+        json.dump({"times": times, "blas": blas_kernel()}, f)
 
 
 def _feed(name: str, rw: str) -> tuple[str, dict]:
@@ -104,7 +100,7 @@ def main() -> int:
         eng, path, feed, runs, out = a.worker
         worker(eng, path, feed, int(runs), a.threads, out)
         return 0
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = clean_env()
     cores = sorted(os.sched_getaffinity(0))
     busy_core = cores[-1] if a.busy_core is None else a.busy_core
     busy = None
