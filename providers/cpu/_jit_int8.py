@@ -178,43 +178,40 @@ def _vnni_flag(typingctx):
     return sig, codegen
 
 
-@njit(nogil=True, boundscheck=False)
-def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
-    """c = a @ B exactly (int32, wrapping): a (M, K) uint8, M and K multiples of 4; bp the packed B as bytes
-    (panels * K/4, 128); c the bytes of an int32 (M, panels * 32) array."""
+@njit(nogil=True, boundscheck=False, inline="always")
+def _drive(a, b0, c0, ldc, panels, z0, s0, scaled):  # pragma: no cover (compiled)
+    """Every row block of ``a`` by every panel, the next panel streamed in meanwhile; ``scaled``: the
+    float32 micro-kernel (corrections at z0, scales at s0), else the int32 one."""
     M = a.shape[0]
     k4 = a.shape[1] // 4
-    panels = c.shape[1] // (4 * NR)
     lda = a.shape[1]
-    ldc = c.shape[1]
-    a0, b0, c0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data
+    a0 = a.ctypes.data
     pbytes = k4 * 4 * NR
     blocks = M // MR
     for p in range(panels):
         for i in range(blocks):
             if p + 1 < panels:
                 _prefetch_share(b0 + (p + 1) * pbytes, pbytes, i, blocks)
-            _micro(a0 + i * MR * lda, lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4, ldc, k4)
+            at, bt, ct = a0 + i * MR * lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4
+            if scaled:
+                _micro_scaled(at, lda, bt, ct, ldc, k4, z0 + p * NR * 4, s0 + p * NR * 4)
+            else:
+                _micro(at, lda, bt, ct, ldc, k4)
+
+
+@njit(nogil=True, boundscheck=False)
+def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
+    """c = a @ B exactly (int32, wrapping): a (M, K) uint8, M and K multiples of 4; bp the packed B as bytes
+    (panels * K/4, 128); c the bytes of an int32 (M, panels * 32) array."""
+    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1], c.shape[1] // (4 * NR), 0, 0, False)
 
 
 @njit(nogil=True, boundscheck=False)
 def gemm_u8s8_scaled(a, bp, corr, scale, c):  # pragma: no cover (compiled)
     """c = float32(a @ B - corr) * scale, exactly rounded once each: a and bp as for gemm_u8s8; corr the bytes
     of an int32 (panels * 32,) array, scale float32 (panels * 32,), c float32 (M, panels * 32)."""
-    M = a.shape[0]
-    k4 = a.shape[1] // 4
-    panels = c.shape[1] // NR
-    lda = a.shape[1]
-    ldc = c.shape[1] * 4
-    a0, b0, c0, z0, s0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data, corr.ctypes.data, scale.ctypes.data
-    pbytes = k4 * 4 * NR
-    blocks = M // MR
-    for p in range(panels):
-        for i in range(blocks):
-            if p + 1 < panels:
-                _prefetch_share(b0 + (p + 1) * pbytes, pbytes, i, blocks)
-            _micro_scaled(a0 + i * MR * lda, lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4, ldc, k4,
-                          z0 + p * NR * 4, s0 + p * NR * 4)
+    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1] * 4, c.shape[1] // NR, corr.ctypes.data,
+           scale.ctypes.data, True)
 
 
 @njit(nogil=True)
