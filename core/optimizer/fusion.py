@@ -27,6 +27,7 @@ import math
 import onnx_ir as ir
 
 from engineroom.optimizer.attention_fusion import fuse_attention, fuse_heads_attention, fuse_transposed_matmul
+from engineroom.optimizer.conv_hardswish import fuse_conv_hardswish
 from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
 from engineroom.optimizer.float16_compute import compute_float16_in_float32
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
@@ -434,4 +435,5 @@ def fuse(model: ir.Model, owners: dict[ir.Node, object], level: int = 2,
     done.update(_fuse_more(f))
     if level >= 99:
         done["DepthwiseSeparableBlock"] = fuse_depthwise_blocks(f)   # reads the FusedConvs made above
+        done["FusedConvHardSwish"] = fuse_conv_hardswish(f)
     return done

@@ -165,6 +165,16 @@ _DW_NCHW_MIN_ROW = 512
 _MAX_PHASE_COMBOS = 16
 
 
+def _hard_activation(xp, y, hard):
+    """y = clip(alpha * y + beta, 0, 1), times y where times_x (HardSwish), in place: the NumPy path."""
+    alpha, beta, times_x = hard
+    h = y * alpha if times_x else xp.multiply(y, alpha, out=y)
+    h += beta
+    xp.clip(h, 0, 1, out=h)
+    if times_x:
+        y *= h
+
+
 def _over_channels(fn, N, C, work):
     """``fn(c0, c1)`` over channel ranges, spread over the CPU provider's worker pool where ``work`` pays
     for it (the compiled loops release the GIL). Batch 1 only: a channel range of an (N, C, ...) array
@@ -283,9 +293,10 @@ class _ConvPlan:
             self._geo[key] = geo
         return geo
 
-    def __call__(self, x, b=None, clip=None, z=None):
+    def __call__(self, x, b=None, clip=None, z=None, hard=None):
         """The conv of x (and bias b), then, as FusedConv asks: ``+ z`` (a residual of the output's shape)
-        and ``clip=(lo, hi)`` (its Relu/Clip), fused into the conv's last pass where a path can."""
+        and ``clip=(lo, hi)`` (its Relu/Clip) or ``hard=(alpha, beta, times_x)`` (its HardSigmoid, or
+        HardSwish with times_x), fused into the conv's last pass where a path can."""
         # checked before any loop runs: the compiled loops index memory with these sizes
         if x.ndim < 3 or x.shape[1] != self.Cg * self.group or (b is not None and b.size != self.M):
             raise ValueError(f"Conv: input of shape {tuple(x.shape)} (and bias of {None if b is None else b.size} "
@@ -293,17 +304,20 @@ class _ConvPlan:
         if self.lifted:
             x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
             z = None if z is None else z.reshape(z.shape[:2] + (1,) + z.shape[2:])
-        y, fused = self._conv(x, b, clip, z)
+        y, fused = self._conv(x, b, clip, z, hard)
         if not fused:
             if z is not None:
                 y += z
             if clip is not None:
                 self.xp.clip(y, clip[0], clip[1], out=y)
+            if hard is not None:
+                _hard_activation(self.xp, y, hard)
         y = y.astype(x.dtype, copy=False)
         return y.reshape(y.shape[:2] + y.shape[3:]) if self.lifted else y
 
-    def _conv(self, x, b, clip, z):
-        """The convolution in the compute dtype (a fresh array), and whether ``z`` and ``clip`` were applied."""
+    def _conv(self, x, b, clip, z, hard=None):
+        """The convolution in the compute dtype (a fresh array), and whether ``z``, ``clip`` and ``hard`` were
+        applied."""
         xp = self.xp
         cdt = compute_dtype(x.dtype)
         xc = x.astype(cdt, copy=False)
@@ -326,7 +340,7 @@ class _ConvPlan:
                     self.jit.depthwise2d(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
                                          y[:, c0 * mult:c1 * mult], *args)
                 _over_channels(part, N, g, M * P * K)
-                return y, True
+                return y, self._hard_pass(y, hard)
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
             return y, False
@@ -337,10 +351,10 @@ class _ConvPlan:
                 bj = np.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
                 winograd_conv_compiled(self.wino_jit, self.winograd_weights(m), xc, pb, y, bj, z,
                                        cdt.type(lo), cdt.type(hi))
-                return y, True
+                return y, self._hard_pass(y, hard)
             if m:
                 winograd_conv(xp, self.winograd_weights(m), xc, pb, pe, out, y, bias)
-                return y, self._epilogue(y, None, clip, z)
+                return y, self._epilogue(y, None, clip, z, hard)
         if self.pointwise and not any(pb) and not any(pe):
             cols = xc.reshape(N, g, Cg, P)
         elif self.subsample is not None and not any(pb) and not any(pe):
@@ -375,7 +389,7 @@ class _ConvPlan:
                                self.dilations, out)
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
         arrays(xp).matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
-        if self._epilogue(y, b, clip, z):
+        if self._epilogue(y, b, clip, z, hard):
             return y, True
         if bias is not None:
             if _DW_MIN_ROW <= P < 8192:          # rows of 1-8K pixels: NumPy's fast broadcasting needs
@@ -385,11 +399,18 @@ class _ConvPlan:
                 y += bias
         return y, False
 
-    def _epilogue(self, y, b, clip, z) -> bool:
-        """Bias, residual and clip in one compiled pass over y (in place); False where that cannot run
-        (no numba, other array modules, a dtype or z it does not take) or has nothing to do."""
+    def _hard_pass(self, y, hard) -> bool:
+        """``hard`` (see ``__call__``) applied to y in place, after a path that fused the rest; True."""
+        if hard is not None and not self._epilogue(y, None, None, None, hard):
+            _hard_activation(self.xp, y, hard)
+        return True
+
+    def _epilogue(self, y, b, clip, z, hard=None) -> bool:
+        """Bias, residual and clip (or ``hard``) in one compiled pass over y (in place); False where that
+        cannot run (no numba, other array modules, a dtype or z it does not take) or has nothing to do."""
         jit = self.jit
-        if jit is None or (b is None and clip is None and z is None) or y.dtype != self.zero_bias.dtype:
+        if jit is None or (b is None and clip is None and z is None and hard is None) \
+                or y.dtype != self.zero_bias.dtype:
             return False
         if z is not None and (z.shape != y.shape or z.dtype != y.dtype):
             return False
@@ -397,7 +418,13 @@ class _ConvPlan:
         lo, hi = (cdt(clip[0]), cdt(clip[1])) if clip is not None else (cdt(-np.inf), cdt(np.inf))
         bb = np.ascontiguousarray(b, dtype=y.dtype) if b is not None else self.zero_bias
         y3 = y.reshape(y.shape[0], y.shape[1], -1)
-        if z is None:
+        if hard is not None:
+            z3 = y3 if z is None else np.ascontiguousarray(z).reshape(y3.shape)     # read only where z is given
+            alpha, beta, times_x = cdt(hard[0]), cdt(hard[1]), int(hard[2])
+
+            def part(m0, m1):
+                jit.bias_hard_act(y3[:, m0:m1], bb[m0:m1], z3[:, m0:m1], int(z is not None), alpha, beta, times_x)
+        elif z is None:
             def part(m0, m1):
                 jit.bias_clip(y3[:, m0:m1], bb[m0:m1], lo, hi)
         else:

@@ -1,14 +1,23 @@
 """FusedConv, a fused kernel the level-2 optimizer may use (onnxruntime's contrib name, domain com.microsoft):
-Conv + optional residual Z + activation, fused into the conv's last pass where it can (see ``_ConvPlan``)."""
+Conv + optional residual Z + activation, fused into the conv's last pass where it can (see ``_ConvPlan``).
+
+The same kernel in this engine's domain (com.engineroom::FusedConv) also takes ``activation="HardSwish"``,
+which onnxruntime's FusedConv does not: the level-3 fusion (``optimizer/conv_hardswish.py``) makes it, so
+models optimized at levels 1-2 stay runnable by onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
 
-from engineroom.plugin_sdk.activations import activation_inplace, fused_activation, unsupported_activation
+from engineroom.plugin_sdk.activations import (activation_inplace, activation_name, fused_activation,
+                                                unsupported_activation)
+from engineroom.providers.cpu.conv import _hard_activation
 from engineroom.providers.cpu.registry import array_kernel, registry
 
 MS = "com.microsoft"
+ER = "com.engineroom"
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+# HardSwish(y) = y * HardSigmoid(y) with alpha 1/6, beta 1/2 (the ONNX op has no parameters)
+_HARDSWISH = (1.0 / 6.0, 0.5, 1)
 
 
 def _supports_activation(view) -> str | None:
@@ -20,6 +29,16 @@ def _supports_activation(view) -> str | None:
     return None
 
 
+def _supports_engine_activation(view) -> str | None:
+    """com.engineroom::FusedConv: onnxruntime's activations and HardSwish."""
+    if activation_name(view.attrs) != "HardSwish":
+        return _supports_activation(view)
+    if view.input_dtypes and view.input_dtypes[0] not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return "FusedConv is float32/float64 only"
+    return None
+
+
+@array_kernel("FusedConv", domain=ER, since=1, supports=_supports_engine_activation)
 @array_kernel("FusedConv", domain=MS, since=1, supports=_supports_activation)
 def fused_conv(info):
     conv_def = registry.lookup("", "Conv", 11)
@@ -31,16 +50,25 @@ def fused_conv(info):
         input_shapes=info.input_shapes[:n_conv], const_inputs=info.const_inputs[:n_conv],
         input_types=info.input_types[:n_conv])
     conv = conv_def.factory(conv_info)
-    act_name, params = fused_activation(info.attrs)
-    act = activation_inplace(info.xp, act_name, params)
+    xp = info.xp
+    if info.domain == ER and activation_name(info.attrs) == "HardSwish":
+        act_name, params, hard = "HardSwish", (), _HARDSWISH
+
+        def act(y):
+            _hard_activation(xp, y, hard)
+            return y
+    else:
+        act_name, params = fused_activation(info.attrs)
+        act = activation_inplace(xp, act_name, params)
+        hard = (params[0], params[1], 0) if act_name == "HardSigmoid" else None
     has_z = len(info.input_names) > 3 and info.input_names[3] != ""
     plan = getattr(conv, "plan", None)
     clip = (0.0, float("inf")) if act_name == "Relu" else params if act_name == "Clip" else None
     if plan is not None:
-        # the conv adds z and applies a Relu/Clip itself, in its last pass where it can
-        if clip is not None or act_name == "Identity":
+        # the conv adds z and applies a Relu/Clip/HardSigmoid/HardSwish itself, in its last pass where it can
+        if clip is not None or hard is not None or act_name == "Identity":
             def run_fused(x, w, b=None, z=None):
-                return (plan(x, b, clip, z),)
+                return (plan(x, b, clip, z, hard),)
             return run_fused
 
         def run_plan(x, w, b=None, z=None):

@@ -287,6 +287,34 @@ def bias_add_clip(y, b, z, lo, hi):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False)
+def bias_hard_act(y, b, z, has_z, alpha, beta, times_x):  # pragma: no cover (compiled)
+    """In place, one pass: v = y[n, m, :] + b[m] (+ z[n, m, :] where has_z), h = clip(alpha * v + beta, 0, 1),
+    y = v * h where times_x else h: FusedConv's HardSigmoid, and HardSwish (x * HardSigmoid(x))."""
+    N, M, P = y.shape
+    zero = alpha * np.float32(0.0)      # the bounds in y's dtype (integer literals would widen float32)
+    one = zero + np.float32(1.0)
+    for n in range(N):
+        for m in range(M):
+            row = y[n, m]
+            zr = z[n, m]
+            bm = b[m]
+            if has_z and times_x:
+                for p in range(P):
+                    v = row[p] + bm + zr[p]
+                    row[p] = v * min(max(alpha * v + beta, zero), one)
+            elif has_z:
+                for p in range(P):
+                    row[p] = min(max(alpha * (row[p] + bm + zr[p]) + beta, zero), one)
+            elif times_x:
+                for p in range(P):
+                    v = row[p] + bm
+                    row[p] = v * min(max(alpha * v + beta, zero), one)
+            else:
+                for p in range(P):
+                    row[p] = min(max(alpha * (row[p] + bm) + beta, zero), one)
+
+
+@njit(nogil=True, boundscheck=False)
 def im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cover (compiled)
     """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = xpad[n, c, oh*sh + kh*dh, ow*sw + kw*dw]: the im2col
     matrix, each channel first padded and split into its stride phases once (as in depthwise2d), so
@@ -325,4 +353,5 @@ AOT = {
     "depthwise2d": ("A4 A3 A1 A4 i i i i i i s s", ("f4", "f8")),
     "bias_clip": ("A3 A1 s s", ("f4", "f8")),
     "bias_add_clip": ("A3 A1 A3 s s", ("f4", "f8")),
+    "bias_hard_act": ("A3 A1 A3 i s s i", ("f4", "f8")),
 }

@@ -1,0 +1,120 @@
+"""Conv activations applied in the conv's last pass: HardSwish (the level-3 fusion into
+com.engineroom::FusedConv, optimizer/conv_hardswish.py) and HardSigmoid (onnxruntime's FusedConv at
+level 2), against onnxruntime running the unfused model, on both kernel paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import optimized_ops
+from jit_paths import JIT_PATHS, choose_path
+from onnx import TensorProto, helper, numpy_helper
+
+import engineroom as ort
+
+RNG = np.random.default_rng(11)
+LEVELS = ort.GraphOptimizationLevel
+ER_FUSED = ("com.engineroom", "FusedConv")
+MS_FUSED = ("com.microsoft", "FusedConv")
+
+
+@pytest.fixture(params=JIT_PATHS)
+def path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "conv")
+
+
+def conv_act_model(C=8, M=16, H=20, W=20, k=3, stride=1, group=1, act="HardSwish", residual=False, bias=True,
+                   act_attrs=None):
+    """x -> Conv [-> + r] -> act; r a second input of the conv output's shape."""
+    pad = k // 2
+    OH = (H + 2 * pad - k) // stride + 1
+    OW = (W + 2 * pad - k) // stride + 1
+    inits = [numpy_helper.from_array((RNG.standard_normal((M, C // group, k, k)) * 0.5).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(RNG.standard_normal(M).astype(np.float32), "b"))
+        ins.append("b")
+    nodes = [helper.make_node("Conv", ins, ["c"], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2,
+                              group=group)]
+    src = "c"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])]
+    if residual:
+        nodes.append(helper.make_node("Add", ["c", "r"], ["s"]))
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, M, OH, OW]))
+        src = "s"
+    nodes.append(helper.make_node(act, [src], ["y"], **(act_attrs or {})))
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), (1, M, OH, OW)
+
+
+def _feed(m, out_shape):
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    feed = {"x": RNG.standard_normal(shape).astype(np.float32) * 3}
+    if len(m.graph.input) > 1:
+        feed["r"] = RNG.standard_normal(out_shape).astype(np.float32) * 3
+    return feed
+
+
+def _reference(m, feed):
+    import onnxruntime
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+CASES = {
+    "winograd_3x3": dict(C=16, M=24, H=28, W=28),                 # compiled Winograd, then the activation pass
+    "im2col_stride2": dict(C=8, M=16, H=21, W=19, stride=2),      # GEMM: bias + activation in one pass
+    "pointwise": dict(C=32, M=48, H=14, W=14, k=1),
+    "depthwise": dict(C=32, M=32, H=30, W=30, group=32),
+    "depthwise_5x5_s2": dict(C=24, M=24, H=17, W=23, k=5, stride=2, group=24),
+    "residual": dict(C=16, M=16, H=12, W=12, residual=True),      # FusedConv(Z) -> HardSwish
+    "residual_pointwise": dict(C=16, M=16, H=12, W=12, k=1, residual=True),
+    "no_bias": dict(C=8, M=8, H=9, W=11, bias=False),
+    "split_over_threads": dict(C=64, M=64, H=40, W=40, k=1),      # the activation pass over channel ranges
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_hardswish_fuses_at_level3_and_matches_onnxruntime(case, path, tmp_path):
+    m, out_shape = conv_act_model(**CASES[case])
+    feed = _feed(m, out_shape)
+    ref = _reference(m, feed)
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert ops == [ER_FUSED], ops
+    got = s.run(None, feed)[0]
+    path.expect("bias_hard_act")       # the compiled activation pass (after the GEMM, Winograd or depthwise loop)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_level2_keeps_onnxruntimes_ops(tmp_path):
+    """At level 2 the HardSwish stays a node of its own: the saved model is one onnxruntime runs."""
+    import onnx
+    import onnxruntime
+    m, out_shape = conv_act_model()
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_EXTENDED, tmp_path)
+    assert ER_FUSED not in ops and ("", "HardSwish") in ops, ops
+    feed = _feed(m, out_shape)
+    saved = onnx.load(str(tmp_path / f"opt{int(LEVELS.ORT_ENABLE_EXTENDED)}.onnx"))
+    ort_got = onnxruntime.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    np.testing.assert_allclose(s.run(None, feed)[0], ort_got[0], rtol=1e-4, atol=1e-4)
+
+
+def test_hardswish_not_fused_where_the_conv_output_is_read_twice(tmp_path):
+    m, out_shape = conv_act_model()
+    m.graph.node.append(helper.make_node("Relu", ["c"], ["y2"]))
+    m.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert ER_FUSED not in ops and ("", "HardSwish") in ops, ops
+    feed = _feed(m, out_shape)
+    np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["im2col_stride2", "depthwise", "winograd_3x3", "residual_pointwise"])
+def test_conv_hardsigmoid_in_the_conv_pass(case, path, tmp_path):
+    """HardSigmoid (onnxruntime's FusedConv activation, level 2), with non-default alpha and beta."""
+    m, out_shape = conv_act_model(**CASES[case], act="HardSigmoid", act_attrs=dict(alpha=0.3, beta=0.4))
+    feed = _feed(m, out_shape)
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_EXTENDED, tmp_path)
+    assert ops == [MS_FUSED], ops
+    np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
+    path.expect("bias_hard_act")
