@@ -179,7 +179,7 @@ def _factory(info):
                 # ragged: each sequence reversed within its own length, run forward, put back after
                 rev_idx = _reverse_index(seq, lens, xp)
                 Xd = Xc[rev_idx, xp.arange(batch)[None, :]]
-            xw = Xd.reshape(seq * batch, -1) @ wt
+            xw = arrays(xp).matmul(Xd.reshape(seq * batch, -1), wt)
             xw += in_bias
             xw = xw.reshape(seq, batch, -1)
             h = xp.zeros((batch, hidden), calc) if initial_h is None else initial_h[d].astype(calc)
@@ -238,6 +238,10 @@ def _masks(lens, seq, batch, dtype):
     return (np.arange(seq)[:, None] < lens[None, :]).astype(dtype)
 
 
+# the lean loops' per-step GEMM: on the host, large ones split over the CPU provider's worker pool
+_mm = arrays(np).matmul
+
+
 def _sigmoid_(x):
     """The logistic function in place, 1 / (1 + e^-x) (the caller holds errstate(over="ignore"): e^-x
     overflows to inf for very negative x, and 1 / inf is the right limit)."""
@@ -258,14 +262,14 @@ def _lean_lstm(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, 
         flags = (1 if input_forget else 0) | (2 if p is not None else 0)
         cl = h.dtype.type(np.inf if clip is None else clip)
         for t in steps:
-            np.matmul(h, rt, out=a)
+            _mm(h, rt, out=a)
             kern.lstm_step(a, xw[t], pp, masks[t], c, h, out[t], cl, flags)
         return
     ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     tmp = np.empty((B, H), h.dtype)
     with np.errstate(over="ignore"):
         for t in steps:
-            np.matmul(h, rt, out=a)
+            _mm(h, rt, out=a)
             a += xw[t]                          # gates i, o, f, c
             if p is not None:
                 ai += p[:H] * c
@@ -317,7 +321,7 @@ def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, s
         if lbr:
             a = np.empty((B, 3 * H), dt)
             for t in steps:
-                np.matmul(h, rt, out=a)
+                _mm(h, rt, out=a)
                 kern.gru_step_lbr(a, xw[t], step_bias, masks[t], h, out[t], cl)
         else:
             a = np.empty((B, 2 * H), dt)
@@ -325,9 +329,9 @@ def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, s
             z = np.empty((B, H), dt)
             rh = np.empty((B, H), dt)
             for t in steps:
-                np.matmul(h, rt[:, :2 * H], out=a)
+                _mm(h, rt[:, :2 * H], out=a)
                 kern.gru_reset(a, xw[t], h, z, rh, cl)
-                np.matmul(rh, rt[:, 2 * H:], out=ah)
+                _mm(rh, rt[:, 2 * H:], out=ah)
                 kern.gru_update(ah, xw[t], z, masks[t], h, out[t], cl)
         return
     cl = (lambda v: np.clip(v, -clip, clip, out=v)) if clip is not None else (lambda v: v)
