@@ -723,7 +723,7 @@ def deform_conv(info):
             samples *= msk
         cols = samples.reshape(N, g, Cg * K, P)
         wm = w.astype(cdt, copy=False).reshape(g, M // g, Cg * K)
-        y = xp.matmul(wm, cols).reshape((N, M) + out)
+        y = arrays(xp).matmul(wm, cols).reshape((N, M) + out)
         if b is not None:
             y += b.astype(cdt, copy=False).reshape((M,) + (1,) * n)
         return (y.astype(x.dtype, copy=False),)

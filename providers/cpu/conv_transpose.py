@@ -94,7 +94,7 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     wt = st["wt_taps"]
     cdt = wt.dtype
     if N * g == 1:
-        cols = np.dot(wt[0], xc.reshape(C, H * W))
+        cols = arrays(np).matmul(wt[0], xc.reshape(C, H * W))     # the provider's GEMM (see _threadpool)
     else:
         cols = arrays(np).matmul(wt, xc.reshape(N, g, C // g, H * W))
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
@@ -130,7 +130,7 @@ def _convtranspose_phases(xp, wt, xc, g, Mg, kshape, strides, pb, out, bias):
     else:
         xw = xc
     L = H * P
-    cols = xp.matmul(wt, xw.reshape(N, g, C // g, L)).reshape(N, M, k1, k2, L)
+    cols = arrays(xp).matmul(wt, xw.reshape(N, g, C // g, L)).reshape(N, M, k1, k2, L)
     plane = E1 * E2 if E2 == P else 0
     if plane:                           # phase planes at pitch P: every tap is one flat run
         phases = xp.zeros((s1, s2, N, M, plane + A2), dtype=xc.dtype)
