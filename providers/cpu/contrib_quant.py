@@ -675,29 +675,14 @@ class _CompiledRecurrence:
                              n_pad)
 
 
-_blas_lib: list = []
-
-
-def _blas_threads() -> int:
-    """The BLAS pool's thread count (what intra_op_num_threads set; threadpoolctl's handle looked up once)."""
-    if not _blas_lib:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        except Exception:  # noqa: BLE001 - no BLAS found: count one thread
-            libs = []
-        _blas_lib.append(libs[0] if libs else None)
-    lib = _blas_lib[0]
-    return max(1, int(lib.get_num_threads() or 1)) if lib is not None else 1
-
-
 def _quantized_rows(batch: int, hidden: int) -> int:
     """How many rows of h one quantization range covers, as onnxruntime: its LSTM splits the batch across
     its threads when batch > 4 or (batch >= 2 and hidden <= 256), and each thread quantizes its own rows, so
-    its results depend on intra_op_num_threads (here: the BLAS pool's size, which that option sets)."""
+    its results depend on intra_op_num_threads (here: the worker pool's size, which that option sets)."""
     if batch > 4 or (batch >= 2 and hidden <= 256):
-        return -(-batch // _blas_threads())
+        from engineroom.providers.cpu import _threadpool
+
+        return -(-batch // max(1, _threadpool._blas.outside()))
     return batch
 
 
