@@ -203,3 +203,27 @@ def test_pool_fallbacks(path):
     (got,) = max_pool(Info)(plan_x)
     ref = reference("MaxPool", plan_x, **Info.attrs)
     np.testing.assert_array_equal(got, ref.astype(np.float32))
+
+
+@pytest.mark.skipif(not __import__("engineroom.providers.cpu.compiled.jit", fromlist=["x"]).available(),
+                    reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_split_over_threads_equals_one_thread(op, monkeypatch):
+    """At batch 1 the compiled loops run over channel ranges on the worker pool: bit for bit what one
+    thread gives, and the reference's numbers."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl sets the pool's thread count")
+    from engineroom.providers.cpu import _threadpool as tp
+
+    parts = []
+    run = tp.WorkerPool.run
+    monkeypatch.setattr(tp.WorkerPool, "run", lambda self, fn, args: (parts.append(len(args)), run(self, fn, args)))
+    x = RNG.standard_normal((1, 64, 56, 56)).astype(np.float32)
+    attrs = _attrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0)
+    got = {}
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            parts.clear()
+            got[threads], want = _run(op, x, **attrs)
+            assert (max(parts, default=1) > 1) == (threads == 2), parts
+    np.testing.assert_array_equal(got[1], got[2])
+    np.testing.assert_allclose(got[2], want, rtol=1e-6, atol=1e-6)

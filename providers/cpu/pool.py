@@ -20,7 +20,7 @@ from engineroom.plugin_sdk.geometry import window_geometry
 from engineroom.plugin_sdk.host_values import host_array as _host
 from engineroom.plugin_sdk.host_values import ints as _ints
 from engineroom.providers.cpu.array_module import arrays
-from engineroom.providers.cpu.conv import compute_dtype, pad_spatial, tap_slice
+from engineroom.providers.cpu.conv import _over_channels, compute_dtype, pad_spatial, tap_slice
 from engineroom.providers.cpu.registry import array_kernel, kernel
 
 
@@ -74,6 +74,7 @@ class _PoolPlan:
         self.pads = tuple(_ints(a.get("pads"), 2 * n, 0))
         self._geo = {}
         self.jit = arrays(self.xp).compiled("pool") if n == 2 else None
+        self.taps = math.prod(self.kshape)      # reads per output: the work that decides a split over threads
 
     def jit_args(self, x, pb, out):
         """The compiled loop's input (C-contiguous), output buffer and integer arguments, or None where it
@@ -114,8 +115,10 @@ def max_pool(info):
         if not want_indices:
             args = plan.jit_args(x, pb, out)
             if args is not None:
-                plan.jit.maxpool2d(*args)
-                return (args[1],)
+                xj, y, rest = args[0], args[1], args[2:]
+                _over_channels(lambda c0, c1: plan.jit.maxpool2d(xj[:, c0:c1], y[:, c0:c1], *rest),
+                               x.shape[0], x.shape[1], y.size * plan.taps)
+                return (y,)
         pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
         xpad = pad_spatial(xp, x, pb, pe2, _min_value(x.dtype))
         if not want_indices:
@@ -204,8 +207,10 @@ def average_pool(info):
             divs[spatial] = inv
         args = plan.jit_args(x, pb, out)
         if args is not None:
-            plan.jit.avgpool2d(args[0], args[1], inv, *args[2:])
-            return (args[1],)
+            xj, y, rest = args[0], args[1], args[2:]
+            _over_channels(lambda c0, c1: plan.jit.avgpool2d(xj[:, c0:c1], y[:, c0:c1], inv, *rest),
+                           x.shape[0], x.shape[1], y.size * plan.taps)
+            return (y,)
         pe2 = tuple(e + x_ for e, x_ in zip(pe, extra))
         xpad = pad_spatial(xp, x.astype(cdt, copy=False), pb, pe2)
         y = _separable(xp, xpad, plan.kshape, plan.strides, plan.dilations, out, xp.add)
