@@ -70,7 +70,7 @@ CASES = {
     "residual": dict(C=16, M=16, H=12, W=12, residual=True),      # FusedConv(Z) -> HardSwish
     "residual_pointwise": dict(C=16, M=16, H=12, W=12, k=1, residual=True),
     "no_bias": dict(C=8, M=8, H=9, W=11, bias=False),
-    "split_over_threads": dict(C=64, M=64, H=40, W=40, k=1),      # the activation pass over channel ranges
+    "split_over_threads": dict(C=64, M=64, H=96, W=96, k=1),      # the activation pass over channel ranges
 }
 
 

@@ -349,10 +349,10 @@ def test_conv_transpose_float64(jit, monkeypatch):
 @pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
 @pytest.mark.parametrize("case", [
     dict(C=48, M=48, H=40, W=40, k=3, strides=(1, 1), group=48),           # depthwise, flat 3x3
-    dict(C=32, M=64, H=33, W=35, k=5, strides=(2, 2), group=32),           # depthwise, multiplier 2, strips
-    dict(C=24, M=40, H=45, W=41, k=3, strides=(2, 2), group=1),            # compiled im2col + bias/clip pass
-    dict(C=32, M=40, H=30, W=30, k=3, strides=(1, 1), group=1),            # Winograd's compiled transforms
-    dict(C=64, M=96, H=40, W=40, k=1, strides=(1, 1), group=1),            # 1x1: the bias/residual/clip pass
+    dict(C=32, M=64, H=45, W=47, k=5, strides=(2, 2), group=32),           # depthwise, multiplier 2, strips
+    dict(C=48, M=40, H=91, W=85, k=3, strides=(2, 2), group=1),            # compiled im2col + bias/clip pass
+    dict(C=96, M=96, H=56, W=56, k=3, strides=(1, 1), group=1),            # Winograd's compiled transforms
+    dict(C=64, M=96, H=80, W=80, k=1, strides=(1, 1), group=1),            # 1x1: the bias/residual/clip pass
 ])
 def test_split_over_threads_equals_one_thread(monkeypatch, case):
     """The compiled loops split over channel ranges on the worker pool give, bit for bit, what one
@@ -372,6 +372,6 @@ def test_split_over_threads_equals_one_thread(monkeypatch, case):
         with threadpoolctl.threadpool_limits(threads, user_api="blas"):
             parts.clear()
             got[threads] = check(x, w, b, pads=(p,) * 4, strides=case["strides"], group=g, clip=(0.0, 6.0),
-                                 z=None if g > 1 else z, rtol=1e-4)
+                                 z=None if g > 1 else z, rtol=3e-4)   # Winograd F(4,3) over 96 channels
             assert (max(parts, default=1) > 1) == (threads == 2), parts
     np.testing.assert_array_equal(got[1], got[2])

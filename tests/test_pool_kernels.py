@@ -217,7 +217,7 @@ def test_split_over_threads_equals_one_thread(op, monkeypatch):
     parts = []
     run = tp.WorkerPool.run
     monkeypatch.setattr(tp.WorkerPool, "run", lambda self, fn, args: (parts.append(len(args)), run(self, fn, args)))
-    x = RNG.standard_normal((1, 64, 56, 56)).astype(np.float32)
+    x = RNG.standard_normal((1, 64, 112, 112)).astype(np.float32)
     attrs = _attrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0)
     got = {}
     for threads in (1, 2):

@@ -210,10 +210,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 # non-BLAS loops (the compiled loops, which release the GIL) split over the pool from this much work
-# (multiply-adds or elements written) on: below it, waking a worker costs more than it saves; and no
-# part under MIN_PART_WORK (each costs a few microseconds of Python and argument checks)
-MIN_PARALLEL_WORK = 1 << 17
-MIN_PART_WORK = 1 << 15
+# (multiply-adds or elements written; 2^19 is ~0.1 ms of a depthwise loop) on: below it, waking a
+# worker (~16 us) costs more than it saves; and no part under MIN_PART_WORK (each costs a few
+# microseconds of Python and argument checks)
+MIN_PARALLEL_WORK = 1 << 19
+MIN_PART_WORK = 1 << 17
 
 
 def parallel_ranges(fn, n: int, work: int) -> None:
