@@ -457,14 +457,18 @@ class _QuantizedWeight:
     def __rmatmul__(self, a):
         return self.product(a, len(a))
 
+    def pack(self):
+        """w packed for the VNNI kernel (``intgemm.Int8Matrix``, made once), or None where it does not run."""
+        if self.i8 is None and self._raw is not None and intgemm.int8_kernels() is not None:
+            self.i8 = intgemm.Int8Matrix(*self._raw)
+        return self.i8
+
     def project(self, a, quant):
         """a (M, K) @ w, a quantized as one block: the input projection. On the VNNI kernel where it runs
         (exact integer sums, then float32(sum) * (a_scale * w_scale), as ``product``); ``quant`` the compiled
         ``quant`` module or None."""
-        kern = intgemm.int8_kernels() if self._raw is not None else None
+        kern = intgemm.int8_kernels() if self.pack() is not None else None
         if kern is not None:
-            if self.i8 is None:
-                self.i8 = intgemm.Int8Matrix(*self._raw)
             q, s_a, z_a = quantize_dynamic_u8(a, np, quant)
             y = self.i8.matmul_scaled(q, int(z_a), np.float32(s_a) * self.scale, kern)
             if y is not None:   # None: a zero point on w, which the scaled kernel does not take
@@ -758,7 +762,8 @@ def dynamic_quantize_lstm(info):
     prepared = None
     if all(c is not None or not info.has_input(i) for c, i in zip(consts, idx)):
         prepared = prepare(*consts)
-        if kern is not None:
+        if kern is not None:        # the weights' compiled forms, made here rather than on the first run
+            prepared[0].pack()
             stacked(prepared[1], "compiled")
 
     def run(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
