@@ -67,7 +67,7 @@ def test_sklearn_classifiers(tree_path, kind):
     xt, _ = _data(257)
     ref, got = both(_sklearn_model(est, x.shape[1]), {"X": xt})
     check(ref, got)
-    tree_path.expect("forest_leaves")
+    tree_path.expect("forest_walk")     # one comparison (<=) everywhere, no missing-value branches
     assert (got[0] == est.predict(xt)).mean() > 0.99    # and the labels are scikit-learn's too
 
 
@@ -81,22 +81,24 @@ def test_sklearn_regressors(tree_path, kind):
     xt, _ = _data(64)
     ref, got = both(_sklearn_model(est, x.shape[1]), {"X": xt})
     check(ref, got, tol=1e-4)
-    tree_path.expect("forest_leaves")
+    tree_path.expect("forest_walk")
     tree_path.expect("leaf_sums", taken=False)      # nothing ran since the check above
 
 
 def test_forest_fitted_with_nan(tree_path):
-    """A forest fitted on data with NaN sends NaN down a learnt branch (nodes_missing_value_tracks_true)."""
+    """A forest fitted on data with NaN, fed NaN: skl2onnx writes nodes_missing_value_tracks_true all 0
+    here, so NaN takes each comparison's false branch, on the lockstep walk (a node that tracks missing
+    values takes the per-node walk: test_tree_ensemble_v5)."""
     ens = pytest.importorskip("sklearn.ensemble", reason="scikit-learn builds the forests")
     x, y = _data(400, nan_frac=0.1)
     est = ens.RandomForestClassifier(n_estimators=8, max_depth=6, random_state=0).fit(x, y)
     xt, _ = _data(200, nan_frac=0.2)
     ref, got = both(_sklearn_model(est, x.shape[1]), {"X": xt})
     check(ref, got, tol=1e-5)
-    tree_path.expect("forest_leaves")
+    tree_path.expect("forest_walk")
 
 
-def _v5_model(dtype, modes, membership=None, aggregate=1, n_targets=2):
+def _v5_model(dtype, modes, membership=None, aggregate=1, n_targets=2, missing=(1, 0, 0)):
     """Two trees over 3 features, TreeEnsemble (ai.onnx.ml 5): tree 0 splits twice, tree 1 is a leaf."""
     np_dt = np.float64 if dtype == TensorProto.DOUBLE else np.float32
     kw = {}
@@ -111,7 +113,7 @@ def _v5_model(dtype, modes, membership=None, aggregate=1, n_targets=2):
         nodes_splits=helper.make_tensor("s", dtype, [3], [0.25, -1.0, 0.0]),
         nodes_truenodeids=[1, 0, 3], nodes_trueleafs=[0, 1, 1],
         nodes_falsenodeids=[2, 1, 4], nodes_falseleafs=[1, 1, 1],
-        nodes_missing_value_tracks_true=[1, 0, 0],
+        nodes_missing_value_tracks_true=list(missing),
         leaf_targetids=[0, 1, 0, 1, 0], leaf_weights=helper.make_tensor(
             "w", dtype, [5], [1.0, 2.0, 3.0, -4.0, 0.5]),
         **kw)
@@ -138,6 +140,24 @@ def test_set_membership_keeps_numpy_walk(tree_path):
     x = np.array([[1.0, 0.0, 2.0], [4.0, 1.0, 3.0], [np.nan, 0.5, -1.0]], np.float32)
     ref, got = both(_v5_model(TensorProto.FLOAT, [6, 0, 1], membership=[1.0, 4.0, np.nan]), {"X": x})
     check(ref, got, tol=1e-6)
+    tree_path.expect("forest_leaves", taken=False)
+    tree_path.expect("forest_walk", taken=False)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3, 4, 5])
+def test_tree_ensemble_one_mode_takes_the_lockstep_walk(tree_path, dtype, mode):
+    """Every node compares alike and none tracks missing values: the compiled lockstep walk (leaves as
+    self-looping nodes, trees of depth 2 and 0), NaN and equal features included, against onnxruntime."""
+    np_dt = np.float64 if dtype == TensorProto.DOUBLE else np.float32
+    x = RNG.standard_normal((150, 3)).astype(np_dt)   # more than one block of 64 samples
+    x[::7, 0] = np.nan
+    x[::5, 2] = -1.0
+    x[1::6, 1] = 0.0
+    x[2::9, 0] = 0.25
+    ref, got = both(_v5_model(dtype, [mode] * 3, missing=(0, 0, 0)), {"X": x})
+    check(ref, got, tol=1e-6)
+    tree_path.expect("forest_walk")
     tree_path.expect("forest_leaves", taken=False)
 
 

@@ -67,9 +67,17 @@ def tokenizer(info):
             if start > len(text):
                 return out
 
+    # the regex's successive matches are re's own findall where none of them is shorter than mincharnum
+    # (nor empty): the search loop below would take the same matches, each from the last one's end
+    findall = tok_re.findall if tok_re is not None and tok_re.groups == 0 else None
+
     def tokens_of(s):
         if by_char:
             return list(s)
+        if findall is not None:
+            row = findall(s)
+            if ("" not in row) if mincharnum == 1 else (not row or min(map(len, row)) >= mincharnum):
+                return row
         if tok_re is not None:
             row, pos = [], 0
             if len(s) < mincharnum:
@@ -95,15 +103,23 @@ def tokenizer(info):
     def run(x):
         if x.ndim not in (1, 2):
             raise ValueError(f"Tokenizer: input dimensions are either [C] or [N][C], got shape {x.shape}")
-        rows = [tokens_of(_text(v)) for v in x.reshape(-1)]
-        longest = max((len(r) for r in rows), default=0)
+        rows = [tokens_of(v if v.__class__ is str else _text(v)) for v in x.reshape(-1).tolist()]
+        longest = max(map(len, rows), default=0)
         if longest == 0:
             return (np.empty(x.shape + (0,), dtype=object),)
         width = longest + 2 * mark
-        y = np.full((len(rows), width), pad, dtype=object)
-        for i, r in enumerate(rows):
-            full = ([_START] + r + [_END]) if mark else r
-            y[i, :len(full)] = full
+        # the padded rows as one flat list, filled in one assignment
+        flat = []
+        for r in rows:
+            if mark:
+                flat.append(_START)
+                flat += r
+                flat.append(_END)
+            else:
+                flat += r
+            flat += [pad] * (longest - len(r))
+        y = np.empty(len(flat), dtype=object)
+        y[:] = flat
         return (y.reshape(x.shape + (width,)),)
 
     return run

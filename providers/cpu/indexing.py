@@ -36,20 +36,30 @@ def gather(info):
         # Scalar constant index (Shape -> Gather, token picking): a plain basic index, no fancy gather.
         k = int(c)
 
+        by_rank_k: dict = {}     # rank -> (axis, the basic index taking k along it)
+
         def run_scalar(x, _i=None):
-            a = _axis(axis, x.ndim)
-            idx = [slice(None)] * x.ndim
-            d = x.shape[a]
+            got = by_rank_k.get(x.ndim)
+            if got is None:
+                a = _axis(axis, x.ndim)
+                got = by_rank_k[x.ndim] = (a, (slice(None),) * a + (k, ...))
+            d = x.shape[got[0]]
             if not -d <= k < d:
                 raise IndexError(f"Gather: index {k} is out of range for dimension {d}")
-            idx[a] = k
-            return (xp.array(x[tuple(idx)]),)  # a contiguous copy; 0-d stays 0-d (ascontiguousarray makes it 1-d)
+            return (xp.array(x[got[1]]),)  # a contiguous copy; 0-d stays 0-d (ascontiguousarray makes it 1-d)
         return run_scalar
 
+    by_rank: dict = {}      # rank -> axis
+    nd, i64 = xp.ndarray, np.dtype(np.int64)
+
     def run(x, indices):
-        a = _axis(axis, x.ndim)
-        indices = indices.astype(np.int64, copy=False)
-        return (xp.asarray(xp.take(x, indices, axis=a)),)
+        a = by_rank.get(x.ndim)
+        if a is None:
+            a = by_rank[x.ndim] = _axis(axis, x.ndim)
+        if indices.dtype != i64:
+            indices = indices.astype(i64)
+        r = x.take(indices, axis=a)
+        return (r if r.__class__ is nd else xp.asarray(r),)
     return run
 
 
@@ -189,6 +199,8 @@ def non_zero(info):
     def run(x):
         if x.ndim == 0:
             return (xp.zeros((1, 1 if bool(x) else 0), dtype=np.int64),)
-        nz = xp.nonzero(x)
-        return (xp.stack(nz).astype(np.int64, copy=False) if nz else xp.zeros((0, 0), dtype=np.int64),)
+        nz = x.nonzero()
+        if x.ndim == 1:     # the one index array as a row: a view
+            return (nz[0].astype(np.int64, copy=False).reshape(1, -1),)
+        return (xp.stack(nz).astype(np.int64, copy=False),)
     return run

@@ -39,6 +39,13 @@ def _has(info, i) -> bool:
     return i < len(info.input_names) and info.input_names[i] != ""
 
 
+def _check_size(shape, dtype, limit) -> None:
+    """``check_tensor_size``, skipped where even 64 bytes an element (more than any dtype counts) stay
+    within the limit: the common small tensor pays one product."""
+    if limit and math.prod(shape) * 64 > limit:
+        check_tensor_size(shape, dtype, limit)
+
+
 # --- Reshape
 
 def _reshape_target(in_shape, shape, allowzero):
@@ -75,19 +82,35 @@ def reshape(info):
     c = _const(info, 1)
     if c is not None:
         shape = _ints(c)
-        if -1 not in shape and (allowzero or 0 not in shape):
+        if allowzero or 0 not in shape:
             fixed = tuple(shape)
+            if -1 not in shape:
+                def run_fixed(x, _s=None):
+                    return (x.reshape(fixed),)
+                return run_fixed
 
-            def run_fixed(x, _s=None):
-                return (x.reshape(fixed),)
-            return run_fixed
+            def run_infer(x, _s=None):
+                # NumPy infers the -1 itself, except for an empty tensor (ONNX makes it 0 there)
+                return (x.reshape(fixed if x.size else _reshape_target(x.shape, shape, allowzero)),)
+            return run_infer
+
+        targets: dict = {}   # input shape -> output shape (a 0 copies an input dimension)
 
         def run_const(x, _s=None):
-            return (x.reshape(_reshape_target(x.shape, shape, allowzero)),)
+            t = targets.get(x.shape)
+            if t is None:
+                if len(targets) > 64:  # dynamic shapes: keep the cache bounded
+                    targets.clear()
+                t = targets[x.shape] = _reshape_target(x.shape, shape, allowzero)
+            return (x.reshape(t),)
         return run_const
 
     def run(x, s):
-        return (x.reshape(_reshape_target(x.shape, _ints(s), allowzero)),)
+        s = _host(s)
+        sh = s.tolist()
+        if s.ndim != 1 or (0 in sh and not allowzero) or (-1 in sh and not x.size):
+            sh = _reshape_target(x.shape, _ints(s), allowzero)
+        return (x.reshape(sh),)
     return run
 
 
@@ -146,7 +169,22 @@ def concat(info):
         if g is None:
             g = grow.setdefault(past.ndim, GrowingConcat(_axis(axis, past.ndim)))
         return (g(past, new),)
-    return run_growing
+
+    shape0 = info.input_shapes[0] if info.input_shapes else None
+    if shape0 is None or not -len(shape0) <= axis < len(shape0) or not isinstance(shape0[axis], int):
+        return run_growing
+    # the first input's length along the axis is static: it never comes back longer, nothing grows
+    by_rank: dict = {}      # rank -> axis
+    concatenate = np.concatenate
+
+    def run_two(a, b):
+        if a is None or b is None or bound_output(out_name) is not None:
+            return run_growing(a, b)
+        ax = by_rank.get(a.ndim)
+        if ax is None:
+            ax = by_rank[a.ndim] = _axis(axis, a.ndim)
+        return (concatenate((a, b), axis=ax),)
+    return run_two
 
 
 # --- Split
@@ -284,6 +322,23 @@ def slice_(info):
 
 # --- Expand
 
+def _broadcast_shape(a: tuple, b: list) -> tuple:
+    """NumPy's broadcast of two shapes (``np.broadcast_shapes``, with less Python around it)."""
+    if len(a) < len(b):
+        a = (1,) * (len(b) - len(a)) + a
+    elif len(b) < len(a):
+        b = [1] * (len(a) - len(b)) + b
+    out = []
+    for p, q in zip(a, b):
+        if p == q or q == 1:
+            out.append(p)
+        elif p == 1:
+            out.append(q)
+        else:
+            raise ValueError(f"shape mismatch: objects cannot be broadcast to a single shape: {a} and {tuple(b)}")
+    return tuple(out)
+
+
 @array_kernel("Expand", since=8, host_inputs=(1,))
 def expand(info):
     xp = info.xp
@@ -291,10 +346,10 @@ def expand(info):
     limit = info.max_tensor_bytes
 
     def run(x, shape):
-        out_shape = np.broadcast_shapes(x.shape, tuple(_ints(shape)))
+        out_shape = _broadcast_shape(x.shape, _ints(shape))
         if out_shape == x.shape:
             return (x.copy(),)
-        check_tensor_size(out_shape, x.dtype, limit)
+        _check_size(out_shape, x.dtype, limit)
         # A real (writable, contiguous) tensor, not a read-only broadcast view.
         out = xp.empty(out_shape, dtype=x.dtype)
         out[...] = x
@@ -316,24 +371,40 @@ def _squeeze(x, axes):
     return x.reshape(shape)
 
 
+def _squeezer(axes):
+    """The kernel ``run(x, _axes=None) -> (y,)`` squeezing fixed ``axes`` (None: every dimension of size 1):
+    per input rank, the axes and a basic index that drops them (0 there, a view; the trailing ``...``
+    keeps a 0-d result an array), made once."""
+    if axes is None:
+        return lambda x, _a=None: (_squeeze(x, None),)
+    by_rank: dict = {}
+
+    def prepare(rank):
+        ax = sorted({_axis(a, rank) for a in axes})
+        by_rank[rank] = got = (tuple(ax), tuple(0 if i in ax else slice(None) for i in range(rank)) + (...,))
+        return got
+
+    def run(x, _a=None):
+        got = by_rank.get(x.ndim)
+        ax, idx = got if got is not None else prepare(x.ndim)
+        shape = x.shape
+        for a in ax:
+            if shape[a] != 1:
+                raise ValueError(f"Squeeze: dimension {a} of shape {shape} is not 1")
+        return (x[idx],)
+    return run
+
+
 @array_kernel("Squeeze", since=1)
 def squeeze_v1(info):
-    axes = info.attrs.get("axes")
-
-    def run(x):
-        return (_squeeze(x, axes),)
-    return run
+    return _squeezer(info.attrs.get("axes"))
 
 
 @array_kernel("Squeeze", since=13, host_inputs=(1,))
 def squeeze(info):
     c = _const(info, 1)
     if c is not None:
-        axes = _ints(c)
-
-        def run_const(x, _a=None):
-            return (_squeeze(x, axes),)
-        return run_const
+        return _squeezer(_ints(c))
 
     def run(x, axes=None):
         return (_squeeze(x, None if axes is None else _ints(axes)),)
@@ -351,24 +422,35 @@ def _unsqueeze(x, axes):
     return x.reshape(shape)
 
 
+def _unsqueezer(axes):
+    """The kernel ``run(x, _axes=None) -> (y,)`` unsqueezing fixed ``axes``: per input rank, a basic index
+    with ``None`` at the new axes (a view), made once."""
+    by_rank: dict = {}
+
+    def prepare(rank):
+        out_rank = rank + len(axes)
+        ax = sorted(_axis(a, out_rank) for a in axes)
+        if len(set(ax)) != len(ax):
+            raise ValueError(f"Unsqueeze: repeated axes {axes}")
+        by_rank[rank] = idx = tuple(None if i in ax else slice(None) for i in range(out_rank))
+        return idx
+
+    def run(x, _a=None):
+        idx = by_rank.get(x.ndim)
+        return (x[idx if idx is not None else prepare(x.ndim)],)
+    return run
+
+
 @array_kernel("Unsqueeze", since=1)
 def unsqueeze_v1(info):
-    axes = list(info.attrs.get("axes", []))
-
-    def run(x):
-        return (_unsqueeze(x, axes),)
-    return run
+    return _unsqueezer(list(info.attrs.get("axes", [])))
 
 
 @array_kernel("Unsqueeze", since=13, host_inputs=(1,))
 def unsqueeze(info):
     c = _const(info, 1)
     if c is not None:
-        axes = _ints(c)
-
-        def run_const(x, _a=None):
-            return (_unsqueeze(x, axes),)
-        return run_const
+        return _unsqueezer(_ints(c))
 
     def run(x, axes):
         return (_unsqueeze(x, _ints(axes)),)
@@ -499,22 +581,28 @@ def _range(info, stash_float):
     max_bytes = info.max_tensor_bytes
 
     def run(start, limit, delta):
-        dtype = np.dtype(start.dtype)
-        s, lim, d = (_host(v).reshape(-1)[0] for v in (start, limit, delta))
+        dtype = start.dtype
+        s, lim, d = (v.item() if v.ndim == 0 else _host(v).reshape(-1)[0] for v in (start, limit, delta))
         if dtype.kind in "iu":
             s, lim, d = int(s), int(lim), int(d)
             if d == 0:
                 raise ValueError("Range: delta cannot be 0")
             n = max(-(-(lim - s) // d), 0)
-            check_tensor_size((n,), dtype, max_bytes)
-            return (xp.asarray((s + np.arange(n, dtype=np.int64) * d).astype(dtype)),)
+            _check_size((n,), dtype, max_bytes)
+            # start + i * delta in int64, then the input's dtype
+            out = np.arange(n, dtype=np.int64)
+            if d != 1:
+                out *= d
+            if s:
+                out += s
+            return (xp.asarray(out.astype(dtype, copy=False)),)
         if float(d) == 0:
             raise ValueError("Range: delta cannot be 0")
         span = (float(lim) - float(s)) / float(d)
         if not math.isfinite(span):
             raise ValueError(f"Range: the number of elements (limit - start) / delta = {span} is not finite")
         n = max(math.ceil(span), 0)
-        check_tensor_size((n,), dtype, max_bytes)
+        _check_size((n,), dtype, max_bytes)
         # output[i] = start + i * delta, in float32 for 16-bit floats when stash_type asks for it.
         cdt = np.float32 if (stash_float and dtype.itemsize == 2) else dtype
         cs, cd = np.asarray(s, dtype=cdt), np.asarray(d, dtype=cdt)
@@ -557,16 +645,37 @@ def tile_v1(info):
     return run
 
 
+def _tiled(xp, x, reps, limit):
+    """``x`` repeated ``reps[i]`` times along each axis i: one broadcast copy into a buffer of shape
+    (r0, d0, r1, d1, ...), seen as (r0 * d0, r1 * d1, ...) (what ``np.tile`` computes, with less
+    Python around it)."""
+    out_shape, buf_shape, src_shape = [], [], []
+    for d, r in zip(x.shape, reps):
+        out_shape.append(d * r)
+        if r == 1:      # an axis not repeated needs no axis of repeats
+            buf_shape.append(d)
+            src_shape.append(d)
+        else:
+            buf_shape += (r, d)
+            src_shape += (1, d)
+    _check_size(out_shape, x.dtype, limit)
+    buf = xp.empty(buf_shape, dtype=x.dtype)
+    buf[...] = x.reshape(src_shape)
+    return buf.reshape(out_shape)
+
+
 @array_kernel("Tile", since=6, host_inputs=(1,))
 def tile(info):
     xp = info.xp
+    limit = info.max_tensor_bytes
 
     def run(x, repeats):
         reps = _ints(repeats)
         if len(reps) != x.ndim:
             raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
-        check_tensor_size([d * r for d, r in zip(x.shape, reps)], x.dtype, info.max_tensor_bytes)
-        return (xp.tile(x, reps),)
+        if any(r < 0 for r in reps):
+            raise ValueError(f"Tile: repeats {reps} must not be negative")
+        return (_tiled(xp, x, reps, limit),)
     return run
 
 
@@ -704,6 +813,27 @@ def pad_v1(info):
 def pad(info):
     xp = info.xp
     mode = str(info.attrs.get("mode", "constant"))
+    c = _const(info, 1)
+    fixed = mode == "constant" and c is not None and not _has(info, 3) and c.size and min(_ints(c)) >= 0
+    if fixed:
+        # constant pads growing every axis (none cropped), all axes: the placement of the input in the
+        # output, slice(begin, -end), is the same for any input shape
+        p = _ints(c)
+        r = len(p) // 2
+        place = tuple(slice(b, -e if e else None) for b, e in zip(p[:r], p[r:]))
+        limit = info.max_tensor_bytes
+
+        def run_const(x, _pads=None, constant_value=None, _axes=None):
+            if x.ndim != r or len(p) != 2 * r:
+                return run(x, c, constant_value)
+            if not any(p):
+                return (x.copy(),)
+            out_shape = tuple(d + b + e for d, b, e in zip(x.shape, p[:r], p[r:]))
+            _check_size(out_shape, x.dtype, limit)
+            out = xp.empty(out_shape, dtype=x.dtype)
+            out[...] = _pad_value(x, constant_value)
+            out[place] = x
+            return (out,)
 
     def run(x, pads, constant_value=None, axes=None):
         p = _ints(pads)
@@ -716,7 +846,8 @@ def pad(info):
                 full[x.ndim + a] = p[n + i]
             p = full
         return (_pad(xp, x, p, mode, _pad_value(x, constant_value), info.max_tensor_bytes),)
-    return run
+
+    return run_const if fixed else run
 
 
 @array_kernel("CenterCropPad", since=18, host_inputs=(1,))

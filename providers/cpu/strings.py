@@ -33,7 +33,7 @@ def string_normalizer(info):
     change = {"LOWER": str.lower, "UPPER": str.upper}.get(action)
 
     def run(x):
-        items = [_text(v) for v in x.reshape(-1)]
+        items = [v if v.__class__ is str else _text(v) for v in x.reshape(-1).tolist()]
         if stopset:
             items = [s for s in items if (s if sensitive else s.lower()) not in stopset]
         if change is not None:
@@ -91,6 +91,8 @@ def string_split(info):
 # ---------------------------------------------------------------------------------------------------
 # TfIdfVectorizer
 
+_GAP = object()   # between rows in TfIdfVectorizer's walk: equal to no token
+
 
 @kernel("TfIdfVectorizer", since=9)
 def tfidf_vectorizer(info):
@@ -110,7 +112,13 @@ def tfidf_vectorizer(info):
     if any(not 0 <= s <= len(pool) for s in starts) or starts != sorted(starts):
         raise ValueError(f"TfIdfVectorizer: ngram_counts {starts} must be increasing offsets into the pool of "
                          f"{len(pool)} entries")
-    # n-gram -> its pool position, one table per n (the pool is laid out 1-grams, 2-grams, ...).
+    # Each pool n-gram is counted into a slot: its output column where no two n-grams share one (the
+    # usual case; the weights then move to those columns too), else its pool position, summed into the
+    # columns after counting. One table per n (the pool is laid out 1-grams, 2-grams, ...); 1-grams are
+    # keyed by the bare item, longer ones by the tuple of items.
+    n_grams = sum(((starts[k + 1] if k + 1 < len(starts) else len(pool)) - s) // (k + 1)
+                  for k, s in enumerate(starts))
+    by_column = n_grams == out_idx.size and np.unique(out_idx).size == out_idx.size
     tables: dict[int, dict] = {}
     gram_no = 0
     for k, s in enumerate(starts):
@@ -119,39 +127,60 @@ def tfidf_vectorizer(info):
         t = tables.setdefault(n, {})
         for p in range(s, end, n):
             key = tuple(pool[p:p + n]) if is_str else tuple(int(v) for v in pool[p:p + n])
-            t[key] = gram_no
+            t[key[0] if n == 1 else key] = int(out_idx[gram_no]) if by_column else gram_no
             gram_no += 1
     # no pool n-gram is longer than the tables' largest n: a huge max_gram_length loops no further
     max_n = min(max_n, max(tables, default=0))
+    n_slots = width if by_column else out_idx.size
+    slot_weights = weights
+    if by_column:
+        slot_weights = np.zeros(width, np.float32)
+        slot_weights[out_idx] = weights[:out_idx.size]
+    bincount, f32 = np.bincount, np.float32
+    walks: dict[int, tuple] = {}   # row length -> its passes and gap (below)
+
+    def walk_for(n_cols: int):
+        """(passes, gap) for rows of ``n_cols`` items: (n, step, table) per pass over a row, the n-grams
+        that fit in a row only (1-grams are counted once: skipping changes nothing for them); rows are
+        walked as one list with a gap of markers after each, as long as the longest step, so an n-gram
+        that would reach into the next row holds a marker, which no table has."""
+        passes = []
+        for n in range(max(min_n, 1), max_n + 1):
+            if tables.get(n):
+                for skip in range(0, (max_skip if n > 1 else 0) + 1):
+                    if (n - 1) * (skip + 1) + 1 > n_cols:
+                        break
+                    passes.append((n, skip + 1, tables[n]))
+        if len(walks) > 64:   # inputs of ever new widths keep no more than a few
+            walks.clear()
+        walks[n_cols] = w = (passes, [_GAP] * max((st for _, st, _ in passes), default=1))
+        return w
 
     def run(x):
-        xh = x
-        one_d = xh.ndim == 1
-        rows = xh.reshape(1, -1) if one_d else xh
-        counts = np.zeros((rows.shape[0], out_idx.size), dtype=np.float32)
-        for n in range(max(min_n, 1), max_n + 1):
-            t = tables.get(n)
-            if not t:
-                continue
-            # 1-grams are counted once: skipping changes nothing about a single item.
-            for skip in range(0, (max_skip if n > 1 else 0) + 1):
-                step = skip + 1
-                span = (n - 1) * step + 1
-                if span > rows.shape[1]:
-                    break
-                for r in range(rows.shape[0]):
-                    row = rows[r].tolist()
-                    for st in range(0, rows.shape[1] - span + 1):
-                        g = t.get(tuple(row[st:st + span:step]))
-                        if g is not None:
-                            counts[r, g] += 1
+        one_d = x.ndim == 1
+        rows = x.reshape(1, -1) if one_d else x
+        w = walks.get(rows.shape[1])
+        passes, gap = w if w is not None else walk_for(rows.shape[1])
+        n_rows, stride = rows.shape[0], rows.shape[1] + len(gap)
+        flat = []
+        for row in rows.tolist():
+            flat += row
+            flat += gap
+        slots = []
+        for n, step, t in passes:
+            grams = flat if n == 1 else zip(*[flat[k * step:] for k in range(n)])
+            slots += [p // stride * n_slots + g for p, g in enumerate(map(t.get, grams)) if g is not None]
+        counts = bincount(slots, minlength=n_rows * n_slots).astype(f32).reshape(n_rows, n_slots)
         if mode == "IDF":
-            counts = np.minimum(counts, 1) * weights
+            counts = np.minimum(counts, 1) * slot_weights
         elif mode == "TFIDF":
-            counts = counts * weights
-        out = np.zeros((rows.shape[0], width), dtype=np.float32)
-        # Several pool entries may share an output coordinate: accumulate.
-        np.add.at(out, (slice(None), out_idx), counts)
+            counts = counts * slot_weights
+        if by_column:
+            out = counts
+        else:
+            out = np.zeros((n_rows, width), dtype=np.float32)
+            # Several pool entries share an output coordinate: accumulate.
+            np.add.at(out, (slice(None), out_idx), counts)
         return (xp.asarray(out[0] if one_d else out),)
 
     return run

@@ -13,10 +13,12 @@ comparison with NaN sends it (false, but for !=).
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 AOT = {
     "forest_leaves": ("A2 A1 I1 I1 I1 I1 I1 I1 I2", ("f4", "f8")),
+    "forest_walk": ("A2 A1 I1 I1 I1 I1 i I2", ("f4", "f8")),
     "leaf_sums": ("I2 I1 I1 A1 A2 A2", ("f4", "f8")),
 }
 
@@ -59,3 +61,41 @@ def leaf_sums(leaves, ptr, target, weight, out, hits):  # pragma: no cover (comp
                 k = target[e]
                 out[n, k] += weight[e]
                 hits[n, k] = 1.0
+
+
+@njit(nogil=True, boundscheck=False)
+def forest_walk(x, thr, feat, kids, roots, depth, mode, out):  # pragma: no cover (compiled)
+    """``forest_leaves`` for a forest whose interior nodes all compare alike (``mode``) and track no
+    missing values, in a layout without branches: leaves are nodes too (after the interior ones), whose
+    two children are themselves, node k's children are kids[2k] (true) and kids[2k + 1] (false), and
+    every walk of tree t takes exactly depth[t] steps. Blocks of 64 samples walk each tree in lockstep,
+    independent walks the CPU overlaps (a walk alone waits on each level's loads and mispredicted
+    branches). out[n, t] = the node (a leaf) sample n reaches in tree t."""
+    n_samples = x.shape[0]
+    cur = np.empty(64, np.int64)
+    for n0 in range(0, n_samples, 64):
+        nb = min(64, n_samples - n0)
+        for t in range(roots.shape[0]):
+            r = roots[t]
+            for b in range(nb):
+                cur[b] = r
+            for _ in range(depth[t]):
+                for b in range(nb):
+                    node = cur[b]
+                    v = x[n0 + b, feat[node]]
+                    th = thr[node]
+                    if mode == 0:
+                        c = v <= th
+                    elif mode == 1:
+                        c = v < th
+                    elif mode == 2:
+                        c = v >= th
+                    elif mode == 3:
+                        c = v > th
+                    elif mode == 4:
+                        c = v == th
+                    else:
+                        c = v != th
+                    cur[b] = kids[2 * node + 1 - np.int64(c)]
+            for b in range(nb):
+                out[n0 + b, t] = cur[b]
