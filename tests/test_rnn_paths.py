@@ -54,7 +54,8 @@ def _close(want, got, names, tol):
 
 
 def _dq_lstm(rng, *, direction="bidirectional", S=7, B=6, I=10, H=8, lens=None, peepholes=False, clip=None,
-             input_forget=False, weights="int8", per_channel=True, with_y=True, activations=None, threads=1):
+             input_forget=False, weights="int8", per_channel=True, with_y=True, activations=None, threads=1,
+             initial=True):
     nd = 2 if direction == "bidirectional" else 1
     sshape = (nd, 4 * H) if per_channel else (nd,)
     if weights == "int8":
@@ -66,8 +67,9 @@ def _dq_lstm(rng, *, direction="bidirectional", S=7, B=6, I=10, H=8, lens=None, 
         r = rng.integers(0, 256, (nd, H, 4 * H)).astype(np.uint8)
         wz = np.full(sshape, 40, np.uint8)      # onnxruntime wants one zero point for all of a weight
         rz = np.full(sshape, 220, np.uint8)
-    inputs = {"x": rng.standard_normal((S, B, I)).astype(F32),
-              "h0": rng.standard_normal((nd, B, H)).astype(F32), "c0": rng.standard_normal((nd, B, H)).astype(F32)}
+    inputs = {"x": rng.standard_normal((S, B, I)).astype(F32)}
+    if initial:
+        inputs.update(h0=rng.standard_normal((nd, B, H)).astype(F32), c0=rng.standard_normal((nd, B, H)).astype(F32))
     if lens is not None:
         inputs["lens"] = np.asarray(lens, np.int32)
     inits = {"w": w, "r": r, "b": rng.standard_normal((nd, 8 * H)).astype(F32),
@@ -82,7 +84,8 @@ def _dq_lstm(rng, *, direction="bidirectional", S=7, B=6, I=10, H=8, lens=None, 
         attrs["activations"] = activations
     outputs = ["Y", "Y_h", "Y_c"] if with_y else ["Y_h", "Y_c"]
     node = helper.make_node("DynamicQuantizeLSTM",
-                            ["x", "w", "r", "b", "lens" if lens is not None else "", "h0", "c0",
+                            ["x", "w", "r", "b", "lens" if lens is not None else "", "h0" if initial else "",
+                             "c0" if initial else "",
                              "p" if peepholes else "", "ws", "wz", "rs", "rz"],
                             outputs if with_y else [""] + outputs, domain="com.microsoft", **attrs)
     return _run_both([node], inputs, inits, outputs, threads), outputs
@@ -97,10 +100,19 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(path, direction, threads):
     path.expect(_loop())
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_quantize_lstm_one_row_no_initial_state(path, batch):
+    # odd batches (the products pad rows), zero initial states, lengths that all reach the end
+    (want, got), names = _dq_lstm(np.random.default_rng(11), B=batch, lens=[7] * batch, initial=False,
+                                  direction="reverse")
+    _close(want, got, names, 1e-5)
+    path.expect(_loop())
+
+
 def test_dynamic_quantize_lstm_without_vnni(path, monkeypatch):
     # where the VNNI kernel does not run, the compiled recurrence makes its int8 products itself
     monkeypatch.setattr(intgemm, "int8_kernels", lambda: None)
-    (want, got), names = _dq_lstm(np.random.default_rng(10), lens=[7, 3, 5, 7, 2, 6], threads=2)
+    (want, got), names = _dq_lstm(np.random.default_rng(10), B=5, lens=[7, 3, 5, 7, 2], threads=2)
     _close(want, got, names, 1e-5)
     path.expect("dq_lstm_run")
 
