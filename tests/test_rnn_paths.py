@@ -109,6 +109,13 @@ def test_dynamic_quantize_lstm_one_row_no_initial_state(path, batch):
     path.expect(_loop())
 
 
+def test_dynamic_quantize_lstm_past_float32_exact_sums(path):
+    # 528 x 127 x 255 > 2**24: float32 sums could round, so only the VNNI loop (int32) or float64 NumPy serve
+    (want, got), names = _dq_lstm(np.random.default_rng(12), direction="forward", S=3, B=2, I=8, H=528)
+    _close(want, got, names, 1e-5)
+    path.expect("dq_lstm_run_vnni", taken=intgemm.int8_kernels() is not None)
+
+
 def test_dynamic_quantize_lstm_without_vnni(path, monkeypatch):
     # where the VNNI kernel does not run, the compiled recurrence makes its int8 products itself
     monkeypatch.setattr(intgemm, "int8_kernels", lambda: None)

@@ -452,7 +452,7 @@ class _QuantizedWeight:
         self.bound = self.w.shape[0] * float(np.abs(self.w).max(initial=0))
         self.scale = _col_scale(scale)
         self._raw = (w, zp) if intgemm.Int8Matrix.fits(np.asarray(w)) else None
-        self.i8 = None          # packed for the VNNI kernel when first used (``intgemm.Int8Matrix``)
+        self.i8 = None          # packed for the VNNI kernel (``pack``)
 
     def __rmatmul__(self, a):
         return self.product(a, len(a))
@@ -646,9 +646,9 @@ def _per_dir(v, d, num_dirs):
 
 
 class _CompiledRecurrence:
-    """The directions' recurrent weights stacked for ``_jit_rnn.dq_lstm_step``, made once: R less its zero
-    point as float32 (D, H, 4H), R's scale per column (D, 4H), the summed biases (D, 4H), the peepholes
-    (D, 3H, zeros where there are none)."""
+    """The directions' recurrent weights stacked for the compiled recurrences (``_jit_rnn``), made once:
+    R's scale per column (D, 4H), the summed biases (D, 4H), the peepholes (D, 3H, zeros where there are
+    none), and R in the form each loop takes: packed for VNNI, int8, or less its zero point as float32."""
 
     def __init__(self, dirs, hidden):
         g = 4 * hidden
@@ -803,7 +803,7 @@ def dynamic_quantize_lstm(info):
             c[d] = 0 if initial_c is None else initial_c[d]
             revs.append((reverse, rev_idx))
         rec = stacked(dirs, "compiled") if kern is not None else None
-        if rec is not None and rec.exact:
+        if rec is not None and (rec.vnni is not None or rec.exact):     # VNNI's int32 sums are always exact
             if steps:
                 masks = _masks(lens, steps, batch, _F32)
                 # the rows whose values enter each step's product (dq_quantize): all at the first step;
