@@ -118,3 +118,26 @@ def test_conv_hardsigmoid_in_the_conv_pass(case, path, tmp_path):
     assert ops == [MS_FUSED], ops
     np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
     path.expect("bias_hard_act")
+
+
+def _spelled_out_model(alpha, C=8, M=16, H=12, W=15):
+    """x -> Conv -> c; y = Mul(c, HardSigmoid(c, alpha, 1/2)) (Paddle's HardSwish export)."""
+    inits = [numpy_helper.from_array((RNG.standard_normal((M, C, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(RNG.standard_normal(M).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("HardSigmoid", ["c"], ["h"], alpha=alpha, beta=0.5),
+             helper.make_node("Mul", ["h", "c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("alpha,fuses", [(1.0 / 6.0, True), (0.2, False)])
+def test_spelled_out_hardswish(alpha, fuses, path, tmp_path):
+    """Mul(c, HardSigmoid(c, 1/6, 1/2)) is HardSwish and fuses at level 3; another alpha is not."""
+    m = _spelled_out_model(alpha)
+    feed = {"x": RNG.standard_normal((1, 8, 12, 15)).astype(np.float32) * 3}
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert (ops == [ER_FUSED]) == fuses, ops
+    np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
+    path.expect("bias_hard_act", fuses)

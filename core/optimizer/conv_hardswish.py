@@ -1,6 +1,8 @@
 """Level-3 (ORT_ENABLE_ALL) fusion: a Conv, or a FusedConv without an activation (a conv with its
 residual Add), whose only reader is a HardSwish becomes one ``com.engineroom::FusedConv`` with
 ``activation="HardSwish"``, applied in the conv's last pass (PP-LCNet has 28 Conv -> HardSwish pairs).
+HardSwish spelled out as ``Mul(y, HardSigmoid(y, alpha=1/6, beta=1/2))`` (Paddle's export: 28 in
+PP-OCRv5's recognizer), with y read by those two nodes only, fuses the same way.
 
 onnxruntime's FusedConv (com.microsoft) has no HardSwish activation, so this is not done at level 2:
 a model saved from levels 1-2 stays one onnxruntime runs; at level 3, as with the
@@ -26,20 +28,49 @@ def _fusable_conv(node: ir.Node | None) -> bool:
         activation_name({k: a.value for k, a in node.attributes.items()}) == "Identity"
 
 
+def _spelled_out(hsig: ir.Node):
+    """(conv, Mul) where ``hsig`` is the HardSigmoid(1/6, 1/2) of a conv's output y whose only other
+    reader is Mul(y, hsig); else None."""
+    alpha, beta = hsig.attributes.get("alpha"), hsig.attributes.get("beta")
+    if alpha is None or abs(alpha.value - 1 / 6) > 1e-7 or beta is None or beta.value != 0.5:
+        return None
+    y = hsig.inputs[0]
+    conv = y.producer() if y is not None else None
+    uses = hsig.outputs[0].uses()
+    if not _fusable_conv(conv) or y.is_graph_output() or len(y.uses()) != 2 or len(uses) != 1 \
+            or hsig.outputs[0].is_graph_output():
+        return None
+    mul = uses[0].node
+    if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2 \
+            or {id(v) for v in mul.inputs} != {id(y), id(hsig.outputs[0])}:
+        return None
+    return conv, mul
+
+
 def fuse_conv_hardswish(f) -> int:
-    """Rewrite every Conv -> HardSwish in ``f.graph`` (``f`` a fusion.Fuser) the owning provider takes;
-    the number rewritten."""
+    """Rewrite every Conv -> HardSwish (or its spelled-out form) in ``f.graph`` (``f`` a fusion.Fuser)
+    the owning provider takes; the number rewritten."""
     n = 0
-    for hs in list(f.graph):
-        if hs.op_type != "HardSwish" or hs.domain not in ("", "ai.onnx") or hs.graph is None:
+    for act in list(f.graph):
+        if act.domain not in ("", "ai.onnx") or act.graph is None:
             continue
-        conv = hs.inputs[0].producer() if hs.inputs[0] is not None else None
-        if not _fusable_conv(conv) or only_use(conv.outputs[0]) is not hs:
+        if act.op_type == "HardSwish":
+            conv = act.inputs[0].producer() if act.inputs[0] is not None else None
+            if not _fusable_conv(conv) or only_use(conv.outputs[0]) is not act:
+                continue
+            nodes, out = [conv, act], act.outputs[0]
+        elif act.op_type == "HardSigmoid":
+            got = _spelled_out(act)
+            if got is None:
+                continue
+            conv, mul = got
+            nodes, out = [conv, act, mul], mul.outputs[0]
+        else:
             continue
         attrs = [a for a in conv.attributes.values() if a.name not in ("activation", "activation_params")]
         attrs.append(ir.AttrString("activation", "HardSwish"))
         fused = ir.Node(ER, "FusedConv", list(conv.inputs), attrs, num_outputs=1,
                         name=(conv.name or "") + "_hardswish")
-        if f._commit([conv, hs], fused, [(hs.outputs[0], fused.outputs[0])]):
+        if f._commit(nodes, fused, [(out, fused.outputs[0])]):
             n += 1
     return n
