@@ -5,6 +5,7 @@ onnxruntime does); schema function ops are expanded later, only where no provide
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -317,6 +318,8 @@ def _check_fields(proto: onnx.ModelProto) -> None:
                 raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) "
                                    f"has no type")
             for t in (a.t,) if a.type == onnx.AttributeProto.TENSOR else a.tensors:
+                if _raw_fits(t):
+                    continue    # to_array would succeed: decoding every weight of a Constant-held model costs
                 try:   # data that disagrees with its dims fails here, not in a pass that reads it later
                     onnx.numpy_helper.to_array(t)
                 except Exception as e:  # noqa: BLE001 - numpy_helper raises several kinds
@@ -331,6 +334,34 @@ def _check_fields(proto: onnx.ModelProto) -> None:
                                    f"{len(n.output)} outputs")
 
 
+# element types whose raw data ``numpy_helper.to_array`` reads as one ``frombuffer(...).reshape(dims)``
+_PLAIN_ITEMSIZE = {getattr(onnx.TensorProto, n): k for n, k in (
+    ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BOOL", 1), ("INT8", 1), ("UINT8", 1), ("INT16", 2),
+    ("UINT16", 2), ("INT32", 4), ("UINT32", 4), ("INT64", 8), ("UINT64", 8))}
+
+
+def _raw_fits(t: onnx.TensorProto) -> bool:
+    """``t`` holds in-file raw data of a plain type, exactly as long as its dims say (so ``to_array`` reads it)."""
+    size = _PLAIN_ITEMSIZE.get(t.data_type)
+    if size is None or t.data_location != onnx.TensorProto.DEFAULT or not t.HasField("raw_data") \
+            or t.HasField("segment") or any(d < 0 for d in t.dims):
+        return False
+    need = math.prod(t.dims) * size
+    return need > 0 and len(t.raw_data) == need
+
+
+@functools.lru_cache(maxsize=4096)
+def _schema_facts(op_type: str, version: int, domain: str):
+    """(since_version, min/max inputs, min/max outputs, {attribute: its type}) of the op's schema, or None
+    where it has none: read once per op, not per node (``OpSchema.attributes`` builds a dict a call)."""
+    try:
+        sc = onnx.defs.get_schema(op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return None
+    return (sc.since_version, sc.min_input, sc.max_input, sc.min_output, sc.max_output,
+            {name: (int(a.type.value), a.type.name) for name, a in sc.attributes.items()})
+
+
 def _check_arity(proto: onnx.ModelProto) -> None:
     """Each node of a known op has as many inputs and outputs as its schema allows, as onnxruntime checks.
     The checker says so too, but stops at its first complaint, which may be one we skip (an output with
@@ -341,15 +372,15 @@ def _check_arity(proto: onnx.ModelProto) -> None:
             domain = n.domain if n.domain != "ai.onnx" else ""
             if domain not in opsets:
                 continue
-            try:
-                sc = onnx.defs.get_schema(n.op_type, opsets[domain], domain)
-            except onnx.defs.SchemaError:
+            sc = _schema_facts(n.op_type, opsets[domain], domain)
+            if sc is None:
                 continue        # an unknown op: the partitioner names it and the providers asked
-            for what, k, lo, hi in (("input", len(n.input), sc.min_input, sc.max_input),
-                                    ("output", len(n.output), sc.min_output, sc.max_output)):
+            since, min_in, max_in, min_out, max_out, _ = sc
+            for what, k, lo, hi in (("input", len(n.input), min_in, max_in),
+                                    ("output", len(n.output), min_out, max_out)):
                 if not lo <= k <= hi:
                     raise InvalidGraph(f"This is an invalid model: node '{n.name}' ({n.op_type}) has {k} {what}s, "
-                                       f"its schema ({domain or 'ai.onnx'} opset {sc.since_version}) allows "
+                                       f"its schema ({domain or 'ai.onnx'} opset {since}) allows "
                                        f"{lo} to {hi}")
 
 
@@ -359,15 +390,15 @@ def _check_attribute_types(n: onnx.NodeProto, opsets: dict[str, int]) -> None:
     domain = n.domain if n.domain != "ai.onnx" else ""
     if domain not in opsets or not n.attribute:
         return
-    try:
-        spec = onnx.defs.get_schema(n.op_type, opsets[domain], domain).attributes
-    except onnx.defs.SchemaError:
+    sc = _schema_facts(n.op_type, opsets[domain], domain)
+    if sc is None:
         return
+    spec = sc[5]
     for a in n.attribute:
         want = spec.get(a.name)
-        if want is not None and a.type != int(want.type.value) and not a.ref_attr_name:
+        if want is not None and a.type != want[0] and not a.ref_attr_name:
             raise InvalidGraph(f"This is an invalid model: attribute '{a.name}' of node '{n.name}' ({n.op_type}) must "
-                               f"be {want.type.name}, got {onnx.AttributeProto.AttributeType.Name(a.type)}")
+                               f"be {want[1]}, got {onnx.AttributeProto.AttributeType.Name(a.type)}")
 
 
 def _unknown_output_dims(proto: onnx.ModelProto) -> list[tuple[int, int]]:

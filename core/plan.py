@@ -394,12 +394,12 @@ class PlanBuilder:
             if graphs:
                 subs = [Subgraph(self._sub_plan(g, outer_nm), outer_nm) for g in graphs]
                 extra[name] = subs[0] if a.type == ir.AttributeType.GRAPH else subs
-        info = KernelInfo.from_view(v, num_outer=len(outer_nm), outer_names=tuple(outer_nm),
-                                    max_tensor_bytes=self.max_tensor_bytes)
-        if extra:
-            info.attrs = {**info.attrs, **extra}
         if not isinstance(prov, KernelProvider):
             raise Fail(f"{prov.name} claimed {v.describe()} as a single node but serves no kernels")
+        info = KernelInfo.from_view(v, num_outer=len(outer_nm), outer_names=tuple(outer_nm),
+                                    max_tensor_bytes=self.max_tensor_bytes, xp=prov.xp, provider=prov)
+        if extra:
+            info.attrs = {**info.attrs, **extra}
         try:
             return prov.create_kernel(info)
         except (NotImplemented, Fail, InvalidGraph):

@@ -231,7 +231,9 @@ class KernelProvider(ExecutionProvider):
         if kdef is None:
             have = self.registry.versions(info.domain, info.op_type)
             raise NotImplementedError(f"{self.name} has no kernel for {info.describe()}; versions: {have}")
-        return kdef.factory(info.with_(xp=self.xp, provider=self))
+        if info.xp is not self.xp or info.provider is not self:   # built for this provider: no second copy
+            info = info.with_(xp=self.xp, provider=self)
+        return kdef.factory(info)
 
 
 _SHAPE_DTYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.bool_))
