@@ -5,7 +5,10 @@ and has a kernel for the fused op. Fused ops use onnxruntime's contrib names (do
 - Conv + activation (+ a residual Add before it) → ``FusedConv`` (activation, activation_params, Z)
 - the tanh form of GELU (x·0.5·(1+tanh(√(2/π)(x+0.044715x³))), or with (√(2/π)x)(1+0.044715x·x) inside,
   the two forms onnxruntime fuses) → ``FastGelu``, computed as onnxruntime's kernel computes it
-- Add(x, constant bias) + Gelu → ``BiasGelu``
+- the erf form of GELU → ``com.microsoft`` ``Gelu`` (gelu_fusion.py)
+- Add(x, constant bias) + Gelu (ONNX's, approximate="none", or com.microsoft's) → ``BiasGelu``
+- RMS normalization [+ a residual Add] → ``SimplifiedLayerNormalization`` /
+  ``SkipSimplifiedLayerNormalization`` (rms_norm_fusion.py)
 - MatMul(2-D, constant) + Add(constant bias) → ONNX ``Gemm``
 - the decomposed layer norm (ReduceMean, Sub, Pow/Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β)
   → ONNX ``LayerNormalization`` (opset ≥ 17)
@@ -30,6 +33,8 @@ from engineroom.optimizer.attention_fusion import fuse_attention, fuse_heads_att
 from engineroom.optimizer.conv_hardswish import fuse_conv_hardswish
 from engineroom.optimizer.depthwise_block import fuse_depthwise_blocks
 from engineroom.optimizer.float16_compute import compute_float16_in_float32
+from engineroom.optimizer.gelu_fusion import fuse_erf_gelu
+from engineroom.optimizer.rms_norm_fusion import fuse_rms_norm, fuse_skip_rms_norm
 from engineroom.optimizer.rewrite import const, only_use, other_input, producer, replace, scalar
 from engineroom.optimizer.upsample_conv import fuse_upsample_conv
 from engineroom.plugin_sdk.activations import FUSED_ACTIVATIONS
@@ -127,8 +132,11 @@ class Fuser:
 
 
 def _fuse_more(f: "Fuser") -> dict[str, int]:
-    done = {"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)}
+    done = {"Gelu": fuse_erf_gelu(f)}                        # before BiasGelu, which takes these too
+    done.update({"BiasGelu": _bias_gelu(f), "Gemm": _matmul_add(f), "LayerNormalization": _layer_norm(f)})
     done["SkipLayerNormalization"] = _skip_layer_norm(f)     # after _layer_norm: fuses what that made too
+    done["SimplifiedLayerNormalization"] = fuse_rms_norm(f)
+    done["SkipSimplifiedLayerNormalization"] = fuse_skip_rms_norm(f)
     done["QuickGelu"] = _silu(f)
     done["MultiHeadAttention"] = fuse_attention(f)
     done["FusedMatMul"] = fuse_transposed_matmul(f)     # the Kᵀ the attention fusion left
@@ -143,7 +151,7 @@ def _onnx_op(node: ir.Node | None, op: str) -> bool:
 def _bias_gelu(f: "Fuser") -> int:
     n = 0
     for gelu in list(f.graph):
-        if not _onnx_op(gelu, "Gelu") or gelu.graph is None:
+        if not (_onnx_op(gelu, "Gelu") or (gelu.op_type == "Gelu" and gelu.domain == MS)) or gelu.graph is None:
             continue
         approx = gelu.attributes.get("approximate")
         if approx is not None and approx.value != "none":
@@ -427,12 +435,15 @@ def fuse(model: ir.Model, owners: dict[ir.Node, object], level: int = 2,
          providers: list | None = None) -> dict[str, int]:
     """The level-2 fusions, and at level 3 (ORT_ENABLE_ALL, 99) the layout fusions after them. ``owners``
     (node -> provider) is updated with the nodes made here."""
+    # the float16 form of RMSNorm (casts to float32 and back around it) before the pass below moves casts
+    rms16 = fuse_rms_norm(Fuser(model, owners), narrow_only=True)
     # float16 regions become float32 first, so the float32 fusions below apply to them
     done = {"Float16InFloat32": compute_float16_in_float32(model, owners, providers)}
     f = Fuser(model, owners)
     done["ConvTranspose"] = fuse_upsample_conv(f)          # before FusedConv takes the Conv
     done.update({"FusedConv": f.conv_activation(), "FastGelu": f.fast_gelu()})
     done.update(_fuse_more(f))
+    done["SimplifiedLayerNormalization"] += rms16
     if level >= 99:
         done["DepthwiseSeparableBlock"] = fuse_depthwise_blocks(f)   # reads the FusedConvs made above
         done["FusedConvHardSwish"] = fuse_conv_hardswish(f)
