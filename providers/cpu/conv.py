@@ -81,11 +81,12 @@ def _phase_taps(k, s, d):
     Tap j reads input offset j*d = q*s + r, i.e. phase r at offset q; the taps of one phase form an
     arithmetic progression (step s/gcd(d, s)), and so do their offsets.
     """
+    by_phase: dict[int, list[int]] = {}
+    for j in range(k):      # one pass over the taps, not one per phase (a 512-tap stride-160 STFT conv)
+        by_phase.setdefault((j * d) % s, []).append(j)
     out = []
-    for r in range(s):
-        js = [j for j in range(k) if (j * d) % s == r]
-        if not js:
-            continue
+    for r in sorted(by_phase):
+        js = by_phase[r]
         step = js[1] - js[0] if len(js) > 1 else 1
         out.append((r, js[0], step, js[0] * d // s, step * d // s, len(js)))
     return out
