@@ -77,6 +77,7 @@ def _matmul_few_rows(b, run):
     compiled loop over the weight transposed (``_jit_llm.gemm_few_rows``), made on the first such call so
     that models never run with a few rows keep one copy (GPT-2 batch-4 decode step 2.85 -> 2.14 ms CPU
     time; OpenBLAS packs the whole weight on every call). One row stays with BLAS's GEMV, as fast."""
+    from engineroom.providers.cpu import _threadpool
     from engineroom.providers.cpu.array_module import NUMPY
 
     jit = NUMPY.compiled("llm")
@@ -86,6 +87,10 @@ def _matmul_few_rows(b, run):
 
     def run_few(a, b_):
         rows = a.size // a.shape[-1] if a.ndim >= 2 and a.shape[-1] else 0
+        if rows == 1 and b_ is b and a.dtype == np.float32 and _threadpool._blas.outside() == 1:
+            # one row and one BLAS thread: NumPy's GEMV as it is, not through the pool's wrapper (its
+            # bookkeeping cost ~10 us a call in a GPT-2 decoding step, ~10% of it)
+            return (np.matmul(a.reshape(1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],)),)
         if not (2 <= rows <= 8 and b_ is b and a.dtype == np.float32 and a.flags.c_contiguous):
             return run(a, b_)
         if not wt:
