@@ -176,3 +176,39 @@ def test_erf_gelu_left_alone_where_a_condition_fails(tmp_path, case):
     feed = {k: RNG.standard_normal((4, H)).astype(np.float32) for k in ("x", "z")}
     ops = _vs_ort(m, feed, tmp_path, rtol=1e-6, atol=1e-6)
     assert ("", "Erf") in ops and not any(op == "Gelu" for _, op in ops)
+
+
+# -- attention whose output shape is read back (ViT's export) -----------------------------------------------
+
+def _vit_attention(gather_dims=(0, 1)):
+    """ViT's attention: heads by Reshape/Transpose, Q and Kᵀ each scaled by D^-1/4, and the final Reshape's
+    shape built from Shape(Transpose output) -> Gather dims ``gather_dims`` -> Concat with (H·D)."""
+    heads, d = 2, 8
+    nodes = []
+    for n, perm in (("q", (0, 2, 1, 3)), ("k", (0, 2, 3, 1)), ("v", (0, 2, 1, 3))):
+        nodes += [helper.make_node("Reshape", [n, "hshape"], [n + "4"]),
+                  helper.make_node("Transpose", [n + "4"], [n + "t"], perm=perm)]
+    nodes += [helper.make_node("Mul", ["qt", "c"], ["qs"]), helper.make_node("Mul", ["kt", "c"], ["ks"]),
+              helper.make_node("MatMul", ["qs", "ks"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["o4"]),
+              helper.make_node("Transpose", ["o4"], ["o"], perm=(0, 2, 1, 3)),
+              helper.make_node("Shape", ["o"], ["sh"])]
+    for i, dim in enumerate(gather_dims):
+        nodes += [helper.make_node("Gather", ["sh", f"i{dim}"], [f"g{i}"], axis=0),
+                  helper.make_node("Unsqueeze", [f"g{i}", "zero"], [f"u{i}"])]
+    nodes += [helper.make_node("Concat", [f"u{i}" for i in range(len(gather_dims))] + ["hd"], ["oshape"], axis=0),
+              helper.make_node("Reshape", ["o", "oshape"], ["y"])]
+    inits = [("hshape", np.array([0, 0, heads, d], np.int64)), _c("c", d ** -0.25), ("zero", np.array([0], np.int64)),
+             ("i0", np.array(0, np.int64)), ("i1", np.array(1, np.int64)), ("i2", np.array(2, np.int64)),
+             ("hd", np.array([heads * d] if len(gather_dims) == 2 else [d], np.int64))]
+    ins = [_f(n, ["b", "s", heads * d]) for n in "qkv"]
+    return make_model(nodes, ins, [_f("y", None)], inits, opset=17)
+
+
+@pytest.mark.parametrize("dims,fused", [((0, 1), True), ((0, 1, 2), False)])
+def test_attention_output_read_by_shape_of_batch_and_sequence_still_fuses(tmp_path, dims, fused):
+    """Shape(attention output) read for B and S only: the same in the fused 3-D output, so the fusion
+    fires; a Shape that also reads the heads dim keeps the pattern unfused."""
+    feed = {n: RNG.standard_normal((2, 5, 16)).astype(np.float32) for n in "qkv"}
+    ops = _vs_ort(_vit_attention(dims), feed, tmp_path, rtol=1e-5, atol=1e-6)
+    assert (("com.microsoft", "MultiHeadAttention") in ops) is fused

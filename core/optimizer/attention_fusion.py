@@ -225,7 +225,8 @@ def _match(sm: ir.Node, opset: int):
     if not _transpose(tr, (0, 2, 1, 3)):
         return None
     out = tr.outputs[0]
-    reshape = only_use(out)
+    readers = [u.node for u in out.uses() if not _reads_batch_and_sequence(u.node)]
+    reshape = readers[0] if len(readers) == 1 and not out.is_graph_output() else None
     hdv = heads * dv
     if (reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx")
             or reshape.inputs[0] is not out or reshape.outputs[0].shape is None
@@ -236,6 +237,22 @@ def _match(sm: ir.Node, opset: int):
             or not _same_dims(k3.shape[1], v3.shape[1]) or not _mask_fits(mask, q3, k3, heads):
         return None
     return [q3, k3, v3, None, None, mask] if mask is not None else [q3, k3, v3], heads, scale, nodes, out
+
+
+def _reads_batch_and_sequence(node: ir.Node) -> bool:
+    """A Shape of the attention output whose every reader Gathers dim 0 or 1 (B, S): the same of the
+    4-D (B, S, H, Dv) output and of the fused 3-D one, so it may read the latter (ViT's export builds
+    its final Reshape's shape so)."""
+    if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or node.attributes \
+            or node.outputs[0].is_graph_output():
+        return False
+    for u in node.outputs[0].uses():
+        g = u.node
+        axis = g.attributes.get("axis")
+        if g.op_type != "Gather" or u.idx != 0 or (axis is not None and axis.value != 0) \
+                or scalar(g.inputs[1]) not in (0.0, 1.0):
+            return False
+    return True
 
 
 def _scores_root(v: ir.Value):
