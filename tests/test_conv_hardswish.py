@@ -99,6 +99,21 @@ def test_level2_keeps_onnxruntimes_ops(tmp_path):
     np.testing.assert_allclose(s.run(None, feed)[0], ort_got[0], rtol=1e-4, atol=1e-4)
 
 
+def test_saved_level2_residual_conv_runs_in_onnxruntime(tmp_path):
+    """Conv + Add (no activation) fuses at level 2 into a FusedConv without an ``activation`` attribute:
+    onnxruntime refuses ``activation="Identity"``, so the saved model would not load there."""
+    import onnx
+    import onnxruntime
+    m, out_shape = conv_act_model(residual=True, act="Identity")
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_EXTENDED, tmp_path)
+    assert ops == [MS_FUSED], ops
+    feed = _feed(m, out_shape)
+    saved = onnx.load(str(tmp_path / f"opt{int(LEVELS.ORT_ENABLE_EXTENDED)}.onnx"))
+    ort_got = onnxruntime.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    np.testing.assert_allclose(s.run(None, feed)[0], ort_got[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ort_got[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
+
+
 def test_hardswish_not_fused_where_the_conv_output_is_read_twice(tmp_path):
     m, out_shape = conv_act_model()
     m.graph.node.append(helper.make_node("Relu", ["c"], ["y2"]))

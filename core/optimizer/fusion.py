@@ -104,7 +104,8 @@ class Fuser:
             if act is None and z is None:
                 continue
             attrs = [a for a in conv.attributes.values()]
-            attrs.append(ir.AttrString("activation", act or "Identity"))
+            if act is not None:     # none written for a bare residual: onnxruntime refuses "Identity"
+                attrs.append(ir.AttrString("activation", act))
             if params:
                 attrs.append(ir.AttrFloat32s("activation_params", params))
             ins = list(conv.inputs) + [None] * (3 - len(conv.inputs))
