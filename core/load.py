@@ -120,6 +120,50 @@ def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
     return light, heavy
 
 
+# Heavy Constant values of these types travel light too: shape inference reads only their dims (it reads
+# the data of int32/int64 constants, which may be shapes, so those travel whole)
+_STRIPPED_CONSTANT_TYPES = frozenset(getattr(onnx.TensorProto, n) for n in (
+    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "BOOL", "INT8", "UINT8", "INT16", "UINT16", "UINT32", "UINT64"))
+
+
+def _strip_constants(light: onnx.ModelProto, proto: onnx.ModelProto, copy: bool) -> dict[str, onnx.AttributeProto]:
+    """Heavy ``value`` payloads of the main graph's Constant nodes taken out of ``light`` (dims and type
+    kept) as heavy initializers are: exporters that hold every weight in a Constant (Paddle) would
+    otherwise carry them through the checker and shape inference. Returns each such node's output name
+    -> its ``value`` attribute in ``proto`` (a copy where ``copy``: the caller's proto), put back into the IR
+    by ``_restore_constants``. ``light``'s nodes are still ``proto``'s, in its order."""
+    out = {}
+    for n, orig in zip(light.graph.node, proto.graph.node):
+        if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1 \
+                or len(n.output) != 1 or not n.output[0]:
+            continue
+        a = n.attribute[0]
+        if a.name != "value" or a.type != onnx.AttributeProto.TENSOR or a.ref_attr_name:
+            continue
+        t = a.t
+        # raw data alone (the checker's "one value field" rule is kept for any other form)
+        if t.data_type not in _STRIPPED_CONSTANT_TYPES or not _heavy(t) or t.float_data or t.int32_data \
+                or t.int64_data or t.double_data or t.uint64_data or t.string_data or t.external_data:
+            continue
+        if copy:
+            kept = onnx.AttributeProto()
+            kept.CopyFrom(orig.attribute[0])
+        else:
+            kept = orig.attribute[0]
+        t.ClearField("raw_data")
+        out[n.output[0]] = kept
+    return out
+
+
+def _restore_constants(model: ir.Model, stripped: dict[str, onnx.AttributeProto]) -> None:
+    """The ``value`` attributes ``_strip_constants`` took out, put back as the deserializer makes them."""
+    if not stripped:
+        return
+    for node in model.graph:
+        if node.op_type == "Constant" and len(node.outputs) == 1 and node.outputs[0].name in stripped:
+            node.attributes["value"] = ir.serde.deserialize_attribute(stripped[node.outputs[0].name])
+
+
 def _copy_fields(dst, src, skip: str) -> None:
     """Copy every set field of message ``src`` into ``dst`` but the one named ``skip``."""
     for field, value in src.ListFields():
@@ -141,15 +185,19 @@ def _check_payload(t: onnx.TensorProto) -> None:
                            f"for the declared shape {list(t.dims)} ({need} bytes required)")
 
 
-def _check(light: onnx.ModelProto, heavy: set[str]) -> None:
-    """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers are one-element
-    placeholders: the checker wants data, and copying the stripped model costs less than stripping twice."""
+def _check(light: onnx.ModelProto, heavy: set[str], constants=()) -> None:
+    """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers, and the values of the
+    Constant nodes writing ``constants``, are one-element placeholders: the checker wants data, and copying
+    the stripped model costs less than stripping twice."""
     checked = onnx.ModelProto()
     checked.CopyFrom(light)
-    for t in checked.graph.initializer:
-        if t.name in heavy:
-            del t.dims[:]
-            t.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    placeholders = [t for t in checked.graph.initializer if t.name in heavy]
+    if constants:
+        placeholders += [n.attribute[0].t for n in checked.graph.node
+                         if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in constants]
+    for t in placeholders:
+        del t.dims[:]
+        t.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     try:
         onnx.checker.check_model(checked)
     except onnx.checker.ValidationError as e:
@@ -449,8 +497,9 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
     _check_arity(proto)
     _resolve_external_data(proto, base_dir, supplied)
     light, heavy = _light(proto)  # what follows rewrites this copy, never the caller's
+    stripped = _strip_constants(light, proto, copy=isinstance(model, onnx.ModelProto))
     _repair(light)
-    _check(light, heavy)
+    _check(light, heavy, stripped)
     if light.functions:
         from onnx import inliner
 
@@ -464,6 +513,7 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
         raise InvalidGraph(f"shape inference failed: {e}") from e
     _forget_generated_names(light, unknown)
     model_ir = deserialize_model(light)
+    _restore_constants(model_ir, stripped)
     _attach_weights(model_ir, proto)
     expand_gradients(model_ir)
     return model_ir
