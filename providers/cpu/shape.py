@@ -39,6 +39,12 @@ def _has(info, i) -> bool:
     return i < len(info.input_names) and info.input_names[i] != ""
 
 
+def _int_list(a) -> list[int]:
+    """``host_ints(a)``; a 1-D integer array (the usual shape input) through ``tolist`` alone."""
+    a = _host(a)
+    return a.tolist() if a.ndim == 1 and a.dtype.kind in "iu" else _ints(a)
+
+
 def _check_size(shape, dtype, limit) -> None:
     """``check_tensor_size``, skipped where even 64 bytes an element (more than any dtype counts) stay
     within the limit: the common small tensor pays one product."""
@@ -346,7 +352,7 @@ def expand(info):
     limit = info.max_tensor_bytes
 
     def run(x, shape):
-        out_shape = _broadcast_shape(x.shape, _ints(shape))
+        out_shape = _broadcast_shape(x.shape, _int_list(shape))
         if out_shape == x.shape:
             return (x.copy(),)
         _check_size(out_shape, x.dtype, limit)
@@ -670,10 +676,10 @@ def tile(info):
     limit = info.max_tensor_bytes
 
     def run(x, repeats):
-        reps = _ints(repeats)
+        reps = _int_list(repeats)
         if len(reps) != x.ndim:
             raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
-        if any(r < 0 for r in reps):
+        if reps and min(reps) < 0:
             raise ValueError(f"Tile: repeats {reps} must not be negative")
         return (_tiled(xp, x, reps, limit),)
     return run
