@@ -23,6 +23,22 @@ AOT = {
 }
 
 
+@njit(nogil=True, boundscheck=False, inline="always")
+def _compare(m, v, th):  # pragma: no cover (compiled)
+    """Whether feature value ``v`` takes the true branch of a node comparing by ``m`` with ``th``."""
+    if m == 0:
+        return v <= th
+    if m == 1:
+        return v < th
+    if m == 2:
+        return v >= th
+    if m == 3:
+        return v > th
+    if m == 4:
+        return v == th
+    return v != th
+
+
 @njit(nogil=True, boundscheck=False)
 def forest_leaves(x, thr, feat, mode, tc, fc, miss, roots, out):  # pragma: no cover (compiled)
     """out[n, t] = the leaf that sample n reaches in tree t."""
@@ -31,20 +47,7 @@ def forest_leaves(x, thr, feat, mode, tc, fc, miss, roots, out):  # pragma: no c
             node = roots[t]
             while node >= 0:
                 v = x[n, feat[node]]
-                th = thr[node]
-                m = mode[node]
-                if m == 0:
-                    cond = v <= th
-                elif m == 1:
-                    cond = v < th
-                elif m == 2:
-                    cond = v >= th
-                elif m == 3:
-                    cond = v > th
-                elif m == 4:
-                    cond = v == th
-                else:
-                    cond = v != th
+                cond = _compare(mode[node], v, thr[node])
                 if miss[node] != 0 and v != v:
                     cond = True
                 node = tc[node] if cond else fc[node]
@@ -82,20 +85,7 @@ def forest_walk(x, thr, feat, kids, roots, depth, mode, out):  # pragma: no cove
             for _ in range(depth[t]):
                 for b in range(nb):
                     node = cur[b]
-                    v = x[n0 + b, feat[node]]
-                    th = thr[node]
-                    if mode == 0:
-                        c = v <= th
-                    elif mode == 1:
-                        c = v < th
-                    elif mode == 2:
-                        c = v >= th
-                    elif mode == 3:
-                        c = v > th
-                    elif mode == 4:
-                        c = v == th
-                    else:
-                        c = v != th
+                    c = _compare(mode, x[n0 + b, feat[node]], thr[node])
                     cur[b] = kids[2 * node + 1 - np.int64(c)]
             for b in range(nb):
                 out[n0 + b, t] = cur[b]
