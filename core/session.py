@@ -23,6 +23,7 @@ from engineroom.errors import (
 )
 from engineroom.executor import RUN_TIMEOUT_KEY, Deadline, execute
 from engineroom.feeds import Feeds, to_numpy
+from engineroom.host_memory import keep_freed_memory
 from engineroom.iobinding import IOBinding, SessionBinding
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic
@@ -195,6 +196,7 @@ class InferenceSession:
         if level >= self._log_level:
             log.log(level, "%s%s", f"[{so.logid}] " if so.logid else "", self._placement_line)
         _set_blas_threads(int(so.intra_op_num_threads))
+        keep_freed_memory(bool(so.enable_cpu_mem_arena))
         from engineroom.compat.session_options import log_no_effect
 
         log_no_effect(so, self._log_level)

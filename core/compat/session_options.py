@@ -17,7 +17,6 @@ log = logging.getLogger("engineroom")
 
 # attribute -> (its default, why setting it changes nothing in engineroom)
 NO_EFFECT = {
-    "enable_cpu_mem_arena": (True, "tensors are NumPy/CuPy arrays from their own allocators; there is no arena"),
     "enable_mem_pattern": (True, "the plan frees each value after its last use; no pre-planned memory pattern"),
     "enable_mem_reuse": (True, "buffers are released after their last use by the plan either way"),
     "execution_mode": (0, "the executor is sequential (kernels use the intra-op BLAS threads instead)"),
