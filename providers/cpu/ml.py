@@ -295,7 +295,9 @@ def label_encoder_1(info):
     def run(x):
         xh = _host(x)
         if xh.dtype == object:
-            return (np.array([index.get(_text(v), d_int) for v in xh.reshape(-1)], dtype=np.int64).reshape(xh.shape),)
+            get = index.get
+            return (np.array([get(v, d_int) if v.__class__ is str else get(_text(v), d_int)
+                              for v in xh.reshape(-1).tolist()], dtype=np.int64).reshape(xh.shape),)
         flat = [classes[int(v)] if 0 <= int(v) < len(classes) else d_str for v in xh.reshape(-1)]
         return (_obj_array(flat, xh.shape),)
 

@@ -131,7 +131,7 @@ def transpose(info):
     def run(x):
         p = perm if perm is not None else tuple(range(x.ndim - 1, -1, -1))
         # A contiguous result, as onnxruntime produces: consumers (MatMul, Conv, elementwise) run faster on it.
-        return (xp.transpose(x, p).copy(),)  # copy(): C order, and keeps 0-d arrays 0-d
+        return (x.transpose(p).copy(),)  # copy(): C order, and keeps 0-d arrays 0-d
     return run
 
 
@@ -141,12 +141,15 @@ def transpose(info):
 def concat(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", 1))  # opset 1 defaults to 1; opset 4+ requires it
+    axes: dict = {}         # rank -> axis
 
     def run(*xs):
         xs = [x for x in xs if x is not None]
         if len(xs) == 1:
             return (xs[0].copy(),)
-        a = _axis(axis, xs[0].ndim)
+        a = axes.get(xs[0].ndim)
+        if a is None:
+            a = axes[xs[0].ndim] = _axis(axis, xs[0].ndim)
         return (xp.concatenate(xs, axis=a),)
 
     if not arrays(xp).host or len(info.input_names) != 2:
@@ -180,15 +183,14 @@ def concat(info):
     if shape0 is None or not -len(shape0) <= axis < len(shape0) or not isinstance(shape0[axis], int):
         return run_growing
     # the first input's length along the axis is static: it never comes back longer, nothing grows
-    by_rank: dict = {}      # rank -> axis
     concatenate = np.concatenate
 
     def run_two(a, b):
         if a is None or b is None or bound_output(out_name) is not None:
             return run_growing(a, b)
-        ax = by_rank.get(a.ndim)
+        ax = axes.get(a.ndim)
         if ax is None:
-            ax = by_rank[a.ndim] = _axis(axis, a.ndim)
+            ax = axes[a.ndim] = _axis(axis, a.ndim)
         return (concatenate((a, b), axis=ax),)
     return run_two
 
@@ -484,9 +486,12 @@ def shape(info):
     end = info.attrs.get("end")
     end = None if end is None else int(end)
 
+    host = arrays(xp).host
+
     def run(x):
         # Python slicing clamps out-of-range start/end exactly as the spec asks.
-        return (xp.asarray(np.array(x.shape[start:end], dtype=np.int64)),)
+        s = np.array(x.shape[start:end], dtype=np.int64)
+        return (s if host else xp.asarray(s),)
     return run
 
 
