@@ -170,6 +170,15 @@ def _signature(node: ir.Node) -> tuple:
     return tuple(map(id, node.inputs)), tuple(map(id, node.outputs))
 
 
+def _outer_names(node: ir.Node) -> list[str]:
+    """What a node's subgraphs (If/Loop/Scan bodies) read from enclosing scopes; [] for other nodes."""
+    names: dict[str, None] = {}
+    for a in node.attributes.values():
+        for g in _graphs_of(a):
+            names.update(dict.fromkeys(free_names(g)))
+    return list(names)
+
+
 def _graphs_of(a) -> list[ir.Graph]:
     if a.type == ir.AttributeType.GRAPH:
         return [a.value]
@@ -203,14 +212,7 @@ class PlanBuilder:
         nodes = list(graph)
         protos = any(getattr(p, "reads_node_protos", True) for p in self.providers)
         views = [node_view(n, i, self.opsets, consts, protos) for i, n in enumerate(nodes)]
-        outer: dict[int, list[str]] = {}
-        for i, n in enumerate(nodes):
-            names: dict[str, None] = {}
-            for a in n.attributes.values():
-                for g in _graphs_of(a):
-                    names.update(dict.fromkeys(free_names(g)))
-            if names:
-                outer[i] = list(names)
+        outer = {i: names for i, n in enumerate(nodes) if (names := _outer_names(n))}
         gview = GraphView(nodes=[], opsets=dict(self.opsets), ir_version=self.ir_version,
                           graph_inputs=tuple(input_names) + tuple(outer_names),
                           graph_outputs=tuple(v.name for v in graph.outputs),
@@ -233,7 +235,7 @@ class PlanBuilder:
         node's provider is the one ``owners`` names (the passes record there the nodes they make), else
         the first provider with a kernel for it. Views of nodes whose values did not change are kept,
         unless ``retyped`` (a pass changed values' types in place)."""
-        consts0, input_names, nodes0, views0, outer0, owner0, group0, notes, sigs0 = self._assigned[graph]
+        consts0, input_names, nodes0, views0, _, owner0, group0, notes, sigs0 = self._assigned[graph]
         consts = {name: consts0[name] if name in consts0 and not retyped else tensor_to_numpy(v.const_value)
                   for name, v in graph.initializers.items() if v.const_value is not None and name not in input_names}
         protos = any(getattr(p, "reads_node_protos", True) for p in self.providers)
@@ -259,8 +261,9 @@ class PlanBuilder:
             owner.append(o)
             if k is not None and k in group0:
                 group_of[i] = group0[k]
-            if k is not None and k in outer0:
-                outer[i] = outer0[k]
+            names = _outer_names(n)     # anew: a pass may have renamed what a body reads (float16 casts)
+            if names:
+                outer[i] = names
         if missing:
             raise Unclaimed([nodes[i] for i in missing], [views[i] for i in missing])
         self._assigned[graph] = consts, input_names, nodes, views, outer, owner, group_of, notes, sigs
