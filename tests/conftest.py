@@ -1,4 +1,6 @@
-"""Shared fixtures: the test providers registered as a plugin, and the model zoo's location."""
+"""Shared fixtures and helpers: the test providers registered as a plugin, the model zoo, and what the test
+modules would otherwise each write again (model building, placement and copy counts read through the public
+API, the profiler's node events, onnxruntime-vs-engineroom runs, a fresh interpreter)."""
 from __future__ import annotations
 
 import contextlib
