@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from engineroom.errors import Fail, NotImplemented
 from engineroom.functions import expand_unclaimed_functions
-from engineroom.optimizer import optimize_extended
+from engineroom.optimizer import eliminate_unused_initializers, optimize_extended
 from engineroom.optimizer.subgraphs import nested_graphs_of
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, free_names, type_string
 from engineroom.plugin_sdk import ExecutionProvider
@@ -53,6 +53,7 @@ def build_plan(model: ir.Model, providers: list[ExecutionProvider], level: int, 
                 pass       # reported when the body is planned
         done = optimize_extended(model, owners, level, assigned, providers=providers)
         if any(done.values()):
+            eliminate_unused_initializers(model.graph)   # what the fused kernels prepared in their own form
             builder.opsets = _opsets(model)       # the fused ops' domains
             try:
                 # the float16 pass widens values in place: every view of the main graph is made again

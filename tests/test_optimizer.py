@@ -90,6 +90,33 @@ def test_conv_batchnorm_mul_add_fold_into_conv(tmp_path):
     assert ops == [("", "Conv")]
 
 
+def test_folded_weights_are_not_kept_beside_their_folds(tmp_path):
+    """The weights a fold replaced are dropped (the plan would hold both for the session's life); an
+    overridable initializer nothing reads stays a graph input, as onnxruntime keeps it. Numbers against
+    onnxruntime."""
+    import onnx
+
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle")
+    bn = [("s", RNG.uniform(0.5, 2, 4).astype(np.float32)), ("bb", RNG.standard_normal(4).astype(np.float32)),
+          ("mu", RNG.standard_normal(4).astype(np.float32)), ("var", RNG.uniform(0.5, 2, 4).astype(np.float32)),
+          ("spare", np.ones(3, np.float32))]
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+                helper.make_node("BatchNormalization", ["a", "s", "bb", "mu", "var"], ["y"], epsilon=1e-3)],
+               [_f("x", [1, 3, 8, 8]), _f("spare", [3])], [_f("y", [1, 4, 8, 8])], _conv_inits() + bn)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    x = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    s = ort.InferenceSession(m.SerializeToString(), so)
+    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)
+    np.testing.assert_allclose(s.run(None, x)[0], want[0], rtol=1e-4, atol=1e-4)
+    saved = onnx.load(so.optimized_model_filepath)
+    read = {i for n in saved.graph.node for i in n.input}
+    assert {t.name for t in saved.graph.initializer} == (read & {t.name for t in saved.graph.initializer}) | {"spare"}
+    assert len(saved.graph.initializer) == 3        # the folded weight and bias, and the overridable one
+    assert [v.name for v in s.get_overridable_initializers()] == ["spare"]
+
+
 @pytest.mark.parametrize("act, extra", [("Relu", {}), ("Sigmoid", {}), ("LeakyRelu", {"alpha": 0.2}),
                                         ("HardSigmoid", {}), ("Tanh", {})])
 def test_conv_activation_fuses_on_cpu(tmp_path, act, extra):

@@ -15,6 +15,7 @@ from engineroom.optimizer.eliminate import (
     eliminate_identity,
     eliminate_redundant_cast,
     eliminate_transpose_pairs,
+    eliminate_unused_initializers,
 )
 from engineroom.optimizer.dynamic_quant_matmul import fuse_dynamic_quant_matmul
 from engineroom.optimizer.fusion import Fuser, fuse, fuse_body
@@ -47,6 +48,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
         fold_conv_affine(body)
 
     optimize_bodies(model, g, in_body)   # If/Loop/Scan bodies, with the constants they read made theirs
+    eliminate_unused_initializers(g)      # last: the bodies' copies of outer constants free some too
 
 
 def optimize_extended(model: ir.Model, owners: dict[ir.Node, object], level: int = 2,

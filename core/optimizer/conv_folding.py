@@ -84,8 +84,8 @@ def fold_conv_affine(graph: ir.Graph) -> int:
                     w2, b2 = w, b + v
             else:
                 break
-            _set_conv(graph, conv, w2.astype(w.dtype), np.asarray(b2).astype(w.dtype))
+            got = (w2.astype(w.dtype), np.asarray(b2).astype(w.dtype))   # cast once: the graph's and the next fold's
+            _set_conv(graph, conv, *got)
             _bypass(graph, conv, nxt)
-            got = (w2.astype(w.dtype), np.asarray(b2).astype(w.dtype))
             n += 1
     return n

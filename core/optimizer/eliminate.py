@@ -1,4 +1,5 @@
-"""Level-1 eliminations: nodes that only pass a value through (Identity, inference-mode Dropout)."""
+"""Level-1 eliminations: nodes that only pass a value through (Identity, inference-mode Dropout), and
+initializers nothing reads."""
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -93,3 +94,16 @@ def eliminate_transpose_pairs(graph: ir.Graph) -> int:
             _bypass(graph, node)
         n += 1
     return n
+
+
+def eliminate_unused_initializers(graph: ir.Graph) -> int:
+    """Drop the initializers of ``graph`` that nothing reads: the folds leave behind the weights they
+    replaced (a Conv's before its BatchNormalization was folded in, an int8 weight before its dequantizing
+    Cast/Mul was), which the plan would otherwise hold for the session's life beside the folded ones
+    (onnxruntime drops unused initializers too). Graph inputs (overridable) and outputs stay; a use from
+    a nested body counts, since a body reads the enclosing graph's own value."""
+    dead = [name for name, v in graph.initializers.items()
+            if not v.uses() and not v.is_graph_output() and not v.is_graph_input()]
+    for name in dead:
+        del graph.initializers[name]
+    return len(dead)
