@@ -661,6 +661,7 @@ def _tiled(xp, x, reps, limit):
     (r0, d0, r1, d1, ...), seen as (r0 * d0, r1 * d1, ...) (what ``np.tile`` computes, with less
     Python around it)."""
     out_shape, buf_shape, src_shape = [], [], []
+    spread = True       # every repeated axis has length 1: the output is x broadcast, no extra axes
     for d, r in zip(x.shape, reps):
         out_shape.append(d * r)
         if r == 1:      # an axis not repeated needs no axis of repeats
@@ -669,7 +670,12 @@ def _tiled(xp, x, reps, limit):
         else:
             buf_shape += (r, d)
             src_shape += (1, d)
+            spread = spread and d == 1
     _check_size(out_shape, x.dtype, limit)
+    if spread:
+        out = xp.empty(out_shape, dtype=x.dtype)
+        out[...] = x
+        return out
     buf = xp.empty(buf_shape, dtype=x.dtype)
     buf[...] = x.reshape(src_shape)
     return buf.reshape(out_shape)
