@@ -180,6 +180,15 @@ def one_hot(info):
         d = int(_host(depth).reshape(-1)[0])
         rank = indices.ndim + 1
         a = _axis(axis, rank)
+        if indices.size == 1 and a == rank - 1 and xp is np and d <= 1 << 20:
+            # one index (a decoder step's token in a Loop body): fill the row and set one element, no
+            # compare against an arange (~6 -> ~1 us a call)
+            off, on = values.reshape(-1)[:2].tolist()
+            out = np.full((*indices.shape, d), off, dtype=values.dtype)
+            k = int(indices.reshape(-1)[0])
+            if -d <= k < d:     # out-of-range: an all-off row, as below
+                out.reshape(-1)[k] = on
+            return (out,)
         check_tensor_size((*indices.shape[:a], d, *indices.shape[a:]), values.dtype, info.max_tensor_bytes)
         idx = indices.astype(np.int64)
         idx = xp.where(idx < 0, idx + d, idx)

@@ -1,0 +1,102 @@
+"""A greedy decoder step in a Loop body (issue 16, slanet_table's shape of loop): the previous token one-hot
+encoded (the single-index OneHot path), a matmul, ArgMax for the next token, the step's row scattered
+into a carried buffer; outputs against onnxruntime. Also the single-index OneHot on its own: negative,
+out-of-range and non-int64 indices, on and off values of each kind."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_model
+
+import engineroom as er
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle of these tests")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402 - after the importorskip
+
+RNG = np.random.default_rng(1616)
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def vi(name, elem=F, shape=None):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def both(m, feed):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    ref = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, feed)
+    got = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feed)
+    return ref, got
+
+
+def _decoder(steps: int, vocab: int = 12) -> bytes:
+    c = helper.make_tensor
+    body = helper.make_graph(
+        [helper.make_node("OneHot", ["tok", "depth", "onoff"], ["oh"], axis=-1),        # [1, vocab]
+         helper.make_node("MatMul", ["oh", "W"], ["logits"]),                          # [1, vocab]
+         helper.make_node("ArgMax", ["logits"], ["nt"], axis=1, keepdims=0),            # [1]
+         helper.make_node("Unsqueeze", ["i", "ax0"], ["i1"]),                           # [1]
+         helper.make_node("Reshape", ["i1", "shp3"], ["i3"]),                           # [1, 1, 1]
+         helper.make_node("Expand", ["i3", "eshape"], ["idx"]),                         # [1, 1, vocab]
+         helper.make_node("Unsqueeze", ["logits", "ax0"], ["row"]),                     # [1, 1, vocab]
+         helper.make_node("ScatterElements", ["buf", "idx", "row"], ["buf_out"], axis=1),
+         helper.make_node("Identity", ["c"], ["c_out"])],
+        "step",
+        [vi("i", I64, []), vi("c", TensorProto.BOOL, []), vi("tok", I64, [1]), vi("buf", F, [1, steps, vocab])],
+        [vi("c_out", TensorProto.BOOL, []), vi("nt", I64, [1]), vi("buf_out", F, [1, steps, vocab]),
+         vi("logits", F, [1, vocab])],
+        [c("depth", I64, [], [vocab]), c("onoff", F, [2], [0.0, 1.0]), c("ax0", I64, [1], [0]),
+         c("shp3", I64, [3], [1, 1, 1]), c("eshape", I64, [3], [1, 1, vocab])])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "tok0", "buf0"], ["tok_f", "buf_f", "all_logits"], body=body)],
+        "dec", [vi("tok0", I64, [1]), vi("buf0", F, [1, steps, vocab])],
+        [vi("tok_f", I64, [1]), vi("buf_f", F, [1, steps, vocab]), vi("all_logits", F, [steps, 1, vocab])],
+        [numpy_helper.from_array(np.array(steps, np.int64), "M"),
+         numpy_helper.from_array(RNG.standard_normal((vocab, vocab)).astype(np.float32), "W")])
+    return make_model(g.node, list(g.input), list(g.output), list(g.initializer), 17, check=True).SerializeToString()
+
+
+@pytest.mark.parametrize("steps", [1, 7, 40])
+def test_decoder_loop_matches_onnxruntime(steps):
+    m = _decoder(steps)
+    buf0 = RNG.standard_normal((1, steps, 12)).astype(np.float32)
+    feed = {"tok0": np.array([3], np.int64), "buf0": buf0}
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(feed["buf0"], buf0)   # the carried buffer's first value is the caller's: untouched
+
+
+def _one_hot(idx_type, val_type, axis=-1, rank=1):
+    shape = [1] * rank
+    return make_model(
+        [helper.make_node("OneHot", ["x", "d", "v"], ["y"], axis=axis)],
+        [vi("x", idx_type, shape), vi("d", I64, [1]), vi("v", val_type, [2])], [vi("y", val_type, [f"o{j}" for j in range(rank + 1)])],
+        (), 17, check=True).SerializeToString()
+
+
+@pytest.mark.parametrize("k", [0, 4, 9, -1, -10, 10, -11, 1000])
+# the (index, value) types onnxruntime's OneHot takes with an int64 depth
+@pytest.mark.parametrize("idx_type,val_type", [(I64, F), (F, I64), (I64, I64),
+                                               (I64, TensorProto.STRING)])
+def test_single_index_one_hot(k, idx_type, val_type):
+    from onnx.helper import tensor_dtype_to_np_dtype as npd
+
+    m = _one_hot(idx_type, val_type)
+    feed = {"x": np.array([k], npd(idx_type)), "d": np.array([10], np.int64),
+            "v": np.array(["off", "on"] if val_type == TensorProto.STRING else [-2, 5], npd(val_type))}
+    ref, got = both(m, feed)
+    assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("axis,rank", [(-1, 2), (0, 1), (1, 2), (-1, 3)])
+def test_single_index_one_hot_axes_and_ranks(axis, rank):
+    m = _one_hot(I64, F, axis=axis, rank=rank)
+    feed = {"x": np.full([1] * rank, -3, np.int64), "d": np.array([6], np.int64),
+            "v": np.array([0.5, 7.0], np.float32)}
+    ref, got = both(m, feed)
+    assert got[0].shape == ref[0].shape
+    np.testing.assert_array_equal(got[0], ref[0])
