@@ -7,7 +7,8 @@ newer attributes simply default to the older behaviour.
 
 Integer targets round half to even and clip to the type's range; float8/float4 targets are cast
 by ml_dtypes (round to nearest even), clipped first to +-max when ``saturate`` asks for it.
-DynamicQuantizeLinear runs as two compiled passes with the ``jit`` extra (``_jit_quant``).
+DynamicQuantizeLinear runs as two compiled passes with the ``jit`` extra (the range in ``_jit_elementwise``, the
+quantization in ``_jit_quant``), split over the provider's pool on large tensors.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
+from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -177,13 +179,41 @@ def dynamic_quantize_linear(info):
     return run
 
 
+_RANGE_MIN = 1 << 16
+
+
+def _range_compiled(flat, xp):
+    """(min, max) of the float32 ``flat`` in one compiled pass (``_jit_elementwise.min_max``), split over the
+    provider's pool where it is large; None where that loop is missing or the input holds a NaN or an
+    infinity (the NumPy path below handles those as onnxruntime does)."""
+    ew = arrays(xp).compiled("elementwise")
+    if ew is None:
+        return None
+    parts = []
+
+    def part(i, j):
+        r = np.empty(3, np.float32)
+        ew.min_max(flat[i:j], r)
+        parts.append(r)         # list.append is atomic: the pool's threads may run parts at once
+
+    parallel_ranges(part, flat.size, flat.size)
+    r = np.array(parts)
+    if r[:, 2].any():
+        return None
+    return float(r[:, 0].min()), float(r[:, 1].max())
+
+
 def quantize_dynamic_u8(x, xp=np, jit=None):
     """DynamicQuantizeLinear's numbers (also the com.microsoft DynamicQuantize* ops'): x quantized to uint8,
     its scale (np.float32) and zero point (np.uint8). ``jit``: the compiled ``quant`` module, or None."""
     # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
     xf = x.astype(np.float32, copy=False)
     flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
-    if xf.size:
+    # small inputs: NumPy's min and max (SIMD too) cost less than the pool's bookkeeping
+    rng = _range_compiled(flat, xp) if flat is not None and flat.size >= _RANGE_MIN else None
+    if rng is not None:
+        rmin, rmax = min(rng[0], 0.0), max(rng[1], 0.0)
+    elif xf.size:
         lo, hi = float(xf.min()), float(xf.max())
         if lo != lo or hi != hi:    # NaNs: NumPy's casts below, as before the compiled pass
             flat = None
@@ -212,7 +242,8 @@ def quantize_dynamic_u8(x, xp=np, jit=None):
         zp = np.uint8(min(max(float(np.rint(np.float32(0.0) - np.float32(rmin) / scale)), 0.0), 255.0))
         if flat is not None:        # one compiled pass, the same numbers as the NumPy passes below
             y = np.empty(x.shape, np.uint8)
-            jit.quantize_u8(flat, y.reshape(-1), scale, np.float32(zp))
+            yf, z32 = y.reshape(-1), np.float32(zp)
+            parallel_ranges(lambda i, j: jit.quantize_u8(flat[i:j], yf[i:j], scale, z32), flat.size, flat.size)
         else:
             y = xp.clip(xp.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
     return y, scale, zp

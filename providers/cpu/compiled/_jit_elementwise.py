@@ -1,0 +1,60 @@
+"""Compiled (numba) elementwise loops for float32: Tanh and Sigmoid with onnxruntime's (MLAS's) rational
+approximations, and the one-pass range (min, max) of DynamicQuantizeLinear.
+
+NumPy's tanh is an exact libm call per element (no SIMD); MLAS computes tanh and the logistic as a
+rational polynomial on a clamped input, which vectorizes. The polynomials are the ones the LSTM loops use
+(``_jit_rnn._tanh`` / ``_logistic``, one definition), so Tanh, Sigmoid and the recurrent gates give
+onnxruntime's numbers alike. Each loop takes a contiguous 1-D range: the kernels split big tensors over
+the CPU provider's pool (the loops release the GIL).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from engineroom.providers.cpu._jit_rnn import _logistic, _tanh
+from engineroom.providers.cpu.compiled._jit_transformer import F0, F1, _fmax, _fmin
+
+EXP_ALL = np.int32(0x7F800000)     # a float32's exponent bits
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def tanh(x, y):  # pragma: no cover (compiled)
+    """y = tanh(x) as MLAS computes it (input clamped to +-9, NaN kept); x, y (n,) float32."""
+    for i in range(x.shape[0]):
+        y[i] = _tanh(x[i])
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def logistic(x, y):  # pragma: no cover (compiled)
+    """y = 1 / (1 + e^-x) as MLAS computes it (input clamped to +-18, NaN kept); x, y (n,) float32."""
+    for i in range(x.shape[0]):
+        y[i] = _logistic(x[i])
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def min_max(x, out):  # pragma: no cover (compiled)
+    """out[0], out[1] = the min and max of x (n >= 1,) float32, NaNs skipped; out[2] = 0 where every
+    element is finite, 1 where one is NaN or infinite (the caller then takes its NumPy path). One pass:
+    LLVM's minnum/maxnum and an integer max over the exponent bits all vectorize."""
+    lo = x[0]
+    hi = x[0]
+    for i in range(x.shape[0]):
+        v = x[i]
+        lo = _fmin(lo, v)
+        hi = _fmax(hi, v)
+    b = x.view(np.int32)
+    e = np.int32(0)
+    for i in range(b.shape[0]):
+        e = max(e, b[i] & EXP_ALL)
+    out[0] = lo
+    out[1] = hi
+    out[2] = F0 if e != EXP_ALL else F1
+
+
+# the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
+AOT = {
+    "tanh": ("A1 A1", ("f4",)),
+    "logistic": ("A1 A1", ("f4",)),
+    "min_max": ("A1 A1", ("f4",)),
+}
