@@ -162,9 +162,15 @@ def scatter_nd(info):
     def run(x, indices, updates):
         out = x.copy()
         indices = indices.astype(np.int64, copy=False)
-        k = indices.shape[-1]
-        idx = tuple(indices[..., j] for j in range(k))
-        _reduce_at(xp, out, idx, updates.astype(x.dtype, copy=False), reduction)
+        # one index array per leading axis of x: the rows of the transposed [n, k] indices (views)
+        idx = tuple(indices.T) if indices.ndim == 2 else \
+            tuple(indices[..., j] for j in range(indices.shape[-1]))
+        if updates.dtype != x.dtype:
+            updates = updates.astype(x.dtype)
+        if reduction == "none":     # duplicates: the last update wins, as with sequential assignment
+            out[idx] = updates
+        else:
+            _reduce_at(xp, out, idx, updates, reduction)
         return (out,)
     return run
 
