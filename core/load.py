@@ -271,14 +271,15 @@ def _sort_nodes(g: onnx.GraphProto) -> None:
     where it is free (Kahn's algorithm, lowest index first). A node depends on the producers of its
     inputs and of the outer-scope names its subgraphs read. A real cycle is refused, naming its nodes."""
     nodes = list(g.node)
-    for n in nodes:
-        for sg in _subgraphs(n):
+    subs = [list(_subgraphs(n)) for n in nodes]     # one walk of the attributes (most nodes have none)
+    for sgs in subs:
+        for sg in sgs:
             _sort_nodes(sg)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     deps = []
-    for n in nodes:
+    for n, sgs in zip(nodes, subs):
         names = {x for x in n.input if x}
-        for sg in _subgraphs(n):
+        for sg in sgs:
             names |= _outer_names(sg)
         deps.append({producer[x] for x in names if x in producer})
     if all(d < i for i, ds in enumerate(deps) for d in ds):
