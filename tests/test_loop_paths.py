@@ -100,3 +100,27 @@ def test_single_index_one_hot_axes_and_ranks(axis, rank):
     ref, got = both(m, feed)
     assert got[0].shape == ref[0].shape
     np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("opset,axis,shape", [(13, -1, [1, 256, 1]), (13, 1, [2, 1, 5]), (11, 1, [3, 1])])
+def test_softmax_over_rows_of_one(opset, axis, shape):
+    """Softmax along an axis of length 1 (a Loop body's attention pooling): 1, and NaN where x is inf/NaN."""
+    m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=axis)], [vi("x", F, shape)],
+                   [vi("y", F, shape)], (), opset, check=True).SerializeToString()
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[:3] = [np.inf, -np.inf, np.nan]
+    ref, got = both(m, {"x": x})
+    assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("sa,sb", [([1, 1, 256], [1, 256, 96]), ([3, 1, 4, 5], [2, 5, 6]), ([7, 9], [9, 2]),
+                                   ([2, 64, 64], [64, 80])])
+def test_small_and_batched_matmul(sa, sb):
+    """MatMul products below the worker pool's threshold (straight to NumPy) and above it, broadcast batches."""
+    m = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], [vi("a", F, sa), vi("b", F, sb)],
+                   [vi("y", F, None)], (), 17, check=False).SerializeToString()
+    feed = {"a": RNG.standard_normal(sa).astype(np.float32), "b": RNG.standard_normal(sb).astype(np.float32)}
+    ref, got = both(m, feed)
+    assert got[0].shape == ref[0].shape
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)

@@ -191,6 +191,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return np.matmul(a, b, out=out)
     M, K = a.shape[-2:]
     N = b.shape[-1]
+    kn = b.shape[-2] * N
+    if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < BLAS_SINGLE_MACS:
+        # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
+        # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
+        return np.matmul(a, b, out=out)
     batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     batch = int(np.prod(batch_shape)) if batch_shape else 1
     macs = batch * M * N * K
