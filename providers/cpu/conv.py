@@ -81,6 +81,8 @@ def _phase_taps(k, s, d):
     Tap j reads input offset j*d = q*s + r, i.e. phase r at offset q; the taps of one phase form an
     arithmetic progression (step s/gcd(d, s)), and so do their offsets.
     """
+    if s <= 0:          # a bad stride: the geometry check names it (a ZeroDivisionError here would not)
+        return []
     by_phase: dict[int, list[int]] = {}
     for j in range(k):      # one pass over the taps, not one per phase (a 512-tap stride-160 STFT conv)
         by_phase.setdefault((j * d) % s, []).append(j)
