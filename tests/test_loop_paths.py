@@ -102,7 +102,8 @@ def test_single_index_one_hot_axes_and_ranks(axis, rank):
     np.testing.assert_array_equal(got[0], ref[0])
 
 
-@pytest.mark.parametrize("opset,axis,shape", [(13, -1, [1, 256, 1]), (13, 1, [2, 1, 5]), (11, 1, [3, 1])])
+@pytest.mark.parametrize("opset,axis,shape", [(13, -1, [1, 256, 1]), (13, 1, [2, 1, 5]), (11, 1, [3, 1]), (11, 2, [1, 256, 1]),
+                                             (11, -1, [1, 64, 1]), (11, 1, [3, 1, 1])])
 def test_softmax_over_rows_of_one(opset, axis, shape):
     """Softmax along an axis of length 1 (a Loop body's attention pooling): 1, and NaN where x is inf/NaN."""
     m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=axis)], [vi("x", F, shape)],
@@ -124,3 +125,30 @@ def test_small_and_batched_matmul(sa, sb):
     ref, got = both(m, feed)
     assert got[0].shape == ref[0].shape
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis,dshape,ishape", [(1, [1, 9, 5], [1, 1, 5]), (0, [6, 4], [2, 4]), (-1, [3, 7], [3, 2]),
+                                                (1, [2, 70, 3], [2, 40, 3])])
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_elements_small_and_repeated(axis, dshape, ishape, reduction):
+    """ScatterElements run twice per session (the cached index grid) with negative indices; out-of-range
+    indices raise, the caller's data stays as it was."""
+    m = make_model([helper.make_node("ScatterElements", ["x", "i", "u"], ["y"], axis=axis, reduction=reduction)],
+                   [vi("x", F, dshape), vi("i", I64, ishape), vi("u", F, ishape)], [vi("y", F, dshape)],
+                   (), 18, check=True).SerializeToString()
+    s = er.InferenceSession(m, providers=["CPUExecutionProvider"])
+    ref_s = ort.InferenceSession(m, providers=["CPUExecutionProvider"])
+    n = dshape[axis]
+    for _ in range(2):
+        idx = RNG.integers(-n, n, size=ishape).astype(np.int64)
+        if reduction == "none":    # distinct targets per line: the result of duplicates is not specified
+            idx = np.broadcast_to(np.moveaxis(np.arange(-ishape[axis], 0).reshape([-1] + [1] * (len(ishape) - 1)),
+                                              0, axis), ishape).copy()
+        feed = {"x": RNG.standard_normal(dshape).astype(np.float32), "i": idx,
+                "u": RNG.standard_normal(ishape).astype(np.float32)}
+        x0 = feed["x"].copy()
+        np.testing.assert_allclose(s.run(None, feed)[0], ref_s.run(None, feed)[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(feed["x"], x0)
+    bad = dict(feed, i=np.full(ishape, n, np.int64))
+    with pytest.raises(Exception, match="out of range"):
+        s.run(None, bad)

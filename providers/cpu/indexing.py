@@ -21,7 +21,15 @@ def _axis(a: int, rank: int) -> int:
 
 
 def _check_range(xp, idx, dim, op):
-    if idx.size and (int(idx.max()) >= dim or int(idx.min()) < -dim):
+    if not idx.size:
+        return
+    if idx.size <= 64 and idx.__class__ is np.ndarray:
+        # a few indices (a decoder step's row): Python's min/max of a list beat two ufunc reductions
+        v = idx.ravel().tolist()
+        hi, lo = max(v), min(v)
+    else:
+        hi, lo = int(idx.max()), int(idx.min())
+    if hi >= dim or lo < -dim:
         raise IndexError(f"{op}: index out of range [{-dim}, {dim - 1}]")
 
 
@@ -134,12 +142,21 @@ def _scatter_elements(info, reduction):
     xp = info.xp
     axis = int(info.attrs.get("axis", 0))
 
+    grids: dict = {}    # (indices' shape, axis) -> the full index (its aranges made once; the indices go in)
+
     def run(x, indices, updates):
         a = _axis(axis, x.ndim)
         indices = indices.astype(np.int64, copy=False)
         _check_range(xp, indices, x.shape[a], info.op_type)
         out = x.copy()
-        _reduce_at(xp, out, _elements_index(xp, indices, a), updates.astype(x.dtype, copy=False), reduction)
+        key = (indices.shape, a)
+        grid = grids.get(key)
+        if grid is None:
+            grid = _elements_index(xp, indices, a)
+            if len(grids) < 16:     # a few shapes a session sees; more are built per call
+                grids[key] = grid
+        idx = grid[:a] + (indices,) + grid[a + 1:]
+        _reduce_at(xp, out, idx, updates.astype(x.dtype, copy=False), reduction)
         return (out,)
     return run
 

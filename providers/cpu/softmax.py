@@ -8,6 +8,8 @@ elementwise step rounded to the storage type, which reproduces computing in that
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import softmax_blocks
@@ -146,7 +148,8 @@ def _softmax_compiled(x, axis):
 def softmax_1(x, *, xp, axis=1):
     if arrays(xp).host:
         ax = int(axis) + x.ndim if int(axis) < 0 else int(axis)
-        y = _softmax_compiled(x, ax) if 0 <= ax < x.ndim else None
+        # (rows of one, the trailing block from axis holding one element, take softmax_array's shortcut)
+        y = _softmax_compiled(x, ax) if 0 <= ax < x.ndim and x.size != math.prod(x.shape[:ax]) else None
         if y is not None:
             return y
     return _softmax_old(x, xp=xp, axis=axis)
