@@ -8,8 +8,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -102,21 +104,22 @@ _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT
            if hasattr(onnx.TensorProto, n)}
 
 
-def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, bytes]]:
     """The model without the payload of its heavy initializers (dims and types kept, for shape inference),
-    and the names of those initializers."""
+    and those initializers' names -> their raw data (read once: protobuf copies it on every read, and
+    ``_attach_weights`` makes the arrays from it)."""
     light = onnx.ModelProto()
     _copy_fields(light, proto, skip="graph")
     g, lg = proto.graph, light.graph
     _copy_fields(lg, g, skip="initializer")
-    heavy = set()
+    heavy = {}
     for t in g.initializer:
         if not _heavy(t):
             lg.initializer.add().CopyFrom(t)
             continue
-        _check_payload(t)
+        raw = _check_payload(t)
         lg.initializer.add(name=t.name, data_type=t.data_type).dims.extend(t.dims)
-        heavy.add(t.name)
+        heavy[t.name] = raw
     return light, heavy
 
 
@@ -177,15 +180,18 @@ def _copy_fields(dst, src, skip: str) -> None:
             setattr(dst, field.name, value)
 
 
-def _check_payload(t: onnx.TensorProto) -> None:
-    """What the checker would say of a heavy tensor it does not see: data too short for its shape."""
+def _check_payload(t: onnx.TensorProto) -> bytes:
+    """What the checker would say of a heavy tensor it does not see: data too short for its shape. Returns
+    the raw data."""
+    raw = t.raw_data
     need = math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    if len(t.raw_data) < need:
+    if len(raw) < need:
         raise InvalidGraph(f"This is an invalid model: TensorProto (tensor name: {t.name}) raw_data is too small "
                            f"for the declared shape {list(t.dims)} ({need} bytes required)")
+    return raw
 
 
-def _check(light: onnx.ModelProto, heavy: set[str], constants=()) -> None:
+def _check(light: onnx.ModelProto, heavy, constants=()) -> None:
     """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers, and the values of the
     Constant nodes writing ``constants``, are one-element placeholders: the checker wants data, and copying
     the stripped model costs less than stripping twice."""
@@ -515,7 +521,7 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
     _forget_generated_names(light, unknown)
     model_ir = deserialize_model(light)
     _restore_constants(model_ir, stripped)
-    _attach_weights(model_ir, proto)
+    _attach_weights(model_ir, proto, heavy)
     expand_gradients(model_ir)
     return model_ir
 
@@ -592,15 +598,22 @@ def _all_tensors(proto: onnx.ModelProto):
     return _get_all_tensors(proto)
 
 
-def _attach_weights(model: ir.Model, proto: onnx.ModelProto) -> None:
-    """Main-graph initializers become NumPy-backed tensors, read once from the full proto."""
+def _attach_weights(model: ir.Model, proto: onnx.ModelProto, raws: dict[str, bytes]) -> None:
+    """Main-graph initializers become NumPy-backed tensors, read once from the full proto (``raws``: the raw
+    data ``_light`` read already, by name)."""
     full = {t.name: t for t in proto.graph.initializer}
     for name, v in model.graph.initializers.items():
         t = full.get(name)
         if t is None:
             continue
+        raw = raws.get(name)
         try:
-            arr = onnx.numpy_helper.to_array(t)
+            if raw is not None and t.data_type in _PLAIN_ITEMSIZE and sys.byteorder == "little" \
+                    and not t.HasField("segment"):
+                # what numpy_helper.to_array does with raw data of these types, without reading it again
+                arr = np.frombuffer(raw, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(t.dims)
+            else:
+                arr = onnx.numpy_helper.to_array(t)
         except Exception as e:  # noqa: BLE001 - a tensor whose data does not fit its type
             raise InvalidGraph(f"This is an invalid model: initializer '{name}' cannot be read: {e}") from None
         if arr.dtype.kind in "SU":
