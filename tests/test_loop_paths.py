@@ -152,3 +152,28 @@ def test_scatter_elements_small_and_repeated(axis, dshape, ishape, reduction):
     bad = dict(feed, i=np.full(ishape, n, np.int64))
     with pytest.raises(Exception, match="out of range"):
         s.run(None, bad)
+
+
+@pytest.mark.parametrize("cshape,const_c", [([6], True), ([1, 6], True), ([4, 6], True), ([6], False), (None, True),
+                                            ([1], True)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0), (1.0, 0.0)])
+def test_gemm_constant_weight_paths(cshape, const_c, alpha, beta):
+    """Gemm with a prepared float32 weight: a constant row bias, a full constant C, a C fed at run time,
+    no C, alpha/beta folded."""
+    w = RNG.standard_normal((5, 6)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    ins, names = [vi("a", F, [4, 5])], ["a", "w"]
+    feed = {"a": RNG.standard_normal((4, 5)).astype(np.float32)}
+    if cshape is not None:
+        c = RNG.standard_normal(cshape).astype(np.float32)
+        names.append("c")
+        if const_c:
+            inits.append(numpy_helper.from_array(c, "c"))
+        else:
+            ins.append(vi("c", F, cshape))
+            feed["c"] = c
+    m = make_model([helper.make_node("Gemm", names, ["y"], alpha=alpha, beta=beta)], ins, [vi("y", F, [4, 6])],
+                   inits, 17, check=True).SerializeToString()
+    ref, got = both(m, feed)
+    assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
