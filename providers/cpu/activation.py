@@ -264,12 +264,12 @@ def _vision_jit(x, xp):
     return arrays(xp).compiled("vision")
 
 
-def _mlas_elementwise(x, xp, name):
-    """``name`` (tanh, logistic) of the compiled ``_jit_elementwise`` loops over float32 ``x``, split over
-    the provider's pool where it is large (the loops release the GIL); None where they cannot run."""
+def _compiled_elementwise(x, xp, module, name):
+    """The compiled elementwise loop ``name`` of module ``module`` over float32 ``x`` (y = f(x), both (n,)),
+    split over the provider's pool where it is large (the loops release the GIL); None where it cannot run."""
     if not arrays(xp).host or x.dtype != _F32 or x.__class__ is not np.ndarray:
         return None
-    jit = arrays(xp).compiled("elementwise")
+    jit = arrays(xp).compiled(module)
     if jit is None:
         return None
     fn = getattr(jit, name)
@@ -284,8 +284,7 @@ def _mlas_elementwise(x, xp, name):
 
 
 def _sigmoid(x, xp, a):
-    # MLAS's rational logistic, as onnxruntime's Sigmoid computes it
-    y = _mlas_elementwise(x, xp, "logistic")
+    y = _compiled_elementwise(x, xp, "vision", "sigmoid")
     return y if y is not None else _sigmoid_of(x, xp)
 
 
@@ -323,7 +322,7 @@ _float_kernel("Swish", 24, _swish)
 
 def _tanh(x, xp, a):
     # MLAS's rational tanh, as onnxruntime computes it (20x NumPy's exact libm tanh on 4M elements)
-    y = _mlas_elementwise(x, xp, "tanh")
+    y = _compiled_elementwise(x, xp, "elementwise", "tanh")
     return y if y is not None else xp.tanh(x)
 
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import softmax_blocks
+from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import NUMPY, arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -140,7 +141,9 @@ def _softmax_compiled(x, axis):
     x = np.ascontiguousarray(x)
     rows = (int(np.prod(x.shape[:axis])), -1)
     y = np.empty(x.shape, _F32)
-    jit.softmax(x.reshape(rows), y.reshape(rows))
+    x2, y2 = x.reshape(rows), y.reshape(rows)
+    # rows are independent: large inputs split over the provider's pool (the loop releases the GIL)
+    parallel_ranges(lambda i, j: jit.softmax(x2[i:j], y2[i:j]), rows[0], x.size)
     return y
 
 

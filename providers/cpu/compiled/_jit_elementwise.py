@@ -1,18 +1,19 @@
-"""Compiled (numba) elementwise loops for float32: Tanh and Sigmoid with onnxruntime's (MLAS's) rational
-approximations, and the one-pass range (min, max) of DynamicQuantizeLinear.
+"""Compiled (numba) elementwise loops for float32: Tanh with onnxruntime's (MLAS's) rational approximation,
+and the one-pass range (min, max, finiteness) of DynamicQuantizeLinear.
 
-NumPy's tanh is an exact libm call per element (no SIMD); MLAS computes tanh and the logistic as a
-rational polynomial on a clamped input, which vectorizes. The polynomials are the ones the LSTM loops use
-(``_jit_rnn._tanh`` / ``_logistic``, one definition), so Tanh, Sigmoid and the recurrent gates give
-onnxruntime's numbers alike. Each loop takes a contiguous 1-D range: the kernels split big tensors over
-the CPU provider's pool (the loops release the GIL).
+NumPy's tanh is an exact libm call per element (no SIMD); MLAS computes tanh as a rational polynomial on
+the input clamped to +-9, which vectorizes. The polynomial is the one the LSTM loops use (``_jit_rnn._tanh``,
+one definition), so Tanh and the recurrent gates give onnxruntime's numbers alike (bit for bit here).
+Sigmoid keeps ``_jit_vision.sigmoid`` (exp-based, relatively exact in the tails, where MLAS's logistic
+is only absolutely so: 8.9e-8 for 4.1e-8 at x = -17). Each loop takes a contiguous 1-D range: the kernels
+split big tensors over the CPU provider's pool (the loops release the GIL).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from engineroom.providers.cpu._jit_rnn import _logistic, _tanh
+from engineroom.providers.cpu._jit_rnn import _tanh
 from engineroom.providers.cpu.compiled._jit_transformer import F0, F1, _fmax, _fmin
 
 EXP_ALL = np.int32(0x7F800000)     # a float32's exponent bits
@@ -23,13 +24,6 @@ def tanh(x, y):  # pragma: no cover (compiled)
     """y = tanh(x) as MLAS computes it (input clamped to +-9, NaN kept); x, y (n,) float32."""
     for i in range(x.shape[0]):
         y[i] = _tanh(x[i])
-
-
-@njit(nogil=True, boundscheck=False, error_model="numpy")
-def logistic(x, y):  # pragma: no cover (compiled)
-    """y = 1 / (1 + e^-x) as MLAS computes it (input clamped to +-18, NaN kept); x, y (n,) float32."""
-    for i in range(x.shape[0]):
-        y[i] = _logistic(x[i])
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")
@@ -55,6 +49,5 @@ def min_max(x, out):  # pragma: no cover (compiled)
 # the variants compiled ahead of time (see compiled.jit): argument kinds, dtypes
 AOT = {
     "tanh": ("A1 A1", ("f4",)),
-    "logistic": ("A1 A1", ("f4",)),
     "min_max": ("A1 A1", ("f4",)),
 }
