@@ -156,3 +156,43 @@ def test_spelled_out_hardswish(alpha, fuses, path, tmp_path):
     assert (ops == [ER_FUSED]) == fuses, ops
     np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-4, atol=1e-4)
     path.expect("bias_hard_act", fuses)
+
+
+def _relu6_model(three=3.0, six=6.0, clip_max=6.0, swap=False, opset=17, mul_first=False):
+    """x -> Conv -> c; y = c * Clip(c + three, 0, clip_max) / six (Paddle's hard_swish exports: divided then
+    multiplied, or multiplied then divided)."""
+    C, M = 8, 12
+    inits = [numpy_helper.from_array((RNG.standard_normal((M, C, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(RNG.standard_normal(M).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(three, np.float32), "three"),
+             numpy_helper.from_array(np.array(six, np.float32), "six")]
+    if opset >= 11:
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(clip_max, np.float32), "hi")]
+        clip = helper.make_node("Clip", ["a", "lo", "hi"], ["r"])
+    else:
+        clip = helper.make_node("Clip", ["a"], ["r"], min=0.0, max=clip_max)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Add", ["three", "c"] if swap else ["c", "three"], ["a"]), clip,
+             helper.make_node("Div", ["r", "six"], ["d"]),
+             helper.make_node("Mul", ["d", "c"] if swap else ["c", "d"], ["y"])]
+    if mul_first:
+        nodes[-2:] = [helper.make_node("Mul", ["r", "c"] if swap else ["c", "r"], ["d"]),
+                      helper.make_node("Div", ["d", "six"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 11, 13])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("kw,fuses", [({}, True), ({"swap": True}, True), ({"opset": 10}, True),
+                                      ({"mul_first": True}, True), ({"mul_first": True, "swap": True}, True),
+                                      ({"mul_first": True, "six": 3.0}, False),
+                                      ({"three": 2.0}, False), ({"six": 5.0}, False), ({"clip_max": 5.0}, False)])
+def test_relu6_spelled_hardswish(kw, fuses, path, tmp_path):
+    """Mul(c, Div(Clip(Add(c, 3), 0, 6), 6)) and Div(Mul(c, Clip(...)), 6) are HardSwish and fuse at level 3
+    (either operand order, Clip's bounds as inputs or attributes); other constants are not."""
+    m = _relu6_model(**kw)
+    feed = {"x": RNG.standard_normal((1, 8, 11, 13)).astype(np.float32) * 3}
+    s, ops = optimized_ops(m, LEVELS.ORT_ENABLE_ALL, tmp_path)
+    assert (ops == [ER_FUSED]) == fuses, ops
+    np.testing.assert_allclose(s.run(None, feed)[0], _reference(m, feed), rtol=1e-5, atol=1e-5)
