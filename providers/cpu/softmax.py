@@ -64,8 +64,8 @@ def softmax_array(xp, x, axis, rnd=None, zero_dead_rows=False):
     type does. ``zero_dead_rows`` makes a row of all -inf give zeros instead of NaN (Attention).
     """
     if rnd is None and not zero_dead_rows and x.ndim and x.shape[axis] == 1:
-        # rows of one (attention pooling's [1, 256, 1] in a Loop body): exp(x - x) is the result, 1 or
-        # NaN where x is inf/NaN as below, without two reductions over 256 rows of one (~15 -> ~1 us)
+        # a softmax over a length-1 axis: exp(x - x) is the result, 1 or NaN where x is inf/NaN as
+        # below, without two reductions over rows of one ([1, 256, 1] along its last axis: ~6.8 -> 2.5 us)
         e = xp.subtract(x, x)
         return xp.exp(e, out=e)
     m = x.max(axis=axis, keepdims=True)
