@@ -14,10 +14,7 @@ the output row is zero); ``clip`` +inf means no clipping.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from engineroom.providers.cpu._jit_int8 import gemm_u8s8
 from engineroom.providers.cpu.compiled._jit_transformer import (
@@ -36,6 +33,7 @@ from engineroom.providers.cpu.compiled._jit_transformer import (
     TQ1,
     TQ2,
     TQ3,
+    _fma,
 )
 
 _f = np.float32
@@ -46,20 +44,6 @@ LP0, LP1, LP2, LP3, LP4 = (_f(c) for c in (4.37031012579801e-11, 1.1562732445994
 LQ0, LQ1, LQ2, LQ3, LQ4, LQ5 = (_f(c) for c in (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
                                                 1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01))
 LOGISTIC_MAX = _f(18.0)
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """a b + c rounded once (LLVM's fma: one instruction, and it vectorizes; emulating it in float64
-    made the gate loop 4.5x slower)."""
-    sig = types.float32(types.float32, types.float32, types.float32)
-
-    def codegen(context, builder, signature, args):
-        f = ir.FloatType()
-        callee = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f, f]), "llvm.fma.f32")
-        return builder.call(callee, args)
-
-    return sig, codegen
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
