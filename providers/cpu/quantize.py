@@ -183,7 +183,7 @@ _RANGE_MIN = 1 << 16
 
 
 def _range_compiled(flat, xp):
-    """(min, max) of the float32 ``flat`` in one compiled pass (``_jit_elementwise.min_max``), split over the
+    """(min, max) of the float32 ``flat`` in one compiled call (``_jit_elementwise.min_max``), split over the
     provider's pool where it is large; None where that loop is missing or the input holds a NaN or an
     infinity (the NumPy path below handles those as onnxruntime does)."""
     ew = arrays(xp).compiled("elementwise")
