@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import engineroom
 from engineroom.providers.cpu import intgemm
-from tests.jit_paths import JIT_PATHS, choose_path
+from jit_paths import JIT_PATHS, choose_path
 
 ort = pytest.importorskip("onnxruntime")
 
