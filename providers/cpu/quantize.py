@@ -12,6 +12,8 @@ quantization in ``_jit_quant``), split over the provider's pool on large tensors
 """
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 
@@ -198,9 +200,10 @@ def _range_compiled(flat, xp):
 
     parallel_ranges(part, flat.size, flat.size)
     r = np.array(parts)
-    if r[:, 2].any():
+    lo, hi = float(r[:, 0].min()), float(r[:, 1].max())
+    if r[:, 2].any() or not (math.isfinite(lo) and math.isfinite(hi)):
         return None
-    return float(r[:, 0].min()), float(r[:, 1].max())
+    return lo, hi
 
 
 def quantize_dynamic_u8(x, xp=np, jit=None):
