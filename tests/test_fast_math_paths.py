@@ -87,12 +87,12 @@ def test_sigmoid_matches_onnxruntime(vision_path, n, threads):
     vision_path.expect("sigmoid")
 
 
+@pytest.mark.parametrize("path", JIT_PATHS[:1], indirect=True)     # the NumPy path is the exact tanh
 def test_tanh_is_onnxruntimes_bit_for_bit(path):
-    if not path.jit:
-        pytest.skip("the NumPy path computes the exact tanh, not MLAS's")
     x = _inputs(1 << 18, 4.0, seed=1)
     (want,), (got,) = _both("Tanh", x, 2)
     np.testing.assert_array_equal(got, want)
+    path.expect("tanh")
 
 
 def test_tanh_float16_and_strided(path):
@@ -109,7 +109,8 @@ def test_tanh_float16_and_strided(path):
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x.shape))],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT16, list(x.shape))])
     m16 = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    x16 = x.astype(np.float16)
+    with np.errstate(over="ignore"):
+        x16 = x.astype(np.float16)      # 1e30 -> inf
     want = ort.InferenceSession(m16, providers=["CPUExecutionProvider"]).run(None, {"x": x16})[0]
     got = er.InferenceSession(m16).run(None, {"x": x16})[0]
     assert got.dtype == np.float16

@@ -9,6 +9,7 @@ elementwise step rounded to the storage type, which reproduces computing in that
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -16,6 +17,10 @@ from engineroom.plugin_sdk.geometry import softmax_blocks
 from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import NUMPY, arrays
 from engineroom.providers.cpu.registry import array_kernel
+
+# a row of -inf (or one holding +inf) gives inf - inf = NaN, the answer onnxruntime returns silently;
+# NumPy would warn from inside these kernels, so not from here (as in activation.py)
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"engineroom\.providers\.cpu\.softmax$")
 
 _F32 = np.dtype(np.float32)
 
