@@ -82,8 +82,10 @@ def tensor_to_numpy(t) -> np.ndarray:
     if t is None:
         return None
     arr = t.numpy()
-    if isinstance(arr, np.ndarray) and arr.dtype.kind in "SU":
-        arr = arr.astype(object)
+    if isinstance(arr, np.ndarray) and arr.dtype.kind in "SUO":
+        # ONNX strings are UTF-8 bytes; onnxruntime hands them out (and its kernels read them) as str
+        arr = np.array([x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else x for x in arr.ravel()],
+                       dtype=object).reshape(arr.shape)
     return arr
 
 
