@@ -63,9 +63,11 @@ def build_plan(model: ir.Model, providers: list[ExecutionProvider], level: int, 
             except Unclaimed as u:
                 raise unclaimed_error(u.views, providers, strict) from None
     try:
-        return builder.build(model.graph)
+        plan = builder.build(model.graph)
     except Unclaimed as u:   # a node of a subgraph (If/Loop/Scan body) that no provider claims
         raise unclaimed_error(u.views, providers, strict) from None
+    plan.run_scopes = tuple(sc for p in providers if (sc := p.run_scope()) is not None)
+    return plan
 
 
 def unclaimed_error(views, providers: list[ExecutionProvider], strict: bool) -> Exception:

@@ -87,6 +87,8 @@ class Plan:
     output_homes: list[Device] = field(default_factory=list)
     output_devices: list[Device] = field(default_factory=list)
     devices: dict[Device, ExecutionProvider] = field(default_factory=dict)   # a provider per device
+    # (begin, end) pairs the providers run around each top-level run (ExecutionProvider.run_scope)
+    run_scopes: tuple = ()
 
     def __post_init__(self) -> None:
         if not self.output_devices:
@@ -103,7 +105,15 @@ class Plan:
         return [st.info for st in self.steps]
 
     def run(self, feeds: list) -> list:
-        return self.executor.run(feeds)
+        if not self.run_scopes:
+            return self.executor.run(feeds)
+        for begin, _ in self.run_scopes:
+            begin()
+        try:
+            return self.executor.run(feeds)
+        finally:
+            for _, end in reversed(self.run_scopes):
+                end()
 
     def _input_devices(self) -> list[frozenset[Device]]:
         """Per input, the devices it is read on: a copy step's target, the host for any other step
@@ -143,7 +153,7 @@ class Plan:
                                set(out_slots))
         return Plan(template, self.input_names, self.input_slots, self.output_names, out_slots, steps,
                     self.partitions, sum(st.kind == COPY for st in steps), self.notes,
-                    self.output_places, self.output_homes, out_devs, self.devices)
+                    self.output_places, self.output_homes, out_devs, self.devices, self.run_scopes)
 
 
 def free_names(graph: ir.Graph) -> list[str]:

@@ -162,6 +162,12 @@ class ExecutionProvider:
     def synchronize(self) -> None:
         """Wait for queued device work (called before results are handed to the user)."""
 
+    def run_scope(self) -> tuple[Callable[[], None], Callable[[], None]] | None:
+        """``(begin, end)``: called around each run of a session using this provider (``end`` in a
+        ``finally``; runs may overlap on several threads), or None (the default) for nothing. The CPU
+        provider holds BLAS at one thread for the run this way, since its worker pool is the parallelism."""
+        return None
+
     def host_input_indices(self, view: NodeView) -> tuple[int, ...]:
         """Inputs of ``view`` this provider reads on the host (not copied to its device)."""
         return ()

@@ -160,3 +160,44 @@ def test_compiled_loops_release_the_gil():
         stop[0] = True
         t.join()
     assert gap[0] < 0.5 * took[-1], (gap[0], took)
+
+
+
+def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypatch):
+    """The CPU provider's run_scope: BLAS at one thread during a run of a session using it (the worker pool
+    is the parallelism), the process's count back after it, also with runs overlapping on several threads.
+    ProbeExecutionProvider (tests/plugins) reads the BLAS pools from inside its MatMul kernel."""
+    from conftest import make_model
+    from fake_providers import ProbeExecutionProvider
+    from onnx import TensorProto, helper
+
+    import engineroom as ort
+
+    monkeypatch.setattr(ProbeExecutionProvider, "seen", [])
+    monkeypatch.setattr(ProbeExecutionProvider, "probe", staticmethod(_blas_threads))
+    m = make_model([helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+                   [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 4]),
+                    helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 4])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 4])])
+    a = np.eye(4, dtype=np.float32)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        s = ort.InferenceSession(m.SerializeToString(), providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        errors = []
+
+        def work():
+            try:
+                for _ in range(20):
+                    np.testing.assert_array_equal(s.run(None, {"a": a, "b": a})[0], a)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        work()
+        ts = [threading.Thread(target=work) for _ in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors, errors[0]
+        seen = ProbeExecutionProvider.seen
+        assert len(seen) == 80 and all(n == 1 for pools in seen for n in pools), seen[:3]
+        assert _blas_threads() == [2] * len(seen[0])

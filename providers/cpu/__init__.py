@@ -40,6 +40,13 @@ class CPUExecutionProvider(KernelProvider):
     # the block would only add its transposing passes
     fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
+    def run_scope(self):
+        """BLAS held at one thread for the whole run (its worker pool splits the large GEMMs and loops:
+        ``_threadpool``), rather than set and restored around every GEMM (~10 us a time)."""
+        from engineroom.providers.cpu import _threadpool
+
+        return _threadpool.hold_blas, _threadpool.release_blas
+
     @classmethod
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:
         """Build the compiled-loop modules now (in the foreground, with a progress bar) instead of in

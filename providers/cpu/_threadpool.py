@@ -9,14 +9,15 @@ it wakes, and whichever thread is free takes the next chunk, so a descheduled th
 the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
 
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
-default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). While one of
-our GEMMs runs, OpenBLAS is held at one thread (restored after, counted so that concurrent runs do
-not fight over it): every BLAS call the provider makes above OpenBLAS's own single-thread size is
-then single-threaded, and the parallelism is the pool's.
+default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
+(the provider's ``run_scope``: ``hold_blas``/``release_blas``) and during each of our GEMMs, OpenBLAS is
+held at one thread (restored after, counted so that concurrent runs do not fight over it): every BLAS
+call the provider makes is then single-threaded, and the parallelism is the pool's.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 
@@ -42,54 +43,87 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class _Knob:
+    """One BLAS library's thread count: OpenBLAS's own get/set functions called directly (~0.1 us a call,
+    from any thread), else threadpoolctl's controller (MKL, BLIS, OpenBLAS on OpenMP: per-thread there)."""
+
+    __slots__ = ("get", "set")
+
+    def __init__(self, lib) -> None:
+        self.get, self.set = lambda: lib.num_threads, lib.set_num_threads
+        if getattr(lib, "internal_api", "") == "openblas" and getattr(lib, "threading_layer", "") != "openmp":
+            try:
+                import ctypes
+
+                prefix, suffix = lib._find_affixes()
+                get = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+                put = getattr(lib.dynlib, f"{prefix}openblas_set_num_threads{suffix}")
+            except (AttributeError, TypeError):      # another threadpoolctl: its controller serves
+                return
+            get.argtypes, get.restype = (), ctypes.c_int
+            put.argtypes, put.restype = (ctypes.c_int,), None
+            self.get, self.set = get, put
+
+
 class _Blas:
-    """OpenBLAS's thread count through threadpoolctl's handles (looked up once; a call costs ~1 us)."""
+    """The BLAS libraries' thread counts, held at one while our GEMMs run (see the module docstring).
+    threadpoolctl finds the libraries once; its per-call path costs ~10 us and obeys only the thread that
+    first set a limit, so OpenBLAS is driven through its own functions."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.depth = 0
         self.saved: list[int] = []
-        self.libs = None
+        self.knobs: list[_Knob] | None = None
 
     def _lookup(self) -> None:
         try:
             from threadpoolctl import ThreadpoolController
 
-            self.libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+            self.knobs = [_Knob(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
         except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: nothing to hold
-            self.libs = []
+            self.knobs = []
 
     def hold_single(self) -> int:
         """Set BLAS to one thread; returns its thread count outside our calls (the pool's size)."""
         with self.lock:
-            if self.libs is None:
+            if self.knobs is None:
                 self._lookup()
             if self.depth == 0:
-                self.saved = [lib.num_threads for lib in self.libs]
-                for lib, n in zip(self.libs, self.saved):
+                self.saved = [k.get() for k in self.knobs]
+                for k, n in zip(self.knobs, self.saved):
                     if n != 1:
-                        lib.set_num_threads(1)
+                        k.set(1)
             self.depth += 1
-            return max(self.saved, default=_default_threads())
+            return max(self.saved) if self.saved else _default_threads()
 
     def outside(self) -> int:
         """BLAS's thread count outside our calls (the pool's size), without changing it."""
         with self.lock:
-            if self.libs is None:
+            if self.knobs is None:
                 self._lookup()
-            counts = self.saved if self.depth else [lib.num_threads for lib in self.libs]
-            return max(counts, default=_default_threads())
+            counts = self.saved if self.depth else [k.get() for k in self.knobs]
+            return max(counts) if counts else _default_threads()
 
     def release(self) -> None:
         with self.lock:
             self.depth -= 1
             if self.depth == 0:
-                for lib, n in zip(self.libs, self.saved):
+                for k, n in zip(self.knobs, self.saved):
                     if n != 1:
-                        lib.set_num_threads(n)
+                        k.set(n)
 
 
 _blas = _Blas()
+
+
+def hold_blas() -> None:
+    """For a whole run (the provider's ``run_scope``): BLAS at one thread until ``release_blas``."""
+    _blas.hold_single()
+
+
+def release_blas() -> None:
+    _blas.release()
 
 
 class _Task:
@@ -187,20 +221,27 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
     thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
-    if a.ndim < 2 or b.ndim < 2:
-        return np.matmul(a, b, out=out)
-    M, K = a.shape[-2:]
-    N = b.shape[-1]
-    kn = b.shape[-2] * N
-    if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < BLAS_SINGLE_MACS:
-        # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
-        # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
-        return np.matmul(a, b, out=out)
-    batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    batch = int(np.prod(batch_shape)) if batch_shape else 1
-    macs = batch * M * N * K
-    if macs < BLAS_SINGLE_MACS:
-        return np.matmul(a, b, out=out)
+    if a.ndim == 2 and b.ndim == 2:             # the common case, without the broadcasting arithmetic
+        M, K = a.shape
+        N = b.shape[1]
+        macs = M * N * K
+        if macs < BLAS_SINGLE_MACS:
+            return np.matmul(a, b, out=out)
+        batch_shape = ()
+    else:
+        if a.ndim < 2 or b.ndim < 2:
+            return np.matmul(a, b, out=out)
+        M, K = a.shape[-2:]
+        N = b.shape[-1]
+        kn = b.shape[-2] * N
+        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < BLAS_SINGLE_MACS:
+            # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
+            # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
+            return np.matmul(a, b, out=out)
+        batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        macs = math.prod(batch_shape) * M * N * K
+        if macs < BLAS_SINGLE_MACS:
+            return np.matmul(a, b, out=out)
     threads = _blas.hold_single()
     try:
         if threads <= 1 or macs < MIN_PARALLEL_MACS:

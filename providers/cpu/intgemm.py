@@ -186,13 +186,7 @@ def _rows_over_pool(fn, a2, c, rest, macs_per_row: int) -> None:
 def _pool_threads(tp) -> int:
     """The pool's size as ``_threadpool.matmul`` takes it: BLAS's thread count outside the provider's
     calls (what ``intra_op_num_threads`` set), read without changing it."""
-    b = tp._blas
-    with b.lock:
-        if b.libs is None:
-            b._lookup()
-        if b.depth:
-            return max(b.saved, default=1)
-        return max((lib.num_threads for lib in b.libs), default=tp._default_threads())
+    return tp._blas.outside()
 
 
 class Int8Matrix:
