@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.plugin_sdk.limits import check_tensor_size
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 from engineroom.providers.cpu.shape import _host
 
@@ -198,12 +199,13 @@ def scatter_nd(info):
 def one_hot(info):
     xp = info.xp
     axis = int(info.attrs.get("axis", -1))
+    host = arrays(xp).host
 
     def run(indices, depth, values):
         d = int(_host(depth).reshape(-1)[0])
         rank = indices.ndim + 1
         a = _axis(axis, rank)
-        if indices.size == 1 and a == rank - 1 and xp is np and d <= 1 << 20:
+        if indices.size == 1 and a == rank - 1 and host and d <= 1 << 20:
             # one index (a decoder step's token in a Loop body): fill the row and set one element, no
             # compare against an arange (~6 -> ~1 us a call)
             off, on = values.reshape(-1)[:2].tolist()
