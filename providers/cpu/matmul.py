@@ -158,7 +158,7 @@ def gemm(info):
         return (y.astype(odt, copy=False),)
 
     f32 = np.dtype(np.float32)
-    if bpack is not None and bpack.dtype == f32 and not trans_a and xp is np and \
+    if bpack is not None and bpack.dtype == f32 and not trans_a and arrays(xp).host and \
             (cconst is None or beta == 0.0 or (cpack.dtype == f32 and cpack.ndim <= 2 and
                                                (cpack.ndim < 2 or cpack.shape[0] == 1))):
         # float32 A by the prepared weight plus a row bias (a Loop body's cell, a classifier head: 7 per
