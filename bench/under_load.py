@@ -2,7 +2,7 @@
 """Latency under load: engineroom beside onnxruntime while another process keeps one core busy.
 
 usage: python bench/under_load.py [--models resnet18,bert_mini,ppocrv5_det] [--runs N] [--rounds R]
-                                  [--threads T] [--busy-core C] [--no-busy] [--rw DIR]
+                                  [--threads T] [--busy-core C] [--no-busy] [--steady] [--rw DIR]
 
 A busy process (a pure-Python loop) is pinned to core C (default: the last core this process may
 use) for the whole measurement; then each engine runs in its own process, rounds alternating
@@ -42,6 +42,9 @@ def worker(engine: str, path: str, feed_file: str, runs: int, threads: int, out_
         import engineroom as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if os.environ.get("UNDER_LOAD_STEADY"):
+        # onnxruntime's switch for shared machines, the same for both engines: worker threads that sleep
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     for _ in range(3):
         s.run(None, feed)
@@ -94,6 +97,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--busy-core", type=int, default=None)
     ap.add_argument("--no-busy", action="store_true", help="no busy process (the quiet baseline)")
+    ap.add_argument("--steady", action="store_true",
+                    help='both engines with session.intra_op.allow_spinning = "0" (threads that do not spin)')
     ap.add_argument("--rw", default="/work/rw", help="where fetch.sh put the realworld models")
     a = ap.parse_args()
     if a.worker:
@@ -101,13 +106,16 @@ def main() -> int:
         worker(eng, path, feed, int(runs), a.threads, out)
         return 0
     env = clean_env()
+    if a.steady:
+        env["UNDER_LOAD_STEADY"] = "1"
     cores = sorted(os.sched_getaffinity(0))
     busy_core = cores[-1] if a.busy_core is None else a.busy_core
     busy = None
     if not a.no_busy:
         busy = subprocess.Popen(["taskset", "-c", str(busy_core), sys.executable, "-c", "while True: pass"])
     print(f"# {a.threads} threads for both engines; {a.rounds} alternating rounds x {a.runs} runs; "
-          + ("no busy process" if busy is None else f"a busy process pinned to core {busy_core} of {cores}"),
+          + ("no busy process" if busy is None else f"a busy process pinned to core {busy_core} of {cores}")
+          + ('; session.intra_op.allow_spinning = "0" for both' if a.steady else ""),
           flush=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -66,7 +66,6 @@ def build_plan(model: ir.Model, providers: list[ExecutionProvider], level: int, 
         plan = builder.build(model.graph)
     except Unclaimed as u:   # a node of a subgraph (If/Loop/Scan body) that no provider claims
         raise unclaimed_error(u.views, providers, strict) from None
-    plan.run_scopes = tuple(sc for p in providers if (sc := p.run_scope()) is not None)
     return plan
 
 

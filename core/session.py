@@ -197,6 +197,8 @@ class InferenceSession:
             log.log(level, "%s%s", f"[{so.logid}] " if so.logid else "", self._placement_line)
         _set_blas_threads(int(so.intra_op_num_threads))
         keep_freed_memory(bool(so.enable_cpu_mem_arena))
+        config = dict(so._config)
+        self._plan.run_scopes = tuple(sc for p in self._providers if (sc := p.run_scope(config)) is not None)
         from engineroom.compat.session_options import log_no_effect
 
         log_no_effect(so, self._log_level)

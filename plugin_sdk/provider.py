@@ -162,10 +162,11 @@ class ExecutionProvider:
     def synchronize(self) -> None:
         """Wait for queued device work (called before results are handed to the user)."""
 
-    def run_scope(self) -> tuple[Callable[[], None], Callable[[], None]] | None:
+    def run_scope(self, config: dict[str, str]) -> tuple[Callable[[], None], Callable[[], None]] | None:
         """``(begin, end)``: called around each run of a session using this provider (``end`` in a
-        ``finally``; runs may overlap on several threads), or None (the default) for nothing. The CPU
-        provider holds BLAS at one thread for the run this way, since its worker pool is the parallelism."""
+        ``finally``; runs may overlap on several threads), or None (the default) for nothing. ``config``: the
+        session's config entries (``SessionOptions.add_session_config_entry``). The CPU provider, where
+        ``session.intra_op.allow_spinning`` is "0", holds BLAS at one thread for the run this way."""
         return None
 
     def host_input_indices(self, view: NodeView) -> tuple[int, ...]:

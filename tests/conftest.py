@@ -171,6 +171,19 @@ def profiled_node_events(session_factory, feed: dict, runs: int = 1) -> list[dic
             return [e for e in json.load(f) if e.get("cat") == "Node"]
 
 
+@contextlib.contextmanager
+def steady_mode():
+    """Inside it, the CPU provider behaves as in a run of a session with session.intra_op.allow_spinning
+    = "0": BLAS held at one thread, large GEMMs and compiled loops split over its worker pool."""
+    from engineroom.providers.cpu import _threadpool
+
+    _threadpool.hold_blas()
+    try:
+        yield
+    finally:
+        _threadpool.release_blas()
+
+
 def python_c(code: str, timeout: float = 300, **env) -> str:
     """What a fresh interpreter running ``code`` prints (``env`` added to its environment); a non-zero exit
     fails the test with the child's stderr."""

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import steady_mode
 from jit_paths import JIT_PATHS, spy_on
 
 from engineroom.providers.cpu.compiled import jit as _jit
@@ -369,7 +370,7 @@ def test_split_over_threads_equals_one_thread(monkeypatch, case):
     z = rand(*direct_conv(x, w, None, (p,) * 4, case["strides"], (1, 1), g).shape)
     got = {}
     for threads in (1, 2):
-        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"), steady_mode():
             parts.clear()
             got[threads] = check(x, w, b, pads=(p,) * 4, strides=case["strides"], group=g, clip=(0.0, 6.0),
                                  z=None if g > 1 else z, rtol=3e-4)   # Winograd F(4,3) over 96 channels

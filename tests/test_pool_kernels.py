@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import steady_mode
 from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -221,7 +222,7 @@ def test_split_over_threads_equals_one_thread(op, monkeypatch):
     attrs = _attrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0)
     got = {}
     for threads in (1, 2):
-        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"), steady_mode():
             parts.clear()
             got[threads], want = _run(op, x, **attrs)
             assert (max(parts, default=1) > 1) == (threads == 2), parts

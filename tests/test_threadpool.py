@@ -3,6 +3,7 @@ gives, errors reach the caller, concurrent callers do not mix their chunks, and 
 thread count is back where it was after every call."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -11,6 +12,17 @@ import pytest
 from engineroom.providers.cpu import _threadpool as tp
 
 threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is needed to read BLAS's thread count")
+
+
+@contextlib.contextmanager
+def steady():
+    """What a run of a session with session.intra_op.allow_spinning = "0" is inside: BLAS held at one
+    thread, the pool splitting (the CPU provider's run_scope)."""
+    tp.hold_blas()
+    try:
+        yield
+    finally:
+        tp.release_blas()
 
 
 def _blas_threads() -> list[int]:
@@ -37,8 +49,11 @@ def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out):
     before = _blas_threads()
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         out = np.empty(want.shape, np.float32) if with_out else None
-        got = tp.matmul(a, b, out)
+        with steady():
+            got = tp.matmul(a, b, out)
+            assert _blas_threads() == [1] * len(before)
         assert _blas_threads() == [2] * len(before)
+        np.testing.assert_array_equal(tp.matmul(a, b), np.matmul(a, b))   # outside: NumPy's own call
     if with_out:
         assert got is out
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4 * np.sqrt(sa[-1]))
@@ -52,7 +67,8 @@ def test_strided_output_slices():
     b = rng.standard_normal((512, 900)).astype(np.float32)
     big = np.zeros((96, 1000), np.float32)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        tp.matmul(a, b, big[:, 50:950])
+        with steady():
+            tp.matmul(a, b, big[:, 50:950])
     np.testing.assert_allclose(big[:, 50:950], a.astype(np.float64) @ b, rtol=2e-5, atol=1e-2)
     assert not big[:, :50].any() and not big[:, 950:].any()
 
@@ -84,7 +100,8 @@ def test_concurrent_callers():
     def work(i):
         try:
             for _ in range(10):
-                np.testing.assert_allclose(tp.matmul(*pairs[i]), want[i], rtol=2e-5, atol=1e-2)
+                with steady():      # each caller holds, as overlapping runs do
+                    np.testing.assert_allclose(tp.matmul(*pairs[i]), want[i], rtol=2e-5, atol=1e-2)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
 
@@ -109,11 +126,11 @@ def test_parallel_ranges_cover_every_index_once(n, work):
         calls.append((lo, hi))
         seen[lo:hi] += 1
 
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), steady():
         tp.parallel_ranges(fn, n, work)
     assert (seen == 1).all()
     assert len(calls) == (1 if work < tp.MIN_PARALLEL_WORK or n == 1 else min(n, 2 * tp.CHUNKS_PER_THREAD))
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    with threadpoolctl.threadpool_limits(1, user_api="blas"), steady():
         calls.clear()
         tp.parallel_ranges(fn, n, work)
     assert calls == [(0, n)]
@@ -164,8 +181,9 @@ def test_compiled_loops_release_the_gil():
 
 
 def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypatch):
-    """The CPU provider's run_scope: BLAS at one thread during a run of a session using it (the worker pool
-    is the parallelism), the process's count back after it, also with runs overlapping on several threads.
+    """session.intra_op.allow_spinning = "0": BLAS at one thread during each run (the CPU provider's
+    run_scope; its worker pool is the parallelism), the process's count back after it, also with runs
+    overlapping on several threads; by default OpenBLAS keeps its own threads during runs.
     ProbeExecutionProvider (tests/plugins) reads the BLAS pools from inside its MatMul kernel."""
     from conftest import make_model
     from fake_providers import ProbeExecutionProvider
@@ -181,7 +199,14 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
                    [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 4])])
     a = np.eye(4, dtype=np.float32)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        s = ort.InferenceSession(m.SerializeToString(), providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        plain = ort.InferenceSession(m.SerializeToString(), providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        np.testing.assert_array_equal(plain.run(None, {"a": a, "b": a})[0], a)
+        assert ProbeExecutionProvider.seen == [[2] * len(_blas_threads())]
+        ProbeExecutionProvider.seen.clear()
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        s = ort.InferenceSession(m.SerializeToString(), so,
+                                 providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         errors = []
 
         def work():

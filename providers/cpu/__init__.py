@@ -40,9 +40,13 @@ class CPUExecutionProvider(KernelProvider):
     # the block would only add its transposing passes
     fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
-    def run_scope(self):
-        """BLAS held at one thread for the whole run (its worker pool splits the large GEMMs and loops:
-        ``_threadpool``), rather than set and restored around every GEMM (~10 us a time)."""
+    def run_scope(self, config: dict[str, str]):
+        """With ``session.intra_op.allow_spinning`` = "0" (onnxruntime's switch for machines whose cores
+        other work shares): the run's BLAS held at one thread and its large GEMMs and loops split over the
+        provider's sleeping worker pool (``_threadpool``), steady when a core is busy. Else (the default)
+        OpenBLAS's own threads, faster on a quiet machine (they spin and share packed panels)."""
+        if config.get("session.intra_op.allow_spinning", "1") != "0":
+            return None
         from engineroom.providers.cpu import _threadpool
 
         return _threadpool.hold_blas, _threadpool.release_blas

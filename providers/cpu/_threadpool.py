@@ -8,6 +8,11 @@ process on the second core). Here the caller starts on the first chunk at once, 
 it wakes, and whichever thread is free takes the next chunk, so a descheduled thread delays at most
 the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
 
+This is the mode of sessions with ``session.intra_op.allow_spinning`` = "0" (onnxruntime's switch for
+machines other work shares): by default ``matmul`` is NumPy's call on OpenBLAS's own threads, which is
+faster on a quiet machine (waking a worker costs ~60 us on a 2-core VM, and chunks repack B), and
+``parallel_ranges`` takes only very large loops.
+
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
 (the provider's ``run_scope``: ``hold_blas``/``release_blas``) and during each of our GEMMs, OpenBLAS is
@@ -221,6 +226,10 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
     thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
+    if not _blas.depth:
+        # no steady-mode run in progress (session.intra_op.allow_spinning = "0" holds BLAS for its runs):
+        # OpenBLAS's own threads, faster than the pool on a quiet machine (shared packing, no wake-ups)
+        return np.matmul(a, b, out=out)
     if a.ndim == 2 and b.ndim == 2:             # the common case, without the broadcasting arithmetic
         M, K = a.shape
         N = b.shape[1]
@@ -260,6 +269,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 # worker (~16 us) costs more than it saves; and no part under MIN_PART_WORK (each costs a few
 # microseconds of Python and argument checks)
 MIN_PARALLEL_WORK = 1 << 19
+# outside a steady-mode run the pool takes only loops this large: on a quiet 2-core VM waking a worker
+# costs ~60 us, and mobilenet_v2's depthwise loops split from 2^19 ran slower (8.5 against 7.4 ms)
+MIN_QUIET_WORK = 1 << 22
 MIN_PART_WORK = 1 << 17
 
 
@@ -267,7 +279,7 @@ def parallel_ranges(fn, n: int, work: int) -> None:
     """``fn(lo, hi)`` over consecutive ranges covering ``range(n)`` (channels, rows), spread over the pool
     like ``matmul``'s chunks (several per thread, claimed one at a time, so a thread whose core is busy
     delays only the range it holds); ``fn(0, n)`` on the caller's thread where ``work`` is small."""
-    threads = _blas.outside() if work >= MIN_PARALLEL_WORK and n > 1 else 1
+    threads = _blas.outside() if n > 1 and work >= (MIN_PARALLEL_WORK if _blas.depth else MIN_QUIET_WORK) else 1
     parts = min(n, threads * CHUNKS_PER_THREAD, max(threads, work // MIN_PART_WORK))
     if threads <= 1 or parts <= 1:
         fn(0, n)
