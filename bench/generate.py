@@ -27,18 +27,10 @@ import subprocess
 import sys
 import time
 
+from blas_env import blas_kernel, clean_env
+
 ENGINES = ("ort", "project")
 NAMES = {"ort": "onnxruntime", "project": "engineroom"}
-
-
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
-                         for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"
-    except ImportError:
-        return "unknown (threadpoolctl missing)"
 
 
 def worker(engine: str, path: str, batch: int, prompt_len: int, new: int, threads: int) -> None:
@@ -73,11 +65,11 @@ def worker(engine: str, path: str, batch: int, prompt_len: int, new: int, thread
         t, c = time.perf_counter(), time.thread_time()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"times": times, "cpu": cpu, "prefills": prefills + times[:1], "ids": ids, "create": created,
-                      "rss": rss, "blas": _blas()}))
+                      "rss": rss, "blas": blas_kernel()}))
 
 
 def measure(path: str, batch: int, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = clean_env()
     env["ENGINEROOM_JIT"] = env.get("ENGINEROOM_JIT", "wait")            # the compiled loops, built before timing
     res = {e: [] for e in ENGINES}
     for _ in range(args.rounds):
