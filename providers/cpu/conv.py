@@ -275,6 +275,7 @@ class _ConvPlan:
         # the compiled loops (numba installed, NumPy arrays): 2-D depthwise (weights (M, KH, KW)), im2col,
         # and the bias/residual/clip pass after the GEMM paths
         self.jit = arrays(xp).compiled("conv")
+        self.host = arrays(xp).host
         self.zero_bias = np.zeros(M, dtype=cdt) if self.jit is not None else None
         self.wd_jit = np.ascontiguousarray(wc.reshape((M,) + self.kshape)) \
             if self.jit is not None and self.depthwise and n == 2 else None
@@ -347,6 +348,26 @@ class _ConvPlan:
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
             return y, False
+        if not self.host:
+            return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
+        # BLAS held at one thread for the whole conv: its GEMMs split over the provider's pool (chunks that
+        # the caller and the workers claim, so a thread whose core another process holds delays only the
+        # chunk it has) and the compiled loops split alike. OpenBLAS's own threads wait for their static
+        # share: with the second core busy, resnet18 at 2 threads ran 356 ms (median) against 118 so
+        _threadpool.hold_blas()
+        try:
+            return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
+        finally:
+            _threadpool.release_blas()
+
+    def _dense(self, xc, b, clip, z, hard, y, bias, pb, pe, out):
+        """``_conv``'s Winograd, 1x1 and im2col paths (everything but depthwise)."""
+        xp = self.xp
+        cdt = xc.dtype
+        N = xc.shape[0]
+        spatial = tuple(xc.shape[2:])
+        g, M, Cg, K = self.group, self.M, self.Cg, self.K
+        P = math.prod(out) if out else 1
         if self._w is not None and cdt == np.dtype(np.float32):
             m = choose_tile(Cg, M, out)
             if m and self.wino_jit is not None and (z is None or (z.shape == y.shape and z.dtype == y.dtype)):

@@ -14,6 +14,7 @@ import numpy as np
 
 from engineroom.plugin_sdk.geometry import convtranspose_geometry
 from engineroom.plugin_sdk.host_values import ints as _ints
+from engineroom.providers.cpu import _threadpool
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import compute_dtype
 from engineroom.providers.cpu.registry import kernel
@@ -93,10 +94,16 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     Mg = st["Mg"]
     wt = st["wt_taps"]
     cdt = wt.dtype
-    if N * g == 1:
-        cols = arrays(np).matmul(wt[0], xc.reshape(C, H * W))     # the provider's GEMM (see _threadpool)
-    else:
-        cols = arrays(np).matmul(wt, xc.reshape(N, g, C // g, H * W))
+    # the provider's GEMM with BLAS held at one thread (its chunks over the pool; see _threadpool and
+    # conv._ConvPlan._conv): OpenBLAS's own two threads stalled ~30 ms a call with the other core busy
+    _threadpool.hold_blas()
+    try:
+        if N * g == 1:
+            cols = arrays(np).matmul(wt[0], xc.reshape(C, H * W))
+        else:
+            cols = arrays(np).matmul(wt, xc.reshape(N, g, C // g, H * W))
+    finally:
+        _threadpool.release_blas()
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
     bias = np.zeros((g, Mg), dtype=cdt) if b is None else b.astype(cdt, copy=False).reshape(g, Mg)
     y = np.empty((N, g * Mg) + tuple(out), dtype=cdt)
