@@ -117,11 +117,23 @@ def _no_inputs(vals) -> tuple:
     return ()
 
 
+def _fast_step(st) -> tuple:
+    """A plan step as the executor's loop reads it (see :class:`Executor`)."""
+    n = len(st.ins)
+    get = itemgetter(*st.ins) if n > 1 else (lambda vals, s=st.ins[0]: (vals[s],)) if n else _no_inputs
+    if n and len(st.outs) == 1 and len(st.release) <= 2:
+        r1, r2 = (*st.release, 0, 0)[:2]
+        return (st.fn, n if n <= 2 else 3, st.ins[0], st.ins[-1], st.outs[0], r1, r2, get)
+    return (st.fn, 0, 0, 0, -1, 0, 0, (get, st.outs, st.release))
+
+
 class Executor:
-    """Runs one plan's steps. Each step is kept as ``(fn, n, a, b, get, out, outs, release)``: its number of
-    inputs ``n``, the slots ``a``, ``b`` of its first two (read directly when it has one or two inputs, the
-    common case; else through ``get``, an ``itemgetter`` of them all), its single output slot (-1 when it has several,
-    then ``outs``), and the slots it releases: one slot, a tuple of them, or None."""
+    """Runs one plan's steps. Each step is kept as ``(fn, kind, a, b, out, r1, r2, more)``. Kinds 2, 1, 3:
+    one output, into slot ``out``, and at most two slots released, ``r1`` and ``r2`` (slot 0, which always
+    holds None, where there are fewer): the common steps, run with no further tests. Kind 2 reads slots
+    ``a`` and ``b``, kind 1 slot ``a``, kind 3 (more inputs) the slots ``more`` (an ``itemgetter``) reads.
+    Kind 0 is any other step, described by ``more`` = ``(get, outs, release)`` (the getter of its inputs,
+    its output slots, the slots it releases)."""
 
     __slots__ = ("_template", "_input_slots", "_inputs_at", "_output_slots", "_output", "_outputs", "_steps", "_fast")
 
@@ -136,11 +148,7 @@ class Executor:
         self._output = self._output_slots[0] if len(self._output_slots) == 1 else -1
         self._outputs = itemgetter(*self._output_slots) if len(self._output_slots) > 1 else _no_inputs
         self._steps = steps   # the plan's Step records: labels and profiling infos of errors and timed runs
-        self._fast = [(st.fn, len(st.ins), st.ins[0] if st.ins else 0, st.ins[1] if len(st.ins) > 1 else 0,
-                       None if len(st.ins) == 1 else itemgetter(*st.ins) if st.ins else _no_inputs,
-                       st.outs[0] if len(st.outs) == 1 else -1, st.outs,
-                       st.release[0] if len(st.release) == 1 else (st.release or None))
-                      for st in steps]
+        self._fast = [_fast_step(st) for st in steps]
 
     def run(self, feeds) -> list:
         return self(feeds)
@@ -161,34 +169,32 @@ class Executor:
         fast = self._fast if running.profiler is None else self._timed(running.profiler)
         if not fast and stop.terminate:   # a body with no steps still stops (a Loop over it can run 2**63 times)
             raise terminated()
-        step = None
+        fn = kind = a = b = out = r1 = r2 = more = None
         try:
-            for step in fast:
-                fn, n, a, b, get, out, outs, rel = step
+            # the loop's variables are the step's fields (one unpacking, no step variable, no tests of
+            # what to release): 1,000-Add chain 0.39 -> 0.36 us a node
+            for fn, kind, a, b, out, r1, r2, more in fast:
                 if stop.terminate:
                     raise terminated()
-                if n == 2:
-                    res = fn(vals[a], vals[b])
-                elif n == 1:
-                    res = fn(vals[a])
+                if kind == 2:
+                    vals[out] = fn(vals[a], vals[b])[0]
+                elif kind == 1:
+                    vals[out] = fn(vals[a])[0]
+                elif kind == 3:
+                    vals[out] = fn(*more(vals))[0]
                 else:
-                    res = fn(*get(vals))
-                if out >= 0:
-                    vals[out] = res[0]
-                else:
-                    for s, r in zip(outs, res):
+                    get, outs, release = more
+                    for s, r in zip(outs, fn(*get(vals))):
                         vals[s] = r
-                if rel is not None:
-                    if rel.__class__ is int:
-                        vals[rel] = None
-                    else:
-                        for s in rel:
-                            vals[s] = None
+                    for s in release:
+                        vals[s] = None
+                vals[r1] = None
+                vals[r2] = None
         except Exception as e:
             if is_located(e):
                 raise
-            # the failing step, found by identity: no step counter in the loop
-            i = next((k for k, st in enumerate(fast) if st is step), -1)
+            # the failing step, found by its fields (its output slots are its own): no step counter in the loop
+            i = next((k for k, st in enumerate(fast) if st == (fn, kind, a, b, out, r1, r2, more)), -1)
             raise self._located(e, i) from e
         if self._output >= 0:
             return [vals[self._output]]

@@ -16,6 +16,7 @@ import math
 import ml_dtypes
 import numpy as np
 
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 from engineroom.providers.cpu.shape import _axis, _ints
 
@@ -70,6 +71,10 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
         r = getattr(rows, kind)(axis=1)
         return r.reshape(lead + (1,) * len(axes) if keepdims else lead)
     if kind in ("max", "min"):
+        if arrays(xp).host:
+            # the ufunc's reduce, what np.max calls after ~2 us of Python argument handling
+            r = (np.maximum if kind == "max" else np.minimum).reduce(x, axis=axes, keepdims=keepdims)
+            return r if r.__class__ is np.ndarray else np.asarray(r, dtype=dtype)
         r = (xp.max if kind == "max" else xp.min)(x, axis=axes, keepdims=keepdims)
         return xp.asarray(r, dtype=dtype)
     acc = _acc_dtype(dtype, kind in ("mean", "l2", "logsum", "logsumexp"))
@@ -121,8 +126,14 @@ def _reduce_attr_axes(info):
     keepdims = int(info.attrs.get("keepdims", 1)) == 1   # as onnxruntime: any other value is false
     axes_attr = info.attrs.get("axes")
 
+    by_rank: dict = {}      # rank -> the attribute's axes normalized
+
     def run(x):
-        axes = None if axes_attr is None else _normalize_axes(axes_attr, x.ndim)
+        if axes_attr is None:
+            return (_reduce(kind, xp, x, None, keepdims),)
+        axes = by_rank.get(x.ndim)
+        if axes is None:
+            axes = by_rank[x.ndim] = _normalize_axes(axes_attr, x.ndim)
         return (_reduce(kind, xp, x, axes, keepdims),)
 
     return run
@@ -185,9 +196,23 @@ def _cumulative(info, op: str, identity: int):
     exclusive = int(info.attrs.get("exclusive", 0))
     reverse = int(info.attrs.get("reverse", 0))
     scan = getattr(xp, op)
+    if arrays(xp).host:
+        # the ufunc's accumulate, what np.cumsum / np.cumprod call after ~2 us of Python argument handling
+        accumulate = (np.add if op == "cumsum" else np.multiply).accumulate
+
+        def scan(src, axis, dtype):
+            return accumulate(src, axis=axis, dtype=dtype) if src.ndim else getattr(np, op)(src, axis, dtype)
+    const = info.const_inputs[1] if len(info.const_inputs) > 1 else None
+    fixed = None if const is None else _ints(const)[0]
+    by_rank: dict = {}      # rank -> the constant axis normalized
 
     def run(x, axis):
-        a = _axis(_ints(axis)[0], x.ndim)
+        if fixed is None:
+            a = _axis(_ints(axis)[0], x.ndim)
+        else:
+            a = by_rank.get(x.ndim)
+            if a is None:
+                a = by_rank[x.ndim] = _axis(fixed, x.ndim)
         src = xp.flip(x, axis=a) if reverse else x
         cs = scan(src, axis=a, dtype=x.dtype)
         if exclusive:  # shift by one along the axis, the op's identity coming in first
