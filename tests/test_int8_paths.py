@@ -97,6 +97,22 @@ def test_dynamic_matmul_pattern_two_threads(int8_path):
     np.testing.assert_array_equal(got[0], ref[0])
 
 
+@pytest.mark.parametrize("K,N,rows", [
+    (512, 512, (2, 48)),        # T5's attention projections: by blocks of columns (panels of B)
+    (512, 1, (2, 512)),         # one column, many rows (tashkeel's attention score): by blocks of rows
+])
+def test_dynamic_matmul_split_over_two_threads(int8_path, K, N, rows):
+    """Products above the split threshold on two threads: bit for bit onnxruntime's numbers."""
+    from engineroom.providers.cpu import intgemm
+
+    assert rows[0] * rows[1] * K * max(N, 32) >= intgemm._INT8_PARALLEL_MACS
+    m = _dynamic_matmul_model(K, N, np.int8, False, True)
+    x = (RNG.standard_normal(rows + (K,)) * 1.5 + 0.3).astype(np.float32)
+    ref, got, _, _ = run_both(m, {"x": x}, threads=2)
+    np.testing.assert_array_equal(got[0], ref[0])
+    int8_path.expect("gemm_u8s8_scaled", taken=bool(_vnni()))
+
+
 def _vnni() -> bool:
     from engineroom.providers.cpu import intgemm
 

@@ -124,6 +124,26 @@ def test_dynamic_quantize_lstm_without_vnni(path, monkeypatch):
     path.expect("dq_lstm_run")
 
 
+@pytest.mark.parametrize("lens", [None, [16, 9, 16, 3]])
+def test_dynamic_quantize_lstm_directions_on_two_threads(path, monkeypatch, lens):
+    """A bidirectional layer large enough that its two directions run on the provider's pool at once (each
+    one compiled call): the same numbers as onnxruntime at two threads."""
+    from engineroom.providers.cpu import _threadpool, contrib_quant
+
+    splits = []
+
+    def spy(fn, n, work):
+        splits.append((n, work))
+        return _threadpool.parallel_ranges(fn, n, work)
+
+    monkeypatch.setattr(contrib_quant, "parallel_ranges", spy)
+    (want, got), names = _dq_lstm(np.random.default_rng(21), S=16, B=4, I=24, H=128, lens=lens, threads=2)
+    _close(want, got, names, 1e-5)
+    if path.jit:
+        assert splits and splits[0][0] == 2 and splits[0][1] >= _threadpool.MIN_QUIET_WORK, splits
+    path.expect(_loop())
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_dynamic_quantize_lstm_ragged_lengths(path, threads):
     # a sequence of length 0, the longest shorter than the input (the steps past it are not run)

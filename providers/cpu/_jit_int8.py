@@ -179,18 +179,20 @@ def _vnni_flag(typingctx):
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _drive(a, b0, c0, ldc, panels, z0, s0, scaled):  # pragma: no cover (compiled)
-    """Every row block of ``a`` by every panel, the next panel streamed in meanwhile; ``scaled``: the
-    float32 micro-kernel (corrections at z0, scales at s0), else the int32 one."""
+def _drive(a, b0, c0, ldc, p0, p1, z0, s0, scaled):  # pragma: no cover (compiled)
+    """Every row block of ``a`` by panels p0..p1 (the columns p0 * NR .. p1 * NR of C), the next panel
+    streamed in meanwhile; ``scaled``: the float32 micro-kernel (corrections at z0, scales at s0), else
+    the int32 one. A panel range lets the caller's threads share one product by columns, each reading
+    only its own share of B (the larger operand: 1 MB against A's 48 KB in T5's feed-forward)."""
     M = a.shape[0]
     k4 = a.shape[1] // 4
     lda = a.shape[1]
     a0 = a.ctypes.data
     pbytes = k4 * 4 * NR
     blocks = M // MR
-    for p in range(panels):
+    for p in range(p0, p1):
         for i in range(blocks):
-            if p + 1 < panels:
+            if p + 1 < p1:
                 _prefetch_share(b0 + (p + 1) * pbytes, pbytes, i, blocks)
             at, bt, ct = a0 + i * MR * lda, b0 + p * pbytes, c0 + i * MR * ldc + p * NR * 4
             if scaled:
@@ -200,17 +202,19 @@ def _drive(a, b0, c0, ldc, panels, z0, s0, scaled):  # pragma: no cover (compile
 
 
 @njit(nogil=True, boundscheck=False)
-def gemm_u8s8(a, bp, c):  # pragma: no cover (compiled)
-    """c = a @ B exactly (int32, wrapping): a (M, K) uint8, M and K multiples of 4; bp the packed B as bytes
-    (panels * K/4, 128); c the bytes of an int32 (M, panels * 32) array."""
-    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1], c.shape[1] // (4 * NR), 0, 0, False)
+def gemm_u8s8(a, bp, c, p0, p1):  # pragma: no cover (compiled)
+    """c[:, p0 * 32:p1 * 32] = a @ B's panels p0..p1 exactly (int32, wrapping): a (M, K) uint8, M and K
+    multiples of 4; bp the packed B as bytes (panels * K/4, 128); c the bytes of an int32 (M, panels * 32)
+    array."""
+    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1], p0, min(p1, c.shape[1] // (4 * NR)), 0, 0, False)
 
 
 @njit(nogil=True, boundscheck=False)
-def gemm_u8s8_scaled(a, bp, corr, scale, c):  # pragma: no cover (compiled)
-    """c = float32(a @ B - corr) * scale, exactly rounded once each: a and bp as for gemm_u8s8; corr the bytes
-    of an int32 (panels * 32,) array, scale float32 (panels * 32,), c float32 (M, panels * 32)."""
-    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1] * 4, c.shape[1] // NR, corr.ctypes.data,
+def gemm_u8s8_scaled(a, bp, corr, scale, c, p0, p1):  # pragma: no cover (compiled)
+    """c = float32(a @ B - corr) * scale over panels p0..p1 (columns p0 * 32 .. p1 * 32), exactly rounded
+    once each: a and bp as for gemm_u8s8; corr the bytes of an int32 (panels * 32,) array, scale float32
+    (panels * 32,), c float32 (M, panels * 32)."""
+    _drive(a, bp.ctypes.data, c.ctypes.data, c.shape[1] * 4, p0, min(p1, c.shape[1] // NR), corr.ctypes.data,
            scale.ctypes.data, True)
 
 
@@ -223,7 +227,7 @@ def vnni(out):  # pragma: no cover (compiled)
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes (bytes only: the variant dtype is
 # unused)
 AOT = {
-    "gemm_u8s8": ("U2 U2 U2", ("f4",)),
-    "gemm_u8s8_scaled": ("U2 U2 U1 A1 A2", ("f4",)),
+    "gemm_u8s8": ("U2 U2 U2 i i", ("f4",)),
+    "gemm_u8s8_scaled": ("U2 U2 U1 A1 A2 i i", ("f4",)),
     "vnni": ("U1", ("f4",)),
 }

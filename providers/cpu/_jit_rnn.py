@@ -377,7 +377,7 @@ def dq_lstm_run_vnni(xw, rp, colsum, ws, bias, p, m, qm, rows, c, h, y, qa, sc, 
                 z = zq[d, b]
                 for k in range(H):
                     qd[b, k] = np.uint8(qa[d, b, k] + z)
-            gemm_u8s8(qd, rp[d], accb[d])
+            gemm_u8s8(qd, rp[d], accb[d], 0, accb.shape[2] // 128)
             ai = accb[d].view(np.int32)
             cs = colsum[d]
             for b in range(B):

@@ -27,6 +27,7 @@ from engineroom.providers.cpu._contrib import (
     scalar,
 )
 from engineroom.providers.cpu.array_module import arrays
+from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.quantize import quantize_dynamic_u8
 from engineroom.providers.cpu.rnn import _activation_names, _activations, _masks, _reverse_index
 
@@ -803,6 +804,7 @@ def dynamic_quantize_lstm(info):
             c[d] = 0 if initial_c is None else initial_c[d]
             revs.append((reverse, rev_idx))
         rec = stacked(dirs, "compiled") if kern is not None else None
+        ys = None
         if rec is not None and (rec.vnni is not None or rec.exact):     # VNNI's int32 sums are always exact
             if steps:
                 masks = _masks(lens, steps, batch, _F32)
@@ -814,15 +816,31 @@ def dynamic_quantize_lstm(info):
                     qm[1:] = masks
                 qa, sc, zq = np.empty_like(h), np.empty((num_dirs, batch), _F32), np.empty((num_dirs, batch), _F32)
                 acc = np.empty((num_dirs, batch, 4 * hidden), _F32)
-                if rec.vnni is not None:
-                    rp, colsum, m_pad, k_pad, n_pad = rec.vnni
-                    qu = np.zeros((num_dirs, -(-batch // m_pad) * m_pad, k_pad), np.uint8)
-                    accb = np.zeros((num_dirs, qu.shape[1], 4 * n_pad), np.uint8)
-                    kern.dq_lstm_run_vnni(xw, rp, colsum, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa,
-                                          sc, zq, qu, accb, acc, clip32, flags)
-                elif rec.w8 is not None:
-                    kern.dq_lstm_run(xw, rec.w8, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, sc, zq,
-                                     acc, clip32, flags)
+                if rec.vnni is not None or rec.w8 is not None:
+                    # one compiled call a direction, the directions on the provider's pool (independent
+                    # recurrences: a bidirectional layer runs on two threads as onnxruntime's does); Y per
+                    # direction, since the compiled loops take contiguous arrays
+                    Yd = np.zeros((num_dirs, seq, 1, batch, hidden), _F32)
+                    if rec.vnni is not None:
+                        rp, colsum, m_pad, k_pad, n_pad = rec.vnni
+                        qu = np.zeros((num_dirs, -(-batch // m_pad) * m_pad, k_pad), np.uint8)
+                        accb = np.zeros((num_dirs, qu.shape[1], 4 * n_pad), np.uint8)
+
+                        def directions(d0, d1):
+                            for d in range(d0, d1):
+                                s_ = slice(d, d + 1)
+                                kern.dq_lstm_run_vnni(xw[s_], rp[s_], colsum[s_], rec.ws[s_], rec.bias[s_], rec.p[s_],
+                                                      masks, qm, rows, c[s_], h[s_], Yd[d], qa[s_], sc[s_], zq[s_],
+                                                      qu[s_], accb[s_], acc[s_], clip32, flags)
+                    else:
+                        def directions(d0, d1):
+                            for d in range(d0, d1):
+                                s_ = slice(d, d + 1)
+                                kern.dq_lstm_run(xw[s_], rec.w8[s_], rec.ws[s_], rec.bias[s_], rec.p[s_], masks, qm,
+                                                 rows, c[s_], h[s_], Yd[d], qa[s_], sc[s_], zq[s_], acc[s_], clip32,
+                                                 flags)
+                    parallel_ranges(directions, num_dirs, steps * batch * 4 * hidden * hidden)
+                    ys = list(Yd[:, :, 0])
                 else:
                     kern.dq_quantize(h, qm, 0, rows, qa, sc, zq)
                     step = kern.dq_lstm_step
@@ -830,7 +848,8 @@ def dynamic_quantize_lstm(info):
                         np.matmul(qa, rec.w32, out=acc)
                         step(acc, xw, t, sc, rec.ws, rec.bias, rec.p, masks, qm, rows, c, h, Y, qa, zq, clip32,
                              flags)
-            ys = [Y[:, d] for d in range(num_dirs)]
+            if ys is None:
+                ys = [Y[:, d] for d in range(num_dirs)]
             hs, cs = h, c
         else:
             Yw = np.zeros((num_dirs, seq, batch, hidden), _F32)

@@ -162,25 +162,35 @@ def int8_kernels():
     return mod if _VNNI else None
 
 
-# below this many multiply-adds (about 0.5 ms on the VNNI kernel) one thread does it: waking a worker
-# costs tens of microseconds, and a worker descheduled while it holds a block delays the product by its
-# time slice. With the cores oversubscribed (load 8 on 2), T5's 56 products (2^24 to 2^26 each) took
-# 28 ms on two threads against 17 on one (best of 20; medians 34 and 27)
-_INT8_PARALLEL_MACS = 1 << 27
+# below this many multiply-adds one thread does the product: waking a worker costs tens of microseconds
+# (T5's products, 2^24.6 to 2^26.6 multiply-adds, take 0.1 to 0.4 ms on one thread)
+_INT8_PARALLEL_MACS = 1 << 23
+# blocks per thread: claimed one at a time, so a thread whose core is taken delays only the block it holds;
+# few, since each is a call of its own (microseconds of argument checks)
+_INT8_BLOCKS_PER_THREAD = 2
 
 
-def _rows_over_pool(fn, a2, c, rest, macs_per_row: int) -> None:
-    """``fn(a2, *rest, c)`` (a compiled kernel that releases the GIL), split by blocks of rows over the
-    CPU provider's worker pool (``_threadpool``) where the product is large enough and it has threads."""
+def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
+    """``fn(a2, *rest, c, p0, p1)`` (a compiled kernel that releases the GIL) over B's panels 0..panels,
+    split over the CPU provider's worker pool (``_threadpool``) where the product is large enough and the
+    pool has threads: by column blocks where B has panels enough (each thread then reads only its share
+    of B), else by blocks of rows (a product with few columns and many rows: tashkeel's attention score,
+    8192 x 512 by 512 x 1)."""
     from engineroom.providers.cpu import _threadpool
 
+    threads = _pool_threads(_threadpool) if macs >= _INT8_PARALLEL_MACS else 1
+    parts = threads * _INT8_BLOCKS_PER_THREAD
     M = a2.shape[0]
-    threads = _pool_threads(_threadpool) if M * macs_per_row >= _INT8_PARALLEL_MACS and M >= 8 else 1
-    if threads <= 1:
-        fn(a2, *rest, c)
-        return
-    step = -(-M // (2 * threads)) // 4 * 4 or 4     # two blocks a thread, whole micro-kernel rows each
-    _threadpool._pool(threads).run(fn, [(a2[i:i + step], *rest, c[i:i + step]) for i in range(0, M, step)])
+    if threads > 1 and panels >= parts:
+        step = -(-panels // parts)
+        _threadpool._pool(threads).run(fn, [(a2, *rest, c, p, min(p + step, panels))
+                                            for p in range(0, panels, step)])
+    elif threads > 1 and M >= 4 * parts:
+        step = -(-M // parts) // 4 * 4 or 4        # whole micro-kernel rows each
+        _threadpool._pool(threads).run(fn, [(a2[i:i + step], *rest, c[i:i + step], 0, panels)
+                                            for i in range(0, M, step)])
+    else:
+        fn(a2, *rest, c, 0, panels)
 
 
 def _pool_threads(tp) -> int:
@@ -255,7 +265,8 @@ class Int8Matrix:
         mult[:self.N] = scale
         mult[self.N:] = 0
         c = np.empty((a2.shape[0], width), np.float32)
-        _rows_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr, mult), self.Kp * width)
+        _panels_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr, mult), self.panels,
+                          a2.shape[0] * self.Kp * width)
         if c.shape != (M, self.N):
             c = c[:M, :self.N]
         return c.reshape(lead + (self.N,))
@@ -266,7 +277,8 @@ class Int8Matrix:
         lead = a.shape[:-1]
         a2, M, za = self._rows(a, za)
         c = np.empty((a2.shape[0], self.panels * 32), np.int32)
-        _rows_over_pool(kern.gemm_u8s8, a2, c.view(np.uint8), (self.packed,), self.Kp * self.panels * 32)
+        _panels_over_pool(kern.gemm_u8s8, a2, c.view(np.uint8), (self.packed,), self.panels,
+                          a2.shape[0] * self.Kp * self.panels * 32)
         # (a - za)(b - zb) = ab - za * colsum(b) - zb * rowsum(a) + K * za * zb, in int32 modulo 2**32
         acc = c[:M, :self.N] - (za * self.colsum).astype(np.int32)
         if self.zb is not None:
