@@ -238,25 +238,111 @@ def test_matmul_nbits(path, M, bs, K, N, zp_kind):
     ref, got = _run_both(model, {"A": A})
     _close(got[0], ref[0], what="Y")
     if K % bs == 0:
-        rows = A.size // K
-        path.expect("matmul_nbits_kmajor" if rows <= 2 else "matmul_nbits_rows" if rows <= 8 else "dequant_nbits")
+        path.expect(_nbits_loop(A.size // K))
 
 
-@pytest.mark.parametrize("bits", [8, 2])
-@pytest.mark.parametrize("zp_kind", ["packed", "float", "none"])
-def test_matmul_nbits_other_widths_and_bias(bits, zp_kind):
-    K, N, bs = 64, 40, 32
-    packed, scales, zps = _quantize(_f32(K, N, scale=0.1), bits, bs, zp_kind)
-    bias = _f32(N)
+def _nbits_loop(rows):
+    """The compiled loop MatMulNBits (4 bits, K a multiple of the block) runs for ``rows`` rows of A."""
+    from engineroom.providers.cpu import contrib_llm
+
+    if rows <= 2:
+        return "matmul_nbits_kmajor"
+    if contrib_llm._wide == [True]:           # built for AVX-512: the 16-lane tile kernel
+        return "matmul_nbits_tiles"
+    return "matmul_nbits_rows" if rows <= 8 else "dequant_nbits"
+
+
+@pytest.fixture(params=["wide", "narrow"])
+def registers(request, monkeypatch):
+    """The tile kernel where the compiled module has 512-bit registers ("wide"), or the paths of a CPU
+    without them ("narrow": the row-by-row loop, BLAS on tiles of weight rows), forced here."""
+    from engineroom.providers.cpu import contrib_llm
+
+    if request.param == "narrow":
+        monkeypatch.setattr(contrib_llm, "_wide", [False])
+    return request.param
+
+
+@pytest.mark.parametrize("M", [16, 64, 200])
+@pytest.mark.parametrize("bs,K,N,zp_kind", [(16, 48, 131, "packed"), (32, 512, 200, "float"),
+                                            (128, 256, 67, "none"), (32, 96, 129, "packed"), (64, 1024, 64, "packed")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_nbits_many_rows(path, registers, monkeypatch, M, bs, K, N, zp_kind, threads):
+    """Prefill-sized products (the tile kernel: 6-row blocks, then pairs and a last odd row; a last
+    partial 64-column tile where N is not a multiple of 64, odd N) with a bias, zero points packed,
+    float or absent, block sizes 16 to 128, on one and two threads (tile ranges split over the pool)."""
+    from engineroom.providers.cpu import contrib_llm
+
+    parts = []
+    real = contrib_llm.parallel_ranges
+
+    def counted(fn, n, work):                 # the ranges the pool ran
+        real(lambda i, j: (parts.append((i, j)), fn(i, j)), n, work)
+    monkeypatch.setattr(contrib_llm, "parallel_ranges", counted)
+    A = _f32(M // 4, 4, K) if M == 64 else _f32(M, K)
+    model = _nbits_with_bias(K, N, 4, bs, zp_kind, list(A.shape))
+    so = er.SessionOptions()
+    so.intra_op_num_threads = threads
+    ref, got = _run_both(model, {"A": A}, sess_options=so)
+    _close(got[0], ref[0], what="Y")
+    path.expect(_nbits_loop(M))
+    if path.jit and registers == "wide":
+        tiles = -(-N // 64)
+        assert sorted(parts)[0][0] == 0 and sorted(parts)[-1][1] == tiles
+        split = threads == 2 and M * N * K >= (1 << 22)           # _threadpool.MIN_QUIET_WORK
+        assert (len(parts) > 1) == (split and tiles > 1), f"{threads} thread(s), {M}x{K}x{N}: ranges {parts}"
+
+
+def test_matmul_nbits_tile_ranges(path):
+    """The tile kernel over arbitrary ranges of its column tiles (as the pool's threads take them) writes
+    exactly those columns: the whole product agrees with onnxruntime however it is cut."""
+    if not path.jit:
+        pytest.skip("the tile ranges are the compiled kernel's")
+    from engineroom.providers.cpu import contrib_llm
+
+    K, N, bs, M = 128, 300, 32, 13
+    packed, scales, zps = _quantize(_f32(K, N, scale=0.1), 4, bs, "packed")
     inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales"),
-             numpy_helper.from_array(bias, "bias")]
+             numpy_helper.from_array(zps, "zp")]
+    node = helper.make_node("MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], domain=MS, K=K, N=N, bits=4,
+                            block_size=bs)
+    model = _model(node, [_vi("A", F, [M, K])], [_vi("Y", F, None)], inits)
+    A = _f32(M, K)
+    cuts = [0, 1, 3, 4, 5]                    # 5 tiles of 64 columns, the last partial
+
+    def ranges(fn, n, work):
+        assert n == 5
+        for i, j in zip(cuts, cuts[1:]):
+            fn(i, j)
+    old = contrib_llm.parallel_ranges
+    contrib_llm.parallel_ranges = ranges
+    try:
+        ref, got = _run_both(model, {"A": A})
+    finally:
+        contrib_llm.parallel_ranges = old
+    _close(got[0], ref[0], what="Y")
+    path.expect(_nbits_loop(M))
+
+
+def _nbits_with_bias(K, N, bits, bs, zp_kind, a_shape):
+    """A one-node MatMulNBits model with random weights quantized to ``bits`` and a bias input."""
+    packed, scales, zps = _quantize(_f32(K, N, scale=0.1), bits, bs, zp_kind)
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales"),
+             numpy_helper.from_array(_f32(N), "bias")]
     zp_name = ""
     if zps is not None:
         inits.append(numpy_helper.from_array(zps, "zp"))
         zp_name = "zp"
     node = helper.make_node("MatMulNBits", ["A", "B", "scales", zp_name, "", "bias"], ["Y"], domain=MS, K=K, N=N,
                             bits=bits, block_size=bs)
-    model = _model(node, [_vi("A", F, [5, K])], [_vi("Y", F, None)], inits)
+    return _model(node, [_vi("A", F, a_shape)], [_vi("Y", F, None)], inits)
+
+
+@pytest.mark.parametrize("bits", [8, 2])
+@pytest.mark.parametrize("zp_kind", ["packed", "float", "none"])
+def test_matmul_nbits_other_widths_and_bias(bits, zp_kind):
+    K, N, bs = 64, 40, 32
+    model = _nbits_with_bias(K, N, bits, bs, zp_kind, [5, K])
     feed = {"A": _f32(5, K)}
     try:
         so = ort.SessionOptions()

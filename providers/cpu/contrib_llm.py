@@ -9,14 +9,16 @@ Token-by-token generation runs these hundreds of times on one new token, so:
   IOBinding, ``plugin_sdk.binding``), appends the new keys and values into it in place: nothing of the
   past is copied. Otherwise ``present`` is a fresh buffer with the past copied in, as onnxruntime does.
 - MatMulNBits keeps the 4-bit weights packed; each block is dequantized inside the GEMM loop (compiled,
-  ``_jit_llm``) for a few rows, and a tile of rows at a time is dequantized for BLAS for many rows
-  (prefill). A full float copy of the weights is never made.
+  ``_jit_llm``) for one or two rows, and for more (prefill, batched decoding) one 64-column tile at a
+  time is dequantized into a small scratch that a register-blocked compiled GEMM multiplies (BLAS on
+  tiles of weight rows where the CPU lacks AVX-512). A full float copy of the weights is never made.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from engineroom.plugin_sdk.binding import bound_output
+from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -383,7 +385,20 @@ def _same(buf, arr) -> bool:
 # -- MatMulNBits ---------------------------------------------------------------------------------------
 _ROWS_KMAJOR = 2         # up to this many rows of A, the K-major compiled loop (token-by-token decoding)
 _ROWS_FUSED = 8          # up to this many, the row-by-row one (4 rows: equal; 8: 1.4x faster); above, BLAS on tiles
+#                          (both only without AVX-512: there the tile kernel takes every count past _ROWS_KMAJOR,
+#                          faster from 3 rows on: 512 x 1376 by 3 rows 0.18 -> 0.14 ms, by 8 0.28 -> 0.17)
 _TILE_BYTES = 1 << 20    # a dequantized tile of weight rows for BLAS: 1 MB (256 KB tiles: llama_kv prefill +12%)
+_TILE_COLS = 64          # output columns per tile of the compiled many-row kernel (_jit_llm.matmul_nbits_tiles)
+_wide: list[bool] = []   # the compiled module was built with 512-bit registers (asked once)
+
+
+def _wide_registers(jit) -> bool:
+    """True where ``_jit_llm``'s 16-lane kernels are the fast ones (built for AVX-512)."""
+    if not _wide:
+        out = np.zeros(1, np.uint8)
+        jit.wide_registers(out)
+        _wide.append(bool(out[0]))
+    return _wide[0]
 
 
 @array_kernel("MatMulNBits", domain=MS, since=1, types=(np.float32,))
@@ -394,9 +409,12 @@ def matmul_nbits(info):
     The weights must be constants (initializers): they are prepared once here — zero points unpacked to
     floats — and stay packed. 4-bit float32 runs compiled: for one or two rows of A (decoding) over a
     K-major copy of the packed weights made here (as large as B), the codes of each k meeting a long
-    contiguous run of output columns; for up to 8 rows each block is dequantized inside the GEMM loop and
+    contiguous run of output columns; for 3 rows and more, on AVX-512 CPUs, from the same copy 64 output
+    columns at a time are dequantized into a K x 64 scratch (L2-sized, reused) and multiplied by a
+    compiled kernel holding 6 rows x 64 columns in registers, column tiles split over the session's
+    threads. Without AVX-512: for up to 8 rows each block is dequantized inside the GEMM loop and
     used by every row; for more rows a 1 MB tile of weight rows at a time is dequantized and
-    multiplied by BLAS. Other bit widths (2, 8) and the NumPy fallback
+    multiplied by BLAS. Other bit widths (2, 8), K not a multiple of the block, and the NumPy fallback
     dequantize tiles with NumPy. ``accuracy_level`` asks for at least a given precision of A's
     arithmetic; float32 throughout meets every level, so it changes nothing here.
     """
@@ -456,6 +474,10 @@ def matmul_nbits(info):
         s_pad[:N], z_pad[:N] = sc, zp * sc
         kmajor = (bk, np.ascontiguousarray(s_pad[0::2].T), np.ascontiguousarray(s_pad[1::2].T),
                   np.ascontiguousarray(z_pad[0::2].T), np.ascontiguousarray(z_pad[1::2].T))
+    # three rows and more: the compiled kernel on 64-column tiles dequantized from the K-major copy
+    # (AVX-512 only: elsewhere the row-by-row loop and BLAS on 1 MB tiles of weight rows, below)
+    tiles = kmajor is not None and _wide_registers(jit)
+    n_tiles = -(-N // _TILE_COLS)
     tile_rows = max(1, min(N, _TILE_BYTES // (4 * nb * bs)))
     per_byte = 8 // bits
     shifts = (np.arange(per_byte, dtype=np.uint8) * bits)
@@ -480,7 +502,11 @@ def matmul_nbits(info):
                 y = y + bias
             return (y.reshape(*lead, N),)
         y = np.empty((M, N), np.float32)
-        if jit is not None and K == nb * bs and 0 < M <= _ROWS_FUSED:
+        if tiles and M:
+            # ranges of column tiles over the provider's pool (intra_op_num_threads); one range on the
+            # calling thread where the product is small or the session has one thread
+            parallel_ranges(lambda t0, t1: jit.matmul_nbits_tiles(A2, *kmajor, t0, t1, y), n_tiles, M * N * K)
+        elif jit is not None and K == nb * bs and 0 < M <= _ROWS_FUSED:
             jit.matmul_nbits_rows(A2, b3, sc, zp, y)
         elif jit is not None and K == nb * bs and M:
             # tiles of [even k | odd k] rows (the compiled dequantization's layout): A's columns alike
