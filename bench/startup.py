@@ -13,6 +13,13 @@ Every measurement is taken in a fresh process, engines alternating (A B A B), R 
 Without model arguments the realworld set (`../shared/realworld`, models in /work/rw) is used. The
 measured processes run without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE and the BLAS kernel in use is
 printed. Ratios are engineroom / onnxruntime; the geometric means are over the models both engines load.
+
+Compiled bytecode: an installed package runs from the .pyc files pip wrote at install time, but an
+editable checkout under PYTHONDONTWRITEBYTECODE=1 (this machine's setting) compiles every one of its
+modules from source in every process (~0.1-0.15 s CPU of engineroom's first session; onnxruntime's
+modules come with their .pyc). So by default both engines' processes keep their bytecode in one cache
+folder (PYTHONPYCACHEPREFIX, filled by an untimed warm-up process per engine), as installed packages
+do; `--no-pycache` measures with the environment as it is. The mode is printed.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from blas_env import blas_kernel, clean_env
@@ -93,11 +101,24 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-pycache", action="store_true",
+                    help="keep the environment's bytecode setting (PYTHONDONTWRITEBYTECODE) instead of a cache")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.threads)), flush=True)
         return 0
     env = clean_env()
+    models = _models(args)
+    if args.no_pycache:
+        print(f"bytecode: as the environment says (PYTHONDONTWRITEBYTECODE="
+              f"{env.get('PYTHONDONTWRITEBYTECODE', 'unset')})", flush=True)
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "engineroom-startup-pycache")
+        for e in ENGINES:   # untimed: compiles what a first session imports into the cache
+            run(e, models[0][1] if models else "", args.threads, env)
+        print(f"bytecode: cached for both engines in {env['PYTHONPYCACHEPREFIX']} (as installed packages; "
+              f"--no-pycache to compile from source as this environment does)", flush=True)
     imp = {e: [] for e in ENGINES}
     for _ in range(args.rounds):
         for e in ENGINES:
@@ -113,7 +134,7 @@ def main() -> int:
           f" {'2nd create ort/er ms':>21s} {'x':>6s} {'import+create CPU ms':>18s} {'x':>6s}", flush=True)
     ratios: dict[str, list[float]] = {"create": [], "total": [], "create2": [], "total_cpu": []}
     blas = ""
-    for name, path in _models(args):
+    for name, path in models:
         got: dict = {e: [] for e in ENGINES}
         for _ in range(args.rounds):
             for e in ENGINES:

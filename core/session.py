@@ -28,7 +28,7 @@ from engineroom.iobinding import IOBinding, SessionBinding
 from engineroom.load import load_model, save_model
 from engineroom.optimizer import optimize_basic
 from engineroom.options import RunOptions, SessionOptions
-from engineroom.pipeline import build_plan, placement
+from engineroom.pipeline import build_plan, collector_paused, placement
 from engineroom.plan import type_string
 from engineroom.plugin_sdk import ExecutionProvider
 from engineroom.plugin_sdk.limits import DEFAULT_MAX_TENSOR_BYTES, MAX_TENSOR_BYTES_KEY
@@ -140,6 +140,11 @@ class InferenceSession:
 
     def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
                  providers: Sequence | None = None, provider_options: Sequence[dict] | None = None, **kwargs):
+        with collector_paused():
+            self._create(path_or_bytes, sess_options, providers, provider_options, **kwargs)
+
+    def _create(self, path_or_bytes: Any, sess_options: SessionOptions | None, providers: Sequence | None,
+                provider_options: Sequence[dict] | None, **kwargs):
         self._sess_options = sess_options or SessionOptions()
         so = self._sess_options
         self._model_source = path_or_bytes

@@ -51,3 +51,71 @@ def test_cpu_session_imports_only_the_cpu_provider(tmp_path):
     assert got == {"y": [0.0, 2.0], "others": []}
     # and the providers list still names every registered provider
     assert "CPUExecutionProvider" in engineroom.get_all_providers()
+
+
+def test_logistic_classifier_session_imports_no_scipy(tmp_path):
+    """A LinearClassifier with post_transform LOGISTIC (skl2onnx's logistic regression) computes its
+    sigmoid with NumPy: importing scipy.special for it cost 0.1-0.3 s of the first session. Its
+    probabilities agree with onnxruntime's."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the test oracle) is not installed")
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "prob"], domain="ai.onnx.ml",
+                            coefficients=[0.5, -1.0, 2.0, 3.0, -0.25, 1.5], intercepts=[0.1, -0.2],
+                            classlabels_ints=[0, 1], post_transform="LOGISTIC", multi_class=1)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                          [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                           helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, 2])])
+    path = tmp_path / "logistic.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)],
+                                ir_version=8), str(path))
+    x = np.array([[1.0, 2.0, 3.0], [-4.0, 0.5, 0.0], [30.0, -20.0, 1.0], [0.0, 0.0, 0.0]], np.float32)
+    got = _child(
+        "import json, sys, numpy as np, engineroom as er\n"
+        f"s = er.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
+        "created = 'scipy' in sys.modules\n"
+        f"label, prob = s.run(None, {{'x': np.array({x.tolist()!r}, np.float32)}})\n"
+        "print(json.dumps({'scipy': created, 'label': label.tolist(), 'prob': prob.tolist()}))")
+    assert got["scipy"] is False
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert got["label"] == want[0].tolist()
+    np.testing.assert_allclose(np.array(got["prob"], np.float32), want[1], rtol=1e-6, atol=1e-7)
+
+
+def test_creation_runs_no_garbage_collection(tmp_path):
+    """The cyclic collector is held off while a session is made (it ran hundreds of passes over the
+    objects creation allocates), is on again afterwards, and stays off where the caller turned it off."""
+    onnx = pytest.importorskip("onnx")
+    import gc
+
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Add", [f"v{i}", "one"], [f"v{i + 1}"]) for i in range(300)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("v300", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    path = str(tmp_path / "chain.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    so = engineroom.SessionOptions()
+    so.graph_optimization_level = engineroom.GraphOptimizationLevel.ORT_DISABLE_ALL   # 300 nodes to plan
+    engineroom.InferenceSession(path, so, providers=["CPUExecutionProvider"])   # modules imported
+    passes = []
+    gc.callbacks.append(lambda phase, info: passes.append(info["generation"]) if phase == "start" else None)
+    try:
+        s = engineroom.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        during = list(passes)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            engineroom.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.pop()
+    assert len(during) <= 1, during   # the one pass over what creation left, once the collector is back
+    y = s.run(None, {"v0": np.array([1.0, -2.0], np.float32)})[0]
+    np.testing.assert_array_equal(y, np.array([301.0, 298.0], np.float32))
