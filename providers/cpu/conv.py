@@ -412,7 +412,7 @@ class _ConvPlan:
             view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
                                self.dilations, out)
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
-        arrays(xp).matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
+        (_threadpool.matmul_held if self.host else arrays(xp).matmul)(self.wm, cols, out=y.reshape(N, g, M // g, P))
         if self._epilogue(y, b, clip, z, hard):
             return y, True
         if bias is not None:

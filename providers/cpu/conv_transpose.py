@@ -99,9 +99,9 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     _threadpool.hold_blas()
     try:
         if N * g == 1:
-            cols = arrays(np).matmul(wt[0], xc.reshape(C, H * W))
+            cols = _threadpool.matmul_held(wt[0], xc.reshape(C, H * W))
         else:
-            cols = arrays(np).matmul(wt, xc.reshape(N, g, C // g, H * W))
+            cols = _threadpool.matmul_held(wt, xc.reshape(N, g, C // g, H * W))
     finally:
         _threadpool.release_blas()
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
