@@ -68,8 +68,40 @@ def matmul(info):
         return (matmul_any(xp, a, b),)
 
     if bc is not None and bc.ndim == 2 and np.dtype(bc.dtype) == np.float32 and arrays(xp).host:
+        if bc.size < _SMALL_WEIGHT:
+            return _matmul_small_weight(bc, run)
         return _matmul_few_rows(bc, run)
     return run
+
+
+# A constant float32 weight of fewer elements than this (16x16, 14x8: the small heads of tiny models) is
+# multiplied by NumPy's BLAS call directly, whatever the rows: the compiled few-rows loop's call costs more
+# there (~2 us against ~1 us for a 4x16 by 16x16 product, thread CPU)
+_SMALL_WEIGHT = 2048
+
+
+def _matmul_small_weight(b, run):
+    """MatMul by a small constant float32 weight on the host: one ``np.matmul`` on A seen as 2-D (no
+    dtype or batch analysis per call), where the product is below the size the thread pool's policy
+    looks at (``_threadpool.BLAS_SINGLE_MACS``: smaller products go straight to NumPy there too)."""
+    from engineroom.providers.cpu._threadpool import BLAS_SINGLE_MACS
+
+    K, N = b.shape
+    if not K:
+        return run
+    f32, nd, matmul_ = np.dtype(np.float32), np.ndarray, np.matmul
+    max_rows = BLAS_SINGLE_MACS // max(b.size, 1)
+
+    def run_small(a, b_):
+        if b_ is b and a.__class__ is nd and a.dtype == f32 and a.ndim >= 2 and a.shape[-1] == K:
+            if a.ndim == 2:
+                if a.shape[0] < max_rows:
+                    return (matmul_(a, b),)
+            elif a.flags.c_contiguous and a.size < max_rows * K:
+                return (matmul_(a.reshape(-1, K), b).reshape(a.shape[:-1] + (N,)),)
+        return run(a, b_)
+
+    return run_small
 
 
 def _matmul_few_rows(b, run):
