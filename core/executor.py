@@ -11,6 +11,7 @@ value slots, and nothing else: no dict lookups, graph walks or shape inference p
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -120,11 +121,11 @@ def _no_inputs(vals) -> tuple:
 def _fast_step(st) -> tuple:
     """A plan step as the executor's loop reads it (see :class:`Executor`)."""
     n = len(st.ins)
-    get = itemgetter(*st.ins) if n > 1 else (lambda vals, s=st.ins[0]: (vals[s],)) if n else _no_inputs
+    get = itemgetter(*st.ins) if n > 1 else None if n else _no_inputs
     if n and len(st.outs) == 1 and len(st.release) <= 2:
         r1, r2 = (*st.release, 0, 0)[:2]
         return (st.fn, n if n <= 2 else 3, st.ins[0], st.ins[-1], st.outs[0], r1, r2, get)
-    return (st.fn, 0, 0, 0, -1, 0, 0, (get, st.outs, st.release))
+    return (st.fn, 0, st.ins[0] if n else 0, 0, -1, 0, 0, (get, st.outs, st.release))
 
 
 class Executor:
@@ -133,7 +134,7 @@ class Executor:
     holds None, where there are fewer): the common steps, run with no further tests. Kind 2 reads slots
     ``a`` and ``b``, kind 1 slot ``a``, kind 3 (more inputs) the slots ``more`` (an ``itemgetter``) reads.
     Kind 0 is any other step, described by ``more`` = ``(get, outs, release)`` (the getter of its inputs,
-    its output slots, the slots it releases)."""
+    None for one input, read from slot ``a``; its output slots; the slots it releases)."""
 
     __slots__ = ("_template", "_input_slots", "_inputs_at", "_output_slots", "_output", "_outputs", "_steps", "_fast")
 
@@ -184,7 +185,7 @@ class Executor:
                     vals[out] = fn(*more(vals))[0]
                 else:
                     get, outs, release = more
-                    for s, r in zip(outs, fn(*get(vals))):
+                    for s, r in zip(outs, fn(vals[a]) if get is None else fn(*get(vals))):
                         vals[s] = r
                     for s in release:
                         vals[s] = None
@@ -227,7 +228,7 @@ class Subgraph(Executor):
     """A planned graph attribute of a control-flow node, the executor of its plan: ``sub(inputs, outer) ->
     outputs``."""
 
-    __slots__ = ("plan", "input_names", "output_names", "outer_names", "reads_input")
+    __slots__ = ("plan", "input_names", "output_names", "outer_names", "reads_input", "_splits")
 
     def __init__(self, plan, outer_names: list[str]):
         super().__init__(plan.template, plan.input_slots, plan.output_slots, plan.steps)
@@ -238,3 +239,68 @@ class Subgraph(Executor):
         # per input, whether the body reads it (a Loop need not make an iteration number nobody reads)
         read = {s for st in plan.steps for s in st.ins} | set(plan.output_slots)
         self.reads_input = [s in read for s in plan.input_slots]
+        self._splits: dict = {}
+
+    def loop_split(self, n_carried: int, carried: frozenset) -> "LoopSplit | None":
+        """For a Loop body: its steps split into those that compute the same thing in every iteration once
+        the carried values at positions ``carried`` have settled (an iteration handed them back with the
+        bits it was given), and the rest; None where no step is invariant. The caller sees the settling at
+        run time; a position whose output is not computed from settled values alone is dropped first, since
+        its next value could differ. Made once per set of positions (cached)."""
+        key = (n_carried, carried)
+        if key in self._splits:
+            return self._splits[key]
+        ins, outs, steps = self._input_slots, self._output_slots, self._steps
+        n_body = len(self.input_names)
+        fixed = set(ins[n_body:]) | {s for s, v in enumerate(self._template) if v is not None} | {0}
+        c_in, c_out = ins[2:2 + n_carried], outs[1:1 + n_carried]
+        cand = set(carried)
+        while True:
+            stable = fixed | {c_in[j] for j in cand}
+            inv = []
+            for i, st in enumerate(steps):
+                if st.info[1] not in _VOLATILE and all(s in stable for s in st.ins):
+                    inv.append(i)
+                    stable.update(st.outs)
+            drop = {j for j in cand if c_out[j] not in stable}
+            if not drop:
+                break
+            cand -= drop
+        split = None
+        if inv:
+            inv_set = set(inv)
+            made = {s for i in inv for s in steps[i].outs}
+            needed = sorted({s for i, st in enumerate(steps) if i not in inv_set for s in st.ins if s in made}
+                            | {s for s in outs if s in made})
+            rest = [st for i, st in enumerate(steps) if i not in inv_set]
+            if needed:
+                split = LoopSplit(Executor(self._template, ins, needed, [steps[i] for i in inv]), needed,
+                                  Executor(self._template, ins, outs, rest))
+        self._splits[key] = split
+        return split
+
+
+# ops whose outputs may differ between two calls with the same inputs (or that run graphs of their own):
+# never taken as loop-invariant
+_VOLATILE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                       "Multinomial", "Dropout", "If", "Loop", "Scan", "SequenceMap"})
+
+
+class LoopSplit:
+    """A Loop body's plan as two executors (:meth:`Subgraph.loop_split`): ``first`` computes the values of
+    the invariant steps that the other steps or the body's outputs read (``needed`` slots), ``rest`` the
+    other steps; :meth:`bind` gives ``rest`` with those values in place, the body of every later
+    iteration."""
+
+    __slots__ = ("first", "needed", "rest")
+
+    def __init__(self, first, needed, rest) -> None:
+        self.first, self.needed, self.rest = first, needed, rest
+
+    def bind(self, values) -> Executor:
+        template = self.rest._template.copy()
+        for s, v in zip(self.needed, values):
+            template[s] = v
+        ex = copy.copy(self.rest)
+        ex._template = template
+        return ex
