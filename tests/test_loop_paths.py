@@ -177,3 +177,68 @@ def test_gemm_constant_weight_paths(cshape, const_c, alpha, beta):
     ref, got = both(m, feed)
     assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def _settling_loop(hand_back: str) -> bytes:
+    """A Loop fed its trip count and condition at run time (so nothing is hoisted in front of it), whose
+    body projects a carried feature map by an outer weight in every iteration (slanet_table's decoder):
+    ``hand_back`` says how the body returns the features: "add0" through Unsqueeze, + 0.0, Squeeze
+    (paddle2onnx's way: -0.0 becomes +0.0 in the first iteration, then the bits settle), "scale" times 1.5
+    (never settles). A counter, a state and scan outputs (the projection among them) change around it."""
+    c = helper.make_tensor
+    back = ([helper.make_node("Unsqueeze", ["feat", "ax0"], ["fu"]), helper.make_node("Add", ["fu", "zero"], ["fa"]),
+             helper.make_node("Squeeze", ["fa", "ax0"], ["feat_out"])] if hand_back == "add0" else
+            [helper.make_node("Mul", ["feat", "k15"], ["feat_out"])])
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["feat", "W"], ["proj"]),                          # [4, 4], invariant once settled
+         helper.make_node("MatMul", ["h", "proj"], ["hp"]),
+         helper.make_node("Cast", ["cnt", ], ["cf"], to=F),
+         helper.make_node("Add", ["hp", "cf"], ["hs"]),
+         helper.make_node("Tanh", ["hs"], ["h_out"]),
+         helper.make_node("Add", ["cnt", "one"], ["cnt_out"]),
+         helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Identity", ["h_out"], ["h_scan"]), *back],
+        "body",
+        [vi("i", I64, []), vi("c", TensorProto.BOOL, []), vi("h", F, [1, 4]), vi("feat", F, [4, 6]),
+         vi("cnt", I64, [])],
+        [vi("c_out", TensorProto.BOOL, []), vi("h_out", F, [1, 4]), vi("feat_out", F, [4, 6]), vi("cnt_out", I64, []),
+         vi("proj", F, [4, 4]), vi("h_scan", F, [1, 4])],
+        [c("ax0", I64, [1], [0]), c("zero", F, [1], [0.0]), c("k15", F, [], [1.5]), c("one", I64, [], [1])])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["M", "cond", "h0", "feat0", "cnt0"], ["h_f", "feat_f", "cnt_f", "projs", "hs"],
+                          body=body)],
+        "g", [vi("M", I64, []), vi("cond", TensorProto.BOOL, []), vi("h0", F, [1, 4]), vi("feat0", F, [4, 6]),
+              vi("cnt0", I64, [])],
+        [vi("h_f", F, [1, 4]), vi("feat_f", F, [4, 6]), vi("cnt_f", I64, []), vi("projs", F, ["T", 4, 4]),
+         vi("hs", F, ["T", 1, 4])],
+        [numpy_helper.from_array((RNG.standard_normal((6, 4)) * 0.3).astype(np.float32), "W")])
+    return make_model(g.node, list(g.input), list(g.output), list(g.initializer), 17, check=True).SerializeToString()
+
+
+@pytest.mark.parametrize("hand_back", ["add0", "scale"])
+@pytest.mark.parametrize("trips", [0, 1, 2, 3, 9])
+def test_loop_settled_carried_values_match_onnxruntime(monkeypatch, hand_back, trips):
+    """The body's steps that only read settled carried values run in the first iterations, then the rest of
+    the body alone (``Subgraph.loop_split``): the same outputs as onnxruntime, signs of zeros included."""
+    from engineroom import executor
+
+    bound = []
+    bind = executor.LoopSplit.bind
+    monkeypatch.setattr(executor.LoopSplit, "bind", lambda self, values: bound.append(self) or bind(self, values))
+    feat = RNG.standard_normal((4, 6)).astype(np.float32)
+    feat[0, :3] = -0.0                       # turned +0.0 by the first iteration's + 0.0: settles one later
+    feat[1, 2] = 0.0
+    feed = {"M": np.array(trips, np.int64), "cond": np.array(True), "h0": RNG.standard_normal((1, 4)).astype(np.float32),
+            "feat0": feat, "cnt0": np.array(5, np.int64)}
+    m = _settling_loop(hand_back)
+    ref, got = both(m, feed)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape and r.dtype == g.dtype
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    # the split serves loops of more than two iterations where the features settle: after the first
+    # iteration for "add0" (its -0.0 became +0.0 there), never for "scale"
+    assert bool(bound) == (trips > 2 and hand_back == "add0")
+    # and changes no bit (signs of zeros included) against the same engine running every step each time
+    monkeypatch.setattr(executor.Subgraph, "loop_split", lambda self, n, carried: None)
+    plain = er.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feed)
+    for p, g in zip(plain, got):
+        assert p.dtype == g.dtype and p.tobytes() == g.tobytes()

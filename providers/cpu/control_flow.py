@@ -32,6 +32,19 @@ def _empty_like_output(info, k: int, xp):
     return xp.zeros((0,), dtype=dt)
 
 
+def _same_bits(a, b) -> bool:
+    """Whether carried value ``a`` holds the same bits as ``b`` (-0.0 and 0.0 differ; NaNs compare by
+    payload): a value whose next iteration repeats this one exactly."""
+    if a is b:
+        return True
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f":
+        u = np.dtype(f"u{a.dtype.itemsize}")
+        return bool(np.array_equal(a.view(u), b.view(u)))
+    return a.dtype.kind in "biu" and bool(np.array_equal(a, b))
+
+
 # --- If (later versions only widen the allowed types)
 
 @kernel("If", since=1, host_inputs=(0,))
@@ -62,6 +75,12 @@ def loop(info):
     reads = getattr(body, "reads_input", None)
     # the iteration number as a fresh 0-d array only where the body reads it (the body may return it)
     needs_iter = reads is None or len(reads) < 1 or reads[0]
+    # the body split into the steps that stop changing once carried values settle and the rest
+    # (``Subgraph.loop_split``): in the first iterations, the carried values handed back with the bits
+    # they came in with are settled (the next iteration's inputs repeat them, so by induction every later
+    # one's, where the steps computing them read only settled values); the rest of the body, bound to
+    # the invariant steps' values, runs from the next iteration on
+    split_of = getattr(body, "loop_split", None) if xp is np else None
 
     def run(*inputs):
         m, cond = inputs[0], inputs[1]
@@ -74,9 +93,20 @@ def loop(info):
         i = 0
         held = 0   # bytes the scan outputs hold so far: a huge trip count stops at the tensor limit
         ndarray = np.ndarray
+        step = body
+        probe = split_of is not None and trip > 2 and n_carried > 0
+        split = None
         while go and i < trip:
             # iter_num is a fresh 0-d array each iteration: the body may return it as an output.
-            outs = body([np.array(i, dtype=np.int64) if needs_iter else None, cond_t, *carried], outer)
+            feeds = [np.array(i, dtype=np.int64) if needs_iter else None, cond_t, *carried]
+            if split is not None:
+                step = split.bind(split.first(feeds, outer))
+                split = None
+            outs = step(feeds, outer)
+            if probe:
+                settled = frozenset(j for j in range(n_carried) if _same_bits(outs[1 + j], carried[j]))
+                split = split_of(n_carried, settled) if settled else None
+                probe = split is None and i < 2
             c = outs[0]
             go = bool(c) if c.__class__ is ndarray and c.size == 1 else _truth(c)   # _truth, inlined
             carried = outs[1:1 + n_carried]
