@@ -245,10 +245,10 @@ def _nbits_loop(rows):
     """The compiled loop MatMulNBits (4 bits, K a multiple of the block) runs for ``rows`` rows of A."""
     from engineroom.providers.cpu import contrib_llm
 
+    if contrib_llm._wide == [True]:           # built for AVX-512: the 16-lane kernels
+        return "matmul_nbits_gemv" if rows <= 2 else "matmul_nbits_tiles"
     if rows <= 2:
         return "matmul_nbits_kmajor"
-    if contrib_llm._wide == [True]:           # built for AVX-512: the 16-lane tile kernel
-        return "matmul_nbits_tiles"
     return "matmul_nbits_rows" if rows <= 8 else "dequant_nbits"
 
 
@@ -263,14 +263,15 @@ def registers(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("M", [16, 64, 200])
+@pytest.mark.parametrize("M", [1, 2, 16, 64, 200])
 @pytest.mark.parametrize("bs,K,N,zp_kind", [(16, 48, 131, "packed"), (32, 512, 200, "float"),
                                             (128, 256, 67, "none"), (32, 96, 129, "packed"), (64, 1024, 64, "packed")])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul_nbits_many_rows(path, registers, monkeypatch, M, bs, K, N, zp_kind, threads):
-    """Prefill-sized products (the tile kernel: 6-row blocks, then pairs and a last odd row; a last
-    partial 64-column tile where N is not a multiple of 64, odd N) with a bias, zero points packed,
-    float or absent, block sizes 16 to 128, on one and two threads (tile ranges split over the pool)."""
+    """Prefill-sized products (the tile kernel: 6-row blocks, then pairs and a last odd row) and one or
+    two rows (the GEMV), a last partial 64-column tile where N is not a multiple of 64, odd N, with a
+    bias, zero points packed, float or absent, block sizes 16 to 128, on one and two threads (tile
+    ranges split over the pool)."""
     from engineroom.providers.cpu import contrib_llm
 
     parts = []
@@ -289,8 +290,10 @@ def test_matmul_nbits_many_rows(path, registers, monkeypatch, M, bs, K, N, zp_ki
     if path.jit and registers == "wide":
         tiles = -(-N // 64)
         assert sorted(parts)[0][0] == 0 and sorted(parts)[-1][1] == tiles
-        split = threads == 2 and M * N * K >= (1 << 22)           # _threadpool.MIN_QUIET_WORK
-        assert (len(parts) > 1) == (split and tiles > 1), f"{threads} thread(s), {M}x{K}x{N}: ranges {parts}"
+        if threads == 1:
+            assert len(parts) == 1, f"1 thread: ranges {parts}"
+        elif M * N * K >= (1 << 22) and tiles > 1:          # _threadpool.MIN_QUIET_WORK: split in any mode
+            assert len(parts) > 1, f"2 threads, {M}x{K}x{N}: one range {parts}"
 
 
 def test_matmul_nbits_tile_ranges(path):
@@ -300,14 +303,13 @@ def test_matmul_nbits_tile_ranges(path):
         pytest.skip("the tile ranges are the compiled kernel's")
     from engineroom.providers.cpu import contrib_llm
 
-    K, N, bs, M = 128, 300, 32, 13
+    K, N, bs = 128, 300, 32
     packed, scales, zps = _quantize(_f32(K, N, scale=0.1), 4, bs, "packed")
     inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales"),
              numpy_helper.from_array(zps, "zp")]
     node = helper.make_node("MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], domain=MS, K=K, N=N, bits=4,
                             block_size=bs)
-    model = _model(node, [_vi("A", F, [M, K])], [_vi("Y", F, None)], inits)
-    A = _f32(M, K)
+    model = _model(node, [_vi("A", F, ["M", K])], [_vi("Y", F, None)], inits)
     cuts = [0, 1, 3, 4, 5]                    # 5 tiles of 64 columns, the last partial
 
     def ranges(fn, n, work):
@@ -317,11 +319,12 @@ def test_matmul_nbits_tile_ranges(path):
     old = contrib_llm.parallel_ranges
     contrib_llm.parallel_ranges = ranges
     try:
-        ref, got = _run_both(model, {"A": A})
+        for M in (13, 1):                     # the tile kernel, the GEMV
+            ref, got = _run_both(model, {"A": _f32(M, K)})
+            _close(got[0], ref[0], what=f"Y ({M} rows)")
+            path.expect(_nbits_loop(M))
     finally:
         contrib_llm.parallel_ranges = old
-    _close(got[0], ref[0], what="Y")
-    path.expect(_nbits_loop(M))
 
 
 def _nbits_with_bias(K, N, bits, bs, zp_kind, a_shape):
@@ -371,7 +374,7 @@ def test_matmul_quantized_by_onnxruntimes_quantizer(path, symmetric):
     for rows in (20, 4, 1):
         ref, got = _run_both(qm.SerializeToString(), {"A": _f32(rows, K)})
         _close(got[0], ref[0], what=f"Y ({rows} rows)")
-    path.expect("matmul_nbits_kmajor")
+    path.expect(_nbits_loop(1))
 
 
 # -- MatMul by a constant weight, a few rows (batched decoding) --------------------------------------------

@@ -1,11 +1,12 @@
 """Compiled (numba) loops for the decoder kernels of ``contrib_llm``: MatMulNBits' 4-bit GEMM with each
-weight block dequantized inside the loop (never a float copy of the whole matrix) -- K-major for one or
-two rows (token-by-token decoding), row by row for a few more --, the many-row GEMM (prefill) on
-64-column tiles dequantized into a reused scratch, written with explicit 16-lane (AVX-512) values, the
-dequantization of a tile of weight rows for the BLAS path of CPUs without AVX-512, a float GEMM for 2-8
-rows by a constant weight (MatMul in batched decoding), GroupQueryAttention's one-token step over the cache,
-RotaryEmbedding, and the RMS normalizations (SimplifiedLayerNormalization,
-SkipSimplifiedLayerNormalization), float32 only.
+weight block dequantized inside the loop (never a float copy of the whole matrix): on AVX-512 CPUs,
+written with explicit 16-lane values over weights laid out in tiles of 64 output columns, a GEMV for
+one or two rows (token-by-token decoding) and a GEMM on tiles dequantized into a reused scratch for
+more (prefill); elsewhere K-major for one or two rows, row by row for a few more, and the
+dequantization of a tile of weight rows for BLAS --, a float GEMM for 2-8 rows by a constant weight
+(MatMul in batched decoding), GroupQueryAttention's one-token step over the cache, RotaryEmbedding,
+and the RMS normalizations (SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization), float32
+only.
 
 Single-threaded on the calling thread, as the other ``_jit_*`` modules.
 """
@@ -240,40 +241,26 @@ def dequant_nbits(b, scales, zp, n0, w):  # pragma: no cover (compiled)
 _TILE = 64     # output columns per tile of the many-row kernel: 4 registers of 16 (32 bytes of nibbles)
 
 
-@njit(nogil=True, boundscheck=False, fastmath=_FM)
-def _dequant_tile(bk, se, so, ze, zo, c0, bs, wt):  # pragma: no cover (compiled)
-    """Output columns 2 c0 .. 2 c0 + 63 of the K-major weights (``matmul_nbits_kmajor``'s) as floats into
-    wt (K * 64): per k the 32 even columns, then the 32 odd ones, so that both nibbles of a byte land in
-    contiguous runs (the kernel puts the columns back in order when it stores); past the end, zeros.
-    16-lane values here too: a loop over wt, a parameter that LLVM must assume may overlap the scales,
-    vectorized poorly (1 ns a weight against 0.2)."""
-    K, N2 = bk.shape
-    nc = min(32, N2 - c0)
-    if nc == 32:
-        for blk in range(K // bs):
-            r = blk * N2 + c0
-            se0, se1, so0, so1 = _vload(se, r), _vload(se, r + 16), _vload(so, r), _vload(so, r + 16)
-            ze0, ze1, zo0, zo1 = _vload(ze, r), _vload(ze, r + 16), _vload(zo, r), _vload(zo, r + 16)
-            for k in range(blk * bs, blk * bs + bs):
-                i = k * N2 + c0
-                o = k * _TILE
-                _vstore(wt, o, _vfms(_vlow4(bk, i), se0, ze0))
-                _vstore(wt, o + 16, _vfms(_vlow4(bk, i + 16), se1, ze1))
-                _vstore(wt, o + 32, _vfms(_vhigh4(bk, i), so0, zo0))
-                _vstore(wt, o + 48, _vfms(_vhigh4(bk, i + 16), so1, zo1))
-        return
-    for k in range(K):
-        blk = k // bs
-        o = k * _TILE
-        for j in range(nc):
-            c = c0 + j
-            fb = _f(bk[k, c])
-            hi = np.floor(fb * SIXTEENTH)
-            wt[o + j] = (fb - hi * SIXTEEN) * se[blk, c] - ze[blk, c]
-            wt[o + 32 + j] = hi * so[blk, c] - zo[blk, c]
-        for j in range(nc, 32):
-            wt[o + j] = F0
-            wt[o + 32 + j] = F0
+@njit(nogil=True, boundscheck=False)
+def _dequant_tile(bt, st, t, wt):  # pragma: no cover (compiled)
+    """Tile t of the tiled weights (see ``matmul_nbits_tiles``) as floats into wt (K * 64): per k the 32
+    even columns, then the 32 odd ones, so that both nibbles of a byte land in contiguous runs (the
+    kernel puts the columns back in order when it stores). 16-lane values here too: a loop over wt, a
+    parameter that LLVM must assume may overlap the scales, vectorized poorly (1 ns a weight against 0.12)."""
+    _, K, _ = bt.shape
+    nb = st.shape[1]
+    bs = K // nb
+    for blk in range(nb):
+        r = (t * nb + blk) * 128
+        se0, se1, so0, so1 = _vload(st, r), _vload(st, r + 16), _vload(st, r + 32), _vload(st, r + 48)
+        ze0, ze1, zo0, zo1 = _vload(st, r + 64), _vload(st, r + 80), _vload(st, r + 96), _vload(st, r + 112)
+        for k in range(blk * bs, blk * bs + bs):
+            i = (t * K + k) * 32
+            o = k * _TILE
+            _vstore(wt, o, _vfms(_vlow4(bt, i), se0, ze0))
+            _vstore(wt, o + 16, _vfms(_vlow4(bt, i + 16), se1, ze1))
+            _vstore(wt, o + 32, _vfms(_vhigh4(bt, i), so0, zo0))
+            _vstore(wt, o + 48, _vfms(_vhigh4(bt, i + 16), so1, zo1))
 
 
 @njit(inline="always", nogil=True, boundscheck=False)
@@ -393,29 +380,77 @@ def _tile_rows(a, wt, dst, off0, ld):  # pragma: no cover (compiled)
 
 
 @njit(nogil=True, boundscheck=False)
-def matmul_nbits_tiles(a, bk, se, so, ze, zo, t0, t1, y):  # pragma: no cover (compiled)
-    """Columns 64 t0 .. 64 t1 - 1 of y (M, N) = a (M, K) @ dequant(W)ᵀ for many rows (prefill), from the
-    K-major weights of ``matmul_nbits_kmajor``. Per tile of 64 columns the weights are dequantized once
-    into a K x 64 float tile (128 KB at K = 512: it stays in L2) that every block of 6 rows of a then
-    multiplies with 16-lane registers (llama_kv's lm_head, 64 x 512 by 8192: ~125 GFLOP/s with the
-    dequantization, OpenBLAS on a dequantized tile ~90). Tiles are independent: threads take ranges."""
+def matmul_nbits_tiles(a, bt, st, t0, t1, y):  # pragma: no cover (compiled)
+    """Columns 64 t0 .. 64 t1 - 1 of y (M, N) = a (M, K) @ dequant(W)ᵀ for 3 rows and more (prefill,
+    batched decoding), from the weights laid out in tiles of 64 output columns: bt (T, K, 32) bytes whose
+    low / high nibble is column 64 t + 2 j / 2 j + 1, st (T, K/bs, 4, 32) per tile and block the even
+    columns' scales, the odd ones', then their zero point * scale alike (zeros past N). Per tile the
+    weights are dequantized once into a K x 64 float tile (128 KB at K = 512: it stays in L2) that
+    every block of 6 rows of a then multiplies with 16-lane registers (llama_kv's lm_head, 64 x 512 by
+    8192: ~125 GFLOP/s with the dequantization, OpenBLAS on a dequantized tile ~90). Tiles are
+    independent: threads take ranges."""
     M, K = a.shape
     N = y.shape[1]
-    bs = K // se.shape[0]
     wt = np.empty(K * _TILE, np.float32)
     full = min(t1, N // _TILE)
     for t in range(t0, full):
-        _dequant_tile(bk, se, so, ze, zo, 32 * t, bs, wt)
+        _dequant_tile(bt, st, t, wt)
         _tile_rows(a, wt, y, _TILE * t, N)
     if full < t1:
         # the last, partial tile: whole rows into a scratch, then their columns that exist
         n0 = _TILE * full
         part = np.empty((M, _TILE), np.float32)
-        _dequant_tile(bk, se, so, ze, zo, 32 * full, bs, wt)
+        _dequant_tile(bt, st, full, wt)
         _tile_rows(a, wt, part, 0, _TILE)
         for m in range(M):
             for j in range(N - n0):
                 y[m, n0 + j] = part[m, j]
+
+
+@njit(nogil=True, boundscheck=False)
+def matmul_nbits_gemv(a, bt, st, t0, t1, y):  # pragma: no cover (compiled)
+    """``matmul_nbits_tiles`` for one or two rows (token-by-token decoding), the weights dequantized in
+    registers: per block, 4 accumulators of 16 lanes gather sum_k a_k q_k of the tile's 64 columns, then
+    y += scale * that - zero point * scale * sum_k a_k (no per-weight scaling; the codes are read once,
+    straight from the packed bytes)."""
+    M, K = a.shape
+    N = y.shape[1]
+    nb = st.shape[1]
+    bs = K // nb
+    asum = np.empty((M, nb), np.float32)
+    for m in range(M):
+        for blk in range(nb):
+            sm = F0
+            for k in range(blk * bs, blk * bs + bs):
+                sm += a[m, k]
+            asum[m, blk] = sm
+    out = np.empty(_TILE, np.float32)
+    for t in range(t0, t1):
+        n0 = _TILE * t
+        for m in range(M):            # a second row reads the tile's 16 KB of codes again from L1
+            z = _vsplat(F0)
+            e0, e1, o0, o1 = z, z, z, z
+            for blk in range(nb):
+                p0, p1, q0, q1 = z, z, z, z
+                for k in range(blk * bs, blk * bs + bs):
+                    i = (t * K + k) * 32
+                    x = _vsplat(a[m, k])
+                    p0 = _vfma(x, _vlow4(bt, i), p0)
+                    p1 = _vfma(x, _vlow4(bt, i + 16), p1)
+                    q0 = _vfma(x, _vhigh4(bt, i), q0)
+                    q1 = _vfma(x, _vhigh4(bt, i + 16), q1)
+                r = (t * nb + blk) * 128
+                s = _vsplat(-asum[m, blk])
+                e0 = _vfma(_vload(st, r + 64), s, _vfma(_vload(st, r), p0, e0))
+                e1 = _vfma(_vload(st, r + 80), s, _vfma(_vload(st, r + 16), p1, e1))
+                o0 = _vfma(_vload(st, r + 96), s, _vfma(_vload(st, r + 32), q0, o0))
+                o1 = _vfma(_vload(st, r + 112), s, _vfma(_vload(st, r + 48), q1, o1))
+            if n0 + _TILE <= N:
+                _put(y, m * N + n0, e0, e1, o0, o1)
+            else:
+                _put(out, 0, e0, e1, o0, o1)
+                for j in range(N - n0):
+                    y[m, n0 + j] = out[j]
 
 
 @njit(nogil=True, boundscheck=False, fastmath=_FM)
@@ -611,7 +646,8 @@ AOT = {
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
     "matmul_nbits_kmajor": ("A2 U2 A2 A2 A2 A2 A2", ("f4",)),
     "dequant_nbits": ("U3 A2 A2 i A2", ("f4",)),
-    "matmul_nbits_tiles": ("A2 U2 A2 A2 A2 A2 i i A2", ("f4",)),
+    "matmul_nbits_tiles": ("A2 U3 A4 i i A2", ("f4",)),
+    "matmul_nbits_gemv": ("A2 U3 A4 i i A2", ("f4",)),
     "wide_registers": ("U1", ("f4",)),
     "rms_norm": ("A2 A2 A1 A1 s A2 A1 A2", ("f4",)),
 }

@@ -10,8 +10,9 @@ Token-by-token generation runs these hundreds of times on one new token, so:
   past is copied. Otherwise ``present`` is a fresh buffer with the past copied in, as onnxruntime does.
 - MatMulNBits keeps the 4-bit weights packed; each block is dequantized inside the GEMM loop (compiled,
   ``_jit_llm``) for one or two rows, and for more (prefill, batched decoding) one 64-column tile at a
-  time is dequantized into a small scratch that a register-blocked compiled GEMM multiplies (BLAS on
-  tiles of weight rows where the CPU lacks AVX-512). A full float copy of the weights is never made.
+  time is dequantized into a small scratch that a register-blocked compiled GEMM multiplies (where the
+  CPU lacks AVX-512: a row-by-row loop, and BLAS on tiles of weight rows). A full float copy of the
+  weights is never made.
 """
 from __future__ import annotations
 
@@ -383,7 +384,7 @@ def _same(buf, arr) -> bool:
 
 
 # -- MatMulNBits ---------------------------------------------------------------------------------------
-_ROWS_KMAJOR = 2         # up to this many rows of A, the K-major compiled loop (token-by-token decoding)
+_ROWS_KMAJOR = 2         # up to this many rows of A, the decoding loop (AVX-512: matmul_nbits_gemv, else _kmajor)
 _ROWS_FUSED = 8          # up to this many, the row-by-row one (4 rows: equal; 8: 1.4x faster); above, BLAS on tiles
 #                          (both only without AVX-512: there the tile kernel takes every count past _ROWS_KMAJOR,
 #                          faster from 3 rows on: 512 x 1376 by 3 rows 0.18 -> 0.14 ms, by 8 0.28 -> 0.17)
@@ -407,12 +408,13 @@ def matmul_nbits(info):
     block a scale and a zero point (packed uint8, or float; default 2^(bits-1)).
 
     The weights must be constants (initializers): they are prepared once here — zero points unpacked to
-    floats — and stay packed. 4-bit float32 runs compiled: for one or two rows of A (decoding) over a
-    K-major copy of the packed weights made here (as large as B), the codes of each k meeting a long
-    contiguous run of output columns; for 3 rows and more, on AVX-512 CPUs, from the same copy 64 output
-    columns at a time are dequantized into a K x 64 scratch (L2-sized, reused) and multiplied by a
-    compiled kernel holding 6 rows x 64 columns in registers, column tiles split over the session's
-    threads. Without AVX-512: for up to 8 rows each block is dequantized inside the GEMM loop and
+    floats — and stay packed. 4-bit float32 runs compiled over a copy of the packed weights made here (as
+    large as B). On AVX-512 CPUs the copy is cut in tiles of 64 output columns, each contiguous: for one
+    or two rows of A (decoding) each tile's codes are multiplied in registers and scaled once per block;
+    for more, each tile is dequantized into a K x 64 scratch (L2-sized, reused) and multiplied by a
+    kernel holding 6 rows x 64 columns in registers; column tiles are split over the session's threads.
+    Without AVX-512 the copy is K-major, the codes of each k meeting a long contiguous run of output
+    columns, for one or two rows; for up to 8 rows each block is dequantized inside the GEMM loop and
     used by every row; for more rows a 1 MB tile of weight rows at a time is dequantized and
     multiplied by BLAS. Other bit widths (2, 8), K not a multiple of the block, and the NumPy fallback
     dequantize tiles with NumPy. ``accuracy_level`` asks for at least a given precision of A's
@@ -460,24 +462,32 @@ def matmul_nbits(info):
             raise ValueError(f"MatMulNBits: zero_points must have {N} x {nb} elements, got {zps.shape}")
         zp = np.ascontiguousarray(zps.reshape(N, nb), dtype=np.float32)
     jit = arrays(xp).compiled("llm") if bits == 4 else None
-    kmajor = None
+    kmajor = tiled = None
     if jit is not None and K == nb * bs:
-        # one or two rows: the weights again, K-major (K, ceil(N/2)) with columns 2c, 2c+1 in one byte,
-        # for the compiled loop whose long contiguous inner loop runs over N (as large as the packed B)
         n2 = (N + 1) // 2
-        codes = np.zeros((2 * n2, K), np.uint8)
+        n_tiles = -(-N // _TILE_COLS)
+        wide = _wide_registers(jit)
+        # the weights again (as large as the packed B), columns 2c and 2c+1 in one byte: for AVX-512 in
+        # tiles of 64 output columns (_jit_llm.matmul_nbits_tiles / _gemv), else K-major (K, ceil(N/2))
+        # for the loop whose long contiguous inner loop runs over N (matmul_nbits_kmajor)
+        cols = n_tiles * (_TILE_COLS // 2) if wide else n2
+        codes = np.zeros((2 * cols, K), np.uint8)
         codes[:N] = np.stack([b3 & np.uint8(15), b3 >> np.uint8(4)], axis=-1).reshape(N, K)
-        bk = np.ascontiguousarray((codes[0::2] | (codes[1::2] << np.uint8(4))).T)
+        packed = codes[0::2] | (codes[1::2] << np.uint8(4))                # (cols, K)
         del codes
-        s_pad = np.zeros((2 * n2, nb), np.float32)
-        z_pad = np.zeros((2 * n2, nb), np.float32)
+        s_pad = np.zeros((2 * cols, nb), np.float32)
+        z_pad = np.zeros((2 * cols, nb), np.float32)
         s_pad[:N], z_pad[:N] = sc, zp * sc
-        kmajor = (bk, np.ascontiguousarray(s_pad[0::2].T), np.ascontiguousarray(s_pad[1::2].T),
-                  np.ascontiguousarray(z_pad[0::2].T), np.ascontiguousarray(z_pad[1::2].T))
-    # three rows and more: the compiled kernel on 64-column tiles dequantized from the K-major copy
-    # (AVX-512 only: elsewhere the row-by-row loop and BLAS on 1 MB tiles of weight rows, below)
-    tiles = kmajor is not None and _wide_registers(jit)
-    n_tiles = -(-N // _TILE_COLS)
+        parts = (s_pad[0::2], s_pad[1::2], z_pad[0::2], z_pad[1::2])      # (cols, nb) each
+        if wide:
+            # bt (tiles, K, 32): a tile's codes contiguous (one stream, not K rows 4 KB apart);
+            # st (tiles, nb, 4, 32): per block its 32 even / odd scales and zero point * scale
+            tiled = (np.ascontiguousarray(packed.reshape(n_tiles, 32, K).transpose(0, 2, 1)),
+                     np.ascontiguousarray(np.stack([p.reshape(n_tiles, 32, nb).transpose(0, 2, 1) for p in parts],
+                                                   axis=2)))
+        else:
+            kmajor = (np.ascontiguousarray(packed.T),) + tuple(np.ascontiguousarray(p.T) for p in parts)
+        del packed
     tile_rows = max(1, min(N, _TILE_BYTES // (4 * nb * bs)))
     per_byte = 8 // bits
     shifts = (np.arange(per_byte, dtype=np.uint8) * bits)
@@ -494,6 +504,16 @@ def matmul_nbits(info):
         lead = A.shape[:-1]
         M = int(np.prod(lead, dtype=np.int64))
         A2 = np.ascontiguousarray(A.reshape(M, K), dtype=np.float32)
+        if tiled is not None and M:
+            # one or two rows: the codes scaled in registers; more: tiles dequantized for a blocked GEMM.
+            # Ranges of column tiles over the provider's pool (intra_op_num_threads); one range on the
+            # calling thread where the product is small or the session has one thread
+            y = np.empty((M, N), np.float32)
+            fn = jit.matmul_nbits_gemv if M <= _ROWS_KMAJOR else jit.matmul_nbits_tiles
+            parallel_ranges(lambda t0, t1: fn(A2, *tiled, t0, t1, y), n_tiles, M * N * K)
+            if bias is not None:
+                y += bias
+            return (y.reshape(*lead, N),)
         if kmajor is not None and 0 < M <= _ROWS_KMAJOR:
             yk = np.empty((M, 2 * kmajor[0].shape[1]), np.float32)
             jit.matmul_nbits_kmajor(A2, *kmajor, yk)
@@ -502,11 +522,7 @@ def matmul_nbits(info):
                 y = y + bias
             return (y.reshape(*lead, N),)
         y = np.empty((M, N), np.float32)
-        if tiles and M:
-            # ranges of column tiles over the provider's pool (intra_op_num_threads); one range on the
-            # calling thread where the product is small or the session has one thread
-            parallel_ranges(lambda t0, t1: jit.matmul_nbits_tiles(A2, *kmajor, t0, t1, y), n_tiles, M * N * K)
-        elif jit is not None and K == nb * bs and 0 < M <= _ROWS_FUSED:
+        if jit is not None and K == nb * bs and 0 < M <= _ROWS_FUSED:
             jit.matmul_nbits_rows(A2, b3, sc, zp, y)
         elif jit is not None and K == nb * bs and M:
             # tiles of [even k | odd k] rows (the compiled dequantization's layout): A's columns alike
