@@ -156,3 +156,60 @@ def test_a_byte_swapped_feed_is_refused_naming_the_byte_order():
     assert not np.allclose(reference(m, {"x": swapped, "y": x})[0], x + x)
     with pytest.raises(er.InvalidArgument, match="other byte order"):
         er.InferenceSession(m).run(None, {"x": swapped, "y": x})
+
+
+def _step_kinds_model():
+    """Steps of every shape the loop distinguishes: one and two inputs (releasing none, one or two slots),
+    more inputs (Concat of three, Where), several outputs (Split; TopK of one input), a step releasing
+    more than two slots (Sum of four values last read there)."""
+    return model([
+        helper.make_node("Neg", ["x"], ["a"]),                              # 1 input, keeps x for later
+        helper.make_node("Add", ["a", "x"], ["b"]),                         # 2 inputs
+        helper.make_node("Mul", ["b", "b"], ["c"]),                         # 2 inputs, one slot twice
+        helper.make_node("Split", ["c"], ["s0", "s1"], axis=1, num_outputs=2),   # several outputs
+        helper.make_node("TopK", ["x", "k"], ["tv", "ti"], axis=1),          # one input read + a constant
+        helper.make_node("Concat", ["s0", "s1", "tv"], ["cat"], axis=1),    # 3 inputs, 3 releases
+        helper.make_node("Greater", ["cat", "zero"], ["pos"]),
+        helper.make_node("Where", ["pos", "cat", "a6"], ["w"]),             # 3 inputs
+        helper.make_node("Sum", ["w", "w2", "w3", "w4"], ["y"]),            # 4 inputs, 4 releases
+        helper.make_node("Cast", ["ti"], ["ti_f"], to=F),
+    ], [vi("x", F, [3, "n"]), vi("k", I64, [1]), vi("zero", F, []), vi("a6", F, [3, 6]), vi("w2", F, [3, 6]),
+        vi("w3", F, [3, 6]), vi("w4", F, [3, 6])],
+        [vi("y", F, [3, 6]), vi("ti_f", F, [3, "k"]), vi("s1", F, [3, "h"])], opset=18)
+
+
+@pytest.mark.parametrize("level", [0, 99])
+def test_every_step_shape_of_the_loop_gives_onnxruntimes_numbers(level):
+    rng = np.random.default_rng(7)
+    feed = {"x": rng.standard_normal((3, 4)).astype(np.float32), "k": np.array([2], np.int64),
+            "zero": np.array(0.1, np.float32), **{n: rng.standard_normal((3, 6)).astype(np.float32)
+                                                   for n in ("a6", "w2", "w3", "w4")}}
+    m = _step_kinds_model()
+    so = er.SessionOptions()
+    so.graph_optimization_level = er.GraphOptimizationLevel(level) if level == 0 else \
+        er.GraphOptimizationLevel.ORT_ENABLE_ALL
+    s = er.InferenceSession(m, so)
+    want = reference(m, feed)
+    for _ in range(2):      # a second run sees no value the first one left behind
+        _check(s.run(None, feed), want)
+
+
+@pytest.mark.parametrize("bad_node", ["Concat", "TopK"])
+def test_a_failing_step_of_many_inputs_or_outputs_is_named(bad_node):
+    m = _step_kinds_model()
+    s = er.InferenceSession(m)
+    rng = np.random.default_rng(8)
+    feed = {"x": rng.standard_normal((3, 4)).astype(np.float32), "k": np.array([2], np.int64),
+            "zero": np.array(0.1, np.float32), **{n: rng.standard_normal((3, 6)).astype(np.float32)
+                                                   for n in ("a6", "w2", "w3", "w4")}}
+    if bad_node == "Concat":
+        feed["k"] = np.array([3], np.int64)     # TopK's 3 columns make Concat's output 7 wide: Where fails
+        expect = "Where"
+    else:
+        feed["k"] = np.array([5], np.int64)     # more than x's 4 columns: TopK (two outputs) fails
+        expect = "TopK"
+    with pytest.raises(Exception):
+        reference(m, feed)
+    with pytest.raises(er.RuntimeException, match=expect) as err:
+        s.run(None, feed)
+    assert str(err.value).count("Non-zero status code returned while running") == 1

