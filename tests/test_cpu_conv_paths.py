@@ -2,6 +2,7 @@
 1x1, strided im2col) against a float64 direct convolution, over the shapes that pick each path."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -254,6 +255,37 @@ def test_dense_paths(case, jit):
     check(x, w, b, pads=c["pads"], strides=c["strides"], dilations=d, group=g, jit=jit)
     check(x.astype(np.float64), w.astype(np.float64), None, pads=c["pads"], strides=c["strides"], dilations=d,
           group=g, jit=jit)
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("case", [
+    dict(C=3, M=16, H=33, W=31, k=7, pads=(3, 3, 3, 3), strides=(2, 2)),         # a stem: 17 rows, 3 a band
+    dict(C=5, M=7, H=20, W=9, k=3, pads=(0, 2, 3, 1), strides=(1, 2), dilations=(2, 1)),
+    dict(C=4, M=8, H=11, W=40, k=5, pads=(2, 2, 2, 2), strides=(1, 1)),
+])
+@pytest.mark.parametrize("steady", [False, True])
+def test_im2col_in_bands(monkeypatch, case, steady):
+    """Ungrouped convs with a large column matrix make it a band of output rows at a time (made small here
+    so that small shapes take that path): bands over the pool, a short last band, batch 2, the fused
+    bias/residual/clip pass after it, float32 and float64."""
+    from engineroom.providers.cpu import conv as conv_mod
+
+    c = dict(case)
+    monkeypatch.setattr(conv_mod, "_BAND_MIN_COLS", 1)
+    monkeypatch.setattr(conv_mod, "_BAND_COLS", c["C"] * c["k"] ** 2 * 3 * 16)   # ~3 rows of 16 pixels a band
+    bands = []
+    real = conv_mod._ConvPlan._im2col_bands
+    monkeypatch.setattr(conv_mod._ConvPlan, "_im2col_bands", lambda self, *a: bands.append(1) or real(self, *a))
+    x, w, b = rand(2, c["C"], c["H"], c["W"]), rand(c["M"], c["C"], c["k"], c["k"]), rand(c["M"])
+    d = c.get("dilations", (1, 1))
+    ref = direct_conv(x, w, None, c["pads"], c["strides"], d, 1)
+    z = rand(*ref.shape)
+    with steady_mode() if steady else contextlib.nullcontext():
+        for dt in (np.float32, np.float64):
+            check(x.astype(dt), w.astype(dt), b.astype(dt), pads=c["pads"], strides=c["strides"], dilations=d)
+            check(x.astype(dt), w.astype(dt), None, pads=c["pads"], strides=c["strides"], dilations=d,
+                  clip=(0.0, 6.0), z=z.astype(dt))
+    assert len(bands) == 4
 
 
 # ---------------------------------------------------------------------------------------------
