@@ -410,8 +410,25 @@ def test_dynamic_quantize_linear(quant_path, case):
     for r, g in zip(ref, got):
         assert g.dtype == r.dtype
         np.testing.assert_array_equal(g, r)
-    if case != "zeros":
-        quant_path.expect("quantize_u8")
+    if case != "zeros":         # below the pool's split size: range and quantization in one compiled call
+        quant_path.expect("dynamic_quantize_u8")
+
+
+def test_dynamic_quantize_linear_large_takes_two_passes(quant_path):
+    """From the pool's split size on: the range and the quantization as separate (splittable) passes."""
+    from engineroom.providers.cpu._threadpool import MIN_PARALLEL_WORK
+
+    shape = (4, MIN_PARALLEL_WORK // 4 + 8)
+    x = (RNG.standard_normal(shape) * 2).astype(np.float32)
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = model([node], [vi("x", TensorProto.FLOAT, list(shape))],
+              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
+    ref, got = both(m, {"x": x})
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype
+        np.testing.assert_array_equal(g, r)
+    assert "dynamic_quantize_u8" not in quant_path.used
+    quant_path.expect("quantize_u8")
 
 
 def test_dynamic_quantize_linear_nan_takes_numpy(quant_path):

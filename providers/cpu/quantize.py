@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from engineroom.plugin_sdk import np_dtype
-from engineroom.providers.cpu._threadpool import parallel_ranges
+from engineroom.providers.cpu._threadpool import MIN_PARALLEL_WORK, parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -212,6 +212,13 @@ def quantize_dynamic_u8(x, xp=np, jit=None):
     # uint8 only (the spec's only target): range widened to include 0, then asymmetric quantization.
     xf = x.astype(np.float32, copy=False)
     flat = xf.reshape(-1) if jit is not None and xf.size and xf.flags.c_contiguous else None
+    if flat is not None and flat.size < MIN_PARALLEL_WORK:
+        # below the pool's split size: range, scale, zero point and quantization in one compiled call
+        y = np.empty(x.shape, np.uint8)
+        params = np.empty(3, np.float32)
+        jit.dynamic_quantize_u8(flat, y.reshape(-1), params)
+        if params[2]:
+            return y, params[0], np.uint8(params[1])
     # small inputs: NumPy's min and max (SIMD too) cost less than the pool's bookkeeping
     rng = _range_compiled(flat, xp) if flat is not None and flat.size >= _RANGE_MIN else None
     if rng is not None:
