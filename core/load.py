@@ -104,73 +104,60 @@ _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT
            if hasattr(onnx.TensorProto, n)}
 
 
-def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, bytes]]:
+def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, bytes], dict[str, onnx.TensorProto]]:
     """The model without the payload of its heavy initializers (dims and types kept, for shape inference),
-    and those initializers' names -> their raw data (read once: protobuf copies it on every read, and
-    ``_attach_weights`` makes the arrays from it)."""
+    those initializers' names -> their raw data (read once: protobuf copies it on every read, and
+    ``_attach_weights`` makes the arrays from it), and the main graph's Constant nodes that hold a tensor
+    turned into initializers of their output's name, as onnxruntime's graph does at load at every
+    optimization level: exporters that hold every weight in a Constant (Paddle: 878 of picodet_layout's
+    1,493 nodes) cost a node, its deserialization and a constant fold each otherwise. The third: those
+    constants' names -> their tensors in ``proto``, for ``_attach_weights``."""
     light = onnx.ModelProto()
     _copy_fields(light, proto, skip="graph")
     g, lg = proto.graph, light.graph
-    _copy_fields(lg, g, skip="initializer")
+    _copy_fields(lg, g, skip=("initializer", "node"))
+    taken = {v.name for v in g.input} | {t.name for t in g.initializer}
+    held, nodes = {}, []
+    for n in g.node:
+        t = _held_tensor(n)
+        if t is not None and n.output[0] not in taken and n.output[0] not in held:
+            held[n.output[0]] = t
+        else:
+            nodes.append(n)
+    lg.node.extend(nodes)
     heavy = {}
-    for t in g.initializer:
-        if not _heavy(t):
+    for name, t in (*((t.name, t) for t in g.initializer), *held.items()):
+        # int32/int64 constants travel whole: shape inference reads their data (they may be shapes)
+        if not _heavy(t) or (name in held and t.data_type in _SHAPE_TYPES):
             lg.initializer.add().CopyFrom(t)
+            lg.initializer[-1].name = name
             continue
         raw = _check_payload(t)
-        lg.initializer.add(name=t.name, data_type=t.data_type).dims.extend(t.dims)
-        heavy[t.name] = raw
-    return light, heavy
+        lg.initializer.add(name=name, data_type=t.data_type).dims.extend(t.dims)
+        heavy[name] = raw
+    return light, heavy, held
 
 
-# Heavy Constant values of these types travel light too: shape inference reads only their dims (it reads
-# the data of int32/int64 constants, which may be shapes, so those travel whole)
-_STRIPPED_CONSTANT_TYPES = frozenset(getattr(onnx.TensorProto, n) for n in (
-    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "BOOL", "INT8", "UINT8", "INT16", "UINT16", "UINT32", "UINT64"))
+_SHAPE_TYPES = frozenset((onnx.TensorProto.INT32, onnx.TensorProto.INT64))
 
 
-def _strip_constants(light: onnx.ModelProto, proto: onnx.ModelProto, copy: bool) -> dict[str, onnx.AttributeProto]:
-    """Heavy ``value`` payloads of the main graph's Constant nodes taken out of ``light`` (dims and type
-    kept) as heavy initializers are: exporters that hold every weight in a Constant (Paddle) would
-    otherwise carry them through the checker and shape inference. Returns each such node's output name
-    -> its ``value`` attribute in ``proto`` (a copy where ``copy``: the caller's proto), put back into the IR
-    by ``_restore_constants``. ``light``'s nodes are still ``proto``'s, in its order."""
-    out = {}
-    for n, orig in zip(light.graph.node, proto.graph.node):
-        if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1 \
-                or len(n.output) != 1 or not n.output[0]:
-            continue
-        a = n.attribute[0]
-        if a.name != "value" or a.type != onnx.AttributeProto.TENSOR or a.ref_attr_name:
-            continue
-        t = a.t
-        # raw data alone (the checker's "one value field" rule is kept for any other form)
-        if t.data_type not in _STRIPPED_CONSTANT_TYPES or not _heavy(t) or t.float_data or t.int32_data \
-                or t.int64_data or t.double_data or t.uint64_data or t.string_data or t.external_data:
-            continue
-        if copy:
-            kept = onnx.AttributeProto()
-            kept.CopyFrom(orig.attribute[0])
-        else:
-            kept = orig.attribute[0]
-        t.ClearField("raw_data")
-        out[n.output[0]] = kept
-    return out
+def _held_tensor(n: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a main-graph Constant node holds in its ``value`` attribute (the form exporters write
+    weights in), else None (other forms stay nodes and are folded at level 1)."""
+    if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1 or n.input \
+            or len(n.output) != 1 or not n.output[0]:
+        return None
+    a = n.attribute[0]
+    if a.name != "value" or a.type != onnx.AttributeProto.TENSOR or a.ref_attr_name:
+        return None
+    return a.t
 
 
-def _restore_constants(model: ir.Model, stripped: dict[str, onnx.AttributeProto]) -> None:
-    """The ``value`` attributes ``_strip_constants`` took out, put back as the deserializer makes them."""
-    if not stripped:
-        return
-    for node in model.graph:
-        if node.op_type == "Constant" and len(node.outputs) == 1 and node.outputs[0].name in stripped:
-            node.attributes["value"] = ir.serde.deserialize_attribute(stripped[node.outputs[0].name])
-
-
-def _copy_fields(dst, src, skip: str) -> None:
-    """Copy every set field of message ``src`` into ``dst`` but the one named ``skip``."""
+def _copy_fields(dst, src, skip) -> None:
+    """Copy every set field of message ``src`` into ``dst`` but the one(s) named ``skip``."""
+    skip = (skip,) if isinstance(skip, str) else skip
     for field, value in src.ListFields():
-        if field.name == skip:
+        if field.name in skip:
             continue
         if hasattr(value, "extend"):        # repeated
             getattr(dst, field.name).extend(value)
@@ -191,16 +178,12 @@ def _check_payload(t: onnx.TensorProto) -> bytes:
     return raw
 
 
-def _check(light: onnx.ModelProto, heavy, constants=()) -> None:
-    """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers, and the values of the
-    Constant nodes writing ``constants``, are one-element placeholders: the checker wants data, and copying
-    the stripped model costs less than stripping twice."""
+def _check(light: onnx.ModelProto, heavy) -> None:
+    """onnx.checker on a copy of ``light`` (repaired) whose ``heavy`` initializers are one-element
+    placeholders: the checker wants data, and copying the stripped model costs less than stripping twice."""
     checked = onnx.ModelProto()
     checked.CopyFrom(light)
     placeholders = [t for t in checked.graph.initializer if t.name in heavy]
-    if constants:
-        placeholders += [n.attribute[0].t for n in checked.graph.node
-                         if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in constants]
     for t in placeholders:
         del t.dims[:]
         t.raw_data = b"\0" * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
@@ -503,10 +486,9 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
     _check_fields(proto)
     _check_arity(proto)
     _resolve_external_data(proto, base_dir, supplied)
-    light, heavy = _light(proto)  # what follows rewrites this copy, never the caller's
-    stripped = _strip_constants(light, proto, copy=isinstance(model, onnx.ModelProto))
+    light, heavy, held = _light(proto)  # what follows rewrites this copy, never the caller's
     _repair(light)
-    _check(light, heavy, stripped)
+    _check(light, heavy)
     if light.functions:
         from onnx import inliner
 
@@ -520,8 +502,7 @@ def _load_model(model: Any, free_dims: dict[str, int] | None, external_data_dir:
         raise InvalidGraph(f"shape inference failed: {e}") from e
     _forget_generated_names(light, unknown)
     model_ir = deserialize_model(light)
-    _restore_constants(model_ir, stripped)
-    _attach_weights(model_ir, proto, heavy)
+    _attach_weights(model_ir, proto, heavy, held)
     expand_gradients(model_ir)
     return model_ir
 
@@ -598,10 +579,12 @@ def _all_tensors(proto: onnx.ModelProto):
     return _get_all_tensors(proto)
 
 
-def _attach_weights(model: ir.Model, proto: onnx.ModelProto, raws: dict[str, bytes]) -> None:
+def _attach_weights(model: ir.Model, proto: onnx.ModelProto, raws: dict[str, bytes],
+                    held: dict[str, onnx.TensorProto]) -> None:
     """Main-graph initializers become NumPy-backed tensors, read once from the full proto (``raws``: the raw
-    data ``_light`` read already, by name)."""
+    data ``_light`` read already, by name; ``held``: the Constant-held ones' tensors, by output name)."""
     full = {t.name: t for t in proto.graph.initializer}
+    full.update(held)
     for name, v in model.graph.initializers.items():
         t = full.get(name)
         if t is None:

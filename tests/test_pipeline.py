@@ -174,3 +174,36 @@ def test_constant_with_short_raw_data_is_named():
     model = _constant_weights_model(raw=bytes(30 * 20 * 4 - 4)).SerializeToString()
     with pytest.raises(ort.InvalidGraph, match="tensor attribute 'value' of node '' \\(Constant\\) cannot be read"):
         ort.InferenceSession(model)
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_constant_nodes_become_initializers_at_load(level):
+    """The main graph's tensor-holding Constant nodes are initializers from the load on, at every level, as in
+    onnxruntime's graph: none is planned as a node (a Constant of another form, value_ints, is one until
+    level 1 folds it). A heavy float weight, a heavy int64 index table (shape inference reads int data)
+    and a Constant that is a graph output keep onnxruntime's numbers."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle")
+    w = RNG.standard_normal((30, 20)).astype(np.float32)
+    idx = (np.arange(300) % 20).astype(np.int64)
+    nodes = [h.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(w)),
+             h.make_node("Constant", [], ["idx"], value=onnx.numpy_helper.from_array(idx)),
+             h.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.float32([1.5, -2.0]))),
+             h.make_node("Constant", [], ["axes"], value_ints=[0]),        # another form: folded at level 1
+             h.make_node("MatMul", ["x", "w"], ["m"]),
+             h.make_node("Gather", ["m", "idx"], ["y"], axis=1),
+             h.make_node("ReduceSum", ["m", "axes"], ["r"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 30])],
+                     [h.make_tensor_value_info(n, T.FLOAT, None) for n in ("y", "c", "r")])
+    data = h.make_model(g, opset_imports=[h.make_opsetid("", 18)]).SerializeToString()
+    x = RNG.standard_normal((2, 30)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    s = ort.InferenceSession(data, so)
+    ops = [n.op_type for p in s.get_provider_graph_assignment_info() for n in p.get_nodes()]
+    assert ops.count("Constant") == (1 if level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL else 0), ops
+    got = s.run(None, {"x": x})
+    want = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert got[0].shape == (2, 300)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
