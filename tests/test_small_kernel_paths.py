@@ -406,3 +406,19 @@ def test_matmul_by_a_small_constant_weight_of_a_strided_input():
     m = make_model(nodes, [tensor_info("x", a)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                    inits).SerializeToString()
     check(*both(m, {"x": a}), tol=1e-5)
+
+
+def test_tile_shapes_kept_per_input_shape_and_repeats():
+    """One session tiling other shapes and repeats run after run (its kept shapes are per both), and
+    negative or too few repeats still refused after a good run."""
+    node = helper.make_node("Tile", ["x", "r"], ["y"])
+    m = make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"]),
+                            helper.make_tensor_value_info("r", TensorProto.INT64, [2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]).SerializeToString()
+    ref = ort.InferenceSession(m, providers=["CPUExecutionProvider"])
+    s = er.InferenceSession(m, providers=["CPUExecutionProvider"])
+    for shape, reps in [((2, 3), [2, 1]), ((2, 3), [1, 3]), ((4, 1), [2, 1]), ((2, 3), [2, 1]), ((1, 1), [3, 5])]:
+        feed = {"x": RNG.standard_normal(shape).astype(np.float32), "r": np.array(reps, np.int64)}
+        check(ref.run(None, feed), s.run(None, feed))
+    with pytest.raises(er.RuntimeException, match="must not be negative"):
+        s.run(None, {"x": np.ones((2, 3), np.float32), "r": np.array([2, -1], np.int64)})

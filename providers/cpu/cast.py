@@ -286,9 +286,16 @@ def cast(info):
         return run
     # the source type known from the model: its conversion called directly, one call less a run (a
     # model's dozens of Casts of shape values); another dtype at run time takes the general path
-    src = np.dtype(src)
-    direct = _plan(src, _target(a["to"]), int(a.get("saturate", 1)) == 1, a.get("round_mode", "up"), info.opset,
-                   info.xp)
+    src, to = np.dtype(src), _target(a["to"])
+    if src in _NUMPY_NUMERIC and to in _NUMPY_NUMERIC and src != to and not (src.kind in "fc" and to.kind in "iu"):
+        # NumPy's own conversion, which warns of nothing: astype right here
+        def run_astype(x):
+            if x.dtype == src:
+                return (x.astype(to),)
+            return (fn(x),)
+
+        return run_astype
+    direct = _plan(src, to, int(a.get("saturate", 1)) == 1, a.get("round_mode", "up"), info.opset, info.xp)
 
     def run_known(x):
         if x.dtype == src:

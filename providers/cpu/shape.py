@@ -656,13 +656,11 @@ def tile_v1(info):
     return run
 
 
-def _tiled(xp, x, reps, limit):
-    """``x`` repeated ``reps[i]`` times along each axis i: one broadcast copy into a buffer of shape
-    (r0, d0, r1, d1, ...), seen as (r0 * d0, r1 * d1, ...) (what ``np.tile`` computes, with less
-    Python around it)."""
+def _tile_shapes(shape, reps, dtype, limit) -> tuple:
+    """(output shape, buffer shape, source shape, spread) of ``_tiled``, checked against ``limit``."""
     out_shape, buf_shape, src_shape = [], [], []
     spread = True       # every repeated axis has length 1: the output is x broadcast, no extra axes
-    for d, r in zip(x.shape, reps):
+    for d, r in zip(shape, reps):
         out_shape.append(d * r)
         if r == 1:      # an axis not repeated needs no axis of repeats
             buf_shape.append(d)
@@ -671,7 +669,15 @@ def _tiled(xp, x, reps, limit):
             buf_shape += (r, d)
             src_shape += (1, d)
             spread = spread and d == 1
-    _check_size(out_shape, x.dtype, limit)
+    _check_size(out_shape, dtype, limit)
+    return tuple(out_shape), tuple(buf_shape), tuple(src_shape), spread
+
+
+def _tiled(xp, x, shapes):
+    """``x`` repeated ``reps[i]`` times along each axis i: one broadcast copy into a buffer of shape
+    (r0, d0, r1, d1, ...), seen as (r0 * d0, r1 * d1, ...) (what ``np.tile`` computes, with less
+    Python around it); ``shapes`` from ``_tile_shapes``."""
+    out_shape, buf_shape, src_shape, spread = shapes
     if spread:
         out = xp.empty(out_shape, dtype=x.dtype)
         out[...] = x
@@ -686,13 +692,21 @@ def tile(info):
     xp = info.xp
     limit = info.max_tensor_bytes
 
+    seen: dict = {}     # (input shape, dtype, repeats) -> _tile_shapes: a model tiles a few shapes, run after run
+
     def run(x, repeats):
         reps = _int_list(repeats)
-        if len(reps) != x.ndim:
-            raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
-        if reps and min(reps) < 0:
-            raise ValueError(f"Tile: repeats {reps} must not be negative")
-        return (_tiled(xp, x, reps, limit),)
+        key = (x.shape, x.dtype, *reps)
+        shapes = seen.get(key)
+        if shapes is None:
+            if len(reps) != x.ndim:
+                raise ValueError(f"Tile: {len(reps)} repeats for an input of rank {x.ndim}")
+            if reps and min(reps) < 0:
+                raise ValueError(f"Tile: repeats {reps} must not be negative")
+            if len(seen) > 64:      # dynamic shapes: keep the cache bounded
+                seen.clear()
+            shapes = seen[key] = _tile_shapes(x.shape, reps, x.dtype, limit)
+        return (_tiled(xp, x, shapes),)
     return run
 
 
