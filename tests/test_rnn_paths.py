@@ -198,3 +198,37 @@ def test_onnx_recurrent_ragged_matches_onnxruntime(path, op):
     want, got = _run_both([node], inputs, inits, outputs, 1)
     _close(want, got, outputs, 1e-5)
     path.expect("lstm_step" if op == "LSTM" else "gru_reset")
+
+
+@pytest.mark.parametrize("op,lbr", [("LSTM", 0), ("GRU", 0), ("GRU", 1)])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_onnx_bidirectional_directions_on_two_threads(path, monkeypatch, op, lbr, ragged):
+    """A bidirectional layer large enough that its directions run on the provider's pool at once (one a
+    thread, each with single-threaded GEMMs): onnxruntime's numbers at two threads."""
+    from engineroom.providers.cpu import _threadpool, rnn
+
+    splits = []
+
+    def spy(fn, n, work):
+        splits.append((n, work))
+        return _threadpool.parallel_ranges(fn, n, work)
+
+    monkeypatch.setattr(rnn, "parallel_ranges", spy)
+    rng = np.random.default_rng(17)
+    S, B, I, H, nd = 10, 16, 16, 32, 2
+    g = {"LSTM": 4, "GRU": 3}[op]
+    inputs = {"x": rng.standard_normal((S, B, I)).astype(F32)}
+    if ragged:
+        inputs["lens"] = rng.integers(1, S + 1, B).astype(np.int32)
+    inits = {"w": rng.standard_normal((nd, g * H, I)).astype(F32) * 0.3,
+             "r": rng.standard_normal((nd, g * H, H)).astype(F32) * 0.3,
+             "b": rng.standard_normal((nd, 2 * g * H)).astype(F32)}
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    attrs = {"linear_before_reset": lbr} if op == "GRU" else {}
+    node = helper.make_node(op, ["x", "w", "r", "b", "lens" if ragged else ""], outputs, hidden_size=H,
+                            direction="bidirectional", **attrs)
+    want, got = _run_both([node], inputs, inits, outputs, 2)
+    _close(want, got, outputs, 1e-5)
+    if path.jit:
+        assert splits and splits[0][0] == 2 and splits[0][1] >= _threadpool.MIN_PARALLEL_WORK, splits
+    path.expect("lstm_step" if op == "LSTM" else ("gru_step_lbr" if lbr else "gru_reset"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engineroom.providers.cpu import _threadpool
+from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
 
@@ -171,7 +173,9 @@ def _factory(info):
         Y_c = xp.zeros((num_dirs, batch, hidden), calc)
         lean = arrays(xp).host and default_acts
         kern = jit if calc == np.float32 else None
-        for d, (wt, rt, in_bias, step_bias, p) in enumerate(dirs):
+
+        def one(d, mm):
+            wt, rt, in_bias, step_bias, p = dirs[d]
             reverse = direction == "reverse" or d == 1
             Xd = Xc
             rev_idx = None
@@ -179,7 +183,7 @@ def _factory(info):
                 # ragged: each sequence reversed within its own length, run forward, put back after
                 rev_idx = _reverse_index(seq, lens, xp)
                 Xd = Xc[rev_idx, xp.arange(batch)[None, :]]
-            xw = arrays(xp).matmul(Xd.reshape(seq * batch, -1), wt)
+            xw = mm(Xd.reshape(seq * batch, -1), wt)
             xw += in_bias
             xw = xw.reshape(seq, batch, -1)
             h = xp.zeros((batch, hidden), calc) if initial_h is None else initial_h[d].astype(calc)
@@ -191,7 +195,7 @@ def _factory(info):
                 steps = range(seq - 1, -1, -1) if reverse and rev_idx is None else range(seq)
                 out = Y[:, d] if rev_idx is None else xp.zeros((seq, batch, hidden), calc)
                 lean_loop = _lean_lstm if op == "LSTM" else (_lean_gru if op == "GRU" else _lean_rnn)
-                lean_loop(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out)
+                lean_loop(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out, mm)
                 y = out
             else:
                 Xr = Xd[::-1] if reverse and rev_idx is None else Xd
@@ -207,6 +211,21 @@ def _factory(info):
             Y_h[d] = h
             if c is not None:
                 Y_c[d] = c
+
+        if num_dirs == 2 and lean and kern is not None and op != "RNN":
+            # the two directions are independent recurrences: one a thread of the provider's pool where the
+            # layer is large enough (thai_oskut_lstm: 21 steps of 200 x 224 by 224 x 896), each direction's
+            # GEMMs single-threaded on its own thread (BLAS held at one thread meanwhile; NumPy's matmul,
+            # not the pool's, which would split them over the same threads again)
+            _threadpool.hold_blas()
+            try:
+                parallel_ranges(lambda d0, d1: [one(d, np.matmul) for d in range(d0, d1)], 2,
+                                seq * batch * gates * hidden * (hidden + X.shape[-1]))
+            finally:
+                _threadpool.release_blas()
+        else:
+            for d in range(num_dirs):
+                one(d, arrays(xp).matmul)
         target = out_dtype if out_dtype is not None else dtype
         if layout:
             Y = xp.transpose(Y, (2, 0, 1, 3))
@@ -251,7 +270,7 @@ def _sigmoid_(x):
     np.reciprocal(x, out=x)
 
 
-def _lean_lstm(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+def _lean_lstm(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out, mm=_mm):
     """An LSTM direction (default activations) over ``steps``, h and c in place, outputs into out[t]:
     per step one GEMM into a preallocated buffer, then the compiled gate loop or in-place NumPy passes."""
     B, H = h.shape
@@ -262,14 +281,14 @@ def _lean_lstm(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, 
         flags = (1 if input_forget else 0) | (2 if p is not None else 0)
         cl = h.dtype.type(np.inf if clip is None else clip)
         for t in steps:
-            _mm(h, rt, out=a)
+            mm(h, rt, out=a)
             kern.lstm_step(a, xw[t], pp, masks[t], c, h, out[t], cl, flags)
         return
     ai, ao, af, ac = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     tmp = np.empty((B, H), h.dtype)
     with np.errstate(over="ignore"):
         for t in steps:
-            _mm(h, rt, out=a)
+            mm(h, rt, out=a)
             a += xw[t]                          # gates i, o, f, c
             if p is not None:
                 ai += p[:H] * c
@@ -311,7 +330,7 @@ def _commit(t, lens, h, h_new, c, c_new, out):
     out[t] = np.where(m, h_new, 0)
 
 
-def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out, mm=_mm):
     """A GRU direction (default activations), as :func:`_lean_lstm`."""
     B, H = h.shape
     dt = h.dtype
@@ -321,7 +340,7 @@ def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, s
         if lbr:
             a = np.empty((B, 3 * H), dt)
             for t in steps:
-                _mm(h, rt, out=a)
+                mm(h, rt, out=a)
                 kern.gru_step_lbr(a, xw[t], step_bias, masks[t], h, out[t], cl)
         else:
             a = np.empty((B, 2 * H), dt)
@@ -329,9 +348,9 @@ def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, s
             z = np.empty((B, H), dt)
             rh = np.empty((B, H), dt)
             for t in steps:
-                _mm(h, rt[:, :2 * H], out=a)
+                mm(h, rt[:, :2 * H], out=a)
                 kern.gru_reset(a, xw[t], h, z, rh, cl)
-                _mm(rh, rt[:, 2 * H:], out=ah)
+                mm(rh, rt[:, 2 * H:], out=ah)
                 kern.gru_update(ah, xw[t], z, masks[t], h, out[t], cl)
         return
     cl = (lambda v: np.clip(v, -clip, clip, out=v)) if clip is not None else (lambda v: v)
@@ -360,7 +379,7 @@ def _lean_gru(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, s
             _commit(t, lens, h, h_new, None, None, out)
 
 
-def _lean_rnn(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out):
+def _lean_rnn(kern, xw, h, c, rt, step_bias, p, clip, lbr, input_forget, lens, steps, out, mm=_mm):
     """A simple RNN direction (Tanh), as :func:`_lean_lstm` (NumPy: one GEMM and one tanh a step)."""
     for t in steps:
         a = h @ rt
