@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from engineroom.optimizer.cast_chains import fold_cast_chains
 from engineroom.optimizer.constant_folding import fold_constants
 from engineroom.optimizer.conv_folding import fold_conv_affine
 from engineroom.optimizer.cse import eliminate_common_subexpressions
@@ -28,6 +29,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     g = model.graph
     eliminate_identity(g)
     eliminate_dropout(g)
+    fold_cast_chains(g)
     eliminate_redundant_cast(g)
     eliminate_transpose_pairs(g)
     if cpu_provider is not None:
@@ -39,6 +41,7 @@ def optimize_basic(model: ir.Model, cpu_provider) -> None:
     def in_body(body: ir.Graph) -> None:
         eliminate_identity(body)
         eliminate_dropout(body)
+        fold_cast_chains(body)
         eliminate_redundant_cast(body)
         eliminate_transpose_pairs(body)
         if cpu_provider is not None:
