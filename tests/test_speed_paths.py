@@ -385,6 +385,20 @@ def test_topk_k1(largest, axis, dtype):
     np.testing.assert_array_equal(got[1], ref[1])
 
 
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("shape,axis", [((1, 128, 223), -1), ((2, 64, 37), 1), ((1, 3, 223), -1)])
+def test_topk_small_k_short_axis(largest, shape, axis):
+    """Top 8 of a short axis (a CTC decoder's beam): the partition path where the tensor is large, the
+    full sort where it is small; ties (many here) go to the lower index, as onnxruntime's do."""
+    x = (RNG.integers(-6, 7, shape) * 0.5).astype(np.float32)
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=axis, largest=largest)
+    m = model([node], [vi("x", TensorProto.FLOAT, list(x.shape))],
+              [vi("v", TensorProto.FLOAT, None), vi("i", TensorProto.INT64, None)], [("k", np.array([4], np.int64))])
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # DynamicQuantizeLinear: two compiled passes (range, quantization) or NumPy's
 
