@@ -155,3 +155,55 @@ def test_compiled_loop_sources_read_as_the_syntax_tree_says():
         table = next(ast.literal_eval(n.value) for n in ast.parse(src.read_text()).body
                      if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "AOT" for t in n.targets))
         assert jit._read_aot(src) == table, name
+
+
+def test_shuffled_legacy_forest_against_onnxruntime():
+    """A legacy TreeEnsembleClassifier with its trees and votes written in shuffled order, sparse node ids
+    and negative tree ids: the forest's links are found by sorting at creation (a Python look-up per node
+    and vote cost ~5 ms of a 2,700-node forest's session), and the classes and scores are onnxruntime's."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the test oracle) is not installed")
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    trees = []
+    for tree in range(6):
+        nodes, votes, ids = [], [], iter(range(1, 1000, 3))
+
+        def grow(depth, tree=tree, nodes=nodes, votes=votes, ids=ids):
+            me = next(ids)
+            row = [tree * 7 - 10, me, 0, 0, "LEAF", 0, 0.0]
+            nodes.append(row)
+            if depth < 4 and rng.random() < 0.8:
+                row[4:] = ["BRANCH_LEQ", int(rng.integers(0, 4)), float(rng.standard_normal())]
+                row[2] = grow(depth + 1)
+                row[3] = grow(depth + 1)
+            else:
+                votes.extend([tree * 7 - 10, me, c, float(rng.random())] for c in range(3))
+            return me
+
+        grow(0)
+        trees.append((nodes, votes))
+    order = rng.permutation(len(trees))
+    nodes = [r for i in order for r in trees[i][0]]
+    votes = [trees[i][1][j] for i in order for j in range(len(trees[i][1]))]
+    votes = [votes[i] for i in rng.permutation(len(votes))]
+    col = list(zip(*nodes))
+    vcol = list(zip(*votes))
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["x"], ["label", "prob"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2],
+        nodes_treeids=col[0], nodes_nodeids=col[1], nodes_truenodeids=col[2], nodes_falsenodeids=col[3],
+        nodes_modes=col[4], nodes_featureids=col[5], nodes_values=col[6], class_treeids=vcol[0],
+        class_nodeids=vcol[1], class_ids=vcol[2], class_weights=vcol[3], post_transform="NONE")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                           helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, 3])])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                             ir_version=8).SerializeToString()
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    got = engineroom.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert len(col[0]) > 40
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
