@@ -132,7 +132,15 @@ GQA_CASES = {
     "decode_window": (2, 1, 4, 2, 16, 11, [12, 12], 12, {"local_window_size": 4}),
     "subsequent_prompt": (1, 4, 4, 4, 16, 5, [9], 9, {}),
     "softcap_scale": (2, 1, 4, 2, 16, 7, [8, 8], 8, {"softcap": 2.5, "scale": 0.3}),
+    "prompt_padded": (3, 7, 4, 2, 16, 0, [7, 4, 1], 7, {}),
+    "prompt_softcap_window": (2, 8, 6, 3, 32, 0, [8, 8], 8, {"softcap": 1.5, "local_window_size": 5}),
+    "prompt_head_size_24": (2, 5, 4, 2, 24, 0, [5, 5], 5, {}),         # 16 dims in a register, 8 past them
 }
+
+
+def _gqa_loop(S, lens):
+    """The compiled loop GroupQueryAttention runs: one token with equal lengths, else the prompt loop."""
+    return "gqa_decode" if S == 1 and len(set(lens)) == 1 else "gqa_prefill"
 
 
 @pytest.mark.parametrize("case", list(GQA_CASES))
@@ -143,7 +151,7 @@ def test_group_query_attention(path, case, packed):
     ref, got = _run_both(model, _gqa_feed(B, S, Hq, Hkv, D, P, lens, total, packed))
     for r, o, nm in zip(ref, got, ("output", "present_key", "present_value")):
         _close(o, r, what=nm)
-    path.expect("gqa_decode", taken=S == 1 and len(set(lens)) == 1)   # one token, equal lengths: compiled
+    path.expect(_gqa_loop(S, lens))
 
 
 @pytest.mark.parametrize("interleaved", [0, 1])
@@ -154,7 +162,7 @@ def test_group_query_attention_rotary(path, case, interleaved):
     ref, got = _run_both(model, _gqa_feed(B, S, Hq, Hkv, D, P, lens, total))
     for r, o, nm in zip(ref, got, ("output", "present_key", "present_value")):
         _close(o, r, what=nm)
-    path.expect("gqa_decode", taken=S == 1 and len(set(lens)) == 1)
+    path.expect(_gqa_loop(S, lens))
 
 
 def test_group_query_attention_cache_shared_through_iobinding():

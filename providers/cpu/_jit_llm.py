@@ -490,7 +490,48 @@ def _dot(x, y):  # pragma: no cover (compiled)
     return t
 
 
-@njit(nogil=True, boundscheck=False, error_model="numpy")
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _attend(qv, ck, cv, b, kh, lo, hi, scale, softcap, p, out, ob):  # pragma: no cover (compiled)
+    """One query qv over keys lo .. hi-1 of key head kh of entry b: softmax(q k * scale [softcapped]) v
+    into out's flat elements ob .. ob + D - 1 (zeros where there is no key). The weighted sum of values
+    runs on 16-lane values, 16 dimensions at a time in a register over all keys (a loop over out, which
+    LLVM must assume overlaps cv, stayed scalar: llama_kv's 64-token prompt 0.77 -> 0.24 ms a layer)."""
+    D = qv.shape[0]
+    Lp = ck.shape[2]
+    d16 = D - D % 16
+    if hi <= lo:
+        for d in range(D):
+            out.flat[ob + d] = F0
+        return
+    m = -np.inf
+    for j in range(lo, hi):
+        v = _dot(qv, ck[b, kh, j]) * scale
+        if softcap > F0:
+            v = softcap * np.tanh(v / softcap)
+        p[j] = v
+        m = max(m, v)
+    t = F0
+    for j in range(lo, hi):
+        e = _exp(p[j] - m)
+        p[j] = e
+        t += e
+    r = F1 / t
+    for j in range(lo, hi):
+        p[j] *= r
+    vb = (b * ck.shape[1] + kh) * Lp * D
+    for d0 in range(0, d16, 16):
+        acc = _vsplat(F0)
+        for j in range(lo, hi):
+            acc = _vfma(_vsplat(p[j]), _vload(cv, vb + j * D + d0), acc)
+        _vstore(out, ob + d0, acc)
+    for d in range(d16, D):
+        acc1 = F0
+        for j in range(lo, hi):
+            acc1 += p[j] * cv[b, kh, j, d]
+        out.flat[ob + d] = acc1
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy", fastmath=_FM)
 def gqa_decode(q, ck, cv, L, start, scale, softcap, out):  # pragma: no cover (compiled)
     """One new token per batch entry attends its cache: q (B, Hq, D), ck / cv (B, Hkv, Lp, D) holding
     the keys and values 0 .. L-1 (the new one included); query head h reads key head h // (Hq / Hkv),
@@ -501,29 +542,27 @@ def gqa_decode(q, ck, cv, L, start, scale, softcap, out):  # pragma: no cover (c
     p = np.empty(L, np.float32)
     for b in range(B):
         for h in range(Hq):
-            kh = h // G
-            qv = q[b, h]
-            m = -np.inf
-            for j in range(start, L):
-                v = _dot(qv, ck[b, kh, j]) * scale
-                if softcap > F0:
-                    v = softcap * np.tanh(v / softcap)
-                p[j] = v
-                m = max(m, v)
-            t = F0
-            for j in range(start, L):
-                e = _exp(p[j] - m)
-                p[j] = e
-                t += e
-            o = out[b, h]
-            for d in range(D):
-                o[d] = F0
-            for j in range(start, L):
-                w = p[j] / t
-                vj = cv[b, kh, j]
-                for d in range(D):
-                    o[d] += w * vj[d]
+            _attend(q[b, h], ck, cv, b, h // G, start, L, scale, softcap, p, out, (b * Hq + h) * D)
 
+
+@njit(nogil=True, boundscheck=False, error_model="numpy", fastmath=_FM)
+def gqa_prefill(q, ck, cv, past, total, window, scale, softcap, out):  # pragma: no cover (compiled)
+    """Several new tokens per batch entry (a prompt) attend the cache causally: q (B, S, Hq, D), ck / cv
+    (B, Hkv, Lp, D) holding the new keys and values already; query i of entry b sits at position
+    past[b] + i and sees keys max(0, pos - window + 1) (window > 0) .. min(pos, total[b] - 1), of key
+    head h // (Hq / Hkv). softmax(q k * scale [softcapped]) v into out (B, S, Hq, D); a query with no
+    key gets zeros. One pass per query and head over only the keys it sees: no masked score matrix."""
+    B, S, Hq, D = q.shape
+    Hkv, Lp = ck.shape[1], ck.shape[2]
+    G = Hq // Hkv
+    p = np.empty(Lp, np.float32)
+    for b in range(B):
+        for i in range(S):
+            pos = past[b] + i
+            hi = min(pos + 1, total[b], Lp)
+            lo = max(0, pos - window + 1) if window > 0 else 0
+            for h in range(Hq):
+                _attend(q[b, i, h], ck, cv, b, h // G, lo, hi, scale, softcap, p, out, ((b * S + i) * Hq + h) * D)
 
 
 @njit(nogil=True, boundscheck=False, fastmath=_FM)
@@ -642,6 +681,7 @@ def gemm_few_rows(a, wt, y):  # pragma: no cover (compiled)
 AOT = {
     "gemm_few_rows": ("A2 A2 A2", ("f4",)),
     "gqa_decode": ("A3 A4 A4 i i s s A3", ("f4",)),
+    "gqa_prefill": ("A4 A4 A4 I1 I1 i s s A4", ("f4",)),
     "rope_rows": ("A3 A2 A2 i A3", ("f4",)),
     "matmul_nbits_rows": ("A2 U3 A2 A2 A2", ("f4",)),
     "matmul_nbits_kmajor": ("A2 U2 A2 A2 A2 A2 A2", ("f4",)),
