@@ -343,8 +343,8 @@ def group_query_attention(info):
                            out.reshape(B, Hq, D))
             return out, ck, cv
         if jit is not None and query.dtype == _F32 and ck.flags.c_contiguous and cv.flags.c_contiguous:
-            # prompts (and unequal lengths): one compiled pass per query and head over the keys it sees
-            # (llama_kv's 64-token prompt: ~4x fewer operations than the masked score matrix's passes)
+            # prompts (and unequal lengths): one compiled pass per query and head over the keys it sees,
+            # instead of NumPy's passes over a masked (S, Lk) score matrix per head
             q4 = np.ascontiguousarray(qh.transpose(0, 3, 1, 2, 4)).reshape(B, S, Hq, D)
             out = np.empty((B, S, Hq * D), _F32)
             jit.gqa_prefill(q4, ck, cv, np.ascontiguousarray(past_b, np.int64),
