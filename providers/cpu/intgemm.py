@@ -164,7 +164,7 @@ def int8_kernels():
 
 # below this many multiply-adds one thread does the product: waking a worker costs tens of microseconds
 # (T5's products, 2^24.6 to 2^26.6 multiply-adds, take 0.1 to 0.4 ms on one thread)
-_INT8_PARALLEL_MACS = 1 << 23
+_INT8_PARALLEL_MACS = 1 << 24
 # blocks per thread: claimed one at a time, so a thread whose core is taken delays only the block it holds;
 # few, since each is a call of its own (microseconds of argument checks)
 _INT8_BLOCKS_PER_THREAD = 2
