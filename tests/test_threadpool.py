@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -181,9 +182,9 @@ def test_compiled_loops_release_the_gil():
 
 
 def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypatch):
-    """session.intra_op.allow_spinning = "0": BLAS at one thread during each run (the CPU provider's
-    run_scope; its worker pool is the parallelism), the process's count back after it, also with runs
-    overlapping on several threads; by default OpenBLAS keeps its own threads during runs.
+    """By default and with session.intra_op.allow_spinning = "0": BLAS at one thread during each run (the
+    CPU provider's run_scope; its worker pool is the parallelism), the process's count back after it, also
+    with runs overlapping on several threads; with an explicit "1" OpenBLAS keeps its own threads.
     ProbeExecutionProvider (tests/plugins) reads the BLAS pools from inside its MatMul kernel."""
     from conftest import make_model
     from fake_providers import ProbeExecutionProvider
@@ -199,7 +200,10 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
                    [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 4])])
     a = np.eye(4, dtype=np.float32)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        plain = ort.InferenceSession(m.SerializeToString(), providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        spinning = ort.SessionOptions()
+        spinning.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        plain = ort.InferenceSession(m.SerializeToString(), spinning,
+                                     providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         np.testing.assert_array_equal(plain.run(None, {"a": a, "b": a})[0], a)
         assert ProbeExecutionProvider.seen == [[2] * len(_blas_threads())]
         ProbeExecutionProvider.seen.clear()
@@ -207,6 +211,12 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         s = ort.InferenceSession(m.SerializeToString(), so,
                                  providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        default = ort.InferenceSession(m.SerializeToString(),
+                                       providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
+        np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
+        assert ProbeExecutionProvider.seen == [[1] * len(_blas_threads())]
+        assert _blas_threads() == [2] * len(_blas_threads())
+        ProbeExecutionProvider.seen.clear()
         errors = []
 
         def work():
@@ -226,3 +236,90 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
         seen = ProbeExecutionProvider.seen
         assert len(seen) == 80 and all(n == 1 for pools in seen for n in pools), seen[:3]
         assert _blas_threads() == [2] * len(seen[0])
+
+
+class _LateOnWorkers(np.ndarray):
+    """An operand whose products take 20 ms on the caller and, on a pool worker, a second and come out
+    wrong: a worker whose core another process holds, with a result that must never reach the output."""
+
+    workers: list[str] = []
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        args = [np.asarray(x) for x in inputs]
+        if "out" in kw:
+            kw["out"] = tuple(np.asarray(o) for o in kw["out"])
+        if threading.current_thread().name.startswith("engineroom-cpu"):
+            _LateOnWorkers.workers.append(threading.current_thread().name)
+            time.sleep(1.0)
+            return getattr(ufunc, method)(*args, **kw) + 1000
+        time.sleep(0.02)
+        return getattr(ufunc, method)(*args, **kw)
+
+
+def test_a_late_worker_neither_stalls_a_gemm_nor_writes_after_it(monkeypatch):
+    """The caller, out of chunks, takes a late worker's chunk back and returns; the worker's result,
+    arriving after, is dropped."""
+    monkeypatch.setattr(_LateOnWorkers, "workers", [])
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((64, 128)).astype(np.float32)
+    b = rng.standard_normal((128, 96)).astype(np.float32)
+    out = np.zeros((64, 96), np.float32)
+    pool = tp.WorkerPool(2)
+    t = time.perf_counter()
+    pool.run_gemm([(a[i:i + 8].view(_LateOnWorkers), b, out[i:i + 8]) for i in range(0, 64, 8)])
+    took = time.perf_counter() - t
+    assert _LateOnWorkers.workers, "the worker never took a chunk: nothing was tested"
+    assert took < 0.6, took
+    want = np.concatenate([a[i:i + 8] @ b for i in range(0, 64, 8)])
+    np.testing.assert_array_equal(out, want)
+    time.sleep(1.2)                 # the worker's late, wrong chunk comes back meanwhile
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=2e-5, atol=1e-3)
+
+
+def test_after_a_stalled_gemm_the_pool_stands_aside(monkeypatch):
+    """A pool GEMM far slower than one core would be (a worker preempted holding the GIL) sends GEMMs
+    and loops to the caller's thread alone for a while; GEMMs served in time bring the pool back."""
+    calm = tp._Calm()
+    monkeypatch.setattr(tp, "_calm", calm)
+    monkeypatch.setattr(tp, "CALM_MIN_S", 5.0)         # longer than this test
+    monkeypatch.setattr(tp, "CALM_MAX_S", 5.0)
+    calm.judge(1.0, 1 << 20)                  # 1M multiply-adds in a second
+    assert not calm.pool_ok()
+    names = set()
+
+    def fn(i, j):
+        names.add(threading.current_thread().name)
+        time.sleep(0.005)
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), steady():
+        tp.parallel_ranges(fn, 64, 1 << 24)
+        assert names == {threading.current_thread().name}
+        a = np.ones((512, 512), np.float32)
+        np.testing.assert_array_equal(tp.matmul(a, a), np.full((512, 512), 512, np.float32))
+        assert not calm.pool_ok() and calm.span == tp.CALM_MIN_S
+        calm.judge(1e-4, 1 << 20)             # served in time
+        assert calm.pool_ok()
+        tp.parallel_ranges(fn, 64, 1 << 24)
+    assert len(names) == 2
+
+
+def test_one_thread_starts_no_worker():
+    """intra_op_num_threads = 1: runs with large GEMMs and loops start no pool thread."""
+    from conftest import python_c
+
+    code = """
+import threading, numpy as np, onnx
+from onnx import TensorProto, helper
+import engineroom as ort
+g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Softmax", ["y"], ["z"])], "g",
+    [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1024, 1024]) for n in "ab"],
+    [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1024, 1024])])
+so = ort.SessionOptions(); so.intra_op_num_threads = 1
+s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), so)
+x = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+for _ in range(3):
+    s.run(None, {"a": x, "b": x})
+print(sorted(t.name for t in threading.enumerate() if t.name.startswith("engineroom-cpu")))
+"""
+    assert python_c(code).strip() == "[]"

@@ -41,11 +41,13 @@ class CPUExecutionProvider(KernelProvider):
     fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
     def run_scope(self, config: dict[str, str]):
-        """With ``session.intra_op.allow_spinning`` = "0" (onnxruntime's switch for machines whose cores
-        other work shares): the run's BLAS held at one thread and its large GEMMs and loops split over the
-        provider's sleeping worker pool (``_threadpool``), steady when a core is busy. Else (the default)
-        OpenBLAS's own threads, faster on a quiet machine (they spin and share packed panels)."""
-        if config.get("session.intra_op.allow_spinning", "1") != "0":
+        """By default and with ``session.intra_op.allow_spinning`` = "0": the run's BLAS held at one thread
+        and its large GEMMs and loops split over the provider's sleeping worker pool (``_threadpool``),
+        steady when another process takes a core. OpenBLAS's own threads spin between calls against the
+        run's other work and wait for a static share: with the second core busy, bert_mini at 2 threads ran
+        a 72-760 ms median against 13-16 ms in the pool. Only an explicit "1" (onnxruntime's spinning
+        threads, for a dedicated machine) leaves GEMMs on OpenBLAS's threads."""
+        if config.get("session.intra_op.allow_spinning") == "1":
             return None
         from engineroom.providers.cpu import _threadpool
 

@@ -8,10 +8,13 @@ process on the second core). Here the caller starts on the first chunk at once, 
 it wakes, and whichever thread is free takes the next chunk, so a descheduled thread delays at most
 the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
 
-This is the mode of sessions with ``session.intra_op.allow_spinning`` = "0" (onnxruntime's switch for
-machines other work shares): by default ``matmul`` is NumPy's call on OpenBLAS's own threads, which is
-faster on a quiet machine (waking a worker costs ~60 us on a 2-core VM, and chunks repack B), and
-``parallel_ranges`` takes only very large loops.
+This is the mode of every run (the provider's ``run_scope``) unless the session sets
+``session.intra_op.allow_spinning`` = "1" explicitly: then ``matmul`` is NumPy's call on OpenBLAS's own
+threads, which can be faster on a dedicated quiet machine (waking a worker costs ~60 us on a 2-core VM,
+and chunks repack B) but spin between calls against the run's other work, and ``parallel_ranges``
+takes only very large loops. Python workers hold the GIL between their BLAS calls, so a worker
+preempted there stalls the caller whatever the chunking: the caller takes late chunks back
+(``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``).
 
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
@@ -25,6 +28,7 @@ import itertools
 import math
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -158,6 +162,108 @@ class _Task:
                     self.done.set()
 
 
+# a pool GEMM that took longer than STALL_FACTOR times its multiply-adds at SLOW_MACS_PER_S (a floor
+# on one core's BLAS speed) plus STALL_S was stalled: a worker preempted while it held the GIL, or the
+# caller's own core taken. The pool then stands aside (GEMMs and loops on the caller's thread alone)
+# for a while that doubles with each stall, from CALM_MIN_S to CALM_MAX_S, and halves with each GEMM
+# the pool served in time: on a machine whose cores other processes hold, one thread is what is steady
+SLOW_MACS_PER_S = 5e9
+STALL_FACTOR = 2.0
+STALL_S = 1e-3
+CALM_MIN_S = 0.02
+CALM_MAX_S = 2.0
+
+
+class _Calm:
+    __slots__ = ("until", "span")
+
+    def __init__(self) -> None:
+        self.until = 0.0        # time.monotonic() before which the pool stands aside
+        self.span = 0.0
+
+    def pool_ok(self) -> bool:
+        return self.until == 0.0 or time.monotonic() >= self.until
+
+    def judge(self, seconds: float, macs: int) -> None:
+        if seconds > STALL_FACTOR * macs / SLOW_MACS_PER_S + STALL_S:
+            self.span = min(CALM_MAX_S, max(CALM_MIN_S, 2 * self.span))
+            self.until = time.monotonic() + self.span
+        elif self.span:
+            self.span = 0.0 if self.span <= CALM_MIN_S else self.span / 2
+            self.until = 0.0
+
+
+_calm = _Calm()
+
+
+class _GemmTask:
+    """``matmul``'s chunks, ``(a, b, out)`` each. A worker computes its chunk into an array of its own and
+    copies it into ``out`` only if the caller has not taken the chunk back. The caller, out of chunks,
+    waits for the workers' chunks about as long as one of its own took, then computes the unfinished ones
+    itself and returns: a worker whose core another process holds costs the GEMM at most one chunk,
+    never a time slice (its late result is dropped). Under load, waiting instead stalled bert_mini's
+    8-chunk GEMMs 9-72 ms each."""
+
+    __slots__ = ("chunks", "claim", "state", "lock", "done", "finished")
+
+    def __init__(self, chunks: list[tuple]) -> None:
+        self.chunks = chunks
+        self.claim = itertools.count()          # next() is atomic under the GIL
+        self.state = [0] * len(chunks)          # 2: a worker's result is in out; 3: taken back by the caller
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.finished = 0
+
+    def drain(self) -> None:
+        """A worker's side."""
+        n = len(self.chunks)
+        for i in self.claim:
+            if i >= n:
+                return
+            a, b, out = self.chunks[i]
+            try:
+                r = np.matmul(a, b)
+            except BaseException:  # noqa: BLE001 - the caller computes this chunk again and sees the error
+                continue
+            with self.lock:
+                if self.state[i] == 3:
+                    continue
+                np.copyto(out, r)
+                self.state[i] = 2
+                self.finished += 1
+                if self.finished == n:
+                    self.done.set()
+
+    def run_caller(self) -> None:
+        n = len(self.chunks)
+        mine = []
+        t0 = time.perf_counter()
+        for i in self.claim:
+            if i >= n:
+                break
+            a, b, out = self.chunks[i]
+            np.matmul(a, b, out=out)
+            mine.append(i)
+        with self.lock:
+            self.finished += len(mine)
+            if self.finished == n:
+                return
+        # a worker's chunk in progress ends within about one chunk's time unless its core is taken
+        per_chunk = (time.perf_counter() - t0) / len(mine) if mine else 1e-3
+        if self.done.wait(1.5 * per_chunk + 5e-5):
+            return
+        taken = set(mine)
+        for i in range(n):
+            if i in taken:
+                continue
+            with self.lock:
+                if self.state[i] == 2:
+                    continue
+                self.state[i] = 3
+            a, b, out = self.chunks[i]
+            np.matmul(a, b, out=out)
+
+
 class WorkerPool:
     """``threads - 1`` daemon workers; the caller is the last thread."""
 
@@ -203,6 +309,22 @@ class WorkerPool:
         if task.error is not None:
             raise task.error
 
+    def run_gemm(self, chunks: list[tuple]) -> None:
+        """``np.matmul(a, b, out=o)`` for every ``(a, b, o)`` in ``chunks``; never waits for a worker
+        longer than about one chunk (``_GemmTask``)."""
+        if self._started < self.threads - 1:
+            self._start()
+        task = _GemmTask(chunks)
+        with self._cv:
+            self._tasks.append(task)
+            self._cv.notify_all()
+        try:
+            task.run_caller()
+        finally:
+            with self._cv:
+                if task in self._tasks:
+                    self._tasks.remove(task)
+
 
 _pools: dict[int, WorkerPool] = {}
 
@@ -214,10 +336,6 @@ def _pool(threads: int) -> WorkerPool:
     return pool
 
 
-def _mm(a, b, out) -> None:
-    np.matmul(a, b, out=out)
-
-
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     step = -(-n // parts)
     return [(i, min(n, i + step)) for i in range(0, n, step)]
@@ -227,8 +345,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
     thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
     if not _blas.depth:
-        # no steady-mode run in progress (session.intra_op.allow_spinning = "0" holds BLAS for its runs):
-        # OpenBLAS's own threads, faster than the pool on a quiet machine (shared packing, no wake-ups)
+        # no run holding BLAS (allow_spinning = "1", or a call outside a run): OpenBLAS's own threads
         return np.matmul(a, b, out=out)
     if a.ndim == 2 and b.ndim == 2:             # the common case, without the broadcasting arithmetic
         M, K = a.shape
@@ -257,8 +374,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty(batch_shape + (M, N), dtype=np.result_type(a, b))
+        if not _calm.pool_ok():
+            return np.matmul(a, b, out=out)
         parts = max(threads, min(threads * CHUNKS_PER_THREAD, macs // MIN_CHUNK_MACS))
-        _pool(threads).run(_mm, _chunks(a, b, out, batch_shape, parts))
+        t = time.perf_counter()
+        _pool(threads).run_gemm(_chunks(a, b, out, batch_shape, parts))
+        _calm.judge(time.perf_counter() - t, macs)
         return out
     finally:
         _blas.release()
@@ -294,7 +415,8 @@ def parallel_ranges(fn, n: int, work: int) -> None:
     """``fn(lo, hi)`` over consecutive ranges covering ``range(n)`` (channels, rows), spread over the pool
     like ``matmul``'s chunks (several per thread, claimed one at a time, so a thread whose core is busy
     delays only the range it holds); ``fn(0, n)`` on the caller's thread where ``work`` is small."""
-    threads = _blas.outside() if n > 1 and work >= (MIN_PARALLEL_WORK if _blas.depth else MIN_QUIET_WORK) else 1
+    threads = _blas.outside() if n > 1 and work >= (MIN_PARALLEL_WORK if _blas.depth else MIN_QUIET_WORK) \
+        and _calm.pool_ok() else 1
     parts = min(n, threads * CHUNKS_PER_THREAD, max(threads, work // MIN_PART_WORK))
     if threads <= 1 or parts <= 1:
         fn(0, n)
