@@ -101,16 +101,49 @@ def test_dynamic_matmul_pattern_two_threads(int8_path):
     (512, 512, (2, 48)),        # T5's attention projections: by blocks of columns (panels of B)
     (512, 1, (2, 512)),         # one column, many rows (tashkeel's attention score): by blocks of rows
 ])
-def test_dynamic_matmul_split_over_two_threads(int8_path, K, N, rows):
+def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, rows):
     """Products above the split threshold on two threads: bit for bit onnxruntime's numbers."""
-    from engineroom.providers.cpu import intgemm
+    from engineroom.providers.cpu import _threadpool, intgemm
 
     assert rows[0] * rows[1] * K * max(N, 32) >= intgemm._INT8_PARALLEL_MACS
+    monkeypatch.setattr(intgemm, "_gate", intgemm._SplitGate())     # new: its first product splits
+    parts = []
+    run = _threadpool.WorkerPool.run
+    monkeypatch.setattr(_threadpool.WorkerPool, "run", lambda self, fn, args: parts.append(len(args)) or run(self, fn, args))
     m = _dynamic_matmul_model(K, N, np.int8, False, True)
     x = (RNG.standard_normal(rows + (K,)) * 1.5 + 0.3).astype(np.float32)
     ref, got, _, _ = run_both(m, {"x": x}, threads=2)
     np.testing.assert_array_equal(got[0], ref[0])
     int8_path.expect("gemm_u8s8_scaled", taken=bool(_vnni()))
+    if int8_path.jit and _vnni():
+        assert parts and parts[0] == 2 * intgemm._INT8_BLOCKS_PER_THREAD, parts
+
+
+def test_split_gate_follows_the_timings():
+    """The split gate: split first, then one thread, then whichever was faster per multiply-add, the other
+    path probed after _GATE_PROBE products, then less often each time it loses."""
+    from engineroom.providers.cpu import intgemm
+
+    g = intgemm._SplitGate()
+    assert g.choose() is True
+    g.record(True, 2.0)                 # split: 2 ns a multiply-add (a busy machine)
+    assert g.choose() is False
+    g.record(False, 1.0)
+
+    def run(n, split_ns, serial_ns):
+        picks = []
+        for _ in range(n):
+            p = g.choose()
+            picks.append(p)
+            g.record(p, split_ns if p else serial_ns)
+        return picks
+
+    picks = run(intgemm._GATE_PROBE * 3, 2.0, 1.0)      # probes at 16, then 32 products later
+    assert picks.count(True) == 2, [i for i, p in enumerate(picks) if p]
+    g = intgemm._SplitGate()
+    run(2, 2.0, 1.0)
+    picks = run(200, 0.5, 1.0)          # the machine quiets down: the split wins its probe and stays
+    assert picks[-100:].count(False) <= 100 // intgemm._GATE_PROBE + 1 and picks[-1] is True
 
 
 def _vnni() -> bool:

@@ -19,6 +19,8 @@ float64 BLAS serves: exact while the bound stays under 2**53.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 EXACT_F32 = 2 ** 24
@@ -168,14 +170,64 @@ _INT8_PARALLEL_MACS = 1 << 24
 # blocks per thread: claimed one at a time, so a thread whose core is taken delays only the block it holds;
 # few, since each is a call of its own (microseconds of argument checks)
 _INT8_BLOCKS_PER_THREAD = 2
+# the path the gate does not prefer runs once after this many products, then after twice as many each
+# time it loses again (up to _GATE_PROBE_MAX: a probe of a split on a busy machine can cost a time slice)
+_GATE_PROBE = 16
+_GATE_PROBE_MAX = 1024
+
+
+class _SplitGate:
+    """Whether splitting the products over the pool pays now, learnt from the products themselves: the
+    time per multiply-add of split and of one-thread products (moving averages). On a quiet machine the
+    split halves them; with the cores oversubscribed the worker joins late and the caller waits for it
+    (T5's 56 products at load 9 on 2 cores: 31.7 ms one thread, 52.8 ms split, best of 20), and the
+    products stay on the caller's thread until a probe finds the split paying again. Either path gives
+    the same bits."""
+
+    __slots__ = ("split", "serial", "n", "every", "prefer")
+
+    def __init__(self) -> None:
+        self.split = self.serial = 0.0      # ns per multiply-add; 0.0 until measured
+        self.n = 0
+        self.every = _GATE_PROBE
+        self.prefer = True
+
+    def choose(self) -> bool:
+        if not self.split:
+            return True
+        if not self.serial:
+            return False
+        self.n += 1
+        if self.n >= self.every:            # a probe of the other path
+            self.n = 0
+            return not self.prefer
+        return self.prefer
+
+    def record(self, split: bool, ns_per_mac: float) -> None:
+        old = self.split if split else self.serial
+        # the preferred path's time averaged; a probe's taken as it is (it stands for the load now)
+        new = ns_per_mac if not old or split != self.prefer else 0.75 * old + 0.25 * ns_per_mac
+        if split:
+            self.split = new
+        else:
+            self.serial = new
+        if self.split and self.serial:
+            prefer = self.split < self.serial
+            if prefer != self.prefer:
+                self.prefer, self.every = prefer, _GATE_PROBE
+            elif split != prefer:           # a probe that lost: probe less often
+                self.every = min(2 * self.every, _GATE_PROBE_MAX)
+
+
+_gate = _SplitGate()
 
 
 def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     """``fn(a2, *rest, c, p0, p1)`` (a compiled kernel that releases the GIL) over B's panels 0..panels,
-    split over the CPU provider's worker pool (``_threadpool``) where the product is large enough and the
-    pool has threads: by column blocks where B has panels enough (each thread then reads only its share
-    of B), else by blocks of rows (a product with few columns and many rows: tashkeel's attention score,
-    8192 x 512 by 512 x 1)."""
+    split over the CPU provider's worker pool (``_threadpool``) where the product is large enough, the
+    pool has threads and splitting pays (``_SplitGate``): by column blocks where B has panels enough (each
+    thread then reads only its share of B), else by blocks of rows (a product with few columns and many
+    rows: tashkeel's attention score, 8192 x 512 by 512 x 1)."""
     from engineroom.providers.cpu import _threadpool
 
     threads = _pool_threads(_threadpool) if macs >= _INT8_PARALLEL_MACS else 1
@@ -183,14 +235,20 @@ def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     M = a2.shape[0]
     if threads > 1 and panels >= parts:
         step = -(-panels // parts)
-        _threadpool._pool(threads).run(fn, [(a2, *rest, c, p, min(p + step, panels))
-                                            for p in range(0, panels, step)])
+        args = [(a2, *rest, c, p, min(p + step, panels)) for p in range(0, panels, step)]
     elif threads > 1 and M >= 4 * parts:
         step = -(-M // parts) // 4 * 4 or 4        # whole micro-kernel rows each
-        _threadpool._pool(threads).run(fn, [(a2[i:i + step], *rest, c[i:i + step], 0, panels)
-                                            for i in range(0, M, step)])
+        args = [(a2[i:i + step], *rest, c[i:i + step], 0, panels) for i in range(0, M, step)]
     else:
         fn(a2, *rest, c, 0, panels)
+        return
+    split = _gate.choose()
+    t0 = time.perf_counter_ns()
+    if split:
+        _threadpool._pool(threads).run(fn, args)
+    else:
+        fn(a2, *rest, c, 0, panels)
+    _gate.record(split, (time.perf_counter_ns() - t0) / macs)
 
 
 def _pool_threads(tp) -> int:
