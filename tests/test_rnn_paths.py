@@ -137,6 +137,7 @@ def test_dynamic_quantize_lstm_directions_on_two_threads(path, monkeypatch, lens
         return _threadpool.parallel_ranges(fn, n, work)
 
     monkeypatch.setattr(contrib_quant, "parallel_ranges", spy)
+    monkeypatch.setattr(contrib_quant, "_dq_lstm_gate", intgemm._SplitGate())    # new: its first layer splits
     (want, got), names = _dq_lstm(np.random.default_rng(21), S=16, B=4, I=24, H=128, lens=lens, threads=2)
     _close(want, got, names, 1e-5)
     if path.jit:
@@ -214,6 +215,7 @@ def test_onnx_bidirectional_directions_on_two_threads(path, monkeypatch, op, lbr
         return _threadpool.parallel_ranges(fn, n, work)
 
     monkeypatch.setattr(rnn, "parallel_ranges", spy)
+    monkeypatch.setattr(rnn, "_directions_gate", intgemm._SplitGate())     # new: its first layer splits
     rng = np.random.default_rng(17)
     S, B, I, H, nd = 10, 16, 16, 32, 2
     g = {"LSTM": 4, "GRU": 3}[op]

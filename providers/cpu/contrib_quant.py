@@ -27,7 +27,8 @@ from engineroom.providers.cpu._contrib import (
     scalar,
 )
 from engineroom.providers.cpu.array_module import arrays
-from engineroom.providers.cpu._threadpool import parallel_ranges
+from engineroom.providers.cpu import _threadpool
+from engineroom.providers.cpu._threadpool import MIN_QUIET_WORK, parallel_ranges
 from engineroom.providers.cpu.quantize import quantize_dynamic_u8
 from engineroom.providers.cpu.rnn import _activation_names, _activations, _masks, _reverse_index
 
@@ -691,6 +692,10 @@ def _quantized_rows(batch: int, hidden: int) -> int:
     return batch
 
 
+# whether running a layer's directions on two threads pays now (``intgemm.gated``)
+_dq_lstm_gate = intgemm._SplitGate()
+
+
 @host_kernel("DynamicQuantizeLSTM", MS, since=1, types=(np.float32,), host_inputs=(4,))
 def dynamic_quantize_lstm(info):
     """LSTM with int8/uint8 weights W (D, input, 4H) and R (D, H, 4H), already transposed, with scales and
@@ -839,7 +844,14 @@ def dynamic_quantize_lstm(info):
                                 kern.dq_lstm_run(xw[s_], rec.w8[s_], rec.ws[s_], rec.bias[s_], rec.p[s_], masks, qm,
                                                  rows, c[s_], h[s_], Yd[d], qa[s_], sc[s_], zq[s_], acc[s_], clip32,
                                                  flags)
-                    parallel_ranges(directions, num_dirs, steps * batch * 4 * hidden * hidden)
+                    work = steps * batch * 4 * hidden * hidden
+                    if num_dirs > 1 and work >= MIN_QUIET_WORK and _threadpool._blas.outside() > 1:
+                        # a split the pool surely makes: gated by its timings (a busy core can hold a
+                        # direction for a time slice)
+                        intgemm.gated(_dq_lstm_gate, work, lambda: parallel_ranges(directions, num_dirs, work),
+                                      lambda: directions(0, num_dirs))
+                    else:
+                        parallel_ranges(directions, num_dirs, work)
                     ys = list(Yd[:, :, 0])
                 else:
                     kern.dq_quantize(h, qm, 0, rows, qa, sc, zq)

@@ -222,6 +222,19 @@ class _SplitGate:
 _gate = _SplitGate()
 
 
+def gated(gate: _SplitGate, work: int, split, serial) -> None:
+    """``split()`` or ``serial()`` (the same work on the pool or on the caller's thread), as ``gate`` says,
+    its time per unit of ``work`` recorded: for the other kernels that split independent work over the
+    pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own."""
+    on = gate.choose()
+    t0 = time.perf_counter_ns()
+    if on:
+        split()
+    else:
+        serial()
+    gate.record(on, (time.perf_counter_ns() - t0) / max(1, work))
+
+
 def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     """``fn(a2, *rest, c, p0, p1)`` (a compiled kernel that releases the GIL) over B's panels 0..panels,
     split over the CPU provider's worker pool (``_threadpool``) where the product is large enough, the
@@ -242,13 +255,7 @@ def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     else:
         fn(a2, *rest, c, 0, panels)
         return
-    split = _gate.choose()
-    t0 = time.perf_counter_ns()
-    if split:
-        _threadpool._pool(threads).run(fn, args)
-    else:
-        fn(a2, *rest, c, 0, panels)
-    _gate.record(split, (time.perf_counter_ns() - t0) / macs)
+    gated(_gate, macs, lambda: _threadpool._pool(threads).run(fn, args), lambda: fn(a2, *rest, c, 0, panels))
 
 
 def _pool_threads(tp) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _threadpool
+from engineroom.providers.cpu import _threadpool, intgemm
 from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
@@ -217,10 +217,16 @@ def _factory(info):
             # layer is large enough (thai_oskut_lstm: 21 steps of 200 x 224 by 224 x 896), each direction's
             # GEMMs single-threaded on its own thread (BLAS held at one thread meanwhile; NumPy's matmul,
             # not the pool's, which would split them over the same threads again)
+            work = seq * batch * gates * hidden * (hidden + X.shape[-1])
+            both = lambda d0, d1: [one(d, np.matmul) for d in range(d0, d1)]     # noqa: E731
             _threadpool.hold_blas()
             try:
-                parallel_ranges(lambda d0, d1: [one(d, np.matmul) for d in range(d0, d1)], 2,
-                                seq * batch * gates * hidden * (hidden + X.shape[-1]))
+                if work >= _threadpool.MIN_QUIET_WORK and _threadpool._blas.outside() > 1:
+                    # a split the pool surely makes: gated by its timings (a busy core can hold a direction
+                    # for a time slice)
+                    intgemm.gated(_directions_gate, work, lambda: parallel_ranges(both, 2, work), lambda: both(0, 2))
+                else:
+                    parallel_ranges(both, 2, work)
             finally:
                 _threadpool.release_blas()
         else:
@@ -237,6 +243,10 @@ def _factory(info):
         return outs
 
     return run
+
+
+# whether running a bidirectional layer's directions on two threads pays now (``intgemm.gated``)
+_directions_gate = intgemm._SplitGate()
 
 
 def _activation_names(info, defaults: list[str], num_dirs: int) -> list[list[str]]:
