@@ -9,7 +9,7 @@ Every measurement is taken in a fresh process, engines alternating (A B A B), R 
 - per model: `InferenceSession(...)` right after the import (what `run_all.py`'s create column times:
   it includes whatever the engine imports on first use), the import + that first session together
   (wall, and CPU time: steadier on a busy machine), and a second session of the same model in the
-  same process (the per-session cost once every module is loaded).
+  same process (the per-session cost once every module is loaded; wall, and CPU time).
 Without model arguments the realworld set (`../shared/realworld`, models in /work/rw) is used. The
 measured processes run without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE and the BLAS kernel in use is
 printed. Ratios are engineroom / onnxruntime; the geometric means are over the models both engines load.
@@ -60,9 +60,10 @@ def worker(engine: str, model: str, threads: int) -> dict:
         res["create"] = time.perf_counter() - t
         res["total"] = time.perf_counter() - t0
         res["total_cpu"] = time.process_time() - c0
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         res["create2"] = time.perf_counter() - t
+        res["create2_cpu"] = time.process_time() - c
     except Exception as e:  # noqa: BLE001 - a model one engine cannot load is reported, not fatal
         res["error"] = f"{type(e).__name__}: {e}"[:200]
     res["blas"] = blas_kernel()
@@ -131,8 +132,9 @@ def main() -> int:
           f"(CPU {best['engineroom'][1] * 1e3:.0f}); ratio {best['engineroom'][0] / best['ort'][0]:.2f} "
           f"(CPU {best['engineroom'][1] / best['ort'][1]:.2f})", flush=True)
     print(f"{'model':22s} {'create ort/er ms':>18s} {'x':>6s} {'import+create ort/er ms':>24s} {'x':>6s}"
-          f" {'2nd create ort/er ms':>21s} {'x':>6s} {'import+create CPU ms':>18s} {'x':>6s}", flush=True)
-    ratios: dict[str, list[float]] = {"create": [], "total": [], "create2": [], "total_cpu": []}
+          f" {'2nd create ort/er ms':>21s} {'x':>6s} {'import+create CPU ms':>18s} {'x':>6s}"
+          f" {'2nd create CPU ms':>18s} {'x':>6s}", flush=True)
+    ratios: dict[str, list[float]] = {"create": [], "total": [], "create2": [], "total_cpu": [], "create2_cpu": []}
     blas = ""
     for name, path in models:
         got: dict = {e: [] for e in ENGINES}
@@ -150,7 +152,8 @@ def main() -> int:
             a, b = (min(r[key] for r in ok[e]) * 1e3 for e in ENGINES)
             ratios[key].append(b / a)
             cells.append(f"{a:9.1f} /{b:8.1f} {b / a:6.2f}")
-        print(f"{name:22s} {cells[0]:>25s} {cells[1]:>31s} {cells[2]:>28s} {cells[3]:>25s}", flush=True)
+        print(f"{name:22s} {cells[0]:>25s} {cells[1]:>31s} {cells[2]:>28s} {cells[3]:>25s} {cells[4]:>25s}",
+              flush=True)
     print(f"# BLAS in the engineroom process: {blas}")
     print("geomean engineroom/onnxruntime: " + ", ".join(f"{k} {_geo(v):.2f}" for k, v in ratios.items())
           + f" over {len(ratios['create'])} models")
