@@ -212,26 +212,28 @@ def _factory(info):
             if c is not None:
                 Y_c[d] = c
 
-        if num_dirs == 2 and lean and kern is not None and op != "RNN":
-            # the two directions are independent recurrences: one a thread of the provider's pool where the
-            # layer is large enough (thai_oskut_lstm: 21 steps of 200 x 224 by 224 x 896), each direction's
-            # GEMMs single-threaded on its own thread (BLAS held at one thread meanwhile; NumPy's matmul,
-            # not the pool's, which would split them over the same threads again)
-            work = seq * batch * gates * hidden * (hidden + X.shape[-1])
-            both = lambda d0, d1: [one(d, np.matmul) for d in range(d0, d1)]     # noqa: E731
-            _threadpool.hold_blas()
-            try:
-                if work >= _threadpool.MIN_QUIET_WORK and _threadpool._blas.outside() > 1:
-                    # a split the pool surely makes: gated by its timings (a busy core can hold a direction
-                    # for a time slice)
-                    intgemm.gated(_directions_gate, work, lambda: parallel_ranges(both, 2, work), lambda: both(0, 2))
-                else:
-                    parallel_ranges(both, 2, work)
-            finally:
-                _threadpool.release_blas()
-        else:
+        def in_turn():
             for d in range(num_dirs):
                 one(d, arrays(xp).matmul)
+
+        def at_once():
+            # one direction a thread, each with single-threaded GEMMs (BLAS held at one thread meanwhile;
+            # NumPy's matmul, not the pool's, which would split them over the same threads again)
+            _threadpool.hold_blas()
+            try:
+                parallel_ranges(lambda d0, d1: [one(d, np.matmul) for d in range(d0, d1)], 2, work)
+            finally:
+                _threadpool.release_blas()
+
+        work = seq * batch * gates * hidden * (hidden + X.shape[-1])
+        if num_dirs == 2 and lean and kern is not None and op != "RNN" and work >= _threadpool.MIN_QUIET_WORK \
+                and _threadpool._blas.outside() > 1:
+            # the two directions are independent recurrences: on two threads of the provider's pool where
+            # the layer is large enough (thai_oskut_lstm: 21 steps of 200 x 224 by 224 x 896), as long as
+            # that pays (a busy core can hold a direction for a time slice: ``intgemm.gated``)
+            intgemm.gated(_directions_gate, work, at_once, in_turn)
+        else:
+            in_turn()
         target = out_dtype if out_dtype is not None else dtype
         if layout:
             Y = xp.transpose(Y, (2, 0, 1, 3))
