@@ -109,7 +109,8 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
     monkeypatch.setattr(intgemm, "_gate", intgemm._SplitGate())     # new: its first product splits
     parts = []
     run = _threadpool.WorkerPool.run
-    monkeypatch.setattr(_threadpool.WorkerPool, "run", lambda self, fn, args: parts.append(len(args)) or run(self, fn, args))
+    monkeypatch.setattr(_threadpool.WorkerPool, "run",
+                        lambda self, fn, args: parts.append(len(args)) or run(self, fn, args))
     m = _dynamic_matmul_model(K, N, np.int8, False, True)
     x = (RNG.standard_normal(rows + (K,)) * 1.5 + 0.3).astype(np.float32)
     ref, got, _, _ = run_both(m, {"x": x}, threads=2)

@@ -227,8 +227,8 @@ def test_loop_settled_carried_values_match_onnxruntime(monkeypatch, hand_back, t
     feat = RNG.standard_normal((4, 6)).astype(np.float32)
     feat[0, :3] = -0.0                       # turned +0.0 by the first iteration's + 0.0: settles one later
     feat[1, 2] = 0.0
-    feed = {"M": np.array(trips, np.int64), "cond": np.array(True), "h0": RNG.standard_normal((1, 4)).astype(np.float32),
-            "feat0": feat, "cnt0": np.array(5, np.int64)}
+    feed = {"M": np.array(trips, np.int64), "cond": np.array(True),
+            "h0": RNG.standard_normal((1, 4)).astype(np.float32), "feat0": feat, "cnt0": np.array(5, np.int64)}
     m = _settling_loop(hand_back)
     ref, got = both(m, feed)
     for r, g in zip(ref, got):

@@ -124,11 +124,10 @@ def test_dynamic_quantize_lstm_without_vnni(path, monkeypatch):
     path.expect("dq_lstm_run")
 
 
-@pytest.mark.parametrize("lens", [None, [16, 9, 16, 3]])
-def test_dynamic_quantize_lstm_directions_on_two_threads(path, monkeypatch, lens):
-    """A bidirectional layer large enough that its two directions run on the provider's pool at once (each
-    one compiled call): the same numbers as onnxruntime at two threads."""
-    from engineroom.providers.cpu import _threadpool, contrib_quant
+def _spy_on_splits(monkeypatch, module, gate: str) -> list:
+    """The (n, work) of each ``parallel_ranges`` call ``module`` makes, its gate ``gate`` made new (so its
+    first layer splits)."""
+    from engineroom.providers.cpu import _threadpool
 
     splits = []
 
@@ -136,8 +135,18 @@ def test_dynamic_quantize_lstm_directions_on_two_threads(path, monkeypatch, lens
         splits.append((n, work))
         return _threadpool.parallel_ranges(fn, n, work)
 
-    monkeypatch.setattr(contrib_quant, "parallel_ranges", spy)
-    monkeypatch.setattr(contrib_quant, "_dq_lstm_gate", intgemm._SplitGate())    # new: its first layer splits
+    monkeypatch.setattr(module, "parallel_ranges", spy)
+    monkeypatch.setattr(module, gate, intgemm._SplitGate())
+    return splits
+
+
+@pytest.mark.parametrize("lens", [None, [16, 9, 16, 3]])
+def test_dynamic_quantize_lstm_directions_on_two_threads(path, monkeypatch, lens):
+    """A bidirectional layer large enough that its two directions run on the provider's pool at once (each
+    one compiled call): the same numbers as onnxruntime at two threads."""
+    from engineroom.providers.cpu import _threadpool, contrib_quant
+
+    splits = _spy_on_splits(monkeypatch, contrib_quant, "_dq_lstm_gate")
     (want, got), names = _dq_lstm(np.random.default_rng(21), S=16, B=4, I=24, H=128, lens=lens, threads=2)
     _close(want, got, names, 1e-5)
     if path.jit:
@@ -208,14 +217,7 @@ def test_onnx_bidirectional_directions_on_two_threads(path, monkeypatch, op, lbr
     thread, each with single-threaded GEMMs): onnxruntime's numbers at two threads."""
     from engineroom.providers.cpu import _threadpool, rnn
 
-    splits = []
-
-    def spy(fn, n, work):
-        splits.append((n, work))
-        return _threadpool.parallel_ranges(fn, n, work)
-
-    monkeypatch.setattr(rnn, "parallel_ranges", spy)
-    monkeypatch.setattr(rnn, "_directions_gate", intgemm._SplitGate())     # new: its first layer splits
+    splits = _spy_on_splits(monkeypatch, rnn, "_directions_gate")
     rng = np.random.default_rng(17)
     S, B, I, H, nd = 16, 48, 32, 32, 2
     g = {"LSTM": 4, "GRU": 3}[op]

@@ -408,6 +408,17 @@ def quant_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "quant")
 
 
+def _dql_matches_onnxruntime(x):
+    """A DynamicQuantizeLinear of ``x``: engineroom's outputs equal onnxruntime's, dtypes included."""
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    m = model([node], [vi("x", TensorProto.FLOAT, list(x.shape))],
+              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
+    ref, got = both(m, {"x": x})
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype
+        np.testing.assert_array_equal(g, r)
+
+
 @pytest.mark.parametrize("case", ["normal", "positive", "negative", "zeros", "ties", "wide"])
 def test_dynamic_quantize_linear(quant_path, case):
     shape = (2, 64, 33, 17)
@@ -417,13 +428,7 @@ def test_dynamic_quantize_linear(quant_path, case):
          "zeros": lambda: np.zeros(shape),
          "ties": lambda: RNG.integers(-255, 256, shape) * 0.5,      # many x / scale exactly at .5
          "wide": lambda: RNG.standard_normal(shape) * 1e30}[case]().astype(np.float32)
-    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
-    m = model([node], [vi("x", TensorProto.FLOAT, list(shape))],
-              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
-    ref, got = both(m, {"x": x})
-    for r, g in zip(ref, got):
-        assert g.dtype == r.dtype
-        np.testing.assert_array_equal(g, r)
+    _dql_matches_onnxruntime(x)
     if case != "zeros":         # below the pool's split size: range and quantization in one compiled call
         quant_path.expect("dynamic_quantize_u8")
 
@@ -433,14 +438,7 @@ def test_dynamic_quantize_linear_large_takes_two_passes(quant_path):
     from engineroom.providers.cpu._threadpool import MIN_PARALLEL_WORK
 
     shape = (4, MIN_PARALLEL_WORK // 4 + 8)
-    x = (RNG.standard_normal(shape) * 2).astype(np.float32)
-    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
-    m = model([node], [vi("x", TensorProto.FLOAT, list(shape))],
-              [vi("y", TensorProto.UINT8, None), vi("s", TensorProto.FLOAT, None), vi("z", TensorProto.UINT8, None)])
-    ref, got = both(m, {"x": x})
-    for r, g in zip(ref, got):
-        assert g.dtype == r.dtype
-        np.testing.assert_array_equal(g, r)
+    _dql_matches_onnxruntime((RNG.standard_normal(shape) * 2).astype(np.float32))
     assert "dynamic_quantize_u8" not in quant_path.used
     quant_path.expect("quantize_u8")
 

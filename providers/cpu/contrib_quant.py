@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.plugin_sdk.geometry import softmax_blocks
-from engineroom.providers.cpu import intgemm
+from engineroom.providers.cpu import _threadpool, intgemm
 from engineroom.providers.cpu._contrib import (
     const,
     delegate,
@@ -26,9 +26,8 @@ from engineroom.providers.cpu._contrib import (
     requantize_lut,
     scalar,
 )
-from engineroom.providers.cpu.array_module import arrays
-from engineroom.providers.cpu import _threadpool
 from engineroom.providers.cpu._threadpool import MIN_QUIET_WORK, parallel_ranges
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.quantize import quantize_dynamic_u8
 from engineroom.providers.cpu.rnn import _activation_names, _activations, _masks, _reverse_index
 
