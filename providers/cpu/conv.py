@@ -10,7 +10,10 @@ tiles (``winograd.py``). Depthwise convolutions (one input channel per group) sk
 accumulate ``tap view * per-channel weight`` over the K kernel taps, channels-first over long rows or,
 for small images, channels-last. Where the compiled loops are available (``_jit_conv.py``, the ``jit``
 extra) 2-D depthwise convs run one pass per channel, 2-D im2col is compiled, and the bias, FusedConv's
-residual and its Relu/Clip are one pass after the GEMM. 1-D convolutions run as 2-D ones of height 1
+residual and its Relu/Clip are one pass after the GEMM; an ungrouped conv whose column matrix would be
+large (a 7x7 stem's) makes it a band of output rows at a time, each consumed by its GEMM while in cache.
+The dense (non-depthwise) paths hold BLAS at one thread: their GEMMs and compiled loops split over the
+provider's own pool (``_threadpool``), never OpenBLAS's threads. 1-D convolutions run as 2-D ones of height 1
 (every 2-D path serves them); on the NumPy path, strides with many phases (an STFT's hop of 160, a patch
 embedding) copy their windows pixel-major in one pass. ConvTranspose is in ``conv_transpose.py``.
 
@@ -332,7 +335,7 @@ class _ConvPlan:
         N = x.shape[0]
         spatial = tuple(x.shape[2:])
         pb, pe, out = self.geometry(spatial)
-        g, M, Cg, K = self.group, self.M, self.Cg, self.K
+        g, M, K = self.group, self.M, self.K
         P = math.prod(out) if out else 1
         # the result is always a fresh C-contiguous array of its own (fused kernels then work in place)
         y = xp.empty((N, M) + out, dtype=cdt)
