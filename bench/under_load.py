@@ -2,13 +2,15 @@
 """Latency under load: engineroom beside onnxruntime while another process keeps one core busy.
 
 usage: python bench/under_load.py [--models resnet18,bert_mini,ppocrv5_det] [--runs N] [--rounds R]
-                                  [--threads T] [--busy-core C] [--no-busy] [--steady] [--rw DIR]
+                                  [--threads T] [--busy-core C] [--no-busy] [--steady | --spinning] [--rw DIR]
 
 A busy process (a pure-Python loop) is pinned to core C (default: the last core this process may
 use) for the whole measurement; then each engine runs in its own process, rounds alternating
 A B A B, both with intra_op_num_threads = T (default 2), N timed runs per round after 3 warm-ups.
 Printed per model: p50 and p99 of each engine over all its runs, and the ratios engineroom /
-onnxruntime (the p99 ratio is issue 16's "steady under load" figure). Zoo models (resnet18,
+onnxruntime (the p99 ratio is issue 16's "steady under load" figure). Both engines run with their
+default threads unless --steady or --spinning sets session.intra_op.allow_spinning to "0" or "1" for
+both (engineroom's default is its sleeping worker pool; "1" puts its GEMMs on OpenBLAS's threads). Zoo models (resnet18,
 bert_mini, ...) take their inputs from ../shared/models/NAME.io.npz; realworld models (ppocrv5_det,
 ...) from the manifest's feed recipes (../shared/realworld/run_all.py), files under --rw. The
 measured processes run without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE; the BLAS kernel is printed.
@@ -42,9 +44,9 @@ def worker(engine: str, path: str, feed_file: str, runs: int, threads: int, out_
         import engineroom as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    if os.environ.get("UNDER_LOAD_STEADY"):
-        # onnxruntime's switch for shared machines, the same for both engines: worker threads that sleep
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if os.environ.get("UNDER_LOAD_SPINNING"):
+        # onnxruntime's switch, the same for both engines: "0" worker threads that sleep, "1" that spin
+        so.add_session_config_entry("session.intra_op.allow_spinning", os.environ["UNDER_LOAD_SPINNING"])
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     for _ in range(3):
         s.run(None, feed)
@@ -97,8 +99,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--busy-core", type=int, default=None)
     ap.add_argument("--no-busy", action="store_true", help="no busy process (the quiet baseline)")
-    ap.add_argument("--steady", action="store_true",
-                    help='both engines with session.intra_op.allow_spinning = "0" (threads that do not spin)')
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--steady", action="store_true",
+                      help='both engines with session.intra_op.allow_spinning = "0" (threads that do not spin)')
+    mode.add_argument("--spinning", action="store_true",
+                      help='both engines with session.intra_op.allow_spinning = "1" (threads that spin)')
     ap.add_argument("--rw", default="/work/rw", help="where fetch.sh put the realworld models")
     a = ap.parse_args()
     if a.worker:
@@ -106,8 +111,8 @@ def main() -> int:
         worker(eng, path, feed, int(runs), a.threads, out)
         return 0
     env = clean_env()
-    if a.steady:
-        env["UNDER_LOAD_STEADY"] = "1"
+    if a.steady or a.spinning:
+        env["UNDER_LOAD_SPINNING"] = "0" if a.steady else "1"
     cores = sorted(os.sched_getaffinity(0))
     busy_core = cores[-1] if a.busy_core is None else a.busy_core
     busy = None
@@ -115,7 +120,8 @@ def main() -> int:
         busy = subprocess.Popen(["taskset", "-c", str(busy_core), sys.executable, "-c", "while True: pass"])
     print(f"# {a.threads} threads for both engines; {a.rounds} alternating rounds x {a.runs} runs; "
           + ("no busy process" if busy is None else f"a busy process pinned to core {busy_core} of {cores}")
-          + ('; session.intra_op.allow_spinning = "0" for both' if a.steady else ""),
+          + (f'; session.intra_op.allow_spinning = "{env["UNDER_LOAD_SPINNING"]}" for both'
+             if "UNDER_LOAD_SPINNING" in env else "; both engines' default threads"),
           flush=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
