@@ -22,9 +22,9 @@ def models():
     return ensure()
 
 
-def _decoder(engine, path, iob):
+def _decoder(engine, path, iob, threads=1):
     so = engine.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     s = engine.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     return GreedyDecoder(s, engine, uses_shared_cache(path), use_iobinding=iob)
 
@@ -50,6 +50,18 @@ def test_generation_matches_onnxruntime(models, name, iob, batch):
         ids_theirs.append(it)
     assert len(ids_ours) == NEW_TOKENS
     np.testing.assert_array_equal(np.stack(ids_ours, 1), np.stack(ids_theirs, 1))
+
+
+def test_llama_two_threads_matches_onnxruntime(models):
+    """engineroom on two threads (MatMulNBits' column tiles split over the pool at the 64-token prompt and
+    at the LM head) against onnxruntime on one: the same logits and ids."""
+    path = models["llama_kv"]
+    prompt = np.random.default_rng(7).integers(0, 8192, (2, 64))
+    ours, theirs = _decoder(er, path, True, threads=2), _decoder(ort, path, True)
+    for step, ((lo, io_), (lt, it)) in enumerate(zip(ours.steps(prompt, 6), theirs.steps(prompt, 6))):
+        err = _rel(lo, lt)
+        assert err <= 1e-4, f"step {step}: logits differ from onnxruntime's by {err:.3g} of the largest"
+        np.testing.assert_array_equal(io_, it)
 
 
 def test_llama_plain_runs_and_prefill_logits(models):
