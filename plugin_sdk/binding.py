@@ -14,19 +14,25 @@ import threading
 from contextlib import contextmanager
 from typing import Any
 
-_state = threading.local()
+class _State(threading.local):
+    # a class default: a thread that never bound outputs reads None without getattr's AttributeError
+    # (~0.8 us a call, as much as the small Concat that asks)
+    buffers = None
+
+
+_state = _State()
 
 
 def bound_output(name: str) -> Any:
     """The host array bound to graph output ``name`` in the run in progress on this thread, or None."""
-    bufs = getattr(_state, "buffers", None)
+    bufs = _state.buffers
     return None if bufs is None else bufs.get(name)
 
 
 @contextmanager
 def bound_outputs(buffers: dict[str, Any]):
     """For the core: ``buffers`` (graph output name -> host array) are visible to kernels in this block."""
-    prev = getattr(_state, "buffers", None)
+    prev = _state.buffers
     _state.buffers = buffers or None
     try:
         yield

@@ -422,3 +422,22 @@ def test_tile_shapes_kept_per_input_shape_and_repeats():
         check(ref.run(None, feed), s.run(None, feed))
     with pytest.raises(er.RuntimeException, match="must not be negative"):
         s.run(None, {"x": np.ones((2, 3), np.float32), "r": np.array([2, -1], np.int64)})
+
+
+def test_bound_outputs_are_seen_on_their_own_thread_only():
+    """Concat asks ``bound_output`` on every call: None without IOBinding (a class default, no
+    AttributeError raised and caught per call), the bound array inside ``bound_outputs`` on that thread
+    alone, None again after it."""
+    import threading
+
+    from engineroom.plugin_sdk.binding import bound_output, bound_outputs
+
+    buf = np.zeros(3, np.float32)
+    seen = []
+    assert bound_output("y") is None
+    with bound_outputs({"y": buf}):
+        assert bound_output("y") is buf and bound_output("z") is None
+        t = threading.Thread(target=lambda: seen.append(bound_output("y")))
+        t.start()
+        t.join()
+    assert seen == [None] and bound_output("y") is None
