@@ -120,9 +120,10 @@ def normalizer(info):
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
 
     def run(x):
-        # a fresh float copy (float64 stays float64 until the end), divided in place: rows whose norm
-        # is 0 stay as they are
-        rows = x.astype(f64 if x.dtype == f64 else f32)
+        # float32/float64 read as they are (float64 stays float64 until the end), other types as float32;
+        # divided into a new array where no norm is 0 (one pass, no copy first), else a copy divided in
+        # place where the norm is not 0: rows whose norm is 0 stay as they are
+        rows = x if x.dtype == f32 or x.dtype == f64 else x.astype(f32)
         if rows.ndim == 1:
             rows = rows.reshape(1, -1)
         if norm == "MAX":
@@ -132,8 +133,9 @@ def normalizer(info):
         else:  # L2
             d = sqrt(add(rows * rows, 1, keepdims=True))
         if count_nonzero(d) == d.size:
-            rows /= d
+            rows = divide(rows, d)
         else:
+            rows = rows.copy()
             divide(rows, d, out=rows, where=d != 0)
         y = rows if rows.shape == x.shape else rows.reshape(x.shape)
         return (y if y.dtype == f32 else y.astype(f32),)
