@@ -24,7 +24,8 @@ def collector_paused():
     long-lived objects (the IR, views, kernels; the modules imported on first use), so the collector
     runs hundreds of times, each pass scanning what earlier passes kept: ~0.05-0.15 s of CPU per
     session (measured on the realworld set), peak memory unchanged. What is left for it afterwards it
-    collects in its next pass. A collector the caller disabled stays disabled."""
+    collects in its next pass. The switch is the process's: other threads' cycles wait as long. A
+    collector the caller disabled stays disabled."""
     if not gc.isenabled():
         yield
         return
