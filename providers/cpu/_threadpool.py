@@ -201,8 +201,8 @@ class _GemmTask:
     copies it into ``out`` only if the caller has not taken the chunk back. The caller, out of chunks,
     waits for the workers' chunks about as long as one of its own took, then computes the unfinished ones
     itself and returns: a worker whose core another process holds costs the GEMM at most one chunk,
-    never a time slice (its late result is dropped). Under load, waiting instead stalled bert_mini's
-    8-chunk GEMMs 9-72 ms each."""
+    never a time slice (its late result is dropped). Waiting for every chunk, bert_mini's 8-chunk GEMMs
+    (~0.2 ms) took 9-72 ms each in its slowest runs with another process on the second core."""
 
     __slots__ = ("chunks", "claim", "state", "lock", "done", "finished")
 
