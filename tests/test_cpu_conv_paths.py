@@ -362,6 +362,27 @@ def test_conv_transpose(C, M, H, W, k, s, pads, out_pad, batch, group, jit, monk
     check_conv_transpose(x, w, b, pads, (s, s), out_pad, group, jit, monkeypatch)
 
 
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("C,M,H,W,loop", [(16, 32, 4, 6, "col2im_channels_last"),   # small image, many channels
+                                          (16, 32, 60, 6, "col2im_rows"),    # its accumulator past the limit
+                                          (6, 4, 20, 18, "col2im_rows")])
+def test_conv_transpose_col2im_order(C, M, H, W, loop, monkeypatch):
+    """The compiled col2im's loop order: channels-last only where its accumulator stays small."""
+    real_load = _jit.load
+    real = real_load("conv_transpose")
+    used = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            return lambda *a: used.append(name) or fn(*a)
+
+    monkeypatch.setattr(_jit, "load", lambda name: Spy() if name == "conv_transpose" else real_load(name))
+    x, w, b = rand(1, C, H, W), rand(C, M, 4, 4), rand(M)
+    check_conv_transpose(x, w, b, (1, 1, 1, 1), (2, 2), (0, 0), 1, True, monkeypatch)
+    assert used and set(used) == {loop}
+
+
 @pytest.mark.parametrize("jit", JIT_PATHS)
 @pytest.mark.parametrize("strides,dilations,pads,out_pad", [((2, 1), (2, 1), (1, 0, 2, 1), (1, 0)),
                                                             ((1, 3), (1, 2), (0, 1, 0, 1), (0, 2)),
