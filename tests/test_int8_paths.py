@@ -106,7 +106,7 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
     from engineroom.providers.cpu import _threadpool, intgemm
 
     assert rows[0] * rows[1] * K * max(N, 32) >= intgemm._INT8_PARALLEL_MACS
-    monkeypatch.setattr(intgemm, "_gate", intgemm._SplitGate())     # new: its first product splits
+    monkeypatch.setattr(intgemm, "_gate", intgemm.SplitGate())     # new: its first product splits
     parts = []
     run = _threadpool.WorkerPool.run
     monkeypatch.setattr(_threadpool.WorkerPool, "run",
@@ -125,7 +125,7 @@ def test_split_gate_follows_the_timings():
     path probed after _GATE_PROBE products, then less often each time it loses."""
     from engineroom.providers.cpu import intgemm
 
-    g = intgemm._SplitGate()
+    g = intgemm.SplitGate()
     assert g.choose() is True
     g.record(True, 2.0)                 # split: 2 ns a multiply-add (a busy machine)
     assert g.choose() is False
@@ -141,7 +141,7 @@ def test_split_gate_follows_the_timings():
 
     picks = run(intgemm._GATE_PROBE * 3, 2.0, 1.0)      # probes at 16, then 32 products later
     assert picks.count(True) == 2, [i for i, p in enumerate(picks) if p]
-    g = intgemm._SplitGate()
+    g = intgemm.SplitGate()
     run(2, 2.0, 1.0)
     picks = run(200, 0.5, 1.0)          # the machine quiets down: the split wins its probe and stays
     assert picks[-100:].count(False) <= 100 // intgemm._GATE_PROBE + 1 and picks[-1] is True

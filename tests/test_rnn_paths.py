@@ -136,7 +136,7 @@ def _spy_on_splits(monkeypatch, module, gate: str) -> list:
         return _threadpool.parallel_ranges(fn, n, work)
 
     monkeypatch.setattr(module, "parallel_ranges", spy)
-    monkeypatch.setattr(module, gate, intgemm._SplitGate())
+    monkeypatch.setattr(module, gate, intgemm.SplitGate())
     return splits
 
 

@@ -1,5 +1,6 @@
-"""Compiled (numba) loop for dynamic quantization, float32: DynamicQuantizeLinear's quantization to uint8
-in one pass (its range comes from NumPy's min and max, which are SIMD reductions already).
+"""Compiled (numba) loops for dynamic quantization, float32: DynamicQuantizeLinear's quantization to uint8
+in one pass (its range from ``_jit_elementwise.min_max``, split over the pool on large tensors), and the
+whole op in one call for the smaller ones (``dynamic_quantize_u8``).
 
 NumPy needs five passes over the activation to quantize it (divide, rint, add the zero point, clip,
 cast); here it is one. The results are NumPy's bit for bit: a float32 division by the scale, rounding

@@ -692,7 +692,7 @@ def _quantized_rows(batch: int, hidden: int) -> int:
 
 
 # whether running a layer's directions on two threads pays now (``intgemm.gated``)
-_dq_lstm_gate = intgemm._SplitGate()
+_dq_lstm_gate = intgemm.SplitGate()
 
 
 @host_kernel("DynamicQuantizeLSTM", MS, since=1, types=(np.float32,), host_inputs=(4,))

@@ -176,7 +176,7 @@ _GATE_PROBE = 16
 _GATE_PROBE_MAX = 1024
 
 
-class _SplitGate:
+class SplitGate:
     """Whether splitting the products over the pool pays now, learnt from the products themselves: the
     time per multiply-add of split and of one-thread products (moving averages). On a quiet machine the
     split halves them; with the cores oversubscribed the worker joins late and the caller waits for it
@@ -219,10 +219,10 @@ class _SplitGate:
                 self.every = min(2 * self.every, _GATE_PROBE_MAX)
 
 
-_gate = _SplitGate()
+_gate = SplitGate()
 
 
-def gated(gate: _SplitGate, work: int, split, serial) -> None:
+def gated(gate: SplitGate, work: int, split, serial) -> None:
     """``split()`` or ``serial()`` (the same work on the pool or on the caller's thread), as ``gate`` says,
     its time per unit of ``work`` recorded: for the other kernels that split independent work over the
     pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own."""
@@ -238,7 +238,7 @@ def gated(gate: _SplitGate, work: int, split, serial) -> None:
 def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     """``fn(a2, *rest, c, p0, p1)`` (a compiled kernel that releases the GIL) over B's panels 0..panels,
     split over the CPU provider's worker pool (``_threadpool``) where the product is large enough, the
-    pool has threads and splitting pays (``_SplitGate``): by column blocks where B has panels enough (each
+    pool has threads and splitting pays (``SplitGate``): by column blocks where B has panels enough (each
     thread then reads only its share of B), else by blocks of rows (a product with few columns and many
     rows: tashkeel's attention score, 8192 x 512 by 512 x 1)."""
     from engineroom.providers.cpu import _threadpool

@@ -7,8 +7,9 @@ newer attributes simply default to the older behaviour.
 
 Integer targets round half to even and clip to the type's range; float8/float4 targets are cast
 by ml_dtypes (round to nearest even), clipped first to +-max when ``saturate`` asks for it.
-DynamicQuantizeLinear runs as two compiled passes with the ``jit`` extra (the range in ``_jit_elementwise``, the
-quantization in ``_jit_quant``), split over the provider's pool on large tensors.
+DynamicQuantizeLinear runs compiled with the ``jit`` extra: one call below the pool's split size (range, scale,
+zero point and quantization: ``_jit_quant.dynamic_quantize_u8``), else two passes split over the provider's
+pool (the range in ``_jit_elementwise``, the quantization in ``_jit_quant``).
 """
 from __future__ import annotations
 

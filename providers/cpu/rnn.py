@@ -248,7 +248,7 @@ def _factory(info):
 
 
 # whether running a bidirectional layer's directions on two threads pays now (``intgemm.gated``)
-_directions_gate = intgemm._SplitGate()
+_directions_gate = intgemm.SplitGate()
 
 
 def _activation_names(info, defaults: list[str], num_dirs: int) -> list[list[str]]:
