@@ -402,8 +402,9 @@ def test_conv_transpose_float64(jit, monkeypatch):
 
 @pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
 @pytest.mark.parametrize("case", [
-    dict(C=48, M=48, H=40, W=40, k=3, strides=(1, 1), group=48),           # depthwise, flat 3x3
-    dict(C=32, M=64, H=45, W=47, k=5, strides=(2, 2), group=32),           # depthwise, multiplier 2, strips
+    # depthwise loops split from conv._DW_SPLIT_MIN_MACS (8M multiply-adds) only
+    dict(C=48, M=48, H=140, W=140, k=3, strides=(1, 1), group=48),         # depthwise, flat 3x3
+    dict(C=32, M=64, H=147, W=151, k=5, strides=(2, 2), group=32),         # depthwise, multiplier 2, strips
     dict(C=48, M=40, H=91, W=85, k=3, strides=(2, 2), group=1),            # compiled im2col + bias/clip pass
     dict(C=96, M=96, H=56, W=56, k=3, strides=(1, 1), group=1),            # Winograd's compiled transforms
     dict(C=64, M=96, H=80, W=80, k=1, strides=(1, 1), group=1),            # 1x1: the bias/residual/clip pass
@@ -429,3 +430,20 @@ def test_split_over_threads_equals_one_thread(monkeypatch, case):
                                  z=None if g > 1 else z, rtol=3e-4)   # Winograd F(4,3) over 96 channels
             assert (max(parts, default=1) > 1) == (threads == 2), parts
     np.testing.assert_array_equal(got[1], got[2])
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("C,H,k,stride", [(64, 56, 3, 1), (128, 28, 3, 2), (256, 14, 5, 1)])
+def test_small_depthwise_stays_on_the_callers_thread(monkeypatch, C, H, k, stride):
+    """PP-LCNet / MobileNet-sized depthwise loops (below conv._DW_SPLIT_MIN_MACS) are one call at 2 threads:
+    split over the pool they ran slower than one call (the worker woke too late to take its share)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl sets the pool's thread count")
+    from engineroom.providers.cpu import _threadpool as tp
+
+    parts = []
+    run = tp.WorkerPool.run
+    monkeypatch.setattr(tp.WorkerPool, "run", lambda self, fn, args: (parts.append(len(args)), run(self, fn, args)))
+    x, w, b = rand(1, C, H, H), rand(C, 1, k, k), rand(C)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), steady_mode():
+        check(x, w, b, pads=(k // 2,) * 4, strides=(stride, stride), group=C, clip=(0.0, 6.0))
+    assert parts == [], parts

@@ -169,6 +169,11 @@ _DW_NCHW_MIN_ROW = 512
 # strided im2col on the NumPy path: at most this many stride-phase combinations go through the phase
 # planes (a stride-2 3x3 conv has 4), more (an STFT's hop of 160) take one pixel-major copy
 _MAX_PHASE_COMBOS = 16
+# compiled depthwise loops split over the CPU provider's pool only from this many multiply-adds: measured on
+# the shared 2-core VM, halves or quarters over the pool ran slower than one call up to ~400 us of loop
+# (C16 112x112 80 -> 90-99 us, C128 28x28 61 -> 90-101, C96 112x112 s2 358 -> 380, C256 56x56 379 -> 401-410):
+# the worker wakes too late to take its share
+_DW_SPLIT_MIN_MACS = 1 << 23
 # ungrouped 2-D convs whose column matrix would hold at least _BAND_MIN_COLS floats make it a band of
 # output rows at a time, each band about _BAND_COLS floats (512 KB: in L2 with the GEMM's packed panels)
 _BAND_MIN_COLS = 1 << 20
@@ -350,7 +355,10 @@ class _ConvPlan:
                 def part(c0, c1):       # input channels c0..c1 and their outputs
                     self.jit.depthwise2d(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
                                          y[:, c0 * mult:c1 * mult], *args)
-                _over_channels(part, N, g, M * P * K)
+                if M * P * K >= _DW_SPLIT_MIN_MACS:
+                    _over_channels(part, N, g, M * P * K)
+                else:
+                    part(0, g)
                 return y, self._hard_pass(y, hard)
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
