@@ -7,7 +7,6 @@ import numpy as np
 from engineroom.providers.cpu.registry import array_kernel, kernel
 from engineroom.providers.cpu.shape import _axis, _host, _ints
 
-
 # shorter axes take the partition path too from this many elements in all (its NumPy calls cost ~20 us
 # a call, a full stable sort grows with the rows): a CTC decoder's top 8 of 223 classes over 128 steps,
 # 771 -> 302 us; 128 x 64 154 -> 103 us; one row of 223 stays sorted (8 us against 26)
