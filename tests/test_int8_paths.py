@@ -77,6 +77,8 @@ def _dynamic_matmul_model(K, N, w_dtype, per_column, rank3):
     (37, 40, np.int8, True, False, (7,)),             # K, N and M off the kernel's blocks
     (300, 70, np.uint8, True, False, (5,)),           # uint8 weights, per-column zero points
     (64, 33, np.uint8, False, True, (1, 3)),
+    (100, 70, np.uint8, True, False, (70,)),          # AMX: 64 rows on tiles, 6 on VNNI; K padded to 128
+    (200, 130, np.int8, False, True, (3, 25)),        # AMX for 64 of 75 rows, the scaled kernel
 ])
 def test_dynamic_matmul_pattern_fused(int8_path, K, N, w_dtype, per_column, rank3, rows):
     m = _dynamic_matmul_model(K, N, w_dtype, per_column, rank3)
@@ -86,7 +88,8 @@ def test_dynamic_matmul_pattern_fused(int8_path, K, N, w_dtype, per_column, rank
     assert got[0].dtype == np.float32 and got[0].shape == ref[0].shape
     np.testing.assert_array_equal(got[0], ref[0])
     # per-tensor weight zero points run the kernel with the scaling inside, per-column ones the plain one
-    int8_path.expect("gemm_u8s8" if w_dtype == np.uint8 else "gemm_u8s8_scaled", taken=bool(_vnni()))
+    int8_path.expect(_kernel("gemm_u8s8" if w_dtype == np.uint8 else "gemm_u8s8_scaled", int(np.prod(rows))),
+                     taken=bool(_vnni()))
 
 
 def test_dynamic_matmul_pattern_two_threads(int8_path):
@@ -115,7 +118,7 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
     x = (RNG.standard_normal(rows + (K,)) * 1.5 + 0.3).astype(np.float32)
     ref, got, _, _ = run_both(m, {"x": x}, threads=2)
     np.testing.assert_array_equal(got[0], ref[0])
-    int8_path.expect("gemm_u8s8_scaled", taken=bool(_vnni()))
+    int8_path.expect(_kernel("gemm_u8s8_scaled", int(np.prod(rows))), taken=bool(_vnni()))
     if int8_path.jit and _vnni():
         assert parts and parts[0] == 2 * intgemm._INT8_BLOCKS_PER_THREAD, parts
 
@@ -145,6 +148,14 @@ def test_split_gate_follows_the_timings():
     run(2, 2.0, 1.0)
     picks = run(200, 0.5, 1.0)          # the machine quiets down: the split wins its probe and stays
     assert picks[-100:].count(False) <= 100 // intgemm._GATE_PROBE + 1 and picks[-1] is True
+
+
+def _kernel(name: str, rows: int) -> str:
+    """The compiled product that runs for A of ``rows`` rows: its AMX form where this CPU and OS give the tiles
+    and A has a block of 32 rows, else the VNNI one."""
+    from engineroom.providers.cpu import intgemm
+
+    return name.replace("gemm_u8s8", "gemm_u8s8_amx") if intgemm.amx_config() is not None and rows >= 32 else name
 
 
 def _vnni() -> bool:

@@ -16,10 +16,15 @@ where it is the VNNI one (float32 BLAS is faster than the generic form).
 """
 from __future__ import annotations
 
+import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
+
+# the AMX kernels are inline assembly: the object emitter needs the host's assembly parser (the
+# ahead-of-time build does not set it up by itself)
+_llvm.initialize_native_asmparser()
 
 MR = 4          # rows of A per micro-kernel
 NR = 32         # columns of B per panel (two 16-lane accumulators per row)
@@ -168,6 +173,102 @@ def _prefetch_share(next_panel, panel_bytes, block, blocks):  # pragma: no cover
         _prefetch(next_panel + line * 64)
 
 
+# --- AMX (Sapphire Rapids and later): tdpbusd multiplies a 16 x 64 tile of unsigned bytes by a 16 x 64 tile
+# of signed bytes in the same four-K-steps-per-column layout as the packed panels (16 columns of one panel
+# are a tile: 16 rows of K/4 at a 128-byte stride), into a 16 x 16 int32 tile: 16,384 multiply-adds an
+# instruction. Tiles 0, 1: 32 rows of A; 2, 3: the panel's two halves; 4-7: the 32 x 32 int32 block of C.
+# Written as inline assembly: the ahead-of-time build targets the host CPU by name, which LLVM may not know
+# to have AMX (a VM's "rocketlake"), so the tile intrinsics would not select; the assembler takes them. The
+# process must ask the kernel for the tile state first (``intgemm.amx_config``), else the first tile
+# instruction faults; the caller passes the 64-byte tile configuration it made then.
+
+def _asm(builder, text, constraint, args):
+    fnty = ir.FunctionType(ir.VoidType(), [a.type for a in args])
+    builder.call(ir.InlineAsm(fnty, text, constraint + ",~{memory}" if constraint else "~{memory}",
+                              side_effect=True), args)
+
+
+@intrinsic
+def _amx_begin(typingctx, cfg_addr):
+    """ldtilecfg: the tiles' shapes for this thread (the 64-byte configuration at cfg_addr)."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        _asm(builder, "ldtilecfg ($0)", "r", [builder.inttoptr(args[0], _I8.as_pointer())])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _amx_end(typingctx):
+    """tilerelease: the tile state back to its initial (cheap to save) form."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        _asm(builder, "tilerelease", "", [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _amx_block(typingctx, a_addr, lda, b_addr, c_addr, ldc, k64):
+    """C (32 x 32 int32 at c_addr, row stride ldc bytes) = A (32 rows at a_addr, row stride lda) @ the panel at
+    b_addr (K/4 rows of 128 bytes), K = 64 * k64: exact, wrapping as vpdpbusd."""
+    sig = types.void(*(types.int64,) * 6)
+
+    def codegen(context, builder, signature, args):
+        a_addr, lda, b_addr, c_addr, ldc, k64 = args
+        p8 = _I8.as_pointer()
+
+        def load(tile, addr, stride):
+            _asm(builder, f"tileloadd ($0,$1,1), %tmm{tile}", "r,r", [builder.inttoptr(addr, p8), stride])
+
+        for n in (4, 5, 6, 7):
+            _asm(builder, f"tilezero %tmm{n}", "", [])
+        entry = builder.basic_block
+        loop = builder.append_basic_block("amx.loop")
+        done = builder.append_basic_block("amx.done")
+        builder.cbranch(builder.icmp_signed(">", k64, ir.Constant(_I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(_I64)
+        k.add_incoming(ir.Constant(_I64, 0), entry)
+        a0 = builder.add(a_addr, builder.mul(k, ir.Constant(_I64, 64)))
+        b0 = builder.add(b_addr, builder.mul(k, ir.Constant(_I64, 16 * 4 * NR)))
+        stride_b = ir.Constant(_I64, 4 * NR)
+        load(0, a0, lda)
+        load(1, builder.add(a0, builder.mul(lda, ir.Constant(_I64, 16))), lda)
+        load(2, b0, stride_b)
+        load(3, builder.add(b0, ir.Constant(_I64, 64)), stride_b)
+        for c_tile, a_tile, b_tile in ((4, 0, 2), (5, 0, 3), (6, 1, 2), (7, 1, 3)):
+            _asm(builder, f"tdpbusd %tmm{b_tile}, %tmm{a_tile}, %tmm{c_tile}", "", [])    # C += A . B
+        k1 = builder.add(k, ir.Constant(_I64, 1))
+        k.add_incoming(k1, loop)
+        builder.cbranch(builder.icmp_signed("<", k1, k64), loop, done)
+        builder.position_at_end(done)
+        c2 = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, 16)))
+        for n, cp in ((4, c_addr), (5, builder.add(c_addr, ir.Constant(_I64, 64))), (6, c2),
+                      (7, builder.add(c2, ir.Constant(_I64, 64)))):
+            _asm(builder, f"tilestored %tmm{n}, ($0,$1,1)", "r,r", [builder.inttoptr(cp, p8), ldc])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _amx_flag(typingctx):
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        import llvmlite.binding as llvm
+
+        f = llvm.get_host_cpu_features()
+        return ir.Constant(_I64, 1 if f.get("amx-int8") and f.get("amx-tile") else 0)
+
+    return sig, codegen
+
+
 @intrinsic
 def _vnni_flag(typingctx):
     sig = types.int64()
@@ -220,8 +321,64 @@ def gemm_u8s8_scaled(a, bp, corr, scale, c, p0, p1):  # pragma: no cover (compil
 
 @njit(nogil=True)
 def vnni(out):  # pragma: no cover (compiled)
-    """out[0] = 1 where gemm_u8s8 was built with VNNI instructions, else 0."""
+    """out[0] = 1 where gemm_u8s8 was built with VNNI instructions, else 0; out[1] = 1 where the host has AMX
+    (the gemm_u8s8_amx kernels may run, once the process has the tile state)."""
     out[0] = np.uint8(_vnni_flag())
+    out[1] = np.uint8(_amx_flag())
+
+
+@njit(nogil=True, boundscheck=False)
+def gemm_u8s8_amx(a, bp, c, p0, p1, cfg):  # pragma: no cover (compiled)
+    """gemm_u8s8 with whole blocks of 32 rows on AMX tiles (K a multiple of 64), the rows left on the VNNI
+    micro-kernel; cfg the 64-byte tile configuration (``intgemm.amx_config``)."""
+    M, K = a.shape
+    m32 = M // 32 * 32 if K % 64 == 0 else 0
+    ldc = c.shape[1]
+    p1 = min(p1, ldc // (4 * NR))
+    pbytes = (K // 4) * 4 * NR
+    if m32:
+        a0, b0, c0 = a.ctypes.data, bp.ctypes.data, c.ctypes.data
+        _amx_begin(cfg.ctypes.data)
+        for p in range(p0, p1):
+            for i in range(0, m32, 32):
+                _amx_block(a0 + i * K, K, b0 + p * pbytes, c0 + i * ldc + p * NR * 4, ldc, K // 64)
+        _amx_end()
+    if m32 < M:
+        _drive(a[m32:], bp.ctypes.data, c.ctypes.data + m32 * ldc, ldc, p0, p1, 0, 0, False)
+
+
+@njit(nogil=True, boundscheck=False)
+def gemm_u8s8_amx_scaled(a, bp, corr, scale, c, p0, p1, cfg):  # pragma: no cover (compiled)
+    """gemm_u8s8_scaled with whole blocks of 32 rows on AMX tiles, as gemm_u8s8_amx: the int32 products into
+    a scratch array, then float32(product - corr) * scale (one rounding each: the micro-kernel's numbers)."""
+    M, K = a.shape
+    m32 = M // 32 * 32 if K % 64 == 0 else 0
+    width = c.shape[1]
+    p1 = min(p1, width // NR)
+    pbytes = (K // 4) * 4 * NR
+    if m32 and p1 > p0:
+        # the int32 blocks of all the panels first, then one pass converts them (a contiguous loop that
+        # vectorizes; converting each block as it comes cost as much as the tiles' products)
+        cols = (p1 - p0) * NR
+        tmp = np.empty((m32, cols), np.int32)
+        cw = corr.view(np.int32)
+        a0, b0, t0 = a.ctypes.data, bp.ctypes.data, tmp.ctypes.data
+        _amx_begin(cfg.ctypes.data)
+        for p in range(p0, p1):
+            for i in range(0, m32, 32):
+                _amx_block(a0 + i * K, K, b0 + p * pbytes, t0 + (i * cols + (p - p0) * NR) * 4, cols * 4, K // 64)
+        _amx_end()
+        # the difference is the exact sum of (a - za) b, within int32 (INT8_MAX_K): no wrap to emulate
+        cz = cw[p0 * NR:p1 * NR]
+        sz = scale[p0 * NR:p1 * NR]
+        for r in range(m32):
+            tr = tmp[r]
+            cr = c[r, p0 * NR:p1 * NR]
+            for j in range(cols):
+                cr[j] = np.float32(tr[j] - cz[j]) * sz[j]
+    if m32 < M:
+        _drive(a[m32:], bp.ctypes.data, c.ctypes.data + m32 * width * 4, width * 4, p0, p1, corr.ctypes.data,
+               scale.ctypes.data, True)
 
 
 # the variants compiled ahead of time (see _jit): argument kinds, dtypes (bytes only: the variant dtype is
@@ -230,4 +387,6 @@ AOT = {
     "gemm_u8s8": ("U2 U2 U2 i i", ("f4",)),
     "gemm_u8s8_scaled": ("U2 U2 U1 A1 A2 i i", ("f4",)),
     "vnni": ("U1", ("f4",)),
+    "gemm_u8s8_amx": ("U2 U2 U2 i i U1", ("f4",)),
+    "gemm_u8s8_amx_scaled": ("U2 U2 U1 A1 A2 i i U1", ("f4",)),
 }

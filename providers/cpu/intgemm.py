@@ -19,6 +19,8 @@ float64 BLAS serves: exact while the bound stays under 2**53.
 """
 from __future__ import annotations
 
+import platform
+import sys
 import time
 
 import numpy as np
@@ -146,6 +148,8 @@ def join_split(y, group: int):
 # lanes wrap, and the corrections below are taken modulo 2**32 too, so the result is exact up to here
 INT8_MAX_K = (2 ** 31 - 1) // (255 * 255)
 _VNNI: bool | None = None   # whether the compiled module is the VNNI build (known once it loads)
+_AMX: np.ndarray | None = None  # the AMX tile configuration where the tile kernels may run (amx_config)
+_AMX_ASKED = False
 
 
 def int8_kernels():
@@ -158,10 +162,43 @@ def int8_kernels():
     if mod is None:
         return None                     # not built (yet), or the NumPy paths asked for
     if _VNNI is None:
-        flag = np.zeros(1, np.uint8)
+        flag = np.zeros(2, np.uint8)
         mod.vnni(flag)
         _VNNI = bool(flag[0])
+        if flag[1]:
+            _ask_for_tiles()
     return mod if _VNNI else None
+
+
+def _ask_for_tiles() -> None:
+    """Ask Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA: without it the
+    first tile instruction kills the process) and make the tile configuration the AMX kernels load: tiles
+    0-7 of 16 rows of 64 bytes. Nothing where the request fails (another OS, an older kernel)."""
+    global _AMX, _AMX_ASKED
+    if _AMX_ASKED:
+        return
+    _AMX_ASKED = True
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(158, 0x1023, 18) != 0:        # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XTILEDATA
+            return
+    except (OSError, AttributeError):
+        return
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1                                        # palette 1
+    cfg[16:48].view(np.uint16)[:8] = 64               # bytes a row, tiles 0-7
+    cfg[48:56] = 16                                   # rows
+    _AMX = cfg
+
+
+def amx_config() -> np.ndarray | None:
+    """The tile configuration for ``_jit_int8.gemm_u8s8_amx*`` where they may run (the module built for a
+    host with AMX and the tile state granted to this process), else None. ``int8_kernels`` asks first."""
+    return _AMX if int8_kernels() is not None else None
 
 
 # below this many multiply-adds one thread does the product: waking a worker costs tens of microseconds
@@ -258,6 +295,16 @@ def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     gated(_gate, macs, lambda: _threadpool._pool(threads).run(fn, args), lambda: fn(a2, *rest, c, 0, panels))
 
 
+def _with_tiles(kern, name: str, a2):
+    """The kernel ``name`` of ``kern``, or its AMX form (the tile configuration bound as its last argument)
+    where AMX runs here and A has a block of 32 rows to give it."""
+    cfg = _AMX
+    if cfg is None or a2.shape[0] < 32:
+        return getattr(kern, name)
+    amx = getattr(kern, name.replace("gemm_u8s8", "gemm_u8s8_amx"))
+    return lambda *args: amx(*args, cfg)
+
+
 def _pool_threads(tp) -> int:
     """The pool's size as ``_threadpool.matmul`` takes it: BLAS's thread count outside the provider's
     calls (what ``intra_op_num_threads`` set), read without changing it."""
@@ -281,7 +328,7 @@ class Int8Matrix:
         zb = zb - shift
         self.zb = zb if zb.any() else None
         self.colsum = bs.sum(axis=0, dtype=np.int64)
-        self.Kp = -(-self.K // 4) * 4
+        self.Kp = -(-self.K // 64) * 64      # the AMX tiles take K in steps of 64 (zeros add nothing)
         self.panels = -(-self.N // 32)
         full = bs
         if (self.Kp, self.panels * 32) != bs.shape:
@@ -330,7 +377,7 @@ class Int8Matrix:
         mult[:self.N] = scale
         mult[self.N:] = 0
         c = np.empty((a2.shape[0], width), np.float32)
-        _panels_over_pool(kern.gemm_u8s8_scaled, a2, c, (self.packed, corr, mult), self.panels,
+        _panels_over_pool(_with_tiles(kern, "gemm_u8s8_scaled", a2), a2, c, (self.packed, corr, mult), self.panels,
                           a2.shape[0] * self.Kp * width)
         if c.shape != (M, self.N):
             c = c[:M, :self.N]
@@ -342,7 +389,7 @@ class Int8Matrix:
         lead = a.shape[:-1]
         a2, M, za = self._rows(a, za)
         c = np.empty((a2.shape[0], self.panels * 32), np.int32)
-        _panels_over_pool(kern.gemm_u8s8, a2, c.view(np.uint8), (self.packed,), self.panels,
+        _panels_over_pool(_with_tiles(kern, "gemm_u8s8", a2), a2, c.view(np.uint8), (self.packed,), self.panels,
                           a2.shape[0] * self.Kp * self.panels * 32)
         # (a - za)(b - zb) = ab - za * colsum(b) - zb * rowsum(a) + K * za * zb, in int32 modulo 2**32
         acc = c[:M, :self.N] - (za * self.colsum).astype(np.int32)
