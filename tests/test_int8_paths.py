@@ -124,17 +124,12 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
 
 
 def test_split_gate_follows_the_timings():
-    """The split gate: split first, then one thread, then whichever was faster per multiply-add, the other
-    path probed after _GATE_PROBE products, then less often each time it loses."""
+    """The split gate: split twice, then one thread twice (the first of each not counted), then whichever
+    was faster per multiply-add, the other path probed after _GATE_PROBE products, then less often each time
+    it loses."""
     from engineroom.providers.cpu import intgemm
 
-    g = intgemm.SplitGate()
-    assert g.choose() is True
-    g.record(True, 2.0)                 # split: 2 ns a multiply-add (a busy machine)
-    assert g.choose() is False
-    g.record(False, 1.0)
-
-    def run(n, split_ns, serial_ns):
+    def run(g, n, split_ns, serial_ns):
         picks = []
         for _ in range(n):
             p = g.choose()
@@ -142,11 +137,16 @@ def test_split_gate_follows_the_timings():
             g.record(p, split_ns if p else serial_ns)
         return picks
 
-    picks = run(intgemm._GATE_PROBE * 3, 2.0, 1.0)      # probes at 16, then 32 products later
+    g = intgemm.SplitGate()
+    assert g.choose() is True
+    g.record(True, 50.0)                # a first split (threads starting): not counted
+    assert run(g, 3, 2.0, 1.0) == [True, False, False]
+    assert g.split == 2.0 and g.serial == 1.0
+    picks = run(g, intgemm._GATE_PROBE * 3, 2.0, 1.0)   # a busy machine: probes at 16, then 32 later
     assert picks.count(True) == 2, [i for i, p in enumerate(picks) if p]
     g = intgemm.SplitGate()
-    run(2, 2.0, 1.0)
-    picks = run(200, 0.5, 1.0)          # the machine quiets down: the split wins its probe and stays
+    run(g, 4, 2.0, 1.0)
+    picks = run(g, 200, 0.5, 1.0)       # the machine quiets down: the split wins its probe and stays
     assert picks[-100:].count(False) <= 100 // intgemm._GATE_PROBE + 1 and picks[-1] is True
 
 

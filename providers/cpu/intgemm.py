@@ -219,20 +219,23 @@ class SplitGate:
     split halves them; with the cores oversubscribed the worker joins late and the caller waits for it
     (T5's 56 products at load 9 on 2 cores: 31.7 ms one thread, 52.8 ms split, best of 20), and the
     products stay on the caller's thread until a probe finds the split paying again. Either path gives
-    the same bits."""
+    the same bits. Each path runs twice first, its first time not counted (the pool's threads start then,
+    caches are cold: thai_oskut_lstm's first split layer looked slower than one thread, the later ones
+    were 15 ms faster a run)."""
 
-    __slots__ = ("split", "serial", "n", "every", "prefer")
+    __slots__ = ("split", "serial", "n", "every", "prefer", "warm")
 
     def __init__(self) -> None:
         self.split = self.serial = 0.0      # ns per multiply-add; 0.0 until measured
         self.n = 0
         self.every = _GATE_PROBE
         self.prefer = True
+        self.warm = [0, 0]                  # samples taken: one thread, split
 
     def choose(self) -> bool:
-        if not self.split:
+        if self.warm[1] < 2:
             return True
-        if not self.serial:
+        if self.warm[0] < 2:
             return False
         self.n += 1
         if self.n >= self.every:            # a probe of the other path
@@ -241,6 +244,9 @@ class SplitGate:
         return self.prefer
 
     def record(self, split: bool, ns_per_mac: float) -> None:
+        self.warm[split] += 1
+        if self.warm[split] == 1:           # a first run: warm-up, not counted
+            return
         old = self.split if split else self.serial
         # the preferred path's time averaged; a probe's taken as it is (it stands for the load now)
         new = ns_per_mac if not old or split != self.prefer else 0.75 * old + 0.25 * ns_per_mac
