@@ -256,27 +256,27 @@ def _amx_block(typingctx, a_addr, lda, b_addr, c_addr, ldc, k64):
     return sig, codegen
 
 
-@intrinsic
-def _amx_flag(typingctx):
-    sig = types.int64()
+def _host_has_amx() -> bool:
+    import llvmlite.binding as llvm
 
-    def codegen(context, builder, signature, args):
-        import llvmlite.binding as llvm
-
-        f = llvm.get_host_cpu_features()
-        return ir.Constant(_I64, 1 if f.get("amx-int8") and f.get("amx-tile") else 0)
-
-    return sig, codegen
+    f = llvm.get_host_cpu_features()
+    return bool(f.get("amx-int8")) and bool(f.get("amx-tile"))
 
 
-@intrinsic
-def _vnni_flag(typingctx):
-    sig = types.int64()
+def _flag(test):
+    """A compiled constant: 1 where ``test()`` held on the machine that built the module, else 0."""
+    @intrinsic
+    def flag(typingctx):
+        def codegen(context, builder, signature, args):
+            return ir.Constant(_I64, 1 if test() else 0)
 
-    def codegen(context, builder, signature, args):
-        return ir.Constant(_I64, 1 if _host_has_vnni() else 0)
+        return types.int64(), codegen
 
-    return sig, codegen
+    return flag
+
+
+_vnni_flag = _flag(_host_has_vnni)
+_amx_flag = _flag(_host_has_amx)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
