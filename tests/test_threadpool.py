@@ -35,7 +35,7 @@ SHAPES = [
     ((3136, 64), (64, 96)),            # a tall one: split along the rows
     ((16, 64, 96), (16, 96, 200)),     # a batch of equal GEMMs (Winograd): split along the batch
     ((16, 64, 96), (96, 300)),         # a batch times one 2-D weight
-    ((2, 1, 300, 80), (3, 80, 90)),    # broadcast batch: split along the rows
+    ((2, 1, 600, 160), (3, 160, 180)),  # broadcast batch: split along the rows
     ((1, 7), (7, 5)),                  # tiny: one BLAS call
 ]
 

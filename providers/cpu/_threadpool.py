@@ -36,8 +36,10 @@ import numpy as np
 # GEMM_MULTITHREAD_THRESHOLD): nothing to hold or split there
 BLAS_SINGLE_MACS = 65536 * 4
 # below this many multiply-adds one BLAS call on the caller's thread is cheaper than waking a worker
-# (tens of microseconds) and splitting
-MIN_PARALLEL_MACS = 1 << 21
+# (tens of microseconds), splitting and handing the GIL back and forth (a worker preempted holding it
+# stalls the caller): bert_mini's 8M-MAC GEMMs, split from 2M, ran 14.1 against 10.6 ms a run at 2
+# threads (p99 36.7 against 29.9 ms with the second core busy; shared machine, noisy)
+MIN_PARALLEL_MACS = 1 << 24
 # chunks per thread: enough that a late thread holds a small share, few enough that each chunk stays
 # a large BLAS call (B is packed once per chunk); and no chunk under MIN_CHUNK_MACS (each costs a few
 # microseconds of Python besides its BLAS call)
