@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from engineroom.plugin_sdk.limits import MAX_TENSOR_BYTES_KEY, TensorTooLarge
+from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import kernel
 
 
@@ -80,7 +81,7 @@ def loop(info):
     # they came in with are settled (the next iteration's inputs repeat them, so by induction every later
     # one's, where the steps computing them read only settled values); the rest of the body, bound to
     # the invariant steps' values, runs from the next iteration on
-    split_of = getattr(body, "loop_split", None) if xp is np else None
+    split_of = getattr(body, "loop_split", None) if arrays(xp).host else None
 
     def run(*inputs):
         m, cond = inputs[0], inputs[1]
