@@ -12,7 +12,12 @@ This is the mode of every run (the provider's ``run_scope``) unless the session 
 ``session.intra_op.allow_spinning`` = "1" explicitly: then ``matmul`` is NumPy's call on OpenBLAS's own
 threads, which can be faster on a dedicated quiet machine (waking a worker costs ~60 us on a 2-core VM,
 and chunks repack B) but spin between calls against the run's other work, and ``parallel_ranges``
-takes only very large loops. Python workers hold the GIL between their BLAS calls, so a worker
+takes only very large loops. Measured at 2 threads on a quiet 2-core VM, pool against OpenBLAS's threads:
+bert_mini 9.2 against 6.2-6.7 ms, gpt2_tiny 7.2 against 4.4, mobilenet_v2 9.7 against 8.4, resnet18
+23.6 against 33.1; with other processes on the machine OpenBLAS's threads ran 2-100x slower (bert_mini
+24-935 ms against 12-13, gpt2_tiny 21-1028 against 9), so the pool is the default. Using OpenBLAS's
+threads while no stall is seen and falling back after one was tried: its probes' stalls put bert_mini's
+p99 with the second core busy at 62 ms against the pool's 12. Python workers hold the GIL between their BLAS calls, so a worker
 preempted there stalls the caller whatever the chunking: the caller takes late chunks back
 (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``).
 
