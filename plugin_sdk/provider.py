@@ -166,7 +166,8 @@ class ExecutionProvider:
         """``(begin, end)``: called around each run of a session using this provider (``end`` in a
         ``finally``; runs may overlap on several threads), or None (the default) for nothing. ``config``: the
         session's config entries (``SessionOptions.add_session_config_entry``). The CPU provider, where
-        ``session.intra_op.allow_spinning`` is not "1", holds BLAS at one thread for the run this way."""
+        ``session.intra_op.allow_spinning`` is "0" (or unset while other processes keep a core busy), holds BLAS at
+        one thread for the run this way."""
         return None
 
     def host_input_indices(self, view: NodeView) -> tuple[int, ...]:

@@ -213,9 +213,18 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
                                  providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         default = ort.InferenceSession(m.SerializeToString(),
                                        providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
-        np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
+        # the default (unset): held while other processes keep a core busy, OpenBLAS's threads when quiet
+        for busy, want in ((True, 1), (False, 2)):
+            monkeypatch.setattr(tp._Load, "contended", lambda self, busy=busy: busy)
+            np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
+            assert ProbeExecutionProvider.seen == [[want] * len(_blas_threads())], busy
+            assert _blas_threads() == [2] * len(_blas_threads())
+            ProbeExecutionProvider.seen.clear()
+        monkeypatch.undo()
+        monkeypatch.setattr(ProbeExecutionProvider, "seen", [])
+        monkeypatch.setattr(ProbeExecutionProvider, "probe", staticmethod(_blas_threads))
+        np.testing.assert_array_equal(s.run(None, {"a": a, "b": a})[0], a)
         assert ProbeExecutionProvider.seen == [[1] * len(_blas_threads())]
-        assert _blas_threads() == [2] * len(_blas_threads())
         ProbeExecutionProvider.seen.clear()
         errors = []
 
@@ -323,3 +332,51 @@ for _ in range(3):
 print(sorted(t.name for t in threading.enumerate() if t.name.startswith("engineroom-cpu")))
 """
     assert python_c(code).strip() == "[]"
+
+
+def test_load_monitor_counts_other_processes_cpu_with_hysteresis(monkeypatch):
+    """The default mode's switch (``_Load``): other processes' CPU time over a window, in cores (the busy
+    time of our cores in /proc/stat less this process's own), turns the pool mode on from 0.5 core and
+    off below 0.25; a window is read at most every WINDOW_S."""
+    load = tp._Load()
+    if load.cpus is None:
+        pytest.skip("no /proc/stat or CPU affinity here: the default mode is always the pool's")
+    now = [100.0]
+    samples = iter([(100.0, 10.0, 1.0),      # primed: machine busy seconds, our CPU seconds
+                    (101.0, 10.9, 1.5),      # 0.9 s busy, 0.5 of it ours: others 0.4 core -> quiet
+                    (102.0, 11.6, 1.6),      # others 0.6 core -> busy
+                    (103.0, 12.0, 1.7),      # others 0.3 core -> stays busy (hysteresis)
+                    (104.0, 12.2, 1.8)])     # others 0.1 core -> quiet
+    monkeypatch.setattr(tp.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(tp._Load, "_sample", lambda self: next(samples))
+    load.busy = False
+    load.prime()
+    assert load.contended() is False            # inside the first window: the state as it was
+    answers = []
+    for t in (101.0, 102.0, 103.0, 104.0):
+        now[0] = t
+        answers.append(load.contended())
+        now[0] = t + load.WINDOW_S / 2
+        assert load.contended() == answers[-1]  # no new read inside a window
+    assert answers == [False, True, True, False]
+
+
+def test_load_monitor_sees_a_busy_process_on_our_cores():
+    """A real busy process pinned to one of this process's cores reads as contended."""
+    import os
+    import subprocess
+    import sys
+
+    load = tp._Load()
+    if load.cpus is None:
+        pytest.skip("no /proc/stat or CPU affinity here: the default mode is always the pool's")
+    core = max(os.sched_getaffinity(0))
+    p = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile 1: pass"])
+    try:
+        time.sleep(0.5)
+        load.prime()
+        time.sleep(0.3)
+        assert load.contended() is True
+    finally:
+        p.kill()
+        p.wait()

@@ -41,17 +41,21 @@ class CPUExecutionProvider(KernelProvider):
     fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
     def run_scope(self, config: dict[str, str]):
-        """By default and with ``session.intra_op.allow_spinning`` = "0": the run's BLAS held at one thread
-        and its large GEMMs and loops split over the provider's sleeping worker pool (``_threadpool``),
-        steady when another process takes a core. OpenBLAS's own threads spin between calls against the
-        run's other work and wait for a static share: with the second core busy, bert_mini at 2 threads ran
-        a 72-760 ms median against 13-16 ms in the pool. Only an explicit "1" (onnxruntime's spinning
-        threads, for a dedicated machine) leaves GEMMs on OpenBLAS's threads."""
-        if config.get("session.intra_op.allow_spinning") == "1":
+        """``session.intra_op.allow_spinning`` = "0": the run's BLAS held at one thread and its large GEMMs
+        and loops split over the provider's sleeping worker pool (``_threadpool``), steady when another
+        process takes a core; "1": OpenBLAS's own spinning threads (faster on a quiet machine: bert_mini
+        6.2 against 9.0 ms at 2 threads; with the second core busy, 72-760 ms against 13-16); unset (the
+        default): the pool's mode only while other processes keep one of our cores busy (``_Load``)."""
+        spinning = config.get("session.intra_op.allow_spinning")
+        if spinning == "1":
             return None
         from engineroom.providers.cpu import _threadpool
 
-        return _threadpool.hold_blas, _threadpool.release_blas
+        if spinning == "0":
+            return _threadpool.hold_blas, _threadpool.release_blas
+        # unset: the pool mode while other processes keep a core busy, OpenBLAS's threads on a quiet machine
+        _threadpool._load.prime()
+        return _threadpool.begin_auto_run, _threadpool.end_auto_run
 
     @classmethod
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:

@@ -8,16 +8,16 @@ process on the second core). Here the caller starts on the first chunk at once, 
 it wakes, and whichever thread is free takes the next chunk, so a descheduled thread delays at most
 the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
 
-This is the mode of every run (the provider's ``run_scope``) unless the session sets
-``session.intra_op.allow_spinning`` = "1" explicitly: then ``matmul`` is NumPy's call on OpenBLAS's own
-threads, which can be faster on a dedicated quiet machine (waking a worker costs ~60 us on a 2-core VM,
-and chunks repack B) but spin between calls against the run's other work, and ``parallel_ranges``
-takes only very large loops. Measured at 2 threads on a quiet 2-core VM, pool against OpenBLAS's threads:
-bert_mini 9.2 against 6.2-6.7 ms, gpt2_tiny 7.2 against 4.4, mobilenet_v2 9.7 against 8.4, resnet18
-23.6 against 33.1; with other processes on the machine OpenBLAS's threads ran 2-100x slower (bert_mini
-24-935 ms against 12-13, gpt2_tiny 21-1028 against 9), so the pool is the default. Using OpenBLAS's
-threads while no stall is seen and falling back after one was tried: its probes' stalls put bert_mini's
-p99 with the second core busy at 62 ms against the pool's 12. Python workers hold the GIL between their BLAS calls, so a worker
+Which mode a run takes (the provider's ``run_scope``): "0" (``session.intra_op.allow_spinning``) the
+pool's, "1" OpenBLAS's own threads (``matmul`` is NumPy's call, ``parallel_ranges`` takes only very large
+loops), and by default (unset) the pool's only while other processes keep one of our cores busy
+(``_Load``: their CPU time in /proc/stat over 0.1 s windows, no probing). Measured at 2 threads on a
+quiet 2-core VM, pool against OpenBLAS's threads: bert_mini 9.0 against 6.2 ms, gpt2_tiny 7.1 against
+4.5, mobilenet_v2 8.4 against 7.6, resnet18 22.8 against 21.0 (waking a worker costs ~60 us, chunks
+repack B); with other processes on the machine OpenBLAS's threads ran 2-100x slower (bert_mini 24-935 ms
+against 12-13, gpt2_tiny 21-1028 against 9): they wait for a static share whose core is taken. Using
+OpenBLAS's threads until a stall is seen was tried: its probes' stalls put bert_mini's p99 with the
+second core busy at 62 ms against the pool's 12; the load monitor sees the busy core instead. Python workers hold the GIL between their BLAS calls, so a worker
 preempted there stalls the caller whatever the chunking: the caller takes late chunks back
 (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``).
 
@@ -131,6 +131,89 @@ class _Blas:
 
 
 _blas = _Blas()
+
+
+class _Load:
+    """Whether other processes keep the cores this process may run on busy: their CPU time over the
+    last window (``/proc/stat``'s busy time of those cores less this process's own, ``os.times``), in
+    cores. Read at most every ``WINDOW_S`` (~20 us a read), so a run pays a clock read. Without
+    ``/proc/stat`` (not Linux) the machine counts as busy: the pool is the mode that stays steady."""
+
+    WINDOW_S = 0.1
+    FIRST_S = 0.02      # the first window, from the first session's creation
+    BUSY = 0.5          # another process using half a core or more: the pool mode
+    QUIET = 0.25        # back to OpenBLAS's threads below this (hysteresis: no flapping at the edge)
+
+    __slots__ = ("next", "last", "busy", "cpus", "tick")
+
+    def __init__(self) -> None:
+        self.next = 0.0
+        self.last: tuple[float, float, float] | None = None
+        self.busy = True            # until a first window is measured
+        try:
+            self.cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+            self.tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        except (AttributeError, OSError, ValueError):
+            self.cpus, self.tick = None, 0.0
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", "rb") as f:
+                text = f.read().decode()
+        except OSError:
+            return None
+        busy = 0
+        for line in text.splitlines():
+            name, _, rest = line.partition(" ")
+            if name in self.cpus:
+                v = [int(x) for x in rest.split()]
+                # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+                busy += v[0] + v[1] + v[2] + sum(v[5:8])
+        t = os.times()
+        return time.monotonic(), busy * self.tick, t.user + t.system
+
+    def prime(self) -> None:
+        """Start the first window (at session creation): its first run decides after ``FIRST_S``."""
+        if self.last is None and self.cpus is not None:
+            self.last = self._sample()
+            self.next = time.monotonic() + self.FIRST_S
+
+    def contended(self) -> bool:
+        now = time.monotonic()
+        if now < self.next or self.cpus is None:
+            return self.busy
+        self.next = now + self.WINDOW_S
+        cur = self._sample()
+        if cur is None:
+            self.cpus = None
+            self.busy = True
+            return True
+        if self.last is not None and cur[0] > self.last[0]:
+            others = ((cur[1] - self.last[1]) - (cur[2] - self.last[2])) / (cur[0] - self.last[0])
+            self.busy = others >= (self.QUIET if self.busy else self.BUSY)
+        self.last = cur
+        return self.busy
+
+
+_load = _Load()
+_held = threading.local()
+
+
+def begin_auto_run() -> None:
+    """The default mode's ``run_scope`` begin: hold BLAS at one thread for the run (the pool mode) only
+    while other processes keep a core busy (``_Load``). On a quiet machine OpenBLAS's own threads are
+    faster (a worker's wake-up costs ~60 us; bert_mini 6.4 against 9.5 ms, gpt2_tiny 4.5 against 7.1 at 2
+    threads) and nothing takes their cores, so they cannot stall; under load they stall every GEMM."""
+    stack = _held.__dict__.setdefault("stack", [])
+    held = _load.contended()
+    if held:
+        _blas.hold_single()
+    stack.append(held)
+
+
+def end_auto_run() -> None:
+    if _held.stack.pop():
+        _blas.release()
 
 
 def hold_blas() -> None:

@@ -365,15 +365,12 @@ class _ConvPlan:
             return y, False
         if not self.host:
             return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
-        # BLAS held at one thread for the whole conv: its GEMMs split over the provider's pool (chunks that
-        # the caller and the workers claim, so a thread whose core another process holds delays only the
-        # chunk it has) and the compiled loops split alike. OpenBLAS's own threads wait for their static
-        # share: with the second core busy, resnet18 at 2 threads ran 356 ms (median) against 118 so
-        _threadpool.hold_blas()
-        try:
-            return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
-        finally:
-            _threadpool.release_blas()
+        # no BLAS hold of its own: in a pool-mode run (``_threadpool``: allow_spinning = "0", or the default
+        # while another process keeps a core busy) the run holds BLAS at one thread and ``matmul_held``
+        # splits the GEMMs over the pool; on a quiet machine OpenBLAS's own threads serve, and a hold here
+        # would cost a thread-count change each way per conv (~0.5 ms: resnet18 at 2 threads, 33.9
+        # against 22.8 ms a run)
+        return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
 
     def _dense(self, xc, b, clip, z, hard, y, bias, pb, pe, out):
         """``_conv``'s Winograd, 1x1 and im2col paths (everything but depthwise)."""

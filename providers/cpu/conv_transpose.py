@@ -98,16 +98,11 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     Mg = st["Mg"]
     wt = st["wt_taps"]
     cdt = wt.dtype
-    # the provider's GEMM with BLAS held at one thread (its chunks over the pool; see _threadpool and
-    # conv._ConvPlan._conv): OpenBLAS's own two threads stalled ~30 ms a call with the other core busy
-    _threadpool.hold_blas()
-    try:
-        if N * g == 1:
-            cols = _threadpool.matmul_held(wt[0], xc.reshape(C, H * W))
-        else:
-            cols = _threadpool.matmul_held(wt, xc.reshape(N, g, C // g, H * W))
-    finally:
-        _threadpool.release_blas()
+    # the provider's GEMM: split over the pool in a pool-mode run (see conv._ConvPlan._conv)
+    if N * g == 1:
+        cols = _threadpool.matmul_held(wt[0], xc.reshape(C, H * W))
+    else:
+        cols = _threadpool.matmul_held(wt, xc.reshape(N, g, C // g, H * W))
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
     bias = np.zeros((g, Mg), dtype=cdt) if b is None else b.astype(cdt, copy=False).reshape(g, Mg)
     y = np.empty((N, g * Mg) + tuple(out), dtype=cdt)
