@@ -18,8 +18,9 @@ repack B); with other processes on the machine OpenBLAS's threads ran 2-100x slo
 against 12-13, gpt2_tiny 21-1028 against 9): they wait for a static share whose core is taken. Using
 OpenBLAS's threads until a stall is seen was tried: its probes' stalls put bert_mini's p99 with the
 second core busy at 62 ms against the pool's 12; the load monitor sees the busy core instead.
-Python workers hold the GIL between their BLAS calls, so a worker preempted there stalls the caller whatever the chunking: the caller takes late chunks back
-(``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``).
+Python workers hold the GIL between their BLAS calls, so a worker preempted there stalls the caller
+whatever the chunking: the caller takes late chunks back (``_GemmTask``) and after a stall the pool
+stands aside for a while (``_Calm``).
 
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
