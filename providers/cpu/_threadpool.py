@@ -197,6 +197,7 @@ class _Load:
 
 
 _load = _Load()
+_load.prime()     # at the provider's import (early in the first session's creation): its first run is measured
 _held = threading.local()
 
 
