@@ -118,8 +118,10 @@ def _light(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, bytes], d
     _copy_fields(lg, g, skip=("initializer", "node"))
     taken = {v.name for v in g.input} | {t.name for t in g.initializer}
     held, nodes = {}, []
+    # before IR version 4 every initializer must also be a graph input: Constants stay nodes there
+    hold = proto.ir_version >= 4
     for n in g.node:
-        t = _held_tensor(n)
+        t = _held_tensor(n) if hold else None
         if t is not None and n.output[0] not in taken and n.output[0] not in held:
             held[n.output[0]] = t
         else:

@@ -207,3 +207,21 @@ def test_constant_nodes_become_initializers_at_load(level):
     assert got[0].shape == (2, 300)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_nodes_stay_nodes_before_ir_version_4():
+    """Before IR version 4 an initializer must also be a graph input (the checker says so): a model of IR
+    version 3 holding its weight in a Constant node loads and keeps onnxruntime's numbers."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is the oracle")
+    w = RNG.standard_normal((64, 64)).astype(np.float32)
+    nodes = [h.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(w)),
+             h.make_node("MatMul", ["x", "w"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 64])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, 64])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 8)])
+    m.ir_version = 3
+    data = m.SerializeToString()
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    got = ort.InferenceSession(data).run(None, {"x": x})
+    want = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
