@@ -485,8 +485,9 @@ SPLIT_HELD_MACS = 1 << 24
 
 
 def matmul_held(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``matmul`` for a caller holding BLAS at one thread (``hold_blas``): below ``SPLIT_HELD_MACS`` one
-    BLAS call on the caller's thread, else ``matmul``'s chunks over the pool."""
+    """``matmul`` for the conv paths: below ``SPLIT_HELD_MACS`` one BLAS call on the caller's thread (one
+    BLAS thread in a pool-mode run, OpenBLAS's own threads otherwise), else ``matmul`` (its chunks over the
+    pool in a pool-mode run)."""
     if max(a.size * b.shape[-1], b.size * a.shape[-2]) < SPLIT_HELD_MACS:
         return np.matmul(a, b, out=out)
     return matmul(a, b, out)

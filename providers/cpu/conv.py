@@ -12,8 +12,9 @@ for small images, channels-last. Where the compiled loops are available (``_jit_
 extra) 2-D depthwise convs run one pass per channel, 2-D im2col is compiled, and the bias, FusedConv's
 residual and its Relu/Clip are one pass after the GEMM; an ungrouped conv whose column matrix would be
 large (a 7x7 stem's) makes it a band of output rows at a time, each consumed by its GEMM while in cache.
-The dense (non-depthwise) paths hold BLAS at one thread: their GEMMs and compiled loops split over the
-provider's own pool (``_threadpool``), never OpenBLAS's threads. 1-D convolutions run as 2-D ones of height 1
+In a pool-mode run (``_threadpool``: BLAS held at one thread by the run) the dense (non-depthwise) paths
+split their large GEMMs and compiled loops over the provider's own pool; on a quiet machine their GEMMs
+take OpenBLAS's threads. 1-D convolutions run as 2-D ones of height 1
 (every 2-D path serves them); on the NumPy path, strides with many phases (an STFT's hop of 160, a patch
 embedding) copy their windows pixel-major in one pass. ConvTranspose is in ``conv_transpose.py``.
 
@@ -444,7 +445,7 @@ class _ConvPlan:
     def _im2col_bands(self, x, y, pb, out):
         """y = W @ im2col(x) for an ungrouped 2-D conv (compiled im2col), a band of output rows at a time:
         each band's columns (about ``_BAND_COLS`` floats) are made and consumed by its GEMM while they
-        are in cache, and the bands are spread over the pool (one BLAS thread each: the caller holds it).
+        are in cache, and the bands are spread over the pool when large (``parallel_ranges``).
         A whole stem's column matrix (147 x 12544 floats, 7 MB) went through memory: its im2col took
         0.9 ms in a resnet18 run against 0.3 ms with warm caches."""
         N, C = x.shape[0], x.shape[1]

@@ -3,8 +3,8 @@
 For 2-D transposes on NumPy with numba installed, col2im is one compiled loop (``_jit_conv_transpose``);
 otherwise, for 2-D undilated transposes col2im writes into the output's stride phases (one long-row
 add per tap), and in general it is a scatter-add of each kernel tap into the strided output positions.
-The weight is prepacked in the factory when it is a constant. The compiled path's GEMM runs with BLAS
-held at one thread (split over the provider's pool only when large: ``_threadpool.matmul_held``).
+The weight is prepacked in the factory when it is a constant. The compiled path's GEMM is
+``_threadpool.matmul_held``'s: split over the provider's pool only when large, in a pool-mode run.
 """
 from __future__ import annotations
 
