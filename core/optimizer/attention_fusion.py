@@ -29,12 +29,11 @@ ER = "com.engineroom"
 def _softmax_matches(f, match):
     """(Softmax node, what ``match(node, opset)`` found) for each ONNX Softmax still in ``f.graph`` that
     ``match`` accepts (a node fused away by an earlier match is skipped)."""
-    for sm in list(f.graph):
-        if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx") or sm.graph is None:
-            continue
+    for sm in f.each("Softmax"):
         got = match(sm, f.opsets.get("", 1))
         if got is not None:
             yield sm, got
+
 
 def fuse_attention(f) -> int:
     """Fuse every match in ``f.graph`` (``f`` a fusion.Fuser); the number fused."""
@@ -64,8 +63,8 @@ def fuse_transposed_matmul(f) -> int:
     fusion: the kernel hands BLAS the strided view, no transposed copy (gpt2_kv batch 4: 4 x 44 us a
     token)."""
     n = 0
-    for mm in list(f.graph):
-        if mm.op_type != "MatMul" or mm.domain not in ("", "ai.onnx") or mm.graph is None or len(mm.inputs) != 2:
+    for mm in f.each("MatMul"):
+        if len(mm.inputs) != 2:
             continue
         ins, flags, trs = list(mm.inputs), [0, 0], []
         for i in (0, 1):

@@ -26,9 +26,7 @@ def fuse_dynamic_quant_matmul(f) -> int:
     """Fuse each match (see module) where one provider owns its nodes and has the fused kernel; ``f`` is
     the level-2 ``Fuser``."""
     n = 0
-    for mm in list(f.graph):
-        if mm.op_type != "MatMulInteger" or mm.domain not in ("", "ai.onnx") or mm.graph is None:
-            continue
+    for mm in f.each("MatMulInteger"):
         got = _match(mm)
         if got is None:
             continue

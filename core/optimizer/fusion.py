@@ -55,6 +55,13 @@ class Fuser:
         self.opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
         self.opsets.setdefault(MS, 1)
 
+    def each(self, op: str):
+        """The graph's nodes of default-domain ``op``, in order, each still in the graph when its turn comes
+        (a snapshot walked lazily: fusing one node may take later ones out)."""
+        for node in list(self.graph):
+            if node.op_type == op and node.domain in ("", "ai.onnx") and node.graph is not None:
+                yield node
+
     def owner(self, node: ir.Node):
         """The provider of a node: as assigned, or for a node fused here, its nodes' provider."""
         return self._owners.get(node)
@@ -78,12 +85,15 @@ class Fuser:
         replace(self.graph, nodes, fused, outputs)
         return True
 
+    def commit_in_order(self, nodes: list[ir.Node], fused: ir.Node, outputs) -> bool:
+        """``_commit`` of a match whose nodes were collected out of the graph's order."""
+        order = {id(nd): i for i, nd in enumerate(self.graph)}
+        return self._commit(sorted(nodes, key=lambda nd: order[id(nd)]), fused, outputs)
+
     # -- Conv + [Add] + activation ---------------------------------------------------------------
     def conv_activation(self) -> int:
         n = 0
-        for conv in list(self.graph):
-            if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or conv.graph is None:
-                continue
+        for conv in self.each("Conv"):
             chain = [conv]
             y = conv.outputs[0]
             z = None
@@ -119,9 +129,7 @@ class Fuser:
     # -- tanh GELU -------------------------------------------------------------------------------
     def fast_gelu(self) -> int:
         n = 0
-        for tanh in list(self.graph):
-            if tanh.op_type != "Tanh" or tanh.domain not in ("", "ai.onnx") or tanh.graph is None:
-                continue
+        for tanh in self.each("Tanh"):
             got = _match_tanh_gelu(tanh)
             if got is None:
                 continue
@@ -173,9 +181,7 @@ def _bias_gelu(f: "Fuser") -> int:
 def _silu(f: "Fuser") -> int:
     """Mul(x, Sigmoid(x)) -> QuickGelu(x, alpha=1): one pass instead of two, the sigmoid never stored."""
     n = 0
-    for sig in list(f.graph):
-        if not _onnx_op(sig, "Sigmoid") or sig.graph is None:
-            continue
+    for sig in f.each("Sigmoid"):
         x, s = sig.inputs[0], sig.outputs[0]
         mul = only_use(s)
         if not _onnx_op(mul, "Mul") or len(mul.inputs) != 2 or other_input(mul, s) is not x or s.is_graph_output():
@@ -189,9 +195,7 @@ def _silu(f: "Fuser") -> int:
 
 def _matmul_add(f: "Fuser") -> int:
     n = 0
-    for mm in list(f.graph):
-        if not _onnx_op(mm, "MatMul") or mm.graph is None:
-            continue
+    for mm in f.each("MatMul"):
         a, b = mm.inputs
         bc = const(b)
         if a is None or a.shape is None or len(a.shape) != 2 or bc is None or bc.ndim != 2:
@@ -272,8 +276,8 @@ def _layer_norm(f: "Fuser") -> int:
 
 def _skip_layer_norm(f: "Fuser") -> int:
     n = 0
-    for ln in list(f.graph):
-        if not _onnx_op(ln, "LayerNormalization") or ln.graph is None or len(ln.inputs) < 2:
+    for ln in f.each("LayerNormalization"):
+        if len(ln.inputs) < 2:
             continue
         if any(o.uses() or o.is_graph_output() for o in ln.outputs[1:]):    # mean / inv std wanted
             continue

@@ -70,9 +70,7 @@ def _match(erf: ir.Node):
 def fuse_erf_gelu(f) -> int:
     """Fuse every erf GELU in ``f.graph`` (``f`` a fusion.Fuser); the number fused."""
     n = 0
-    for erf in list(f.graph):
-        if erf.op_type != "Erf" or erf.domain not in ("", "ai.onnx") or erf.graph is None:
-            continue
+    for erf in f.each("Erf"):
         got = _match(erf)
         if got is None:
             continue
@@ -80,7 +78,6 @@ def fuse_erf_gelu(f) -> int:
         if x.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16):
             continue
         fused = ir.Node(MS, "Gelu", [x], num_outputs=1, name=(erf.name or "") + "_gelu")
-        order = {id(nd): i for i, nd in enumerate(f.graph)}
-        if f._commit(sorted(nodes, key=lambda nd: order[id(nd)]), fused, [(y, fused.outputs[0])]):
+        if f.commit_in_order(nodes, fused, [(y, fused.outputs[0])]):
             n += 1
     return n

@@ -104,8 +104,7 @@ def fuse_rms_norm(f, narrow_only: bool = False) -> int:
         fused = ir.Node("", "SimplifiedLayerNormalization", [inp, gamma],
                         [ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", eps)], num_outputs=1,
                         name=(sq.name or "") + "_rmsnorm")
-        order = {id(nd): i for i, nd in enumerate(f.graph)}
-        if f._commit(sorted(nodes, key=lambda nd: order[id(nd)]), fused, [(y, fused.outputs[0])]):
+        if f.commit_in_order(nodes, fused, [(y, fused.outputs[0])]):
             n += 1
     return n
 
@@ -114,8 +113,8 @@ def fuse_skip_rms_norm(f) -> int:
     """Add(a, b) + SimplifiedLayerNormalization over the last axis → SkipSimplifiedLayerNormalization."""
     from engineroom.optimizer.fusion import _same_shape     # fusion imports this module
     n = 0
-    for ln in list(f.graph):
-        if not _op(ln, "SimplifiedLayerNormalization") or ln.graph is None or len(ln.inputs) != 2:
+    for ln in f.each("SimplifiedLayerNormalization"):
+        if len(ln.inputs) != 2:
             continue
         if any(o.uses() or o.is_graph_output() for o in ln.outputs[1:]):     # inv std wanted
             continue
