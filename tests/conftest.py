@@ -195,6 +195,26 @@ def python_c(code: str, timeout: float = 300, **env) -> str:
     return r.stdout
 
 
+def check_outputs(ref, got, tol):
+    """``got`` against the oracle's ``ref``, output by output: same shape and dtype, floats within ``tol``
+    (relative and absolute), everything else exactly; a sequence of maps (ZipMap) key by key, keys in order."""
+    import numpy as np
+
+    assert len(ref) == len(got)
+    for r, g in zip(ref, got):
+        if isinstance(r, list):     # ZipMap: a sequence of maps
+            assert len(r) == len(g) and all(list(a) == list(b) for a, b in zip(r, g))   # keys in order
+            for a, b in zip(r, g):
+                np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=tol, atol=tol)
+            continue
+        r, g = np.asarray(r), np.asarray(g)
+        assert r.shape == g.shape and r.dtype == g.dtype, (r.shape, g.shape, r.dtype, g.dtype)
+        if r.dtype.kind in "fc":
+            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+        else:
+            np.testing.assert_array_equal(g, r)
+
+
 def run_both(model: bytes, feed: dict, **er_kw) -> tuple[list, list]:
     """(onnxruntime's outputs, engineroom's outputs) on the CPU provider for model bytes ``model``;
     onnxruntime (the oracle) with one thread, ``er_kw`` to engineroom's InferenceSession."""

@@ -5,8 +5,11 @@ follow a missing-value branch) and hand-made ones (TreeEnsemble v5, float64 inpu
 and malformed structures that must keep to the NumPy path)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
+from conftest import check_outputs
 from conftest import run_both as both
 from jit_paths import JIT_PATHS, choose_path
 
@@ -24,15 +27,7 @@ def tree_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "trees")
 
 
-def check(ref, got, tol=1e-5):
-    assert len(ref) == len(got)
-    for r, g in zip(ref, got):
-        r, g = np.asarray(r), np.asarray(g)
-        assert r.shape == g.shape and r.dtype == g.dtype, (r.shape, g.shape, r.dtype, g.dtype)
-        if r.dtype.kind in "fc":
-            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
-        else:
-            np.testing.assert_array_equal(g, r)
+check = functools.partial(check_outputs, tol=1e-5)
 
 
 def _sklearn_model(est, n_features: int) -> bytes:

@@ -5,9 +5,11 @@ including the inputs that must leave the fast path (empty tensors, zero norms, n
 n-grams that would cross rows, a dimension that is not 1)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
-from conftest import make_model, tensor_info
+from conftest import check_outputs, make_model, tensor_info
 from conftest import run_both as both
 
 import engineroom as er
@@ -21,20 +23,7 @@ ML = ("ai.onnx.ml", 3)
 MS = ("com.microsoft", 1)
 
 
-def check(ref, got, tol=1e-6):
-    assert len(ref) == len(got)
-    for r, g in zip(ref, got):
-        if isinstance(r, list):     # ZipMap: a sequence of maps
-            assert len(r) == len(g) and all(list(a) == list(b) for a, b in zip(r, g))   # keys in order
-            for a, b in zip(r, g):
-                np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=tol, atol=tol)
-            continue
-        r, g = np.asarray(r), np.asarray(g)
-        assert r.shape == g.shape and r.dtype == g.dtype, (r.shape, g.shape, r.dtype, g.dtype)
-        if r.dtype.kind in "fc":
-            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
-        else:
-            np.testing.assert_array_equal(g, r)
+check = functools.partial(check_outputs, tol=1e-6)
 
 
 def one_node(op, x, attrs=None, inits=(), extra_inputs=(), opset=17, opsets=(), domain="", n_out=1,
