@@ -17,24 +17,8 @@ import numpy as np
 from numba import njit
 
 from engineroom.providers.cpu._jit_int8 import gemm_u8s8
-from engineroom.providers.cpu.compiled._jit_transformer import (
-    F0,
-    F1,
-    HALF,
-    TANH_MAX,
-    TP0,
-    TP1,
-    TP2,
-    TP3,
-    TP4,
-    TP5,
-    TP6,
-    TQ0,
-    TQ1,
-    TQ2,
-    TQ3,
-    _fma,
-)
+from engineroom.providers.cpu.compiled._jit_transformer import F0, F1, HALF, _clamp, _fma
+from engineroom.providers.cpu.compiled._jit_transformer import _mlas_tanh1 as _tanh
 
 _f = np.float32
 # MLAS's logistic: p(x) / q(x) + 1/2 on x clamped to +-18 (contrib_quant._LOGISTIC_P/_Q; repeated here
@@ -44,12 +28,6 @@ LP0, LP1, LP2, LP3, LP4 = (_f(c) for c in (4.37031012579801e-11, 1.1562732445994
 LQ0, LQ1, LQ2, LQ3, LQ4, LQ5 = (_f(c) for c in (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
                                                 1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01))
 LOGISTIC_MAX = _f(18.0)
-
-
-@njit(inline="always", nogil=True, error_model="numpy")
-def _clamp(v, lo, hi):  # pragma: no cover (compiled)
-    """v clamped to [lo, hi], a NaN kept (as MLAS's max/min do; LLVM's maxnum/minnum would drop it)."""
-    return lo if v < lo else (hi if v > hi else v)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
@@ -66,22 +44,6 @@ def _logistic(v):  # pragma: no cover (compiled)
     q = _fma(q, c2, LQ4)
     q = _fma(q, c2, LQ5)
     return _clamp((p * c) / q + HALF, F0, F1)
-
-
-@njit(inline="always", nogil=True, error_model="numpy")
-def _tanh(v):  # pragma: no cover (compiled)
-    c = _clamp(v, -TANH_MAX, TANH_MAX)
-    c2 = c * c
-    p = _fma(c2, TP0, TP1)
-    p = _fma(p, c2, TP2)
-    p = _fma(p, c2, TP3)
-    p = _fma(p, c2, TP4)
-    p = _fma(p, c2, TP5)
-    p = _fma(p, c2, TP6)
-    q = _fma(c2, TQ0, TQ1)
-    q = _fma(q, c2, TQ2)
-    q = _fma(q, c2, TQ3)
-    return (p * c) / q
 
 
 @njit(inline="always", nogil=True, error_model="numpy")

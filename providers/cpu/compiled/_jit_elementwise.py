@@ -2,8 +2,9 @@
 and the range (min, max, any NaN) of DynamicQuantizeLinear.
 
 NumPy's tanh is an exact libm call per element (no SIMD); MLAS computes tanh as a rational polynomial on
-the input clamped to +-9, which vectorizes. The polynomial is the one the LSTM loops use (``_jit_rnn._tanh``,
-one definition), so Tanh and the recurrent gates give onnxruntime's numbers alike (bit for bit here).
+the input clamped to +-9, which vectorizes. The polynomial is the one the LSTM loops and FastGelu use
+(``_jit_transformer._mlas_tanh1``, one definition), so Tanh and the recurrent gates give onnxruntime's
+numbers alike (bit for bit here).
 Sigmoid keeps ``_jit_vision.sigmoid`` (exp-based, relatively exact in the tails, where MLAS's logistic
 is only absolutely so: 8.9e-8 for 4.1e-8 at x = -17). Each loop takes a contiguous 1-D range: the kernels
 split big tensors over the CPU provider's pool (the loops release the GIL).
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 from numba import njit
 
-from engineroom.providers.cpu._jit_rnn import _tanh
 from engineroom.providers.cpu.compiled._jit_transformer import F0, F1, _fmax, _fmin
+from engineroom.providers.cpu.compiled._jit_transformer import _mlas_tanh1 as _tanh
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy")

@@ -187,8 +187,16 @@ TANH_MAX = _f(9.0)
 
 
 @njit(inline="always", nogil=True, error_model="numpy")
+def _clamp(v, lo, hi):  # pragma: no cover (compiled)
+    """v clamped to [lo, hi], a NaN kept (as MLAS's max/min do; LLVM's maxnum/minnum would drop it)."""
+    return lo if v < lo else (hi if v > hi else v)
+
+
+@njit(inline="always", nogil=True, error_model="numpy")
 def _mlas_tanh1(v):  # pragma: no cover (compiled)
-    c = _fmax(_fmin(v, TANH_MAX), -TANH_MAX)
+    """MLAS's tanh: p(c)/q(c) on v clamped to +-9, a NaN kept (the Tanh kernel, the LSTM/GRU gates and
+    FastGelu share it)."""
+    c = _clamp(v, -TANH_MAX, TANH_MAX)
     c2 = c * c
     p = _fma(c2, TP0, TP1)
     p = _fma(p, c2, TP2)
