@@ -55,11 +55,11 @@ class Fuser:
         self.opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
         self.opsets.setdefault(MS, 1)
 
-    def each(self, op: str):
-        """The graph's nodes of default-domain ``op``, in order, each still in the graph when its turn comes
-        (a snapshot walked lazily: fusing one node may take later ones out)."""
+    def each(self, *ops: str):
+        """The graph's nodes of the default-domain ``ops``, in order, each still in the graph when its turn
+        comes (a snapshot walked lazily: fusing one node may take later ones out)."""
         for node in list(self.graph):
-            if node.op_type == op and node.domain in ("", "ai.onnx") and node.graph is not None:
+            if node.op_type in ops and node.domain in ("", "ai.onnx") and node.graph is not None:
                 yield node
 
     def owner(self, node: ir.Node):

@@ -94,9 +94,7 @@ def fuse_rms_norm(f, narrow_only: bool = False) -> int:
     """Fuse every RMS normalization in ``f.graph`` (``f`` a fusion.Fuser), only the float16/bfloat16 form
     with its casts where ``narrow_only``; the number fused."""
     n = 0
-    for sq in list(f.graph):
-        if sq.graph is None or not (_op(sq, "Pow") or _op(sq, "Mul")):
-            continue
+    for sq in f.each("Pow", "Mul"):
         got = _match(sq, narrow_only)
         if got is None:
             continue
