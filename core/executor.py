@@ -18,6 +18,7 @@ import time
 from operator import itemgetter
 
 from engineroom.errors import Fail, NotImplemented, RuntimeException
+from engineroom.op_facts import RANDOM_OPS
 
 RUN_TIMEOUT_KEY = "run.timeout_ms"
 
@@ -282,8 +283,7 @@ class Subgraph(Executor):
 
 # ops whose outputs may differ between two calls with the same inputs (or that run graphs of their own):
 # never taken as loop-invariant
-_VOLATILE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                       "Multinomial", "Dropout", "If", "Loop", "Scan", "SequenceMap"})
+_VOLATILE = RANDOM_OPS | {"Dropout", "If", "Loop", "Scan", "SequenceMap"}
 
 
 class LoopSplit:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from engineroom.op_facts import RANDOM_OPS
 from engineroom.plugin_sdk import KernelInfo
 from engineroom.views import node_view, normalize_domain, tensor_to_numpy
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                     "Multinomial"}
+_NONDETERMINISTIC = RANDOM_OPS
 _MAX_ELEMENTS = 1 << 22   # don't bloat the model with huge folded tensors
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                     "Multinomial", "Dropout"}
+from engineroom.op_facts import RANDOM_OPS
+
+_NONDETERMINISTIC = RANDOM_OPS | {"Dropout"}
 
 
 def _key(node: ir.Node):

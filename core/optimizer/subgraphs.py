@@ -24,8 +24,9 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                     "Multinomial", "Dropout"}
+from engineroom.op_facts import RANDOM_OPS
+
+_NONDETERMINISTIC = RANDOM_OPS | {"Dropout"}
 
 
 def nested_graphs(graph: ir.Graph) -> Iterator[tuple[ir.Node, ir.Graph]]:
