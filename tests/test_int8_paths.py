@@ -109,7 +109,7 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
     from engineroom.providers.cpu import _threadpool, intgemm
 
     assert rows[0] * rows[1] * K * max(N, 32) >= intgemm._INT8_PARALLEL_MACS
-    monkeypatch.setattr(intgemm, "_gate", intgemm.SplitGate())     # new: its first product splits
+    monkeypatch.setattr(intgemm, "_gate", _threadpool.SplitGate())     # new: its first product splits
     parts = []
     run = _threadpool.WorkerPool.run
     monkeypatch.setattr(_threadpool.WorkerPool, "run",
@@ -127,7 +127,7 @@ def test_split_gate_follows_the_timings():
     """The split gate: split twice, then one thread twice (the first of each not counted), then whichever
     was faster per multiply-add, the other path probed after _GATE_PROBE products, then less often each time
     it loses."""
-    from engineroom.providers.cpu import intgemm
+    from engineroom.providers.cpu import _threadpool
 
     def run(g, n, split_ns, serial_ns):
         picks = []
@@ -137,17 +137,17 @@ def test_split_gate_follows_the_timings():
             g.record(p, split_ns if p else serial_ns)
         return picks
 
-    g = intgemm.SplitGate()
+    g = _threadpool.SplitGate()
     assert g.choose() is True
     g.record(True, 50.0)                # a first split (threads starting): not counted
     assert run(g, 3, 2.0, 1.0) == [True, False, False]
     assert g.split == 2.0 and g.serial == 1.0
-    picks = run(g, intgemm._GATE_PROBE * 3, 2.0, 1.0)   # a busy machine: probes at 16, then 32 later
+    picks = run(g, _threadpool._GATE_PROBE * 3, 2.0, 1.0)   # a busy machine: probes at 16, then 32 later
     assert picks.count(True) == 2, [i for i, p in enumerate(picks) if p]
-    g = intgemm.SplitGate()
+    g = _threadpool.SplitGate()
     run(g, 4, 2.0, 1.0)
     picks = run(g, 200, 0.5, 1.0)       # the machine quiets down: the split wins its probe and stays
-    assert picks[-100:].count(False) <= 100 // intgemm._GATE_PROBE + 1 and picks[-1] is True
+    assert picks[-100:].count(False) <= 100 // _threadpool._GATE_PROBE + 1 and picks[-1] is True
 
 
 def _kernel(name: str, rows: int) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from jit_paths import JIT_PATHS, choose_path
 from onnx import TensorProto, helper, numpy_helper
 
 import engineroom
 from engineroom.providers.cpu import intgemm
-from jit_paths import JIT_PATHS, choose_path
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -136,7 +136,7 @@ def _spy_on_splits(monkeypatch, module, gate: str) -> list:
         return _threadpool.parallel_ranges(fn, n, work)
 
     monkeypatch.setattr(module, "parallel_ranges", spy)
-    monkeypatch.setattr(module, gate, intgemm.SplitGate())
+    monkeypatch.setattr(module, gate, _threadpool.SplitGate())
     return splits
 
 

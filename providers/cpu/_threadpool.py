@@ -517,6 +517,74 @@ def parallel_ranges(fn, n: int, work: int) -> None:
     _pool(threads).run(fn, _split(n, parts))
 
 
+# the path the gate does not prefer runs once after this many products, then after twice as many each
+# time it loses again (up to _GATE_PROBE_MAX: a probe of a split on a busy machine can cost a time slice)
+_GATE_PROBE = 16
+_GATE_PROBE_MAX = 1024
+
+
+class SplitGate:
+    """Whether splitting a kernel's work over the pool pays now, learnt from its own calls (the int8 GEMM's
+    products, LSTM directions): the time per unit of work split and on one thread (moving averages). On a
+    quiet machine the split halves them; with the cores oversubscribed the worker joins late and the caller
+    waits for it (T5's 56 products at load 9 on 2 cores: 31.7 ms one thread, 52.8 ms split, best of 20), and
+    the products stay on the caller's thread until a probe finds the split paying again. Either path gives
+    the same bits. Each path runs twice first, its first time not counted (the pool's threads start then,
+    caches are cold: thai_oskut_lstm's first split layer looked slower than one thread, the later ones were
+    15 ms faster a run)."""
+
+    __slots__ = ("split", "serial", "n", "every", "prefer", "warm")
+
+    def __init__(self) -> None:
+        self.split = self.serial = 0.0      # ns per multiply-add; 0.0 until measured
+        self.n = 0
+        self.every = _GATE_PROBE
+        self.prefer = True
+        self.warm = [0, 0]                  # samples taken: one thread, split
+
+    def choose(self) -> bool:
+        if self.warm[1] < 2:
+            return True
+        if self.warm[0] < 2:
+            return False
+        self.n += 1
+        if self.n >= self.every:            # a probe of the other path
+            self.n = 0
+            return not self.prefer
+        return self.prefer
+
+    def record(self, split: bool, ns_per_mac: float) -> None:
+        self.warm[split] += 1
+        if self.warm[split] == 1:           # a first run: warm-up, not counted
+            return
+        old = self.split if split else self.serial
+        # the preferred path's time averaged; a probe's taken as it is (it stands for the load now)
+        new = ns_per_mac if not old or split != self.prefer else 0.75 * old + 0.25 * ns_per_mac
+        if split:
+            self.split = new
+        else:
+            self.serial = new
+        if self.split and self.serial:
+            prefer = self.split < self.serial
+            if prefer != self.prefer:
+                self.prefer, self.every = prefer, _GATE_PROBE
+            elif split != prefer:           # a probe that lost: probe less often
+                self.every = min(2 * self.every, _GATE_PROBE_MAX)
+
+
+def gated(gate: SplitGate, work: int, split, serial) -> None:
+    """``split()`` or ``serial()`` (the same work on the pool or on the caller's thread), as ``gate`` says,
+    its time per unit of ``work`` recorded: for the other kernels that split independent work over the
+    pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own."""
+    on = gate.choose()
+    t0 = time.perf_counter_ns()
+    if on:
+        split()
+    else:
+        serial()
+    gate.record(on, (time.perf_counter_ns() - t0) / max(1, work))
+
+
 def _chunks(a, b, out, batch_shape, parts) -> list[tuple]:
     """Chunks along the batch when it has enough items (a 2-D operand shared by all), else along the
     rows of ``a`` or the columns of ``b``, whichever is longer; each chunk writes its slice of ``out``."""

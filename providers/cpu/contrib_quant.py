@@ -691,8 +691,8 @@ def _quantized_rows(batch: int, hidden: int) -> int:
     return batch
 
 
-# whether running a layer's directions on two threads pays now (``intgemm.gated``)
-_dq_lstm_gate = intgemm.SplitGate()
+# whether running a layer's directions on two threads pays now (``_threadpool.gated``)
+_dq_lstm_gate = _threadpool.SplitGate()
 
 
 @host_kernel("DynamicQuantizeLSTM", MS, since=1, types=(np.float32,), host_inputs=(4,))
@@ -847,7 +847,7 @@ def dynamic_quantize_lstm(info):
                     if num_dirs > 1 and work >= MIN_QUIET_WORK and _threadpool._blas.outside() > 1:
                         # a split the pool surely makes: gated by its timings (a busy core can hold a
                         # direction for a time slice)
-                        intgemm.gated(_dq_lstm_gate, work, lambda: parallel_ranges(directions, num_dirs, work),
+                        _threadpool.gated(_dq_lstm_gate, work, lambda: parallel_ranges(directions, num_dirs, work),
                                       lambda: directions(0, num_dirs))
                     else:
                         parallel_ranges(directions, num_dirs, work)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 
 import numpy as np
+
+from engineroom.providers.cpu import _threadpool
 
 EXACT_F32 = 2 ** 24
 # K chunks shorter than this are not worth their GEMM calls: float64 instead
@@ -207,85 +208,15 @@ _INT8_PARALLEL_MACS = 1 << 24
 # blocks per thread: claimed one at a time, so a thread whose core is taken delays only the block it holds;
 # few, since each is a call of its own (microseconds of argument checks)
 _INT8_BLOCKS_PER_THREAD = 2
-# the path the gate does not prefer runs once after this many products, then after twice as many each
-# time it loses again (up to _GATE_PROBE_MAX: a probe of a split on a busy machine can cost a time slice)
-_GATE_PROBE = 16
-_GATE_PROBE_MAX = 1024
-
-
-class SplitGate:
-    """Whether splitting the products over the pool pays now, learnt from the products themselves: the
-    time per multiply-add of split and of one-thread products (moving averages). On a quiet machine the
-    split halves them; with the cores oversubscribed the worker joins late and the caller waits for it
-    (T5's 56 products at load 9 on 2 cores: 31.7 ms one thread, 52.8 ms split, best of 20), and the
-    products stay on the caller's thread until a probe finds the split paying again. Either path gives
-    the same bits. Each path runs twice first, its first time not counted (the pool's threads start then,
-    caches are cold: thai_oskut_lstm's first split layer looked slower than one thread, the later ones
-    were 15 ms faster a run)."""
-
-    __slots__ = ("split", "serial", "n", "every", "prefer", "warm")
-
-    def __init__(self) -> None:
-        self.split = self.serial = 0.0      # ns per multiply-add; 0.0 until measured
-        self.n = 0
-        self.every = _GATE_PROBE
-        self.prefer = True
-        self.warm = [0, 0]                  # samples taken: one thread, split
-
-    def choose(self) -> bool:
-        if self.warm[1] < 2:
-            return True
-        if self.warm[0] < 2:
-            return False
-        self.n += 1
-        if self.n >= self.every:            # a probe of the other path
-            self.n = 0
-            return not self.prefer
-        return self.prefer
-
-    def record(self, split: bool, ns_per_mac: float) -> None:
-        self.warm[split] += 1
-        if self.warm[split] == 1:           # a first run: warm-up, not counted
-            return
-        old = self.split if split else self.serial
-        # the preferred path's time averaged; a probe's taken as it is (it stands for the load now)
-        new = ns_per_mac if not old or split != self.prefer else 0.75 * old + 0.25 * ns_per_mac
-        if split:
-            self.split = new
-        else:
-            self.serial = new
-        if self.split and self.serial:
-            prefer = self.split < self.serial
-            if prefer != self.prefer:
-                self.prefer, self.every = prefer, _GATE_PROBE
-            elif split != prefer:           # a probe that lost: probe less often
-                self.every = min(2 * self.every, _GATE_PROBE_MAX)
-
-
-_gate = SplitGate()
-
-
-def gated(gate: SplitGate, work: int, split, serial) -> None:
-    """``split()`` or ``serial()`` (the same work on the pool or on the caller's thread), as ``gate`` says,
-    its time per unit of ``work`` recorded: for the other kernels that split independent work over the
-    pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own."""
-    on = gate.choose()
-    t0 = time.perf_counter_ns()
-    if on:
-        split()
-    else:
-        serial()
-    gate.record(on, (time.perf_counter_ns() - t0) / max(1, work))
+_gate = _threadpool.SplitGate()
 
 
 def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     """``fn(a2, *rest, c, p0, p1)`` (a compiled kernel that releases the GIL) over B's panels 0..panels,
     split over the CPU provider's worker pool (``_threadpool``) where the product is large enough, the
-    pool has threads and splitting pays (``SplitGate``): by column blocks where B has panels enough (each
+    pool has threads and splitting pays (``_threadpool.SplitGate``): by column blocks where B has panels enough (each
     thread then reads only its share of B), else by blocks of rows (a product with few columns and many
     rows: tashkeel's attention score, 8192 x 512 by 512 x 1)."""
-    from engineroom.providers.cpu import _threadpool
-
     threads = _pool_threads(_threadpool) if macs >= _INT8_PARALLEL_MACS else 1
     parts = threads * _INT8_BLOCKS_PER_THREAD
     M = a2.shape[0]
@@ -298,7 +229,8 @@ def _panels_over_pool(fn, a2, c, rest, panels: int, macs: int) -> None:
     else:
         fn(a2, *rest, c, 0, panels)
         return
-    gated(_gate, macs, lambda: _threadpool._pool(threads).run(fn, args), lambda: fn(a2, *rest, c, 0, panels))
+    _threadpool.gated(_gate, macs, lambda: _threadpool._pool(threads).run(fn, args),
+                      lambda: fn(a2, *rest, c, 0, panels))
 
 
 def _with_tiles(kern, name: str, a2):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu import _threadpool, intgemm
+from engineroom.providers.cpu import _threadpool
 from engineroom.providers.cpu._threadpool import parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.registry import array_kernel
@@ -230,8 +230,8 @@ def _factory(info):
                 and _threadpool._blas.outside() > 1:
             # the two directions are independent recurrences: on two threads of the provider's pool where
             # the layer is large enough (thai_oskut_lstm: 21 steps of 200 x 224 by 224 x 896), as long as
-            # that pays (a busy core can hold a direction for a time slice: ``intgemm.gated``)
-            intgemm.gated(_directions_gate, work, at_once, in_turn)
+            # that pays (a busy core can hold a direction for a time slice: ``_threadpool.gated``)
+            _threadpool.gated(_directions_gate, work, at_once, in_turn)
         else:
             in_turn()
         target = out_dtype if out_dtype is not None else dtype
@@ -247,8 +247,8 @@ def _factory(info):
     return run
 
 
-# whether running a bidirectional layer's directions on two threads pays now (``intgemm.gated``)
-_directions_gate = intgemm.SplitGate()
+# whether running a bidirectional layer's directions on two threads pays now (``_threadpool.gated``)
+_directions_gate = _threadpool.SplitGate()
 
 
 def _activation_names(info, defaults: list[str], num_dirs: int) -> list[list[str]]:
