@@ -477,22 +477,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         _blas.release()
 
 
-# a caller that holds BLAS at one thread itself (a convolution: hold_blas around its GEMMs and loops)
-# splits GEMMs over the pool only from this many multiply-adds: each split hands the GIL between the
-# threads a few times, and under load a thread descheduled holding it stalls the call for a time slice
-# (vae_decoder's 8M-MAC ConvTranspose GEMMs: median run 3.7 -> 1.0 ms at 2 threads, machine loaded)
-SPLIT_HELD_MACS = 1 << 24
-
-
-def matmul_held(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``matmul`` for the conv paths: below ``SPLIT_HELD_MACS`` one BLAS call on the caller's thread (one
-    BLAS thread in a pool-mode run, OpenBLAS's own threads otherwise), else ``matmul`` (its chunks over the
-    pool in a pool-mode run)."""
-    if max(a.size * b.shape[-1], b.size * a.shape[-2]) < SPLIT_HELD_MACS:
-        return np.matmul(a, b, out=out)
-    return matmul(a, b, out)
-
-
 # non-BLAS loops (the compiled loops, which release the GIL) split over the pool from this much work
 # (multiply-adds or elements written; 2^19 is ~0.1 ms of a depthwise loop) on: below it, waking a
 # worker (~16 us) costs more than it saves; and no part under MIN_PART_WORK (each costs a few

@@ -364,10 +364,8 @@ class _ConvPlan:
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
             return y, False
-        if not self.host:
-            return self._dense(xc, b, clip, z, hard, y, bias, pb, pe, out)
         # no BLAS hold of its own: in a pool-mode run (``_threadpool``: allow_spinning = "0", or the default
-        # while another process keeps a core busy) the run holds BLAS at one thread and ``matmul_held``
+        # while another process keeps a core busy) the run holds BLAS at one thread and ``_threadpool.matmul``
         # splits the GEMMs over the pool; on a quiet machine OpenBLAS's own threads serve, and a hold here
         # would cost a thread-count change each way per conv (~0.5 ms: resnet18 at 2 threads, 33.9
         # against 22.8 ms a run)
@@ -428,7 +426,7 @@ class _ConvPlan:
             view = window_view(xp, xpad.reshape((N, g, Cg) + xpad.shape[2:]), self.kshape, self.strides,
                                self.dilations, out)
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
-        (_threadpool.matmul_held if self.host else arrays(xp).matmul)(self.wm, cols, out=y.reshape(N, g, M // g, P))
+        arrays(xp).matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
         return y, self._epilogue(y, b, clip, z, hard) or self._plain_epilogue(y, bias, P)
 
     def _plain_epilogue(self, y, bias, P) -> bool:

@@ -4,7 +4,7 @@ For 2-D transposes on NumPy with numba installed, col2im is one compiled loop (`
 otherwise, for 2-D undilated transposes col2im writes into the output's stride phases (one long-row
 add per tap), and in general it is a scatter-add of each kernel tap into the strided output positions.
 The weight is prepacked in the factory when it is a constant. The compiled path's GEMM is
-``_threadpool.matmul_held``'s: split over the provider's pool only when large, in a pool-mode run.
+``_threadpool.matmul``'s: split over the provider's pool only when large, in a pool-mode run.
 """
 from __future__ import annotations
 
@@ -100,9 +100,9 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     cdt = wt.dtype
     # the provider's GEMM: split over the pool in a pool-mode run (see conv._ConvPlan._conv)
     if N * g == 1:
-        cols = _threadpool.matmul_held(wt[0], xc.reshape(C, H * W))
+        cols = _threadpool.matmul(wt[0], xc.reshape(C, H * W))
     else:
-        cols = _threadpool.matmul_held(wt, xc.reshape(N, g, C // g, H * W))
+        cols = _threadpool.matmul(wt, xc.reshape(N, g, C // g, H * W))
     cols = cols.reshape((N * g,) + st["kshape"] + (Mg, H, W))
     bias = np.zeros((g, Mg), dtype=cdt) if b is None else b.astype(cdt, copy=False).reshape(g, Mg)
     y = np.empty((N, g * Mg) + tuple(out), dtype=cdt)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._threadpool import matmul_held, parallel_ranges
+from engineroom.providers.cpu._threadpool import matmul, parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import _DW_SPLIT_MIN_MACS, _ConvPlan, compute_dtype
 from engineroom.providers.cpu.registry import kernel
@@ -112,7 +112,7 @@ def depthwise_separable_block(info):
         P1, P2 = H1 * W1, H2 * W2
         # every pass below is split over the CPU provider's worker pool where it is large enough (``_ranges``:
         # the compiled loops release the GIL, and so do NumPy's): over channels, pixel rows or output rows;
-        # the GEMMs are one BLAS call (held at one thread in a pool-mode run) below matmul_held's split size
+        # the GEMMs are one BLAS call (held at one thread in a pool-mode run) below matmul's split size
         if pointwise:
             cols = x.reshape(N, C, P1)
         else:
@@ -123,7 +123,7 @@ def depthwise_separable_block(info):
                     C, cols.size if N == 1 else 0)     # a channel range is contiguous at batch 1
         t1 = np.empty((N, P1, M1), dtype=cdt)
         for n in range(N):                       # rows = pixels: the transposed columns times W1^T
-            matmul_held(cols[n].T, w1t, out=t1[n])
+            matmul(cols[n].T, w1t, out=t1[n])
         r1, bb1 = t1.reshape(N * P1, M1), bias(b1, 0)
         _ranges(lambda i, j: nhwc.bias_clip_rows(r1[i:j], bb1, lo1, hi1), N * P1, r1.size)
         t2 = np.empty((N, H2, W2, M1), dtype=cdt)
@@ -131,7 +131,7 @@ def depthwise_separable_block(info):
         # output rows i..j: the same loop over y's rows from i on, its leading pad moved up by i strides
         _ranges(lambda i, j: nhwc.depthwise_nhwc(x1, wdt, bbd, t2[:, i:j], ds[0], ds[1], dp[0] - i * ds[0],
                                                  dp[1], lo2, hi2), H2, t2.size * dkh * dkw if N == 1 else 0)
-        t3 = matmul_held(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
+        t3 = matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
         y = np.empty((N, M2, H2, W2), dtype=cdt)
         y3 = y.reshape(N, M2, P2)
         # back to channels-first: NumPy's transposing add beats a compiled loop here (1.5x: strided reads)
