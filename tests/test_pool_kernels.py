@@ -228,3 +228,37 @@ def test_split_over_threads_equals_one_thread(op, monkeypatch):
             assert (max(parts, default=1) > 1) == (threads == 2), parts
     np.testing.assert_array_equal(got[1], got[2])
     np.testing.assert_allclose(got[2], want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,dtype", [((1, 512, 7, 7), np.float32), ((2, 3, 5, 4), np.float32),
+                                         ((2, 4, 3, 2, 5), np.float32), ((2, 6, 9), np.float16),
+                                         ((3, 2, 4, 4), np.float32)])
+def test_global_average_pool_matches_onnxruntime(shape, dtype):
+    """GlobalAveragePool (the spatial sums as one matrix-vector product): onnxruntime's numbers, shape and
+    dtype, with inf and NaN inputs giving theirs (a row holding NaN, one holding +inf and -inf)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    x = (RNG.standard_normal(shape) * 10).astype(dtype)
+    if shape[0] == 3:
+        x[0, 0, 1, 2], x[1, 1, 0, 0], x[1, 1, 3, 3], x[2, 0, 2, 2] = np.nan, np.inf, -np.inf, np.inf
+    tp = _DT[dtype]
+    m = helper.make_model(helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"])], "g",
+                                            [helper.make_tensor_value_info("x", tp, list(shape))],
+                                            [helper.make_tensor_value_info("y", tp, None)]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    ref = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    tol = 1e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol, atol=tol)
+
+
+def test_global_average_pool_float64():
+    """float64 (which onnxruntime's CPU provider lacks) against NumPy's float64 mean."""
+    x = RNG.standard_normal((2, 5, 6, 7))
+    m = helper.make_model(helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"])], "g",
+                                            [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 5, 6, 7])],
+                                            [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, x.mean(axis=(2, 3), keepdims=True), rtol=1e-12, atol=1e-14)

@@ -352,15 +352,19 @@ class _ConvPlan:
                 bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
                 xj, mult, args = np.ascontiguousarray(xc), M // g, (*self.strides, *self.dilations, pb[0], pb[1],
                                                                     cdt.type(lo), cdt.type(hi))
+                loop = self.jit.depthwise2d
+                if hard is not None:    # HardSigmoid / HardSwish applied as the loop writes, not in a pass of its own
+                    loop, args = self.jit.depthwise2d_act, args + (cdt.type(hard[0]), cdt.type(hard[1]),
+                                                                   2 if hard[2] else 1)
 
                 def part(c0, c1):       # input channels c0..c1 and their outputs
-                    self.jit.depthwise2d(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
-                                         y[:, c0 * mult:c1 * mult], *args)
+                    loop(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
+                         y[:, c0 * mult:c1 * mult], *args)
                 if M * P * K >= _DW_SPLIT_MIN_MACS:
                     _over_channels(part, N, g, M * P * K)
                 else:
                     part(0, g)
-                return y, self._hard_pass(y, hard)
+                return y, True
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
             return y, False

@@ -242,10 +242,26 @@ def lp_pool(info):
 
 
 @array_kernel("GlobalAveragePool", since=1)
-def global_average_pool(x, *, xp):
-    axes = tuple(range(2, x.ndim))
-    cdt = compute_dtype(x.dtype)
-    return xp.mean(x, axis=axes, keepdims=True, dtype=cdt).astype(x.dtype, copy=False)
+def global_average_pool(info):
+    """The spatial sums as one matrix-vector product, (N*C, pixels) times a vector of ones (made once per
+    size), then divided by the pixel count: NumPy's mean over two axes cost 9-14 us on 256-512 channels of
+    7x7 alone and 30-50 us inside a PP-LCNet run (its Python layers), this 6-10 us there."""
+    xp = info.xp
+    ones = {}
+
+    def run(x):
+        cdt = compute_dtype(x.dtype)
+        n = math.prod(x.shape[2:]) if x.ndim > 2 else 0
+        if not n or not x.size:        # no spatial axes, or nothing to average: the mean's own answer
+            return (xp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=cdt).astype(x.dtype, copy=False),)
+        v = ones.get((n, cdt))
+        if v is None:           # idempotent: concurrent first runs may both make it
+            v = ones[(n, cdt)] = xp.ones(n, dtype=cdt)
+        y = x.astype(cdt, copy=False).reshape(-1, n) @ v
+        y /= n
+        return (y.reshape(x.shape[:2] + (1,) * (x.ndim - 2)).astype(x.dtype, copy=False),)
+
+    return run
 
 
 @array_kernel("GlobalMaxPool", since=1)

@@ -143,6 +143,18 @@ def _fill_planes(xc, planes, pt, pl, sh, sw, Hp, Wp, PL, Qw):  # pragma: no cove
                     dst[k] = xr[j + k * sw]
 
 
+@njit(nogil=True, boundscheck=False, inline="always")
+def _act(v, lo, hi, alpha, beta, act):  # pragma: no cover (compiled)
+    """The depthwise loops' output activation: clip(v, lo, hi), then for act 1 HardSigmoid
+    clip(alpha * v + beta, 0, 1), for act 2 HardSwish v * HardSigmoid(v) (``act`` a literal where inlined)."""
+    v = min(max(v, lo), hi)
+    if act == 0:
+        return v
+    zero = alpha - alpha            # the bounds in v's dtype (integer literals would widen float32)
+    h = min(max(alpha * v + beta, zero), zero + np.float32(1.0))
+    return h if act == 1 else v * h
+
+
 @njit(nogil=True, boundscheck=False)
 def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
     """y[n, o] = clip(b[o] + sum_taps w[o, kh, kw] * xpad[n, o // mult, oh*sh + kh*dh, ow*sw + kw*dw], lo, hi).
@@ -150,34 +162,52 @@ def depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover
     x (N, C, H, W), w (M, KH, KW) with M = C * mult, b (M,), y (N, M, OH, OW) written in full;
     pt/pl are the leading pads (the trailing ones follow from y's size).
     """
+    _depthwise_strides(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, lo, lo, 0)
+
+
+@njit(nogil=True, boundscheck=False)
+def depthwise2d_act(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, act):  # pragma: no cover
+    """depthwise2d with FusedConv's HardSigmoid (act 1) or HardSwish (act 2) applied as each output is
+    written (see ``_act``), instead of a second pass over y."""
+    if act == 1:
+        _depthwise_strides(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, 1)
+    elif act == 2:
+        _depthwise_strides(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, 2)
+    else:
+        _depthwise_strides(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, 0)
+
+
+@njit(nogil=True, boundscheck=False, inline="always")
+def _depthwise_strides(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, act):  # pragma: no cover
+    """The dispatch on strides shared by depthwise2d and depthwise2d_act."""
     # the common strides as literals: the inlined body then has no integer divisions by a runtime
     # stride per row and tap (they cost more than the taps on 7x7 and 14x14 images)
     if dh == 1 and dw == 1 and sh == 1 and sw == 1:
         H, W = x.shape[2], x.shape[3]
         if (w.shape[1] == 3 and w.shape[2] == 3 and pt == 1 and pl == 1 and y.shape[2] == H and y.shape[3] == W
                 and H >= 2 and W >= _FLAT_MIN_W):
-            _depthwise3x3_flat(x, w, b, y, lo, hi)
+            _depthwise3x3_flat(x, w, b, y, lo, hi, alpha, beta, act)
         else:
-            _depthwise2d(x, w, b, y, 1, 1, 1, 1, pt, pl, lo, hi)
+            _depthwise2d(x, w, b, y, 1, 1, 1, 1, pt, pl, lo, hi, alpha, beta, act)
     elif dh == 1 and dw == 1 and sh == 2 and sw == 2:
-        _depthwise2d(x, w, b, y, 2, 2, 1, 1, pt, pl, lo, hi)
+        _depthwise2d(x, w, b, y, 2, 2, 1, 1, pt, pl, lo, hi, alpha, beta, act)
     else:
-        _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi)
+        _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, act)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _two_rows(xf, s, W, L, a0, a1, a2, c0, c1, c2, bo, dst, lo, hi):  # pragma: no cover (compiled)
+def _two_rows(xf, s, W, L, a0, a1, a2, c0, c1, c2, bo, dst, lo, hi, alpha, beta, act):  # pragma: no cover
     """dst[r] = clip(bo + (a0, a1, a2) . xf[s + r:][:3] + (c0, c1, c2) . xf[s + W + r:][:3], lo, hi), r < L:
     an edge row of a 3x3 "same" conv, from the two image rows its kernel rows reach."""
     p = xf[s:s + L + 2]          # one view per image row, the taps at offsets 0-2 (see _depthwise3x3_flat)
     q = xf[s + W:s + W + L + 2]
     for r in range(L):
         v = (bo + a0 * p[r] + a1 * p[r + 1] + a2 * p[r + 2]) + (c0 * q[r] + c1 * q[r + 1] + c2 * q[r + 2])
-        dst[r] = min(max(v, lo), hi)
+        dst[r] = _act(v, lo, hi, alpha, beta, act)
 
 
-@njit(nogil=True, boundscheck=False)
-def _depthwise3x3_flat(x, w, b, y, lo, hi):  # pragma: no cover (compiled)
+@njit(nogil=True, boundscheck=False, inline="always")
+def _depthwise3x3_flat(x, w, b, y, lo, hi, alpha, beta, act):  # pragma: no cover (compiled)
     """3x3, stride 1, pads 1 ("same"), images at least 2 x _FLAT_MIN_W: straight from x, no padded copy.
 
     The interior rows are one flat run over the image at its own row pitch (every tap a contiguous
@@ -214,10 +244,11 @@ def _depthwise3x3_flat(x, w, b, y, lo, hi):  # pragma: no cover (compiled)
                 v = ((bo + w00 * r0[r] + w01 * r0[r + 1] + w02 * r0[r + 2])
                      + (w10 * r1[r] + w11 * r1[r + 1] + w12 * r1[r + 2])
                      + (w20 * r2[r] + w21 * r2[r + 1] + w22 * r2[r + 2]))
-                dst[r] = min(max(v, lo), hi)
+                dst[r] = _act(v, lo, hi, alpha, beta, act)
         # the top row (kernel rows 1 and 2 over image rows 0 and 1), the bottom row (kernel rows 0 and 1)
-        _two_rows(xf, 0, W, Li, w10, w11, w12, w20, w21, w22, bo, yf[1:1 + Li], lo, hi)
-        _two_rows(xf, e, W, Li, w00, w01, w02, w10, w11, w12, bo, yf[e + W + 1:e + W + 1 + Li], lo, hi)
+        _two_rows(xf, 0, W, Li, w10, w11, w12, w20, w21, w22, bo, yf[1:1 + Li], lo, hi, alpha, beta, act)
+        _two_rows(xf, e, W, Li, w00, w01, w02, w10, w11, w12, bo, yf[e + W + 1:e + W + 1 + Li], lo, hi, alpha,
+                  beta, act)
         for oh in range(H):          # first and last columns: six taps (four on the corners)
             s = bo + w11 * xc[oh, 0] + w12 * xc[oh, 1]
             t = bo + w10 * xc[oh, W - 2] + w11 * xc[oh, W - 1]
@@ -227,12 +258,12 @@ def _depthwise3x3_flat(x, w, b, y, lo, hi):  # pragma: no cover (compiled)
             if oh < H - 1:
                 s += w21 * xc[oh + 1, 0] + w22 * xc[oh + 1, 1]
                 t += w20 * xc[oh + 1, W - 2] + w21 * xc[oh + 1, W - 1]
-            yc[oh, 0] = min(max(s, lo), hi)
-            yc[oh, W - 1] = min(max(t, lo), hi)
+            yc[oh, 0] = _act(s, lo, hi, alpha, beta, act)
+            yc[oh, W - 1] = _act(t, lo, hi, alpha, beta, act)
 
 
 @njit(nogil=True, boundscheck=False, inline="always")
-def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cover (compiled)
+def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi, alpha, beta, act):  # pragma: no cover (compiled)
     """depthwise2d's body, inlined once per stride case. Each channel goes in strips of output rows
     whose planes fit in L1 (a whole 112x112 channel's planes are 50 KB: the nine taps then read L2)."""
     N, C, H, W = x.shape
@@ -274,7 +305,7 @@ def _depthwise2d(x, w, b, y, sh, sw, dh, dw, pt, pl, lo, hi):  # pragma: no cove
                 yr = yo[r0 + oh]
                 ar = acc[oh * Qw:oh * Qw + OW]
                 for ow in range(OW):
-                    yr[ow] = min(max(ar[ow], lo), hi)
+                    yr[ow] = _act(ar[ow], lo, hi, alpha, beta, act)
 
 
 @njit(nogil=True, boundscheck=False)
@@ -367,6 +398,7 @@ def _im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no co
 AOT = {
     "im2col2d": ("A4 A3 i i i i i i i i i i", ("f4", "f8")),
     "depthwise2d": ("A4 A3 A1 A4 i i i i i i s s", ("f4", "f8")),
+    "depthwise2d_act": ("A4 A3 A1 A4 i i i i i i s s s s i", ("f4", "f8")),
     "bias_clip": ("A3 A1 s s", ("f4", "f8")),
     "bias_add_clip": ("A3 A1 A3 s s", ("f4", "f8")),
     "bias_hard_act": ("A3 A1 A3 i s s i", ("f4", "f8")),
