@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import check_outputs, make_model, tensor_info
 from conftest import run_both as both
+from jit_paths import JIT_PATHS, choose_path
 
 import engineroom as er
 
@@ -40,9 +41,21 @@ def one_node(op, x, attrs=None, inits=(), extra_inputs=(), opset=17, opsets=(), 
 
 # -- ai.onnx.ml: Normalizer, LinearClassifier, ZipMap ------------------------------------------------
 
+@pytest.fixture(params=JIT_PATHS)
+def ml_path(request, monkeypatch):
+    """Normalizer's compiled row pass (``_jit_ml``) or its NumPy form."""
+    return choose_path(request, monkeypatch, "ml")
+
+
+@pytest.fixture(params=JIT_PATHS)
+def softmax_path(request, monkeypatch):
+    """LinearClassifier's softmax as the compiled one (``_jit_transformer.softmax``) or in NumPy."""
+    return choose_path(request, monkeypatch, "transformer")
+
+
 @pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-def test_normalizer_in_place_with_zero_rows(norm, dtype):
+def test_normalizer_in_place_with_zero_rows(norm, dtype, ml_path):
     x = (RNG.standard_normal((5, 4)) * 3).astype(dtype)
     x[2] = 0                                   # a zero norm: the row stays as it is
     if dtype != np.int64:
@@ -50,10 +63,27 @@ def test_normalizer_in_place_with_zero_rows(norm, dtype):
     m = one_node("Normalizer", x, {"norm": norm}, opsets=[ML], domain="ai.onnx.ml",
                  out_types=[TensorProto.FLOAT])
     check(*both(m, {"x": x}))
+    ml_path.expect("normalize_rows")
     x1 = x[0].copy()                           # 1-D: one row
     m1 = one_node("Normalizer", x1, {"norm": norm}, opsets=[ML], domain="ai.onnx.ml",
                   out_types=[TensorProto.FLOAT])
     check(*both(m1, {"x": x1}))
+
+
+@pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
+def test_normalizer_wide_rows_negative_max_and_nan(norm, ml_path):
+    """Rows of a TF-IDF width (the compiled pass sums them in float64, onnxruntime in float32), a row
+    whose max is negative, a NaN (its row is NaN on both engines) and an infinity."""
+    x = RNG.random((6, 229)).astype(np.float32)
+    x[:, ::3] = 0
+    x[1] = -np.abs(x[1]) - 0.5
+    x[4, 7] = np.nan
+    x[5, 3] = np.inf
+    m = one_node("Normalizer", x, {"norm": norm}, opsets=[ML], domain="ai.onnx.ml", out_types=[TensorProto.FLOAT])
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(np.isnan(got[0]), np.isnan(ref[0]))
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    ml_path.expect("normalize_rows")
 
 
 def _linear_classifier(n_features, labels, post, n_rows=None, width=None, strings=False):
@@ -73,13 +103,16 @@ def _linear_classifier(n_features, labels, post, n_rows=None, width=None, string
 
 @pytest.mark.parametrize("post", ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"])
 @pytest.mark.parametrize("static_width", [True, False])
-def test_linear_classifier_weights_prepared_once(post, static_width):
+def test_linear_classifier_weights_prepared_once(post, static_width, softmax_path):
     m = _linear_classifier(4, [3, 1, 7], post, width=4 if static_width else None)
     s = er.InferenceSession(m, providers=["CPUExecutionProvider"])
     ref = ort.InferenceSession(m, providers=["CPUExecutionProvider"])
     for n in (1, 6, 6):       # the same width again reuses the prepared weights
         x = RNG.standard_normal((n, 4)).astype(np.float32)
+        if n == 6:
+            x[2] *= 40         # scores far apart: exp of the others underflows, labels still agree
         check(ref.run(None, {"x": x}), s.run(None, {"x": x}), tol=1e-5)
+    softmax_path.expect("softmax", post == "SOFTMAX")
 
 
 @pytest.mark.parametrize("post", ["NONE", "LOGISTIC"])

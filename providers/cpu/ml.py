@@ -115,9 +115,13 @@ def binarizer(x, *, xp, threshold=0.0):
 @kernel("Normalizer", domain=ML, since=1)
 def normalizer(info):
     norm = _text(info.attrs.get("norm", "MAX"))
-    add, maximum, absolute, sqrt, divide, count_nonzero = (np.add.reduce, np.maximum.reduce, np.abs, np.sqrt,
+    # fmax: the max norm passes over NaNs, as onnxruntime's comparisons do
+    add, maximum, absolute, sqrt, divide, count_nonzero = (np.add.reduce, np.fmax.reduce, np.abs, np.sqrt,
                                                            np.divide, np.count_nonzero)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    jit = NUMPY.compiled("ml")      # one pass over the rows (_jit_ml.normalize_rows)
+    mode = {"MAX": 0, "L1": 1}.get(norm, 2)
+    empty, contiguous = np.empty, np.ascontiguousarray
 
     def run(x):
         # float32/float64 read as they are (float64 stays float64 until the end), other types as float32;
@@ -126,6 +130,11 @@ def normalizer(info):
         rows = x if x.dtype == f32 or x.dtype == f64 else x.astype(f32)
         if rows.ndim == 1:
             rows = rows.reshape(1, -1)
+        if jit is not None and rows.__class__ is np.ndarray:
+            y = empty(rows.shape, rows.dtype)
+            jit.normalize_rows(contiguous(rows), y, mode)
+            y = y if y.shape == x.shape else y.reshape(x.shape)
+            return (y if y.dtype == f32 else y.astype(f32),)
         if norm == "MAX":
             d = maximum(rows, 1, keepdims=True)
         elif norm == "L1":
@@ -407,7 +416,11 @@ def linear_classifier(info):
         return w
 
     f32 = np.dtype(np.float32)
-    dot, stack = np.dot, np.stack
+    dot, stack, empty = np.dot, np.stack, np.empty
+    # the softmax as one compiled pass per row (_jit_transformer.softmax, float32) instead of four NumPy
+    # calls: ~0.7 against ~2.5 us on 5 x 3 scores
+    jit = NUMPY.compiled("transformer") if post is _softmax else None
+    softmax_rows = jit.softmax if jit is not None else None
     shape = info.input_shapes[0] if info.input_shapes else None
     if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
         weights_for(shape[1])   # checked and prepared at creation where the width is static
@@ -430,8 +443,12 @@ def linear_classifier(info):
             scores = stack([1 - p, p], axis=1)
             label = np.where(raw > 0, labels[1], labels[0]).astype(labels.dtype)
         else:
-            scores = post(s) if post is not None else s
             label = labels.take(s.argmax(1)) if n_classes else s.argmax(1).astype(labels.dtype)
+            if softmax_rows is not None and s.dtype == f32 and s.shape[1]:
+                scores = empty(s.shape, f32)
+                softmax_rows(s, scores)
+            else:
+                scores = post(s) if post is not None else s
         return label, scores if scores.dtype == f32 else scores.astype(f32)
 
     return run

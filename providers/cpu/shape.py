@@ -174,6 +174,10 @@ def concat(info):
             if dst.shape == past.shape[:a] + (past.shape[a] + new.shape[a],) + past.shape[a + 1:]:
                 np.concatenate((past, new), axis=a, out=dst)
                 return (dst,)
+        if past.ndim < 3:
+            # a cache fed back has batch, sequence and feature axes at least; tracking an output costs ~1 us
+            # a call (a weak reference), which the many small rank-2 Concats of shape arithmetic never repay
+            return run(past, new)
         g = grow.get(past.ndim)
         if g is None:
             g = grow.setdefault(past.ndim, GrowingConcat(_axis(axis, past.ndim)))
@@ -587,24 +591,32 @@ def constant_of_shape(info):
 
 # --- Range
 
+_I64 = 2 ** 63
+
+
 def _range(info, stash_float):
     xp = info.xp
     max_bytes = info.max_tensor_bytes
 
+    def scalar(v):
+        return v.item() if v.ndim == 0 else _host(v).reshape(-1)[0]
+
     def run(start, limit, delta):
         dtype = start.dtype
-        s, lim, d = (v.item() if v.ndim == 0 else _host(v).reshape(-1)[0] for v in (start, limit, delta))
+        s, lim, d = scalar(start), scalar(limit), scalar(delta)
         if dtype.kind in "iu":
             s, lim, d = int(s), int(lim), int(d)
             if d == 0:
                 raise ValueError("Range: delta cannot be 0")
             n = max(-(-(lim - s) // d), 0)
             _check_size((n,), dtype, max_bytes)
-            # start + i * delta in int64, then the input's dtype
-            out = np.arange(n, dtype=np.int64)
-            if d != 1:
+            # start + i * delta in int64 (arange's integer steps are exact), then the input's dtype
+            stop = s + n * d
+            if -_I64 <= stop < _I64 and -_I64 <= s < _I64:
+                out = np.arange(s, stop, d, dtype=np.int64)
+            else:
+                out = np.arange(n, dtype=np.int64)
                 out *= d
-            if s:
                 out += s
             return (xp.asarray(out.astype(dtype, copy=False)),)
         if float(d) == 0:

@@ -394,22 +394,33 @@ def checks(spec: str, dt: str) -> tuple:
                  for i, a in enumerate(spec.split()) if a[0] in "AUID")
 
 
+def _matcher(chk: tuple):
+    """``args -> bool``: whether the arrays of one variant's ``checks`` have their class, dtype, rank and C
+    order, the tests written out in one expression: a call with six arrays is checked in ~0.6 us, against
+    ~0.9 in a loop over the checks (a compiled call on a few hundred elements costs ~0.4 us itself)."""
+    env = {"nd": np.ndarray}
+    terms = []
+    for k, (i, dt, ndim) in enumerate(chk):
+        env[f"d{k}"] = dt
+        terms.append(f"(a := args[{i}]).__class__ is nd and (a.dtype is d{k} or a.dtype == d{k}) "
+                     f"and a.ndim == {int(ndim)} and a.flags.c_contiguous")
+    exec("def match(args):\n    return " + (" and ".join(f"({t})" for t in terms) or "True"), env)
+    return env["match"]
+
+
 class _Kernel:
     """One compiled function: the variant whose argument types the call matches, else a TypeError."""
 
-    __slots__ = ("name", "variants")
+    __slots__ = ("name", "variants", "_matched")
 
     def __init__(self, name, variants):
         self.name = name
-        self.variants = variants
+        self.variants = variants        # (compiled function, checks) per variant
+        self._matched = [(fn, _matcher(chk)) for fn, chk in variants]
 
     def __call__(self, *args):
-        for fn, chk in self.variants:
-            for i, dt, nd in chk:
-                a = args[i]
-                if type(a) is not np.ndarray or a.dtype != dt or a.ndim != nd or not a.flags.c_contiguous:
-                    break
-            else:
+        for fn, match in self._matched:
+            if match(args):
                 return fn(*args)
         got = ", ".join(f"{a.dtype}[{a.ndim}-D{'' if a.flags.c_contiguous else ', strided'}]"
                         if isinstance(a, np.ndarray) else type(a).__name__ for a in args)
