@@ -168,7 +168,10 @@ def tfidf_vectorizer(info):
             flat += gap
         slots = []
         for n, step, t in passes:
-            grams = flat if n == 1 else zip(*[flat[k * step:] for k in range(n)])
+            if n == 1:
+                grams = flat
+            else:   # (bigrams: one slice, no list of them)
+                grams = zip(flat, flat[step:]) if n == 2 else zip(*[flat[k * step:] for k in range(n)])
             slots += [p // stride * n_slots + g for p, g in enumerate(map(t.get, grams)) if g is not None]
         counts = bincount(slots, minlength=n_rows * n_slots).astype(f32).reshape(n_rows, n_slots)
         if mode == "IDF":
