@@ -399,6 +399,33 @@ def test_topk_small_k_short_axis(largest, shape, axis):
     np.testing.assert_array_equal(got[1], ref[1])
 
 
+@pytest.fixture(params=JIT_PATHS)
+def sorting_path(request, monkeypatch):
+    return choose_path(request, monkeypatch, "sorting")
+
+
+@pytest.mark.parametrize("case", [((1, 128, 223), -1, 8, np.float32, 1), ((2, 64, 37), 1, 5, np.float32, 0),
+                                  ((3, 9), -1, 9, np.float64, 1), ((2, 40, 3), 1, 32, np.float32, 1),
+                                  ((4, 300), -1, 3, np.float32, 0)])
+def test_topk_compiled_small_k(sorting_path, case):
+    """Top k <= 32 in one compiled pass a row (or NumPy's paths): onnxruntime's values and indices with
+    many ties (the lower index first), either order, any axis, k = n, float64; a NaN takes NumPy's path."""
+    shape, axis, k, dtype, largest = case
+    x = (RNG.integers(-6, 7, shape) * 0.5).astype(dtype)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=axis, largest=largest)
+    m = model([node], [vi("x", elem, list(x.shape))], [vi("v", elem, None), vi("i", TensorProto.INT64, None)],
+              [("k", np.array([k], np.int64))])
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    sorting_path.expect("topk_rows")
+    x.flat[5] = np.nan
+    ref, got = both(m, {"x": x})
+    np.testing.assert_array_equal(got[1], ref[1])
+    sorting_path.expect("topk_rows", False)
+
+
 # ---------------------------------------------------------------------------------------------
 # DynamicQuantizeLinear: two compiled passes (range, quantization) or NumPy's
 
