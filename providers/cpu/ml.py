@@ -336,7 +336,10 @@ def label_encoder(info):
     def run(x):
         xh = _host(x)
         if sorted_keys is None:
-            flat = [table.get(_text(v), default) for v in xh.reshape(-1)]
+            # the items as a list, str keys looked up as they are (no call per item)
+            get = table.get
+            flat = [get(v, default) if v.__class__ is str else get(_text(v), default)
+                    for v in xh.reshape(-1).tolist()]
             if out_dtype.kind == "O":
                 return (_obj_array(flat, xh.shape),)
             return (xp.asarray(np.asarray(flat, dtype=out_dtype).reshape(xh.shape)),)
