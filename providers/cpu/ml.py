@@ -403,6 +403,9 @@ def linear_classifier(info):
     coef, inter = _linear_scores(info)
     labels = _labels(info, "classlabels_ints", "classlabels_strings")
     n_classes = labels.size
+    # labels 0, 1, ... n-1 (scikit-learn's usual): the label is argmax's int64 index itself, no gather
+    by_position = n_classes > 0 and labels.dtype == np.int64 and np.dtype(np.intp) == np.int64 and \
+        bool((labels == np.arange(n_classes)).all())
     post_name = info.attrs.get("post_transform", "NONE")
     post = _resolved(_post(post_name))
     weights = {}   # input width -> the [width, n_rows] weight view
@@ -446,7 +449,8 @@ def linear_classifier(info):
             scores = stack([1 - p, p], axis=1)
             label = np.where(raw > 0, labels[1], labels[0]).astype(labels.dtype)
         else:
-            label = labels.take(s.argmax(1)) if n_classes else s.argmax(1).astype(labels.dtype)
+            label = s.argmax(1) if by_position else labels.take(s.argmax(1)) if n_classes else \
+                s.argmax(1).astype(labels.dtype)
             if softmax_rows is not None and s.dtype == f32 and s.shape[1]:
                 scores = empty(s.shape, f32)
                 softmax_rows(s, scores)
