@@ -257,6 +257,26 @@ def test_dense_paths(case, jit):
           group=g, jit=jit)
 
 
+@pytest.mark.parametrize("case", [
+    dict(C=1, M=8, H=32, W=40, k=(32, 4)),                   # a recognizer's stem: one row of patches
+    dict(C=3, M=12, H=18, W=17, k=(4, 4)),                   # a patch embedding, the last row and column cropped
+    dict(C=4, M=6, H=9, W=10, k=(3, 2), group=2),
+    dict(C=2, M=4, H=6, W=6, k=(3, 3), pads=(0, 0, 1, 1)),   # padded: the im2col paths
+    dict(C=2, M=4, H=6, W=6, k=(2, 2), dilations=(2, 2)),    # dilated: not tiling
+])
+@pytest.mark.parametrize("jit", JIT_PATHS)
+def test_patch_convs(case, jit):
+    """kernel = stride: the windows tile the input and im2col is one transposing copy."""
+    c = dict(case)
+    g, k = c.get("group", 1), c["k"]
+    x, w, b = rand(2, c["C"], c["H"], c["W"]), rand(c["M"], c["C"] // g, *k), rand(c["M"])
+    pads, d = c.get("pads", (0, 0, 0, 0)), c.get("dilations", (1, 1))
+    plan = _ConvPlan(np, {"strides": list(k), "dilations": list(d), "group": g}, w)
+    assert plan.patches == (d == (1, 1))
+    check(x, w, b, pads=pads, strides=k, dilations=d, group=g, jit=jit)
+    check(x.astype(np.float64), w.astype(np.float64), None, pads=pads, strides=k, dilations=d, group=g, jit=jit)
+
+
 @pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
 @pytest.mark.parametrize("case", [
     dict(C=3, M=16, H=33, W=31, k=7, pads=(3, 3, 3, 3), strides=(2, 2)),         # a stem: 17 rows, 3 a band

@@ -301,6 +301,9 @@ class _ConvPlan:
         # a strided 1x1 conv (ResNet's downsample): its columns are the input's strided pixels, one copy
         self.subsample = None if self.pointwise or any(k != 1 for k in self.kshape) else \
             (Ellipsis,) + tuple(slice(None, None, s) for s in self.strides)
+        # windows that tile the input (kernel = stride, no dilation: a patch embedding, a recognizer's
+        # 32x4 stem): im2col is one transposing copy of the input (see _patches)
+        self.patches = not self.pointwise and self.kshape == self.strides and all(d == 1 for d in self.dilations)
 
     def geometry(self, spatial):
         key = (spatial, self.kshape)
@@ -398,6 +401,8 @@ class _ConvPlan:
             cols = xc.reshape(N, g, Cg, P)
         elif self.subsample is not None and not any(pb) and not any(pe):
             cols = xp.ascontiguousarray(xc[self.subsample]).reshape(N, g, Cg, P)
+        elif self.patches and not any(pb) and not any(pe):
+            cols = self._patches(xc, out).reshape(N, g, Cg * K, P)
         elif self.jit is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
             if g == 1 and Cg * K * P >= _BAND_MIN_COLS:
                 self._im2col_bands(xc, y, pb, out)
@@ -432,6 +437,17 @@ class _ConvPlan:
             cols = view.reshape(N, g, Cg * K, P)     # the im2col copy
         arrays(xp).matmul(self.wm, cols, out=y.reshape(N, g, M // g, P))
         return y, self._epilogue(y, b, clip, z, hard) or self._plain_epilogue(y, bias, P)
+
+    def _patches(self, x, out):
+        """The column matrix (N, C, k..., o...) of a conv whose windows tile x (kernel = stride, no pads): x
+        cropped to whole windows, viewed as (N, C, o1, k1, o2, k2, ...) and copied in (k..., o...) order.
+        Measured alone, one thread: a 4x4 stride-4 conv of a 96x512 image 310 -> 65 us, a 32x4 stride-(32, 4)
+        stem 48 -> 36 (the compiled im2col split the input into one stride phase per kernel tap)."""
+        nd = len(out)
+        crop = (Ellipsis,) + tuple(slice(0, o * k) for o, k in zip(out, self.kshape))
+        view = x[crop].reshape(x.shape[:2] + tuple(d for ok in zip(out, self.kshape) for d in ok))
+        perm = (0, 1) + tuple(3 + 2 * i for i in range(nd)) + tuple(2 + 2 * i for i in range(nd))
+        return self.xp.ascontiguousarray(view.transpose(perm))
 
     def _plain_epilogue(self, y, bias, P) -> bool:
         """y += bias with NumPy (where the compiled pass did not run); False: the residual and clip are
