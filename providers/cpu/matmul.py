@@ -195,14 +195,19 @@ def gemm(info):
                                                (cpack.ndim < 2 or cpack.shape[0] == 1))):
         # float32 A by the prepared weight plus a row bias (a Loop body's cell, a classifier head: 7 per
         # slanet_table step): no dtype, alpha or broadcast decisions per call (~2.5 us of a 6 us Gemm)
+        from engineroom.providers.cpu._threadpool import BLAS_SINGLE_MACS
+
         mm = arrays(xp).matmul
         bias = cpack if cconst is not None and beta != 0.0 else None
-        add = np.add
+        add, matmul_ = np.add, np.matmul
+        # products below the size the thread pool's policy looks at go to NumPy directly, as there (the
+        # small heads of tiny models: a 1 x 128 by 128 x 128 Gemm pays ~0.3 us less)
+        max_rows = BLAS_SINGLE_MACS // max(bpack.size, 1)
 
         def run_f32(A, B=None, C=None):
             if A.dtype != f32 or A.ndim != 2 or (C is not None and bias is None and beta != 0.0):
                 return run(A, B, C)
-            y = mm(A, bpack)
+            y = matmul_(A, bpack) if A.shape[0] < max_rows else mm(A, bpack)
             if bias is not None:
                 add(y, bias, out=y)
             return (y,)
