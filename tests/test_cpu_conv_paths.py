@@ -292,7 +292,7 @@ def test_im2col_in_bands(monkeypatch, case, steady):
 
     c = dict(case)
     monkeypatch.setattr(conv_mod, "_BAND_MIN_COLS", 1)
-    monkeypatch.setattr(conv_mod, "_BAND_COLS", c["C"] * c["k"] ** 2 * 3 * 16)   # ~3 rows of 16 pixels a band
+    monkeypatch.setattr(conv_mod, "_BAND_PIXELS", 3 * c["W"] // 2)     # a few output rows a band
     bands = []
     real = conv_mod._ConvPlan._im2col_bands
     monkeypatch.setattr(conv_mod._ConvPlan, "_im2col_bands", lambda self, *a: bands.append(1) or real(self, *a))

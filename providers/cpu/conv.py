@@ -175,10 +175,13 @@ _MAX_PHASE_COMBOS = 16
 # (C16 112x112 80 -> 90-99 us, C128 28x28 61 -> 90-101, C96 112x112 s2 358 -> 380, C256 56x56 379 -> 401-410):
 # the worker wakes too late to take its share
 _DW_SPLIT_MIN_MACS = 1 << 23
-# ungrouped 2-D convs whose column matrix would hold at least _BAND_MIN_COLS floats make it a band of
-# output rows at a time, each band about _BAND_COLS floats (512 KB: in L2 with the GEMM's packed panels)
-_BAND_MIN_COLS = 1 << 20
-_BAND_COLS = 1 << 17
+# ungrouped 2-D convs whose column matrix would hold at least _BAND_MIN_COLS floats (1 MB) make it a band of
+# whole output rows at a time, each band at least _BAND_PIXELS output pixels: measured alone at one thread,
+# bands of ~1K pixels against bands of 512 KB of columns: a 3-channel 3x3 stride-2 stem at 224x224 247 ->
+# 165 us (unbanded 242), 512 -> 128 channels 3x3 at 28x28 11.8 -> 6.6 ms (its 512 KB bands were single rows
+# of 28 pixels, too narrow for the GEMM), 16 -> 32 at 112x112 1.29 -> 1.20 ms, resnet's 7x7 stem 2.00 -> 2.08
+_BAND_MIN_COLS = 1 << 18
+_BAND_PIXELS = 1024
 
 
 def _hard_activation(xp, y, hard):
@@ -462,7 +465,7 @@ class _ConvPlan:
 
     def _im2col_bands(self, x, y, pb, out):
         """y = W @ im2col(x) for an ungrouped 2-D conv (compiled im2col), a band of output rows at a time:
-        each band's columns (about ``_BAND_COLS`` floats) are made and consumed by its GEMM while they
+        each band's columns (``_BAND_PIXELS`` pixels or more) are made and consumed by its GEMM while they
         are in cache, and the bands are spread over the pool when large (``parallel_ranges``).
         A whole stem's column matrix (147 x 12544 floats, 7 MB) went through memory: its im2col took
         0.9 ms in a resnet18 run against 0.3 ms with warm caches."""
@@ -472,7 +475,7 @@ class _ConvPlan:
         sh, sw = self.strides
         dh, dw = self.dilations
         CK = C * self.K
-        rb = max(1, min(OH, _BAND_COLS // (CK * OW)))          # output rows per band
+        rb = max(1, min(OH, -(-_BAND_PIXELS // OW)))           # output rows per band
         nb = -(-OH // rb)
         xj = np.ascontiguousarray(x)
         y2 = y.reshape(N, self.M, OH * OW)
