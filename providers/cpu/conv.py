@@ -182,6 +182,9 @@ _DW_SPLIT_MIN_MACS = 1 << 23
 # of 28 pixels, too narrow for the GEMM), 16 -> 32 at 112x112 1.29 -> 1.20 ms, resnet's 7x7 stem 2.00 -> 2.08
 _BAND_MIN_COLS = 1 << 18
 _BAND_PIXELS = 1024
+# a lean 1x1 conv's bias/activation pass runs in one call on the caller's thread up to this many outputs
+# (~10 us of loop: waking a pool worker costs more), larger ones over channel ranges (``_epilogue``)
+_LEAN_EPILOGUE_MAX = 1 << 16
 
 
 def _hard_activation(xp, y, hard):
@@ -307,6 +310,16 @@ class _ConvPlan:
         # windows that tile the input (kernel = stride, no dilation: a patch embedding, a recognizer's
         # 32x4 stem): im2col is one transposing copy of the input (see _patches)
         self.patches = not self.pointwise and self.kshape == self.strides and all(d == 1 for d in self.dilations)
+        # the lean paths (``_lean``) of the two convs mobile networks are made of, on the compiled loops:
+        # 1x1 ungrouped and 2-D depthwise
+        self.lean = None
+        if self.jit is not None and self.host:
+            if self.pointwise and g == 1 and not any(self.pads):
+                self.lean, self.w2 = "pointwise", xp.ascontiguousarray(self.wm[0])
+            elif self.wd_jit is not None:
+                self.lean = "depthwise"
+        self.cdt = cdt
+        self._lean_args = {}
 
     def geometry(self, spatial):
         key = (spatial, self.kshape)
@@ -327,6 +340,13 @@ class _ConvPlan:
         if self.lifted:
             x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
             z = None if z is None else z.reshape(z.shape[:2] + (1,) + z.shape[2:])
+        lean = self.lean
+        if lean is not None and z is None and x.__class__ is np.ndarray and x.dtype == self.cdt and x.size \
+                and x.flags.c_contiguous and (b is None or (b.__class__ is np.ndarray and b.dtype == self.cdt
+                                                            and b.ndim == 1)) \
+                and (self.jit if lean == "pointwise" else self.wd_jit) is not None:
+            y = self._lean(x, b, clip, hard)
+            return y.reshape(y.shape[:2] + y.shape[3:]) if self.lifted else y
         y, fused = self._conv(x, b, clip, z, hard)
         if not fused:
             if z is not None:
@@ -337,6 +357,64 @@ class _ConvPlan:
                 _hard_activation(self.xp, y, hard)
         y = y.astype(x.dtype, copy=False)
         return y.reshape(y.shape[:2] + y.shape[3:]) if self.lifted else y
+
+    def _lean(self, x, b, clip, hard):
+        """``_conv`` and its bias and activation for a C-contiguous input of the compute type and no residual
+        (``lean`` set): the 1x1 GEMM or the depthwise loop with the fewest Python steps, the depthwise loop's
+        arguments made once per input size. Mobile networks are made of these convs, and each paid ~6 us of
+        Python on the general path (measured alone; more within a run), about what a 1x1 conv of a
+        squeeze-and-excitation block costs in all."""
+        N, M = x.shape[0], self.M
+        if self.lean == "pointwise":
+            y = np.empty((N, M) + x.shape[2:], dtype=x.dtype)
+            if N == 1:              # the 2-D product (the pool's matmul takes its short path)
+                arrays(np).matmul(self.w2, x.reshape(self.Cg, -1), out=y.reshape(M, -1))
+            else:
+                arrays(np).matmul(self.w2, x.reshape(N, self.Cg, -1), out=y.reshape(N, M, -1))
+            if b is None and clip is None and hard is None:
+                return y
+            if y.size > _LEAN_EPILOGUE_MAX:
+                self._epilogue(y, b, clip, None, hard)      # over channel ranges, split where large
+                return y
+            key = (clip, hard)
+            act = self._lean_args.get(key)
+            if act is None:         # the bias pass's loop and arguments, once per activation
+                ct = self.cdt.type
+                lo, hi = clip if clip is not None else (-np.inf, np.inf)
+                act = self._lean_args[key] = (self.jit.bias_clip, (ct(lo), ct(hi)), False) if hard is None else \
+                    (self.jit.bias_hard_act, (0, ct(hard[0]), ct(hard[1]), int(hard[2])), True)
+            loop, args, reads_z = act
+            y3 = y.reshape(N, M, -1)
+            bb = self.zero_bias if b is None else b
+            if reads_z:
+                loop(y3, bb, y3, *args)     # z is not read (has_z 0)
+            else:
+                loop(y3, bb, *args)
+            return y
+        key = (x.shape[2:], clip, hard)
+        prepared = self._lean_args.get(key)
+        if prepared is None:        # idempotent: concurrent first runs may both make it
+            pb, _, out = self.geometry(x.shape[2:])
+            ct = self.cdt.type
+            lo, hi = clip if clip is not None else (-np.inf, np.inf)
+            args = (*self.strides, *self.dilations, pb[0], pb[1], ct(lo), ct(hi))
+            loop = self.jit.depthwise2d
+            if hard is not None:
+                loop, args = self.jit.depthwise2d_act, args + (ct(hard[0]), ct(hard[1]), 2 if hard[2] else 1)
+            prepared = self._lean_args[key] = (out, loop, args, M * math.prod(out) * self.K)
+        out, loop, args, macs = prepared
+        y = np.empty((N, M) + out, dtype=x.dtype)
+        bb = self.zero_bias if b is None else b
+        if macs < _DW_SPLIT_MIN_MACS:
+            loop(x, self.wd_jit, bb, y, *args)
+        else:
+            mult = M // self.group
+
+            def part(c0, c1):       # input channels c0..c1 and their outputs
+                loop(x[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bb[c0 * mult:c1 * mult],
+                     y[:, c0 * mult:c1 * mult], *args)
+            _over_channels(part, N, self.group, macs)
+        return y
 
     def _conv(self, x, b, clip, z, hard=None):
         """The convolution in the compute dtype (a fresh array), and whether ``z``, ``clip`` and ``hard`` were
