@@ -17,7 +17,8 @@ AOT = {
 }
 
 
-@njit(nogil=True, boundscheck=False)
+# reassociated sums (vector lanes: 5 x 229 floats 2.2 -> 1.75 us); no flag that drops NaNs or infinities
+@njit(nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
 def normalize_rows(x, out, mode):  # pragma: no cover (compiled)
     """out = each row of x divided by its norm, mode 0 the row's max (signed and passing over NaNs, as
     onnxruntime), 1 the sum of |x|, 2 the square root of the sum of squares; a row whose norm is 0 is
