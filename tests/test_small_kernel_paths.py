@@ -188,6 +188,20 @@ def test_tfidf_strings_rows_do_not_share_ngrams(mode, min_n, max_n, skip):
     check(*both(m, {"x": x[1]}))      # 1-D: one row
 
 
+@pytest.mark.parametrize("mode", ["TF", "TFIDF"])
+def test_tfidf_wide_output_counts_into_zeros(mode):
+    """An output of 64K+ counts (many rows by a large pool): repeated n-grams in a row, a row without
+    any hit."""
+    vocab = [f"w{i}" for i in range(1500)]
+    pool = vocab[:1000] + [w for i in range(500) for w in (vocab[(7 * i) % 1500], vocab[(11 * i + 3) % 1500])]
+    w = RNG.uniform(0.5, 2, 1500).astype(np.float32).tolist()
+    m = _tfidf(pool, [0, 1000], list(range(1500)), mode, 1, 2, 0, w)
+    x = np.array([[vocab[k] for k in RNG.integers(0, 1500, 30)] for _ in range(60)], dtype=object)
+    x[3] = "none"
+    x[5, :10] = "w7"
+    check(*both(m, {"x": x}))
+
+
 def test_tfidf_ints_and_shared_output_columns():
     """Two pool entries on one output column (summed after counting), an int pool."""
     pool = [2, 3, 5, 4, 5, 6, 7, 8, 6, 7]
