@@ -209,6 +209,8 @@ def test_tfidf_ints_and_shared_output_columns():
                [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5], strings=False)
     x = RNG.integers(0, 9, (4, 12)).astype(np.int64)
     check(*both(m, {"x": x}))
+    x = RNG.integers(0, 9, (40, 40)).astype(np.int64)     # a walk of 1024+ items: hits found by NumPy
+    check(*both(m, {"x": x}))
 
 
 # -- shape ops ---------------------------------------------------------------------------------------

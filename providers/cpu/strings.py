@@ -7,6 +7,7 @@ they only ever live on the host, so these kernels use NumPy directly.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 import numpy as np
 
@@ -95,6 +96,7 @@ _GAP = object()   # between rows in TfIdfVectorizer's walk: equal to no token
 # pass over the whole output and the cast after it (400K counts: ~280 -> ~165 us); below, bincount's
 # smaller fixed cost wins
 _WIDE_COUNTS = 1 << 16
+_LONG_WALK = 1024     # walks (tokens and row gaps) from this length on find their hits' rows with NumPy
 
 
 @kernel("TfIdfVectorizer", since=9)
@@ -169,13 +171,22 @@ def tfidf_vectorizer(info):
         for row in rows.tolist():
             flat += row
             flat += gap
+        long_walk = len(flat) >= _LONG_WALK
         slots = []
         for n, step, t in passes:
             if n == 1:
                 grams = flat
             else:   # (bigrams: one slice, no list of them)
                 grams = zip(flat, flat[step:]) if n == 2 else zip(*[flat[k * step:] for k in range(n)])
-            slots += [p // stride * n_slots + g for p, g in enumerate(map(t.get, grams)) if g is not None]
+            if long_walk:
+                # each gram's slot or -1 in one map, the hits' rows found by NumPy
+                ids = np.array(list(map(t.get, grams, repeat(-1))), np.int64)
+                pos = np.flatnonzero(ids >= 0)
+                slots.append(pos // stride * n_slots + ids[pos])
+            else:
+                slots += [p // stride * n_slots + g for p, g in enumerate(map(t.get, grams)) if g is not None]
+        if long_walk:
+            slots = np.concatenate(slots) if slots else np.empty(0, np.int64)
         size = n_rows * n_slots
         if size >= _WIDE_COUNTS:
             # the hits counted into zeros: no int64 pass over the whole output and cast after it
