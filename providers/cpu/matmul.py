@@ -43,6 +43,17 @@ def _matmul_2d_b(xp, a, b):
     return arrays(xp).matmul(a, b)
 
 
+def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of host array ``a`` starting on an ``align``-byte boundary. A prepared weight that
+    BLAS reads in place (a one-row product: GEMV, no packing) is read ~25% faster 32-byte aligned than at a
+    16-byte offset, where NumPy's allocations may start (1 x 1536 by 1536 x 128: 9.2 -> 7.0 us)."""
+    buf = np.empty(a.nbytes + align, np.uint8)
+    start = -buf.ctypes.data % align
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def matmul_any(xp, a, b):
     """a @ b with ONNX (NumPy) semantics for any dtype; narrow floats go through float32."""
     dt = a.dtype
@@ -157,7 +168,7 @@ def gemm(info):
         cdt = _fdt(b.dtype) if is_float(b.dtype) else b.dtype
         b = b.T if trans_b else b
         b = b.astype(cdt) * np.asarray(alpha, cdt) if fold_alpha else b.astype(cdt)
-        bpack = xp.asarray(np.ascontiguousarray(b))
+        bpack = _aligned(b) if arrays(xp).host else xp.asarray(np.ascontiguousarray(b))
     if cconst is not None:
         c = np.asarray(cconst)
         c = c.astype(_fdt(c.dtype)) if is_float(c.dtype) else c
@@ -204,12 +215,12 @@ def gemm(info):
         # products below the size the thread pool's policy looks at go to NumPy's 2-D product directly, as
         # there (np.dot: the same BLAS call as matmul, less dispatch; the small heads of tiny models: a
         # 1 x 128 by 128 x 128 Gemm pays ~0.5 us less)
-        max_rows = BLAS_SINGLE_MACS // max(bpack.size, 1)
+        max_rows = (BLAS_SINGLE_MACS - 1) // max(bpack.size, 1)     # rows * weight size < BLAS_SINGLE_MACS
 
         def run_f32(A, B=None, C=None):
             if A.dtype != f32 or A.ndim != 2 or (C is not None and bias is None and beta != 0.0):
                 return run(A, B, C)
-            y = dot(A, bpack) if A.shape[0] < max_rows else mm(A, bpack)
+            y = dot(A, bpack) if A.shape[0] <= max_rows else mm(A, bpack)
             if bias is not None:
                 add(y, bias, out=y)
             return (y,)
