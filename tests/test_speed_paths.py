@@ -399,6 +399,22 @@ def test_topk_small_k_short_axis(largest, shape, axis):
     np.testing.assert_array_equal(got[1], ref[1])
 
 
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
+@pytest.mark.parametrize("shape,axes,keepdims", [((1, 1280, 7, 7), [2, 3], 1), ((2, 256, 128), [-1], 0),
+                                                 ((3, 5000), [1], 1), ((2, 3, 4), [1, 2], 0)])
+def test_reduce_trailing_axes(op, shape, axes, keepdims):
+    """Sums and means over trailing axes: rows up to 4096 long as one matrix-vector product, longer ones by
+    NumPy's pairwise sum; onnxruntime's numbers with inf and NaN rows."""
+    x = RNG.standard_normal(shape).astype(np.float32) * 10
+    x.flat[3], x.flat[7], x.flat[-1] = np.inf, np.nan, -np.inf
+    node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)
+    m = model([node], [vi("x", TensorProto.FLOAT, list(shape))], [vi("y", TensorProto.FLOAT, None)],
+              [("axes", np.array(axes, np.int64))], opset=18)
+    ref, got = both(m, {"x": x})
+    assert got[0].shape == ref[0].shape and got[0].dtype == ref[0].dtype
+    np.testing.assert_allclose(got[0], ref[0], rtol=2e-5, atol=1e-4)
+
+
 @pytest.fixture(params=JIT_PATHS)
 def sorting_path(request, monkeypatch):
     return choose_path(request, monkeypatch, "sorting")

@@ -21,6 +21,7 @@ from engineroom.plugin_sdk.host_values import host_array as _host
 from engineroom.plugin_sdk.host_values import ints as _ints
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import _over_channels, compute_dtype, pad_spatial, tap_slice
+from engineroom.providers.cpu.reduce import GEMV_MAX_ROW, row_sums
 from engineroom.providers.cpu.registry import array_kernel, kernel
 
 
@@ -242,26 +243,17 @@ def lp_pool(info):
 
 
 @array_kernel("GlobalAveragePool", since=1)
-def global_average_pool(info):
-    """The spatial sums as one matrix-vector product, (N*C, pixels) times a vector of ones (made once per
-    size), then divided by the pixel count: NumPy's mean over two axes cost 9-14 us on 256-512 channels of
-    7x7 alone and 30-50 us inside a PP-LCNet run (its Python layers), this 6-10 us there."""
-    xp = info.xp
-    ones = {}
-
-    def run(x):
-        cdt = compute_dtype(x.dtype)
-        n = math.prod(x.shape[2:]) if x.ndim > 2 else 0
-        if not n or not x.size:        # no spatial axes, or nothing to average: the mean's own answer
-            return (xp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=cdt).astype(x.dtype, copy=False),)
-        v = ones.get((n, cdt))
-        if v is None:           # idempotent: concurrent first runs may both make it
-            v = ones[(n, cdt)] = xp.ones(n, dtype=cdt)
-        y = x.astype(cdt, copy=False).reshape(-1, n) @ v
-        y /= n
-        return (y.reshape(x.shape[:2] + (1,) * (x.ndim - 2)).astype(x.dtype, copy=False),)
-
-    return run
+def global_average_pool(x, *, xp):
+    """The spatial sums as one matrix-vector product (``reduce.row_sums``), then divided by the pixel count:
+    NumPy's mean over two axes cost 9-14 us on 256-512 channels of 7x7 alone and 30-50 us inside a PP-LCNet
+    run, this 6-10 us there. Large images keep NumPy's pairwise mean."""
+    cdt = compute_dtype(x.dtype)
+    n = math.prod(x.shape[2:]) if x.ndim > 2 else 0
+    if not n or not x.size or n > GEMV_MAX_ROW:    # (nothing to average: the mean's own answer)
+        return xp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=cdt).astype(x.dtype, copy=False)
+    y = row_sums(xp, x.astype(cdt, copy=False).reshape(-1, n))
+    y /= n
+    return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2)).astype(x.dtype, copy=False)
 
 
 @array_kernel("GlobalMaxPool", since=1)
