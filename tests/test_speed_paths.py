@@ -401,10 +401,13 @@ def test_topk_small_k_short_axis(largest, shape, axis):
 
 @pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
 @pytest.mark.parametrize("shape,axes,keepdims", [((1, 1280, 7, 7), [2, 3], 1), ((2, 256, 128), [-1], 0),
-                                                 ((3, 5000), [1], 1), ((2, 3, 4), [1, 2], 0)])
+                                                 ((3, 5000), [1], 1), ((2, 3, 4), [1, 2], 0),
+                                                 ((1, 4, 16, 24, 128), [3], 0), ((2, 3, 4, 5), [1, 2], 1),
+                                                 ((2, 3, 4, 5), [0], 1), ((2, 3, 4, 5), [0, 2], 0)])
 def test_reduce_trailing_axes(op, shape, axes, keepdims):
-    """Sums and means over trailing axes: rows up to 4096 long as one matrix-vector product, longer ones by
-    NumPy's pairwise sum; onnxruntime's numbers with inf and NaN rows."""
+    """Sums and means over trailing axes (rows up to 4096 long as one matrix-vector product, longer ones by
+    NumPy's pairwise sum) or a block of consecutive axes (products of a vector of ones with each block), other
+    axes by NumPy: onnxruntime's numbers with inf and NaN values."""
     x = RNG.standard_normal(shape).astype(np.float32) * 10
     x.flat[3], x.flat[7], x.flat[-1] = np.inf, np.nan, -np.inf
     node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)

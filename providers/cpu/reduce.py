@@ -56,15 +56,26 @@ GEMV_MAX_ROW = 4096
 _ONES: dict = {}
 
 
-def row_sums(xp, rows):
-    """The sums of the rows of a 2-D float32/float64 array, by ``GEMV_MAX_ROW`` (callers check it)."""
-    key = (rows.shape[1], rows.dtype, xp)
+def _ones(xp, n, dtype):
+    key = (n, dtype, xp)
     v = _ONES.get(key)
     if v is None:
-        v = xp.ones(rows.shape[1], dtype=rows.dtype)
+        v = xp.ones(n, dtype=dtype)
         if len(_ONES) < 256:        # a bounded cache: idempotent, so concurrent first uses may both make one
             _ONES[key] = v
-    return rows @ v
+    return v
+
+
+def row_sums(xp, rows):
+    """The sums of the rows of a 2-D float32/float64 array, by ``GEMV_MAX_ROW`` (callers check it)."""
+    return rows @ _ones(xp, rows.shape[1], rows.dtype)
+
+
+def _middle_sums(xp, x3):
+    """(A, B): the sums over the middle axis of a C-contiguous (A, n, B) float array, as A products of a
+    vector of ones with an (n, B) block: NumPy's reduction over a middle axis of (64, 24, 128) took 40 us
+    alone (65 in a trueocr_rec run), this 9."""
+    return _ones(xp, x3.shape[1], x3.dtype) @ x3
 
 
 def _normalize_axes(axes, ndim: int) -> tuple[int, ...]:
@@ -93,6 +104,17 @@ def _reduce(kind: str, xp, x, axes: tuple[int, ...] | None, keepdims: bool):
         else:
             r = getattr(rows, kind)(axis=1)
         return r.reshape(lead + (1,) * len(axes) if keepdims else lead)
+    if kind in ("sum", "mean") and dtype.kind == "f" and dtype not in _LOW_FLOATS and x.size and axes and \
+            axes == tuple(range(axes[0], axes[0] + len(axes))) and x.flags.c_contiguous:
+        # a block of consecutive inner axes: an (A, n, B) view summed over its middle axis
+        n = math.prod(x.shape[a] for a in axes)
+        if n <= GEMV_MAX_ROW:
+            r = _middle_sums(xp, x.reshape(math.prod(x.shape[:axes[0]]), n, -1))
+            if kind == "mean":
+                r /= n
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
+                tuple(d for i, d in enumerate(x.shape) if i not in axes)
+            return r.reshape(shape)
     if kind in ("max", "min"):
         if arrays(xp).host:
             # the ufunc's reduce, what np.max calls after ~2 us of Python argument handling
