@@ -184,6 +184,29 @@ def steady_mode():
         _threadpool.release_blas()
 
 
+@contextlib.contextmanager
+def quick_mode():
+    """Inside it (BLAS's own count at 2 or more), the CPU provider behaves as in a quiet run of the default
+    mode that chose the quick mode: BLAS held at one thread, the pool's workers spinning between parts,
+    GEMMs from 2M multiply-adds and compiled loops from 64K units of work split. Skips where the compiled
+    waits are unavailable (no numba)."""
+    import pytest
+
+    from engineroom.providers.cpu import _threadpool
+
+    threads = _threadpool._blas.outside()
+    if threads < 2 or not _threadpool._pool(threads).quick:
+        pytest.skip("the quick mode needs 2+ BLAS threads and the compiled waits (numba, the jit extra)")
+    _threadpool._blas.hold_single()
+    before = getattr(_threadpool._held, "quick", False)
+    _threadpool._held.quick = True
+    try:
+        yield
+    finally:
+        _threadpool._held.quick = before
+        _threadpool._blas.release()
+
+
 def python_c(code: str, timeout: float = 300, **env) -> str:
     """What a fresh interpreter running ``code`` prints (``env`` added to its environment); a non-zero exit
     fails the test with the child's stderr."""

@@ -1,6 +1,7 @@
 """The CPU provider's worker pool (providers/cpu/_threadpool.py): chunked GEMMs give what one BLAS call
 gives, errors reach the caller, concurrent callers do not mix their chunks, and the process's BLAS
-thread count is back where it was after every call."""
+thread count is back where it was after every call; in the steady mode (sleeping workers, large splits)
+and the quick mode (spinning workers, small splits) alike."""
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +27,15 @@ def steady():
         tp.release_blas()
 
 
+def quick():
+    from conftest import quick_mode
+
+    return quick_mode()
+
+
+MODES = [pytest.param(steady, id="steady"), pytest.param(quick, id="quick")]
+
+
 def _blas_threads() -> list[int]:
     return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
@@ -40,9 +50,10 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("sa,sb", SHAPES)
 @pytest.mark.parametrize("with_out", [False, True])
-def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out):
+def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out, mode):
     rng = np.random.default_rng(0)
     a = rng.standard_normal(sa).astype(np.float32)
     b = rng.standard_normal(sb).astype(np.float32)
@@ -50,7 +61,7 @@ def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out):
     before = _blas_threads()
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         out = np.empty(want.shape, np.float32) if with_out else None
-        with steady():
+        with mode():
             got = tp.matmul(a, b, out)
             assert _blas_threads() == [1] * len(before)
         assert _blas_threads() == [2] * len(before)
@@ -61,14 +72,15 @@ def test_chunked_matmul_matches_one_blas_call(sa, sb, with_out):
     assert _blas_threads() == before
 
 
-def test_strided_output_slices():
+@pytest.mark.parametrize("mode", MODES)
+def test_strided_output_slices(mode):
     """Column chunks write into a row-strided slice of a bigger buffer."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((96, 512)).astype(np.float32)
     b = rng.standard_normal((512, 900)).astype(np.float32)
     big = np.zeros((96, 1000), np.float32)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        with steady():
+        with mode():
             tp.matmul(a, b, big[:, 50:950])
     np.testing.assert_allclose(big[:, 50:950], a.astype(np.float64) @ b, rtol=2e-5, atol=1e-2)
     assert not big[:, :50].any() and not big[:, 950:].any()
@@ -91,7 +103,12 @@ def test_error_in_a_chunk_reaches_the_caller_and_the_pool_keeps_working():
     assert sorted(seen) == [0, 1, 2, 3, 4]
 
 
-def test_concurrent_callers():
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_callers(mode):
+    """Four threads' GEMMs at once: one posts to the workers at a time, the others run theirs alone."""
+    if mode is quick:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+            pass                    # skips here where the quick mode is unavailable
     rng = np.random.default_rng(2)
     pairs = [(rng.standard_normal((200, 300)).astype(np.float32), rng.standard_normal((300, 400)).astype(np.float32))
              for _ in range(4)]
@@ -101,7 +118,7 @@ def test_concurrent_callers():
     def work(i):
         try:
             for _ in range(10):
-                with steady():      # each caller holds, as overlapping runs do
+                with mode():        # each caller holds, as overlapping runs do
                     np.testing.assert_allclose(tp.matmul(*pairs[i]), want[i], rtol=2e-5, atol=1e-2)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
@@ -116,6 +133,39 @@ def test_concurrent_callers():
         assert _blas_threads() == [2] * len(before)
     assert not errors, errors[0]
     assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("n,work", [(1000, 1 << 18), (3, 1 << 18), (1000, 100), (1, 1 << 18)])
+def test_quick_parallel_ranges_cover_every_index_once(n, work):
+    seen = np.zeros(n, np.int64)
+    calls = []
+
+    def fn(lo, hi):
+        calls.append((lo, hi))
+        seen[lo:hi] += 1
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+        tp.parallel_ranges(fn, n, work)
+    assert (seen == 1).all()
+    assert len(calls) == (1 if work < tp.QUICK_MIN_WORK or n == 1 else min(n, 2))
+
+
+def test_spinning_worker_takes_parts_and_wakes_after_sleeping():
+    """In the quick mode the worker picks up a part while the caller works on its own; after it slept
+    (longer than its spin), the next task wakes it."""
+    names = []
+
+    def fn(i):
+        names.append(threading.current_thread().name)
+        time.sleep(0.02)            # releases the GIL, as the compiled loops and BLAS do
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+        pool = tp._pool(2)
+        for pause in (0.0, 0.05):
+            time.sleep(pause)       # 0.05 s: past SPIN_QUIET_S, the worker sleeps on the condition
+            names.clear()
+            pool.run(fn, [(0,), (1,)])
+            assert len(set(names)) == 2, names      # the caller took one part, the worker the other
 
 
 @pytest.mark.parametrize("n,work", [(1000, 1 << 22), (3, 1 << 22), (1000, 100), (1, 1 << 22)])
@@ -216,13 +266,24 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
                                  providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         default = ort.InferenceSession(m.SerializeToString(),
                                        providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
-        # the default (unset): held while other processes keep a core busy, OpenBLAS's threads when quiet
-        for busy, want in ((True, 1), (False, 2)):
-            monkeypatch.setattr(tp._Load, "contended", lambda self, busy=busy: busy)
+        # the default (unset): held while other processes keep a core busy; when quiet, the session's
+        # AutoMode: its first run and the next SAMPLES in the quick mode (held), SAMPLES with OpenBLAS's
+        # threads, then the one whose median run was faster (without the compiled waits: OpenBLAS's threads)
+        monkeypatch.setattr(tp._Load, "contended", lambda self: True)
+        np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
+        assert ProbeExecutionProvider.seen == [[1] * len(_blas_threads())]
+        ProbeExecutionProvider.seen.clear()
+        monkeypatch.setattr(tp._Load, "contended", lambda self: False)
+        n = tp.AutoMode.SAMPLES
+        quick = tp._pool(2).quick
+        for _ in range(1 + 2 * n + 1):
             np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
-            assert ProbeExecutionProvider.seen == [[want] * len(_blas_threads())], busy
             assert _blas_threads() == [2] * len(_blas_threads())
-            ProbeExecutionProvider.seen.clear()
+        gate = default._plan.run_scopes[-1][0].__self__
+        want = [1] * (1 + n) + [2] * n + [1 if gate.prefer else 2] if quick else [2] * (2 + 2 * n)
+        assert [s_[0] for s_ in ProbeExecutionProvider.seen] == want
+        assert quick is False or gate.prefer is not None
+        ProbeExecutionProvider.seen.clear()
         monkeypatch.undo()
         monkeypatch.setattr(ProbeExecutionProvider, "seen", [])
         monkeypatch.setattr(ProbeExecutionProvider, "probe", staticmethod(_blas_threads))

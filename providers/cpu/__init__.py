@@ -41,21 +41,24 @@ class CPUExecutionProvider(KernelProvider):
     fusion_limits: ClassVar[dict[str, int]] = {"DepthwiseSeparableBlock.max_stride1_pixels": 28 * 28}
 
     def run_scope(self, config: dict[str, str]):
-        """``session.intra_op.allow_spinning`` = "0": the run's BLAS held at one thread and its large GEMMs
-        and loops split over the provider's sleeping worker pool (``_threadpool``), steady when another
-        process takes a core; "1": OpenBLAS's own spinning threads (faster on a quiet machine: bert_mini
-        6.2 against 9.0 ms at 2 threads; with the second core busy, 72-760 ms against 13-16); unset (the
-        default): the pool's mode only while other processes keep one of our cores busy (``_Load``)."""
+        """``session.intra_op.allow_spinning`` = "0": the run's BLAS held at one thread and its GEMMs and
+        loops split over the provider's worker pool (``_threadpool``): steady when another process takes a
+        core, and on a quiet machine quick (its workers spin between parts, small kernels split too); "1":
+        OpenBLAS's own spinning threads; unset (the default): the pool while other processes keep one of
+        our cores busy (``_Load``), and on a quiet machine the quick pool or OpenBLAS's threads, whichever
+        ran this session's first runs faster (``_threadpool.AutoMode``)."""
         spinning = config.get("session.intra_op.allow_spinning")
         if spinning == "1":
             return None
         from engineroom.providers.cpu import _threadpool
 
         if spinning == "0":
-            return _threadpool.hold_blas, _threadpool.release_blas
-        # unset: the pool mode while other processes keep a core busy, OpenBLAS's threads on a quiet machine
+            return _threadpool.begin_pool_run, _threadpool.end_pool_run
+        # unset: the pool while other processes keep a core busy; on a quiet machine the quick pool or
+        # OpenBLAS's threads, whichever runs this session faster (``_threadpool.AutoMode``)
         _threadpool._load.prime()
-        return _threadpool.begin_auto_run, _threadpool.end_auto_run
+        mode = _threadpool.AutoMode()
+        return mode.begin, mode.end
 
     @classmethod
     def prepare_machine(cls, progress: bool = True) -> dict[str, str | None]:

@@ -201,25 +201,99 @@ _load.prime()     # at the provider's import (early in the first session's creat
 _held = threading.local()
 
 
-def begin_auto_run() -> None:
-    """The default mode's ``run_scope`` begin: hold BLAS at one thread for the run (the pool mode) only
-    while other processes keep a core busy (``_Load``). On a quiet machine OpenBLAS's own threads are
-    faster (a worker's wake-up costs ~60 us; bert_mini 6.4 against 9.5 ms, gpt2_tiny 4.5 against 7.1 at 2
-    threads) and nothing takes their cores, so they cannot stall; under load they stall every GEMM."""
+def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
+    """A run's begin (the provider's ``run_scope``). The quick mode: on a quiet machine with the compiled
+    waits, BLAS is held at one thread and the pool's workers spin between parts, so small kernels split
+    too (``_held.quick``). While other processes keep a core busy (``_Load``), BLAS is held, the workers
+    spin only briefly, and only large kernels split (a part whose core is taken stalls the caller).
+    Otherwise OpenBLAS's own threads (``gate`` chose them for this session, or no compiled waits: a
+    sleeping worker's wake-up costs 50-100 us), which cannot stall on a quiet machine."""
     stack = _held.__dict__.setdefault("stack", [])
-    held = _load.contended()
+    threads = _blas.outside()
+    if threads <= 1 and not always_hold:
+        stack.append(_ALONE)        # one thread: nothing to hold, split or choose (a run pays ~0.3 us)
+        _held.quick = False
+        return
+    busy = _load.contended()
+    pool = _pool(threads) if threads > 1 else None
+    quick = not busy and pool is not None and pool.quick
+    timed = False
+    if quick and gate is not None:
+        quick, timed = gate.choose()
+    held = always_hold or busy or quick
     if held:
         _blas.hold_single()
-    stack.append(held)
+    if pool is not None:
+        # beside OpenBLAS's threads (not held), which spin between GEMMs too, the workers offer the core
+        pool.spin_for(busy, yielding=not held)
+    stack.append((held, quick, gate if timed else None, time.perf_counter()))
+    _held.quick = quick
 
 
-def end_auto_run() -> None:
-    if _held.stack.pop():
+_ALONE = (False, False, None, 0.0)
+
+
+def _end() -> None:
+    stack = _held.stack
+    held, quick, gate, t0 = stack.pop()
+    if held:
         _blas.release()
+    _held.quick = stack[-1][1] if stack else False
+    if gate is not None:
+        gate.record(quick, time.perf_counter() - t0)
+
+
+class AutoMode:
+    """The default mode's run scope, one per session: on a quiet machine, the quick mode or OpenBLAS's own
+    threads, whichever runs this session's model faster, measured on its own first runs. Neither wins
+    everywhere (2 threads, quiet, medians in ms, quick / OpenBLAS's threads): resnet18 16.3 / 18.8 and
+    tashkeel_bilstm_int8 8.0 / 11.2, where the pool splits the Winograd transforms, depthwise and
+    recurrent loops that OpenBLAS cannot; mobilenet_v2 7.7 / 6.6, bert_mini 7.0 / 5.9, orient_lcnet 4.7 /
+    4.1, where most of the time is GEMMs of 0.3-4M multiply-adds that OpenBLAS's native threads pick up
+    within a microsecond and a Python worker in ~10. The first run is not counted (caches, first
+    allocations); the next ``SAMPLES`` run the quick mode, the ``SAMPLES`` after them OpenBLAS's threads,
+    and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
+    run: their best run would flatter them). The quick runs come first: after OpenBLAS's
+    threads have run, the quick mode runs up to 2x slower for about 0.1 s (its worker picks up a quarter
+    of the parts instead of half), which would hide its speed; the other way round costs one run."""
+
+    SAMPLES = 3
+
+    __slots__ = ("runs", "times", "prefer")
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.times: tuple[list[float], list[float]] = ([], [])     # run seconds: [OpenBLAS, quick]
+        self.prefer: bool | None = None                              # quick preferred; None while learning
+
+    def begin(self) -> None:
+        _begin(False, self)
+
+    end = staticmethod(_end)
+
+    def choose(self) -> tuple[bool, bool]:
+        """(quick, timed) for the next quiet run."""
+        if self.prefer is not None:
+            return self.prefer, False
+        self.runs += 1
+        return self.runs <= 1 + self.SAMPLES, self.runs > 1
+
+    def record(self, quick: bool, seconds: float) -> None:
+        self.times[quick].append(seconds)
+        if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
+            self.prefer = sorted(self.times[True])[self.SAMPLES // 2] < sorted(self.times[False])[self.SAMPLES // 2]
+
+
+def begin_pool_run() -> None:
+    """``allow_spinning`` = "0": BLAS held at one thread for the run whatever the load (``_begin``)."""
+    _begin(True)
+
+
+end_pool_run = _end
 
 
 def hold_blas() -> None:
-    """For a whole run (the provider's ``run_scope``): BLAS at one thread until ``release_blas``."""
+    """BLAS at one thread until ``release_blas`` (a kernel's own hold, inside or outside a run)."""
     _blas.hold_single()
 
 
@@ -228,16 +302,17 @@ def release_blas() -> None:
 
 
 class _Task:
-    __slots__ = ("fn", "args", "claim", "left", "lock", "done", "error")
+    """``fn(*a)`` for each ``a`` in ``args``, claimed one at a time by the caller and the workers; the
+    pool knows a worker is done with it from the worker's slot (``WorkerPool``)."""
+
+    __slots__ = ("fn", "args", "claim", "error", "gen")
 
     def __init__(self, fn, args) -> None:
         self.fn = fn
         self.args = args
         self.claim = itertools.count()          # next() is atomic under the GIL
-        self.left = len(args)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
         self.error: BaseException | None = None
+        self.gen = 0
 
     def drain(self) -> None:
         n = len(self.args)
@@ -248,10 +323,6 @@ class _Task:
                 self.fn(*self.args[i])
             except BaseException as e:  # noqa: BLE001 - handed to the caller, who re-raises it
                 self.error = e
-            with self.lock:
-                self.left -= 1
-                if self.left == 0:
-                    self.done.set()
 
 
 # a pool GEMM that took longer than STALL_FACTOR times its multiply-adds at SLOW_MACS_PER_S (a floor
@@ -296,9 +367,10 @@ class _GemmTask:
     never a time slice (its late result is dropped). Waiting for every chunk, bert_mini's 8-chunk GEMMs
     (~0.2 ms) took 9-72 ms each in its slowest runs with another process on the second core."""
 
-    __slots__ = ("chunks", "claim", "state", "lock", "done", "finished")
+    __slots__ = ("chunks", "claim", "state", "lock", "done", "finished", "gen")
 
     def __init__(self, chunks: list[tuple]) -> None:
+        self.gen = 0
         self.chunks = chunks
         self.claim = itertools.count()          # next() is atomic under the GIL
         self.state = [0] * len(chunks)          # 2: a worker's result is in out; 3: taken back by the caller
@@ -356,66 +428,162 @@ class _GemmTask:
             np.matmul(a, b, out=out)
 
 
+# a worker spins this long after its last part before it sleeps on the condition (a quiet machine: the
+# gaps between a run's split kernels are its single-threaded steps, tens of microseconds; a busy one: the
+# other process wants the core back); the caller spins for a worker's part up to WAIT_SPIN_S, then polls
+SPIN_QUIET_S = 1e-3
+SPIN_BUSY_S = 5e-5
+WAIT_SPIN_S = 2e-3
+# turns each side spins after its flag changed: the other side leaves the interpreter for its kernel
+# meanwhile, so the GIL is free when this side asks for it (asking while it is held sleeps ~50-100 us)
+EXTRA_S = 2e-6
+
+
+def _sync_waits():
+    """The compiled waits (``compiled/_jit_sync``) and nanoseconds per spin turn, or None where the compiled
+    loops are unavailable (the workers then sleep between parts)."""
+    from engineroom.providers.cpu.compiled import jit
+
+    mod = jit.load("sync")
+    if mod is None:
+        return None
+    # the raw variants: the pool's own int64 arrays, so the per-call type checks are skipped
+    worker_wait, wait_at_least = mod.worker_wait.variants[0][0], mod.wait_at_least.variants[0][0]
+    flag = np.zeros(2, np.int64)
+    best = [math.inf, math.inf]
+    for _ in range(3):
+        t = time.perf_counter()
+        wait_at_least(flag, 1, 1, 20000, 0)
+        best[0] = min(best[0], time.perf_counter() - t)
+        t = time.perf_counter()
+        worker_wait(flag, 1, 0, 1000, 0, 1)
+        best[1] = min(best[1], time.perf_counter() - t)
+    return worker_wait, wait_at_least, max(best[0] / 20000, 1e-9), max(best[1] / 1000, 1e-8)
+
+
 class WorkerPool:
-    """``threads - 1`` daemon workers; the caller is the last thread."""
+    """``threads - 1`` daemon workers; the caller is the last thread.
+
+    A caller posts a task (``_task``, generation ``_gen``, also written to ``_state[0]``) and works on
+    its parts itself; a worker between tasks spins (compiled, GIL released) on ``_state[0]`` for a while,
+    then sleeps on the condition. A worker records the generation it entered (``_entered``) before it
+    claims parts, and its slot ``_state[8 w]`` is the last generation it finished (stored once it released
+    the GIL): the caller, out of parts, waits only for the workers that entered its task. One caller
+    at a time posts; another runs its parts on its own thread meanwhile."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._cv = threading.Condition()
-        self._tasks: list[_Task] = []
+        self._post = threading.Lock()
+        self._task = None
+        self._gen = 0
+        self._sleepers = 0
         self._started = 0
+        # [0]: the posted generation; [8 w]: worker w's last done; each on a cache line of its own (64-byte
+        # aligned), so a spinning worker's reads never share a line the caller writes for anything else
+        buf = np.zeros(8 * threads + 8, np.int64)
+        off = (-buf.ctypes.data // 8) % 8
+        self._state = buf[off:off + 8 * threads]
+        self._entered = [0] * threads
+        self._sync = _sync_waits() if threads > 1 else None
+        self._spin_turns = 0
+        self._yielding = 0
+        self._extra = 0
+        self._wait_turns = 0
+        if self._sync is not None:
+            ns = self._sync[2]
+            self._extra = int(EXTRA_S / ns)
+            self._wait_turns = int(WAIT_SPIN_S / ns)
+        self.spin_for(False)
+
+    def spin_for(self, busy: bool, yielding: bool = False) -> None:
+        """How long idle workers spin before they sleep: briefly while other processes want the cores;
+        ``yielding``: offering the core at each turn (OpenBLAS's threads run beside them)."""
+        if self._sync is not None:
+            self._yielding = int(yielding)
+            self._spin_turns = int((SPIN_BUSY_S if busy else SPIN_QUIET_S) / self._sync[3 if yielding else 2])
+
+    @property
+    def quick(self) -> bool:
+        """Whether a worker picks up a part within microseconds (it spins between parts)."""
+        return self._sync is not None
 
     def _start(self) -> None:
         while self._started < self.threads - 1:
-            threading.Thread(target=self._work, name=f"engineroom-cpu-{self._started}", daemon=True).start()
             self._started += 1
+            threading.Thread(target=self._work, args=(self._started,), name=f"engineroom-cpu-{self._started}",
+                             daemon=True).start()
 
-    def _work(self) -> None:
+    def _work(self, w: int) -> None:
+        state, sync = self._state, self._sync
+        seen = 0
         while True:
-            with self._cv:
-                while not self._tasks:
-                    self._cv.wait()
-                task = self._tasks[-1]
+            if sync is not None:
+                sync[0](state, 8 * w, seen, self._spin_turns, self._extra, self._yielding)
+            else:
+                state[8 * w] = seen
+            if self._gen == seen:
+                with self._cv:
+                    self._sleepers += 1
+                    while self._gen == seen:
+                        self._cv.wait()
+                    self._sleepers -= 1
+            task = self._task
+            seen = task.gen
+            self._entered[w] = seen
             task.drain()
+
+    def _publish(self, task) -> None:
+        if self._started < self.threads - 1:
+            self._start()
+        self._gen += 1
+        task.gen = self._gen
+        self._task = task
+        self._state[0] = self._gen
+        if self._sleepers:
             with self._cv:
-                if task in self._tasks:
-                    self._tasks.remove(task)
+                self._cv.notify_all()
+
+    def _join(self, gen: int) -> None:
+        """Wait until every worker that entered generation ``gen`` finished its parts."""
+        state, sync = self._state, self._sync
+        for w in range(1, self.threads):
+            if self._entered[w] != gen or state[8 * w] >= gen:
+                continue
+            if sync is not None:
+                sync[1](state, 8 * w, gen, self._wait_turns, self._extra)
+            while state[8 * w] < gen:       # a worker whose core another process holds: poll
+                time.sleep(5e-5)
 
     def run(self, fn, args: list[tuple]) -> None:
         """Call ``fn(*a)`` for every ``a`` in ``args``, spread over the pool; re-raise the first error."""
-        if self.threads <= 1 or len(args) <= 1:
+        if self.threads <= 1 or len(args) <= 1 or not self._post.acquire(blocking=False):
             for a in args:
                 fn(*a)
             return
-        if self._started < self.threads - 1:
-            self._start()
-        task = _Task(fn, args)
-        with self._cv:
-            self._tasks.append(task)
-            self._cv.notify_all()
-        task.drain()
-        task.done.wait()
-        with self._cv:
-            if task in self._tasks:
-                self._tasks.remove(task)
+        try:
+            task = _Task(fn, args)
+            self._publish(task)
+            task.drain()
+            self._join(task.gen)
+        finally:
+            self._post.release()
         if task.error is not None:
             raise task.error
 
     def run_gemm(self, chunks: list[tuple]) -> None:
         """``np.matmul(a, b, out=o)`` for every ``(a, b, o)`` in ``chunks``; never waits for a worker
         longer than about one chunk (``_GemmTask``)."""
-        if self._started < self.threads - 1:
-            self._start()
-        task = _GemmTask(chunks)
-        with self._cv:
-            self._tasks.append(task)
-            self._cv.notify_all()
+        if not self._post.acquire(blocking=False):
+            for a, b, o in chunks:
+                np.matmul(a, b, out=o)
+            return
         try:
+            task = _GemmTask(chunks)
+            self._publish(task)
             task.run_caller()
         finally:
-            with self._cv:
-                if task in self._tasks:
-                    self._tasks.remove(task)
+            self._post.release()
 
 
 _pools: dict[int, WorkerPool] = {}
@@ -433,6 +601,16 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+# the quick mode (workers spinning, a quiet machine) splits GEMMs from this many multiply-adds (~30 us
+# on one core) into one chunk per thread, and loops from QUICK_MIN_WORK (~13 us of a depthwise loop)
+QUICK_MIN_MACS = 1 << 21
+QUICK_MIN_WORK = 1 << 16
+
+
+def _matmul_into(a, b, out) -> None:
+    np.matmul(a, b, out=out)
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
     thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
@@ -443,7 +621,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         M, K = a.shape
         N = b.shape[1]
         macs = M * N * K
-        if macs < BLAS_SINGLE_MACS:
+        if macs < QUICK_MIN_MACS:
             return np.matmul(a, b, out=out)
         batch_shape = ()
     else:
@@ -452,20 +630,25 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         M, K = a.shape[-2:]
         N = b.shape[-1]
         kn = b.shape[-2] * N
-        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < BLAS_SINGLE_MACS:
+        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < QUICK_MIN_MACS:
             # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
             # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
             return np.matmul(a, b, out=out)
         batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         macs = math.prod(batch_shape) * M * N * K
-        if macs < BLAS_SINGLE_MACS:
-            return np.matmul(a, b, out=out)
+    quick = getattr(_held, "quick", False)
+    if macs < (QUICK_MIN_MACS if quick else MIN_PARALLEL_MACS):
+        return np.matmul(a, b, out=out)
     threads = _blas.hold_single()
     try:
-        if threads <= 1 or macs < MIN_PARALLEL_MACS:
+        if threads <= 1:
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty(batch_shape + (M, N), dtype=np.result_type(a, b))
+        if quick:
+            # workers spin: one chunk per thread (each packs its share once), the caller waits for them
+            _pool(threads).run(_matmul_into, _chunks(a, b, out, batch_shape, threads))
+            return out
         if not _calm.pool_ok():
             return np.matmul(a, b, out=out)
         parts = max(threads, min(threads * CHUNKS_PER_THREAD, macs // MIN_CHUNK_MACS))
@@ -482,8 +665,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 # worker (~16 us) costs more than it saves; and no part under MIN_PART_WORK (each costs a few
 # microseconds of Python and argument checks)
 MIN_PARALLEL_WORK = 1 << 19
-# outside a steady-mode run the pool takes only loops this large: on a quiet 2-core VM waking a worker
-# costs ~60 us, and mobilenet_v2's depthwise loops split from 2^19 ran slower (8.5 against 7.4 ms)
+# outside a run that holds BLAS the pool takes only loops this large: on a quiet 2-core VM waking a
+# sleeping worker costs ~60 us, and mobilenet_v2's depthwise loops split from 2^19 ran slower (8.5
+# against 7.4 ms)
 MIN_QUIET_WORK = 1 << 22
 MIN_PART_WORK = 1 << 17
 
@@ -492,13 +676,21 @@ def parallel_ranges(fn, n: int, work: int) -> None:
     """``fn(lo, hi)`` over consecutive ranges covering ``range(n)`` (channels, rows), spread over the pool
     like ``matmul``'s chunks (several per thread, claimed one at a time, so a thread whose core is busy
     delays only the range it holds); ``fn(0, n)`` on the caller's thread where ``work`` is small."""
-    threads = _blas.outside() if n > 1 and work >= (MIN_PARALLEL_WORK if _blas.depth else MIN_QUIET_WORK) \
-        and _calm.pool_ok() else 1
-    parts = min(n, threads * CHUNKS_PER_THREAD, max(threads, work // MIN_PART_WORK))
-    if threads <= 1 or parts <= 1:
-        fn(0, n)
-        return
-    _pool(threads).run(fn, _split(n, parts))
+    if n > 1 and work >= QUICK_MIN_WORK:
+        if getattr(_held, "quick", False):
+            threads = _blas.outside()
+            if threads > 1:
+                # spinning workers: a part per thread, two where there is plenty (uneven ranges even out)
+                parts = min(n, threads * (2 if work >= 16 * QUICK_MIN_WORK else 1))
+                _pool(threads).run(fn, _split(n, parts))
+                return
+        elif work >= (MIN_PARALLEL_WORK if _blas.depth else MIN_QUIET_WORK) and _calm.pool_ok():
+            threads = _blas.outside()
+            parts = min(n, threads * CHUNKS_PER_THREAD, max(threads, work // MIN_PART_WORK))
+            if threads > 1 and parts > 1:
+                _pool(threads).run(fn, _split(n, parts))
+                return
+    fn(0, n)
 
 
 # the path the gate does not prefer runs once after this many products, then after twice as many each
