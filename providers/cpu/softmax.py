@@ -23,6 +23,9 @@ from engineroom.providers.cpu.registry import array_kernel
 warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"engineroom\.providers\.cpu\.softmax$")
 
 _F32 = np.dtype(np.float32)
+# up to this many elements the compiled softmax is one call on the caller's thread (a pool worker's wake-up
+# costs more than the loop; and a (1, 4) classifier head paid the split's Python for nothing)
+_SOFTMAX_ONE_CALL = 1 << 15
 
 
 def _cdt(dt) -> np.dtype:
@@ -144,11 +147,13 @@ def _softmax_compiled(x, axis):
     if jit is None:
         return None
     x = np.ascontiguousarray(x)
-    rows = (int(np.prod(x.shape[:axis])), -1)
+    rows = (math.prod(x.shape[:axis]), -1)
     y = np.empty(x.shape, _F32)
     x2, y2 = x.reshape(rows), y.reshape(rows)
-    # rows are independent: large inputs split over the provider's pool (the loop releases the GIL)
-    parallel_ranges(lambda i, j: jit.softmax(x2[i:j], y2[i:j]), rows[0], x.size)
+    if x.size <= _SOFTMAX_ONE_CALL:
+        jit.softmax(x2, y2)
+    else:       # rows are independent: large inputs split over the provider's pool (the loop releases the GIL)
+        parallel_ranges(lambda i, j: jit.softmax(x2[i:j], y2[i:j]), rows[0], x.size)
     return y
 
 
