@@ -391,6 +391,12 @@ class _ConvPlan:
             else:
                 loop(y3, bb, *args)
             return y
+        return self._depthwise_loop(x, b, clip, hard)
+
+    def _depthwise_loop(self, x, b, clip, hard):
+        """The compiled 2-D depthwise loop over x (C-contiguous, of the compute type) and b (None or of the
+        compute type), ``clip`` or ``hard`` applied as it writes; its arguments made once per input size."""
+        N, M = x.shape[0], self.M
         key = (x.shape[2:], clip, hard)
         prepared = self._lean_args.get(key)
         if prepared is None:        # idempotent: concurrent first runs may both make it
@@ -432,23 +438,8 @@ class _ConvPlan:
         bias = b.astype(cdt, copy=False).reshape((M,) + (1,) * len(out)) if b is not None else None
         if self.depthwise:
             if self.wd_jit is not None and cdt == self.wd_jit.dtype and z is None:
-                lo, hi = clip if clip is not None else (-np.inf, np.inf)
-                bj = xp.ascontiguousarray(b, dtype=cdt) if b is not None else self.zero_bias
-                xj, mult, args = np.ascontiguousarray(xc), M // g, (*self.strides, *self.dilations, pb[0], pb[1],
-                                                                    cdt.type(lo), cdt.type(hi))
-                loop = self.jit.depthwise2d
-                if hard is not None:    # HardSigmoid / HardSwish applied as the loop writes, not in a pass of its own
-                    loop, args = self.jit.depthwise2d_act, args + (cdt.type(hard[0]), cdt.type(hard[1]),
-                                                                   2 if hard[2] else 1)
-
-                def part(c0, c1):       # input channels c0..c1 and their outputs
-                    loop(xj[:, c0:c1], self.wd_jit[c0 * mult:c1 * mult], bj[c0 * mult:c1 * mult],
-                         y[:, c0 * mult:c1 * mult], *args)
-                if M * P * K >= _DW_SPLIT_MIN_MACS:
-                    _over_channels(part, N, g, M * P * K)
-                else:
-                    part(0, g)
-                return y, True
+                bj = None if b is None else np.ascontiguousarray(b, dtype=cdt).reshape(-1)
+                return self._depthwise_loop(np.ascontiguousarray(xc), bj, clip, hard), True
             with _ufunc_buffer(xp):
                 self._depthwise(xc, pb, pe, out, y, bias)
             return y, False
