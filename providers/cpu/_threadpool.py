@@ -224,8 +224,7 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
     if held:
         _blas.hold_single()
     if pool is not None:
-        # beside OpenBLAS's threads (not held), which spin between GEMMs too, the workers offer the core
-        pool.spin_for(busy, yielding=not held)
+        pool.spin_for(busy)
     stack.append((held, quick, gate if timed else None, time.perf_counter()))
     _held.quick = quick
 
@@ -450,15 +449,12 @@ def _sync_waits():
     # the raw variants: the pool's own int64 arrays, so the per-call type checks are skipped
     worker_wait, wait_at_least = mod.worker_wait.variants[0][0], mod.wait_at_least.variants[0][0]
     flag = np.zeros(2, np.int64)
-    best = [math.inf, math.inf]
+    best = math.inf
     for _ in range(3):
         t = time.perf_counter()
-        wait_at_least(flag, 1, 1, 20000, 0)
-        best[0] = min(best[0], time.perf_counter() - t)
-        t = time.perf_counter()
-        worker_wait(flag, 1, 0, 1000, 0, 1)
-        best[1] = min(best[1], time.perf_counter() - t)
-    return worker_wait, wait_at_least, max(best[0] / 20000, 1e-9), max(best[1] / 1000, 1e-8)
+        wait_at_least(flag, 1, 1, 2000, 0)
+        best = min(best, time.perf_counter() - t)
+    return worker_wait, wait_at_least, max(best / 2000, 1e-8)
 
 
 class WorkerPool:
@@ -487,7 +483,6 @@ class WorkerPool:
         self._entered = [0] * threads
         self._sync = _sync_waits() if threads > 1 else None
         self._spin_turns = 0
-        self._yielding = 0
         self._extra = 0
         self._wait_turns = 0
         if self._sync is not None:
@@ -496,12 +491,10 @@ class WorkerPool:
             self._wait_turns = int(WAIT_SPIN_S / ns)
         self.spin_for(False)
 
-    def spin_for(self, busy: bool, yielding: bool = False) -> None:
-        """How long idle workers spin before they sleep: briefly while other processes want the cores;
-        ``yielding``: offering the core at each turn (OpenBLAS's threads run beside them)."""
+    def spin_for(self, busy: bool) -> None:
+        """How long idle workers spin before they sleep: briefly while other processes want the cores."""
         if self._sync is not None:
-            self._yielding = int(yielding)
-            self._spin_turns = int((SPIN_BUSY_S if busy else SPIN_QUIET_S) / self._sync[3 if yielding else 2])
+            self._spin_turns = int((SPIN_BUSY_S if busy else SPIN_QUIET_S) / self._sync[2])
 
     @property
     def quick(self) -> bool:
@@ -519,7 +512,7 @@ class WorkerPool:
         seen = 0
         while True:
             if sync is not None:
-                sync[0](state, 8 * w, seen, self._spin_turns, self._extra, self._yielding)
+                sync[0](state, 8 * w, seen, self._spin_turns, self._extra)
             else:
                 state[8 * w] = seen
             if self._gen == seen:
