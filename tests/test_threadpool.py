@@ -280,7 +280,9 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
             np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
             assert _blas_threads() == [2] * len(_blas_threads())
         gate = default._plan.run_scopes[-1][0].__self__
-        want = [1] * (1 + n) + [2] * n + [1 if gate.prefer else 2] if quick else [2] * (2 + 2 * n)
+        # then the chosen mode; a run under AutoMode.TINY_S skips the hold
+        last = 1 if quick and gate.prefer and not gate.tiny else 2
+        want = [1] * (1 + n) + [2] * n + [last] if quick else [2] * (2 + 2 * n)
         assert [s_[0] for s_ in ProbeExecutionProvider.seen] == want
         assert quick is False or gate.prefer is not None
         ProbeExecutionProvider.seen.clear()
@@ -444,3 +446,32 @@ def test_load_monitor_sees_a_busy_process_on_our_cores():
     finally:
         p.kill()
         p.wait()
+
+
+def test_auto_mode_keeps_the_faster_mode_by_median_and_skips_tiny_runs():
+    """AutoMode's protocol on given run times: first run uncounted, SAMPLES quick runs, SAMPLES with
+    OpenBLAS's threads, then the mode whose median run was faster; an outlier does not decide it; runs
+    under TINY_S skip the mode's cost until one takes ten times that."""
+    n = tp.AutoMode.SAMPLES
+    for quick_times, blas_times, want in (([5e-3, 5e-3, 9e-3], [6e-3, 1e-3, 6e-3], True),     # one fast outlier
+                                          ([7e-3, 7e-3, 7e-3], [6e-3, 6e-3, 20e-3], False)):
+        gate = tp.AutoMode()
+        assert gate.choose() == (True, False)           # the first run: quick, not counted
+        for t in quick_times:
+            assert gate.choose() == (True, True)
+            gate.record(True, t)
+        for t in blas_times:
+            assert gate.choose() == (False, True)
+            gate.record(False, t)
+        assert gate.prefer is want and not gate.tiny
+        assert gate.choose() == (want, False)
+    gate = tp.AutoMode()
+    gate.choose()
+    for quick in [True] * n + [False] * n:
+        gate.choose()
+        gate.record(quick, 2e-5)
+    assert gate.tiny
+    gate.record(False, 5e-4)            # a longer run, but under 10 x TINY_S: still tiny
+    assert gate.tiny
+    gate.record(False, 2e-3)
+    assert not gate.tiny and gate.prefer is not None

@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 
@@ -92,6 +93,14 @@ class _Blas:
         self.depth = 0
         self.saved: list[int] = []
         self.knobs: list[_Knob] | None = None
+        self.modules = 0
+
+    def _find(self) -> None:
+        """Look the libraries up again when modules were imported since (SciPy brings an OpenBLAS of its
+        own): first use, or between holds (a lookup costs 0.3-2 ms)."""
+        if self.knobs is None or (self.depth == 0 and len(sys.modules) != self.modules):
+            self.modules = len(sys.modules)
+            self._lookup()
 
     def _lookup(self) -> None:
         try:
@@ -104,8 +113,7 @@ class _Blas:
     def hold_single(self) -> int:
         """Set BLAS to one thread; returns its thread count outside our calls (the pool's size)."""
         with self.lock:
-            if self.knobs is None:
-                self._lookup()
+            self._find()
             if self.depth == 0:
                 self.saved = [k.get() for k in self.knobs]
                 for k, n in zip(self.knobs, self.saved):
@@ -117,8 +125,7 @@ class _Blas:
     def outside(self) -> int:
         """BLAS's thread count outside our calls (the pool's size), without changing it."""
         with self.lock:
-            if self.knobs is None:
-                self._lookup()
+            self._find()
             counts = self.saved if self.depth else [k.get() for k in self.knobs]
             return max(counts) if counts else _default_threads()
 
@@ -252,21 +259,29 @@ class AutoMode:
     within a microsecond and a Python worker in ~10. The first run is not counted (caches, first
     allocations); the next ``SAMPLES`` run the quick mode, the ``SAMPLES`` after them OpenBLAS's threads,
     and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
-    run: their best run would flatter them). The quick runs come first: after OpenBLAS's
-    threads have run, the quick mode runs up to 2x slower for about 0.1 s (its worker picks up a quarter
-    of the parts instead of half), which would hide its speed; the other way round costs one run."""
+    run: their best run would flatter them). The quick runs come first because OpenBLAS's threads spin for
+    ~0.1 s after their last GEMM, beside the quick mode's worker. Where both medians are under ``TINY_S``
+    (tree ensembles, linear classifiers: tens of microseconds) no mode can matter, only its cost (~2 us a
+    run: the load check, BLAS's thread count set and reset): those runs skip all of it, until one takes
+    ten times that."""
 
     SAMPLES = 3
+    TINY_S = 1e-4
 
-    __slots__ = ("runs", "times", "prefer")
+    __slots__ = ("runs", "times", "prefer", "tiny")
 
     def __init__(self) -> None:
         self.runs = 0
         self.times: tuple[list[float], list[float]] = ([], [])     # run seconds: [OpenBLAS, quick]
         self.prefer: bool | None = None                              # quick preferred; None while learning
+        self.tiny = False
 
     def begin(self) -> None:
-        _begin(False, self)
+        if self.tiny:
+            _held.__dict__.setdefault("stack", []).append((False, False, self, time.perf_counter()))
+            _held.quick = False
+        else:
+            _begin(False, self)
 
     end = staticmethod(_end)
 
@@ -278,9 +293,15 @@ class AutoMode:
         return self.runs <= 1 + self.SAMPLES, self.runs > 1
 
     def record(self, quick: bool, seconds: float) -> None:
+        if self.tiny:
+            self.tiny = seconds < 10 * self.TINY_S
+            return
         self.times[quick].append(seconds)
         if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
-            self.prefer = sorted(self.times[True])[self.SAMPLES // 2] < sorted(self.times[False])[self.SAMPLES // 2]
+            mid = self.SAMPLES // 2
+            q, o = sorted(self.times[True])[mid], sorted(self.times[False])[mid]
+            self.prefer = q < o
+            self.tiny = max(q, o) < self.TINY_S
 
 
 def begin_pool_run() -> None:
@@ -441,9 +462,9 @@ EXTRA_S = 2e-6
 def _sync_waits():
     """The compiled waits (``compiled/_jit_sync``) and nanoseconds per spin turn, or None where the compiled
     loops are unavailable (the workers then sleep between parts)."""
-    from engineroom.providers.cpu.compiled import jit
+    from engineroom.providers.cpu.array_module import NUMPY      # imports this module: here, not at the top
 
-    mod = jit.load("sync")
+    mod = NUMPY.compiled("sync")
     if mod is None:
         return None
     # the raw variants: the pool's own int64 arrays, so the per-call type checks are skipped
