@@ -1,32 +1,32 @@
-"""The CPU provider's own worker pool: large GEMMs split into chunks that the calling thread and the
-pool's workers claim one at a time, each chunk a single-threaded BLAS call.
+"""The CPU provider's own worker pool: GEMMs and compiled loops split into parts that the calling thread
+and the pool's workers claim one at a time, each part a single-threaded BLAS call or loop.
 
 Why not OpenBLAS's own threads: OpenBLAS splits a GEMM statically, one equal share per thread, and
 its threads spin while they wait. When another process holds one of the cores, the share scheduled
 there finishes late and every GEMM waits for it (mobilenet_v2 went from 25 ms to 710 ms with a busy
-process on the second core). Here the caller starts on the first chunk at once, a worker joins when
-it wakes, and whichever thread is free takes the next chunk, so a descheduled thread delays at most
-the one chunk it holds; nobody spins (workers sleep on a condition, the caller on an event).
+process on the second core). Here the caller starts on the first part at once, a worker joins when
+it is free, and whichever thread is free takes the next part, so a descheduled thread delays at most
+the one part it holds.
 
-Which mode a run takes (the provider's ``run_scope``): "0" (``session.intra_op.allow_spinning``) the
-pool's, "1" OpenBLAS's own threads (``matmul`` is NumPy's call, ``parallel_ranges`` takes only very large
-loops), and by default (unset) the pool's only while other processes keep one of our cores busy
-(``_Load``: their CPU time in /proc/stat over 0.1 s windows, no probing). Measured at 2 threads on a
-quiet 2-core VM, pool against OpenBLAS's threads: bert_mini 9.0 against 6.2 ms, gpt2_tiny 7.1 against
-4.5, mobilenet_v2 8.4 against 7.6, resnet18 22.8 against 21.0 (waking a worker costs ~60 us, chunks
-repack B); with other processes on the machine OpenBLAS's threads ran 2-100x slower (bert_mini 24-935 ms
-against 12-13, gpt2_tiny 21-1028 against 9): they wait for a static share whose core is taken. Using
-OpenBLAS's threads until a stall is seen was tried: its probes' stalls put bert_mini's p99 with the
-second core busy at 62 ms against the pool's 12; the load monitor sees the busy core instead.
-Python workers hold the GIL between their BLAS calls, so a worker preempted there stalls the caller
-whatever the chunking: the caller takes late chunks back (``_GemmTask``) and after a stall the pool
-stands aside for a while (``_Calm``).
+Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
+- while other processes keep one of our cores busy (``_Load``: their CPU time in /proc/stat over 0.1 s
+  windows, no probing), the steady mode: only large GEMMs and loops split, workers sleep between them.
+  With other processes on the machine OpenBLAS's threads ran 2-100x slower (bert_mini 24-935 ms against
+  12-13, gpt2_tiny 21-1028 against 9). Python workers hold the GIL between their parts, so a worker
+  preempted there stalls the caller whatever the chunking: the caller takes late GEMM chunks back
+  (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``);
+- on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
+  (``compiled/_jit_sync``), so a part reaches a worker in ~10 us, not a 50-100 us wake-up, and GEMMs
+  from 2M multiply-adds and loops from 64K units split; or OpenBLAS's own threads (``matmul`` is NumPy's
+  call, ``parallel_ranges`` takes only very large loops). By default (``AutoMode``) a session's first
+  runs try both and the faster serves; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the
+  quick mode when quiet), "1" always leaves it to OpenBLAS.
 
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
-(the provider's ``run_scope``: ``hold_blas``/``release_blas``) and during each of our GEMMs, OpenBLAS is
-held at one thread (restored after, counted so that concurrent runs do not fight over it): every BLAS
-call the provider makes is then single-threaded, and the parallelism is the pool's.
+that holds BLAS, and during each of our pool GEMMs, OpenBLAS is held at one thread (restored after,
+counted so that concurrent runs do not fight over it): every BLAS call the provider makes is then
+single-threaded, and the parallelism is the pool's.
 """
 from __future__ import annotations
 
