@@ -259,22 +259,26 @@ class AutoMode:
     within a microsecond and a Python worker in ~10. The first run is not counted (caches, first
     allocations); the next ``SAMPLES`` run the quick mode, the ``SAMPLES`` after them OpenBLAS's threads,
     and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
-    run: their best run would flatter them). The quick runs come first because OpenBLAS's threads spin for
-    ~0.1 s after their last GEMM, beside the quick mode's worker. Where both medians are under ``TINY_S``
+    run: their best run would flatter them). OpenBLAS's threads spin for ~0.1 s after their last GEMM, and
+    quick runs beside them ran 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on
+    the caller's core): so the quick runs come first, and where the quick mode wins, OpenBLAS's threads
+    serve until ``SETTLE_S`` after their last run (resnet18 then runs at their 19 ms, not 26). Where both medians are under ``TINY_S``
     (tree ensembles, linear classifiers: tens of microseconds) no mode can matter, only its cost (~2 us a
     run: the load check, BLAS's thread count set and reset): those runs skip all of it, until one takes
     ten times that."""
 
     SAMPLES = 3
     TINY_S = 1e-4
+    SETTLE_S = 0.12
 
-    __slots__ = ("runs", "times", "prefer", "tiny")
+    __slots__ = ("runs", "times", "prefer", "tiny", "blas_end")
 
     def __init__(self) -> None:
         self.runs = 0
         self.times: tuple[list[float], list[float]] = ([], [])     # run seconds: [OpenBLAS, quick]
         self.prefer: bool | None = None                              # quick preferred; None while learning
         self.tiny = False
+        self.blas_end = 0.0                     # when the last run with OpenBLAS's threads ended
 
     def begin(self) -> None:
         if self.tiny:
@@ -288,6 +292,8 @@ class AutoMode:
     def choose(self) -> tuple[bool, bool]:
         """(quick, timed) for the next quiet run."""
         if self.prefer is not None:
+            if self.prefer and time.perf_counter() - self.blas_end < self.SETTLE_S:
+                return False, True
             return self.prefer, False
         self.runs += 1
         return self.runs <= 1 + self.SAMPLES, self.runs > 1
@@ -296,6 +302,10 @@ class AutoMode:
         if self.tiny:
             self.tiny = seconds < 10 * self.TINY_S
             return
+        if not quick:
+            self.blas_end = time.perf_counter()
+            if self.prefer is not None:
+                return
         self.times[quick].append(seconds)
         if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
             mid = self.SAMPLES // 2
