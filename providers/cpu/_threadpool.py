@@ -262,10 +262,10 @@ class AutoMode:
     run: their best run would flatter them). OpenBLAS's threads spin for ~0.1 s after their last GEMM, and
     quick runs beside them ran 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on
     the caller's core): so the quick runs come first, and where the quick mode wins, OpenBLAS's threads
-    serve until ``SETTLE_S`` after their last run (resnet18 then runs at their 19 ms, not 26). Where both medians are under ``TINY_S``
-    (tree ensembles, linear classifiers: tens of microseconds) no mode can matter, only its cost (~2 us a
-    run: the load check, BLAS's thread count set and reset): those runs skip all of it, until one takes
-    ten times that."""
+    serve until ``SETTLE_S`` after their last run (resnet18 then runs at their 19 ms, not 26). A counted
+    run under ``TINY_S`` (tree ensembles, linear classifiers: tens of microseconds) ends the learning: no
+    mode can matter there, only its cost (2-6 us a run: the load check, BLAS's thread count set and reset),
+    and the session's runs skip all of it until one takes ten times that, which starts the learning again."""
 
     SAMPLES = 3
     TINY_S = 1e-4
@@ -300,7 +300,11 @@ class AutoMode:
 
     def record(self, quick: bool, seconds: float) -> None:
         if self.tiny:
-            self.tiny = seconds < 10 * self.TINY_S
+            if seconds >= 10 * self.TINY_S:        # larger inputs now: learn again
+                self.runs, self.times, self.prefer, self.tiny = 1, ([], []), None, False
+            return
+        if self.prefer is None and seconds < self.TINY_S:
+            self.prefer, self.tiny = False, True    # no mode can matter: skip their cost from the next run
             return
         if not quick:
             self.blas_end = time.perf_counter()
@@ -311,7 +315,6 @@ class AutoMode:
             mid = self.SAMPLES // 2
             q, o = sorted(self.times[True])[mid], sorted(self.times[False])[mid]
             self.prefer = q < o
-            self.tiny = max(q, o) < self.TINY_S
 
 
 def begin_pool_run() -> None:
