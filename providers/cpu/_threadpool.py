@@ -224,10 +224,12 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
     busy = _load.contended()
     pool = _pool(threads) if threads > 1 else None
     quick = not busy and pool is not None and pool.quick
-    timed = False
+    timed = settle = False
     if quick and gate is not None:
         quick, timed = gate.choose()
-    held = always_hold or busy or quick
+        settle = quick is None              # held, without the quick mode's splits (AutoMode.SETTLE_S)
+        quick = bool(quick)
+    held = always_hold or busy or quick or settle
     if held:
         _blas.hold_single()
     if pool is not None:
@@ -261,8 +263,9 @@ class AutoMode:
     and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
     run: their best run would flatter them). OpenBLAS's threads spin for ~0.1 s after their last GEMM, and
     quick runs beside them ran 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on
-    the caller's core): so the quick runs come first, and where the quick mode wins, OpenBLAS's threads
-    serve until ``SETTLE_S`` after their last run (resnet18 then runs at their 19 ms, not 26). A counted
+    the caller's core): so the quick runs come first, and where the quick mode wins, the runs until
+    ``SETTLE_S`` after the last run on OpenBLAS's threads hold BLAS at one thread without the quick splits
+    (as under load), while those threads stop spinning. A counted
     run under ``TINY_S`` (tree ensembles, linear classifiers: tens of microseconds) ends the learning: no
     mode can matter there, only its cost (2-6 us a run: the load check, BLAS's thread count set and reset),
     and the session's runs skip all of it until one takes ten times that, which starts the learning again."""
@@ -290,10 +293,10 @@ class AutoMode:
     end = staticmethod(_end)
 
     def choose(self) -> tuple[bool, bool]:
-        """(quick, timed) for the next quiet run."""
+        """(quick, timed) for the next quiet run; quick None: BLAS held, no quick splits (settling)."""
         if self.prefer is not None:
             if self.prefer and time.perf_counter() - self.blas_end < self.SETTLE_S:
-                return False, True
+                return None, False
             return self.prefer, False
         self.runs += 1
         return self.runs <= 1 + self.SAMPLES, self.runs > 1
@@ -308,8 +311,6 @@ class AutoMode:
             return
         if not quick:
             self.blas_end = time.perf_counter()
-            if self.prefer is not None:
-                return
         self.times[quick].append(seconds)
         if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
             mid = self.SAMPLES // 2
@@ -736,9 +737,10 @@ class SplitGate:
     caches are cold: thai_oskut_lstm's first split layer looked slower than one thread, the later ones were
     15 ms faster a run)."""
 
-    __slots__ = ("split", "serial", "n", "every", "prefer", "warm")
+    __slots__ = ("split", "serial", "n", "every", "prefer", "warm", "quick")
 
     def __init__(self) -> None:
+        self.quick: SplitGate | None = None     # the quick mode's own statistics (``current``)
         self.split = self.serial = 0.0      # ns per multiply-add; 0.0 until measured
         self.n = 0
         self.every = _GATE_PROBE
@@ -778,7 +780,13 @@ class SplitGate:
 def gated(gate: SplitGate, work: int, split, serial) -> None:
     """``split()`` or ``serial()`` (the same work on the pool or on the caller's thread), as ``gate`` says,
     its time per unit of ``work`` recorded: for the other kernels that split independent work over the
-    pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own."""
+    pool (DynamicQuantizeLSTM's and LSTM/GRU's directions), each with a gate of its own. A quick-mode run
+    keeps statistics of its own: splits timed beside OpenBLAS's spinning threads or sleeping workers lost,
+    and kept tashkeel_bilstm_int8's directions serial in the quick mode after (14 against 7.9 ms a run)."""
+    if getattr(_held, "quick", False):
+        if gate.quick is None:
+            gate.quick = SplitGate()
+        gate = gate.quick
     on = gate.choose()
     t0 = time.perf_counter_ns()
     if on:
