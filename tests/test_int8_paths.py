@@ -120,7 +120,8 @@ def test_dynamic_matmul_split_over_two_threads(int8_path, monkeypatch, K, N, row
     np.testing.assert_array_equal(got[0], ref[0])
     int8_path.expect(_kernel("gemm_u8s8_scaled", int(np.prod(rows))), taken=bool(_vnni()))
     if int8_path.jit and _vnni():
-        assert parts and parts[0] == 2 * intgemm._INT8_BLOCKS_PER_THREAD, parts
+        # (in the quick mode other kernels' splits come through the pool too, by twos)
+        assert 2 * intgemm._INT8_BLOCKS_PER_THREAD in parts, parts
 
 
 def test_split_gate_follows_the_timings():
