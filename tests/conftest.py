@@ -173,8 +173,8 @@ def profiled_node_events(session_factory, feed: dict, runs: int = 1) -> list[dic
 
 @contextlib.contextmanager
 def steady_mode():
-    """Inside it, the CPU provider behaves as in a run of a session with session.intra_op.allow_spinning
-    = "0": BLAS held at one thread, large GEMMs and compiled loops split over its worker pool."""
+    """Inside it, the CPU provider behaves as in the steady mode (a run while another process keeps a core
+    busy): BLAS held at one thread, large GEMMs and compiled loops split over its sleeping worker pool."""
     from engineroom.providers.cpu import _threadpool
 
     _threadpool.hold_blas()

@@ -18,8 +18,8 @@ threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is ne
 
 @contextlib.contextmanager
 def steady():
-    """What a run of a session with session.intra_op.allow_spinning = "0" is inside: BLAS held at one
-    thread, the pool splitting (the CPU provider's run_scope)."""
+    """What a run in the steady mode (another process keeps a core busy) is inside: BLAS held at one
+    thread, the pool splitting large work (the CPU provider's run_scope)."""
     tp.hold_blas()
     try:
         yield
