@@ -224,12 +224,10 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
     busy = _load.contended()
     pool = _pool(threads) if threads > 1 else None
     quick = not busy and pool is not None and pool.quick
-    timed = settle = False
+    timed = False
     if quick and gate is not None:
         quick, timed = gate.choose()
-        settle = quick is None              # held, without the quick mode's splits (AutoMode.SETTLE_S)
-        quick = bool(quick)
-    held = always_hold or busy or quick or settle
+    held = always_hold or busy or quick
     if held:
         _blas.hold_single()
     if pool is not None:
@@ -261,27 +259,25 @@ class AutoMode:
     within a microsecond and a Python worker in ~10. The first run is not counted (caches, first
     allocations); the next ``SAMPLES`` run the quick mode, the ``SAMPLES`` after them OpenBLAS's threads,
     and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
-    run: their best run would flatter them). OpenBLAS's threads spin for ~0.1 s after their last GEMM, and
-    quick runs beside them ran 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on
-    the caller's core): so the quick runs come first, and where the quick mode wins, the runs until
-    ``SETTLE_S`` after the last run on OpenBLAS's threads hold BLAS at one thread without the quick splits
-    (as under load), while those threads stop spinning. A counted
+    run: their best run would flatter them); the quick mode must be ``MARGIN`` faster, since taking it
+    costs a transient: OpenBLAS's threads spin for ~0.1 s after their last GEMM, and quick runs beside them
+    run up to 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on the caller's core).
+    That is also why the quick runs come first. Holding BLAS without the quick splits meanwhile ran resnet18
+    at 24 ms, slower than the transient. A counted
     run under ``TINY_S`` (tree ensembles, linear classifiers: tens of microseconds) ends the learning: no
     mode can matter there, only its cost (2-6 us a run: the load check, BLAS's thread count set and reset),
     and the session's runs skip all of it until one takes ten times that, which starts the learning again."""
 
     SAMPLES = 3
+    MARGIN = 0.9
     TINY_S = 1e-4
-    SETTLE_S = 0.12
-
-    __slots__ = ("runs", "times", "prefer", "tiny", "blas_end")
+    __slots__ = ("runs", "times", "prefer", "tiny")
 
     def __init__(self) -> None:
         self.runs = 0
         self.times: tuple[list[float], list[float]] = ([], [])     # run seconds: [OpenBLAS, quick]
         self.prefer: bool | None = None                              # quick preferred; None while learning
         self.tiny = False
-        self.blas_end = 0.0                     # when the last run with OpenBLAS's threads ended
 
     def begin(self) -> None:
         if self.tiny:
@@ -293,10 +289,8 @@ class AutoMode:
     end = staticmethod(_end)
 
     def choose(self) -> tuple[bool, bool]:
-        """(quick, timed) for the next quiet run; quick None: BLAS held, no quick splits (settling)."""
+        """(quick, timed) for the next quiet run."""
         if self.prefer is not None:
-            if self.prefer and time.perf_counter() - self.blas_end < self.SETTLE_S:
-                return None, False
             return self.prefer, False
         self.runs += 1
         return self.runs <= 1 + self.SAMPLES, self.runs > 1
@@ -309,13 +303,11 @@ class AutoMode:
         if self.prefer is None and seconds < self.TINY_S:
             self.prefer, self.tiny = False, True    # no mode can matter: skip their cost from the next run
             return
-        if not quick:
-            self.blas_end = time.perf_counter()
         self.times[quick].append(seconds)
         if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
             mid = self.SAMPLES // 2
             q, o = sorted(self.times[True])[mid], sorted(self.times[False])[mid]
-            self.prefer = q < o
+            self.prefer = q < self.MARGIN * o
 
 
 def begin_pool_run() -> None:
