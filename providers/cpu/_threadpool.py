@@ -271,6 +271,7 @@ class AutoMode:
     SAMPLES = 3
     MARGIN = 0.9
     TINY_S = 1e-4
+
     __slots__ = ("runs", "times", "prefer", "tiny")
 
     def __init__(self) -> None:
