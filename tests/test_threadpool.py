@@ -135,8 +135,9 @@ def test_concurrent_callers(mode):
     assert _blas_threads() == before
 
 
-@pytest.mark.parametrize("n,work", [(1000, 1 << 18), (3, 1 << 18), (1000, 100), (1, 1 << 18)])
-def test_quick_parallel_ranges_cover_every_index_once(n, work):
+def _ranges(mode, threads: int, n: int, work: int) -> list[tuple[int, int]]:
+    """The ranges ``parallel_ranges`` called its function with, at ``threads`` BLAS threads inside ``mode``,
+    after checking that they covered every index once."""
     seen = np.zeros(n, np.int64)
     calls = []
 
@@ -144,9 +145,15 @@ def test_quick_parallel_ranges_cover_every_index_once(n, work):
         calls.append((lo, hi))
         seen[lo:hi] += 1
 
-    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+    with threadpoolctl.threadpool_limits(threads, user_api="blas"), mode():
         tp.parallel_ranges(fn, n, work)
     assert (seen == 1).all()
+    return calls
+
+
+@pytest.mark.parametrize("n,work", [(1000, 1 << 18), (3, 1 << 18), (1000, 100), (1, 1 << 18)])
+def test_quick_parallel_ranges_cover_every_index_once(n, work):
+    calls = _ranges(quick, 2, n, work)
     assert len(calls) == (1 if work < tp.QUICK_MIN_WORK or n == 1 else min(n, 2))
 
 
@@ -173,21 +180,9 @@ def test_parallel_ranges_cover_every_index_once(n, work, monkeypatch):
     # a stall seen by an earlier test (a loaded machine) must not make the pool stand aside here
     monkeypatch.setattr(tp._calm, "until", 0.0)
     monkeypatch.setattr(tp._calm, "span", 0.0)
-    seen = np.zeros(n, np.int64)
-    calls = []
-
-    def fn(lo, hi):
-        calls.append((lo, hi))
-        seen[lo:hi] += 1
-
-    with threadpoolctl.threadpool_limits(2, user_api="blas"), steady():
-        tp.parallel_ranges(fn, n, work)
-    assert (seen == 1).all()
+    calls = _ranges(steady, 2, n, work)
     assert len(calls) == (1 if work < tp.MIN_PARALLEL_WORK or n == 1 else min(n, 2 * tp.CHUNKS_PER_THREAD))
-    with threadpoolctl.threadpool_limits(1, user_api="blas"), steady():
-        calls.clear()
-        tp.parallel_ranges(fn, n, work)
-    assert calls == [(0, n)]
+    assert _ranges(steady, 1, n, work) == [(0, n)]
 
 
 def test_compiled_loops_release_the_gil():
