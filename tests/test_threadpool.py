@@ -185,6 +185,105 @@ def test_parallel_ranges_cover_every_index_once(n, work, monkeypatch):
     assert _ranges(steady, 1, n, work) == [(0, n)]
 
 
+def _compiled_split_pool():
+    """The 2-thread pool with its worker in the compiled wait that serves GEMM parts (skips where the
+    compiled split or an OpenBLAS to call is missing)."""
+    if tp._par_kernels() is None:
+        pytest.skip("the compiled GEMM split needs numba (jit extra)")
+    tp._blas.outside()
+    if tp._blas.gemm is None:
+        pytest.skip("the compiled GEMM split calls OpenBLAS (pthreads) only; this NumPy uses another BLAS")
+    pool = tp._pool(2)
+    pool.spin_for(False)                        # a quiet machine's spin (an earlier test may have set another)
+    pool.run(lambda i: None, [(0,), (1,)])      # the worker started
+    pool.wake()
+    # until the worker takes a part: OpenBLAS's own threads spin ~0.1 s after a multi-threaded GEMM (an
+    # earlier test's), and meanwhile the scheduler puts the worker on the caller's core, where the caller
+    # finishes first and takes the worker's part back
+    a, b, out = np.ones((1, 64, 64), np.float32), np.ones((1, 64, 64), np.float32), np.empty((1, 64, 64), np.float32)
+    deadline = time.perf_counter() + 5
+    while time.perf_counter() < deadline:
+        pool.wake()
+        gen = pool._nstate[0]
+        pool.gemm(a, b, out)
+        if pool._nstate[0] == gen + 1 and pool._nstate[9] == (gen + 1) * 4:
+            break
+        time.sleep(1e-3)
+    return pool
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("sa,sb,ta,tb", [
+    ((300, 70), (70, 40), False, False),        # tall: rows split
+    ((40, 70), (70, 300), False, False),        # wide: columns split
+    ((300, 70), (70, 40), True, False),         # a stored transposed (a conv's columns^T)
+    ((40, 70), (70, 300), False, True),
+    ((6, 50, 30), (6, 30, 20), False, False),   # a batch: batches split
+    ((6, 50, 30), (30, 20), False, True),       # a batch times one shared matrix
+    ((1, 33, 17), (3, 17, 65), True, True),     # one shared matrix times a batch
+])
+def test_compiled_gemm_split_matches_numpy(dt, sa, sb, ta, tb):
+    """``WorkerPool.gemm``: the caller and the worker each run part of the product inside one compiled call,
+    BLAS called through its C entry point; every layout it takes gives NumPy's product, and the worker
+    took parts (its part word done at a new generation)."""
+    rng = np.random.default_rng(0)
+
+    def operand(shape, t):
+        x = rng.standard_normal(shape[:-2] + shape[-2:][::-1] if t else shape).astype(dt)
+        return x.swapaxes(-1, -2) if t else x
+
+    a, b = operand(sa, ta), operand(sb, tb)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+        pool = _compiled_split_pool()
+        by_worker = 0
+        for _ in range(20):
+            out = np.full(want.shape, np.nan, dt)
+            gen = pool._nstate[0]
+            assert pool.gemm(a, b, out)
+            np.testing.assert_allclose(out, want, rtol=1e-5 if dt == np.float32 else 1e-12,
+                                       atol=1e-4 if dt == np.float32 else 1e-10)
+            word = pool._nstate[9]
+            by_worker += int(pool._nstate[0] == gen + 1 and word >> 2 == gen + 1 and word & 3 == 0)
+        assert by_worker > 0
+
+
+def test_compiled_gemm_split_declines_what_it_does_not_take():
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+        pool = _compiled_split_pool()
+        a = np.ones((40, 80), np.float32)
+        b = np.ones((40, 30), np.float32)
+        out = np.zeros((40, 30), np.float32)
+        assert not pool.gemm(a[:, ::2], b, out)                 # strided in both axes
+        assert not pool.gemm(a[:, :40].astype(np.int32), b.astype(np.int32), out.astype(np.int32))
+        assert not pool.gemm(a[:, :40], b.astype(np.float64), out)      # mixed dtypes
+        assert not pool.gemm(np.ones((2, 3, 40, 40), np.float32), np.ones((3, 1, 40, 30), np.float32),
+                             np.zeros((2, 3, 40, 30), np.float32))  # a batch broadcast other than one matrix
+        assert not out.any()
+
+
+def test_compiled_gemm_split_takes_back_a_part_no_worker_took():
+    """A worker counted as waiting that never takes its part (its core taken, or gone): the caller runs
+    that part itself after its own, and marks it taken back."""
+    if tp._par_kernels() is None:
+        pytest.skip("the compiled GEMM split needs numba (jit extra)")
+    tp._blas.outside()
+    if tp._blas.gemm is None:
+        pytest.skip("the compiled GEMM split calls OpenBLAS (pthreads) only; this NumPy uses another BLAS")
+    par_gemm = tp._par_kernels()[1][np.dtype(np.float32)]
+    state = np.zeros(24, np.int64)
+    state[8] = 1                        # worker 1 "in its wait", but no thread is there
+    desc = np.zeros(tp._PAR_DESC * 2, np.int64)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((1, 200, 50)).astype(np.float32)
+    b = rng.standard_normal((1, 50, 60)).astype(np.float32)
+    out = np.full((1, 200, 60), np.nan, np.float32)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        par_gemm(state, desc, tp._blas.gemm, a, b, out, 0, 0, 2, 16)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+    assert state[9] == 1 * 4 + 3 and state[1] == 0      # generation 1, taken back; the caller lock free
+
+
 def test_compiled_loops_release_the_gil():
     """A compiled loop running on one thread lets another Python thread run meanwhile (the pool's
     parallel conv loops depend on it): the other thread's longest stall stays well under the call."""

@@ -16,8 +16,11 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
   preempted there stalls the caller whatever the chunking: the caller takes late GEMM chunks back
   (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``);
 - on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
-  (``compiled/_jit_sync``), so a part reaches a worker in ~10 us, not a 50-100 us wake-up, and GEMMs
-  from 2M multiply-adds and loops from 64K units split; or OpenBLAS's own threads (``matmul`` is NumPy's
+  (``compiled/_jit_sync``), so a part reaches a worker in ~10 us, not a 50-100 us wake-up, and loops from
+  64K units split. GEMMs from 1M multiply-adds split inside one compiled call (``compiled/_jit_par``: the
+  worker, spinning in that same wait, calls OpenBLAS's C entry point on its rows itself, never entering
+  the interpreter), which starts a worker's part within a microsecond, as OpenBLAS's own threads do;
+  or OpenBLAS's own threads (``matmul`` is NumPy's
   call, ``parallel_ranges`` takes only very large loops). By default (``AutoMode``) a session's first
   runs try both and the faster serves; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the
   quick mode when quiet), "1" always leaves it to OpenBLAS.
@@ -93,6 +96,7 @@ class _Blas:
         self.depth = 0
         self.saved: list[int] = []
         self.knobs: list[_Knob] | None = None
+        self.gemm: np.ndarray | None = None         # see _gemm_pointers
         self.modules = 0
 
     def _find(self) -> None:
@@ -106,9 +110,12 @@ class _Blas:
         try:
             from threadpoolctl import ThreadpoolController
 
-            self.knobs = [_Knob(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            self.knobs = [_Knob(lib) for lib in libs]
+            self.gemm = _gemm_pointers(libs)
         except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: nothing to hold
             self.knobs = []
+            self.gemm = None
 
     def hold_single(self) -> int:
         """Set BLAS to one thread; returns its thread count outside our calls (the pool's size)."""
@@ -136,6 +143,27 @@ class _Blas:
                 for k, n in zip(self.knobs, self.saved):
                     if n != 1:
                         k.set(n)
+
+
+def _gemm_pointers(libs) -> np.ndarray | None:
+    """[cblas_sgemm's address, cblas_dgemm's, 1 for 64-bit integer arguments] of the first OpenBLAS
+    on pthreads among ``libs`` (threadpoolctl's), for the compiled GEMM split (``compiled/_jit_par``), or
+    None. Only that kind: its thread count is process-wide, so held at one it holds for our workers too."""
+    import ctypes
+
+    for lib in libs:
+        if getattr(lib, "internal_api", "") != "openblas" or getattr(lib, "threading_layer", "") == "openmp":
+            continue
+        try:
+            prefix, suffix = lib._find_affixes()
+            config = getattr(lib.dynlib, f"{prefix}openblas_get_config{suffix}")
+            config.argtypes, config.restype = (), ctypes.c_char_p
+            ilp64 = b"USE64BITINT" in (config() or b"")
+            fns = [getattr(lib.dynlib, f"{prefix}cblas_{t}gemm{suffix}") for t in "sd"]
+        except (AttributeError, TypeError):
+            continue
+        return np.array([ctypes.cast(f, ctypes.c_void_p).value for f in fns] + [int(ilp64)], np.int64)
+    return None
 
 
 _blas = _Blas()
@@ -232,6 +260,8 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
         _blas.hold_single()
     if pool is not None:
         pool.spin_for(busy)
+        if quick:
+            pool.wake()
     stack.append((held, quick, gate if timed else None, time.perf_counter()))
     _held.quick = quick
 
@@ -466,6 +496,18 @@ WAIT_SPIN_S = 2e-3
 EXTRA_S = 2e-6
 
 
+def _par_kernels():
+    """The compiled GEMM split (``compiled/_jit_par``): (worker_wait, {dtype: par_gemm}), raw variants (the
+    pool checks the arrays itself), or None where it is not built."""
+    from engineroom.providers.cpu.array_module import NUMPY
+
+    mod = NUMPY.compiled("par")
+    if mod is None:
+        return None
+    gemm = {np.dtype(np.float32): mod.par_gemm.variants[0][0], np.dtype(np.float64): mod.par_gemm.variants[1][0]}
+    return mod.worker_wait.variants[0][0], gemm
+
+
 def _sync_waits():
     """The compiled waits (``compiled/_jit_sync``) and nanoseconds per spin turn, or None where the compiled
     loops are unavailable (the workers then sleep between parts)."""
@@ -510,6 +552,12 @@ class WorkerPool:
         self._state = buf[off:off + 8 * threads]
         self._entered = [0] * threads
         self._sync = _sync_waits() if threads > 1 else None
+        # the compiled GEMM split: its own state (per worker: in its wait or not, its part word) and tasks
+        self._par = _par_kernels() if self._sync is not None else None
+        nbuf = np.zeros(8 * threads + 8, np.int64)
+        self._nstate = nbuf[(-nbuf.ctypes.data // 8) % 8:][:8 * threads]
+        self._desc = np.zeros(_PAR_DESC * threads, np.int64)
+        self._wakes = 0
         self._spin_turns = 0
         self._extra = 0
         self._wait_turns = 0
@@ -536,19 +584,24 @@ class WorkerPool:
                              daemon=True).start()
 
     def _work(self, w: int) -> None:
-        state, sync = self._state, self._sync
+        state, sync, par = self._state, self._sync, self._par
         seen = 0
         while True:
-            if sync is not None:
+            wakes = self._wakes
+            if par is not None:     # the same wait, serving compiled GEMM parts meanwhile
+                par[0](state, 8 * w, seen, self._spin_turns, self._extra, self._nstate, self._desc, w)
+            elif sync is not None:
                 sync[0](state, 8 * w, seen, self._spin_turns, self._extra)
             else:
                 state[8 * w] = seen
             if self._gen == seen:
                 with self._cv:
                     self._sleepers += 1
-                    while self._gen == seen:
+                    while self._gen == seen and self._wakes == wakes:
                         self._cv.wait()
                     self._sleepers -= 1
+                if self._gen == seen:
+                    continue        # woken for GEMM parts (``wake``): back to the wait
             task = self._task
             seen = task.gen
             self._entered[w] = seen
@@ -575,6 +628,39 @@ class WorkerPool:
                 sync[1](state, 8 * w, gen, self._wait_turns, self._extra)
             while state[8 * w] < gen:       # a worker whose core another process holds: poll
                 time.sleep(5e-5)
+
+    def wake(self) -> None:
+        """Workers asleep go back to their compiled wait, where they take GEMM parts (a quick run's start:
+        the first GEMMs run on the caller alone meanwhile)."""
+        if self._sleepers and self._par is not None:
+            if self._started < self.threads - 1:
+                self._start()
+            with self._cv:
+                self._wakes += 1
+                self._cv.notify_all()
+
+    def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+        """out[...] = a @ b split over the caller and the workers in their waits, inside one compiled call
+        (``compiled/_jit_par``; BLAS must be held at one thread); False, doing nothing, where that does not
+        take the arrays (dtypes, layouts, broadcasting other than one shared matrix)."""
+        fns = _blas.gemm
+        if self._par is None or fns is None:
+            return False
+        dt = out.dtype
+        fn = self._par[1].get(dt)
+        if fn is None or a.dtype != dt or b.dtype != dt or not out.flags.c_contiguous or out.ndim < 2 \
+                or not out.size or not a.shape[-1]:
+            return False
+        lead = out.shape[:-2]
+        a3, ta = _operand(a, lead)
+        b3, tb = _operand(b, lead)
+        if a3 is None or b3 is None:
+            return False
+        if self._started < self.threads - 1:
+            self._start()
+        fn(self._nstate, self._desc, fns, a3, b3, out.reshape((-1,) + out.shape[-2:]), ta, tb, self.threads,
+           PAR_ALIGN)
+        return True
 
     def run(self, fn, args: list[tuple]) -> None:
         """Call ``fn(*a)`` for every ``a`` in ``args``, spread over the pool; re-raise the first error."""
@@ -626,6 +712,24 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 # on one core) into one chunk per thread, and loops from QUICK_MIN_WORK (~13 us of a depthwise loop)
 QUICK_MIN_MACS = 1 << 21
 QUICK_MIN_WORK = 1 << 16
+# with the compiled split (``WorkerPool.gemm``: no interpreter on the worker's side) GEMMs split from
+# NATIVE_MIN_MACS, rows (or columns) in multiples of PAR_ALIGN
+NATIVE_MIN_MACS = 1 << 20
+PAR_ALIGN = 16
+_PAR_DESC = 32      # int64s per part's task (compiled/_jit_par.DESC)
+
+
+def _operand(x: np.ndarray, lead: tuple):
+    """(x as a C-contiguous 3-D array of matrices, 1 where they are stored transposed) for ``WorkerPool.gemm``
+    with ``lead`` the output's batch shape, or (None, 0)."""
+    if x.ndim > 2 and x.shape[:-2] != lead and math.prod(x.shape[:-2]) != 1:
+        return None, 0
+    if x.flags.c_contiguous:
+        return x.reshape((-1,) + x.shape[-2:]), 0
+    t = x.swapaxes(-1, -2)
+    if t.flags.c_contiguous:
+        return t.reshape((-1,) + t.shape[-2:]), 1
+    return None, 0
 
 
 def _matmul_into(a, b, out) -> None:
@@ -642,7 +746,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         M, K = a.shape
         N = b.shape[1]
         macs = M * N * K
-        if macs < QUICK_MIN_MACS:
+        if macs < NATIVE_MIN_MACS:
             return np.matmul(a, b, out=out)
         batch_shape = ()
     else:
@@ -651,14 +755,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         M, K = a.shape[-2:]
         N = b.shape[-1]
         kn = b.shape[-2] * N
-        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < QUICK_MIN_MACS:
+        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < NATIVE_MIN_MACS:
             # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
             # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
             return np.matmul(a, b, out=out)
         batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         macs = math.prod(batch_shape) * M * N * K
     quick = getattr(_held, "quick", False)
-    if macs < (QUICK_MIN_MACS if quick else MIN_PARALLEL_MACS):
+    if macs < (NATIVE_MIN_MACS if quick else MIN_PARALLEL_MACS):
         return np.matmul(a, b, out=out)
     threads = _blas.hold_single()
     try:
@@ -667,6 +771,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         if out is None:
             out = np.empty(batch_shape + (M, N), dtype=np.result_type(a, b))
         if quick:
+            pool = _pool(threads)
+            if pool.gemm(a, b, out):
+                return out
+            if macs < QUICK_MIN_MACS:
+                return np.matmul(a, b, out=out)
             # workers spin: one chunk per thread (each packs its share once), the caller waits for them
             _pool(threads).run(_matmul_into, _chunks(a, b, out, batch_shape, threads))
             return out
