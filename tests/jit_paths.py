@@ -28,9 +28,13 @@ class Spy:
 
 
 def spy_on(monkeypatch, module: str, used: set) -> None:
-    """Make ``_jit.load(module)`` hand out a Spy recording into ``used``."""
+    """Make ``_jit.load(module)`` (and the pool's split loops, ``par``) hand out a Spy recording into ``used``."""
     load = _jit.load
-    monkeypatch.setattr(_jit, "load", lambda name: Spy(load(name), used) if name == module else load(name))
+
+    def spied(name):
+        mod = load(name)
+        return Spy(mod, used) if name in (module, "par") and mod is not None else mod
+    monkeypatch.setattr(_jit, "load", spied)
 
 
 class KernelPath:
@@ -41,9 +45,11 @@ class KernelPath:
         self.jit, self.used = jit, used
 
     def expect(self, name: str, taken: bool = True) -> None:
-        """On the compiled path, assert whether loop ``name`` ran since the last check."""
+        """On the compiled path, assert whether loop ``name`` ran since the last check (itself, or split over
+        the CPU provider's pool inside one compiled call: ``par_<name>`` of ``compiled/_jit_par``)."""
         if self.jit:
-            assert (name in self.used) == taken, f"compiled {name} {'not ' if taken else ''}taken: {self.used}"
+            ran = name in self.used or f"par_{name}" in self.used
+            assert ran == taken, f"compiled {name} {'not ' if taken else ''}taken: {self.used}"
         self.used.clear()
 
 

@@ -284,6 +284,73 @@ def test_compiled_gemm_split_takes_back_a_part_no_worker_took():
     assert state[9] == 1 * 4 + 3 and state[1] == 0      # generation 1, taken back; the caller lock free
 
 
+def _loop_cases():
+    """(loop name, its range length, args whose float32 arrays a run writes into, the kernel's own call on the
+    whole range) per loop of ``compiled/_jit_par``."""
+    from engineroom.providers.cpu.array_module import NUMPY
+
+    rng = np.random.default_rng(5)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)     # noqa: E731
+    nhwc, conv, wino = NUMPY.compiled("nhwc"), NUMPY.compiled("conv"), NUMPY.compiled("winograd")
+    lo, hi = np.float32(-0.5), np.float32(0.7)
+    x4, xin = f(1, 24, 20, 20), f(1, 12, 12, 40)
+    V = np.zeros((36, 24, 25), np.float32)
+    O = f(36, 16, 25)
+    cases = [
+        ("bias_clip_rows", 3000, (f(3000, 40), f(40), lo, hi), nhwc.bias_clip_rows),
+        ("depthwise_nhwc", 6, (xin, f(3, 3, 40), f(40), np.zeros((1, 6, 6, 40), np.float32), 2, 2, 1, 1, lo, hi),
+         nhwc.depthwise_nhwc),
+        ("bias_clip", 24, (f(1, 24, 50), f(24), lo, hi), conv.bias_clip),
+        ("bias_add_clip", 24, (f(1, 24, 50), f(24), f(1, 24, 50), lo, hi), conv.bias_add_clip),
+        ("bias_hard_act", 24, (f(1, 24, 50), f(24), f(1, 24, 50), 1, np.float32(0.2), np.float32(0.5), 1),
+         conv.bias_hard_act),
+        ("input_transform", 24, (x4, V, 4, 1, 1, 5, 5), lambda *a: wino.input_transform(*a, 0, 24)),
+        ("output_transform", 16, (O, np.zeros((1, 16, 20, 20), np.float32), f(16), f(1, 16, 20, 20), 1, lo, hi,
+                                  4, 5, 5), lambda *a: wino.output_transform(*a, 0, 16)),
+        ("im2col2d", 24, (x4, np.zeros((1, 24 * 9, 100), np.float32), 3, 3, 2, 2, 1, 1, 1, 1, 10, 10),
+         conv.im2col2d),
+    ]
+    fns = tp.gemm_pointers()
+    if fns is not None:
+        w = f(32, 24 * 9)
+
+        def bands(x, wm, y, fns, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, rb):
+            cols = np.zeros((1, 24 * 9, OH * OW), np.float32)
+            conv.im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW)
+            np.matmul(wm, cols[0], out=y[0])
+        cases.append(("conv_bands", 7, (x4, w, np.zeros((1, 32, 400), np.float32), fns, 3, 3, 1, 1, 1, 1, 1, 1, 20, 20, 3),
+                      bands))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_native_loops_match_their_kernels(case):
+    """Each loop split inside one compiled call (``native_ranges``) writes what the kernel's own call on the
+    whole range writes, and the worker ran parts of it."""
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():
+        cases = _loop_cases()
+        pool = _compiled_split_pool()
+        if case >= len(cases):
+            pytest.skip("conv_bands calls OpenBLAS (pthreads) only; this NumPy uses another BLAS")
+        name, n, args, kernel = cases[case]
+        want = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        kernel(*want)
+        by_worker = 0
+        for _ in range(200):        # until the worker took a part (each result checked)
+            got = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            gen = pool._nstate[0]
+            assert tp.native_ranges(name, n, 1 << 30, *got)
+            for g, w in zip(got, want):
+                if isinstance(g, np.ndarray) and g.dtype == np.float32:
+                    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+            word = pool._nstate[9]
+            by_worker += int(pool._nstate[0] == gen + 1 and word >> 2 == gen + 1 and word & 3 == 0)
+            if by_worker:
+                break
+        assert by_worker > 0
+    assert not tp.native_ranges(name, n, 1 << 30, *args)        # outside a quick-mode run: not taken
+
+
 def test_compiled_loops_release_the_gil():
     """A compiled loop running on one thread lets another Python thread run meanwhile (the pool's
     parallel conv loops depend on it): the other thread's longest stall stays well under the call."""

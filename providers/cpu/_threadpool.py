@@ -505,7 +505,7 @@ def _par_kernels():
     if mod is None:
         return None
     gemm = {np.dtype(np.float32): mod.par_gemm.variants[0][0], np.dtype(np.float64): mod.par_gemm.variants[1][0]}
-    return mod.worker_wait.variants[0][0], gemm
+    return mod.worker_wait.variants[0][0], gemm, mod
 
 
 def _sync_waits():
@@ -656,11 +656,18 @@ class WorkerPool:
         b3, tb = _operand(b, lead)
         if a3 is None or b3 is None:
             return False
-        if self._started < self.threads - 1:
-            self._start()
+        self.ready()
         fn(self._nstate, self._desc, fns, a3, b3, out.reshape((-1,) + out.shape[-2:]), ta, tb, self.threads,
            PAR_ALIGN)
         return True
+
+    def ready(self) -> None:
+        """Before a compiled split: workers asleep (a gap of more than their spin since the last parts) are
+        woken for the splits after this one (this one goes on with the workers in their waits, if any)."""
+        if self._started < self.threads - 1:
+            self._start()
+        elif self._sleepers:
+            self.wake()
 
     def run(self, fn, args: list[tuple]) -> None:
         """Call ``fn(*a)`` for every ``a`` in ``args``, spread over the pool; re-raise the first error."""
@@ -715,6 +722,8 @@ QUICK_MIN_WORK = 1 << 16
 # with the compiled split (``WorkerPool.gemm``: no interpreter on the worker's side) GEMMs split from
 # NATIVE_MIN_MACS, rows (or columns) in multiples of PAR_ALIGN
 NATIVE_MIN_MACS = 1 << 20
+# and compiled loops (``native_ranges``) from NATIVE_MIN_WORK units (a 37K-element bias pass: 3.4 us alone)
+NATIVE_MIN_WORK = 1 << 15
 PAR_ALIGN = 16
 _PAR_DESC = 32      # int64s per part's task (compiled/_jit_par.DESC)
 
@@ -800,6 +809,35 @@ MIN_PARALLEL_WORK = 1 << 19
 # against 7.4 ms)
 MIN_QUIET_WORK = 1 << 22
 MIN_PART_WORK = 1 << 17
+
+
+def gemm_pointers() -> np.ndarray | None:
+    """The BLAS entry points the compiled split calls (``_gemm_pointers``), for loops that run GEMMs of
+    their own (``native_ranges("conv_bands", ...)``); None where there are none."""
+    return _blas.gemm
+
+
+def native_ranges(name: str, n: int, work: int, *args, align: int = 1) -> bool:
+    """In a quick-mode run, the compiled loop ``name`` of ``compiled/_jit_par`` (float32 arrays given whole,
+    see ``_LOOPS`` there) over range(n) split over the caller and the workers inside one compiled call,
+    from NATIVE_MIN_WORK units of work; False, doing nothing, elsewhere (the caller's own path then)."""
+    if n < 2 or work < NATIVE_MIN_WORK or not getattr(_held, "quick", False):
+        return False
+    threads = _blas.outside()
+    pool = _pool(threads) if threads > 1 else None
+    if pool is None or pool._par is None:
+        return False
+    from engineroom.providers.cpu.array_module import NUMPY      # imports this module: here, not at the top
+
+    mod = NUMPY.compiled("par")         # looked up per call (a dict lookup), as the kernels' own loops are
+    if mod is None:
+        return False
+    pool.ready()
+    try:
+        getattr(mod, "par_" + name)(pool._nstate, pool._desc, threads, n, align, *args)
+    except TypeError:           # arrays it does not take (float64, strided): before any work was done
+        return False
+    return True
 
 
 def parallel_ranges(fn, n: int, work: int) -> None:

@@ -485,7 +485,8 @@ class _ConvPlan:
 
             def part(c0, c1):           # channels c0..c1: rows c0*K..c1*K of cols
                 self.jit.im2col2d(xj[:, c0:c1], cols[:, c0 * K:c1 * K], *args)
-            _over_channels(part, N, g * Cg, g * Cg * K * P)
+            if N > 1 or not _threadpool.native_ranges("im2col2d", g * Cg, g * Cg * K * P, xj, cols, *args):
+                _over_channels(part, N, g * Cg, g * Cg * K * P)
             cols = cols.reshape(N, g, Cg * K, P)
         elif self.many_phases:
             # wide strides (an STFT's hop, a patch embedding): the windows copied pixel-major, each one
@@ -549,6 +550,10 @@ class _ConvPlan:
         xj = np.ascontiguousarray(x)
         y2 = y.reshape(N, self.M, OH * OW)
         wm = self.wm[0]
+        fns = _threadpool.gemm_pointers()
+        if fns is not None and _threadpool.native_ranges("conv_bands", N * nb, self.M * CK * OH * OW, xj, wm, y2,
+                                                         fns, KH, KW, sh, sw, dh, dw, pb[0], pb[1], OH, OW, rb):
+            return
 
         def bands(i0, i1):
             buf = np.empty(CK * rb * OW, dtype=x.dtype)
@@ -580,21 +585,30 @@ class _ConvPlan:
         lo, hi = (cdt(clip[0]), cdt(clip[1])) if clip is not None else (cdt(-np.inf), cdt(np.inf))
         bb = np.ascontiguousarray(b, dtype=y.dtype) if b is not None else self.zero_bias
         y3 = y.reshape(y.shape[0], y.shape[1], -1)
+        N, M = y3.shape[0], y3.shape[1]
         if hard is not None:
             z3 = y3 if z is None else np.ascontiguousarray(z).reshape(y3.shape)     # read only where z is given
             alpha, beta, times_x = cdt(hard[0]), cdt(hard[1]), int(hard[2])
+            if N == 1 and _threadpool.native_ranges("bias_hard_act", M, y3.size, y3, bb, z3, int(z is not None),
+                                                    alpha, beta, times_x):
+                return True
 
             def part(m0, m1):
                 jit.bias_hard_act(y3[:, m0:m1], bb[m0:m1], z3[:, m0:m1], int(z is not None), alpha, beta, times_x)
         elif z is None:
+            if N == 1 and _threadpool.native_ranges("bias_clip", M, y3.size, y3, bb, lo, hi):
+                return True
+
             def part(m0, m1):
                 jit.bias_clip(y3[:, m0:m1], bb[m0:m1], lo, hi)
         else:
             z3 = np.ascontiguousarray(z).reshape(y3.shape)
+            if N == 1 and _threadpool.native_ranges("bias_add_clip", M, y3.size, y3, bb, z3, lo, hi):
+                return True
 
             def part(m0, m1):
                 jit.bias_add_clip(y3[:, m0:m1], bb[m0:m1], z3[:, m0:m1], lo, hi)
-        _over_channels(part, y3.shape[0], y3.shape[1], y3.size)
+        _over_channels(part, N, M, y3.size)
         return True
 
     def _depthwise(self, xc, pb, pe, out, y, bias):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engineroom.providers.cpu._threadpool import matmul, parallel_ranges
+from engineroom.providers.cpu._threadpool import matmul, native_ranges, parallel_ranges
 from engineroom.providers.cpu.array_module import arrays
 from engineroom.providers.cpu.conv import _DW_SPLIT_MIN_MACS, _ConvPlan, compute_dtype
 from engineroom.providers.cpu.registry import kernel
@@ -118,19 +118,24 @@ def depthwise_separable_block(info):
         else:
             cols = np.empty((N, C * KH * KW, P1), dtype=cdt)
             kk = KH * KW
-            _ranges(lambda c0, c1: conv_jit.im2col2d(x[:, c0:c1], cols[:, c0 * kk:c1 * kk], KH, KW, cs[0],
-                                                     cs[1], 1, 1, cp[0], cp[1], H1, W1),
-                    C, cols.size if N == 1 else 0)     # a channel range is contiguous at batch 1
+            if N > 1 or not native_ranges("im2col2d", C, cols.size, x, cols, KH, KW, cs[0], cs[1], 1, 1, cp[0],
+                                          cp[1], H1, W1):
+                _ranges(lambda c0, c1: conv_jit.im2col2d(x[:, c0:c1], cols[:, c0 * kk:c1 * kk], KH, KW, cs[0],
+                                                         cs[1], 1, 1, cp[0], cp[1], H1, W1),
+                        C, cols.size if N == 1 else 0)     # a channel range is contiguous at batch 1
         t1 = np.empty((N, P1, M1), dtype=cdt)
         for n in range(N):                       # rows = pixels: the transposed columns times W1^T
             matmul(cols[n].T, w1t, out=t1[n])
         r1, bb1 = t1.reshape(N * P1, M1), bias(b1, 0)
-        _ranges(lambda i, j: nhwc.bias_clip_rows(r1[i:j], bb1, lo1, hi1), N * P1, r1.size)
+        if not native_ranges("bias_clip_rows", N * P1, r1.size, r1, bb1, lo1, hi1):
+            _ranges(lambda i, j: nhwc.bias_clip_rows(r1[i:j], bb1, lo1, hi1), N * P1, r1.size)
         t2 = np.empty((N, H2, W2, M1), dtype=cdt)
         x1, bbd = t1.reshape(N, H1, W1, M1), bias(bd, 0)
         # output rows i..j: the same loop over y's rows from i on, its leading pad moved up by i strides
-        _ranges(lambda i, j: nhwc.depthwise_nhwc(x1, wdt, bbd, t2[:, i:j], ds[0], ds[1], dp[0] - i * ds[0],
-                                                 dp[1], lo2, hi2), H2, t2.size * dkh * dkw if N == 1 else 0)
+        if N > 1 or not native_ranges("depthwise_nhwc", H2, t2.size * dkh * dkw, x1, wdt, bbd, t2, ds[0], ds[1],
+                                      dp[0], dp[1], lo2, hi2):
+            _ranges(lambda i, j: nhwc.depthwise_nhwc(x1, wdt, bbd, t2[:, i:j], ds[0], ds[1], dp[0] - i * ds[0],
+                                                     dp[1], lo2, hi2), H2, t2.size * dkh * dkw if N == 1 else 0)
         t3 = matmul(t2.reshape(N * P2, M1), w2t).reshape(N, P2, M2)      # one GEMM over the batch
         y = np.empty((N, M2, H2, W2), dtype=cdt)
         y3 = y.reshape(N, M2, P2)

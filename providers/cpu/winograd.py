@@ -121,12 +121,15 @@ def winograd_conv_compiled(jit, ww: WinogradWeights, x, pb, y, b, z, lo, hi):
     xj = np.ascontiguousarray(x)
     # both transforms over channel ranges on the CPU provider's worker pool (the loops release the GIL)
     # (work in the pool's units, ~0.2 ns: the transforms cost about 4 and 2 of them per element of V, O)
-    _threadpool.parallel_ranges(lambda c0, c1: jit.input_transform(xj, V, m, pb[0], pb[1], th, tw, c0, c1),
-                                C, 4 * V.size)
+    if not _threadpool.native_ranges("input_transform", C, 4 * V.size, xj, V, m, pb[0], pb[1], th, tw):
+        _threadpool.parallel_ranges(lambda c0, c1: jit.input_transform(xj, V, m, pb[0], pb[1], th, tw, c0, c1),
+                                    C, 4 * V.size)
     O = _threadpool.matmul(ww.U, V)                                          # (α², M, N·T)
     zz = y if z is None else np.ascontiguousarray(z)                    # read only where z is given
-    _threadpool.parallel_ranges(lambda m0, m1: jit.output_transform(O, y, b, zz, int(z is not None), lo, hi,
-                                                                    m, th, tw, m0, m1), y.shape[1], 2 * O.size)
+    if not _threadpool.native_ranges("output_transform", y.shape[1], 2 * O.size, O, y, b, zz, int(z is not None),
+                                     lo, hi, m, th, tw):
+        _threadpool.parallel_ranges(lambda m0, m1: jit.output_transform(O, y, b, zz, int(z is not None), lo, hi,
+                                                                        m, th, tw, m0, m1), y.shape[1], 2 * O.size)
     return y
 
 

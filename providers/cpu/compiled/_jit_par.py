@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from engineroom.providers.cpu.compiled._jit_conv import bias_add_clip, bias_clip, bias_hard_act, im2col2d
+from engineroom.providers.cpu.compiled._jit_nhwc import bias_clip_rows, depthwise_nhwc
 from engineroom.providers.cpu.compiled._jit_sync import _load_acquire, _sched_yield, _store_release
+from engineroom.providers.cpu.compiled._jit_winograd import input_transform, output_transform
 
 DESC = 32           # int64s per part's task
 _DONE, _POSTED, _TAKEN, _BACK = 0, 1, 2, 3
@@ -106,15 +109,6 @@ def _gemms(kind, fn, ilp, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, nb, sa, sb, s
 
 
 @njit(nogil=True, boundscheck=False)
-def _run_part(desc, row):
-    """The task in desc's row ``row`` (``_set_part``'s fields)."""
-    o = row * DESC
-    _gemms(desc[o], desc[o + 1], desc[o + 2], desc[o + 3], desc[o + 4], desc[o + 5], desc[o + 6], desc[o + 7],
-           desc[o + 8], desc[o + 9], desc[o + 10], desc[o + 11], desc[o + 12], desc[o + 13], desc[o + 14],
-           desc[o + 15], desc[o + 16], desc[o + 17])
-
-
-@njit(nogil=True, boundscheck=False)
 def worker_wait(pystate, pyslot, seen, limit, extra, state, desc, w):  # pragma: no cover (compiled)
     """The pool's worker w between its Python parts (``_jit_sync.worker_wait``'s protocol on ``pystate``:
     its done slot stored, then a spin while pystate[0] == seen, ``extra`` turns more once it changed),
@@ -175,30 +169,17 @@ def par_gemm(state, desc, fns, a, b, c, ta, tb, threads, align):  # pragma: no c
     sb = b.shape[1] * b.shape[2] * es if b.shape[0] > 1 else 0
     sc = M * N * es
     pa, pb, pc = _address(a), _address(b), _address(c)
-    # the workers that take parts now: in their loops, this caller alone posting
-    mine = np.zeros(threads, np.int64)      # mine[p]: the worker given part p (0: the caller)
-    parts = 1
-    locked = threads > 1 and _cas(state, 1, 0, 1) == 0
-    if locked:
-        for w in range(1, threads):
-            if _load_acquire(state, 8 * w) == 1:
-                mine[parts] = w
-                parts += 1
+    mine = np.zeros(threads, np.int64)
+    parts, gen = _fork(state, threads, mine)
     if parts == 1:
-        if locked:
-            _store_release(state, 1, 0)
         _gemms(kind, fn, ilp, ta, tb, M, N, K, pa, lda, pb, ldb, pc, ldc, nbat, sa, sb, sc)
         return
-    gen = state[0] + 1
-    state[0] = gen
     by_batch = nbat >= parts
     by_rows = M >= N
     span = nbat if by_batch else (M if by_rows else N)
     unit = 1 if by_batch else align
-    blocks = (span + unit - 1) // unit
     for p in range(parts - 1, -1, -1):      # the workers' parts posted first, the caller's last
-        lo = min(span, (blocks * p // parts) * unit)
-        hi = min(span, (blocks * (p + 1) // parts) * unit)
+        lo, hi = _share(span, unit, p, parts)
         row = mine[p]
         if by_batch:
             _set_part(desc, row, kind, fn, ilp, ta, tb, M, N, K, pa + lo * sa, lda, pb + lo * sb, ldb,
@@ -214,18 +195,291 @@ def par_gemm(state, desc, fns, a, b, c, ta, tb, threads, align):  # pragma: no c
         if row:
             _store_release(state, 8 * row + 1, gen * 4 + _POSTED)
     _run_part(desc, 0)
+    _join(state, desc, mine, parts, gen)
+
+
+@njit(nogil=True, boundscheck=False)
+def _fork(state, threads, mine):
+    """(parts, generation): the caller takes the lock (else it runs alone: parts 1) and lists in ``mine``
+    the workers in their waits, mine[p] the worker of part p >= 1."""
+    if threads < 2 or _cas(state, 1, 0, 1) != 0:
+        return 1, 0
+    parts = 1
+    for w in range(1, threads):
+        if _load_acquire(state, 8 * w) == 1:
+            mine[parts] = w
+            parts += 1
+    if parts == 1:
+        _store_release(state, 1, 0)
+        return 1, 0
+    gen = state[0] + 1
+    state[0] = gen
+    return parts, gen
+
+
+@njit(nogil=True, boundscheck=False)
+def _share(span, unit, p, parts):
+    """Part p of ``parts`` of range(span), its bounds in multiples of ``unit``."""
+    blocks = (span + unit - 1) // unit
+    return min(span, (blocks * p // parts) * unit), min(span, (blocks * (p + 1) // parts) * unit)
+
+
+@njit(nogil=True, boundscheck=False)
+def _join(state, desc, mine, parts, gen):
+    """After the caller's own part: each worker's part taken back and run here if the worker has not taken
+    it, else waited for; then the lock is free."""
     for p in range(1, parts):
         r = mine[p]
         word = gen * 4 + _POSTED
         if _cas(state, 8 * r + 1, word, gen * 4 + _BACK) == word:
-            _run_part(desc, r)                          # not taken yet: the caller runs it
+            _run_part(desc, r)
             continue
         while _load_acquire(state, 8 * r + 1) != gen * 4 + _DONE:
             _sched_yield()
     _store_release(state, 1, 0)
 
 
+# ---------------------------------------------------------------------------------------------- loops
+# Compiled loops split the same way: each below runs the part of its loop over range(r0, r1) (rows,
+# channels) of arrays given whole (where it slices an inner axis, batch 1; a larger batch runs whole in
+# the first part); ``par_<name>`` splits
+# range(n) over the caller and the workers (``_LOOPS``: name, the argument kinds as ``compiled.jit``'s
+# AOT specs, float32 only). The task of a part: [kind, r0, r1, then per array its address and shape,
+# per scalar its value (a float's float64 bits)]. Not here: the channels-first depthwise loops, whose
+# literal-stride variants compiled a second time took the module's build from ~25 s to ~160 s.
+
+@njit(nogil=True, boundscheck=False)
+def _bias_clip_rows(y, b, lo, hi, r0, r1):  # pragma: no cover (compiled)
+    bias_clip_rows(y[r0:r1], b, lo, hi)
+
+
+@njit(nogil=True, boundscheck=False)
+def _depthwise_nhwc(x, w, b, y, sh, sw, pt, pl, lo, hi, r0, r1):  # pragma: no cover (compiled)
+    if y.shape[0] != 1:             # batch 1 only: else the first part runs it whole
+        if r0 == 0:
+            depthwise_nhwc(x, w, b, y, sh, sw, pt, pl, lo, hi)
+        return
+    yy = y[0][r0:r1]                # output rows r0..r1: the same loop, its leading pad moved up
+    depthwise_nhwc(x, w, b, yy.reshape((1,) + yy.shape), sh, sw, pt - r0 * sh, pl, lo, hi)
+
+
+@njit(nogil=True, boundscheck=False)
+def _bias_clip(y, b, lo, hi, r0, r1):  # pragma: no cover (compiled)
+    if y.shape[0] != 1:
+        if r0 == 0:
+            bias_clip(y, b, lo, hi)
+        return
+    yy = y[0][r0:r1]                # channels r0..r1
+    bias_clip(yy.reshape((1,) + yy.shape), b[r0:r1], lo, hi)
+
+
+@njit(nogil=True, boundscheck=False)
+def _bias_add_clip(y, b, z, lo, hi, r0, r1):  # pragma: no cover (compiled)
+    if y.shape[0] != 1:
+        if r0 == 0:
+            bias_add_clip(y, b, z, lo, hi)
+        return
+    yy, zz = y[0][r0:r1], z[0][r0:r1]
+    bias_add_clip(yy.reshape((1,) + yy.shape), b[r0:r1], zz.reshape((1,) + zz.shape), lo, hi)
+
+
+@njit(nogil=True, boundscheck=False)
+def _bias_hard_act(y, b, z, has_z, alpha, beta, times_x, r0, r1):  # pragma: no cover (compiled)
+    if y.shape[0] != 1:
+        if r0 == 0:
+            bias_hard_act(y, b, z, has_z, alpha, beta, times_x)
+        return
+    yy, zz = y[0][r0:r1], z[0][r0:r1]
+    bias_hard_act(yy.reshape((1,) + yy.shape), b[r0:r1], zz.reshape((1,) + zz.shape), has_z, alpha, beta,
+                  times_x)
+
+
+@njit(nogil=True, boundscheck=False)
+def _input_transform(x, V, m, pt, pl, th, tw, r0, r1):  # pragma: no cover (compiled)
+    input_transform(x, V, m, pt, pl, th, tw, r0, r1)
+
+
+@njit(nogil=True, boundscheck=False)
+def _output_transform(O, y, b, z, has_z, lo, hi, m, th, tw, r0, r1):  # pragma: no cover (compiled)
+    output_transform(O, y, b, z, has_z, lo, hi, m, th, tw, r0, r1)
+
+
+@njit(nogil=True, boundscheck=False)
+def _im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, r0, r1):  # pragma: no cover (compiled)
+    if x.shape[0] != 1:
+        if r0 == 0:
+            im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW)
+        return
+    K = KH * KW                     # input channels r0..r1: rows r0*K..r1*K of cols
+    xx, cc = x[0][r0:r1], cols[0][r0 * K:r1 * K]
+    im2col2d(xx.reshape((1,) + xx.shape), cc.reshape((1,) + cc.shape), KH, KW, sh, sw, dh, dw, pt, pl, OH, OW)
+
+
+@njit(nogil=True, boundscheck=False)
+def _conv_bands(x, wm, y, fns, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, rb, r0, r1):  # pragma: no cover
+    """Bands r0..r1 of an ungrouped 2-D conv (``conv._im2col_bands``): band i is output rows
+    (i % nb) * rb.. of image i // nb, its columns made into a buffer of this thread's and multiplied by
+    wm (M, C*KH*KW) at once (BLAS through fns, as in ``par_gemm``). y (N, M, OH*OW)."""
+    C, M = x.shape[1], wm.shape[0]
+    CK = wm.shape[1]
+    nb = (OH + rb - 1) // rb
+    buf = np.empty(CK * rb * OW, dtype=np.float32)
+    for i in range(r0, r1):
+        n, b0 = i // nb, (i % nb) * rb
+        b1 = min(OH, b0 + rb)
+        P = (b1 - b0) * OW
+        c = buf[:CK * P].reshape((1, CK, P))
+        im2col2d(x[n:n + 1], c, KH, KW, sh, sw, dh, dw, pt - b0 * sh, pl, b1 - b0, OW)
+        _sgemm(fns[0], fns[2], 0, 0, M, P, CK, _address(wm), CK, _address(buf), P,
+               _address(y) + ((n * M) * OH * OW + b0 * OW) * 4, OH * OW)
+
+
+_LOOPS = (
+    ("bias_clip_rows", "A2 A1 s s"),
+    ("depthwise_nhwc", "A4 A3 A1 A4 i i i i s s"),
+    ("bias_clip", "A3 A1 s s"),
+    ("bias_add_clip", "A3 A1 A3 s s"),
+    ("bias_hard_act", "A3 A1 A3 i s s i"),
+    ("input_transform", "A4 A3 i i i i i"),
+    ("output_transform", "A3 A4 A1 A4 i s s i i i"),
+    ("im2col2d", "A4 A3 i i i i i i i i i i"),
+    ("conv_bands", "A4 A2 A3 I1 i i i i i i i i i i i"),
+)
+_FIRST_LOOP_KIND = 16
+
+
+@intrinsic
+def _f32_at(typingctx, addr):
+    """The address (int64) as a float32 pointer."""
+    sig = types.CPointer(types.float32)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    return sig, codegen
+
+
+@intrinsic
+def _i64_at(typingctx, addr):
+    """The address (int64) as an int64 pointer."""
+    sig = types.CPointer(types.int64)(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits(typingctx, x):
+    """A float64's bits as an int64."""
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _float(typingctx, i):
+    """The float64 whose bits an int64 holds."""
+    sig = types.float64(i)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+def _loop_source(kind: int, name: str, spec: str) -> str:
+    """``_put_<name>`` (a part's task into desc), ``_run_<name>`` (a task run) and ``par_<name>``."""
+    kinds = spec.split()
+    args = [f"a{i}" for i in range(len(kinds))]
+    put, get, at = [], [], 3
+    for a, k in zip(args, kinds):
+        if k[0] in "AI":
+            nd = int(k[1:])
+            put.append(f"desc[o + {at}] = _address({a})")
+            put += [f"desc[o + {at + 1 + d}] = {a}.shape[{d}]" for d in range(nd)]
+            shape = ", ".join(f"desc[o + {at + 1 + d}]" for d in range(nd))
+            get.append(f"{a} = carray(_f32_at(desc[o + {at}]), ({shape},))" if k[0] == "A" else
+                       f"{a} = carray(_i64_at(desc[o + {at}]), ({shape},))")
+            at += 1 + nd
+        elif k == "s":
+            put.append(f"desc[o + {at}] = _bits(np.float64({a}))")
+            get.append(f"{a} = np.float32(_float(desc[o + {at}]))")
+            at += 1
+        else:
+            put.append(f"desc[o + {at}] = {a}")
+            get.append(f"{a} = desc[o + {at}]")
+            at += 1
+    assert at <= DESC, name
+    sig, nl = ", ".join(args), "\n    "
+    return f"""
+@njit(nogil=True, boundscheck=False)
+def _put_{name}(desc, row, r0, r1, {sig}):
+    o = row * DESC
+    desc[o], desc[o + 1], desc[o + 2] = {kind}, r0, r1
+    {nl.join(put)}
+
+
+@njit(nogil=True, boundscheck=False)
+def _run_{name}(desc, o):
+    {nl.join(get)}
+    _{name}({sig}, desc[o + 1], desc[o + 2])
+
+
+@njit(nogil=True, boundscheck=False)
+def par_{name}(state, desc, threads, n, align, {sig}):  # pragma: no cover (compiled)
+    mine = np.zeros(threads, np.int64)
+    parts, gen = _fork(state, threads, mine)
+    if parts == 1:
+        _{name}({sig}, 0, n)
+        return
+    for p in range(parts - 1, 0, -1):
+        lo, hi = _share(n, align, p, parts)
+        _put_{name}(desc, mine[p], lo, hi, {sig})
+        _store_release(state, 8 * mine[p] + 1, gen * 4 + _POSTED)
+    lo, hi = _share(n, align, 0, parts)
+    _{name}({sig}, lo, hi)
+    _join(state, desc, mine, parts, gen)
+"""
+
+
+def _dispatch_source() -> str:
+    """``_run_part``: a part's task run by its kind (GEMMs, then each loop)."""
+    cases = [f"    elif kind == {_FIRST_LOOP_KIND + i}:\n        _run_{name}(desc, o)"
+             for i, (name, _) in enumerate(_LOOPS)]
+    return f"""
+@njit(nogil=True, boundscheck=False)
+def _run_part(desc, row):
+    o = row * DESC
+    kind = desc[o]
+    if kind == 1 or kind == 2:
+        _gemms(kind, desc[o + 1], desc[o + 2], desc[o + 3], desc[o + 4], desc[o + 5], desc[o + 6],
+               desc[o + 7], desc[o + 8], desc[o + 9], desc[o + 10], desc[o + 11], desc[o + 12],
+               desc[o + 13], desc[o + 14], desc[o + 15], desc[o + 16], desc[o + 17])
+{chr(10).join(cases)}
+"""
+
+
+exec(_dispatch_source() + "".join(_loop_source(_FIRST_LOOP_KIND + i, name, spec)
+                                  for i, (name, spec) in enumerate(_LOOPS)))
+
+
+# the variants compiled ahead of time (see compiled.jit; read there as a literal): every par_<name> of _LOOPS
 AOT = {
     "worker_wait": ("I1 i i i i I1 I1 i", ("f4",)),
     "par_gemm": ("I1 I1 I1 A3 A3 A3 i i i i", ("f4", "f8")),
+    "par_bias_clip_rows": ("I1 I1 i i i A2 A1 s s", ("f4",)),
+    "par_depthwise_nhwc": ("I1 I1 i i i A4 A3 A1 A4 i i i i s s", ("f4",)),
+    "par_bias_clip": ("I1 I1 i i i A3 A1 s s", ("f4",)),
+    "par_bias_add_clip": ("I1 I1 i i i A3 A1 A3 s s", ("f4",)),
+    "par_bias_hard_act": ("I1 I1 i i i A3 A1 A3 i s s i", ("f4",)),
+    "par_input_transform": ("I1 I1 i i i A4 A3 i i i i i", ("f4",)),
+    "par_output_transform": ("I1 I1 i i i A3 A4 A1 A4 i s s i i i", ("f4",)),
+    "par_im2col2d": ("I1 I1 i i i A4 A3 i i i i i i i i i i", ("f4",)),
+    "par_conv_bands": ("I1 I1 i i i A4 A2 A3 I1 i i i i i i i i i i i", ("f4",)),
 }
+assert all(AOT.get(f"par_{name}", ("",))[0] == "I1 I1 i i i " + spec for name, spec in _LOOPS), "AOT and _LOOPS differ"
