@@ -188,7 +188,8 @@ def steady_mode():
 def quick_mode():
     """Inside it (BLAS's own count at 2 or more), the CPU provider behaves as in a quiet run of the default
     mode that chose the quick mode: BLAS held at one thread, the pool's workers spinning between parts,
-    GEMMs from 2M multiply-adds and compiled loops from 64K units of work split. Skips where the compiled
+    GEMMs from 1M multiply-adds and the loops of ``compiled/_jit_par`` from 32K units of work split inside one
+    compiled call, other loops over the Python workers from 512K units. Skips where the compiled
     waits are unavailable (no numba)."""
     import pytest
 

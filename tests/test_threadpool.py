@@ -151,7 +151,7 @@ def _ranges(mode, threads: int, n: int, work: int) -> list[tuple[int, int]]:
     return calls
 
 
-@pytest.mark.parametrize("n,work", [(1000, 1 << 18), (3, 1 << 18), (1000, 100), (1, 1 << 18)])
+@pytest.mark.parametrize("n,work", [(1000, 1 << 20), (3, 1 << 20), (1000, 100), (1, 1 << 20)])
 def test_quick_parallel_ranges_cover_every_index_once(n, work):
     calls = _ranges(quick, 2, n, work)
     assert len(calls) == (1 if work < tp.QUICK_MIN_WORK or n == 1 else min(n, 2))

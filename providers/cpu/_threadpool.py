@@ -16,11 +16,12 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
   preempted there stalls the caller whatever the chunking: the caller takes late GEMM chunks back
   (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``);
 - on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
-  (``compiled/_jit_sync``), so a part reaches a worker in ~10 us, not a 50-100 us wake-up, and loops from
-  64K units split. GEMMs from 1M multiply-adds split inside one compiled call (``compiled/_jit_par``: the
-  worker, spinning in that same wait, calls OpenBLAS's C entry point on its rows itself, never entering
-  the interpreter), which starts a worker's part within a microsecond, as OpenBLAS's own threads do;
-  or OpenBLAS's own threads (``matmul`` is NumPy's
+  (``compiled/_jit_sync``), so a part reaches a worker in 10-40 us, not a 50-100 us wake-up, and loops
+  from 512K units split. GEMMs from 1M multiply-adds and the main compiled loops (conv epilogues,
+  channels-last depthwise, Winograd transforms, im2col and its band convs) from 32K units split inside one
+  compiled call instead (``compiled/_jit_par``, ``native_ranges``: the worker, spinning in that same wait,
+  runs its part itself, a GEMM through OpenBLAS's C entry point, never entering the interpreter), which
+  starts a worker's part within a microsecond, as OpenBLAS's own threads do; or OpenBLAS's own threads (``matmul`` is NumPy's
   call, ``parallel_ranges`` takes only very large loops). By default (``AutoMode``) a session's first
   runs try both and the faster serves; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the
   quick mode when quiet), "1" always leaves it to OpenBLAS.
@@ -640,7 +641,7 @@ class WorkerPool:
                 self._cv.notify_all()
 
     def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
-        """out[...] = a @ b split over the caller and the workers in their waits, inside one compiled call
+        """out[...] = a @ b split over the caller and the workers, inside one compiled call
         (``compiled/_jit_par``; BLAS must be held at one thread); False, doing nothing, where that does not
         take the arrays (dtypes, layouts, broadcasting other than one shared matrix)."""
         fns = _blas.gemm
@@ -663,7 +664,8 @@ class WorkerPool:
 
     def ready(self) -> None:
         """Before a compiled split: workers asleep (a gap of more than their spin since the last parts) are
-        woken for the splits after this one (this one goes on with the workers in their waits, if any)."""
+        woken, to take their part of this split if they arrive while the caller runs its own (it takes a
+        part not taken by then back), else of the next."""
         if self._started < self.threads - 1:
             self._start()
         elif self._sleepers:
@@ -716,9 +718,12 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 # the quick mode (workers spinning, a quiet machine) splits GEMMs from this many multiply-adds (~30 us
-# on one core) into one chunk per thread, and loops from QUICK_MIN_WORK (~13 us of a depthwise loop)
+# on one core) into one chunk per thread where the compiled split does not take them, and loops over the
+# Python workers from QUICK_MIN_WORK (~100 us of a depthwise loop: a Python worker's part starts 20-40 us
+# late, each side's GIL requests sleeping while the other holds it; slanet_table's 501 Loop steps: 246 ->
+# 213 ms a run from 64K)
 QUICK_MIN_MACS = 1 << 21
-QUICK_MIN_WORK = 1 << 16
+QUICK_MIN_WORK = 1 << 19
 # with the compiled split (``WorkerPool.gemm``: no interpreter on the worker's side) GEMMs split from
 # NATIVE_MIN_MACS, rows (or columns) in multiples of PAR_ALIGN
 NATIVE_MIN_MACS = 1 << 20

@@ -1,22 +1,24 @@
-"""Native fork-join for the CPU provider's pool: a GEMM split over threads without the interpreter.
+"""Native fork-join for the CPU provider's pool: GEMMs and compiled loops split over threads without the
+interpreter.
 
 A Python worker that takes a part of a kernel goes through the interpreter twice (to start the part and
 after it), and each time either side asks for the GIL while the other holds it, it sleeps: 20-40 us on
 this kind of VM, more than the part itself for GEMMs of a few million multiply-adds, which is why
 OpenBLAS's own threads (started in ~1 us) beat the Python pool there. Here the worker never leaves
-compiled code: ``worker_wait`` spins on its part word (GIL released) and calls BLAS itself through the
-function pointer the pool found (``cblas_sgemm``/``cblas_dgemm`` of the BLAS NumPy loaded, held at one
-thread), and the caller splits, posts, runs its own part and joins inside one compiled call
-(``par_gemm``). Measured alone on 2 cores (us, OpenBLAS at 1 thread / its 2 threads / this):
-128x128x128 29.7 / 36.9 / 17.7, 784x192x32 68 / 37 / 36, 64x3136x64 182 / 179 / 121,
-512x4608x49 1976 / 1007 / 983.
+compiled code: ``worker_wait`` spins on its part word (GIL released) and runs the part itself (a GEMM
+through the C entry point of the BLAS NumPy loaded, held at one thread: ``cblas_sgemm``/``cblas_dgemm``,
+whose addresses the pool found; or one of the loops below), and the caller splits, posts, runs its own
+part and joins inside one compiled call (``par_gemm``, ``par_<loop>``). Measured alone on 2 cores (us,
+OpenBLAS at 1 thread / its 2 threads / this): 128x128x128 29.7 / 36.9 / 17.7, 784x192x32 68 / 37 / 36,
+64x3136x64 182 / 179 / 121, 512x4608x49 1976 / 1007 / 983.
 
 State (int64, one 64-byte line per slot group): [0] the caller's generation counter, [1] the caller lock
-(one caller posts at a time; another runs its product alone), and per worker w >= 1: [8w] whether it is
-in its loop (1) or out, asleep in Python (0); [8w + 1] its part word, ``gen * 4 + status`` with status 0
-done (all zeros: nothing posted yet), 1 posted, 2 taken by the worker, 3 taken back by the caller. A caller that finished its own part
-takes back every part no worker has taken yet (a worker whose core another process holds never stalls
-it), and waits only for parts in progress. The part's task is row w of ``desc`` (``DESC`` int64s).
+(one caller posts at a time; another runs its split alone), and per worker w >= 1: [8w] whether it is in
+its wait (1) or out (0: in Python, or asleep there past its spin), for the pool's own checks; [8w + 1] its
+part word, ``gen * 4 + status`` with status 0 done (all zeros: nothing posted yet), 1 posted, 2 taken by
+the worker, 3 taken back by the caller. A caller that finished its own part takes back every part no
+worker has taken yet (a worker whose core another process holds, or asleep, never stalls it), and waits
+only for parts in progress. The part's task is row w of ``desc`` (``DESC`` int64s).
 """
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def _set_part(desc, row, kind, fn, ilp, ta, tb, m, n, k, a, lda, b, ldb, c, ldc,
 @njit(nogil=True, boundscheck=False)
 def par_gemm(state, desc, fns, a, b, c, ta, tb, threads, align):  # pragma: no cover (compiled)
     """c[i] = op(a[i]) @ op(b[i]) for every batch i of c (batch 1 of a or b broadcast), split over the
-    caller and the workers in their loops (at most ``threads`` in all): by batches where there are
+    caller and the ``threads - 1`` workers (``_fork``): by batches where there are
     enough, else by rows (or columns, where c is wider than tall) in multiples of ``align``.
 
     a, b, c: C-contiguous 3-D arrays of one float type; ``ta``: a holds op(a) transposed (K x M
@@ -200,21 +202,17 @@ def par_gemm(state, desc, fns, a, b, c, ta, tb, threads, align):  # pragma: no c
 
 @njit(nogil=True, boundscheck=False)
 def _fork(state, threads, mine):
-    """(parts, generation): the caller takes the lock (else it runs alone: parts 1) and lists in ``mine``
-    the workers in their waits, mine[p] the worker of part p >= 1."""
+    """(parts, generation): the caller takes the lock (else it runs alone: parts 1) and gives part p >= 1
+    to worker mine[p], every worker, in its wait or not: one that arrives while the caller runs its own
+    part takes its part then (a worker woken for this split, asleep past its spin while a long kernel ran
+    alone), and the caller takes back a part not taken by then, at no cost."""
     if threads < 2 or _cas(state, 1, 0, 1) != 0:
         return 1, 0
-    parts = 1
     for w in range(1, threads):
-        if _load_acquire(state, 8 * w) == 1:
-            mine[parts] = w
-            parts += 1
-    if parts == 1:
-        _store_release(state, 1, 0)
-        return 1, 0
+        mine[w] = w
     gen = state[0] + 1
     state[0] = gen
-    return parts, gen
+    return threads, gen
 
 
 @njit(nogil=True, boundscheck=False)
