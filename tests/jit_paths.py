@@ -24,6 +24,8 @@ class Spy:
         def call(*a):
             self._used.add(name)
             return fn(*a)
+        if hasattr(fn, "variants"):        # the pool reads the raw variants of its own compiled calls
+            call.variants = fn.variants
         return call
 
 

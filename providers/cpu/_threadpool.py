@@ -487,9 +487,10 @@ class _GemmTask:
 
 
 # a worker spins this long after its last part before it sleeps on the condition (a quiet machine: the
-# gaps between a run's split kernels are its single-threaded steps, tens of microseconds; a busy one: the
-# other process wants the core back); the caller spins for a worker's part up to WAIT_SPIN_S, then polls
-SPIN_QUIET_S = 1e-3
+# gaps between a run's split kernels are its single-threaded steps, up to a few milliseconds: a worker
+# asleep misses the next split's start, 19 of vit_s_focus's 96 projection GEMMs a run with a 1 ms spin;
+# a busy one: the other process wants the core back); the caller spins for a worker's part up to WAIT_SPIN_S, then polls
+SPIN_QUIET_S = 5e-3
 SPIN_BUSY_S = 5e-5
 WAIT_SPIN_S = 2e-3
 # turns each side spins after its flag changed: the other side leaves the interpreter for its kernel
@@ -814,6 +815,11 @@ MIN_PARALLEL_WORK = 1 << 19
 # against 7.4 ms)
 MIN_QUIET_WORK = 1 << 22
 MIN_PART_WORK = 1 << 17
+
+
+def quick_run() -> bool:
+    """Whether this thread's run is in the quick mode (where ``native_ranges`` splits)."""
+    return getattr(_held, "quick", False)
 
 
 def gemm_pointers() -> np.ndarray | None:

@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 from engineroom.providers.cpu.compiled._jit_conv import bias_add_clip, bias_clip, bias_hard_act, im2col2d
 from engineroom.providers.cpu.compiled._jit_nhwc import bias_clip_rows, depthwise_nhwc
 from engineroom.providers.cpu.compiled._jit_sync import _load_acquire, _sched_yield, _store_release
+from engineroom.providers.cpu.compiled._jit_transformer import attention_softmax_heads
 from engineroom.providers.cpu.compiled._jit_winograd import input_transform, output_transform
 
 DESC = 32           # int64s per part's task
@@ -332,6 +333,25 @@ def _conv_bands(x, wm, y, fns, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, rb, r0, r
                _address(y) + ((n * M) * OH * OW + b0 * OW) * 4, OH * OW)
 
 
+@njit(nogil=True, boundscheck=False)
+def _attention(q, k, v, s, bias, out, heads, scale, fns, r0, r1):  # pragma: no cover (compiled)
+    """Batch-heads r0..r1 of MultiHeadAttention (``fused_transformer``): per head n = b * heads + h, the
+    scores s[n] = Q_h K_hᵀ (one GEMM on the strided head of q and k, BLAS through fns), their softmax
+    with scale and bias in place (``attention_softmax_heads``), and out's head h = s[n] V_h. q (B, Sq,
+    heads*D), k (B, Sk, heads*D), v (B, Sk, heads*Dv), s (B*heads, Sq, Sk), out (B, Sq, heads*Dv)."""
+    Sq, HD = q.shape[1], q.shape[2]
+    Sk, HDv = k.shape[1], v.shape[2]
+    D, Dv = HD // heads, HDv // heads
+    pq, pk, pv, ps, po = _address(q), _address(k), _address(v), _address(s), _address(out)
+    for n in range(r0, r1):
+        b, h = n // heads, n % heads
+        _sgemm(fns[0], fns[2], 0, 1, Sq, Sk, D, pq + (b * Sq * HD + h * D) * 4, HD,
+               pk + (b * Sk * HD + h * D) * 4, HD, ps + n * Sq * Sk * 4, Sk)
+        attention_softmax_heads(s, bias, heads, scale, n, n + 1)
+        _sgemm(fns[0], fns[2], 0, 0, Sq, Dv, Sk, ps + n * Sq * Sk * 4, Sk,
+               pv + (b * Sk * HDv + h * Dv) * 4, HDv, po + (b * Sq * HDv + h * Dv) * 4, HDv)
+
+
 _LOOPS = (
     ("bias_clip_rows", "A2 A1 s s"),
     ("depthwise_nhwc", "A4 A3 A1 A4 i i i i s s"),
@@ -342,6 +362,7 @@ _LOOPS = (
     ("output_transform", "A3 A4 A1 A4 i s s i i i"),
     ("im2col2d", "A4 A3 i i i i i i i i i i"),
     ("conv_bands", "A4 A2 A3 I1 i i i i i i i i i i i"),
+    ("attention", "A3 A3 A3 A3 A4 A3 i s I1"),
 )
 _FIRST_LOOP_KIND = 16
 
@@ -479,5 +500,6 @@ AOT = {
     "par_output_transform": ("I1 I1 i i i A3 A4 A1 A4 i s s i i i", ("f4",)),
     "par_im2col2d": ("I1 I1 i i i A4 A3 i i i i i i i i i i", ("f4",)),
     "par_conv_bands": ("I1 I1 i i i A4 A2 A3 I1 i i i i i i i i i i i", ("f4",)),
+    "par_attention": ("I1 I1 i i i A3 A3 A3 A3 A4 A3 i s I1", ("f4",)),
 }
 assert all(AOT.get(f"par_{name}", ("",))[0] == "I1 I1 i i i " + spec for name, spec in _LOOPS), "AOT and _LOOPS differ"

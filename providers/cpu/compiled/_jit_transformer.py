@@ -329,9 +329,15 @@ def attention_softmax(s, bias, heads, scale):  # pragma: no cover (compiled)
     """In place, per row of the scores s (B*heads, Sq, Sk): softmax(s * scale + bias), a row whose
     logits are all -inf giving zeros. bias (Bb, Hb, Sq, Sk) with Bb in (1, B), Hb in (1, heads)
     broadcast over batch and heads; a (0, 0, 0, 0) bias for none."""
-    N, Sq, Sk = s.shape
+    attention_softmax_heads(s, bias, heads, scale, 0, s.shape[0])
+
+
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def attention_softmax_heads(s, bias, heads, scale, n0, n1):  # pragma: no cover (compiled)
+    """``attention_softmax`` of the scores of batch-heads n0..n1 only (the pool's split over heads)."""
+    Sq, Sk = s.shape[1], s.shape[2]
     Bb, Hb = bias.shape[0], bias.shape[1]
-    for n in range(N):
+    for n in range(n0, n1):
         b = n // heads
         h = n % heads
         for i in range(Sq):
