@@ -440,21 +440,21 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
         default = ort.InferenceSession(m.SerializeToString(),
                                        providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         # the default (unset): held while other processes keep a core busy; when quiet, the session's
-        # AutoMode: its first run and the next SAMPLES in the quick mode (held), SAMPLES with OpenBLAS's
-        # threads, then the one whose median run was faster (without the compiled waits: OpenBLAS's threads)
+        # AutoMode: its first QUICK_RUNS runs in the quick mode (held), SAMPLES with OpenBLAS's threads, then
+        # the one whose median run was faster (without the compiled waits: OpenBLAS's threads)
         monkeypatch.setattr(tp._Load, "contended", lambda self: True)
         np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
         assert ProbeExecutionProvider.seen == [[1] * len(_blas_threads())]
         ProbeExecutionProvider.seen.clear()
         monkeypatch.setattr(tp._Load, "contended", lambda self: False)
         monkeypatch.setattr(tp.AutoMode, "TINY_S", 0.0)     # this 4x4 product would end the learning at once
-        n = tp.AutoMode.SAMPLES
+        n, q = tp.AutoMode.SAMPLES, tp.AutoMode.QUICK_RUNS
         quick = tp._pool(2).quick
-        for _ in range(1 + 2 * n):
+        for _ in range(q + n):
             np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
             assert _blas_threads() == [2] * len(_blas_threads())
         gate = default._plan.run_scopes[-1][0].__self__
-        want = [1] * (1 + n) + [2] * n if quick else [2] * (1 + 2 * n)
+        want = [1] * q + [2] * n if quick else [2] * (q + n)
         assert [s_[0] for s_ in ProbeExecutionProvider.seen] == want
         assert quick is False or gate.prefer is not None
         # then the chosen mode
@@ -625,15 +625,18 @@ def test_load_monitor_sees_a_busy_process_on_our_cores():
 
 
 def test_auto_mode_keeps_the_faster_mode_by_median_and_skips_tiny_runs():
-    """AutoMode's protocol on given run times: first run uncounted, SAMPLES quick runs, SAMPLES with
-    OpenBLAS's threads, then the mode whose median run was faster; an outlier does not decide it; runs
-    under TINY_S skip the mode's cost until one takes ten times that."""
-    n = tp.AutoMode.SAMPLES
+    """AutoMode's protocol on given run times: QUICK_RUNS quick runs (the first not timed), the last SAMPLES
+    of them and SAMPLES with OpenBLAS's threads compared, then the mode whose median run was faster; an
+    outlier does not decide it; runs under TINY_S skip the mode's cost until one takes ten times that."""
+    n, q = tp.AutoMode.SAMPLES, tp.AutoMode.QUICK_RUNS
     for quick_times, blas_times, want in (([5e-3, 5e-3, 9e-3], [6e-3, 1e-3, 6e-3], True),     # one fast outlier
                                           ([7e-3, 7e-3, 7e-3], [6e-3, 6e-3, 20e-3], False),
                                           ([5.8e-3, 5.8e-3, 5.8e-3], [6e-3, 6e-3, 6e-3], False)):  # within MARGIN
         gate = tp.AutoMode()
-        assert gate.choose() == (True, False)           # the first run: quick, not counted
+        assert gate.choose() == (True, False)           # the first run: quick, not timed
+        for _ in range(q - n - 1):                      # quick runs before the samples: timed, not compared
+            assert gate.choose() == (True, True)
+            gate.record(True, 50e-3)
         for t in quick_times:
             assert gate.choose() == (True, True)
             gate.record(True, t)

@@ -282,24 +282,26 @@ def _end() -> None:
 
 class AutoMode:
     """The default mode's run scope, one per session: on a quiet machine, the quick mode or OpenBLAS's own
-    threads, whichever runs this session's model faster, measured on its own first runs. Neither wins
-    everywhere (2 threads, quiet, medians in ms, quick / OpenBLAS's threads): resnet18 16.3 / 18.8 and
-    tashkeel_bilstm_int8 8.0 / 11.2, where the pool splits the Winograd transforms, depthwise and
-    recurrent loops that OpenBLAS cannot; mobilenet_v2 7.7 / 6.6, bert_mini 7.0 / 5.9, orient_lcnet 4.7 /
-    4.1, where most of the time is GEMMs of 0.3-4M multiply-adds that OpenBLAS's native threads pick up
-    within a microsecond and a Python worker in ~10. The first run is not counted (caches, first
-    allocations); the next ``SAMPLES`` run the quick mode, the ``SAMPLES`` after them OpenBLAS's threads,
-    and the mode with the faster median run serves from then on (OpenBLAS's threads vary more from run to
-    run: their best run would flatter them); the quick mode must be ``MARGIN`` faster, since taking it
-    costs a transient: OpenBLAS's threads spin for ~0.1 s after their last GEMM, and quick runs beside them
-    run up to 1.5x slower (resnet18 26 against 17.5 ms; the scheduler puts our worker on the caller's core).
-    That is also why the quick runs come first. Holding BLAS without the quick splits meanwhile ran resnet18
-    at 24 ms, slower than the transient. A counted
-    run under ``TINY_S`` (tree ensembles, linear classifiers: tens of microseconds) ends the learning: no
-    mode can matter there, only its cost (2-6 us a run: the load check, BLAS's thread count set and reset),
-    and the session's runs skip all of it until one takes ten times that, which starts the learning again."""
+    threads, whichever runs this session's model faster, measured on its own runs. With GEMMs and the main
+    loops split inside one compiled call the quick mode wins or ties on most models (2 threads, quiet,
+    medians in ms, quick / OpenBLAS's threads: resnet18 16.0 / 22.0, mobilenet_v2 6.4 / 7.5,
+    tashkeel_bilstm_int8 8.1 / 13.6, picodet_layout 51 / 62, vit_s_focus 95 / 98), OpenBLAS's threads win
+    by a few percent on some GEMM-bound transformers (gpt2_tiny 4.9 / 4.6, minilm_l6_int8 16.2 / 15.1). So
+    the quick mode serves from the first run, and OpenBLAS's threads are tried only once the session has run
+    ``QUICK_RUNS`` times: its last ``SAMPLES`` quick runs and the ``SAMPLES`` after them with OpenBLAS's
+    threads are compared by their median run (OpenBLAS's threads vary more from run to run: their best run
+    would flatter them), and the faster mode serves from then on; the quick mode must be ``MARGIN`` faster
+    to be taken back, since going back costs a transient: OpenBLAS's threads spin for ~0.1 s after their
+    last GEMM (re-created threads too), and quick runs beside them run up to 1.5x slower (the scheduler
+    puts our worker on the caller's core; mobilenet_v2 9.3 against 6.2 ms for ~0.1 s). Tried first, as
+    before, that transient fell on a session's early runs (compare.py's ten runs a process: resnet18 24.7
+    ms against 16 once settled). A timed run under ``TINY_S`` (tree ensembles, linear classifiers: tens of
+    microseconds) ends the learning: no mode can matter there, only its cost (2-6 us a run: the load check,
+    BLAS's thread count set and reset), and the session's runs skip all of it until one takes ten times
+    that, which starts the learning again."""
 
     SAMPLES = 3
+    QUICK_RUNS = 20
     MARGIN = 0.9
     TINY_S = 1e-4
 
@@ -325,7 +327,7 @@ class AutoMode:
         if self.prefer is not None:
             return self.prefer, False
         self.runs += 1
-        return self.runs <= 1 + self.SAMPLES, self.runs > 1
+        return self.runs <= self.QUICK_RUNS, self.runs > 1
 
     def record(self, quick: bool, seconds: float) -> None:
         if self.tiny:
@@ -335,6 +337,8 @@ class AutoMode:
         if self.prefer is None and seconds < self.TINY_S:
             self.prefer, self.tiny = False, True    # no mode can matter: skip their cost from the next run
             return
+        if quick and self.runs <= self.QUICK_RUNS - self.SAMPLES:
+            return                                  # a quick run before the samples: timed for TINY_S only
         self.times[quick].append(seconds)
         if self.prefer is None and min(len(t) for t in self.times) >= self.SAMPLES:
             mid = self.SAMPLES // 2
