@@ -259,7 +259,12 @@ def test_compiled_gemm_split_declines_what_it_does_not_take():
         assert not pool.gemm(a[:, :40], b.astype(np.float64), out)      # mixed dtypes
         assert not pool.gemm(np.ones((2, 3, 40, 40), np.float32), np.ones((3, 1, 40, 30), np.float32),
                              np.zeros((2, 3, 40, 30), np.float32))  # a batch broadcast other than one matrix
+        assert not pool.gemm(a[:, :41], b, out)                      # sizes that do not chain
+        assert not pool.gemm(a[:, :40], b, np.zeros((40, 31), np.float32))
         assert not out.any()
+        buf = np.ones(1600, np.float32)         # an output over an input
+        assert not pool.gemm(buf.reshape(40, 40), b, buf[:1200].reshape(40, 30))
+        assert (buf == 1).all()
 
 
 def test_compiled_gemm_split_takes_back_a_part_no_worker_took():

@@ -662,6 +662,11 @@ class WorkerPool:
         b3, tb = _operand(b, lead)
         if a3 is None or b3 is None:
             return False
+        # BLAS trusts the sizes and reads its inputs while it writes: anything NumPy would refuse or buffer
+        # (a mismatched product, an output over an input) is left to np.matmul
+        (M, K), (Kb, N) = a3.shape[:0:-1] if ta else a3.shape[1:], b3.shape[:0:-1] if tb else b3.shape[1:]
+        if (M, N) != out.shape[-2:] or K != Kb or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+            return False
         self.ready()
         fn(self._nstate, self._desc, fns, a3, b3, out.reshape((-1,) + out.shape[-2:]), ta, tb, self.threads,
            PAR_ALIGN)
