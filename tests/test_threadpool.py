@@ -314,6 +314,10 @@ def _loop_cases():
                                   4, 5, 5), lambda *a: wino.output_transform(*a, 0, 16)),
         ("im2col2d", 24, (x4, np.zeros((1, 24 * 9, 100), np.float32), 3, 3, 2, 2, 1, 1, 1, 1, 10, 10),
          conv.im2col2d),
+        ("rows_to_channels", 40, (f(2, 300, 40), f(40), f(2, 40, 300), 1, lo, hi, np.zeros((2, 40, 300), np.float32)),
+         lambda *a: nhwc.rows_to_channels(*a, 0, 40)),
+        ("col2im_rows", 12, (f(2, 3, 3, 12, 7, 7), f(1, 12), np.zeros((2, 12, 15, 15), np.float32), 2, 2, 1, 1, 1, 1),
+         NUMPY.compiled("conv_transpose").col2im_rows),
     ]
     fns = tp.gemm_pointers()
     if fns is not None:
@@ -340,7 +344,7 @@ def _loop_cases():
     return cases
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(12))
 def test_native_loops_match_their_kernels(case):
     """Each loop split inside one compiled call (``native_ranges``) writes what the kernel's own call on the
     whole range writes, and the worker ran parts of it."""

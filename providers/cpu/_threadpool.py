@@ -18,8 +18,8 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
 - on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
   (``compiled/_jit_sync``), so a part reaches a worker in 10-40 us, not a 50-100 us wake-up, and loops
   from 512K units split. GEMMs from 1M multiply-adds and the main compiled loops (conv epilogues,
-  channels-last depthwise, Winograd transforms, im2col and its band convs) from 32K units split inside one
-  compiled call instead (``compiled/_jit_par``, ``native_ranges``: the worker, spinning in that same wait,
+  channels-last depthwise, Winograd transforms, im2col and its band convs, col2im, attention heads: see
+  ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split inside one compiled call instead (``compiled/_jit_par``, ``native_ranges``: the worker, spinning in that same wait,
   runs its part itself, a GEMM through OpenBLAS's C entry point, never entering the interpreter), which
   starts a worker's part within a microsecond, as OpenBLAS's own threads do; or OpenBLAS's own threads (``matmul`` is NumPy's
   call, ``parallel_ranges`` takes only very large loops). By default (``AutoMode``) a session's first

@@ -109,9 +109,12 @@ def _convtranspose_jit(jit, st, xc, b, g, pb, out):
     # channels-last (inner loop Mg channels per pixel) only for small images with many channels: its
     # (OH*OW, Mg) accumulator must stay in cache (measured: 13 against 46 us at 128 channels of 4x4, but
     # 10.6 against 1.2 ms at 64 channels of 64x64, vit_s_focus's last upconv); else by rows
-    fn = jit.col2im_channels_last if Mg >= 4 * W and math.prod(out) * Mg <= _CL_MAX_ACC else jit.col2im_rows
     (s1, s2), (d1, d2) = st["strides"], st["dilations"]
-    fn(cols, bias, y.reshape((N * g, Mg) + tuple(out)), s1, s2, d1, d2, pb[0], pb[1])
+    y4 = y.reshape((N * g, Mg) + tuple(out))
+    if Mg >= 4 * W and math.prod(out) * Mg <= _CL_MAX_ACC:
+        jit.col2im_channels_last(cols, bias, y4, s1, s2, d1, d2, pb[0], pb[1])
+    elif not _threadpool.native_ranges("col2im_rows", Mg, cols.size, cols, bias, y4, s1, s2, d1, d2, pb[0], pb[1]):
+        jit.col2im_rows(cols, bias, y4, s1, s2, d1, d2, pb[0], pb[1])     # (split over channels in the quick mode)
     return y
 
 

@@ -28,7 +28,8 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from engineroom.providers.cpu.compiled._jit_conv import bias_add_clip, bias_clip, bias_hard_act, im2col2d
-from engineroom.providers.cpu.compiled._jit_nhwc import bias_clip_rows, depthwise_nhwc
+from engineroom.providers.cpu.compiled._jit_conv_transpose import col2im_rows
+from engineroom.providers.cpu.compiled._jit_nhwc import bias_clip_rows, depthwise_nhwc, rows_to_channels
 from engineroom.providers.cpu.compiled._jit_sync import _load_acquire, _sched_yield, _store_release
 from engineroom.providers.cpu.compiled._jit_transformer import attention_softmax_heads
 from engineroom.providers.cpu.compiled._jit_winograd import input_transform, output_transform
@@ -352,6 +353,16 @@ def _attention(q, k, v, s, bias, out, heads, scale, fns, r0, r1):  # pragma: no 
                pv + (b * Sk * HDv + h * Dv) * 4, HDv, po + (b * Sq * HDv + h * Dv) * 4, HDv)
 
 
+@njit(nogil=True, boundscheck=False)
+def _rows_to_channels(t, b, z, has_z, lo, hi, y, r0, r1):  # pragma: no cover (compiled)
+    rows_to_channels(t, b, z, has_z, lo, hi, y, r0, r1)
+
+
+@njit(nogil=True, boundscheck=False)
+def _col2im_rows(cols, b, y, s1, s2, d1, d2, p1, p2, r0, r1):  # pragma: no cover (compiled)
+    col2im_rows(cols[:, :, :, r0:r1], b[:, r0:r1], y[:, r0:r1], s1, s2, d1, d2, p1, p2)   # channels r0..r1
+
+
 _LOOPS = (
     ("bias_clip_rows", "A2 A1 s s"),
     ("depthwise_nhwc", "A4 A3 A1 A4 i i i i s s"),
@@ -363,6 +374,8 @@ _LOOPS = (
     ("im2col2d", "A4 A3 i i i i i i i i i i"),
     ("conv_bands", "A4 A2 A3 I1 i i i i i i i i i i i"),
     ("attention", "A3 A3 A3 A3 A4 A3 i s I1"),
+    ("rows_to_channels", "A3 A1 A3 i s s A3"),
+    ("col2im_rows", "A6 A2 A4 i i i i i i"),
 )
 _FIRST_LOOP_KIND = 16
 
@@ -501,5 +514,7 @@ AOT = {
     "par_im2col2d": ("I1 I1 i i i A4 A3 i i i i i i i i i i", ("f4",)),
     "par_conv_bands": ("I1 I1 i i i A4 A2 A3 I1 i i i i i i i i i i i", ("f4",)),
     "par_attention": ("I1 I1 i i i A3 A3 A3 A3 A4 A3 i s I1", ("f4",)),
+    "par_rows_to_channels": ("I1 I1 i i i A3 A1 A3 i s s A3", ("f4",)),
+    "par_col2im_rows": ("I1 I1 i i i A6 A2 A4 i i i i i i", ("f4",)),
 }
 assert all(AOT.get(f"par_{name}", ("",))[0] == "I1 I1 i i i " + spec for name, spec in _LOOPS), "AOT and _LOOPS differ"
