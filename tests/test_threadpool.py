@@ -327,8 +327,8 @@ def _loop_cases():
             cols = np.zeros((1, 24 * 9, OH * OW), np.float32)
             conv.im2col2d(x, cols, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW)
             np.matmul(wm, cols[0], out=y[0])
-        cases.append(("conv_bands", 7, (x4, w, np.zeros((1, 32, 400), np.float32), fns, 3, 3, 1, 1, 1, 1, 1, 1, 20, 20, 3),
-                      bands))
+        cases.append(("conv_bands", 7, (x4, w, np.zeros((1, 32, 400), np.float32), fns, 3, 3, 1, 1, 1, 1, 1, 1,
+                                        20, 20, 3), bands))
         B, Sq, Sk, H, D = 2, 9, 11, 3, 8
 
         def attention(q, k, v, s, bias, out, heads, scale, fns):      # NumPy's, in float64

@@ -17,14 +17,16 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
   (``_GemmTask``) and after a stall the pool stands aside for a while (``_Calm``);
 - on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
   (``compiled/_jit_sync``), so a part reaches a worker in 10-40 us, not a 50-100 us wake-up, and loops
-  from 512K units split. GEMMs from 1M multiply-adds and the main compiled loops (conv epilogues,
-  channels-last depthwise, Winograd transforms, im2col and its band convs, col2im, attention heads: see
-  ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split inside one compiled call instead (``compiled/_jit_par``, ``native_ranges``: the worker, spinning in that same wait,
-  runs its part itself, a GEMM through OpenBLAS's C entry point, never entering the interpreter), which
-  starts a worker's part within a microsecond, as OpenBLAS's own threads do; or OpenBLAS's own threads (``matmul`` is NumPy's
-  call, ``parallel_ranges`` takes only very large loops). By default (``AutoMode``) a session's first
-  runs try both and the faster serves; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the
-  quick mode when quiet), "1" always leaves it to OpenBLAS.
+  from 512K units split over them. GEMMs from 1M multiply-adds and the main compiled loops (conv
+  epilogues, channels-last depthwise, Winograd transforms, im2col and its band convs, col2im, attention
+  heads: ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split inside one compiled call instead
+  (``WorkerPool.gemm``, ``native_ranges``): the worker, spinning in that same wait, runs its part itself,
+  a GEMM through OpenBLAS's C entry point, never entering the interpreter, so it starts within a
+  microsecond, as OpenBLAS's own threads do;
+- or OpenBLAS's own threads (``matmul`` is NumPy's call, ``parallel_ranges`` takes only very large loops).
+  By default (``AutoMode``) a quiet session runs in the quick mode and tries OpenBLAS's threads after its
+  first runs, keeping the faster; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the quick
+  mode when quiet), "1" always leaves it to OpenBLAS.
 
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import carray, njit, types  # noqa: F401 - carray: in the generated _run_<loop>
 from numba.extending import intrinsic
 
 from engineroom.providers.cpu.compiled._jit_conv import bias_add_clip, bias_clip, bias_hard_act, im2col2d
@@ -85,7 +85,8 @@ def _gemm_codegen(real):
                 for it, block in ((i64, wide), (i32, narrow)):
                     with block:
                         ints = [v if it is i64 else builder.trunc(v, i32) for v in (m_, n_, k_, lda_, ldb_, ldc_)]
-                        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, ft, fp, it, fp, it, ft, fp, it])
+                        fnty = ir.FunctionType(ir.VoidType(),
+                                               [i32, i32, i32, it, it, it, ft, fp, it, fp, it, ft, fp, it])
                         f = builder.inttoptr(fn_, fnty.as_pointer())
                         builder.call(f, [row_major, trans[0], trans[1], ints[0], ints[1], ints[2], one, ptrs[0],
                                          ints[3], ptrs[1], ints[4], zero, ptrs[2], ints[5]])
@@ -140,7 +141,7 @@ def _take(state, desc, w):
     word = _load_acquire(state, 8 * w + 1)
     if word & 3 != _POSTED or _cas(state, 8 * w + 1, word, word - _POSTED + _TAKEN) != word:
         return False
-    _run_part(desc, w)
+    _run_part(desc, w)  # noqa: F821 - generated below (_dispatch_source)
     _store_release(state, 8 * w + 1, word - _POSTED + _DONE)
     return True
 
@@ -198,7 +199,7 @@ def par_gemm(state, desc, fns, a, b, c, ta, tb, threads, align):  # pragma: no c
                       pc + lo * es, ldc, nbat, sa, sb, sc)
         if row:
             _store_release(state, 8 * row + 1, gen * 4 + _POSTED)
-    _run_part(desc, 0)
+    _run_part(desc, 0)  # noqa: F821 - generated below (_dispatch_source)
     _join(state, desc, mine, parts, gen)
 
 
@@ -232,7 +233,7 @@ def _join(state, desc, mine, parts, gen):
         r = mine[p]
         word = gen * 4 + _POSTED
         if _cas(state, 8 * r + 1, word, gen * 4 + _BACK) == word:
-            _run_part(desc, r)
+            _run_part(desc, r)  # noqa: F821 - generated below (_dispatch_source)
             continue
         while _load_acquire(state, 8 * r + 1) != gen * 4 + _DONE:
             _sched_yield()
@@ -242,11 +243,10 @@ def _join(state, desc, mine, parts, gen):
 # ---------------------------------------------------------------------------------------------- loops
 # Compiled loops split the same way: each below runs the part of its loop over range(r0, r1) (rows,
 # channels) of arrays given whole (where it slices an inner axis, batch 1; a larger batch runs whole in
-# the first part); ``par_<name>`` splits
-# range(n) over the caller and the workers (``_LOOPS``: name, the argument kinds as ``compiled.jit``'s
-# AOT specs, float32 only). The task of a part: [kind, r0, r1, then per array its address and shape,
-# per scalar its value (a float's float64 bits)]. Not here: the channels-first depthwise loops, whose
-# literal-stride variants compiled a second time took the module's build from ~25 s to ~160 s.
+# the first part); ``par_<name>`` splits range(n) over the caller and the workers (``_LOOPS``: name, the
+# argument kinds as ``compiled.jit``'s AOT specs, float32 only). The task of a part: [kind, r0, r1, then
+# per array its address and shape, per scalar its value (a float's float64 bits)]. Not here: the
+# channels-first depthwise loops, whose literal-stride variants compiled a second time took 27 s and 110 s.
 
 @njit(nogil=True, boundscheck=False)
 def _bias_clip_rows(y, b, lo, hi, r0, r1):  # pragma: no cover (compiled)
@@ -320,8 +320,7 @@ def _conv_bands(x, wm, y, fns, KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, rb, r0, r
     """Bands r0..r1 of an ungrouped 2-D conv (``conv._im2col_bands``): band i is output rows
     (i % nb) * rb.. of image i // nb, its columns made into a buffer of this thread's and multiplied by
     wm (M, C*KH*KW) at once (BLAS through fns, as in ``par_gemm``). y (N, M, OH*OW)."""
-    C, M = x.shape[1], wm.shape[0]
-    CK = wm.shape[1]
+    M, CK = wm.shape[0], wm.shape[1]
     nb = (OH + rb - 1) // rb
     buf = np.empty(CK * rb * OW, dtype=np.float32)
     for i in range(r0, r1):
