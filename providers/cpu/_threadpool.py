@@ -505,8 +505,8 @@ EXTRA_S = 2e-6
 
 
 def _par_kernels():
-    """The compiled GEMM split (``compiled/_jit_par``): (worker_wait, {dtype: par_gemm}), raw variants (the
-    pool checks the arrays itself), or None where it is not built."""
+    """The compiled splits (``compiled/_jit_par``): (worker_wait, {dtype: par_gemm}, the module), the first
+    two as raw variants (the pool checks the arrays itself), or None where it is not built."""
     from engineroom.providers.cpu.array_module import NUMPY
 
     mod = NUMPY.compiled("par")
@@ -535,6 +535,14 @@ def _sync_waits():
     return worker_wait, wait_at_least, max(best / 2000, 1e-8)
 
 
+def _cache_lines(n: int) -> np.ndarray:
+    """8 * n zeroed int64 slots starting on a 64-byte boundary: slot group i (8 i ...) is a cache line of its
+    own, so a spinning worker's reads never share a line another thread writes for anything else."""
+    buf = np.zeros(8 * n + 8, np.int64)
+    off = (-buf.ctypes.data // 8) % 8
+    return buf[off:off + 8 * n]
+
+
 class WorkerPool:
     """``threads - 1`` daemon workers; the caller is the last thread.
 
@@ -553,17 +561,13 @@ class WorkerPool:
         self._gen = 0
         self._sleepers = 0
         self._started = 0
-        # [0]: the posted generation; [8 w]: worker w's last done; each on a cache line of its own (64-byte
-        # aligned), so a spinning worker's reads never share a line the caller writes for anything else
-        buf = np.zeros(8 * threads + 8, np.int64)
-        off = (-buf.ctypes.data // 8) % 8
-        self._state = buf[off:off + 8 * threads]
+        # [0]: the posted generation; [8 w]: worker w's last done
+        self._state = _cache_lines(threads)
         self._entered = [0] * threads
         self._sync = _sync_waits() if threads > 1 else None
-        # the compiled GEMM split: its own state (per worker: in its wait or not, its part word) and tasks
+        # the compiled splits: their own state (per worker: in its wait or not, its part word) and tasks
         self._par = _par_kernels() if self._sync is not None else None
-        nbuf = np.zeros(8 * threads + 8, np.int64)
-        self._nstate = nbuf[(-nbuf.ctypes.data // 8) % 8:][:8 * threads]
+        self._nstate = _cache_lines(threads)
         self._desc = np.zeros(_PAR_DESC * threads, np.int64)
         self._wakes = 0
         self._spin_turns = 0
@@ -641,8 +645,6 @@ class WorkerPool:
         """Workers asleep go back to their compiled wait, where they take GEMM parts (a quick run's start:
         the first GEMMs run on the caller alone meanwhile)."""
         if self._sleepers and self._par is not None:
-            if self._started < self.threads - 1:
-                self._start()
             with self._cv:
                 self._wakes += 1
                 self._cv.notify_all()
@@ -803,7 +805,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             if macs < QUICK_MIN_MACS:
                 return np.matmul(a, b, out=out)
             # workers spin: one chunk per thread (each packs its share once), the caller waits for them
-            _pool(threads).run(_matmul_into, _chunks(a, b, out, batch_shape, threads))
+            pool.run(_matmul_into, _chunks(a, b, out, batch_shape, threads))
             return out
         if not _calm.pool_ok():
             return np.matmul(a, b, out=out)

@@ -169,15 +169,6 @@ def multi_head_attention(info):
             q, k, v = q + bias[:HD], k + bias[HD:2 * HD], v + bias[2 * HD:]
         D, Dv = HD // heads, HDv // heads
         scale = scale_attr or 1.0 / np.sqrt(D)
-        fns = _threadpool.gemm_pointers() if jit is not None and dt == _F32 and _threadpool.quick_run() else None
-        if fns is not None and (attention_bias is None or attention_bias.ndim == 4) and (
-                key_padding_mask is None or key_padding_mask.shape == (B, Sk)):
-            out = _heads_split(q, k, v, attention_bias, key_padding_mask, B, Sq, Sk, HDv, D, Dv, scale, fns)
-            if out is not None:
-                return (out,)
-        # per head, strided views of Q and Kᵀ go to BLAS as they are (copies measured slower)
-        s = xp.matmul(q.reshape(B, Sq, heads, D).transpose(0, 2, 1, 3),
-                      k.reshape(B, Sk, heads, D).transpose(0, 2, 3, 1))          # (B, H, Sq, Sk)
         add = None
         if attention_bias is not None:
             if attention_bias.ndim != 4 or attention_bias.shape[0] not in (1, B) or \
@@ -191,6 +182,13 @@ def multi_head_attention(info):
                                           f" (only (batch, kv_sequence_length) is supported)")
             pad = xp.where(key_padding_mask == 0, dt.type(mask_filter), dt.type(0)).reshape(B, 1, 1, Sk)
             add = xp.broadcast_to(pad, (B, 1, Sq, Sk)) if add is None else add + pad
+        if jit is not None and dt == _F32 and _threadpool.quick_run():
+            out = _heads_split(q, k, v, add, B, Sq, Sk, HDv, D, Dv, scale)
+            if out is not None:
+                return (out,)
+        # per head, strided views of Q and Kᵀ go to BLAS as they are (copies measured slower)
+        s = xp.matmul(q.reshape(B, Sq, heads, D).transpose(0, 2, 1, 3),
+                      k.reshape(B, Sk, heads, D).transpose(0, 2, 3, 1))          # (B, H, Sq, Sk)
         if jit is not None and dt == _F32:
             jit.attention_softmax(s.reshape(B * heads, Sq, Sk),
                                   no_bias if add is None else np.ascontiguousarray(add, dtype=_F32),
@@ -208,17 +206,13 @@ def multi_head_attention(info):
         np.matmul(p, vh, out=out.reshape(B, Sq, heads, Dv).transpose(0, 2, 1, 3))
         return (out,)
 
-    def _heads_split(q, k, v, attention_bias, key_padding_mask, B, Sq, Sk, HDv, D, Dv, scale, fns):
+    def _heads_split(q, k, v, add, B, Sq, Sk, HDv, D, Dv, scale):
         """In a quick-mode run, the attention split over batch-heads inside one compiled call (each head's
-        two GEMMs and softmax on one thread: ``_threadpool.native_ranges``), or None (the path below)."""
-        if attention_bias is not None and (attention_bias.shape[0] not in (1, B) or
-                                           attention_bias.shape[1] not in (1, heads) or
-                                           attention_bias.shape[2:] != (Sq, Sk)):
-            return None                 # the path below names the problem
-        add = no_bias if attention_bias is None else np.ascontiguousarray(attention_bias, dtype=_F32)
-        if key_padding_mask is not None:
-            pad = np.where(key_padding_mask == 0, _F32.type(mask_filter), _F32.type(0)).reshape(B, 1, 1, Sk)
-            add = np.ascontiguousarray(np.broadcast_to(pad, (B, 1, Sq, Sk)) if attention_bias is None else add + pad)
+        two GEMMs and softmax on one thread: ``_threadpool.native_ranges``), or None (the path in ``run``)."""
+        fns = _threadpool.gemm_pointers()
+        if fns is None:
+            return None
+        add = no_bias if add is None else np.ascontiguousarray(add, dtype=_F32)
         s = np.empty((B * heads, Sq, Sk), dtype=_F32)
         out = np.empty((B, Sq, HDv), dtype=_F32)
         qc, kc, vc = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
