@@ -19,5 +19,5 @@ def blas_kernel() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "unknown (threadpoolctl not installed)"
-    return ", ".join(f"{i.get('internal_api')} {i.get('architecture')} x{i.get('num_threads')}"
+    return ", ".join(f"{i.get('internal_api')} {i.get('architecture') or i.get('threading_layer')} x{i.get('num_threads')}"
                      for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"

@@ -37,7 +37,10 @@ MODES = [pytest.param(steady, id="steady"), pytest.param(quick, id="quick")]
 
 
 def _blas_threads() -> list[int]:
-    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    """Thread counts of the BLAS libraries that have threads (oneMKL on its sequential layer, as the provider
+    loads it, has none to hold)."""
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and i.get("threading_layer") != "sequential"]
 
 
 SHAPES = [
@@ -185,14 +188,34 @@ def test_parallel_ranges_cover_every_index_once(n, work, monkeypatch):
     assert _ranges(steady, 1, n, work) == [(0, n)]
 
 
+@pytest.fixture(params=["openblas", "mkl"])
+def gemm_blas(request, monkeypatch):
+    """The compiled GEMM calls pointed at one BLAS for the test: NumPy's OpenBLAS (on pthreads) or oneMKL
+    on its sequential layer (the `mkl` extra); skips where that one is not there."""
+    if tp._par_kernels() is None:
+        pytest.skip("the compiled GEMM calls need numba (jit extra)")
+    tp._blas.outside()                          # the process's own lookup first: the test's choice stays
+    if request.param == "mkl":
+        fns, _, why = tp._load_mkl()
+    else:
+        fns = tp._gemm_pointers(threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers)
+        why = "this NumPy's BLAS is not OpenBLAS on pthreads"
+    if fns is None:
+        pytest.skip(f"{request.param}: {why}")
+    monkeypatch.setattr(tp._blas, "_find", lambda: None)
+    monkeypatch.setattr(tp._blas, "gemm", fns)
+    monkeypatch.setattr(tp._blas, "mkl", request.param == "mkl")
+    return request.param
+
+
 def _compiled_split_pool():
     """The 2-thread pool with its worker in the compiled wait that serves GEMM parts (skips where the
-    compiled split or an OpenBLAS to call is missing)."""
+    compiled split or a BLAS to call is missing)."""
     if tp._par_kernels() is None:
         pytest.skip("the compiled GEMM split needs numba (jit extra)")
     tp._blas.outside()
     if tp._blas.gemm is None:
-        pytest.skip("the compiled GEMM split calls OpenBLAS (pthreads) only; this NumPy uses another BLAS")
+        pytest.skip("the compiled GEMM split calls OpenBLAS on pthreads or oneMKL; neither is loaded")
     pool = tp._pool(2)
     pool.spin_for(False)                        # a quiet machine's spin (an earlier test may have set another)
     pool.run(lambda i: None, [(0,), (1,)])      # the worker started
@@ -222,10 +245,10 @@ def _compiled_split_pool():
     ((6, 50, 30), (30, 20), False, True),       # a batch times one shared matrix
     ((1, 33, 17), (3, 17, 65), True, True),     # one shared matrix times a batch
 ])
-def test_compiled_gemm_split_matches_numpy(dt, sa, sb, ta, tb):
+def test_compiled_gemm_split_matches_numpy(dt, sa, sb, ta, tb, gemm_blas):
     """``WorkerPool.gemm``: the caller and the worker each run part of the product inside one compiled call,
-    BLAS called through its C entry point; every layout it takes gives NumPy's product, and the worker
-    took parts (its part word done at a new generation)."""
+    BLAS (OpenBLAS or oneMKL) called through its C entry point; every layout it takes gives NumPy's product,
+    and the worker took parts (its part word done at a new generation)."""
     rng = np.random.default_rng(0)
 
     def operand(shape, t):
@@ -267,14 +290,9 @@ def test_compiled_gemm_split_declines_what_it_does_not_take():
         assert (buf == 1).all()
 
 
-def test_compiled_gemm_split_takes_back_a_part_no_worker_took():
+def test_compiled_gemm_split_takes_back_a_part_no_worker_took(gemm_blas):
     """A worker counted as waiting that never takes its part (its core taken, or gone): the caller runs
     that part itself after its own, and marks it taken back."""
-    if tp._par_kernels() is None:
-        pytest.skip("the compiled GEMM split needs numba (jit extra)")
-    tp._blas.outside()
-    if tp._blas.gemm is None:
-        pytest.skip("the compiled GEMM split calls OpenBLAS (pthreads) only; this NumPy uses another BLAS")
     par_gemm = tp._par_kernels()[1][np.dtype(np.float32)]
     state = np.zeros(24, np.int64)
     state[8] = 1                        # worker 1 "in its wait", but no thread is there
@@ -287,6 +305,72 @@ def test_compiled_gemm_split_takes_back_a_part_no_worker_took():
         par_gemm(state, desc, tp._blas.gemm, a, b, out, 0, 0, 2, 16)
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
     assert state[9] == 1 * 4 + 3 and state[1] == 0      # generation 1, taken back; the caller lock free
+
+
+def _spy_gemm_calls(monkeypatch) -> list:
+    calls: list = []
+    real = tp._gemm_call
+
+    def spy(a, b, out):
+        calls.append(a.shape)
+        return real(a, b, out)
+    monkeypatch.setattr(tp, "_gemm_call", spy)
+    return calls
+
+
+def test_every_mode_sends_a_product_to_the_same_blas(gemm_blas, monkeypatch):
+    """Where oneMKL is loaded, the provider's products from MKL_MIN_MACS go to it in every mode (a run on
+    one thread, quick, steady, OpenBLAS's threads), split or not, and each is bitwise the same in every
+    mode: a session's results depend neither on its mode nor on the machine's load (K = 1024: OpenBLAS's
+    last bits differ there). With OpenBLAS's pointers only the quick mode's splits take the compiled call.
+    Every product is NumPy's to rounding."""
+    calls = _spy_gemm_calls(monkeypatch)
+    rng = np.random.default_rng(2)
+    shapes = [((96, 1024), (1024, 130)), ((3, 40, 700), (700, 50)), ((64, 1024), (1024, 768)), ((8, 8), (8, 8))]
+    ops = [(rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)) for sa, sb in shapes]
+    results = {}
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        tp._begin(False)
+        try:
+            results["one thread"] = [tp.matmul(a, b) for a, b in ops]
+        finally:
+            tp._end()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        with quick():
+            results["quick"] = [tp.matmul(a, b) for a, b in ops]
+        with steady():
+            results["steady"] = [tp.matmul(a, b) for a, b in ops]
+        results["OpenBLAS's threads"] = [tp.matmul(a, b) for a, b in ops]      # no run scope: allow_spinning "1"
+    for mode, got in results.items():
+        for (a, b), g in zip(ops, got):
+            np.testing.assert_allclose(g, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3, err_msg=mode)
+    if gemm_blas == "mkl":
+        assert len(calls) == 3 * len(results)           # all but the 512-MAC product, in every mode
+        for mode, got in results.items():
+            assert all(np.array_equal(g, f) for g, f in zip(got, results["one thread"])), mode
+    else:
+        assert len(calls) == 3                          # the quick mode's three splits
+
+
+def test_blas_choice_from_the_environment(monkeypatch):
+    """``ENGINEROOM_BLAS``: "openblas" keeps oneMKL out, "mkl" warns (naming why) where it cannot be loaded,
+    anything else is an error naming the variable, raised by every run until it is fixed."""
+    monkeypatch.setattr(tp, "_mkl", [])
+    monkeypatch.setenv("ENGINEROOM_BLAS", "openblas")
+    assert tp._mkl_gemm_pointers() is None
+    monkeypatch.setattr(tp, "_mkl", [])
+    monkeypatch.setattr(tp, "_load_mkl", lambda: (None, None, "libmkl_rt.so.3 not found"))
+    monkeypatch.setenv("ENGINEROOM_BLAS", "MKL")
+    with pytest.warns(RuntimeWarning, match="ENGINEROOM_BLAS=mkl: libmkl_rt.so.3 not found"):
+        assert tp._mkl_gemm_pointers() is None
+    monkeypatch.setattr(tp, "_mkl", [])
+    monkeypatch.setenv("ENGINEROOM_BLAS", "atlas")
+    blas = tp._Blas()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="ENGINEROOM_BLAS='atlas': expected auto, mkl or openblas"):
+            blas.outside()
+    monkeypatch.setenv("ENGINEROOM_BLAS", "auto")
+    assert blas.outside() >= 1
 
 
 def _loop_cases():
@@ -450,7 +534,8 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
                                        providers=["ProbeExecutionProvider", "CPUExecutionProvider"])
         # the default (unset): held while other processes keep a core busy; when quiet, the session's
         # AutoMode: its first QUICK_RUNS runs in the quick mode (held), SAMPLES with OpenBLAS's threads, then
-        # the one whose median run was faster (without the compiled waits: OpenBLAS's threads)
+        # the one whose median run was faster (without the compiled waits: OpenBLAS's threads; with oneMKL
+        # loaded no OpenBLAS samples: the quick mode on)
         monkeypatch.setattr(tp._Load, "contended", lambda self: True)
         np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
         assert ProbeExecutionProvider.seen == [[1] * len(_blas_threads())]
@@ -463,7 +548,7 @@ def test_a_run_holds_blas_at_one_thread_and_gives_it_back(test_plugins, monkeypa
             np.testing.assert_array_equal(default.run(None, {"a": a, "b": a})[0], a)
             assert _blas_threads() == [2] * len(_blas_threads())
         gate = default._plan.run_scopes[-1][0].__self__
-        want = [1] * q + [2] * n if quick else [2] * (q + n)
+        want = [1] * q + [1 if tp._blas.mkl else 2] * n if quick else [2] * (q + n)
         assert [s_[0] for s_ in ProbeExecutionProvider.seen] == want
         assert quick is False or gate.prefer is not None
         # then the chosen mode
@@ -633,11 +718,17 @@ def test_load_monitor_sees_a_busy_process_on_our_cores():
         p.wait()
 
 
-def test_auto_mode_keeps_the_faster_mode_by_median_and_skips_tiny_runs():
+def test_auto_mode_keeps_the_faster_mode_by_median_and_skips_tiny_runs(monkeypatch):
     """AutoMode's protocol on given run times: QUICK_RUNS quick runs (the first not timed), the last SAMPLES
     of them and SAMPLES with OpenBLAS's threads compared, then the mode whose median run was faster; an
-    outlier does not decide it; runs under TINY_S skip the mode's cost until one takes ten times that."""
+    outlier does not decide it; runs under TINY_S skip the mode's cost until one takes ten times that.
+    With oneMKL loaded there is nothing to compare: the quick mode from QUICK_RUNS on, untimed."""
     n, q = tp.AutoMode.SAMPLES, tp.AutoMode.QUICK_RUNS
+    monkeypatch.setattr(tp._blas, "mkl", True)
+    gate = tp.AutoMode()
+    assert [gate.choose() for _ in range(q)] == [(True, False)] + [(True, True)] * (q - 1)
+    assert gate.choose() == (True, False) and gate.prefer is True
+    monkeypatch.setattr(tp._blas, "mkl", False)
     for quick_times, blas_times, want in (([5e-3, 5e-3, 9e-3], [6e-3, 1e-3, 6e-3], True),     # one fast outlier
                                           ([7e-3, 7e-3, 7e-3], [6e-3, 6e-3, 20e-3], False),
                                           ([5.8e-3, 5.8e-3, 5.8e-3], [6e-3, 6e-3, 6e-3], False)):  # within MARGIN

@@ -28,6 +28,9 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
   first runs, keeping the faster; ``session.intra_op.allow_spinning`` = "0" always holds BLAS (the quick
   mode when quiet), "1" always leaves it to OpenBLAS.
 
+Where oneMKL is installed (the `mkl` extra), the compiled GEMM calls take its sgemm/dgemm on its sequential
+layer instead of OpenBLAS's, and every product from MKL_MIN_MACS goes to it in every mode (``_mkl_matmul``).
+
 The pool's size is the process's BLAS thread count as it stands outside our calls: OpenBLAS's
 default (the cores) or what ``intra_op_num_threads`` set it to (the session does that). During a run
 that holds BLAS, and during each of our pool GEMMs, OpenBLAS is held at one thread (restored after,
@@ -99,26 +102,32 @@ class _Blas:
         self.depth = 0
         self.saved: list[int] = []
         self.knobs: list[_Knob] | None = None
-        self.gemm: np.ndarray | None = None         # see _gemm_pointers
+        self.gemm: np.ndarray | None = None         # see _gemm_pointers, _mkl_gemm_pointers
+        self.mkl = False                            # the compiled GEMMs call oneMKL
         self.modules = 0
 
     def _find(self) -> None:
         """Look the libraries up again when modules were imported since (SciPy brings an OpenBLAS of its
         own): first use, or between holds (a lookup costs 0.3-2 ms)."""
         if self.knobs is None or (self.depth == 0 and len(sys.modules) != self.modules):
-            self.modules = len(sys.modules)
             self._lookup()
+            self.modules = len(sys.modules)         # after: a lookup that raised (ENGINEROOM_BLAS) raises again
 
     def _lookup(self) -> None:
         try:
             from threadpoolctl import ThreadpoolController
 
             libs = ThreadpoolController().select(user_api="blas").lib_controllers
-            self.knobs = [_Knob(lib) for lib in libs]
+            # a library on its sequential layer (oneMKL as loaded below) has no threads to hold
+            self.knobs = [_Knob(lib) for lib in libs if getattr(lib, "threading_layer", "") != "sequential"]
             self.gemm = _gemm_pointers(libs)
         except Exception:  # noqa: BLE001 - no threadpoolctl or no BLAS found: nothing to hold
             self.knobs = []
             self.gemm = None
+        mkl = _mkl_gemm_pointers()
+        if mkl is not None:
+            self.gemm = mkl
+        self.mkl = mkl is not None
 
     def hold_single(self) -> int:
         """Set BLAS to one thread; returns its thread count outside our calls (the pool's size)."""
@@ -167,6 +176,73 @@ def _gemm_pointers(libs) -> np.ndarray | None:
             continue
         return np.array([ctypes.cast(f, ctypes.c_void_p).value for f in fns] + [int(ilp64)], np.int64)
     return None
+
+
+# which BLAS the compiled GEMM calls use: "auto" (oneMKL where the `mkl` extra is installed, else NumPy's
+# OpenBLAS), "mkl" (the same, with a warning where oneMKL cannot be loaded) or "openblas"
+BLAS_ENV = "ENGINEROOM_BLAS"
+_MKL_SEQUENTIAL, _MKL_LP64, _MKL_ILP64 = 1, 0, 1       # mkl_rt's MKL_THREADING_SEQUENTIAL, MKL_INTERFACE_*
+_mkl: list = []                                       # [pointers or None, the library], once per process
+
+
+def _mkl_gemm_pointers() -> np.ndarray | None:
+    """[cblas_sgemm's address, cblas_dgemm's, 1 for 64-bit integer arguments] of oneMKL's runtime library
+    (the `mkl` extra) on its sequential layer, for the compiled GEMM calls, or None: not installed, not
+    wanted (``ENGINEROOM_BLAS``), or another library in the process chose a threaded layer first.
+
+    Why: oneMKL's single-threaded sgemm ran the zoo's products 1.1-1.6x faster than OpenBLAS's here
+    (64x256x1024: 66 against 80 GMAC/s; mobilenet_v2's 32x32x12544 1x1 conv: 44 against 63), and the pool
+    splits them as before: the sequential layer runs no threads of its own, so none to hold or to spin."""
+    if _mkl:
+        return _mkl[0]
+    want = (os.environ.get(BLAS_ENV) or "auto").strip().lower()
+    if want not in ("auto", "mkl", "openblas"):
+        raise ValueError(f"{BLAS_ENV}={want!r}: expected auto, mkl or openblas")
+    fns, lib, why = None, None, "not wanted"
+    if want != "openblas":
+        fns, lib, why = _load_mkl()
+        if fns is None and want == "mkl":
+            import warnings
+
+            warnings.warn(f"{BLAS_ENV}=mkl: {why}; the CPU provider's GEMMs use NumPy's BLAS", RuntimeWarning,
+                          stacklevel=2)
+    _mkl[:] = [fns, lib]
+    return fns
+
+
+def _load_mkl():
+    """(pointers, library, None) of oneMKL's mkl_rt set to its sequential layer, or (None, None, why not)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None, None, "oneMKL is looked for on Linux only"
+    # the environment's lib folder (where pip puts the wheel's libraries), then the loader's search path;
+    # the library's soname: .so.3 from oneMKL 2026, .so.2 before
+    names = ("libmkl_rt.so.3", "libmkl_rt.so.2")
+    where = [os.path.join(p, "lib", n) for p in dict.fromkeys((sys.prefix, sys.base_prefix)) for n in names]
+    lib = None
+    for path in where + list(names):
+        try:
+            lib = ctypes.CDLL(path)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return None, None, "libmkl_rt.so.3 (or .so.2) not found (pip install 'engineroom[mkl]')"
+    try:
+        layer, iface = lib.MKL_Set_Threading_Layer, lib.MKL_Set_Interface_Layer
+        fns = [lib.cblas_sgemm, lib.cblas_dgemm]
+    except AttributeError as e:
+        return None, None, f"oneMKL's runtime library lacks {e}"
+    layer.argtypes = iface.argtypes = (ctypes.c_int,)
+    layer.restype = iface.restype = ctypes.c_int
+    # both return the layer in force: another library may have chosen them before us
+    if layer(_MKL_SEQUENTIAL) != _MKL_SEQUENTIAL:
+        return None, None, "oneMKL already runs on a threaded layer in this process"
+    ints = iface(_MKL_LP64) & ~2                      # (+2: the GNU calling convention's flag)
+    if ints not in (_MKL_LP64, _MKL_ILP64):
+        return None, None, "oneMKL's integer interface is unknown"
+    return np.array([ctypes.cast(f, ctypes.c_void_p).value for f in fns] + [ints], np.int64), lib, None
 
 
 _blas = _Blas()
@@ -251,6 +327,7 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
     if threads <= 1 and not always_hold:
         stack.append(_ALONE)        # one thread: nothing to hold, split or choose (a run pays ~0.3 us)
         _held.quick = False
+        _held.alone = True          # (its GEMMs still go to oneMKL where loaded, unsplit: ``_mkl_matmul``)
         return
     busy = _load.contended()
     pool = _pool(threads) if threads > 1 else None
@@ -267,6 +344,7 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
             pool.wake()
     stack.append((held, quick, gate if timed else None, time.perf_counter()))
     _held.quick = quick
+    _held.alone = False
 
 
 _ALONE = (False, False, None, 0.0)
@@ -278,6 +356,7 @@ def _end() -> None:
     if held:
         _blas.release()
     _held.quick = stack[-1][1] if stack else False
+    _held.alone = bool(stack) and stack[-1] is _ALONE
     if gate is not None:
         gate.record(quick, time.perf_counter() - t0)
 
@@ -318,7 +397,7 @@ class AutoMode:
     def begin(self) -> None:
         if self.tiny:
             _held.__dict__.setdefault("stack", []).append((False, False, self, time.perf_counter()))
-            _held.quick = False
+            _held.quick = _held.alone = False
         else:
             _begin(False, self)
 
@@ -329,6 +408,9 @@ class AutoMode:
         if self.prefer is not None:
             return self.prefer, False
         self.runs += 1
+        if self.runs > self.QUICK_RUNS and _blas.mkl:
+            self.prefer = True      # GEMMs are oneMKL's in every mode (_mkl_matmul): none for OpenBLAS's threads
+            return True, False
         return self.runs <= self.QUICK_RUNS, self.runs > 1
 
     def record(self, quick: bool, seconds: float) -> None:
@@ -504,16 +586,23 @@ WAIT_SPIN_S = 2e-3
 EXTRA_S = 2e-6
 
 
+_par: list = []
+
+
 def _par_kernels():
     """The compiled splits (``compiled/_jit_par``): (worker_wait, {dtype: par_gemm}, the module), the first
-    two as raw variants (the pool checks the arrays itself), or None where it is not built."""
+    two as raw variants (the pool checks the arrays itself), or None where it is not built; looked up once
+    a process that finds it (a pool made while it was still building keeps its None)."""
+    if _par:
+        return _par[0]
     from engineroom.providers.cpu.array_module import NUMPY
 
     mod = NUMPY.compiled("par")
     if mod is None:
         return None
     gemm = {np.dtype(np.float32): mod.par_gemm.variants[0][0], np.dtype(np.float64): mod.par_gemm.variants[1][0]}
-    return mod.worker_wait.variants[0][0], gemm, mod
+    _par.append((mod.worker_wait.variants[0][0], gemm, mod))
+    return _par[0]
 
 
 def _sync_waits():
@@ -652,28 +741,13 @@ class WorkerPool:
     def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         """out[...] = a @ b split over the caller and the workers, inside one compiled call
         (``compiled/_jit_par``; BLAS must be held at one thread); False, doing nothing, where that does not
-        take the arrays (dtypes, layouts, broadcasting other than one shared matrix)."""
-        fns = _blas.gemm
-        if self._par is None or fns is None:
-            return False
-        dt = out.dtype
-        fn = self._par[1].get(dt)
-        if fn is None or a.dtype != dt or b.dtype != dt or not out.flags.c_contiguous or out.ndim < 2 \
-                or not out.size or not a.shape[-1]:
-            return False
-        lead = out.shape[:-2]
-        a3, ta = _operand(a, lead)
-        b3, tb = _operand(b, lead)
-        if a3 is None or b3 is None:
-            return False
-        # BLAS trusts the sizes and reads its inputs while it writes: anything NumPy would refuse or buffer
-        # (a mismatched product, an output over an input) is left to np.matmul
-        (M, K), (Kb, N) = a3.shape[:0:-1] if ta else a3.shape[1:], b3.shape[:0:-1] if tb else b3.shape[1:]
-        if (M, N) != out.shape[-2:] or K != Kb or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        take the arrays (``_gemm_call``)."""
+        call = _gemm_call(a, b, out) if self._par is not None else None
+        if call is None:
             return False
         self.ready()
-        fn(self._nstate, self._desc, fns, a3, b3, out.reshape((-1,) + out.shape[-2:]), ta, tb, self.threads,
-           PAR_ALIGN)
+        fn, a3, b3, c3, ta, tb = call
+        fn(self._nstate, self._desc, _blas.gemm, a3, b3, c3, ta, tb, self.threads, PAR_ALIGN)
         return True
 
     def ready(self) -> None:
@@ -760,21 +834,87 @@ def _operand(x: np.ndarray, lead: tuple):
     return None, 0
 
 
+def _gemm_call(a: np.ndarray, b: np.ndarray, out: np.ndarray):
+    """(par_gemm's variant, a, b, out as 3-D arrays, a transposed, b transposed) for out[...] = a @ b through
+    the compiled GEMM call (``compiled/_jit_par.par_gemm``), or None where it does not take the arrays:
+    no BLAS pointers or compiled module, other dtypes or layouts, broadcasting other than one shared matrix."""
+    fns = _blas.gemm
+    par = _par_kernels()
+    if fns is None or par is None:
+        return None
+    dt = out.dtype
+    fn = par[1].get(dt)
+    if fn is None or a.dtype != dt or b.dtype != dt or not out.flags.c_contiguous or out.ndim < 2 \
+            or not out.size or not a.shape[-1]:
+        return None
+    lead = out.shape[:-2]
+    a3, ta = _operand(a, lead)
+    b3, tb = _operand(b, lead)
+    if a3 is None or b3 is None:
+        return None
+    # BLAS trusts the sizes and reads its inputs while it writes: anything NumPy would refuse or buffer
+    # (a mismatched product, an output over an input) is left to np.matmul
+    (M, K), (Kb, N) = a3.shape[:0:-1] if ta else a3.shape[1:], b3.shape[:0:-1] if tb else b3.shape[1:]
+    if (M, N) != out.shape[-2:] or K != Kb or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        return None
+    return fn, a3, b3, out.reshape((-1,) + out.shape[-2:]), ta, tb
+
+
+# the smallest product the provider sends to oneMKL (where loaded): below it the compiled call's argument
+# checks (a few microseconds) cost more than NumPy's call
+MKL_MIN_MACS = 1 << 16
+_NO_POOL = (np.zeros(8, np.int64), np.zeros(_PAR_DESC, np.int64))     # par_gemm's state at one thread: unread
+
+
+def _mkl_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, macs: int, batch_shape: tuple) -> np.ndarray:
+    """``matmul`` where the compiled GEMM calls use oneMKL (``_mkl_gemm_pointers``): oneMKL in every mode,
+    split inside one compiled call over the pool in a quick run (from NATIVE_MIN_MACS) and in a run that
+    leaves BLAS alone (allow_spinning = "1": from MIN_PARALLEL_MACS, its workers may be asleep), else on the
+    calling thread: a steady run (another process holds a core: a part taken by a worker that is then
+    descheduled would stall the caller a time slice; the Python chunks that avoid that cut the output into
+    strided blocks the compiled call does not take) and a run on one thread.
+
+    Why one library in every mode: oneMKL's products are the same however they are split (rows, columns,
+    16-row blocks: bitwise, measured here) but differ from OpenBLAS's in the last bits where K > ~300,
+    so a product must never go to OpenBLAS in one mode and to oneMKL in another: a session's results then
+    depend on neither its mode nor the machine's load nor concurrent runs (``tests/fuzz/test_determinism``).
+    Arrays it does not take (``_gemm_call``) go to NumPy in every mode alike."""
+    if out is None:
+        out = np.empty(batch_shape + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    call = _gemm_call(a, b, out)
+    if call is None:
+        return np.matmul(a, b, out=out)
+    fn, a3, b3, c3, ta, tb = call
+    if not getattr(_held, "alone", False):
+        quick = getattr(_held, "quick", False)
+        if macs >= (NATIVE_MIN_MACS if quick else MIN_PARALLEL_MACS) and (quick or not _blas.depth):
+            threads = _blas.outside()
+            pool = _pool(threads) if threads > 1 else None
+            if pool is not None and pool._par is not None:
+                pool.ready()
+                fn(pool._nstate, pool._desc, _blas.gemm, a3, b3, c3, ta, tb, threads, PAR_ALIGN)
+                return out
+    fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
+    return out
+
+
 def _matmul_into(a, b, out) -> None:
     np.matmul(a, b, out=out)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``; large products split over the pool, mid-sized ones on the caller's
-    thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread)."""
-    if not _blas.depth:
-        # no run holding BLAS (allow_spinning = "1", or a call outside a run): OpenBLAS's own threads
+    thread with BLAS held at one thread (so they never wait for a descheduled BLAS thread); where oneMKL
+    is loaded, through it in every mode (``_mkl_matmul``)."""
+    mkl = _blas.mkl
+    if not mkl and not _blas.depth:
+        # no run holding BLAS (allow_spinning = "1", one thread, or a call outside a run): OpenBLAS as it is
         return np.matmul(a, b, out=out)
     if a.ndim == 2 and b.ndim == 2:             # the common case, without the broadcasting arithmetic
         M, K = a.shape
         N = b.shape[1]
         macs = M * N * K
-        if macs < NATIVE_MIN_MACS:
+        if macs < (MKL_MIN_MACS if mkl else NATIVE_MIN_MACS):
             return np.matmul(a, b, out=out)
         batch_shape = ()
     else:
@@ -783,12 +923,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         M, K = a.shape[-2:]
         N = b.shape[-1]
         kn = b.shape[-2] * N
-        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < NATIVE_MIN_MACS:
+        if not M * K or not kn or (a.size // (M * K)) * (b.size // kn) * M * N * K < \
+                (MKL_MIN_MACS if mkl else NATIVE_MIN_MACS):
             # small products (a bound on the broadcast batch: its two sides' product) go straight to NumPy:
             # broadcast_shapes and np.prod below cost ~5 us, more than a small GEMV (Loop bodies: 10 a step)
             return np.matmul(a, b, out=out)
         batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         macs = math.prod(batch_shape) * M * N * K
+    if mkl:
+        return _mkl_matmul(a, b, out, macs, batch_shape)
     quick = getattr(_held, "quick", False)
     if macs < (NATIVE_MIN_MACS if quick else MIN_PARALLEL_MACS):
         return np.matmul(a, b, out=out)
