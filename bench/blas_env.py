@@ -19,5 +19,7 @@ def blas_kernel() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "unknown (threadpoolctl not installed)"
-    return ", ".join(f"{i.get('internal_api')} {i.get('architecture') or i.get('threading_layer')} x{i.get('num_threads')}"
-                     for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS loaded"
+    # oneMKL reports no architecture: its threading layer instead ("sequential", as the CPU provider loads it)
+    return ", ".join(f"{i.get('internal_api')} {i.get('architecture') or i.get('threading_layer')} "
+                     f"x{i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas") \
+        or "no BLAS loaded"

@@ -327,7 +327,8 @@ def test_every_mode_sends_a_product_to_the_same_blas(gemm_blas, monkeypatch):
     calls = _spy_gemm_calls(monkeypatch)
     rng = np.random.default_rng(2)
     shapes = [((96, 1024), (1024, 130)), ((3, 40, 700), (700, 50)), ((64, 1024), (1024, 768)), ((8, 8), (8, 8))]
-    ops = [(rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)) for sa, sb in shapes]
+    f = lambda shape: rng.standard_normal(shape).astype(np.float32)     # noqa: E731
+    ops = [(f(sa), f(sb)) for sa, sb in shapes]
     results = {}
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         tp._begin(False)

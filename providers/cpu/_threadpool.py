@@ -608,7 +608,7 @@ def _par_kernels():
 def _sync_waits():
     """The compiled waits (``compiled/_jit_sync``) and nanoseconds per spin turn, or None where the compiled
     loops are unavailable (the workers then sleep between parts)."""
-    from engineroom.providers.cpu.array_module import NUMPY      # imports this module: here, not at the top
+    from engineroom.providers.cpu.array_module import NUMPY  # imports this module: here, not at the top
 
     mod = NUMPY.compiled("sync")
     if mod is None:
@@ -994,7 +994,7 @@ def native_ranges(name: str, n: int, work: int, *args, align: int = 1) -> bool:
     pool = _pool(threads) if threads > 1 else None
     if pool is None or pool._par is None:
         return False
-    from engineroom.providers.cpu.array_module import NUMPY      # imports this module: here, not at the top
+    from engineroom.providers.cpu.array_module import NUMPY  # imports this module: here, not at the top
 
     mod = NUMPY.compiled("par")         # looked up per call (a dict lookup), as the kernels' own loops are
     if mod is None:
