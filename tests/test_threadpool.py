@@ -353,6 +353,52 @@ def test_every_mode_sends_a_product_to_the_same_blas(gemm_blas, monkeypatch):
         assert len(calls) == 3                          # the quick mode's three splits
 
 
+def test_conv_bands_and_attention_give_the_same_bits_in_every_mode(gemm_blas, monkeypatch):
+    """Kernels that run their GEMMs inside a compiled loop where they split (a banded im2col conv, the
+    attention heads) give the same bits in every mode: split in a quick run, over the Python pool in a steady
+    one, on one thread (with oneMKL, their other paths call it too)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import engineroom as ort
+    from engineroom.providers.cpu.conv import _ConvPlan
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 48, 91, 85)).astype(np.float32)         # two bands of 24 output rows
+    w = (rng.standard_normal((40, 48, 3, 3)) * 0.1).astype(np.float32)
+    plan = _ConvPlan(np, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, w)
+    heads, S, D = 2, 1100, 16                                            # PV's K: 1100 keys
+    g = helper.make_graph(
+        [helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=heads)],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, S, heads * D]) for n in "qkv"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = onnx.shape_inference.infer_shapes(model).SerializeToString()
+    feed = {n: rng.standard_normal((1, S, heads * D)).astype(np.float32) for n in "qkv"}
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")        # held: quick or steady below
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    got = {}
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        tp._begin(False)
+        try:
+            got["one thread"] = plan(x)
+        finally:
+            tp._end()
+        got["one thread", "attention"] = sess.run(None, feed)[0]
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        with quick():
+            got["quick"] = plan(x)
+        with steady():
+            got["steady"] = plan(x)
+        for busy in (False, True):
+            monkeypatch.setattr(tp._Load, "contended", lambda self, busy=busy: busy)
+            got["steady" if busy else "quick", "attention"] = sess.run(None, feed)[0]
+    for mode in ("quick", "steady"):
+        np.testing.assert_array_equal(got[mode], got["one thread"], err_msg=mode)
+        np.testing.assert_array_equal(got[mode, "attention"], got["one thread", "attention"], err_msg=mode)
+
+
 def test_blas_choice_from_the_environment(monkeypatch):
     """``ENGINEROOM_BLAS``: "openblas" keeps oneMKL out, "mkl" warns (naming why) where it cannot be loaded,
     anything else is an error naming the variable, raised by every run until it is fixed."""

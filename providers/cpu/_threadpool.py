@@ -984,27 +984,57 @@ def gemm_pointers() -> np.ndarray | None:
     return _blas.gemm
 
 
-def native_ranges(name: str, n: int, work: int, *args, align: int = 1) -> bool:
+def native_ranges(name: str, n: int, work: int, *args, align: int = 1, whole: bool = False) -> bool:
     """In a quick-mode run, the compiled loop ``name`` of ``compiled/_jit_par`` (float32 arrays given whole,
     see ``_LOOPS`` there) over range(n) split over the caller and the workers inside one compiled call,
-    from NATIVE_MIN_WORK units of work; False, doing nothing, elsewhere (the caller's own path then)."""
-    if n < 2 or work < NATIVE_MIN_WORK or not getattr(_held, "quick", False):
+    from NATIVE_MIN_WORK units of work; elsewhere, with ``whole``, the same loop over all of range(n) on the
+    calling thread (``mkl_gemms``: a loop whose GEMMs must be oneMKL's in every mode); False, doing nothing,
+    where it did not run (the caller's own path then)."""
+    quick = n >= 2 and work >= NATIVE_MIN_WORK and getattr(_held, "quick", False)
+    if not quick and not whole:
         return False
     threads = _blas.outside()
-    pool = _pool(threads) if threads > 1 else None
-    if pool is None or pool._par is None:
+    pool = _pool(threads) if quick and threads > 1 else None
+    if pool is not None and pool._par is None:
+        pool = None
+    if pool is None and not whole:
         return False
     from engineroom.providers.cpu.array_module import NUMPY  # imports this module: here, not at the top
 
     mod = NUMPY.compiled("par")         # looked up per call (a dict lookup), as the kernels' own loops are
     if mod is None:
         return False
-    pool.ready()
     try:
-        getattr(mod, "par_" + name)(pool._nstate, pool._desc, threads, n, align, *args)
+        if pool is None:
+            getattr(mod, "par_" + name)(_NO_POOL[0], _NO_POOL[1], 1, n, align, *args)
+        else:
+            pool.ready()
+            getattr(mod, "par_" + name)(pool._nstate, pool._desc, threads, n, align, *args)
     except TypeError:           # arrays it does not take (float64, strided): before any work was done
         return False
     return True
+
+
+def gemm_here(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = a @ b on the calling thread, never split, through the library of the compiled GEMM calls
+    where that is oneMKL (``mkl_gemms``), else NumPy's BLAS: for loops that run their GEMMs in parts of their
+    own. ``out`` C-contiguous (else NumPy's)."""
+    if _blas.mkl:
+        call = _gemm_call(a, b, out)
+        if call is not None:
+            fn, a3, b3, c3, ta, tb = call
+            fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
+            return
+    np.matmul(a, b, out=out)
+
+
+def mkl_gemms() -> bool:
+    """Whether the provider's GEMMs go to oneMKL (``_mkl_gemm_pointers``): then a kernel whose split runs its
+    GEMMs inside a compiled loop (``native_ranges``' conv bands, attention heads) takes oneMKL on its other
+    paths too (``gemm_here``, or that loop ``whole``), never OpenBLAS's products, whose last bits differ."""
+    if _blas.knobs is None:
+        _blas.outside()
+    return _blas.mkl
 
 
 def parallel_ranges(fn, n: int, work: int) -> None:

@@ -182,6 +182,11 @@ _DW_SPLIT_MIN_MACS = 1 << 23
 # of 28 pixels, too narrow for the GEMM), 16 -> 32 at 112x112 1.29 -> 1.20 ms, resnet's 7x7 stem 2.00 -> 2.08
 _BAND_MIN_COLS = 1 << 18
 _BAND_PIXELS = 1024
+
+
+def _band_rows(OH: int, OW: int) -> int:
+    """Output rows per band of ``_ConvPlan._im2col_bands``: _BAND_PIXELS pixels or more."""
+    return max(1, min(OH, -(-_BAND_PIXELS // OW)))
 # a lean 1x1 conv's bias/activation pass runs in one call on the caller's thread up to this many outputs
 # (~10 us of loop: waking a pool worker costs more), larger ones over channel ranges (``_epilogue``)
 _LEAN_EPILOGUE_MAX = 1 << 16
@@ -476,7 +481,9 @@ class _ConvPlan:
         elif self.patches and not any(pb) and not any(pe):
             cols = self._patches(xc, out).reshape(N, g, Cg * K, P)
         elif self.jit is not None and len(out) == 2 and cdt == self.zero_bias.dtype:
-            if g == 1 and Cg * K * P >= _BAND_MIN_COLS:
+            # bands where there are two or more: one band is the whole GEMM, which splits over the pool below
+            # (a 64 -> 128 channel 3x3 stride-2 conv to 28x28, alone at 2 threads: 0.95 ms as one band)
+            if g == 1 and Cg * K * P >= _BAND_MIN_COLS and N * -(-out[0] // _band_rows(out[0], out[1])) >= 2:
                 self._im2col_bands(xc, y, pb, out)
                 return y, self._epilogue(y, b, clip, z, hard) or self._plain_epilogue(y, bias, P)
             # the compiled im2col: each channel padded and phase-split once, every column row one copy
@@ -545,7 +552,7 @@ class _ConvPlan:
         sh, sw = self.strides
         dh, dw = self.dilations
         CK = C * self.K
-        rb = max(1, min(OH, -(-_BAND_PIXELS // OW)))           # output rows per band
+        rb = _band_rows(OH, OW)
         nb = -(-OH // rb)
         xj = np.ascontiguousarray(x)
         y2 = y.reshape(N, self.M, OH * OW)
@@ -554,16 +561,25 @@ class _ConvPlan:
         if fns is not None and _threadpool.native_ranges("conv_bands", N * nb, self.M * CK * OH * OW, xj, wm, y2,
                                                          fns, KH, KW, sh, sw, dh, dw, pb[0], pb[1], OH, OW, rb):
             return
+        # each band's GEMM through the library the compiled bands call (``gemm_here``: oneMKL, whose products
+        # differ from OpenBLAS's in the last bits, where loaded), into a buffer of its own: y's band is strided
+        mkl = _threadpool.mkl_gemms()
 
         def bands(i0, i1):
             buf = np.empty(CK * rb * OW, dtype=x.dtype)
+            band = np.empty(self.M * rb * OW, dtype=x.dtype) if mkl else None
             for i in range(i0, i1):
                 n, r0 = divmod(i, nb)
                 r0 *= rb
                 r1 = min(OH, r0 + rb)
                 c = buf[:CK * (r1 - r0) * OW].reshape(1, CK, (r1 - r0) * OW)
                 self.jit.im2col2d(xj[n:n + 1], c, KH, KW, sh, sw, dh, dw, pb[0] - r0 * sh, pb[1], r1 - r0, OW)
-                np.matmul(wm, c[0], out=y2[n, :, r0 * OW:r1 * OW])
+                if band is None:
+                    np.matmul(wm, c[0], out=y2[n, :, r0 * OW:r1 * OW])
+                else:
+                    o = band[:self.M * (r1 - r0) * OW].reshape(self.M, (r1 - r0) * OW)
+                    _threadpool.gemm_here(wm, c[0], o)
+                    y2[n, :, r0 * OW:r1 * OW] = o
         _threadpool.parallel_ranges(bands, N * nb, self.M * CK * OH * OW)
 
     def _hard_pass(self, y, hard) -> bool:

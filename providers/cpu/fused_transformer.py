@@ -182,7 +182,7 @@ def multi_head_attention(info):
                                           f" (only (batch, kv_sequence_length) is supported)")
             pad = xp.where(key_padding_mask == 0, dt.type(mask_filter), dt.type(0)).reshape(B, 1, 1, Sk)
             add = xp.broadcast_to(pad, (B, 1, Sq, Sk)) if add is None else add + pad
-        if jit is not None and dt == _F32 and _threadpool.quick_run():
+        if jit is not None and dt == _F32 and (_threadpool.quick_run() or _threadpool.mkl_gemms()):
             out = _heads_split(q, k, v, add, B, Sq, Sk, HDv, D, Dv, scale)
             if out is not None:
                 return (out,)
@@ -208,7 +208,8 @@ def multi_head_attention(info):
 
     def _heads_split(q, k, v, add, B, Sq, Sk, HDv, D, Dv, scale):
         """In a quick-mode run, the attention split over batch-heads inside one compiled call (each head's
-        two GEMMs and softmax on one thread: ``_threadpool.native_ranges``), or None (the path in ``run``)."""
+        two GEMMs and softmax on one thread: ``_threadpool.native_ranges``); with oneMKL, that loop whole on the
+        calling thread where it does not split (its GEMMs oneMKL's in every mode); or None (``run``'s path)."""
         fns = _threadpool.gemm_pointers()
         if fns is None:
             return None
@@ -217,7 +218,7 @@ def multi_head_attention(info):
         out = np.empty((B, Sq, HDv), dtype=_F32)
         qc, kc, vc = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
         if _threadpool.native_ranges("attention", B * heads, B * heads * Sq * Sk * (D + Dv), qc, kc, vc, s, add,
-                                     out, heads, np.float32(scale), fns):
+                                     out, heads, np.float32(scale), fns, whole=_threadpool.mkl_gemms()):
             return out
         return None
 
