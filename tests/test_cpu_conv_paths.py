@@ -467,3 +467,23 @@ def test_small_depthwise_stays_on_the_callers_thread(monkeypatch, C, H, k, strid
     with threadpoolctl.threadpool_limits(2, user_api="blas"), steady_mode():
         check(x, w, b, pads=(k // 2,) * 4, strides=(stride, stride), group=C, clip=(0.0, 6.0))
     assert parts == [], parts
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba is not installed (jit extra)")
+@pytest.mark.parametrize("C,mult,H,W,same", [(64, 1, 56, 56, True), (24, 2, 30, 12, True), (32, 1, 28, 9, False)])
+def test_quick_mode_splits_3x3_same_depthwise_inside_one_compiled_call(monkeypatch, C, mult, H, W, same):
+    """In the quick mode a 3x3 stride-1 "same" depthwise conv (images from _DW_FLAT_MIN_W wide) splits over
+    input channels inside one compiled call (``_jit_par``'s depthwise3x3), giving the direct conv's numbers
+    and, bit for bit, what the unsplit loop gives; narrower images keep the unsplit loop."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl sets the pool's thread count")
+    from conftest import quick_mode
+
+    used: set = set()
+    spy_on(monkeypatch, "conv", used)
+    x, w, b = rand(1, C, H, W), rand(C * mult, 1, 3, 3), rand(C * mult)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick_mode():
+        got = check(x, w, b, pads=(1,) * 4, group=C, clip=(0.0, 6.0))
+    assert ("par_depthwise3x3" in used) == same, used
+    used.clear()
+    np.testing.assert_array_equal(got, run_plan(x, w, b, (1,) * 4, (1, 1), (1, 1), C, clip=(0.0, 6.0)))
+    assert "par_depthwise3x3" not in used and "depthwise2d" in used

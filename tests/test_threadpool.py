@@ -449,6 +449,8 @@ def _loop_cases():
          lambda *a: nhwc.rows_to_channels(*a, 0, 40)),
         ("col2im_rows", 12, (f(2, 3, 3, 12, 7, 7), f(1, 12), np.zeros((2, 12, 15, 15), np.float32), 2, 2, 1, 1, 1, 1),
          NUMPY.compiled("conv_transpose").col2im_rows),
+        ("depthwise3x3", 12, (f(1, 12, 9, 14), f(24, 3, 3), f(24), np.zeros((1, 24, 9, 14), np.float32), lo, hi),
+         lambda x, w, b, y, lo, hi: conv.depthwise2d(x, w, b, y, 1, 1, 1, 1, 1, 1, lo, hi)),    # multiplier 2
     ]
     fns = tp.gemm_pointers()
     if fns is not None:
@@ -475,7 +477,18 @@ def _loop_cases():
     return cases
 
 
-@pytest.mark.parametrize("case", range(12))
+def test_every_native_loop_has_a_case():
+    from engineroom.providers.cpu.compiled import _jit_par
+    from engineroom.providers.cpu.compiled._jit_conv import _FLAT_MIN_W
+    from engineroom.providers.cpu.conv import _DW_FLAT_MIN_W
+
+    if tp.gemm_pointers() is None:
+        tp._blas.outside()
+    assert sorted(c[0] for c in _loop_cases()) == sorted(name for name, _ in _jit_par._LOOPS)
+    assert _DW_FLAT_MIN_W == _FLAT_MIN_W       # conv's test for the case depthwise3x3 takes
+
+
+@pytest.mark.parametrize("case", range(13))
 def test_native_loops_match_their_kernels(case):
     """Each loop split inside one compiled call (``native_ranges``) writes what the kernel's own call on the
     whole range writes, and the worker ran parts of it."""
@@ -483,7 +496,7 @@ def test_native_loops_match_their_kernels(case):
         cases = _loop_cases()
         pool = _compiled_split_pool()
         if case >= len(cases):
-            pytest.skip("conv_bands and attention call OpenBLAS (pthreads) only; this NumPy uses another BLAS")
+            pytest.skip("conv_bands and attention call OpenBLAS on pthreads or oneMKL; neither is loaded")
         name, n, args, kernel = cases[case]
         want = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
         kernel(*want)

@@ -18,8 +18,9 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
 - on a quiet machine, the quick mode: workers spin between parts in compiled waits with the GIL released
   (``compiled/_jit_sync``), so a part reaches a worker in 10-40 us, not a 50-100 us wake-up, and loops
   from 512K units split over them. GEMMs from 1M multiply-adds and the main compiled loops (conv
-  epilogues, channels-last depthwise, Winograd transforms, im2col and its band convs, col2im, attention
-  heads: ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split inside one compiled call instead
+  epilogues, channels-last depthwise and 3x3 "same" channels-first depthwise, Winograd transforms, im2col
+  and its band convs, col2im, attention heads: ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split
+  inside one compiled call instead
   (``WorkerPool.gemm``, ``native_ranges``): the worker, spinning in that same wait, runs its part itself,
   a GEMM through OpenBLAS's C entry point, never entering the interpreter, so it starts within a
   microsecond, as OpenBLAS's own threads do;

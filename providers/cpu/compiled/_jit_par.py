@@ -27,7 +27,13 @@ from llvmlite import ir
 from numba import carray, njit, types  # noqa: F401 - carray: in the generated _run_<loop>
 from numba.extending import intrinsic
 
-from engineroom.providers.cpu.compiled._jit_conv import bias_add_clip, bias_clip, bias_hard_act, im2col2d
+from engineroom.providers.cpu.compiled._jit_conv import (
+    _depthwise3x3_flat,
+    bias_add_clip,
+    bias_clip,
+    bias_hard_act,
+    im2col2d,
+)
 from engineroom.providers.cpu.compiled._jit_conv_transpose import col2im_rows
 from engineroom.providers.cpu.compiled._jit_nhwc import bias_clip_rows, depthwise_nhwc, rows_to_channels
 from engineroom.providers.cpu.compiled._jit_sync import _load_acquire, _sched_yield, _store_release
@@ -245,8 +251,9 @@ def _join(state, desc, mine, parts, gen):
 # channels) of arrays given whole (where it slices an inner axis, batch 1; a larger batch runs whole in
 # the first part); ``par_<name>`` splits range(n) over the caller and the workers (``_LOOPS``: name, the
 # argument kinds as ``compiled.jit``'s AOT specs, float32 only). The task of a part: [kind, r0, r1, then
-# per array its address and shape, per scalar its value (a float's float64 bits)]. Not here: the
-# channels-first depthwise loops, whose literal-stride variants compiled a second time took 27 s and 110 s.
+# per array its address and shape, per scalar its value (a float's float64 bits)]. Of the channels-first
+# depthwise loops only the 3x3 "same" one (``depthwise3x3``): compiled a second time, the whole of
+# ``depthwise2d`` (its literal-stride variants) added 60 s to this module's build, ``depthwise2d_act`` 110 s.
 
 @njit(nogil=True, boundscheck=False)
 def _bias_clip_rows(y, b, lo, hi, r0, r1):  # pragma: no cover (compiled)
@@ -261,6 +268,20 @@ def _depthwise_nhwc(x, w, b, y, sh, sw, pt, pl, lo, hi, r0, r1):  # pragma: no c
         return
     yy = y[0][r0:r1]                # output rows r0..r1: the same loop, its leading pad moved up
     depthwise_nhwc(x, w, b, yy.reshape((1,) + yy.shape), sh, sw, pt - r0 * sh, pl, lo, hi)
+
+
+@njit(nogil=True, boundscheck=False)
+def _depthwise3x3(x, w, b, y, lo, hi, r0, r1):  # pragma: no cover (compiled)
+    """Input channels r0..r1 (and their outputs) of ``depthwise2d``'s 3x3 stride-1 "same" case (``conv``
+    checks the geometry: pads 1, no dilation, images at least 2 x _FLAT_MIN_W)."""
+    if y.shape[0] != 1:
+        if r0 == 0:
+            _depthwise3x3_flat(x, w, b, y, lo, hi, lo, lo, 0)
+        return
+    mult = y.shape[1] // x.shape[1]
+    xx, yy = x[0][r0:r1], y[0][r0 * mult:r1 * mult]
+    _depthwise3x3_flat(xx.reshape((1,) + xx.shape), w[r0 * mult:r1 * mult], b[r0 * mult:r1 * mult],
+                       yy.reshape((1,) + yy.shape), lo, hi, lo, lo, 0)
 
 
 @njit(nogil=True, boundscheck=False)
@@ -365,6 +386,7 @@ def _col2im_rows(cols, b, y, s1, s2, d1, d2, p1, p2, r0, r1):  # pragma: no cove
 _LOOPS = (
     ("bias_clip_rows", "A2 A1 s s"),
     ("depthwise_nhwc", "A4 A3 A1 A4 i i i i s s"),
+    ("depthwise3x3", "A4 A3 A1 A4 s s"),
     ("bias_clip", "A3 A1 s s"),
     ("bias_add_clip", "A3 A1 A3 s s"),
     ("bias_hard_act", "A3 A1 A3 i s s i"),
@@ -505,6 +527,7 @@ AOT = {
     "par_gemm": ("I1 I1 I1 A3 A3 A3 i i i i", ("f4", "f8")),
     "par_bias_clip_rows": ("I1 I1 i i i A2 A1 s s", ("f4",)),
     "par_depthwise_nhwc": ("I1 I1 i i i A4 A3 A1 A4 i i i i s s", ("f4",)),
+    "par_depthwise3x3": ("I1 I1 i i i A4 A3 A1 A4 s s", ("f4",)),
     "par_bias_clip": ("I1 I1 i i i A3 A1 s s", ("f4",)),
     "par_bias_add_clip": ("I1 I1 i i i A3 A1 A3 s s", ("f4",)),
     "par_bias_hard_act": ("I1 I1 i i i A3 A1 A3 i s s i", ("f4",)),

@@ -10,7 +10,7 @@ cached on disk (``ENGINEROOM_CACHE_DIR``, else ``~/.cache/engineroom``): session
 shared library and never import numba or LLVM themselves, which would cost ~120 MB of memory and
 ~150 ms per process.
 
-A first use on a new machine does not wait for the compiler (~15 s a module, ``_jit_par`` ~100 s): one
+A first use on a new machine does not wait for the compiler (~15 s a module, ``_jit_par`` ~120 s): one
 detached child process builds every missing module in the background, one after another (one line says so, with the
 log's path), while ``load`` answers None, so kernels take their NumPy paths; ``load`` looks again at
 most once a second, and sessions created once a module is ready use it. The child outlives a short
@@ -311,7 +311,7 @@ def _start_background() -> None:
                 folder, e)
         return
     _notice("bg", "engineroom: compiling the CPU provider's loops in the background, once per machine "
-            "(%s: about 15 s each, par ~100 s; log: %s). NumPy paths serve until then; sessions created "
+            "(%s: about 15 s each, par ~120 s; log: %s). NumPy paths serve until then; sessions created "
             "after use them. "
             "`python -m engineroom compile` builds them now.", ", ".join(t[0] for t in todo), logfile)
 
