@@ -22,7 +22,7 @@ Which mode a run takes (the provider's ``run_scope``: ``_begin``/``_end``):
   and its band convs, col2im, attention heads: ``compiled/_jit_par``'s ``_LOOPS``) from 32K units split
   inside one compiled call instead
   (``WorkerPool.gemm``, ``native_ranges``): the worker, spinning in that same wait, runs its part itself,
-  a GEMM through OpenBLAS's C entry point, never entering the interpreter, so it starts within a
+  a GEMM through the C entry point of OpenBLAS (or oneMKL), never entering the interpreter, so it starts within a
   microsecond, as OpenBLAS's own threads do;
 - or OpenBLAS's own threads (``matmul`` is NumPy's call, ``parallel_ranges`` takes only very large loops).
   By default (``AutoMode``) a quiet session runs in the quick mode and tries OpenBLAS's threads after its
