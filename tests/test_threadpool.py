@@ -399,6 +399,32 @@ def test_conv_bands_and_attention_give_the_same_bits_in_every_mode(gemm_blas, mo
         np.testing.assert_array_equal(got[mode, "attention"], got["one thread", "attention"], err_msg=mode)
 
 
+def test_a_short_run_that_splits_keeps_its_mode(monkeypatch):
+    """A session whose runs take under AutoMode.TINY_S only because the quick mode split its GEMM does not
+    end the learning as "tiny" (which would drop the split: a 4x4 ConvTranspose 80 against 130 us)."""
+    from onnx import TensorProto, helper
+
+    import engineroom as ort
+
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [256, 256]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [256, 128])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 128])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    rng = np.random.default_rng(6)
+    feed = {"a": rng.standard_normal((256, 256)).astype(np.float32),
+            "b": rng.standard_normal((256, 128)).astype(np.float32)}
+    monkeypatch.setattr(tp._Load, "contended", lambda self: False)
+    monkeypatch.setattr(tp.AutoMode, "TINY_S", 1.0)       # every run "short": only the split can keep the mode
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), quick():     # (skips without the compiled waits)
+        s = ort.InferenceSession(m, providers=["CPUExecutionProvider"])
+        for _ in range(5):
+            np.testing.assert_allclose(s.run(None, feed)[0], feed["a"].astype(np.float64) @ feed["b"], rtol=1e-4,
+                                       atol=1e-3)
+        gate = s._plan.run_scopes[-1][0].__self__
+        assert not gate.tiny and gate.runs == 5
+
+
 def test_blas_choice_from_the_environment(monkeypatch):
     """``ENGINEROOM_BLAS``: "openblas" keeps oneMKL out, "mkl" warns (naming why) where it cannot be loaded,
     anything else is an error naming the variable, raised by every run until it is fixed."""
@@ -808,7 +834,10 @@ def test_auto_mode_keeps_the_faster_mode_by_median_and_skips_tiny_runs(monkeypat
     gate = tp.AutoMode()
     gate.choose()
     assert gate.choose() == (True, True)
-    gate.record(True, 2e-5)             # a counted run under TINY_S: no mode can matter
+    gate.record(True, 8e-5, True)       # under TINY_S, but the pool split its work: the mode matters
+    assert not gate.tiny and gate.prefer is None
+    assert gate.choose() == (True, True)
+    gate.record(True, 2e-5)             # a counted run under TINY_S that split nothing: no mode can matter
     assert gate.tiny and gate.prefer is False
     gate.record(False, 5e-4)            # a longer run, but under 10 x TINY_S: still tiny
     assert gate.tiny

@@ -343,7 +343,9 @@ def _begin(always_hold: bool, gate: AutoMode | None = None) -> None:
         pool.spin_for(busy)
         if quick:
             pool.wake()
-    stack.append((held, quick, gate if timed else None, time.perf_counter()))
+    # a timed run notes the pool's split count: a short run that split something is not "tiny" (AutoMode)
+    timing = (gate, pool, pool.splits() if pool is not None else 0) if timed else None
+    stack.append((held, quick, timing, time.perf_counter()))
     _held.quick = quick
     _held.alone = False
 
@@ -353,13 +355,14 @@ _ALONE = (False, False, None, 0.0)
 
 def _end() -> None:
     stack = _held.stack
-    held, quick, gate, t0 = stack.pop()
+    held, quick, timing, t0 = stack.pop()
     if held:
         _blas.release()
     _held.quick = stack[-1][1] if stack else False
     _held.alone = bool(stack) and stack[-1] is _ALONE
-    if gate is not None:
-        gate.record(quick, time.perf_counter() - t0)
+    if timing is not None:
+        gate, pool, mark = timing
+        gate.record(quick, time.perf_counter() - t0, pool is not None and pool.splits() != mark)
 
 
 class AutoMode:
@@ -377,10 +380,11 @@ class AutoMode:
     last GEMM (re-created threads too), and quick runs beside them run up to 1.5x slower (the scheduler
     puts our worker on the caller's core; mobilenet_v2 9.3 against 6.2 ms for ~0.1 s). Tried first, as
     before, that transient fell on a session's early runs (compare.py's ten runs a process: resnet18 24.7
-    ms against 16 once settled). A timed run under ``TINY_S`` (tree ensembles, linear classifiers: tens of
-    microseconds) ends the learning: no mode can matter there, only its cost (2-6 us a run: the load check,
-    BLAS's thread count set and reset), and the session's runs skip all of it until one takes ten times
-    that, which starts the learning again."""
+    ms against 16 once settled). A timed run under ``TINY_S`` that split nothing (tree ensembles, linear
+    classifiers: tens of microseconds) ends the learning: no mode can matter there, only its cost (2-6 us a
+    run: the load check, BLAS's thread count set and reset), and the session's runs skip all of it until one
+    takes ten times that, which starts the learning again. A short run that split (vae_decoder's 4x4
+    ConvTranspose alone: 80 us split, 130 us not) is not tiny."""
 
     SAMPLES = 3
     QUICK_RUNS = 20
@@ -397,7 +401,7 @@ class AutoMode:
 
     def begin(self) -> None:
         if self.tiny:
-            _held.__dict__.setdefault("stack", []).append((False, False, self, time.perf_counter()))
+            _held.__dict__.setdefault("stack", []).append((False, False, (self, None, 0), time.perf_counter()))
             _held.quick = _held.alone = False
         else:
             _begin(False, self)
@@ -414,12 +418,13 @@ class AutoMode:
             return True, False
         return self.runs <= self.QUICK_RUNS, self.runs > 1
 
-    def record(self, quick: bool, seconds: float) -> None:
+    def record(self, quick: bool, seconds: float, split: bool = False) -> None:
+        """A timed run's mode and seconds; ``split``: the pool split some of its work."""
         if self.tiny:
             if seconds >= 10 * self.TINY_S:        # larger inputs now: learn again
                 self.runs, self.times, self.prefer, self.tiny = 1, ([], []), None, False
             return
-        if self.prefer is None and seconds < self.TINY_S:
+        if self.prefer is None and seconds < self.TINY_S and not split:
             self.prefer, self.tiny = False, True    # no mode can matter: skip their cost from the next run
             return
         if quick and self.runs <= self.QUICK_RUNS - self.SAMPLES:
@@ -750,6 +755,10 @@ class WorkerPool:
         fn, a3, b3, c3, ta, tb = call
         fn(self._nstate, self._desc, _blas.gemm, a3, b3, c3, ta, tb, self.threads, PAR_ALIGN)
         return True
+
+    def splits(self) -> int:
+        """How many splits callers have posted to this pool (compiled and Python ones)."""
+        return int(self._nstate[0]) + self._gen
 
     def ready(self) -> None:
         """Before a compiled split: workers asleep (a gap of more than their spin since the last parts) are
