@@ -894,7 +894,6 @@ def _mkl_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, macs: int,
     call = _gemm_call(a, b, out)
     if call is None:
         return np.matmul(a, b, out=out)
-    fn, a3, b3, c3, ta, tb = call
     if not getattr(_held, "alone", False):
         quick = getattr(_held, "quick", False)
         if macs >= (NATIVE_MIN_MACS if quick else MIN_PARALLEL_MACS) and (quick or not _blas.depth):
@@ -902,10 +901,17 @@ def _mkl_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, macs: int,
             pool = _pool(threads) if threads > 1 else None
             if pool is not None and pool._par is not None:
                 pool.ready()
+                fn, a3, b3, c3, ta, tb = call
                 fn(pool._nstate, pool._desc, _blas.gemm, a3, b3, c3, ta, tb, threads, PAR_ALIGN)
                 return out
-    fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
+    _gemm_alone(call)
     return out
+
+
+def _gemm_alone(call) -> None:
+    """A ``_gemm_call`` run whole on the calling thread."""
+    fn, a3, b3, c3, ta, tb = call
+    fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
 
 
 def _matmul_into(a, b, out) -> None:
@@ -1029,13 +1035,11 @@ def gemm_here(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out[...] = a @ b on the calling thread, never split, through the library of the compiled GEMM calls
     where that is oneMKL (``mkl_gemms``), else NumPy's BLAS: for loops that run their GEMMs in parts of their
     own. ``out`` C-contiguous (else NumPy's)."""
-    if _blas.mkl:
-        call = _gemm_call(a, b, out)
-        if call is not None:
-            fn, a3, b3, c3, ta, tb = call
-            fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
-            return
-    np.matmul(a, b, out=out)
+    call = _gemm_call(a, b, out) if _blas.mkl else None
+    if call is None:
+        np.matmul(a, b, out=out)
+    else:
+        _gemm_alone(call)
 
 
 def mkl_gemms() -> bool:

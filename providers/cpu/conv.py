@@ -185,14 +185,14 @@ _DW_FLAT_MIN_W = 10
 # of 28 pixels, too narrow for the GEMM), 16 -> 32 at 112x112 1.29 -> 1.20 ms, resnet's 7x7 stem 2.00 -> 2.08
 _BAND_MIN_COLS = 1 << 18
 _BAND_PIXELS = 1024
+# a lean 1x1 conv's bias/activation pass runs in one call on the caller's thread up to this many outputs
+# (~10 us of loop: waking a pool worker costs more), larger ones over channel ranges (``_epilogue``)
+_LEAN_EPILOGUE_MAX = 1 << 16
 
 
 def _band_rows(OH: int, OW: int) -> int:
     """Output rows per band of ``_ConvPlan._im2col_bands``: _BAND_PIXELS pixels or more."""
     return max(1, min(OH, -(-_BAND_PIXELS // OW)))
-# a lean 1x1 conv's bias/activation pass runs in one call on the caller's thread up to this many outputs
-# (~10 us of loop: waking a pool worker costs more), larger ones over channel ranges (``_epilogue``)
-_LEAN_EPILOGUE_MAX = 1 << 16
 
 
 def _hard_activation(xp, y, hard):
@@ -425,7 +425,7 @@ class _ConvPlan:
         bb = self.zero_bias if b is None else b
         # in the quick mode, over input channels inside one compiled call (no Python worker: its part starts
         # 20-40 us late, and halves over the Python pool ran slower than one call below _DW_SPLIT_MIN_MACS):
-        # mobilenet_v2 at 2 threads 5.82 -> 5.46 ms a run
+        # mobilenet_v2 at 2 threads 5.66 -> 5.21 ms a run
         if same3x3 and _threadpool.native_ranges("depthwise3x3", self.group, macs, x, self.wd_jit, bb, y, args[-2],
                                                  args[-1]):
             return y
