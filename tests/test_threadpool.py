@@ -33,6 +33,17 @@ def quick():
     return quick_mode()
 
 
+@contextlib.contextmanager
+def one_thread():
+    """What a run at intra_op_num_threads = 1 is inside: BLAS at one thread, nothing held or split."""
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        tp._begin(False)
+        try:
+            yield
+        finally:
+            tp._end()
+
+
 MODES = [pytest.param(steady, id="steady"), pytest.param(quick, id="quick")]
 
 
@@ -336,12 +347,8 @@ def test_every_mode_sends_a_product_to_the_same_blas(gemm_blas, monkeypatch):
     f = lambda shape: rng.standard_normal(shape).astype(np.float32)     # noqa: E731
     ops = [(f(sa), f(sb)) for sa, sb in shapes]
     results = {}
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        tp._begin(False)
-        try:
-            results["one thread"] = [tp.matmul(a, b) for a, b in ops]
-        finally:
-            tp._end()
+    with one_thread():
+        results["one thread"] = [tp.matmul(a, b) for a, b in ops]
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         with quick():
             results["quick"] = [tp.matmul(a, b) for a, b in ops]
@@ -385,12 +392,9 @@ def test_conv_bands_and_attention_give_the_same_bits_in_every_mode(gemm_blas, mo
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")        # held: quick or steady below
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     got = {}
+    with one_thread():
+        got["one thread"] = plan(x)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        tp._begin(False)
-        try:
-            got["one thread"] = plan(x)
-        finally:
-            tp._end()
         got["one thread", "attention"] = sess.run(None, feed)[0]
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         with quick():

@@ -746,8 +746,8 @@ class WorkerPool:
 
     def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
         """out[...] = a @ b split over the caller and the workers, inside one compiled call
-        (``compiled/_jit_par``; BLAS must be held at one thread); False, doing nothing, where that does not
-        take the arrays (``_gemm_call``)."""
+        (``compiled/_jit_par``; OpenBLAS must be held at one thread, oneMKL runs on its sequential layer);
+        False, doing nothing, where that does not take the arrays (``_gemm_call``)."""
         call = _gemm_call(a, b, out) if self._par is not None else None
         if call is None:
             return False
@@ -891,27 +891,14 @@ def _mkl_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, macs: int,
     Arrays it does not take (``_gemm_call``) go to NumPy in every mode alike."""
     if out is None:
         out = np.empty(batch_shape + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
-    call = _gemm_call(a, b, out)
-    if call is None:
-        return np.matmul(a, b, out=out)
     if not getattr(_held, "alone", False):
         quick = getattr(_held, "quick", False)
         if macs >= (NATIVE_MIN_MACS if quick else MIN_PARALLEL_MACS) and (quick or not _blas.depth):
             threads = _blas.outside()
-            pool = _pool(threads) if threads > 1 else None
-            if pool is not None and pool._par is not None:
-                pool.ready()
-                fn, a3, b3, c3, ta, tb = call
-                fn(pool._nstate, pool._desc, _blas.gemm, a3, b3, c3, ta, tb, threads, PAR_ALIGN)
+            if threads > 1 and _pool(threads).gemm(a, b, out):
                 return out
-    _gemm_alone(call)
+    gemm_here(a, b, out)
     return out
-
-
-def _gemm_alone(call) -> None:
-    """A ``_gemm_call`` run whole on the calling thread."""
-    fn, a3, b3, c3, ta, tb = call
-    fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
 
 
 def _matmul_into(a, b, out) -> None:
@@ -995,8 +982,8 @@ def quick_run() -> bool:
 
 
 def gemm_pointers() -> np.ndarray | None:
-    """The BLAS entry points the compiled split calls (``_gemm_pointers``), for loops that run GEMMs of
-    their own (``native_ranges("conv_bands", ...)``); None where there are none."""
+    """The BLAS entry points the compiled split calls (``_gemm_pointers`` or ``_mkl_gemm_pointers``), for loops
+    that run GEMMs of their own (``native_ranges("conv_bands", ...)``); None where there are none."""
     return _blas.gemm
 
 
@@ -1038,8 +1025,9 @@ def gemm_here(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     call = _gemm_call(a, b, out) if _blas.mkl else None
     if call is None:
         np.matmul(a, b, out=out)
-    else:
-        _gemm_alone(call)
+        return
+    fn, a3, b3, c3, ta, tb = call
+    fn(_NO_POOL[0], _NO_POOL[1], _blas.gemm, a3, b3, c3, ta, tb, 1, PAR_ALIGN)
 
 
 def mkl_gemms() -> bool:
